@@ -1,0 +1,478 @@
+//! The edge's handle on the media plane: starts the workers and the ICE-TCP
+//! accept loop, routes each command to the worker that owns its consult,
+//! and stops everything on shutdown.
+
+use crate::demux;
+use crate::metrics::{MediaCounters, MediaStats};
+use crate::peer::Candidates;
+use crate::tcp::{Frame, FrameReader};
+use crate::worker::{UDP, WAKE, Worker, WorkerCommand, WorkerSetup};
+use crate::{ConsultId, MediaCommand, ParticipantId, SfuConfig};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::{HashMap, HashSet};
+use std::io::{ErrorKind, Read};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Cheap to clone; routes commands to the worker that owns the consult.
+#[derive(Clone)]
+pub struct SfuHandle {
+    inner: Arc<Inner>,
+}
+
+struct WorkerLink {
+    commands: Sender<WorkerCommand>,
+    waker: Arc<Waker>,
+}
+
+impl WorkerLink {
+    fn send(&self, command: WorkerCommand) {
+        if self.commands.send(command).is_ok()
+            && let Err(e) = self.waker.wake()
+        {
+            log::warn!("waking a media worker failed: {e}");
+        }
+    }
+}
+
+/// Which worker owns which consult. Only the edge's commands change it, so
+/// it is consistent with the order in which workers see them: a consult
+/// stays on its worker until its last participant's `Leave` has been routed.
+#[derive(Default)]
+struct Placement {
+    consults: HashMap<ConsultId, (usize, HashSet<ParticipantId>)>,
+    /// Participants per worker: the load a new consult is placed by.
+    load: Vec<usize>,
+}
+
+impl Placement {
+    fn route(&mut self, command: &MediaCommand) -> Option<usize> {
+        match command {
+            MediaCommand::Join {
+                consult,
+                participant,
+                ..
+            } => {
+                if !self.consults.contains_key(consult) {
+                    let least = (0..self.load.len()).min_by_key(|w| self.load[*w])?;
+                    self.consults
+                        .insert(consult.clone(), (least, HashSet::new()));
+                }
+                let (worker, members) = self.consults.get_mut(consult)?;
+                if members.insert(participant.clone()) {
+                    self.load[*worker] += 1;
+                }
+                Some(*worker)
+            }
+            MediaCommand::Leave {
+                consult,
+                participant,
+            } => {
+                let (worker, members) = self.consults.get_mut(consult)?;
+                let worker = *worker;
+                if members.remove(participant) {
+                    self.load[worker] -= 1;
+                }
+                if members.is_empty() {
+                    self.consults.remove(consult);
+                }
+                Some(worker)
+            }
+            MediaCommand::Answer { consult, .. }
+            | MediaCommand::Candidate { consult, .. }
+            | MediaCommand::IceRestart { consult, .. } => {
+                self.consults.get(consult).map(|(w, _)| *w)
+            }
+        }
+    }
+}
+
+struct Inner {
+    counters: Arc<MediaCounters>,
+    workers: Vec<WorkerLink>,
+    placement: Mutex<Placement>,
+    udp_addrs: Vec<SocketAddr>,
+    tcp_addr: Option<SocketAddr>,
+    acceptor_waker: Option<Arc<Waker>>,
+    stopping: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicked worker must not take the edge down with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SfuHandle {
+    /// Bind the sockets and start the worker threads.
+    pub fn start(config: SfuConfig) -> std::io::Result<SfuHandle> {
+        let workers = if config.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.workers
+        };
+        let counters = Arc::new(MediaCounters::default());
+        let ufrag_owners = Arc::new(Mutex::new(HashMap::new()));
+        let stopping = Arc::new(AtomicBool::new(false));
+
+        let tcp = match config.tcp_port {
+            Some(port) => {
+                let listener = std::net::TcpListener::bind((config.bind_ip, port))?;
+                listener.set_nonblocking(true)?;
+                Some(TcpListener::from_std(listener))
+            }
+            None => None,
+        };
+        let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
+
+        let mut links = Vec::new();
+        let mut udp_addrs = Vec::new();
+        let mut threads = Vec::new();
+        for index in 0..workers {
+            let port = if config.udp_port == 0 {
+                0
+            } else {
+                u16::try_from(config.udp_port as usize + index).map_err(|_| {
+                    std::io::Error::new(ErrorKind::InvalidInput, "udp port range exceeds 65535")
+                })?
+            };
+            let socket = std::net::UdpSocket::bind((config.bind_ip, port))?;
+            socket.set_nonblocking(true)?;
+            let local = socket.local_addr()?;
+            let mut socket = UdpSocket::from_std(socket);
+            let poll = Poll::new()?;
+            poll.registry()
+                .register(&mut socket, UDP, Interest::READABLE)?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+            let (tx, rx) = mpsc::channel();
+            let setup = WorkerSetup {
+                poll,
+                socket,
+                commands: rx,
+                counters: counters.clone(),
+                ufrag_owners: ufrag_owners.clone(),
+                index,
+                candidates: Candidates {
+                    announce_ip: config.announce_ip,
+                    udp_port: local.port(),
+                    tcp_port: tcp_addr.map(|a| a.port()),
+                },
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("media-{index}"))
+                .spawn(move || Worker::new(setup).run())?;
+            threads.push(thread);
+            links.push(WorkerLink {
+                commands: tx,
+                waker,
+            });
+            udp_addrs.push(local);
+        }
+
+        let mut acceptor_waker = None;
+        if let Some(listener) = tcp {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+            acceptor_waker = Some(waker);
+            let accept = Acceptor {
+                poll,
+                listener,
+                pending: Vec::new(),
+                workers: links
+                    .iter()
+                    .map(|l| (l.commands.clone(), l.waker.clone()))
+                    .collect(),
+                ufrag_owners,
+                stopping: stopping.clone(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name("ice-tcp".into())
+                    .spawn(move || accept.run())?,
+            );
+        }
+
+        log::info!("media plane: {workers} workers, udp {udp_addrs:?}, ice-tcp {tcp_addr:?}");
+        Ok(SfuHandle {
+            inner: Arc::new(Inner {
+                counters,
+                placement: Mutex::new(Placement {
+                    consults: HashMap::new(),
+                    load: vec![0; links.len()],
+                }),
+                workers: links,
+                udp_addrs,
+                tcp_addr,
+                acceptor_waker,
+                stopping,
+                threads: Mutex::new(threads),
+            }),
+        })
+    }
+
+    /// Queue a command for the worker that owns its consult. Never blocks.
+    pub fn send(&self, command: MediaCommand) {
+        if self.inner.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(worker) = lock(&self.inner.placement).route(&command) else {
+            log::debug!("media command for a consult with no media session");
+            return;
+        };
+        self.inner.workers[worker].send(WorkerCommand::Media(command));
+    }
+
+    /// Counters for `/metrics`.
+    pub fn stats(&self) -> MediaStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// The UDP sockets' local addresses, one per worker.
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.udp_addrs.clone()
+    }
+
+    /// The ICE-TCP listener's local address, if enabled.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.inner.tcp_addr
+    }
+
+    /// Stop the workers (closing every peer connection) and wait for them.
+    pub fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+        for w in &self.inner.workers {
+            w.send(WorkerCommand::Shutdown);
+        }
+        if let Some(waker) = &self.inner.acceptor_waker {
+            let _ = waker.wake();
+        }
+        let threads = std::mem::take(&mut *lock(&self.inner.threads));
+        for t in threads {
+            if t.join().is_err() {
+                log::error!("a media thread panicked");
+            }
+        }
+    }
+}
+
+/// Connections that have not yet sent a complete first frame.
+const MAX_PENDING: usize = 64;
+/// Time a new ICE-TCP connection gets to send its first STUN check.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(3);
+const LISTENER: Token = Token(0);
+const PENDING_BASE: usize = 2;
+
+struct Pending {
+    stream: TcpStream,
+    remote: SocketAddr,
+    reader: FrameReader,
+    deadline: Instant,
+}
+
+/// The ICE-TCP accept loop: reads each connection's first frame (a STUN
+/// binding request), finds the worker that owns its ufrag and hands the
+/// connection over. Pending connections are bounded in number and time.
+struct Acceptor {
+    poll: Poll,
+    listener: TcpListener,
+    pending: Vec<Option<Pending>>,
+    workers: Vec<(Sender<WorkerCommand>, Arc<Waker>)>,
+    ufrag_owners: Arc<Mutex<HashMap<String, usize>>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Acceptor {
+    fn run(mut self) {
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut self.listener, LISTENER, Interest::READABLE)
+        {
+            log::error!("ice-tcp listener: {e}");
+            return;
+        }
+        let mut events = Events::with_capacity(64);
+        let mut buf = [0u8; 2048];
+        while !self.stopping.load(Ordering::Relaxed) {
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_secs(1)))
+                && e.kind() != ErrorKind::Interrupted
+            {
+                log::error!("ice-tcp poll: {e}");
+                return;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKE => {}
+                    Token(t) => self.first_frame(t - PENDING_BASE, &mut buf),
+                }
+            }
+            let now = Instant::now();
+            for i in 0..self.pending.len() {
+                if self.pending[i].as_ref().is_some_and(|p| p.deadline <= now) {
+                    self.drop_pending(i);
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, remote)) => {
+                    let live = self.pending.iter().flatten().count();
+                    if live >= MAX_PENDING {
+                        continue; // dropped: closes the connection
+                    }
+                    let slot = match self.pending.iter().position(|p| p.is_none()) {
+                        Some(i) => i,
+                        None => {
+                            self.pending.push(None);
+                            self.pending.len() - 1
+                        }
+                    };
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, Token(PENDING_BASE + slot), Interest::READABLE)
+                        .is_ok()
+                    {
+                        self.pending[slot] = Some(Pending {
+                            stream,
+                            remote,
+                            reader: FrameReader::default(),
+                            deadline: Instant::now() + FIRST_FRAME_TIMEOUT,
+                        });
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("ice-tcp accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn first_frame(&mut self, slot: usize, buf: &mut [u8]) {
+        let Some(p) = self.pending.get_mut(slot).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        loop {
+            match p.stream.read(buf) {
+                Ok(0) => return self.drop_pending(slot),
+                Ok(n) => p.reader.extend(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return self.drop_pending(slot),
+            }
+        }
+        let range = match p.reader.next_frame() {
+            Frame::Partial => return,
+            Frame::TooLarge => return self.drop_pending(slot),
+            Frame::Ready(r) => r,
+        };
+        let owner = demux::local_ufrag(&p.reader.bytes()[range])
+            .and_then(|u| lock(&self.ufrag_owners).get(u).copied());
+        let Some(worker) = owner else {
+            return self.drop_pending(slot);
+        };
+        let Some(mut p) = self.pending[slot].take() else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut p.stream);
+        if let Some((tx, waker)) = self.workers.get(worker)
+            && tx
+                .send(WorkerCommand::Tcp {
+                    stream: p.stream,
+                    remote: p.remote,
+                    received: p.reader.into_inner(),
+                })
+                .is_ok()
+        {
+            let _ = waker.wake();
+        }
+    }
+
+    fn drop_pending(&mut self, slot: usize) {
+        if let Some(mut p) = self.pending.get_mut(slot).and_then(|p| p.take()) {
+            let _ = self.poll.registry().deregister(&mut p.stream);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc::unbounded_channel;
+
+    fn join(consult: &str, participant: &str) -> MediaCommand {
+        MediaCommand::Join {
+            consult: consult.into(),
+            participant: participant.into(),
+            events: unbounded_channel().0,
+        }
+    }
+    fn leave(consult: &str, participant: &str) -> MediaCommand {
+        MediaCommand::Leave {
+            consult: consult.into(),
+            participant: participant.into(),
+        }
+    }
+
+    #[test]
+    fn consults_go_to_the_least_loaded_worker_and_stay_there() {
+        let mut p = Placement {
+            consults: HashMap::new(),
+            load: vec![0, 0],
+        };
+        assert_eq!(p.route(&join("a", "1")), Some(0));
+        assert_eq!(p.route(&join("b", "1")), Some(1));
+        assert_eq!(
+            p.route(&join("a", "2")),
+            Some(0),
+            "same consult, same worker"
+        );
+        assert_eq!(
+            p.route(&join("c", "1")),
+            Some(1),
+            "worker 1 carries fewer participants"
+        );
+        assert_eq!(
+            p.route(&MediaCommand::Answer {
+                consult: "c".into(),
+                participant: "1".into(),
+                sdp: String::new()
+            }),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn consult_is_forgotten_after_its_last_leave() {
+        let mut p = Placement {
+            consults: HashMap::new(),
+            load: vec![0],
+        };
+        p.route(&join("a", "1"));
+        p.route(&join("a", "2"));
+        assert_eq!(p.route(&leave("a", "1")), Some(0));
+        assert_eq!(p.route(&leave("a", "2")), Some(0));
+        assert_eq!(p.load, vec![0]);
+        assert!(p.consults.is_empty());
+        assert_eq!(p.route(&leave("a", "2")), None);
+        assert_eq!(
+            p.route(&MediaCommand::IceRestart {
+                consult: "a".into(),
+                participant: "1".into()
+            }),
+            None
+        );
+    }
+}

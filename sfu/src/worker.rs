@@ -1,0 +1,774 @@
+//! A media worker: one thread, one UDP socket, the ICE-TCP connections of
+//! its peers, and every consult pinned to it.
+//!
+//! The loop, top to bottom: wait on the sockets (and on the waker that
+//! says "commands are queued"); hand each datagram to the peer it belongs
+//! to; drive that peer (send what it wants to send, fan its media out to
+//! the rest of its consult, relay keyframe requests); fire timers; publish
+//! counters. Nothing here is shared with another thread except the command
+//! channel, the ufrag → worker map (touched on join/leave only) and the
+//! counters.
+
+use crate::consult::{Consult, Kind};
+use crate::demux;
+use crate::metrics::MediaCounters;
+use crate::peer::{Candidates, Peer, PeerKey, PeerOutput};
+use crate::tcp::{self, Frame, FrameReader};
+use crate::{ConsultId, MediaCommand, MediaEvent};
+use bytes::BytesMut;
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token};
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub(crate) const UDP: Token = Token(0);
+pub(crate) const WAKE: Token = Token(1);
+const TCP_BASE: usize = 2;
+/// Housekeeping period (traffic timeouts).
+const TICK: Duration = Duration::from_secs(1);
+/// Remote addresses remembered per worker: bounds what spoofed STUN with a
+/// valid ufrag could make us store.
+const MAX_ADDRS: usize = 16 * 1024;
+/// ICE-TCP connections per worker.
+const MAX_TCP: usize = 4096;
+
+/// What reaches a worker through its channel.
+pub(crate) enum WorkerCommand {
+    Media(MediaCommand),
+    /// An ICE-TCP connection whose first frame named one of our ufrags.
+    Tcp {
+        stream: TcpStream,
+        remote: SocketAddr,
+        received: Vec<u8>,
+    },
+    Shutdown,
+}
+
+/// Everything a worker thread starts with.
+pub(crate) struct WorkerSetup {
+    pub poll: Poll,
+    pub socket: UdpSocket,
+    pub commands: Receiver<WorkerCommand>,
+    pub counters: Arc<MediaCounters>,
+    /// ufrag → worker index, read by the ICE-TCP accept loop.
+    pub ufrag_owners: Arc<Mutex<HashMap<String, usize>>>,
+    pub index: usize,
+    pub candidates: Candidates,
+}
+
+struct TcpConn {
+    stream: TcpStream,
+    remote: SocketAddr,
+    reader: FrameReader,
+    /// Framed bytes the kernel would not take yet (bounded).
+    out: Vec<u8>,
+    peer: Option<PeerKey>,
+}
+
+/// Per-thread counters, added to the shared atomics once per loop turn
+/// instead of once per packet.
+#[derive(Default)]
+struct Local {
+    packets_in: u64,
+    bytes_in: u64,
+    packets_out: u64,
+    bytes_out: u64,
+}
+
+/// The sending half: UDP socket and TCP connections. Split from the peers
+/// so a peer can be driven while the network is borrowed.
+struct Net {
+    socket: UdpSocket,
+    tcp: Vec<Option<TcpConn>>,
+    tcp_by_addr: HashMap<SocketAddr, usize>,
+    local: Local,
+}
+
+impl Net {
+    fn send(&mut self, msg: TaggedBytesMut) {
+        let len = msg.message.len() as u64;
+        let sent = match msg.transport.transport_protocol {
+            TransportProtocol::UDP => {
+                match self.socket.send_to(&msg.message, msg.transport.peer_addr) {
+                    Ok(_) => true,
+                    // A full socket buffer drops the packet, like a congested link.
+                    Err(e) => {
+                        log::trace!("udp send: {e}");
+                        false
+                    }
+                }
+            }
+            TransportProtocol::TCP => {
+                let Some(conn) = self
+                    .tcp_by_addr
+                    .get(&msg.transport.peer_addr)
+                    .and_then(|i| self.tcp[*i].as_mut())
+                else {
+                    return;
+                };
+                tcp::push_frame(&mut conn.out, &msg.message) && flush_tcp(conn)
+            }
+            _ => false,
+        };
+        if sent {
+            self.local.packets_out += 1;
+            self.local.bytes_out += len;
+        }
+    }
+
+    fn flush_peer(&mut self, peer: &mut Peer) {
+        while let Some(msg) = peer.poll_write() {
+            self.send(msg);
+        }
+    }
+}
+
+/// Write what the kernel takes; `false` if the connection broke.
+fn flush_tcp(conn: &mut TcpConn) -> bool {
+    let mut written = 0;
+    while written < conn.out.len() {
+        match conn.stream.write(&conn.out[written..]) {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+    conn.out.drain(..written);
+    true
+}
+
+struct ConsultSlot {
+    id: ConsultId,
+    consult: Consult<PeerKey>,
+}
+
+pub(crate) struct Worker {
+    index: usize,
+    poll: Poll,
+    commands: Receiver<WorkerCommand>,
+    counters: Arc<MediaCounters>,
+    ufrag_owners: Arc<Mutex<HashMap<String, usize>>>,
+    candidates: Candidates,
+    udp_local: SocketAddr,
+    tcp_local: Option<SocketAddr>,
+    net: Net,
+    peers: Vec<Option<Peer>>,
+    consults: Vec<Option<ConsultSlot>>,
+    consult_by_id: HashMap<ConsultId, usize>,
+    by_ufrag: HashMap<String, PeerKey>,
+    by_addr: HashMap<SocketAddr, PeerKey>,
+    /// Reused buffers: the hot path allocates none of its own.
+    outputs: Vec<PeerOutput>,
+    keyframe_wants: Vec<PeerKey>,
+    buf: Vec<u8>,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Worker {
+    pub(crate) fn new(setup: WorkerSetup) -> Worker {
+        let c = setup.candidates;
+        Worker {
+            index: setup.index,
+            poll: setup.poll,
+            commands: setup.commands,
+            counters: setup.counters,
+            ufrag_owners: setup.ufrag_owners,
+            candidates: c,
+            // rtc matches inbound packets to our candidates by local address,
+            // so use the announced one (what the browser sends to).
+            udp_local: SocketAddr::new(c.announce_ip, c.udp_port),
+            tcp_local: c.tcp_port.map(|p| SocketAddr::new(c.announce_ip, p)),
+            net: Net {
+                socket: setup.socket,
+                tcp: Vec::new(),
+                tcp_by_addr: HashMap::new(),
+                local: Local::default(),
+            },
+            peers: Vec::new(),
+            consults: Vec::new(),
+            consult_by_id: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            outputs: Vec::with_capacity(64),
+            keyframe_wants: Vec::with_capacity(16),
+            buf: vec![0; 2048],
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let now = Instant::now();
+            let deadline = self.next_timeout().map_or(next_tick, |t| t.min(next_tick));
+            let wait = deadline.saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(wait))
+                && e.kind() != ErrorKind::Interrupted
+            {
+                log::error!("media worker {} poll failed: {e}", self.index);
+                break;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    UDP => self.read_udp(),
+                    WAKE => {
+                        if let Flow::Stop = self.take_commands() {
+                            self.close_all();
+                            return;
+                        }
+                    }
+                    Token(t) => self.tcp_ready(t - TCP_BASE),
+                }
+            }
+            let now = Instant::now();
+            self.fire_timers(now);
+            if now >= next_tick {
+                next_tick = now + TICK;
+                for key in 0..self.peers.len() {
+                    if let Some(p) = self.peers[key].as_mut() {
+                        p.tick(now);
+                    }
+                }
+            }
+            self.publish_counters();
+        }
+        self.close_all();
+    }
+
+    fn next_timeout(&mut self) -> Option<Instant> {
+        self.peers
+            .iter_mut()
+            .flatten()
+            .filter_map(|p| p.poll_timeout())
+            .min()
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        for key in 0..self.peers.len() {
+            let due = self.peers[key]
+                .as_mut()
+                .and_then(|p| p.poll_timeout())
+                .is_some_and(|t| t <= now);
+            if due {
+                if let Some(p) = self.peers[key].as_mut() {
+                    p.handle_timeout(now);
+                }
+                self.drive(key, now);
+            }
+        }
+    }
+
+    fn publish_counters(&mut self) {
+        let l = std::mem::take(&mut self.net.local);
+        if l.packets_in > 0 {
+            self.counters.packets_in.fetch_add(l.packets_in, Relaxed);
+            self.counters.bytes_in.fetch_add(l.bytes_in, Relaxed);
+        }
+        if l.packets_out > 0 {
+            self.counters.packets_out.fetch_add(l.packets_out, Relaxed);
+            self.counters.bytes_out.fetch_add(l.bytes_out, Relaxed);
+        }
+    }
+
+    // ---- network input -------------------------------------------------
+
+    fn read_udp(&mut self) {
+        loop {
+            let (n, from) = match self.net.socket.recv_from(&mut self.buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // e.g. ICMP port unreachable surfacing as ECONNREFUSED.
+                    log::trace!("udp recv: {e}");
+                    continue;
+                }
+            };
+            self.net.local.packets_in += 1;
+            self.net.local.bytes_in += n as u64;
+            let packet = &self.buf[..n];
+            // STUN with one of our ufrags (re)binds the address; anything
+            // else must come from an address a STUN check already bound.
+            let key = match demux::local_ufrag(packet)
+                .and_then(|u| self.by_ufrag.get(u))
+                .copied()
+            {
+                Some(key) => {
+                    if self.by_addr.get(&from) != Some(&key) && self.by_addr.len() < MAX_ADDRS {
+                        self.by_addr.insert(from, key);
+                    }
+                    key
+                }
+                None => match self.by_addr.get(&from) {
+                    Some(key) => *key,
+                    None => continue,
+                },
+            };
+            let now = Instant::now();
+            let msg = TaggedBytesMut {
+                now,
+                transport: TransportContext {
+                    local_addr: self.udp_local,
+                    peer_addr: from,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                },
+                // rtc takes ownership of each datagram: one copy per packet.
+                message: BytesMut::from(packet),
+            };
+            if let Some(peer) = self.peers.get_mut(key).and_then(|p| p.as_mut()) {
+                peer.handle_read(msg);
+                self.drive(key, now);
+            }
+        }
+    }
+
+    fn add_tcp(&mut self, stream: TcpStream, remote: SocketAddr, received: Vec<u8>) {
+        let live = self.net.tcp.iter().flatten().count();
+        let Some(local) = self.tcp_local else { return };
+        if live >= MAX_TCP {
+            return;
+        }
+        let slot = match self.net.tcp.iter().position(|c| c.is_none()) {
+            Some(i) => i,
+            None => {
+                self.net.tcp.push(None);
+                self.net.tcp.len() - 1
+            }
+        };
+        let mut stream = stream;
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(TCP_BASE + slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("register ice-tcp connection: {e}");
+            return;
+        }
+        let mut reader = FrameReader::default();
+        reader.extend(&received);
+        self.net.tcp[slot] = Some(TcpConn {
+            stream,
+            remote,
+            reader,
+            out: Vec::new(),
+            peer: None,
+        });
+        self.net.tcp_by_addr.insert(remote, slot);
+        let _ = local;
+        self.tcp_frames(slot);
+    }
+
+    fn tcp_ready(&mut self, slot: usize) {
+        let mut broken = false;
+        if let Some(conn) = self.net.tcp.get_mut(slot).and_then(|c| c.as_mut()) {
+            loop {
+                match conn.stream.read(&mut self.buf) {
+                    Ok(0) => {
+                        broken = true;
+                        break;
+                    }
+                    Ok(n) => conn.reader.extend(&self.buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        broken = true;
+                        break;
+                    }
+                }
+            }
+            if !broken && !conn.out.is_empty() {
+                broken = !flush_tcp(conn);
+            }
+        } else {
+            return;
+        }
+        if !self.tcp_frames(slot) || broken {
+            self.close_tcp(slot);
+        }
+    }
+
+    /// Hand complete frames to their peer; `false` if the stream is bad.
+    fn tcp_frames(&mut self, slot: usize) -> bool {
+        let Some(local) = self.tcp_local else {
+            return false;
+        };
+        loop {
+            let Some(conn) = self.net.tcp.get_mut(slot).and_then(|c| c.as_mut()) else {
+                return false;
+            };
+            let range = match conn.reader.next_frame() {
+                Frame::Ready(r) => r,
+                Frame::Partial => return true,
+                Frame::TooLarge => return false,
+            };
+            let frame = &conn.reader.bytes()[range];
+            if let Some(key) = demux::local_ufrag(frame).and_then(|u| self.by_ufrag.get(u)) {
+                conn.peer = Some(*key);
+            }
+            let Some(key) = conn.peer else { return false };
+            self.net.local.packets_in += 1;
+            self.net.local.bytes_in += frame.len() as u64;
+            let now = Instant::now();
+            let msg = TaggedBytesMut {
+                now,
+                transport: TransportContext {
+                    local_addr: local,
+                    peer_addr: conn.remote,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::TCP,
+                },
+                message: BytesMut::from(frame),
+            };
+            if let Some(peer) = self.peers.get_mut(key).and_then(|p| p.as_mut()) {
+                peer.handle_read(msg);
+                self.drive(key, now);
+            }
+        }
+    }
+
+    fn close_tcp(&mut self, slot: usize) {
+        if let Some(mut conn) = self.net.tcp.get_mut(slot).and_then(|c| c.take()) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            if self.net.tcp_by_addr.get(&conn.remote) == Some(&slot) {
+                self.net.tcp_by_addr.remove(&conn.remote);
+            }
+        }
+    }
+
+    // ---- driving peers and forwarding ----------------------------------
+
+    /// Run one peer until it has nothing more to say: its packets go out,
+    /// its media fans out to the consult, its keyframe requests go upstream.
+    fn drive(&mut self, key: PeerKey, now: Instant) {
+        loop {
+            let Some(peer) = self.peers.get_mut(key).and_then(|p| p.as_mut()) else {
+                return;
+            };
+            self.net.flush_peer(peer);
+            peer.drain(&mut self.outputs);
+            peer.take_keyframe_wants(&mut self.keyframe_wants);
+            let consult = peer.consult;
+            if self.outputs.is_empty() && self.keyframe_wants.is_empty() {
+                return;
+            }
+            let mut outputs = std::mem::take(&mut self.outputs);
+            for output in outputs.drain(..) {
+                match output {
+                    PeerOutput::Rtp(kind, packet) => self.fan_out(key, consult, kind, &packet, now),
+                    PeerOutput::KeyframeRequest { source, kind } => {
+                        self.keyframe(source, kind, now)
+                    }
+                    PeerOutput::Published(kind) => self.published(key, consult, kind),
+                }
+            }
+            self.outputs = outputs;
+            while let Some(source) = self.keyframe_wants.pop() {
+                self.keyframe(source, Kind::Video, now);
+            }
+        }
+    }
+
+    /// The hot path: one publisher packet to every other member.
+    fn fan_out(
+        &mut self,
+        source: PeerKey,
+        consult: usize,
+        kind: Kind,
+        packet: &rtc::rtp::Packet,
+        now: Instant,
+    ) {
+        let Some(slot) = self.consults.get(consult).and_then(|c| c.as_ref()) else {
+            return;
+        };
+        for &sub in slot.consult.members() {
+            if sub == source {
+                continue;
+            }
+            if let Some(peer) = self.peers.get_mut(sub).and_then(|p| p.as_mut())
+                && peer.forward(source, kind, packet, now) > 0
+            {
+                self.net.flush_peer(peer);
+            }
+        }
+    }
+
+    fn keyframe(&mut self, source: PeerKey, kind: Kind, now: Instant) {
+        if let Some(peer) = self.peers.get_mut(source).and_then(|p| p.as_mut()) {
+            peer.request_keyframe(kind, now);
+            self.net.flush_peer(peer);
+        }
+    }
+
+    /// A participant's track started: every other member subscribes and
+    /// gets a new offer.
+    fn published(&mut self, key: PeerKey, consult: usize, kind: Kind) {
+        let Some(slot) = self.consults.get_mut(consult).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        let subscribers = slot.consult.publish(key, kind);
+        self.counters.tracks.fetch_add(1, Relaxed);
+        let Some(participant) = self
+            .peers
+            .get(key)
+            .and_then(|p| p.as_ref())
+            .map(|p| p.participant.clone())
+        else {
+            return;
+        };
+        for sub in subscribers {
+            if let Some(peer) = self.peers.get_mut(sub).and_then(|p| p.as_mut()) {
+                peer.subscribe(key, &participant, kind);
+                self.net.flush_peer(peer);
+            }
+        }
+    }
+
+    // ---- commands from the edge ----------------------------------------
+
+    fn take_commands(&mut self) -> Flow {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                WorkerCommand::Media(m) => self.media_command(m),
+                WorkerCommand::Tcp {
+                    stream,
+                    remote,
+                    received,
+                } => self.add_tcp(stream, remote, received),
+                WorkerCommand::Shutdown => return Flow::Stop,
+            }
+        }
+        Flow::Continue
+    }
+
+    fn find(&self, consult: &str, participant: &str) -> Option<PeerKey> {
+        let slot = self
+            .consults
+            .get(*self.consult_by_id.get(consult)?)?
+            .as_ref()?;
+        slot.consult.find(participant)
+    }
+
+    fn media_command(&mut self, command: MediaCommand) {
+        let now = Instant::now();
+        match command {
+            MediaCommand::Join {
+                consult,
+                participant,
+                events,
+            } => self.join(consult, participant, events, now),
+            MediaCommand::Answer {
+                consult,
+                participant,
+                sdp,
+            } => {
+                if let Some(key) = self.find(&consult, &participant) {
+                    if let Some(p) = self.peers[key].as_mut() {
+                        p.answer(sdp, now);
+                    }
+                    self.register_ufrags(key);
+                    self.drive(key, now);
+                }
+            }
+            MediaCommand::Candidate {
+                consult,
+                participant,
+                candidate,
+            } => {
+                if let Some(key) = self.find(&consult, &participant)
+                    && let Some(p) = self.peers[key].as_mut()
+                {
+                    p.remote_candidate(candidate);
+                }
+            }
+            MediaCommand::IceRestart {
+                consult,
+                participant,
+            } => {
+                if let Some(key) = self.find(&consult, &participant) {
+                    if let Some(p) = self.peers[key].as_mut() {
+                        p.restart_ice();
+                    }
+                    self.register_ufrags(key);
+                    self.drive(key, now);
+                }
+            }
+            MediaCommand::Leave {
+                consult,
+                participant,
+            } => {
+                if let Some(key) = self.find(&consult, &participant) {
+                    self.remove_peer(key);
+                }
+            }
+        }
+    }
+
+    fn join(
+        &mut self,
+        consult: ConsultId,
+        participant: String,
+        events: tokio::sync::mpsc::UnboundedSender<MediaEvent>,
+        now: Instant,
+    ) {
+        // A second join for the same participant replaces the first session
+        // (a reload, or a rejoin after a transport failure).
+        if let Some(old) = self.find(&consult, &participant) {
+            self.remove_peer(old);
+        }
+        let c = match self.consult_by_id.get(&consult) {
+            Some(c) => *c,
+            None => {
+                let slot = ConsultSlot {
+                    id: consult.clone(),
+                    consult: Consult::default(),
+                };
+                let c = match self.consults.iter().position(|c| c.is_none()) {
+                    Some(i) => {
+                        self.consults[i] = Some(slot);
+                        i
+                    }
+                    None => {
+                        self.consults.push(Some(slot));
+                        self.consults.len() - 1
+                    }
+                };
+                self.consult_by_id.insert(consult, c);
+                self.counters.consults.fetch_add(1, Relaxed);
+                c
+            }
+        };
+        let key = match self.peers.iter().position(|p| p.is_none()) {
+            Some(i) => i,
+            None => {
+                self.peers.push(None);
+                self.peers.len() - 1
+            }
+        };
+        let Some(slot) = self.consults[c].as_mut() else {
+            return;
+        };
+        let subscriptions: Vec<_> = slot
+            .consult
+            .join(key, participant.clone())
+            .into_iter()
+            .map(|s| (s.source, s.source_participant, s.kind))
+            .collect();
+        match Peer::join(
+            participant,
+            c,
+            events.clone(),
+            self.candidates,
+            &subscriptions,
+            now,
+        ) {
+            Ok(peer) => {
+                self.peers[key] = Some(peer);
+                self.counters.peers.fetch_add(1, Relaxed);
+                self.register_ufrags(key);
+                self.drive(key, now);
+            }
+            Err(e) => {
+                log::warn!(
+                    "media worker {}: creating a peer connection failed: {e}",
+                    self.index
+                );
+                let _ = events.send(MediaEvent::Error {
+                    code: "media_error",
+                    message: "could not start media".into(),
+                });
+                slot.consult.leave(key);
+                self.drop_consult_if_empty(c);
+            }
+        }
+    }
+
+    fn register_ufrags(&mut self, key: PeerKey) {
+        let Some(peer) = self.peers[key].as_ref() else {
+            return;
+        };
+        let mut owners = None;
+        for ufrag in &peer.ufrags {
+            if !self.by_ufrag.contains_key(ufrag) {
+                self.by_ufrag.insert(ufrag.clone(), key);
+                let owners = owners.get_or_insert_with(|| {
+                    self.ufrag_owners.lock().unwrap_or_else(|e| e.into_inner())
+                });
+                owners.insert(ufrag.clone(), self.index);
+            }
+        }
+    }
+
+    fn remove_peer(&mut self, key: PeerKey) {
+        let Some(mut peer) = self.peers.get_mut(key).and_then(|p| p.take()) else {
+            return;
+        };
+        peer.close();
+        self.net.flush_peer(&mut peer);
+        self.counters.peers.fetch_sub(1, Relaxed);
+        self.counters
+            .tracks
+            .fetch_sub(peer.published() as u64, Relaxed);
+        {
+            let mut owners = self.ufrag_owners.lock().unwrap_or_else(|e| e.into_inner());
+            for ufrag in &peer.ufrags {
+                self.by_ufrag.remove(ufrag);
+                owners.remove(ufrag);
+            }
+        }
+        self.by_addr.retain(|_, k| *k != key);
+        let tcp: Vec<usize> = (0..self.net.tcp.len())
+            .filter(|i| {
+                self.net.tcp[*i]
+                    .as_ref()
+                    .is_some_and(|c| c.peer == Some(key))
+            })
+            .collect();
+        for slot in tcp {
+            self.close_tcp(slot);
+        }
+        let c = peer.consult;
+        let Some(slot) = self.consults.get_mut(c).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        for sub in slot.consult.leave(key) {
+            if let Some(p) = self.peers.get_mut(sub).and_then(|p| p.as_mut()) {
+                p.unsubscribe(key);
+                self.net.flush_peer(p);
+            }
+        }
+        self.drop_consult_if_empty(c);
+    }
+
+    fn drop_consult_if_empty(&mut self, c: usize) {
+        if self
+            .consults
+            .get(c)
+            .and_then(|s| s.as_ref())
+            .is_some_and(|s| s.consult.is_empty())
+            && let Some(slot) = self.consults[c].take()
+        {
+            self.consult_by_id.remove(&slot.id);
+            self.counters.consults.fetch_sub(1, Relaxed);
+        }
+    }
+
+    fn close_all(&mut self) {
+        for key in 0..self.peers.len() {
+            self.remove_peer(key);
+        }
+        self.publish_counters();
+    }
+}
