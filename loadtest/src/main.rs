@@ -1,0 +1,477 @@
+//! `loadtest`: many synthetic WebRTC participants in one process, joining
+//! consults through Spreekkamer's real signaling, measuring what the SFU
+//! forwards and what it costs. See docs/BENCHMARKS.md.
+//!
+//! Exit codes: 0 ok, 1 bad usage or I/O, 2 target unreachable or a token
+//! refused, 3 the run forwarded no media or measured no latency.
+
+mod media;
+mod media_model;
+mod procstat;
+mod relay;
+mod report;
+mod run;
+mod signal;
+mod stats;
+mod svg;
+
+use clap::{Args, Parser, Subcommand};
+use media_model::VideoParams;
+use report::Report;
+use run::{Options, Runner, Target};
+use signal::Signaling;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "loadtest", about = "Load generator for the Spreekkamer SFU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// N concurrent 1:1 consults; both sides publish audio+video.
+    Consults {
+        #[arg(short = 'n', long, default_value_t = 10)]
+        consults: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One consult of up to 6 participants, everyone publishing.
+    Group {
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(2..=6))]
+        size: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Add 1:1 consults step by step until loss or latency crosses a
+    /// threshold; report the capacity found.
+    Ramp {
+        #[arg(long, default_value_t = 10)]
+        start: u32,
+        #[arg(long, default_value_t = 10)]
+        step: u32,
+        #[arg(long, default_value_t = 1000)]
+        max_consults: u32,
+        /// Loss fraction that ends the ramp (0.005 = 0.5 %).
+        #[arg(long, default_value_t = 0.005)]
+        max_loss: f64,
+        /// p99 one-way latency (ms) that ends the ramp.
+        #[arg(long, default_value_t = 50.0)]
+        max_p99_ms: f64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The UDP relay baseline server (started by `--relay` runs).
+    RelayServer {
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: IpAddr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// CPU per forwarded packet of run A as a multiple of run B's.
+    Compare { a: PathBuf, b: PathBuf },
+    /// One SVG plot from several JSON reports.
+    Plot {
+        #[arg(long)]
+        out: PathBuf,
+        reports: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// The signaling WebSocket.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    target: String,
+    /// HS256 secret to mint join tokens with (the server's --jwt-secret).
+    #[arg(long, env = "SPREEKKAMER_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    #[arg(long, default_value = "spreekkamer")]
+    issuer: String,
+    #[arg(long, default_value = "spreekkamer")]
+    audience: String,
+    /// Measure the built-in plain UDP relay instead (physical limit).
+    #[arg(long)]
+    relay: bool,
+    /// First UDP port of the relay (one per relay thread).
+    #[arg(long, default_value_t = 40000)]
+    relay_port: u16,
+    #[arg(long, default_value_t = 2)]
+    relay_threads: usize,
+    /// The SFU's pid (default: the process listening on the target's port).
+    #[arg(long)]
+    sfu_pid: Option<u32>,
+    /// Address our peers bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    local_ip: IpAddr,
+    /// Media threads in the generator.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Video bitrate in bit/s.
+    #[arg(long, default_value_t = 1_200_000)]
+    bitrate: u32,
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// Seconds between keyframes.
+    #[arg(long, default_value_t = 3.0)]
+    keyframe_secs: f64,
+    /// Measurement window per load level, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Participants joining per second.
+    #[arg(long, default_value_t = 20.0)]
+    join_rate: f64,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(
+        env_logger::Env::default()
+            .default_filter_or("warn,rtc_dtls=error,rtc::peer_connection::handler=error"),
+    )
+    .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::RelayServer {
+            bind,
+            port,
+            threads,
+        } => match relay::serve(bind, port, threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: relay: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Compare { a, b } => compare(&a, &b),
+        Cmd::Plot { out, reports } => plot(&out, &reports),
+        Cmd::Consults { consults, common } => scenario(common, Scenario::Consults(consults)),
+        Cmd::Group { size, common } => scenario(common, Scenario::Group(size)),
+        Cmd::Ramp {
+            start,
+            step,
+            max_consults,
+            max_loss,
+            max_p99_ms,
+            common,
+        } => scenario(
+            common,
+            Scenario::Ramp {
+                start,
+                step: step.max(1),
+                max: max_consults,
+                max_loss,
+                max_p99_ms,
+            },
+        ),
+    }
+}
+
+fn read_report(p: &PathBuf) -> Result<Report, String> {
+    let s = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    Report::from_json(&s).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+fn compare(a: &PathBuf, b: &PathBuf) -> ExitCode {
+    let (a, b) = match (read_report(a), read_report(b)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match report::compare(&a, &b) {
+        Some((consults, ua, ub, ratio)) => {
+            println!(
+                "at {consults} consults: {} {ua:.2} µs/packet, {} {ub:.2} µs/packet: {ratio:.2}×",
+                a.target, b.target
+            );
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("error: the two reports share no load level with CPU figures");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn plot(out: &PathBuf, paths: &[PathBuf]) -> ExitCode {
+    let mut reports = Vec::new();
+    for p in paths {
+        match read_report(p) {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let refs: Vec<&Report> = reports.iter().collect();
+    if let Err(e) = std::fs::write(out, Report::plot(&refs)) {
+        eprintln!("error: {}: {e}", out.display());
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+enum Scenario {
+    Consults(u32),
+    Group(u32),
+    Ramp {
+        start: u32,
+        step: u32,
+        max: u32,
+        max_loss: f64,
+        max_p99_ms: f64,
+    },
+}
+
+/// Many peers need many sockets: raise the soft fd limit to the hard one.
+fn raise_fd_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a stack struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+fn port_of(url: &str) -> Option<u16> {
+    let rest = url.split_once("://")?.1;
+    let host = rest.split('/').next()?;
+    host.rsplit_once(':')?.1.parse().ok()
+}
+
+fn scenario(c: Common, s: Scenario) -> ExitCode {
+    raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut relay_child = None;
+    let (target, target_pid) = if c.relay {
+        let exe = match std::env::current_exe() {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let child = std::process::Command::new(exe)
+            .args([
+                "relay-server",
+                "--bind",
+                &c.local_ip.to_string(),
+                "--port",
+                &c.relay_port.to_string(),
+                "--threads",
+                &c.relay_threads.to_string(),
+            ])
+            .spawn();
+        let child = match child {
+            Ok(ch) => ch,
+            Err(e) => {
+                eprintln!("error: cannot start the relay: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let pid = child.id();
+        relay_child = Some(child);
+        std::thread::sleep(Duration::from_millis(300));
+        (
+            Target::Relay {
+                addr: SocketAddr::new(c.local_ip, c.relay_port),
+                threads: c.relay_threads.max(1),
+            },
+            Some(pid),
+        )
+    } else {
+        let Some(secret) = c.jwt_secret.clone() else {
+            eprintln!(
+                "error: --jwt-secret (or SPREEKKAMER_JWT_SECRET) is needed to mint join tokens"
+            );
+            return ExitCode::from(1);
+        };
+        let pid = c
+            .sfu_pid
+            .or_else(|| port_of(&c.target).and_then(procstat::pid_listening_on));
+        if pid.is_none() {
+            eprintln!("warning: SFU process not found (give --sfu-pid): no CPU or RSS figures");
+        }
+        (
+            Target::Sfu {
+                sig: Arc::new(Signaling {
+                    url: c.target.clone(),
+                    secret,
+                    issuer: c.issuer.clone(),
+                    audience: c.audience.clone(),
+                }),
+            },
+            pid,
+        )
+    };
+    let video = VideoParams {
+        bitrate_bps: c.bitrate,
+        fps: c.fps.clamp(1, 120),
+        keyframe_interval: ((c.keyframe_secs * f64::from(c.fps)).round() as u32).max(2),
+        ..VideoParams::default()
+    };
+    let opts = Options {
+        target,
+        target_pid,
+        local_ip: c.local_ip,
+        video,
+        threads: c.threads.max(1),
+        window: Duration::from_secs_f64(c.duration.max(1.0)),
+        join_rate: c.join_rate,
+        progress: !c.quiet,
+    };
+    let code = runtime.block_on(async move { drive(opts, s, &c).await });
+    if let Some(mut ch) = relay_child {
+        let _ = ch.kill();
+        let _ = ch.wait();
+    }
+    code
+}
+
+async fn drive(opts: Options, s: Scenario, c: &Common) -> ExitCode {
+    let mut runner = match Runner::new(opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}", e.0);
+            return ExitCode::from(1);
+        }
+    };
+    let result = match s {
+        Scenario::Consults(n) => fixed(&mut runner, "consults", n, 2).await,
+        Scenario::Group(size) => fixed(&mut runner, "group", 1, size).await,
+        Scenario::Ramp {
+            start,
+            step,
+            max,
+            max_loss,
+            max_p99_ms,
+        } => ramp(&mut runner, start, step, max, max_loss, max_p99_ms).await,
+    };
+    runner.shutdown().await;
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}", e.0);
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", report.table());
+    if let Some(path) = &c.json
+        && let Err(e) = std::fs::write(path, report.to_json())
+    {
+        eprintln!("error: {}: {e}", path.display());
+        return ExitCode::from(1);
+    }
+    if let Some(path) = &c.svg
+        && let Err(e) = std::fs::write(path, Report::plot(&[&report]))
+    {
+        eprintln!("error: {}: {e}", path.display());
+        return ExitCode::from(1);
+    }
+    let Some(last) = report.points.first() else {
+        eprintln!("error: nothing was measured");
+        return ExitCode::from(3);
+    };
+    if last.forwarded_pps <= 0.0 || last.latency.count == 0 {
+        eprintln!("error: no media was forwarded or no latency measured");
+        return ExitCode::from(3);
+    }
+    ExitCode::SUCCESS
+}
+
+async fn fixed(
+    runner: &mut Runner,
+    scenario: &str,
+    consults: u32,
+    size: u32,
+) -> Result<Report, run::Fatal> {
+    runner.add_consults(consults, size).await?;
+    let p = runner.measure(scenario).await?;
+    Ok(runner.report(scenario, size, vec![p]))
+}
+
+async fn ramp(
+    runner: &mut Runner,
+    start: u32,
+    step: u32,
+    max: u32,
+    max_loss: f64,
+    max_p99_ms: f64,
+) -> Result<Report, run::Fatal> {
+    let mut points = Vec::new();
+    let mut capacity = None;
+    let mut reason = format!("reached --max-consults {max}");
+    let mut add = start.max(1);
+    while runner.consults() + add <= max {
+        runner.add_consults(add, 2).await?;
+        add = step;
+        let label = format!("ramp {}", runner.consults());
+        let p = runner.measure(&label).await?;
+        let p99_ms = p.latency.p99_us as f64 / 1000.0;
+        let bad = if p.loss > max_loss {
+            Some(format!(
+                "loss {:.3} % > {:.3} %",
+                p.loss * 100.0,
+                max_loss * 100.0
+            ))
+        } else if p99_ms > max_p99_ms {
+            Some(format!("p99 {p99_ms:.1} ms > {max_p99_ms} ms"))
+        } else if p.join_failures > 0 {
+            Some(format!("{} participants failed to join", p.join_failures))
+        } else {
+            None
+        };
+        eprintln!(
+            "{} consults: {:.0} pkt/s, loss {:.3} %, p99 {:.2} ms",
+            p.consults,
+            p.forwarded_pps,
+            p.loss * 100.0,
+            p99_ms
+        );
+        let consults = p.consults;
+        points.push(p);
+        match bad {
+            Some(r) => {
+                reason = format!("at {consults} consults: {r}");
+                break;
+            }
+            None => capacity = Some(consults),
+        }
+    }
+    let mut report = runner.report("ramp", 2, points);
+    report.capacity_consults = capacity;
+    report.stop_reason = Some(reason);
+    Ok(report)
+}

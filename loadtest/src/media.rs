@@ -1,0 +1,975 @@
+//! Media threads: each owns many synthetic participants (one UDP socket
+//! each, so the SFU sees distinct transport addresses) and drives them
+//! with mio. A participant is either a real WebRTC peer on `rtc`'s sans-I/O
+//! core (ICE full agent, controlling; DTLS client; SRTP) that answers the
+//! SFU's offers, or a plain UDP sender/receiver for the relay baseline.
+//!
+//! Publishers send a VP8 frame every 1/fps and an Opus packet every 20 ms;
+//! subscribers read the stamp at the end of every payload and account
+//! latency, loss and jitter per stream. Statistics are kept thread-local
+//! and merged into a shared window every 200 ms.
+
+use crate::media_model::{
+    OPUS_TS_STEP, STAMP_LEN, Stamp, VideoParams, opus_payload, packetize_vp8,
+};
+use crate::stats::{Histogram, StreamRx, Window};
+use bytes::{Bytes, BytesMut};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+const WAKE: Token = Token(usize::MAX);
+const HOUSEKEEPING: Duration = Duration::from_millis(10);
+const FLUSH: Duration = Duration::from_millis(200);
+const OPUS_INTERVAL: Duration = Duration::from_millis(20);
+const OPUS_PT: u8 = 111;
+const VP8_PT: u8 = 96;
+/// Bytes SRTP adds (HMAC-SHA1-80 tag): the relay baseline pads by this
+/// much so it moves the same datagram sizes.
+const SRTP_OVERHEAD: usize = 10;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Nanoseconds since the process's measurement epoch.
+pub fn now_ns(now: Instant) -> u64 {
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    now.saturating_duration_since(epoch).as_nanos() as u64
+}
+
+/// What a media thread tells a participant's signaling task.
+#[derive(Debug)]
+pub enum PeerEvent {
+    Answer(String),
+}
+
+/// What media threads tell the orchestrator.
+#[derive(Debug)]
+pub enum Status {
+    FirstMedia,
+    Failed { id: u64, reason: String },
+}
+
+pub enum PeerMode {
+    /// A WebRTC peer; its answers go to the signaling task.
+    Rtc { events: UnboundedSender<PeerEvent> },
+    /// Plain UDP through the relay at `relay`, to the partner `to`.
+    Plain { relay: SocketAddr, to: SocketAddr },
+}
+
+pub enum Command {
+    Add {
+        id: u64,
+        socket: std::net::UdpSocket,
+        mode: PeerMode,
+        publish: bool,
+        started: Instant,
+    },
+    Offer {
+        id: u64,
+        sdp: String,
+    },
+    Remove {
+        id: u64,
+    },
+    Shutdown,
+}
+
+/// Accumulated measurements of one window.
+#[derive(Debug, Clone, Default)]
+pub struct Acc {
+    pub latency: Histogram,
+    pub join: Histogram,
+    pub rx: Window,
+    pub packets: u64,
+    pub bytes: u64,
+    pub jitter_sum_us: f64,
+    pub jitter_samples: u64,
+}
+
+impl Acc {
+    pub fn merge(&mut self, o: &Acc) {
+        self.latency.merge(&o.latency);
+        self.join.merge(&o.join);
+        self.rx.add(o.rx);
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.jitter_sum_us += o.jitter_sum_us;
+        self.jitter_samples += o.jitter_samples;
+    }
+}
+
+/// The orchestrator's side of a media thread.
+pub struct MediaThread {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    pub window: Arc<Mutex<Acc>>,
+    /// Media packets received so far (for the progress display).
+    pub packets: Arc<AtomicU64>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MediaThread {
+    pub fn spawn(
+        index: usize,
+        video: VideoParams,
+        status: UnboundedSender<Status>,
+    ) -> std::io::Result<MediaThread> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let (tx, rx) = channel();
+        let window = Arc::new(Mutex::new(Acc::default()));
+        let packets = Arc::new(AtomicU64::new(0));
+        let mut worker = Worker {
+            poll,
+            commands: rx,
+            video,
+            status,
+            shared: window.clone(),
+            packets: packets.clone(),
+            peers: Vec::new(),
+            by_id: HashMap::new(),
+            schedule: BinaryHeap::new(),
+            acc: Acc::default(),
+            buf: vec![0; 2048],
+            fill: (0..1500u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect(),
+            seed: 0x9e37_79b9_7f4a_7c15 ^ index as u64,
+        };
+        let join = std::thread::Builder::new()
+            .name(format!("media-{index}"))
+            .spawn(move || worker.run())?;
+        Ok(MediaThread {
+            commands: tx,
+            waker,
+            window,
+            packets,
+            join: Some(join),
+        })
+    }
+
+    pub fn send(&self, c: Command) {
+        if self.commands.send(c).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Take the window accumulated since the last call.
+    pub fn take(&self) -> Acc {
+        std::mem::take(&mut *self.window.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn stop(&mut self) {
+        self.send(Command::Shutdown);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl Drop for MediaThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Outgoing {
+    sender: Option<RTCRtpSenderId>,
+    ssrc: u32,
+    pt: u8,
+    seq: u16,
+    ts: u32,
+    counter: u32,
+}
+
+impl Outgoing {
+    fn new(pt: u8) -> Outgoing {
+        Outgoing {
+            sender: None,
+            ssrc: rand::random(),
+            pt,
+            seq: rand::random(),
+            ts: rand::random(),
+            counter: 0,
+        }
+    }
+}
+
+enum Transport {
+    Rtc {
+        pc: Option<Box<RTCPeerConnection>>,
+        events: UnboundedSender<PeerEvent>,
+        connected: bool,
+    },
+    Plain {
+        relay: SocketAddr,
+        to: SocketAddr,
+        next_hello: Instant,
+    },
+}
+
+struct Peer {
+    id: u64,
+    socket: UdpSocket,
+    local: SocketAddr,
+    transport: Transport,
+    publish: bool,
+    audio: Outgoing,
+    video: Outgoing,
+    frame: u64,
+    picture_id: u16,
+    started: Instant,
+    first_media: bool,
+    failed: bool,
+    streams: Vec<(u32, StreamRx)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Audio,
+    Video,
+}
+
+struct Worker {
+    poll: Poll,
+    commands: Receiver<Command>,
+    video: VideoParams,
+    status: UnboundedSender<Status>,
+    shared: Arc<Mutex<Acc>>,
+    packets: Arc<AtomicU64>,
+    peers: Vec<Option<Peer>>,
+    by_id: HashMap<u64, usize>,
+    schedule: BinaryHeap<Reverse<(Instant, usize, u64, Kind)>>,
+    acc: Acc,
+    buf: Vec<u8>,
+    fill: Vec<u8>,
+    seed: u64,
+}
+
+fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str, pt: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.into(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: fmtp.into(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: pt,
+    }
+}
+
+/// A peer connection configured like a browser answering the SFU: full
+/// ICE agent (the SFU is ICE-lite, so we control), DTLS client, Opus +
+/// VP8, the default interceptors (NACK, RTCP reports, TWCC).
+fn new_pc(now: Instant) -> Result<RTCPeerConnection, String> {
+    let mut media = MediaEngine::default();
+    media
+        .register_codec(
+            codec(
+                MIME_TYPE_OPUS,
+                48_000,
+                2,
+                "minptime=10;useinbandfec=1",
+                OPUS_PT,
+            ),
+            RtpCodecKind::Audio,
+        )
+        .map_err(|e| e.to_string())?;
+    media
+        .register_codec(
+            codec(MIME_TYPE_VP8, 90_000, 0, "", VP8_PT),
+            RtpCodecKind::Video,
+        )
+        .map_err(|e| e.to_string())?;
+    let registry =
+        register_default_interceptors(Registry::new(), &mut media).map_err(|e| e.to_string())?;
+    let settings = SettingEngineBuilder::new()
+        .with_answering_dtls_role(RTCDtlsRole::Client)
+        .build();
+    RTCPeerConnectionBuilder::new()
+        .with_setting_engine(settings)
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .build(now)
+        .map_err(|e| e.to_string())
+}
+
+fn track(kind: RtpCodecKind, ssrc: u32, c: &RTCRtpCodecParameters, id: u64) -> MediaStreamTrack {
+    let label = format!("loadtest-{id}-{kind}");
+    MediaStreamTrack::new(
+        format!("loadtest-{id}"),
+        label.clone(),
+        label,
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: c.rtp_codec.clone(),
+            ..Default::default()
+        }],
+    )
+}
+
+impl Worker {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_house = Instant::now() + HOUSEKEEPING;
+        let mut next_flush = Instant::now() + FLUSH;
+        loop {
+            let now = Instant::now();
+            let mut deadline = next_house.min(next_flush);
+            if let Some(Reverse((t, ..))) = self.schedule.peek() {
+                deadline = deadline.min(*t);
+            }
+            let wait = deadline.saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(wait))
+                && e.kind() != ErrorKind::Interrupted
+            {
+                log::error!("media thread poll: {e}");
+                return;
+            }
+            for ev in events.iter() {
+                if ev.token() == WAKE {
+                    if !self.commands() {
+                        self.flush();
+                        return;
+                    }
+                } else {
+                    self.readable(ev.token().0);
+                }
+            }
+            let now = Instant::now();
+            self.send_due(now);
+            if now >= next_house {
+                next_house = now + HOUSEKEEPING;
+                self.housekeeping(now);
+            }
+            if now >= next_flush {
+                next_flush = now + FLUSH;
+                self.flush();
+            }
+        }
+    }
+
+    fn rand(&mut self) -> u64 {
+        let mut x = self.seed;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.seed = x;
+        x
+    }
+
+    /// Returns false on shutdown.
+    fn commands(&mut self) -> bool {
+        while let Ok(c) = self.commands.try_recv() {
+            match c {
+                Command::Add {
+                    id,
+                    socket,
+                    mode,
+                    publish,
+                    started,
+                } => self.add(id, socket, mode, publish, started),
+                Command::Offer { id, sdp } => self.offer(id, sdp),
+                Command::Remove { id } => self.remove(id),
+                Command::Shutdown => {
+                    for id in self.by_id.keys().copied().collect::<Vec<_>>() {
+                        self.remove(id);
+                    }
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn add(
+        &mut self,
+        id: u64,
+        socket: std::net::UdpSocket,
+        mode: PeerMode,
+        publish: bool,
+        started: Instant,
+    ) {
+        let fail = |s: &Self, reason: String| {
+            let _ = s.status.send(Status::Failed { id, reason });
+        };
+        if let Err(e) = socket.set_nonblocking(true) {
+            return fail(self, format!("socket: {e}"));
+        }
+        let local = match socket.local_addr() {
+            Ok(a) => a,
+            Err(e) => return fail(self, format!("socket: {e}")),
+        };
+        let mut socket = UdpSocket::from_std(socket);
+        let slot = self
+            .peers
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or_else(|| {
+                self.peers.push(None);
+                self.peers.len() - 1
+            });
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut socket, Token(slot), Interest::READABLE)
+        {
+            return fail(self, format!("register socket: {e}"));
+        }
+        let transport = match mode {
+            PeerMode::Rtc { events } => Transport::Rtc {
+                pc: None,
+                events,
+                connected: false,
+            },
+            PeerMode::Plain { relay, to } => Transport::Plain {
+                relay,
+                to,
+                next_hello: started,
+            },
+        };
+        self.peers[slot] = Some(Peer {
+            id,
+            socket,
+            local,
+            transport,
+            publish,
+            audio: Outgoing::new(OPUS_PT),
+            video: Outgoing::new(VP8_PT),
+            frame: 0,
+            picture_id: rand::random::<u16>() & 0x7fff,
+            started,
+            first_media: false,
+            failed: false,
+            streams: Vec::new(),
+        });
+        self.by_id.insert(id, slot);
+        if publish {
+            // Random phase, so publishers do not all burst at once.
+            let now = Instant::now();
+            let fps = self.video.fps.max(1);
+            let vphase = Duration::from_micros(self.rand() % (1_000_000 / u64::from(fps)));
+            let aphase = Duration::from_micros(self.rand() % 20_000);
+            self.schedule
+                .push(Reverse((now + vphase, slot, id, Kind::Video)));
+            self.schedule
+                .push(Reverse((now + aphase, slot, id, Kind::Audio)));
+        }
+    }
+
+    fn offer(&mut self, id: u64, sdp: String) {
+        let Some(&slot) = self.by_id.get(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        let result = self.peers[slot]
+            .as_mut()
+            .map(|p| p.answer(sdp, now))
+            .unwrap_or(Ok(()));
+        if let Err(reason) = result {
+            if let Some(p) = self.peers[slot].as_mut() {
+                p.failed = true;
+            }
+            let _ = self.status.send(Status::Failed { id, reason });
+            return;
+        }
+        self.drive(slot, now);
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(slot) = self.by_id.remove(&id) else {
+            return;
+        };
+        if let Some(mut p) = self.peers[slot].take() {
+            // Count this peer's last partial window.
+            for (_, s) in &mut p.streams {
+                self.acc.rx.add(s.take_window());
+            }
+            if let Transport::Rtc { pc: Some(pc), .. } = &mut p.transport {
+                let _ = pc.close();
+                while let Some(m) = pc.poll_write() {
+                    let _ = p.socket.send_to(&m.message, m.transport.peer_addr);
+                }
+            }
+            let _ = self.poll.registry().deregister(&mut p.socket);
+        }
+    }
+
+    fn readable(&mut self, slot: usize) {
+        loop {
+            let Some(p) = self.peers.get_mut(slot).and_then(Option::as_mut) else {
+                return;
+            };
+            let (n, from) = match p.socket.recv_from(&mut self.buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => continue,
+            };
+            let now = Instant::now();
+            match &mut p.transport {
+                Transport::Rtc { pc: Some(pc), .. } => {
+                    let msg = TaggedBytesMut {
+                        now,
+                        transport: TransportContext {
+                            local_addr: p.local,
+                            peer_addr: from,
+                            ecn: None,
+                            transport_protocol: TransportProtocol::UDP,
+                        },
+                        message: BytesMut::from(&self.buf[..n]),
+                    };
+                    if let Err(e) = pc.handle_read(msg) {
+                        log::debug!("handle_read: {e}");
+                    }
+                    self.drive(slot, now);
+                    continue;
+                }
+                Transport::Rtc { pc: None, .. } => {}
+                Transport::Plain { .. } => {
+                    if n >= 12 + STAMP_LEN {
+                        let ssrc = u32::from_be_bytes([
+                            self.buf[8],
+                            self.buf[9],
+                            self.buf[10],
+                            self.buf[11],
+                        ]);
+                        if let Some(stamp) = Stamp::read(&self.buf[..n]) {
+                            record(p, &mut self.acc, &self.status, ssrc, stamp, n, now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Let a WebRTC peer say and deliver everything it has.
+    fn drive(&mut self, slot: usize, now: Instant) {
+        let Some(p) = self.peers.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let Transport::Rtc {
+            pc: Some(pc),
+            connected,
+            ..
+        } = &mut p.transport
+        else {
+            return;
+        };
+        loop {
+            let mut busy = false;
+            while let Some(m) = pc.poll_write() {
+                busy = true;
+                // A full socket buffer drops, like a congested link.
+                let _ = p.socket.send_to(&m.message, m.transport.peer_addr);
+            }
+            while let Some(ev) = pc.poll_event() {
+                busy = true;
+                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = ev {
+                    match state {
+                        RTCPeerConnectionState::Connected => *connected = true,
+                        RTCPeerConnectionState::Failed if !p.failed => {
+                            p.failed = true;
+                            let _ = self.status.send(Status::Failed {
+                                id: p.id,
+                                reason: "ICE or DTLS failed".into(),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            while let Some(m) = pc.poll_read() {
+                busy = true;
+                if let RTCMessage::RtpPacket(_, packet) = m.message
+                    && let Some(stamp) = Stamp::read(&packet.payload)
+                {
+                    let len = 12 + packet.payload.len();
+                    let ssrc = packet.header.ssrc;
+                    // Borrow split: record needs the stream list, not the pc.
+                    let streams = &mut p.streams;
+                    let first = &mut p.first_media;
+                    record_parts(
+                        streams,
+                        first,
+                        p.id,
+                        p.started,
+                        &mut self.acc,
+                        &self.status,
+                        ssrc,
+                        stamp,
+                        len,
+                        now,
+                    );
+                }
+            }
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        for slot in 0..self.peers.len() {
+            let Some(p) = self.peers[slot].as_mut() else {
+                continue;
+            };
+            match &mut p.transport {
+                Transport::Rtc { pc: Some(pc), .. } => {
+                    if pc.poll_timeout().is_some_and(|t| t <= now) {
+                        if let Err(e) = pc.handle_timeout(now) {
+                            log::debug!("handle_timeout: {e}");
+                        }
+                        self.drive(slot, now);
+                    }
+                    continue;
+                }
+                Transport::Plain {
+                    relay,
+                    to,
+                    next_hello,
+                } if p.publish && now >= *next_hello => {
+                    // Tell the relay where our packets go (repeated: UDP).
+                    *next_hello = now + Duration::from_secs(1);
+                    let mut hello = b"HELO".to_vec();
+                    hello.extend_from_slice(to.to_string().as_bytes());
+                    let _ = p.socket.send_to(&hello, *relay);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn send_due(&mut self, now: Instant) {
+        while let Some(Reverse((t, slot, id, kind))) = self.schedule.peek().copied() {
+            if t > now {
+                return;
+            }
+            self.schedule.pop();
+            if self.by_id.get(&id) != Some(&slot) {
+                continue; // removed
+            }
+            let next = match kind {
+                Kind::Audio => {
+                    self.send_audio(slot, now);
+                    t + OPUS_INTERVAL
+                }
+                Kind::Video => {
+                    self.send_video(slot, now);
+                    t + Duration::from_micros(1_000_000 / u64::from(self.video.fps.max(1)))
+                }
+            };
+            // Fall behind rather than burst to catch up.
+            let next = if next < now { now } else { next };
+            self.schedule.push(Reverse((next, slot, id, kind)));
+        }
+    }
+
+    fn send_audio(&mut self, slot: usize, now: Instant) {
+        let payload = opus_payload(&self.fill);
+        self.send_packet(slot, Kind::Audio, payload, false, OPUS_TS_STEP, now);
+    }
+
+    fn send_video(&mut self, slot: usize, now: Instant) {
+        let r = self.rand();
+        let Some(p) = self.peers.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if !p.ready() {
+            return;
+        }
+        let v = self.video;
+        let keyframe = p.frame % u64::from(v.keyframe_interval.max(1)) == 0;
+        p.frame += 1;
+        p.picture_id = (p.picture_id + 1) & 0x7fff;
+        let (key, delta) = v.frame_sizes();
+        let base = if keyframe { key } else { delta };
+        // ±20 % per frame, like a real rate controller's output.
+        let len = base * (80 + (r % 41) as usize) / 100;
+        let pid = p.picture_id;
+        let packets = packetize_vp8(pid, keyframe, len, &v, &self.fill);
+        let n = packets.len();
+        for (i, pkt) in packets.into_iter().enumerate() {
+            let step = if i + 1 == n { v.ts_step() } else { 0 };
+            self.send_packet(slot, Kind::Video, pkt.payload, pkt.marker, step, now);
+        }
+    }
+
+    /// Stamp and send one packet; `ts_advance` moves the RTP timestamp on
+    /// after it (0 within a video frame).
+    fn send_packet(
+        &mut self,
+        slot: usize,
+        kind: Kind,
+        mut payload: Vec<u8>,
+        marker: bool,
+        ts_advance: u32,
+        now: Instant,
+    ) {
+        let Some(p) = self.peers.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if !p.ready() {
+            return;
+        }
+        let out = match kind {
+            Kind::Audio => &mut p.audio,
+            Kind::Video => &mut p.video,
+        };
+        let header = rtp::header::Header {
+            version: 2,
+            marker,
+            payload_type: out.pt,
+            sequence_number: out.seq,
+            timestamp: out.ts,
+            ssrc: out.ssrc,
+            ..Default::default()
+        };
+        out.seq = out.seq.wrapping_add(1);
+        out.ts = out.ts.wrapping_add(ts_advance);
+        let stamp = Stamp {
+            counter: out.counter,
+            sent_ns: now_ns(Instant::now()),
+        };
+        out.counter = out.counter.wrapping_add(1);
+        let sender = out.sender;
+        match &mut p.transport {
+            Transport::Rtc { pc: Some(pc), .. } => {
+                stamp.write(&mut payload);
+                let Some(sender) = sender else { return };
+                let Some(mut s) = pc.rtp_sender(sender) else {
+                    return;
+                };
+                let packet = rtp::Packet {
+                    header,
+                    payload: Bytes::from(payload),
+                };
+                if let Err(e) = s.write_rtp(now, packet) {
+                    log::debug!("write_rtp: {e}");
+                }
+                while let Some(m) = pc.poll_write() {
+                    let _ = p.socket.send_to(&m.message, m.transport.peer_addr);
+                }
+            }
+            Transport::Plain { relay, .. } => {
+                let mut d = Vec::with_capacity(12 + payload.len() + SRTP_OVERHEAD);
+                d.push(0x80);
+                d.push((u8::from(marker) << 7) | header.payload_type);
+                d.extend_from_slice(&header.sequence_number.to_be_bytes());
+                d.extend_from_slice(&header.timestamp.to_be_bytes());
+                d.extend_from_slice(&header.ssrc.to_be_bytes());
+                d.extend_from_slice(&payload);
+                d.extend_from_slice(&[0; SRTP_OVERHEAD]);
+                stamp.write(&mut d);
+                let _ = p.socket.send_to(&d, *relay);
+            }
+            Transport::Rtc { pc: None, .. } => {}
+        }
+    }
+
+    /// Merge this thread's window into the shared one.
+    fn flush(&mut self) {
+        let mut acc = std::mem::take(&mut self.acc);
+        for p in self.peers.iter_mut().flatten() {
+            for (_, s) in &mut p.streams {
+                acc.rx.add(s.take_window());
+                acc.jitter_sum_us += s.jitter_us();
+                acc.jitter_samples += 1;
+            }
+        }
+        self.packets.fetch_add(acc.packets, Relaxed);
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .merge(&acc);
+    }
+}
+
+impl Peer {
+    /// Can this peer send media now?
+    fn ready(&self) -> bool {
+        match &self.transport {
+            Transport::Rtc { pc, connected, .. } => {
+                pc.is_some() && *connected && !self.failed && self.audio.sender.is_some()
+            }
+            Transport::Plain { .. } => true,
+        }
+    }
+
+    /// Apply the SFU's offer and send our answer: the first offer gets our
+    /// microphone and camera attached to its two `recvonly` slots.
+    fn answer(&mut self, sdp: String, now: Instant) -> Result<(), String> {
+        let local = self.local;
+        let id = self.id;
+        let publish = self.publish;
+        let Transport::Rtc { pc, events, .. } = &mut self.transport else {
+            return Ok(());
+        };
+        let first = pc.is_none();
+        if first {
+            *pc = Some(Box::new(new_pc(now)?));
+        }
+        let Some(pc) = pc.as_mut() else {
+            return Ok(());
+        };
+        let offer = RTCSessionDescription::offer(sdp).map_err(|e| format!("bad offer: {e}"))?;
+        pc.set_remote_description(now, offer)
+            .map_err(|e| format!("set_remote_description: {e}"))?;
+        if first {
+            if publish {
+                let opus = codec(
+                    MIME_TYPE_OPUS,
+                    48_000,
+                    2,
+                    "minptime=10;useinbandfec=1",
+                    OPUS_PT,
+                );
+                let vp8 = codec(MIME_TYPE_VP8, 90_000, 0, "", VP8_PT);
+                let a = pc
+                    .add_track(track(RtpCodecKind::Audio, self.audio.ssrc, &opus, id))
+                    .map_err(|e| format!("add audio: {e}"))?;
+                let v = pc
+                    .add_track(track(RtpCodecKind::Video, self.video.ssrc, &vp8, id))
+                    .map_err(|e| format!("add video: {e}"))?;
+                self.audio.sender = Some(a);
+                self.video.sender = Some(v);
+            }
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: "udp".into(),
+                    address: local.ip().to_string(),
+                    port: local.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .new_candidate_host()
+            .map_err(|e| e.to_string())?;
+            let init = RTCIceCandidate::from(&candidate)
+                .to_json()
+                .map_err(|e| e.to_string())?;
+            pc.add_local_candidate(init).map_err(|e| e.to_string())?;
+        }
+        let answer = pc
+            .create_answer(None)
+            .map_err(|e| format!("create_answer: {e}"))?;
+        let sdp = answer.sdp.clone();
+        pc.set_local_description(now, answer)
+            .map_err(|e| format!("set_local_description: {e}"))?;
+        // Read back the negotiated payload types.
+        for out in [&mut self.audio, &mut self.video] {
+            if let Some(pt) = out.sender.and_then(|s| {
+                pc.rtp_sender(s).and_then(|mut s| {
+                    s.get_parameters()
+                        .rtp_parameters
+                        .codecs
+                        .first()
+                        .map(|c| c.payload_type)
+                })
+            }) {
+                out.pt = pt;
+            }
+        }
+        let _ = events.send(PeerEvent::Answer(sdp));
+        Ok(())
+    }
+}
+
+fn record(
+    p: &mut Peer,
+    acc: &mut Acc,
+    status: &UnboundedSender<Status>,
+    ssrc: u32,
+    stamp: Stamp,
+    len: usize,
+    now: Instant,
+) {
+    record_parts(
+        &mut p.streams,
+        &mut p.first_media,
+        p.id,
+        p.started,
+        acc,
+        status,
+        ssrc,
+        stamp,
+        len,
+        now,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_parts(
+    streams: &mut Vec<(u32, StreamRx)>,
+    first_media: &mut bool,
+    _id: u64,
+    started: Instant,
+    acc: &mut Acc,
+    status: &UnboundedSender<Status>,
+    ssrc: u32,
+    stamp: Stamp,
+    len: usize,
+    now: Instant,
+) {
+    let recv_ns = now_ns(now);
+    let i = match streams.iter().position(|(s, _)| *s == ssrc) {
+        Some(i) => i,
+        None => {
+            // Bounded: a participant receives at most 2 tracks from each
+            // of 5 others; more means SSRC churn, so recycle the oldest.
+            if streams.len() >= 32 {
+                streams.remove(0);
+            }
+            streams.push((ssrc, StreamRx::default()));
+            streams.len() - 1
+        }
+    };
+    streams[i].1.record(stamp.counter, stamp.sent_ns, recv_ns);
+    acc.latency
+        .record(recv_ns.saturating_sub(stamp.sent_ns) / 1000);
+    acc.packets += 1;
+    acc.bytes += len as u64;
+    if !*first_media {
+        *first_media = true;
+        acc.join
+            .record(now.saturating_duration_since(started).as_micros() as u64);
+        let _ = status.send(Status::FirstMedia);
+    }
+}
