@@ -1,0 +1,373 @@
+//! The NEN 7513 access log: one JSON line per security-relevant event.
+//!
+//! It records who (opaque `sub` and role), which consult, what, when, from
+//! where (client IP and a coarse browser family) and the outcome. It never
+//! holds tokens, keys, names, chat, or media: the fields below are the whole
+//! record, so adding anything personal takes a visible change here.
+//!
+//! This is the only thing the server writes about a consult. The sink is
+//! stdout (for a container log collector) or a file opened for appending.
+
+use crate::protocol::{ErrorCode, Role};
+use serde::Serialize;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Where audit lines go.
+#[derive(Debug, Clone)]
+pub enum AuditSink {
+    Stdout,
+    /// Appended to; created if missing.
+    File(PathBuf),
+    /// Kept in memory (tests).
+    Memory(Arc<Mutex<Vec<String>>>),
+}
+
+/// Who acted.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Actor {
+    pub sub: String,
+    pub role: Role,
+}
+
+/// Where the request came from.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct AccessPoint {
+    pub ip: Option<IpAddr>,
+    pub ua_family: &'static str,
+}
+
+impl AccessPoint {
+    pub fn new(ip: Option<IpAddr>, user_agent: Option<&str>) -> AccessPoint {
+        AccessPoint {
+            ip,
+            ua_family: ua_family(user_agent.unwrap_or("")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+/// One audit event. `time` is added when it is written.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub event: &'static str,
+    pub actor: Option<Actor>,
+    pub consult: Option<String>,
+    /// The actor's participant id in the consult, when they have one.
+    pub participant: Option<String>,
+    /// The participant acted upon (admit, deny, remove).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub access_point: AccessPoint,
+    pub outcome: Outcome,
+    /// The error code of a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ErrorCode>,
+    /// Event-specific, never personal: an E2EE state, a lock flag, a count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+impl AuditEvent {
+    pub fn new(event: &'static str, access_point: AccessPoint) -> AuditEvent {
+        AuditEvent {
+            event,
+            actor: None,
+            consult: None,
+            participant: None,
+            target: None,
+            access_point,
+            outcome: Outcome::Success,
+            reason: None,
+            detail: None,
+        }
+    }
+
+    pub fn failed(mut self, code: ErrorCode) -> Self {
+        self.outcome = Outcome::Failure;
+        self.reason = Some(code);
+        self
+    }
+
+    pub fn actor(mut self, sub: &str, role: Role) -> Self {
+        self.actor = Some(Actor {
+            sub: sub.to_string(),
+            role,
+        });
+        self
+    }
+
+    pub fn consult(mut self, consult: &str) -> Self {
+        self.consult = Some(consult.to_string());
+        self
+    }
+
+    pub fn participant(mut self, id: &str) -> Self {
+        self.participant = Some(id.to_string());
+        self
+    }
+
+    pub fn target(mut self, id: &str) -> Self {
+        self.target = Some(id.to_string());
+        self
+    }
+
+    pub fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    #[serde(flatten)]
+    event: &'a AuditEvent,
+}
+
+enum Writer {
+    Stdout,
+    File(std::fs::File),
+    Memory(Arc<Mutex<Vec<String>>>),
+}
+
+/// The audit log. Cheap to share (`Arc`); writes are serialized by a mutex
+/// so lines never interleave.
+pub struct AuditLog {
+    writer: Mutex<Writer>,
+}
+
+impl AuditLog {
+    pub fn open(sink: &AuditSink) -> std::io::Result<AuditLog> {
+        let writer = match sink {
+            AuditSink::Stdout => Writer::Stdout,
+            AuditSink::File(path) => Writer::File(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+            AuditSink::Memory(lines) => Writer::Memory(lines.clone()),
+        };
+        Ok(AuditLog {
+            writer: Mutex::new(writer),
+        })
+    }
+
+    pub fn record(&self, event: AuditEvent) {
+        let line = Line {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            event: &event,
+        };
+        let Ok(text) = serde_json::to_string(&line) else {
+            return;
+        };
+        let Ok(mut writer) = self.writer.lock() else {
+            return;
+        };
+        let result = match &mut *writer {
+            Writer::Stdout => {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{text}").and_then(|_| out.flush())
+            }
+            Writer::File(f) => writeln!(f, "{text}"),
+            Writer::Memory(lines) => {
+                if let Ok(mut lines) = lines.lock() {
+                    lines.push(text);
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            // Losing audit lines must be visible to operators.
+            log::error!("audit log write failed: {e}");
+        }
+    }
+}
+
+/// The client's address for the audit log. Behind a reverse proxy the TCP
+/// peer is the proxy; only when it is one of `trusted` is `X-Forwarded-For`
+/// believed, and then the rightmost address not itself a trusted proxy is
+/// the client (the leftmost entries can be forged by anyone).
+pub fn client_ip(
+    peer: Option<IpAddr>,
+    forwarded_for: Option<&str>,
+    trusted: &[IpAddr],
+) -> Option<IpAddr> {
+    let peer = peer?;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let Some(header) = forwarded_for else {
+        return Some(peer);
+    };
+    let mut client = peer;
+    for hop in header.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => client = ip,
+            Ok(ip) => return Some(ip),
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
+
+/// A coarse browser family: enough for an access log, too little to
+/// fingerprint anyone. Order matters: Edge and Chrome both say "Chrome",
+/// Chrome says "Safari".
+pub fn ua_family(ua: &str) -> &'static str {
+    if ua.contains("Edg/") || ua.contains("Edge/") || ua.contains("EdgA/") || ua.contains("EdgiOS/")
+    {
+        "Edge"
+    } else if ua.contains("Firefox/") || ua.contains("FxiOS/") {
+        "Firefox"
+    } else if ua.contains("Chrome/") || ua.contains("Chromium/") || ua.contains("CriOS/") {
+        "Chrome"
+    } else if ua.contains("Safari/") && ua.contains("Version/") {
+        "Safari"
+    } else {
+        "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let client: IpAddr = "198.51.100.9".parse().unwrap();
+        let trusted = [proxy];
+        assert_eq!(
+            client_ip(Some(proxy), Some("198.51.100.9"), &trusted),
+            Some(client)
+        );
+        assert_eq!(
+            client_ip(
+                Some(proxy),
+                Some("6.6.6.6, 198.51.100.9, 10.0.0.2"),
+                &trusted
+            ),
+            Some(client),
+            "rightmost untrusted hop; forged left entries ignored"
+        );
+        assert_eq!(
+            client_ip(Some(client), Some("6.6.6.6"), &trusted),
+            Some(client),
+            "untrusted peer"
+        );
+        assert_eq!(client_ip(Some(proxy), None, &trusted), Some(proxy));
+        assert_eq!(
+            client_ip(Some(proxy), Some("garbage"), &trusted),
+            Some(proxy)
+        );
+        assert_eq!(client_ip(None, Some("1.2.3.4"), &trusted), None);
+    }
+
+    #[test]
+    fn user_agents_map_to_coarse_families() {
+        let cases = [
+            (
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36",
+                "Chrome",
+            ),
+            (
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.0.0",
+                "Edge",
+            ),
+            (
+                "Mozilla/5.0 (X11; Linux x86_64; rv:153.0) Gecko/20100101 Firefox/153.0",
+                "Firefox",
+            ),
+            (
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Safari/605.1.15",
+                "Safari",
+            ),
+            ("curl/8.0", "other"),
+            ("", "other"),
+        ];
+        for (ua, family) in cases {
+            assert_eq!(ua_family(ua), family, "{ua}");
+        }
+    }
+
+    #[test]
+    fn audit_line_has_the_documented_fields_and_nothing_else() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let log = AuditLog::open(&AuditSink::Memory(lines.clone())).unwrap();
+        log.record(
+            AuditEvent::new(
+                "join",
+                AccessPoint::new(Some("192.0.2.7".parse().unwrap()), Some("Firefox/153.0")),
+            )
+            .actor("user-1", Role::Patient)
+            .consult("c-1")
+            .participant("00aa"),
+        );
+        log.record(
+            AuditEvent::new("token_rejected", AccessPoint::new(None, None))
+                .failed(ErrorCode::TokenExpired),
+        );
+        let lines = lines.lock().unwrap();
+        let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        let keys: Vec<&str> = first
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                "access_point",
+                "actor",
+                "consult",
+                "event",
+                "outcome",
+                "participant",
+                "time"
+            ]
+        );
+        assert_eq!(
+            first["actor"],
+            serde_json::json!({"sub":"user-1","role":"patient"})
+        );
+        assert_eq!(
+            first["access_point"],
+            serde_json::json!({"ip":"192.0.2.7","ua_family":"Firefox"})
+        );
+        assert_eq!(first["outcome"], "success");
+        let time = first["time"].as_str().unwrap();
+        assert!(time.ends_with('Z') && time.len() == 24, "{time}");
+        let second: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(second["outcome"], "failure");
+        assert_eq!(second["reason"], "token_expired");
+        assert_eq!(second["actor"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn file_sink_appends() {
+        let dir = std::env::temp_dir().join(format!(
+            "spreekkamer-audit-{}",
+            crate::token::random_hex_id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.log");
+        std::fs::write(&path, "earlier\n").unwrap();
+        let log = AuditLog::open(&AuditSink::File(path.clone())).unwrap();
+        log.record(AuditEvent::new("consult_created", AccessPoint::default()).consult("c"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("earlier\n"));
+        assert_eq!(text.lines().count(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

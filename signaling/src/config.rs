@@ -1,0 +1,572 @@
+//! The command line: `serve` (the default), `link`, and the reserved
+//! `signaling` / `sfu` subcommands. Every flag is also a `SPREEKKAMER_*`
+//! environment variable; every bad value is refused with a message that
+//! names the flag.
+
+use crate::audit::AuditSink;
+use crate::consult::ConsultPolicy;
+use crate::protocol::{Limits, Role};
+use crate::server::{ServeConfig, WEB_ASSETS};
+use crate::token::VerifyKey;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sfu::SfuConfig;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Shortest accepted HS256 secret: 256 bits, as RFC 7518 §3.2 asks.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spreekkamer",
+    version,
+    about = "End-to-end encrypted video consultations: edge + media server in one binary",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve` flags, accepted without the subcommand too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the edge and the media server in one process (the default).
+    Serve(ServeArgs),
+    /// Print a join link for a consult, role and name (last line of stdout).
+    Link(LinkArgs),
+    /// Run only the edge (not yet available).
+    Signaling,
+    /// Run only a media node (not yet available).
+    Sfu,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address for HTTP and WebSocket.
+    #[arg(long, env = "SPREEKKAMER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Base URL printed in links (default: http://<listen>).
+    #[arg(long, env = "SPREEKKAMER_PUBLIC_URL", value_parser = parse_base_url)]
+    pub public_url: Option<String>,
+    /// HS256 signing secret for join tokens, at least 32 bytes. Without it a
+    /// random secret is generated at start (links then die with the process).
+    #[arg(long, env = "SPREEKKAMER_JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub jwt_secret: Option<String>,
+    /// EHR public key for join tokens: `[KID=]ALG:PATH` with ALG RS256, ES256
+    /// or EdDSA and PATH a PEM public key. Repeatable; in the environment,
+    /// comma-separated.
+    #[arg(long = "jwt-key", env = "SPREEKKAMER_JWT_KEYS", value_delimiter = ',', value_parser = parse_key_spec)]
+    pub jwt_keys: Vec<KeySpec>,
+    /// EHR public keys as a JWKS file (every key needs a `kid`).
+    #[arg(long, env = "SPREEKKAMER_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// EHR public keys from a JWKS URL (http:// or https://), fetched at
+    /// start, every 10 minutes, and when a token names an unknown `kid`.
+    #[arg(long, env = "SPREEKKAMER_JWKS_URL", value_parser = parse_jwks_url)]
+    pub jwks_url: Option<String>,
+    /// Required `iss` claim.
+    #[arg(long, env = "SPREEKKAMER_JWT_ISSUER", default_value = "spreekkamer", value_parser = parse_nonempty)]
+    pub jwt_issuer: String,
+    /// Required `aud` claim.
+    #[arg(long, env = "SPREEKKAMER_JWT_AUDIENCE", default_value = "spreekkamer", value_parser = parse_nonempty)]
+    pub jwt_audience: String,
+    /// Address written into ICE candidates (what browsers send media to).
+    #[arg(long, env = "SPREEKKAMER_ANNOUNCE_IP", default_value = "127.0.0.1")]
+    pub announce_ip: IpAddr,
+    /// Address the media sockets bind to (default: the announce address).
+    #[arg(long, env = "SPREEKKAMER_MEDIA_BIND_IP")]
+    pub media_bind_ip: Option<IpAddr>,
+    /// First UDP media port; worker i uses port+i (0 = ephemeral).
+    #[arg(long, env = "SPREEKKAMER_UDP_PORT", default_value_t = 0)]
+    pub udp_port: u16,
+    /// ICE-TCP port (0 = ephemeral).
+    #[arg(long, env = "SPREEKKAMER_TCP_PORT", default_value_t = 0)]
+    pub tcp_port: u16,
+    /// Disable the ICE-TCP listener.
+    #[arg(long, env = "SPREEKKAMER_NO_ICE_TCP")]
+    pub no_ice_tcp: bool,
+    /// Media worker threads (default: number of cores).
+    #[arg(long, env = "SPREEKKAMER_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+    /// Maximum participants per consult (waiting and admitted).
+    #[arg(long, env = "SPREEKKAMER_MAX_PARTICIPANTS", default_value_t = 6,
+          value_parser = clap::value_parser!(u16).range(2..=50))]
+    pub max_participants: u16,
+    /// Patients and guests wait until a clinician admits them.
+    #[arg(long, env = "SPREEKKAMER_WAITING_ROOM")]
+    pub waiting_room: bool,
+    /// Reverse proxy whose X-Forwarded-For header is believed for the client
+    /// IP in the audit log. Repeatable; in the environment, comma-separated.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SPREEKKAMER_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<IpAddr>,
+    /// NEN 7513 audit log: `-` for stdout, or a file path (appended to).
+    #[arg(long, env = "SPREEKKAMER_AUDIT_LOG", default_value = "-")]
+    pub audit_log: String,
+    /// Log level for operational logs on stderr (error, warn, info, debug, trace).
+    #[arg(long, env = "SPREEKKAMER_LOG_LEVEL", default_value = "info", value_parser = parse_level)]
+    pub log_level: log::LevelFilter,
+    /// Time a new connection has to send `join` (e.g. 10s).
+    #[arg(long, env = "SPREEKKAMER_JOIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub join_timeout: Duration,
+    /// How long an empty consult is remembered (its lock, removed people).
+    #[arg(long, env = "SPREEKKAMER_CONSULT_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub consult_grace: Duration,
+    /// Default validity of invites clinicians create (at most 24h).
+    #[arg(long, env = "SPREEKKAMER_INVITE_TTL", default_value = "4h", value_parser = parse_invite_ttl)]
+    pub invite_ttl: Duration,
+    /// Print a clinician and a patient link for a random demo consult at start.
+    #[arg(long, env = "SPREEKKAMER_DEMO_LINKS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub demo_links: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Clinician,
+    Patient,
+    Guest,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Clinician => Role::Clinician,
+            RoleArg::Patient => Role::Patient,
+            RoleArg::Guest => Role::Guest,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LinkArgs {
+    /// The server's public base URL, e.g. https://consult.example.nl
+    #[arg(long, env = "SPREEKKAMER_PUBLIC_URL", value_parser = parse_base_url)]
+    pub base_url: String,
+    /// The server's HS256 secret.
+    #[arg(long, env = "SPREEKKAMER_JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub jwt_secret: String,
+    /// Consult id: 1–128 characters of A-Z a-z 0-9 . _ ~ -
+    #[arg(long, value_parser = parse_consult)]
+    pub consult: String,
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// Display name shown to the others (1–80 characters).
+    #[arg(long, value_parser = parse_name)]
+    pub name: String,
+    /// How long the link is valid, e.g. 2h, 30m.
+    #[arg(long, default_value = "2h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Opaque user id (default: random).
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// Token id (for revocation).
+    #[arg(long)]
+    pub jti: Option<String>,
+    #[arg(long, env = "SPREEKKAMER_JWT_ISSUER", default_value = "spreekkamer", value_parser = parse_nonempty)]
+    pub issuer: String,
+    #[arg(long, env = "SPREEKKAMER_JWT_AUDIENCE", default_value = "spreekkamer", value_parser = parse_nonempty)]
+    pub audience: String,
+    /// E2EE link secret to append as `&k=` (base64url, at least 16 bytes).
+    #[arg(long, value_parser = parse_link_secret, conflicts_with = "with_link_secret")]
+    pub link_secret: Option<String>,
+    /// Generate a fresh E2EE link secret and append it as `&k=`.
+    #[arg(long)]
+    pub with_link_secret: bool,
+}
+
+/// `--jwt-key` value: which PEM file, pinned to which algorithm, under
+/// which `kid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpec {
+    pub kid: Option<String>,
+    pub alg: jsonwebtoken::Algorithm,
+    pub path: PathBuf,
+}
+
+fn parse_key_spec(s: &str) -> Result<KeySpec, String> {
+    let (kid, rest) = match s.split_once('=') {
+        Some((kid, rest)) if !kid.is_empty() => (Some(kid.to_string()), rest),
+        Some(_) => return Err("the kid before '=' is empty".into()),
+        None => (None, s),
+    };
+    let (alg, path) = rest
+        .split_once(':')
+        .ok_or("expected [KID=]ALG:PATH, e.g. ehr-1=RS256:/etc/spreekkamer/ehr.pem")?;
+    let alg = crate::token::parse_asymmetric_alg(alg)
+        .ok_or_else(|| format!("algorithm {alg:?} is not one of RS256, ES256, EdDSA"))?;
+    if path.is_empty() {
+        return Err("the PEM file path is empty".into());
+    }
+    Ok(KeySpec {
+        kid,
+        alg,
+        path: PathBuf::from(path),
+    })
+}
+
+fn parse_jwks_url(s: &str) -> Result<String, String> {
+    crate::jwks::JwksSource::new(s, Duration::ZERO).map(|_| s.to_string())
+}
+
+fn parse_nonempty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+fn parse_secret(s: &str) -> Result<String, String> {
+    if s.len() < MIN_SECRET_BYTES {
+        Err(format!(
+            "the JWT secret must be at least {MIN_SECRET_BYTES} bytes (got {}); generate one with `openssl rand -base64 32`",
+            s.len()
+        ))
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+fn parse_base_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("has no host".into());
+    }
+    if s.contains(['#', '?', ' ']) {
+        return Err("must not contain '#', '?' or spaces".into());
+    }
+    Ok(s.trim_end_matches('/').to_string())
+}
+
+fn parse_consult(s: &str) -> Result<String, String> {
+    if crate::token::valid_consult_id(s) {
+        Ok(s.to_string())
+    } else {
+        Err("must be 1–128 characters of A-Z a-z 0-9 . _ ~ -".into())
+    }
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty()
+        || t.chars().count() > crate::token::MAX_NAME_CHARS
+        || t.chars().any(char::is_control)
+    {
+        Err("must be 1–80 characters without control characters".into())
+    } else {
+        Ok(t.to_string())
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 10s, 30m, 2h)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_invite_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > crate::session::MAX_INVITE_TTL {
+        return Err("must be at most 24h".into());
+    }
+    Ok(d)
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse::<log::LevelFilter>()
+        .map_err(|_| "must be one of off, error, warn, info, debug, trace".into())
+}
+
+fn parse_link_secret(s: &str) -> Result<String, String> {
+    match URL_SAFE_NO_PAD.decode(s) {
+        Ok(bytes) if bytes.len() >= 16 && bytes.len() <= 64 => Ok(s.to_string()),
+        Ok(_) => Err("must decode to 16–64 bytes".into()),
+        Err(_) => Err("must be unpadded base64url".into()),
+    }
+}
+
+impl ServeArgs {
+    /// The base URL for printed links.
+    pub fn base_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.clone(),
+            None => format!("http://{}", default_public_host(self.listen)),
+        }
+    }
+
+    /// The verification keys: the HS256 secret plus every configured
+    /// public key (read from disk now, so a bad file stops the start).
+    pub fn keys(&self, secret: &str) -> Result<Vec<VerifyKey>, String> {
+        let mut keys = vec![VerifyKey::hs256(secret.as_bytes())];
+        for spec in &self.jwt_keys {
+            let pem = std::fs::read(&spec.path)
+                .map_err(|e| format!("--jwt-key {}: {e}", spec.path.display()))?;
+            keys.push(
+                crate::token::key_from_pem(spec.kid.clone(), spec.alg, &pem)
+                    .map_err(|e| format!("--jwt-key {}: {e}", spec.path.display()))?,
+            );
+        }
+        if let Some(path) = &self.jwks_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--jwks-file {}: {e}", path.display()))?;
+            keys.extend(
+                crate::token::keys_from_jwks(&text)
+                    .map_err(|e| format!("--jwks-file {}: {e}", path.display()))?,
+            );
+        }
+        let mut kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
+        kids.sort_unstable();
+        if kids.windows(2).any(|w| w[0] == w[1]) {
+            return Err("two keys share a kid".into());
+        }
+        Ok(keys)
+    }
+
+    /// The server configuration, with the secret to sign demo links with.
+    pub fn to_config(&self, secret: &str) -> Result<ServeConfig, String> {
+        let workers = self.workers.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let limits = Limits {
+            max_participants: usize::from(self.max_participants),
+            ..Limits::default()
+        };
+        Ok(ServeConfig {
+            listen: self.listen,
+            keys: self.keys(secret)?,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            sfu: SfuConfig {
+                bind_ip: self.media_bind_ip.unwrap_or(self.announce_ip),
+                announce_ip: self.announce_ip,
+                udp_port: self.udp_port,
+                tcp_port: (!self.no_ice_tcp).then_some(self.tcp_port),
+                workers,
+            },
+            policy: ConsultPolicy {
+                max_participants: limits.max_participants,
+                waiting_room: self.waiting_room,
+                grace: self.consult_grace,
+            },
+            limits,
+            join_timeout: self.join_timeout,
+            audit: if self.audit_log == "-" {
+                AuditSink::Stdout
+            } else {
+                AuditSink::File(PathBuf::from(&self.audit_log))
+            },
+            assets: &WEB_ASSETS,
+            shutdown_grace: Duration::from_secs(3),
+            invite_secret: secret.as_bytes().to_vec(),
+            invite_ttl: self.invite_ttl,
+            jwks_url: self.jwks_url.clone(),
+            jwks_min_refresh: Duration::from_secs(30),
+            trusted_proxies: self.trusted_proxies.clone(),
+        })
+    }
+}
+
+/// `{base}/c#t={jwt}[&k={link_secret}]`: everything secret rides in the
+/// fragment, which browsers never send to a server.
+pub fn join_url(base: &str, token: &str, link_secret: Option<&str>) -> String {
+    match link_secret {
+        Some(k) => format!("{base}/c#t={token}&k={k}"),
+        None => format!("{base}/c#t={token}"),
+    }
+}
+
+/// Unspecified listen addresses are not reachable as a link host.
+pub fn default_public_host(listen: SocketAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
+    } else {
+        listen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("spreekkamer").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn no_subcommand_means_serve_with_defaults() {
+        let cli = parse(&[]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(
+            cli.serve.listen,
+            "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(cli.serve.max_participants, 6);
+        assert_eq!(cli.serve.join_timeout, Duration::from_secs(10));
+        assert!(cli.serve.demo_links);
+        assert_eq!(cli.serve.base_url(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn serve_flags_work_with_and_without_the_subcommand() {
+        let cli = parse(&["--listen", "0.0.0.0:9000", "--no-ice-tcp"]).unwrap();
+        assert_eq!(cli.serve.listen.port(), 9000);
+        let cfg = cli.serve.to_config(&"s".repeat(32)).unwrap();
+        assert_eq!(cfg.sfu.tcp_port, None);
+        let cli = parse(&[
+            "serve",
+            "--workers",
+            "3",
+            "--public-url",
+            "https://x.example/",
+        ])
+        .unwrap();
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("serve subcommand")
+        };
+        assert_eq!(args.workers, Some(3));
+        assert_eq!(args.base_url(), "https://x.example");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        for args in [
+            vec!["--listen", "nowhere"],
+            vec!["--jwt-secret", "short"],
+            vec!["--workers", "0"],
+            vec!["--max-participants", "1"],
+            vec!["--public-url", "ftp://x"],
+            vec!["--announce-ip", "1.2.3"],
+            vec!["--log-level", "loud"],
+            vec!["--join-timeout", "soon"],
+            vec!["--udp-port", "70000"],
+        ] {
+            let err = parse(&args).expect_err(&format!("{args:?} refused"));
+            let text = err.to_string();
+            assert!(text.contains(args[0]), "{args:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn link_requires_its_flags_and_validates_them() {
+        let secret = "k".repeat(32);
+        let ok = parse(&[
+            "link",
+            "--base-url",
+            "http://h:1",
+            "--jwt-secret",
+            &secret,
+            "--consult",
+            "c1",
+            "--role",
+            "patient",
+            "--name",
+            "Jan",
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(parse(&["link", "--base-url", "http://h:1"]).is_err());
+        let bad_role = parse(&[
+            "link",
+            "--base-url",
+            "http://h:1",
+            "--jwt-secret",
+            &secret,
+            "--consult",
+            "c1",
+            "--role",
+            "admin",
+            "--name",
+            "Jan",
+        ]);
+        assert!(bad_role.is_err());
+        let bad_consult = parse(&[
+            "link",
+            "--base-url",
+            "http://h:1",
+            "--jwt-secret",
+            &secret,
+            "--consult",
+            "a b",
+            "--role",
+            "guest",
+            "--name",
+            "Jan",
+        ]);
+        assert!(bad_consult.unwrap_err().to_string().contains("--consult"));
+        let both = parse(&[
+            "link",
+            "--base-url",
+            "http://h:1",
+            "--jwt-secret",
+            &secret,
+            "--consult",
+            "c",
+            "--role",
+            "guest",
+            "--name",
+            "J",
+            "--with-link-secret",
+            "--link-secret",
+            &crate::token::random_secret(),
+        ]);
+        assert!(both.is_err());
+    }
+
+    #[test]
+    fn jwt_keys_are_parsed_and_loaded() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
+        let rsa = format!("ehr-1=RS256:{dir}/rsa-public.pem");
+        let ed = format!("EdDSA:{dir}/ed-public.pem");
+        let cli = parse(&["--jwt-key", &rsa, "--jwt-key", &ed]).unwrap();
+        assert_eq!(cli.serve.jwt_keys.len(), 2);
+        assert_eq!(cli.serve.jwt_keys[0].kid.as_deref(), Some("ehr-1"));
+        let keys = cli.serve.keys(&"s".repeat(32)).unwrap();
+        assert_eq!(keys.len(), 3, "the HS256 secret plus two public keys");
+
+        let wrong_alg = format!("ES256:{dir}/rsa-public.pem");
+        let cli = parse(&["--jwt-key", &wrong_alg]).unwrap();
+        assert!(
+            cli.serve
+                .keys(&"s".repeat(32))
+                .unwrap_err()
+                .contains("--jwt-key")
+        );
+        let missing = parse(&["--jwt-key", "RS256:/nonexistent.pem"]).unwrap();
+        assert!(missing.serve.keys(&"s".repeat(32)).is_err());
+        for bad in ["HS256:/x.pem", "RS256", "=RS256:/x", "RS256:"] {
+            assert!(parse(&["--jwt-key", bad]).is_err(), "{bad}");
+        }
+        let twice = parse(&["--jwt-key", &rsa, "--jwt-key", &rsa]).unwrap();
+        assert!(
+            twice
+                .serve
+                .keys(&"s".repeat(32))
+                .unwrap_err()
+                .contains("kid")
+        );
+    }
+
+    #[test]
+    fn join_url_keeps_secrets_in_the_fragment() {
+        assert_eq!(join_url("https://h", "a.b.c", None), "https://h/c#t=a.b.c");
+        assert_eq!(
+            join_url("https://h", "a.b.c", Some("K")),
+            "https://h/c#t=a.b.c&k=K"
+        );
+    }
+}

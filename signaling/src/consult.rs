@@ -1,0 +1,1024 @@
+//! The consult roster as pure logic: no sockets, no clock, no channels.
+//!
+//! A [`Consult`] takes what participants do (join, leave, mute, relay, admit,
+//! ...) and returns [`Effect`]s: messages to send to named participants and
+//! commands for the media plane. The session layer (`directory.rs`) carries
+//! them out. Time is a parameter, so every rule here is unit-tested without
+//! sleeping.
+//!
+//! Admission: with the waiting room enabled, patients and guests start as
+//! [`Admission::Waiting`]. A waiting participant is in no media path and
+//! learns nothing about the others: they get no roster, no broadcasts, no
+//! relays, and the media plane is not told about them until a clinician
+//! admits them.
+
+use crate::protocol::{
+    ByeReason, E2eeState, ErrorCode, JoinState, LeftReason, LobbyEntry, Participant, RelayKind,
+    Role, ServerMessage,
+};
+use std::time::{Duration, Instant};
+
+pub type ParticipantId = String;
+
+/// Rules a consult is created with.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsultPolicy {
+    /// Maximum members, waiting or admitted.
+    pub max_participants: usize,
+    /// Patients and guests wait until a clinician admits them.
+    pub waiting_room: bool,
+    /// How long an empty consult is kept (its lock, its removed list)
+    /// before it is forgotten.
+    pub grace: Duration,
+}
+
+impl Default for ConsultPolicy {
+    fn default() -> Self {
+        ConsultPolicy {
+            max_participants: 6,
+            waiting_room: false,
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Waiting,
+    Admitted,
+}
+
+/// Someone who presented a valid token for this consult.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub participant: Participant,
+    pub sub: String,
+    pub admission: Admission,
+    pub e2ee: Option<(E2eeState, Vec<ParticipantId>)>,
+    /// Seconds since the epoch when they arrived (shown in the lobby).
+    pub since_unix: u64,
+}
+
+/// A join request after the token was verified.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub id: ParticipantId,
+    pub sub: String,
+    pub name: String,
+    pub role: Role,
+    pub now_unix: u64,
+    pub now: Instant,
+}
+
+/// What the session layer must do after a roster change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Send {
+        to: ParticipantId,
+        message: ServerMessage,
+    },
+    /// Add the participant to the consult's media session.
+    MediaJoin { participant: ParticipantId },
+    /// Take the participant out of the media session.
+    MediaLeave { participant: ParticipantId },
+    /// Say `bye` to the participant and close their connection. They are
+    /// already off the roster when this is emitted.
+    Disconnect {
+        participant: ParticipantId,
+        reason: ByeReason,
+    },
+}
+
+/// The result of a successful join.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joined {
+    pub welcome: ServerMessage,
+    pub state: JoinState,
+    pub effects: Vec<Effect>,
+}
+
+#[derive(Debug)]
+pub struct Consult {
+    id: String,
+    policy: ConsultPolicy,
+    members: Vec<Member>,
+    locked: bool,
+    ended: bool,
+    /// `sub`s a clinician removed or denied: their link no longer works
+    /// for this consult (as long as the consult is remembered).
+    barred: Vec<String>,
+    /// `sub`s that were in the call and dropped out, with when: coming back
+    /// within the grace period needs no second admission.
+    recently_admitted: Vec<(String, Instant)>,
+    empty_since: Option<Instant>,
+}
+
+impl Consult {
+    pub fn new(id: impl Into<String>, policy: ConsultPolicy) -> Consult {
+        Consult {
+            id: id.into(),
+            policy,
+            members: Vec::new(),
+            locked: false,
+            ended: false,
+            barred: Vec::new(),
+            recently_admitted: Vec::new(),
+            empty_since: None,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.participant.id == id)
+    }
+
+    pub fn is_admitted(&self, id: &str) -> bool {
+        self.member(id)
+            .is_some_and(|m| m.admission == Admission::Admitted)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// An empty consult past its grace period can be forgotten.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.empty_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= self.policy.grace)
+    }
+
+    fn admitted(&self) -> impl Iterator<Item = &Member> {
+        self.members
+            .iter()
+            .filter(|m| m.admission == Admission::Admitted)
+    }
+
+    fn clinicians(&self) -> impl Iterator<Item = &Member> {
+        self.admitted()
+            .filter(|m| m.participant.role == Role::Clinician)
+    }
+
+    fn lobby(&self) -> Vec<LobbyEntry> {
+        self.members
+            .iter()
+            .filter(|m| m.admission == Admission::Waiting)
+            .map(|m| LobbyEntry {
+                id: m.participant.id.clone(),
+                name: m.participant.name.clone(),
+                role: m.participant.role,
+                since: m.since_unix,
+            })
+            .collect()
+    }
+
+    /// Send `message` to every admitted member except `except`.
+    fn broadcast(&self, except: &str, message: ServerMessage, effects: &mut Vec<Effect>) {
+        for m in self.admitted().filter(|m| m.participant.id != except) {
+            effects.push(Effect::Send {
+                to: m.participant.id.clone(),
+                message: message.clone(),
+            });
+        }
+    }
+
+    fn lobby_to_clinicians(&self, effects: &mut Vec<Effect>) {
+        let waiting = self.lobby();
+        for c in self.clinicians() {
+            effects.push(Effect::Send {
+                to: c.participant.id.clone(),
+                message: ServerMessage::Lobby {
+                    waiting: waiting.clone(),
+                },
+            });
+        }
+    }
+
+    /// A participant with a verified token arrives.
+    ///
+    /// The same person (`sub`) arriving again takes over their earlier
+    /// connection (a reloaded tab, a second device): the old one gets
+    /// `bye{replaced}`, and an admitted person stays admitted. Someone who
+    /// was in the call and dropped out within the grace period comes back
+    /// without a second admission.
+    pub fn join(
+        &mut self,
+        a: Arrival,
+        limits: crate::protocol::Limits,
+    ) -> Result<Joined, ErrorCode> {
+        if self.ended {
+            return Err(ErrorCode::ConsultEnded);
+        }
+        if self.barred.contains(&a.sub) {
+            return Err(ErrorCode::TokenRevoked);
+        }
+        let grace = self.policy.grace;
+        self.recently_admitted
+            .retain(|(_, at)| a.now.saturating_duration_since(*at) < grace);
+        let previous = self
+            .members
+            .iter()
+            .find(|m| m.sub == a.sub && m.participant.role == a.role)
+            .map(|m| (m.participant.id.clone(), m.admission));
+        let returning = previous
+            .as_ref()
+            .is_some_and(|(_, adm)| *adm == Admission::Admitted)
+            || self.recently_admitted.iter().any(|(sub, _)| *sub == a.sub);
+        // A clinician can always enter their own locked consult; the lock
+        // keeps new patients and guests out (not those who were let in).
+        if self.locked && a.role != Role::Clinician && !returning {
+            return Err(ErrorCode::ConsultLocked);
+        }
+        let others = self.members.len() - usize::from(previous.is_some());
+        if others >= self.policy.max_participants {
+            return Err(ErrorCode::ConsultFull);
+        }
+        let mut effects = Vec::new();
+        if let Some((old, _)) = previous {
+            effects.extend(self.leave(&old, LeftReason::Disconnected, a.now));
+            effects.push(Effect::Disconnect {
+                participant: old,
+                reason: ByeReason::Replaced,
+            });
+        }
+        self.recently_admitted.retain(|(sub, _)| *sub != a.sub);
+        let admission = if self.policy.waiting_room && a.role != Role::Clinician && !returning {
+            Admission::Waiting
+        } else {
+            Admission::Admitted
+        };
+        let participant = Participant {
+            id: a.id.clone(),
+            name: a.name,
+            role: a.role,
+            audio: true,
+            video: true,
+        };
+        self.members.push(Member {
+            participant: participant.clone(),
+            sub: a.sub,
+            admission,
+            e2ee: None,
+            since_unix: a.now_unix,
+        });
+        self.empty_since = None;
+
+        let (state, participants) = match admission {
+            Admission::Admitted => {
+                self.broadcast(
+                    &a.id,
+                    ServerMessage::ParticipantJoined {
+                        participant: participant.clone(),
+                    },
+                    &mut effects,
+                );
+                effects.push(Effect::MediaJoin {
+                    participant: a.id.clone(),
+                });
+                let others = self
+                    .admitted()
+                    .filter(|m| m.participant.id != a.id)
+                    .map(|m| m.participant.clone())
+                    .collect();
+                (JoinState::InCall, others)
+            }
+            Admission::Waiting => {
+                self.lobby_to_clinicians(&mut effects);
+                (JoinState::Waiting, Vec::new())
+            }
+        };
+        let is_clinician = a.role == Role::Clinician;
+        let welcome = ServerMessage::Welcome {
+            v: crate::protocol::PROTOCOL_VERSION,
+            you: participant,
+            consult: self.id.clone(),
+            state,
+            participants,
+            limits,
+            lobby: is_clinician.then(|| self.lobby()),
+            locked: is_clinician.then_some(self.locked),
+        };
+        Ok(Joined {
+            welcome,
+            state,
+            effects,
+        })
+    }
+
+    /// Take `id` off the roster. Unknown ids are ignored (leave is idempotent:
+    /// a removed participant's socket closing calls this again).
+    pub fn leave(&mut self, id: &str, reason: LeftReason, now: Instant) -> Vec<Effect> {
+        let Some(pos) = self.members.iter().position(|m| m.participant.id == id) else {
+            return Vec::new();
+        };
+        let member = self.members.remove(pos);
+        let mut effects = Vec::new();
+        match member.admission {
+            Admission::Admitted => {
+                if matches!(reason, LeftReason::Left | LeftReason::Disconnected) {
+                    self.recently_admitted.push((member.sub.clone(), now));
+                }
+                effects.push(Effect::MediaLeave {
+                    participant: id.to_string(),
+                });
+                self.broadcast(
+                    id,
+                    ServerMessage::ParticipantLeft {
+                        id: id.to_string(),
+                        reason,
+                    },
+                    &mut effects,
+                );
+            }
+            Admission::Waiting => self.lobby_to_clinicians(&mut effects),
+        }
+        if self.members.is_empty() {
+            self.empty_since = Some(now);
+        }
+        effects
+    }
+
+    pub fn mute(&mut self, id: &str, audio: bool, video: bool) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let Some(m) = self
+            .members
+            .iter_mut()
+            .find(|m| m.participant.id == id && m.admission == Admission::Admitted)
+        else {
+            return effects;
+        };
+        m.participant.audio = audio;
+        m.participant.video = video;
+        self.broadcast(
+            id,
+            ServerMessage::Mute {
+                id: id.to_string(),
+                audio,
+                video,
+            },
+            &mut effects,
+        );
+        effects
+    }
+
+    /// Forward an opaque blob to one admitted participant.
+    pub fn relay(
+        &self,
+        from: &str,
+        to: &str,
+        kind: RelayKind,
+        data: String,
+    ) -> Result<Vec<Effect>, ErrorCode> {
+        if !self.is_admitted(from) {
+            return Err(ErrorCode::Forbidden);
+        }
+        if to == from || !self.is_admitted(to) {
+            return Err(ErrorCode::UnknownParticipant);
+        }
+        Ok(vec![Effect::Send {
+            to: to.to_string(),
+            message: ServerMessage::Relay {
+                from: from.to_string(),
+                kind,
+                data,
+            },
+        }])
+    }
+
+    /// Record and broadcast a participant's E2EE status. `verified` is
+    /// limited to ids currently in the call.
+    pub fn e2ee(
+        &mut self,
+        id: &str,
+        state: E2eeState,
+        verified: Vec<ParticipantId>,
+    ) -> Result<Vec<Effect>, ErrorCode> {
+        if !self.is_admitted(id) {
+            return Err(ErrorCode::Forbidden);
+        }
+        let verified: Vec<ParticipantId> = verified
+            .into_iter()
+            .filter(|v| v != id && self.is_admitted(v))
+            .take(self.policy.max_participants)
+            .collect();
+        if let Some(m) = self.members.iter_mut().find(|m| m.participant.id == id) {
+            m.e2ee = Some((state, verified.clone()));
+        }
+        let mut effects = Vec::new();
+        self.broadcast(
+            id,
+            ServerMessage::E2ee {
+                id: id.to_string(),
+                state,
+                verified,
+            },
+            &mut effects,
+        );
+        Ok(effects)
+    }
+
+    /// Host actions need an admitted clinician.
+    pub fn require_clinician(&self, actor: &str) -> Result<(), ErrorCode> {
+        match self.member(actor) {
+            Some(m)
+                if m.admission == Admission::Admitted && m.participant.role == Role::Clinician =>
+            {
+                Ok(())
+            }
+            _ => Err(ErrorCode::Forbidden),
+        }
+    }
+
+    /// A clinician lets a waiting participant in.
+    pub fn admit(&mut self, actor: &str, id: &str) -> Result<Vec<Effect>, ErrorCode> {
+        self.require_clinician(actor)?;
+        let Some(pos) = self
+            .members
+            .iter()
+            .position(|m| m.participant.id == id && m.admission == Admission::Waiting)
+        else {
+            return Err(ErrorCode::UnknownParticipant);
+        };
+        self.members[pos].admission = Admission::Admitted;
+        let participant = self.members[pos].participant.clone();
+        let mut effects = Vec::new();
+        let others = self
+            .admitted()
+            .filter(|m| m.participant.id != id)
+            .map(|m| m.participant.clone())
+            .collect();
+        effects.push(Effect::Send {
+            to: id.to_string(),
+            message: ServerMessage::Admitted {
+                participants: others,
+            },
+        });
+        self.broadcast(
+            id,
+            ServerMessage::ParticipantJoined { participant },
+            &mut effects,
+        );
+        effects.push(Effect::MediaJoin {
+            participant: id.to_string(),
+        });
+        self.lobby_to_clinicians(&mut effects);
+        Ok(effects)
+    }
+
+    /// A clinician turns a waiting participant away; their link stops
+    /// working for this consult.
+    pub fn deny(&mut self, actor: &str, id: &str, now: Instant) -> Result<Vec<Effect>, ErrorCode> {
+        self.require_clinician(actor)?;
+        let waiting = self
+            .member(id)
+            .is_some_and(|m| m.admission == Admission::Waiting);
+        if !waiting {
+            return Err(ErrorCode::UnknownParticipant);
+        }
+        Ok(self.bar(id, LeftReason::Removed, ByeReason::Denied, now))
+    }
+
+    /// A clinician removes someone (waiting or in the call); their link stops
+    /// working for this consult.
+    pub fn remove(
+        &mut self,
+        actor: &str,
+        id: &str,
+        now: Instant,
+    ) -> Result<Vec<Effect>, ErrorCode> {
+        self.require_clinician(actor)?;
+        if actor == id || self.member(id).is_none() {
+            return Err(ErrorCode::UnknownParticipant);
+        }
+        Ok(self.bar(id, LeftReason::Removed, ByeReason::Removed, now))
+    }
+
+    fn bar(&mut self, id: &str, left: LeftReason, bye: ByeReason, now: Instant) -> Vec<Effect> {
+        if let Some(m) = self.member(id) {
+            let sub = m.sub.clone();
+            self.barred.push(sub);
+        }
+        let mut effects = self.leave(id, left, now);
+        effects.push(Effect::Disconnect {
+            participant: id.to_string(),
+            reason: bye,
+        });
+        effects
+    }
+
+    pub fn lock(&mut self, actor: &str, locked: bool) -> Result<Vec<Effect>, ErrorCode> {
+        self.require_clinician(actor)?;
+        self.locked = locked;
+        let mut effects = Vec::new();
+        for m in self.admitted() {
+            effects.push(Effect::Send {
+                to: m.participant.id.clone(),
+                message: ServerMessage::Locked { locked },
+            });
+        }
+        Ok(effects)
+    }
+
+    /// A clinician ends the consult for everyone. It stays remembered as
+    /// ended for the grace period so that links cannot re-open it at once.
+    pub fn end(&mut self, actor: &str, now: Instant) -> Result<Vec<Effect>, ErrorCode> {
+        self.require_clinician(actor)?;
+        self.ended = true;
+        let mut effects = Vec::new();
+        for m in std::mem::take(&mut self.members) {
+            if m.admission == Admission::Admitted {
+                effects.push(Effect::MediaLeave {
+                    participant: m.participant.id.clone(),
+                });
+            }
+            effects.push(Effect::Disconnect {
+                participant: m.participant.id,
+                reason: ByeReason::Ended,
+            });
+        }
+        self.empty_since = Some(now);
+        Ok(effects)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Limits;
+
+    fn arrival(id: &str, role: Role) -> Arrival {
+        Arrival {
+            id: id.into(),
+            sub: format!("sub-{id}"),
+            name: format!("Name {id}"),
+            role,
+            now_unix: 1000,
+            now: Instant::now(),
+        }
+    }
+
+    fn open_consult() -> Consult {
+        Consult::new("c1", ConsultPolicy::default())
+    }
+
+    fn lobby_consult() -> Consult {
+        Consult::new(
+            "c1",
+            ConsultPolicy {
+                waiting_room: true,
+                ..ConsultPolicy::default()
+            },
+        )
+    }
+
+    fn join(c: &mut Consult, id: &str, role: Role) -> Joined {
+        c.join(arrival(id, role), Limits::default()).expect("joins")
+    }
+
+    fn sends_to<'a>(effects: &'a [Effect], to: &str) -> Vec<&'a ServerMessage> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { to: t, message } if t == to => Some(message),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn welcome_participants(j: &Joined) -> Vec<String> {
+        match &j.welcome {
+            ServerMessage::Welcome { participants, .. } => {
+                participants.iter().map(|p| p.id.clone()).collect()
+            }
+            other => panic!("not a welcome: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn first_participant_gets_an_empty_roster_and_joins_media() {
+        let mut c = open_consult();
+        let j = join(&mut c, "a", Role::Clinician);
+        assert_eq!(j.state, JoinState::InCall);
+        assert!(welcome_participants(&j).is_empty());
+        assert_eq!(
+            j.effects,
+            vec![Effect::MediaJoin {
+                participant: "a".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn second_participant_sees_the_first_and_is_announced_to_them() {
+        let mut c = open_consult();
+        join(&mut c, "a", Role::Clinician);
+        let j = join(&mut c, "b", Role::Patient);
+        assert_eq!(welcome_participants(&j), vec!["a".to_string()]);
+        let to_a = sends_to(&j.effects, "a");
+        assert!(matches!(
+            to_a.as_slice(),
+            [ServerMessage::ParticipantJoined { participant }]
+                if participant.id == "b" && participant.role == Role::Patient && participant.name == "Name b"
+        ));
+        assert!(sends_to(&j.effects, "b").is_empty());
+    }
+
+    #[test]
+    fn consult_refuses_seventh_participant() {
+        let mut c = open_consult();
+        for i in 0..6 {
+            join(&mut c, &format!("p{i}"), Role::Guest);
+        }
+        let r = c.join(arrival("p6", Role::Clinician), Limits::default());
+        assert_eq!(r.err(), Some(ErrorCode::ConsultFull));
+        assert_eq!(c.members().len(), 6);
+    }
+
+    #[test]
+    fn leaving_is_announced_and_frees_a_place() {
+        let mut c = Consult::new(
+            "c1",
+            ConsultPolicy {
+                max_participants: 2,
+                ..ConsultPolicy::default()
+            },
+        );
+        join(&mut c, "a", Role::Clinician);
+        join(&mut c, "b", Role::Patient);
+        let effects = c.leave("b", LeftReason::Disconnected, Instant::now());
+        assert!(effects.contains(&Effect::MediaLeave {
+            participant: "b".into()
+        }));
+        assert_eq!(
+            sends_to(&effects, "a"),
+            vec![&ServerMessage::ParticipantLeft {
+                id: "b".into(),
+                reason: LeftReason::Disconnected
+            }]
+        );
+        assert!(c.join(arrival("c", Role::Guest), Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn leave_is_idempotent() {
+        let mut c = open_consult();
+        join(&mut c, "a", Role::Clinician);
+        assert!(!c.leave("a", LeftReason::Left, Instant::now()).is_empty());
+        assert!(c.leave("a", LeftReason::Left, Instant::now()).is_empty());
+    }
+
+    #[test]
+    fn empty_consult_expires_after_the_grace_period_only() {
+        let mut c = open_consult();
+        let t0 = Instant::now();
+        assert!(!c.expired(t0), "a fresh consult is not expired");
+        join(&mut c, "a", Role::Clinician);
+        c.leave("a", LeftReason::Left, t0);
+        assert!(!c.expired(t0 + Duration::from_secs(29)));
+        assert!(c.expired(t0 + Duration::from_secs(30)));
+        join(&mut c, "b", Role::Clinician);
+        assert!(
+            !c.expired(t0 + Duration::from_secs(60)),
+            "rejoined within grace"
+        );
+    }
+
+    #[test]
+    fn mute_is_broadcast_to_the_others_and_remembered() {
+        let mut c = open_consult();
+        join(&mut c, "a", Role::Clinician);
+        join(&mut c, "b", Role::Patient);
+        let effects = c.mute("b", false, true);
+        assert_eq!(
+            sends_to(&effects, "a"),
+            vec![&ServerMessage::Mute {
+                id: "b".into(),
+                audio: false,
+                video: true
+            }]
+        );
+        assert!(sends_to(&effects, "b").is_empty());
+        let j = join(&mut c, "c", Role::Guest);
+        let ServerMessage::Welcome { participants, .. } = j.welcome else {
+            panic!()
+        };
+        let b = participants.iter().find(|p| p.id == "b").unwrap();
+        assert!(!b.audio && b.video);
+    }
+
+    #[test]
+    fn relay_reaches_only_the_addressee() {
+        let mut c = open_consult();
+        join(&mut c, "a", Role::Clinician);
+        join(&mut c, "b", Role::Patient);
+        join(&mut c, "c", Role::Guest);
+        let effects = c.relay("a", "b", RelayKind::Chat, "secret".into()).unwrap();
+        assert_eq!(
+            effects,
+            vec![Effect::Send {
+                to: "b".into(),
+                message: ServerMessage::Relay {
+                    from: "a".into(),
+                    kind: RelayKind::Chat,
+                    data: "secret".into()
+                }
+            }]
+        );
+        assert_eq!(
+            c.relay("a", "zz", RelayKind::Key, "x".into()),
+            Err(ErrorCode::UnknownParticipant)
+        );
+        assert_eq!(
+            c.relay("a", "a", RelayKind::Key, "x".into()),
+            Err(ErrorCode::UnknownParticipant)
+        );
+    }
+
+    #[test]
+    fn e2ee_status_is_broadcast_with_only_present_verified_ids() {
+        let mut c = open_consult();
+        join(&mut c, "a", Role::Clinician);
+        join(&mut c, "b", Role::Patient);
+        let effects = c
+            .e2ee(
+                "a",
+                E2eeState::On,
+                vec!["b".into(), "ghost".into(), "a".into()],
+            )
+            .unwrap();
+        assert_eq!(
+            sends_to(&effects, "b"),
+            vec![&ServerMessage::E2ee {
+                id: "a".into(),
+                state: E2eeState::On,
+                verified: vec!["b".into()]
+            }]
+        );
+    }
+
+    #[test]
+    fn patient_waits_in_lobby_until_admitted() {
+        let mut c = lobby_consult();
+        let jc = join(&mut c, "doc", Role::Clinician);
+        assert!(
+            matches!(jc.welcome, ServerMessage::Welcome { lobby: Some(ref l), .. } if l.is_empty())
+        );
+        let jp = join(&mut c, "pat", Role::Patient);
+        assert_eq!(jp.state, JoinState::Waiting);
+        assert!(welcome_participants(&jp).is_empty(), "learns nobody");
+        assert!(
+            !jp.effects
+                .iter()
+                .any(|e| matches!(e, Effect::MediaJoin { .. })),
+            "no media before admission"
+        );
+        let to_doc = sends_to(&jp.effects, "doc");
+        assert!(
+            matches!(to_doc.as_slice(), [ServerMessage::Lobby { waiting }] if waiting.len() == 1 && waiting[0].id == "pat")
+        );
+
+        let effects = c.admit("doc", "pat").unwrap();
+        assert!(effects.contains(&Effect::MediaJoin {
+            participant: "pat".into()
+        }));
+        assert!(matches!(
+            sends_to(&effects, "pat").as_slice(),
+            [ServerMessage::Admitted { participants }] if participants.len() == 1 && participants[0].id == "doc"
+        ));
+        assert!(sends_to(&effects, "doc").iter().any(
+            |m| matches!(m, ServerMessage::ParticipantJoined { participant } if participant.id == "pat")
+        ));
+        assert!(c.is_admitted("pat"));
+    }
+
+    #[test]
+    fn waiting_participant_receives_no_broadcasts_or_relays() {
+        let mut c = lobby_consult();
+        join(&mut c, "doc", Role::Clinician);
+        join(&mut c, "pat", Role::Patient);
+        let j = join(&mut c, "doc2", Role::Clinician);
+        assert!(sends_to(&j.effects, "pat").is_empty());
+        assert!(sends_to(&c.mute("doc", false, false), "pat").is_empty());
+        assert_eq!(
+            c.relay("doc", "pat", RelayKind::Key, "k".into()),
+            Err(ErrorCode::UnknownParticipant)
+        );
+        assert_eq!(
+            c.relay("pat", "doc", RelayKind::Key, "k".into()),
+            Err(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            c.e2ee("pat", E2eeState::On, vec![]),
+            Err(ErrorCode::Forbidden)
+        );
+    }
+
+    #[test]
+    fn only_clinicians_admit_deny_remove_lock_and_end() {
+        let mut c = lobby_consult();
+        join(&mut c, "doc", Role::Clinician);
+        join(&mut c, "pat", Role::Patient);
+        c.admit("doc", "pat").unwrap();
+        join(&mut c, "g", Role::Guest);
+        let now = Instant::now();
+        assert_eq!(c.admit("pat", "g"), Err(ErrorCode::Forbidden));
+        assert_eq!(c.deny("pat", "g", now), Err(ErrorCode::Forbidden));
+        assert_eq!(c.remove("pat", "doc", now), Err(ErrorCode::Forbidden));
+        assert_eq!(c.lock("pat", true), Err(ErrorCode::Forbidden));
+        assert_eq!(c.end("pat", now), Err(ErrorCode::Forbidden));
+        assert_eq!(
+            c.admit("g", "g"),
+            Err(ErrorCode::Forbidden),
+            "waiting cannot self-admit"
+        );
+    }
+
+    #[test]
+    fn denied_participant_cannot_return_with_the_same_link() {
+        let mut c = lobby_consult();
+        join(&mut c, "doc", Role::Clinician);
+        join(&mut c, "pat", Role::Patient);
+        let effects = c.deny("doc", "pat", Instant::now()).unwrap();
+        assert!(effects.contains(&Effect::Disconnect {
+            participant: "pat".into(),
+            reason: ByeReason::Denied
+        }));
+        assert!(
+            !effects
+                .iter()
+                .any(|e| matches!(e, Effect::MediaLeave { .. }))
+        );
+        let again = arrival("pat2", Role::Patient);
+        let again = Arrival {
+            sub: "sub-pat".into(),
+            ..again
+        };
+        assert_eq!(
+            c.join(again, Limits::default()).err(),
+            Some(ErrorCode::TokenRevoked)
+        );
+    }
+
+    #[test]
+    fn removed_participant_leaves_media_and_is_barred() {
+        let mut c = open_consult();
+        join(&mut c, "doc", Role::Clinician);
+        join(&mut c, "pat", Role::Patient);
+        let effects = c.remove("doc", "pat", Instant::now()).unwrap();
+        assert!(effects.contains(&Effect::MediaLeave {
+            participant: "pat".into()
+        }));
+        assert!(effects.contains(&Effect::Disconnect {
+            participant: "pat".into(),
+            reason: ByeReason::Removed
+        }));
+        assert_eq!(
+            sends_to(&effects, "doc"),
+            vec![&ServerMessage::ParticipantLeft {
+                id: "pat".into(),
+                reason: LeftReason::Removed
+            }]
+        );
+        let back = Arrival {
+            sub: "sub-pat".into(),
+            ..arrival("pat-again", Role::Patient)
+        };
+        assert_eq!(
+            c.join(back, Limits::default()).err(),
+            Some(ErrorCode::TokenRevoked)
+        );
+    }
+
+    #[test]
+    fn locked_consult_refuses_patients_but_not_clinicians() {
+        let mut c = open_consult();
+        join(&mut c, "doc", Role::Clinician);
+        c.lock("doc", true).unwrap();
+        assert_eq!(
+            c.join(arrival("pat", Role::Patient), Limits::default())
+                .err(),
+            Some(ErrorCode::ConsultLocked)
+        );
+        assert!(
+            c.join(arrival("doc2", Role::Clinician), Limits::default())
+                .is_ok()
+        );
+        c.lock("doc", false).unwrap();
+        assert!(
+            c.join(arrival("pat", Role::Patient), Limits::default())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn ended_consult_disconnects_everyone_and_refuses_new_joins() {
+        let mut c = lobby_consult();
+        join(&mut c, "doc", Role::Clinician);
+        join(&mut c, "pat", Role::Patient);
+        let effects = c.end("doc", Instant::now()).unwrap();
+        let disconnected: Vec<_> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Disconnect {
+                    participant,
+                    reason: ByeReason::Ended,
+                } => Some(participant.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(disconnected, vec!["doc", "pat"]);
+        assert!(c.is_empty());
+        assert_eq!(
+            c.join(arrival("doc", Role::Clinician), Limits::default())
+                .err(),
+            Some(ErrorCode::ConsultEnded)
+        );
+    }
+
+    #[test]
+    fn same_person_joining_again_takes_over_their_place() {
+        let mut c = lobby_consult();
+        join(&mut c, "doc", Role::Clinician);
+        join(&mut c, "pat", Role::Patient);
+        c.admit("doc", "pat").unwrap();
+        let again = Arrival {
+            sub: "sub-pat".into(),
+            ..arrival("pat-tab2", Role::Patient)
+        };
+        let j = c.join(again, Limits::default()).unwrap();
+        assert_eq!(j.state, JoinState::InCall, "stays admitted");
+        assert!(j.effects.contains(&Effect::Disconnect {
+            participant: "pat".into(),
+            reason: ByeReason::Replaced
+        }));
+        assert!(j.effects.contains(&Effect::MediaLeave {
+            participant: "pat".into()
+        }));
+        assert!(j.effects.contains(&Effect::MediaJoin {
+            participant: "pat-tab2".into()
+        }));
+        assert_eq!(c.members().len(), 2);
+    }
+
+    #[test]
+    fn dropped_participant_returns_without_readmission_within_grace() {
+        let mut c = lobby_consult();
+        join(&mut c, "doc", Role::Clinician);
+        join(&mut c, "pat", Role::Patient);
+        c.admit("doc", "pat").unwrap();
+        let t0 = Instant::now();
+        c.leave("pat", LeftReason::Disconnected, t0);
+        c.lock("doc", true).unwrap();
+        let back = Arrival {
+            sub: "sub-pat".into(),
+            now: t0 + Duration::from_secs(5),
+            ..arrival("pat2", Role::Patient)
+        };
+        let j = c.join(back, Limits::default()).unwrap();
+        assert_eq!(
+            j.state,
+            JoinState::InCall,
+            "no second admission, even when locked"
+        );
+
+        c.leave("pat2", LeftReason::Disconnected, t0);
+        c.lock("doc", false).unwrap();
+        let late = Arrival {
+            sub: "sub-pat".into(),
+            now: t0 + Duration::from_secs(31),
+            ..arrival("pat3", Role::Patient)
+        };
+        assert_eq!(
+            c.join(late, Limits::default()).unwrap().state,
+            JoinState::Waiting
+        );
+    }
+
+    #[test]
+    fn takeover_does_not_count_against_capacity() {
+        let mut c = Consult::new(
+            "c1",
+            ConsultPolicy {
+                max_participants: 2,
+                ..ConsultPolicy::default()
+            },
+        );
+        join(&mut c, "a", Role::Clinician);
+        join(&mut c, "b", Role::Patient);
+        let again = Arrival {
+            sub: "sub-b".into(),
+            ..arrival("b2", Role::Patient)
+        };
+        assert!(c.join(again, Limits::default()).is_ok());
+    }
+}

@@ -1,0 +1,195 @@
+//! HTTP routes: the WebSocket endpoint, health, metrics and the embedded web
+//! client. Tokens are never read from a URL: the only way in is the first
+//! WebSocket message.
+
+use crate::audit::AccessPoint;
+use crate::server::Context;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use warp::Filter;
+use warp::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+
+/// Frames above this are refused by the WebSocket layer itself; frames
+/// between the protocol limit and this get a `message_too_large` error.
+const WS_HARD_LIMIT: usize = 1024 * 1024;
+
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+img-src 'self' blob: data:; media-src 'self' blob:; worker-src 'self' blob:; connect-src 'self'; \
+frame-ancestors 'none'; base-uri 'none'";
+
+fn security_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "permissions-policy",
+        HeaderValue::from_static("camera=(self), microphone=(self)"),
+    );
+    h
+}
+
+pub fn routes(
+    ctx: Arc<Context>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static
+{
+    let with_ctx = {
+        let ctx = ctx.clone();
+        warp::any().map(move || ctx.clone())
+    };
+
+    let ws = warp::path("ws")
+        .and(warp::path::end())
+        .and(warp::ws())
+        .and(warp::addr::remote())
+        .and(warp::header::optional::<String>("user-agent"))
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(with_ctx.clone())
+        .map(
+            |ws: warp::ws::Ws,
+             remote: Option<SocketAddr>,
+             ua: Option<String>,
+             forwarded: Option<String>,
+             ctx: Arc<Context>| {
+                let ip = crate::audit::client_ip(
+                    remote.map(|a| a.ip()),
+                    forwarded.as_deref(),
+                    &ctx.trusted_proxies,
+                );
+                let access = AccessPoint::new(ip, ua.as_deref());
+                ws.max_message_size(WS_HARD_LIMIT)
+                    .max_frame_size(WS_HARD_LIMIT)
+                    .on_upgrade(move |socket| crate::session::run(socket, ctx, access))
+            },
+        );
+
+    let healthz = warp::path("healthz")
+        .and(warp::path::end())
+        .map(|| text(StatusCode::OK, "ok"));
+
+    let readyz = warp::path("readyz")
+        .and(warp::path::end())
+        .and(with_ctx.clone())
+        .map(|ctx: Arc<Context>| {
+            if ctx.ready.load(Ordering::SeqCst) {
+                text(StatusCode::OK, "ready")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+            }
+        });
+
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(with_ctx.clone())
+        .map(|ctx: Arc<Context>| {
+            let body = ctx.metrics.render(ctx.sfu.stats());
+            Response::builder()
+                .header(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(body)
+                .unwrap_or_else(|_| Response::new(String::new()))
+        });
+
+    let assets = warp::path::full()
+        .and(with_ctx)
+        .map(|path: warp::path::FullPath, ctx: Arc<Context>| asset(ctx.assets, path.as_str()));
+
+    let get = warp::get().and(healthz.or(readyz).or(metrics).or(assets));
+    ws.or(get)
+        .recover(|_rejection: warp::Rejection| async {
+            Ok::<_, Infallible>(text(StatusCode::NOT_FOUND, "not found"))
+        })
+        .with(warp::reply::with::headers(security_headers()))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<&'static [u8]> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(body.as_bytes())
+        .unwrap_or_else(|_| Response::new(&b""[..]))
+}
+
+/// Serve one embedded file. `/` is the landing page, `/c` the join page
+/// (the token stays in the fragment, which never reaches the server).
+fn asset(dir: &'static include_dir::Dir<'static>, path: &str) -> Response<&'static [u8]> {
+    let relative = match path {
+        "/" => "landing.html",
+        "/c" | "/c/" => "index.html",
+        p => p.trim_start_matches('/'),
+    };
+    if relative.is_empty() || relative.split('/').any(|seg| seg.is_empty() || seg == "..") {
+        return text(StatusCode::NOT_FOUND, "not found");
+    }
+    let Some(file) = dir.get_file(relative) else {
+        return text(StatusCode::NOT_FOUND, "not found");
+    };
+    let content_type = content_type(relative);
+    // Pages must never be cached (they are small, and a stale page could
+    // talk an old protocol); other assets are revalidated on every load.
+    let cache = if content_type.starts_with("text/html") {
+        "no-store"
+    } else {
+        "no-cache"
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, cache)
+        .body(file.contents())
+        .unwrap_or_else(|_| Response::new(&b""[..]))
+}
+
+pub fn content_type(path: &str) -> &'static str {
+    let ext = path.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    match ext.to_ascii_lowercase().as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" => "application/json",
+        "webmanifest" => "application/manifest+json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "ico" => "image/x-icon",
+        "webp" => "image/webp",
+        "txt" => "text/plain; charset=utf-8",
+        "woff2" => "font/woff2",
+        "wasm" => "application/wasm",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types_match_the_ui_contract() {
+        assert_eq!(content_type("app.js"), "text/javascript; charset=utf-8");
+        assert_eq!(
+            content_type("e2ee/worker.js"),
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(content_type("style.css"), "text/css; charset=utf-8");
+        assert_eq!(content_type("index.html"), "text/html; charset=utf-8");
+        assert_eq!(content_type("logo.svg"), "image/svg+xml");
+        assert_eq!(content_type("i18n/nl.json"), "application/json");
+        assert_eq!(content_type("icon.png"), "image/png");
+        assert_eq!(content_type("README"), "application/octet-stream");
+    }
+}

@@ -1,0 +1,37 @@
+//! # Spreekkamer edge
+//!
+//! The edge authenticates people and runs consults; the media plane (`sfu`)
+//! moves their audio and video. One file per concern:
+//!
+//! * [`protocol`] — the wire messages and error codes of docs/PROTOCOL.md;
+//! * [`token`] — join tokens (verify on every join, mint for `link`);
+//! * [`jwks`] — the EHR's public keys from a JWKS URL;
+//! * [`consult`] — the roster and waiting room as pure logic that returns
+//!   effects;
+//! * [`directory`] — every consult of this edge plus a mailbox per connected
+//!   participant; carries out the effects;
+//! * [`session`] — one WebSocket connection with its limits;
+//! * [`rate`] — the token buckets behind those limits;
+//! * [`http`] — routes, health, metrics, the embedded web client;
+//! * [`audit`] — the NEN 7513 access log, the only record of a consult;
+//! * [`metrics`] — Prometheus;
+//! * [`server`] — start and graceful stop;
+//! * [`config`] — the command line.
+//!
+//! Tests (and the binary) start a server with [`serve`] and stop it with
+//! [`Server::shutdown`].
+
+pub mod audit;
+pub mod config;
+pub mod consult;
+pub mod directory;
+pub mod http;
+pub mod jwks;
+pub mod metrics;
+pub mod protocol;
+pub mod rate;
+pub mod server;
+pub mod session;
+pub mod token;
+
+pub use server::{ServeConfig, ServeError, Server, serve};

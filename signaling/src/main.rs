@@ -1,0 +1,160 @@
+//! The `spreekkamer` binary: `serve` (default), `link`, and the reserved
+//! `signaling` / `sfu` subcommands.
+
+use clap::Parser;
+use signaling::config::{Cli, Command, LinkArgs, ServeArgs, join_url};
+use signaling::protocol::Role;
+use signaling::token::{MintRequest, mint_hs256, random_hex_id, random_secret, unix_now};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Link(args)) => link(&args),
+        Some(Command::Signaling) | Some(Command::Sfu) => {
+            eprintln!(
+                "error: the `signaling` and `sfu` subcommands (separate edge and media nodes) are not yet available; use `serve`"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn link(args: &LinkArgs) -> ExitCode {
+    let link_secret = match (&args.link_secret, args.with_link_secret) {
+        (Some(k), _) => Some(k.clone()),
+        (None, true) => Some(random_secret()),
+        (None, false) => None,
+    };
+    let request = MintRequest {
+        issuer: args.issuer.clone(),
+        audience: args.audience.clone(),
+        sub: args.sub.clone().unwrap_or_else(random_hex_id),
+        role: args.role.into(),
+        consult: args.consult.clone(),
+        name: args.name.clone(),
+        ttl_secs: args.ttl.as_secs().max(1),
+        jti: args.jti.clone(),
+    };
+    match mint_hs256(args.jwt_secret.as_bytes(), &request, unix_now()) {
+        Ok(token) => {
+            println!(
+                "{}",
+                join_url(&args.base_url, &token, link_secret.as_deref())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => {
+            eprintln!("error: cannot mint a link: {code} (check --sub and --jti)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    env_logger::Builder::new()
+        .filter_level(args.log_level)
+        .target(env_logger::Target::Stderr)
+        .init();
+    let generated = args.jwt_secret.is_none();
+    let secret = args.jwt_secret.clone().unwrap_or_else(random_secret);
+    let config = match args.to_config(&secret) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match signaling::serve(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if generated {
+            eprintln!(
+                "note: no --jwt-secret given; using a random secret, so links stop working when the server stops"
+            );
+        }
+        if args.demo_links {
+            print_demo_links(&args, &secret, server.local_addr());
+        }
+        wait_for_signal().await;
+        log::info!("shutting down");
+        server.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_demo_links(args: &ServeArgs, secret: &str, bound: std::net::SocketAddr) {
+    let base = match &args.public_url {
+        Some(u) => u.clone(),
+        None => format!("http://{}", signaling::config::default_public_host(bound)),
+    };
+    let consult = format!("demo-{}", random_hex_id());
+    let link_secret = random_secret();
+    let now = unix_now();
+    let mut lines = Vec::new();
+    for (role, name, label) in [
+        (Role::Clinician, "Dr. Demo", "Clinician"),
+        (Role::Patient, "Demo Patient", "Patient"),
+    ] {
+        let request = MintRequest {
+            issuer: args.jwt_issuer.clone(),
+            audience: args.jwt_audience.clone(),
+            sub: random_hex_id(),
+            role,
+            consult: consult.clone(),
+            name: name.into(),
+            ttl_secs: 12 * 3600,
+            jti: None,
+        };
+        match mint_hs256(secret.as_bytes(), &request, now) {
+            Ok(token) => lines.push(format!(
+                "{label} link: {}",
+                join_url(&base, &token, Some(&link_secret))
+            )),
+            Err(code) => eprintln!("error: cannot mint the demo links: {code}"),
+        }
+    }
+    println!("Spreekkamer is running on {base}. Demo consult {consult} (links valid 12 h):");
+    for line in lines {
+        println!("{line}");
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

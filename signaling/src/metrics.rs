@@ -1,0 +1,165 @@
+//! Prometheus metrics of the edge, plus the media plane's counters copied in
+//! at scrape time (the SFU keeps plain atomics so its hot path never touches
+//! the prometheus crate).
+
+use crate::protocol::ErrorCode;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use sfu::metrics::MediaStats;
+use std::sync::Mutex;
+
+pub struct Metrics {
+    registry: Registry,
+    pub consults: IntGauge,
+    pub participants: IntGauge,
+    pub waiting: IntGauge,
+    pub connections: IntGauge,
+    pub media_consults: IntGauge,
+    pub media_peers: IntGauge,
+    pub tracks: IntGauge,
+    packets_in: IntCounter,
+    packets_out: IntCounter,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    pub join_to_media: Histogram,
+    pub joins_accepted: IntCounter,
+    pub joins_rejected: IntCounterVec,
+    pub ws_messages: IntCounterVec,
+    /// Serializes scrapes so the counter catch-up below is not raced.
+    scrape: Mutex<()>,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Metrics> {
+        let r = Registry::new_custom(Some("spreekkamer".into()), None)?;
+        let join_to_media = Histogram::with_opts(
+            HistogramOpts::new(
+                "join_to_media_seconds",
+                "Time from an accepted join to the first media forwarded to that participant",
+            )
+            .buckets(vec![
+                0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+            ]),
+        )?;
+        r.register(Box::new(join_to_media.clone()))?;
+        let joins_rejected = IntCounterVec::new(
+            Opts::new("joins_rejected_total", "Refused joins by error code"),
+            &["reason"],
+        )?;
+        r.register(Box::new(joins_rejected.clone()))?;
+        let ws_messages = IntCounterVec::new(
+            Opts::new("ws_messages_total", "WebSocket messages received, by type"),
+            &["type"],
+        )?;
+        r.register(Box::new(ws_messages.clone()))?;
+        Ok(Metrics {
+            consults: gauge(
+                &r,
+                "consults",
+                "Consults with at least one participant or in grace",
+            )?,
+            participants: gauge(&r, "participants", "Participants in a call (admitted)")?,
+            waiting: gauge(&r, "waiting_participants", "Participants in a waiting room")?,
+            connections: gauge(&r, "ws_connections", "Open WebSocket connections")?,
+            media_consults: gauge(&r, "media_consults", "Consults the media plane holds")?,
+            media_peers: gauge(&r, "media_peers", "Peer connections the media plane holds")?,
+            tracks: gauge(&r, "media_tracks", "Tracks being forwarded")?,
+            packets_in: counter(&r, "media_packets_in_total", "RTP/RTCP packets received")?,
+            packets_out: counter(&r, "media_packets_out_total", "RTP/RTCP packets sent")?,
+            bytes_in: counter(&r, "media_bytes_in_total", "Media bytes received")?,
+            bytes_out: counter(&r, "media_bytes_out_total", "Media bytes sent")?,
+            join_to_media,
+            joins_accepted: counter(&r, "joins_accepted_total", "Joins with a valid token")?,
+            joins_rejected,
+            ws_messages,
+            registry: r,
+            scrape: Mutex::new(()),
+        })
+    }
+
+    pub fn rejected(&self, code: ErrorCode) {
+        self.joins_rejected
+            .with_label_values(&[code.as_str()])
+            .inc();
+    }
+
+    /// Prometheus text format, with the media plane's numbers brought up to date.
+    pub fn render(&self, media: MediaStats) -> String {
+        let _guard = self.scrape.lock();
+        self.media_consults.set(clamp(media.consults));
+        self.media_peers.set(clamp(media.peers));
+        self.tracks.set(clamp(media.tracks));
+        catch_up(&self.packets_in, media.packets_in);
+        catch_up(&self.packets_out, media.packets_out);
+        catch_up(&self.bytes_in, media.bytes_in);
+        catch_up(&self.bytes_out, media.bytes_out);
+        let mut out = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Counters only go up; the SFU's totals are monotonic, so add the difference.
+fn catch_up(counter: &IntCounter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_includes_media_totals_and_rejections() {
+        let m = Metrics::new().unwrap();
+        m.rejected(ErrorCode::TokenExpired);
+        m.rejected(ErrorCode::TokenExpired);
+        let stats = MediaStats {
+            packets_in: 10,
+            bytes_in: 1000,
+            packets_out: 20,
+            bytes_out: 2000,
+            consults: 1,
+            peers: 2,
+            tracks: 4,
+        };
+        let text = m.render(stats);
+        assert!(
+            text.contains("spreekkamer_media_packets_in_total 10"),
+            "{text}"
+        );
+        assert!(text.contains("spreekkamer_media_bytes_out_total 2000"));
+        assert!(text.contains("spreekkamer_media_tracks 4"));
+        assert!(text.contains("spreekkamer_joins_rejected_total{reason=\"token_expired\"} 2"));
+        let text = m.render(MediaStats {
+            packets_in: 15,
+            ..stats
+        });
+        assert!(text.contains("spreekkamer_media_packets_in_total 15"));
+    }
+}

@@ -1,0 +1,745 @@
+//! The wire protocol of docs/PROTOCOL.md as Rust types.
+//!
+//! Every WebSocket text frame holds one JSON object tagged by `type`. These
+//! types are the only place the edge names message fields, so the document
+//! and the code can be compared side by side. Unknown fields are ignored by
+//! serde's default; unknown `type`s fail to parse and become `bad_message`.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this server speaks (`join.v`, `welcome.v`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Who a participant is in the consult (the token's `role` claim).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Clinician,
+    Patient,
+    Guest,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Clinician => "clinician",
+            Role::Patient => "patient",
+            Role::Guest => "guest",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "clinician" => Some(Role::Clinician),
+            "patient" => Some(Role::Patient),
+            "guest" => Some(Role::Guest),
+            _ => None,
+        }
+    }
+}
+
+/// A participant as the others see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Participant {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// Microphone on.
+    pub audio: bool,
+    /// Camera on.
+    pub video: bool,
+}
+
+/// The `RTCIceCandidateInit` a browser trickles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateInit {
+    pub candidate: String,
+    #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(
+        rename = "sdpMLineIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sdp_m_line_index: Option<u16>,
+}
+
+/// What an opaque relayed blob carries (the server never reads `data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayKind {
+    Key,
+    Chat,
+    Photo,
+}
+
+/// A participant's end-to-end encryption status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum E2eeState {
+    On,
+    Unsupported,
+}
+
+impl E2eeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            E2eeState::On => "on",
+            E2eeState::Unsupported => "unsupported",
+        }
+    }
+}
+
+/// Client → server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ClientMessage {
+    /// `token` and `v` are optional in the type so that their absence gets
+    /// its own error code (`token_missing`, `unsupported_version`) instead of
+    /// a generic parse failure.
+    Join {
+        #[serde(default)]
+        v: Option<u64>,
+        #[serde(default)]
+        token: Option<String>,
+    },
+    Answer {
+        sdp: String,
+    },
+    Candidate {
+        candidate: CandidateInit,
+    },
+    IceRestart,
+    Mute {
+        audio: bool,
+        video: bool,
+    },
+    Relay {
+        to: String,
+        kind: RelayKind,
+        data: String,
+    },
+    E2ee {
+        state: E2eeState,
+        #[serde(default)]
+        verified: Vec<String>,
+    },
+    Leave,
+    Ping,
+    // Lobby and host actions (clinician only).
+    Admit {
+        id: String,
+    },
+    Deny {
+        id: String,
+    },
+    Remove {
+        id: String,
+    },
+    Lock {
+        locked: bool,
+    },
+    End,
+    Invite {
+        role: Role,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+    },
+    RevokeInvite {
+        jti: String,
+    },
+}
+
+impl ClientMessage {
+    /// The `type` tag, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Join { .. } => "join",
+            ClientMessage::Answer { .. } => "answer",
+            ClientMessage::Candidate { .. } => "candidate",
+            ClientMessage::IceRestart => "ice-restart",
+            ClientMessage::Mute { .. } => "mute",
+            ClientMessage::Relay { .. } => "relay",
+            ClientMessage::E2ee { .. } => "e2ee",
+            ClientMessage::Leave => "leave",
+            ClientMessage::Ping => "ping",
+            ClientMessage::Admit { .. } => "admit",
+            ClientMessage::Deny { .. } => "deny",
+            ClientMessage::Remove { .. } => "remove",
+            ClientMessage::Lock { .. } => "lock",
+            ClientMessage::End => "end",
+            ClientMessage::Invite { .. } => "invite",
+            ClientMessage::RevokeInvite { .. } => "revoke-invite",
+        }
+    }
+}
+
+/// Whether a participant is in the call or still in the waiting room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JoinState {
+    InCall,
+    Waiting,
+}
+
+/// Why a participant left, as told to the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeftReason {
+    Left,
+    Removed,
+    Disconnected,
+    Ended,
+}
+
+/// Why the server says goodbye to this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ByeReason {
+    Left,
+    Shutdown,
+    Ended,
+    Removed,
+    /// Sent to a waiting participant the clinician turned away.
+    Denied,
+    /// The same person joined again (reload, second device); this older
+    /// connection is closed.
+    Replaced,
+}
+
+/// The limits this server enforces, told to the client in `welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub messages_per_second: u32,
+    pub messages_burst: u32,
+    pub max_participants: usize,
+    pub relay_bytes_per_second: u32,
+    pub relay_bytes_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 64 * 1024,
+            messages_per_second: 50,
+            messages_burst: 100,
+            max_participants: 6,
+            relay_bytes_per_second: 512 * 1024,
+            relay_bytes_burst: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// Someone in the waiting room, as a clinician sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LobbyEntry {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// Seconds since the UNIX epoch when they started waiting.
+    pub since: u64,
+}
+
+/// Server → client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ServerMessage {
+    Welcome {
+        v: u32,
+        you: Participant,
+        consult: String,
+        state: JoinState,
+        participants: Vec<Participant>,
+        limits: Limits,
+        /// Clinicians only: who is waiting, and whether the consult is locked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lobby: Option<Vec<LobbyEntry>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locked: Option<bool>,
+    },
+    Offer {
+        sdp: String,
+    },
+    ParticipantJoined {
+        participant: Participant,
+    },
+    ParticipantLeft {
+        id: String,
+        reason: LeftReason,
+    },
+    Mute {
+        id: String,
+        audio: bool,
+        video: bool,
+    },
+    Relay {
+        from: String,
+        kind: RelayKind,
+        data: String,
+    },
+    E2ee {
+        id: String,
+        state: E2eeState,
+        verified: Vec<String>,
+    },
+    MediaFailed {
+        reason: String,
+    },
+    Pong,
+    Error {
+        code: ErrorCode,
+        message: String,
+        fatal: bool,
+    },
+    Bye {
+        reason: ByeReason,
+    },
+    /// To clinicians: the full waiting-room list, sent whenever it changes.
+    Lobby {
+        waiting: Vec<LobbyEntry>,
+    },
+    /// To a waiting participant: the clinician let them in. Followed by the
+    /// roster as `participant-joined` messages and the first `offer`.
+    Admitted {
+        participants: Vec<Participant>,
+    },
+    /// To everyone in the call: the consult was (un)locked.
+    Locked {
+        locked: bool,
+    },
+    /// To the clinician who asked: a signed invite token. The page builds
+    /// the link `{origin}/c#t={token}&k={link secret}` itself, so the E2EE
+    /// link secret never passes through the server.
+    InviteCreated {
+        jti: String,
+        role: Role,
+        token: String,
+        /// Seconds since the UNIX epoch.
+        expires: u64,
+    },
+    /// To the clinician who asked: the invite no longer works.
+    InviteRevoked {
+        jti: String,
+    },
+}
+
+impl ServerMessage {
+    /// The error message for `code`, with its default text and fatality.
+    pub fn error(code: ErrorCode) -> ServerMessage {
+        ServerMessage::Error {
+            code,
+            message: code.message().to_string(),
+            fatal: code.fatal(),
+        }
+    }
+
+    /// Serialize for the wire. Serializing these types cannot fail (no
+    /// maps with non-string keys, no custom serializers); the fallback keeps
+    /// that promise without a panic.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"bad_message","message":"internal serialization error","fatal":false}"#
+                .to_string()
+        })
+    }
+}
+
+/// Every error code of docs/PROTOCOL.md. The serialized strings are stable:
+/// clients and the audit log match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadMessage,
+    UnsupportedVersion,
+    NotJoined,
+    JoinTimeout,
+    MessageTooLarge,
+    RateLimited,
+    TokenMissing,
+    TokenTooLarge,
+    TokenMalformed,
+    TokenBadAlgorithm,
+    TokenBadSignature,
+    TokenExpired,
+    TokenNotYetValid,
+    TokenWrongIssuer,
+    TokenWrongAudience,
+    TokenMissingClaim,
+    TokenBadClaim,
+    TokenRevoked,
+    ConsultFull,
+    ConsultLocked,
+    ConsultEnded,
+    Forbidden,
+    UnknownParticipant,
+    MediaError,
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 25] = [
+        ErrorCode::BadMessage,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::NotJoined,
+        ErrorCode::JoinTimeout,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::TokenMissing,
+        ErrorCode::TokenTooLarge,
+        ErrorCode::TokenMalformed,
+        ErrorCode::TokenBadAlgorithm,
+        ErrorCode::TokenBadSignature,
+        ErrorCode::TokenExpired,
+        ErrorCode::TokenNotYetValid,
+        ErrorCode::TokenWrongIssuer,
+        ErrorCode::TokenWrongAudience,
+        ErrorCode::TokenMissingClaim,
+        ErrorCode::TokenBadClaim,
+        ErrorCode::TokenRevoked,
+        ErrorCode::ConsultFull,
+        ErrorCode::ConsultLocked,
+        ErrorCode::ConsultEnded,
+        ErrorCode::Forbidden,
+        ErrorCode::UnknownParticipant,
+        ErrorCode::MediaError,
+        ErrorCode::ShuttingDown,
+    ];
+
+    /// The stable wire string (`token_expired`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::JoinTimeout => "join_timeout",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TokenMissing => "token_missing",
+            ErrorCode::TokenTooLarge => "token_too_large",
+            ErrorCode::TokenMalformed => "token_malformed",
+            ErrorCode::TokenBadAlgorithm => "token_bad_algorithm",
+            ErrorCode::TokenBadSignature => "token_bad_signature",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenNotYetValid => "token_not_yet_valid",
+            ErrorCode::TokenWrongIssuer => "token_wrong_issuer",
+            ErrorCode::TokenWrongAudience => "token_wrong_audience",
+            ErrorCode::TokenMissingClaim => "token_missing_claim",
+            ErrorCode::TokenBadClaim => "token_bad_claim",
+            ErrorCode::TokenRevoked => "token_revoked",
+            ErrorCode::ConsultFull => "consult_full",
+            ErrorCode::ConsultLocked => "consult_locked",
+            ErrorCode::ConsultEnded => "consult_ended",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::UnknownParticipant => "unknown_participant",
+            ErrorCode::MediaError => "media_error",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Parse a wire string (used for codes the media plane reports).
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// A fatal error is followed by the server closing the connection.
+    pub fn fatal(self) -> bool {
+        !matches!(
+            self,
+            ErrorCode::BadMessage
+                | ErrorCode::RateLimited
+                | ErrorCode::Forbidden
+                | ErrorCode::UnknownParticipant
+                | ErrorCode::MediaError
+        )
+    }
+
+    /// Default English text. The browser shows its own localized text per
+    /// code; this is for other clients and for people reading the wire.
+    pub fn message(self) -> &'static str {
+        match self {
+            ErrorCode::BadMessage => "The message could not be understood.",
+            ErrorCode::UnsupportedVersion => {
+                "This protocol version is not supported; reload the page."
+            }
+            ErrorCode::NotJoined => "The first message must be a join.",
+            ErrorCode::JoinTimeout => "No join message arrived in time.",
+            ErrorCode::MessageTooLarge => "The message is too large.",
+            ErrorCode::RateLimited => "Too many messages; this one was dropped.",
+            ErrorCode::TokenMissing => "The link holds no access token.",
+            ErrorCode::TokenTooLarge => "The access token is too large.",
+            ErrorCode::TokenMalformed => "The access token is damaged.",
+            ErrorCode::TokenBadAlgorithm => {
+                "The access token uses an algorithm this server does not accept."
+            }
+            ErrorCode::TokenBadSignature => "The access token's signature is not valid.",
+            ErrorCode::TokenExpired => "The link has expired.",
+            ErrorCode::TokenNotYetValid => "The link is not valid yet.",
+            ErrorCode::TokenWrongIssuer => "The link was issued by an unknown party.",
+            ErrorCode::TokenWrongAudience => "The link is meant for another service.",
+            ErrorCode::TokenMissingClaim => "The access token lacks required information.",
+            ErrorCode::TokenBadClaim => "The access token holds invalid information.",
+            ErrorCode::TokenRevoked => "The link is no longer valid for this consult.",
+            ErrorCode::ConsultFull => "The consult has its maximum number of participants.",
+            ErrorCode::ConsultLocked => "The consult is locked.",
+            ErrorCode::ConsultEnded => "The consult has ended.",
+            ErrorCode::Forbidden => "Only the clinician can do this.",
+            ErrorCode::UnknownParticipant => "That participant is not in the consult.",
+            ErrorCode::MediaError => "The media server refused the request.",
+            ErrorCode::ShuttingDown => "The server is restarting; try again in a moment.",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> ClientMessage {
+        serde_json::from_value(v).expect("parses")
+    }
+
+    #[test]
+    fn every_client_message_round_trips() {
+        let messages = vec![
+            ClientMessage::Join {
+                v: Some(1),
+                token: Some("a.b.c".into()),
+            },
+            ClientMessage::Answer { sdp: "v=0".into() },
+            ClientMessage::Candidate {
+                candidate: CandidateInit {
+                    candidate: "candidate:1 1 udp 1 127.0.0.1 5000 typ host".into(),
+                    sdp_mid: Some("0".into()),
+                    sdp_m_line_index: Some(0),
+                },
+            },
+            ClientMessage::IceRestart,
+            ClientMessage::Mute {
+                audio: true,
+                video: false,
+            },
+            ClientMessage::Relay {
+                to: "00112233aabbccdd".into(),
+                kind: RelayKind::Photo,
+                data: "opaque".into(),
+            },
+            ClientMessage::E2ee {
+                state: E2eeState::On,
+                verified: vec!["x".into()],
+            },
+            ClientMessage::Leave,
+            ClientMessage::Ping,
+            ClientMessage::Admit { id: "a".into() },
+            ClientMessage::Deny { id: "a".into() },
+            ClientMessage::Remove { id: "a".into() },
+            ClientMessage::Lock { locked: true },
+            ClientMessage::End,
+            ClientMessage::Invite {
+                role: Role::Guest,
+                name: Some("Tolk".into()),
+                ttl_secs: Some(3600),
+            },
+            ClientMessage::RevokeInvite { jti: "j".into() },
+        ];
+        for m in messages {
+            let text = serde_json::to_string(&m).expect("serializes");
+            let back: ClientMessage = serde_json::from_str(&text).expect("parses back");
+            assert_eq!(back, m, "{text}");
+            let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+            assert_eq!(v["type"], m.kind(), "type tag of {text}");
+        }
+    }
+
+    #[test]
+    fn client_messages_use_the_documented_field_names() {
+        assert_eq!(
+            parse(
+                json!({"type":"candidate","candidate":{"candidate":"c","sdpMid":"1","sdpMLineIndex":1}})
+            ),
+            ClientMessage::Candidate {
+                candidate: CandidateInit {
+                    candidate: "c".into(),
+                    sdp_mid: Some("1".into()),
+                    sdp_m_line_index: Some(1)
+                }
+            }
+        );
+        assert_eq!(
+            parse(json!({"type":"ice-restart"})),
+            ClientMessage::IceRestart
+        );
+        assert_eq!(
+            parse(json!({"type":"revoke-invite","jti":"x"})),
+            ClientMessage::RevokeInvite { jti: "x".into() }
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_unknown_types_refused() {
+        assert_eq!(parse(json!({"type":"ping","extra":1})), ClientMessage::Ping);
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"dance"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"sdp":"x"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"answer"}"#).is_err());
+    }
+
+    #[test]
+    fn join_without_token_or_version_still_parses() {
+        assert_eq!(
+            parse(json!({"type":"join"})),
+            ClientMessage::Join {
+                v: None,
+                token: None
+            }
+        );
+    }
+
+    #[test]
+    fn every_server_message_round_trips() {
+        let p = Participant {
+            id: "0011223344556677".into(),
+            name: "Dr. Jansen".into(),
+            role: Role::Clinician,
+            audio: true,
+            video: true,
+        };
+        let messages = vec![
+            ServerMessage::Welcome {
+                v: 1,
+                you: p.clone(),
+                consult: "c1".into(),
+                state: JoinState::InCall,
+                participants: vec![p.clone()],
+                limits: Limits::default(),
+                lobby: None,
+                locked: None,
+            },
+            ServerMessage::Offer { sdp: "v=0".into() },
+            ServerMessage::ParticipantJoined {
+                participant: p.clone(),
+            },
+            ServerMessage::ParticipantLeft {
+                id: "x".into(),
+                reason: LeftReason::Disconnected,
+            },
+            ServerMessage::Mute {
+                id: "x".into(),
+                audio: false,
+                video: true,
+            },
+            ServerMessage::Relay {
+                from: "x".into(),
+                kind: RelayKind::Key,
+                data: "d".into(),
+            },
+            ServerMessage::E2ee {
+                id: "x".into(),
+                state: E2eeState::Unsupported,
+                verified: vec![],
+            },
+            ServerMessage::MediaFailed {
+                reason: "ice".into(),
+            },
+            ServerMessage::Pong,
+            ServerMessage::error(ErrorCode::TokenExpired),
+            ServerMessage::Bye {
+                reason: ByeReason::Shutdown,
+            },
+            ServerMessage::Lobby {
+                waiting: vec![LobbyEntry {
+                    id: "w".into(),
+                    name: "P".into(),
+                    role: Role::Patient,
+                    since: 1,
+                }],
+            },
+            ServerMessage::Admitted {
+                participants: vec![p.clone()],
+            },
+            ServerMessage::Locked { locked: true },
+            ServerMessage::InviteCreated {
+                jti: "j".into(),
+                role: Role::Guest,
+                token: "a.b.c".into(),
+                expires: 5,
+            },
+            ServerMessage::InviteRevoked { jti: "j".into() },
+        ];
+        for m in messages {
+            let text = m.to_json();
+            let back: ServerMessage = serde_json::from_str(&text).expect("parses back");
+            assert_eq!(back, m, "{text}");
+        }
+    }
+
+    #[test]
+    fn server_messages_use_the_documented_shapes() {
+        let v: serde_json::Value =
+            serde_json::from_str(&ServerMessage::error(ErrorCode::ConsultFull).to_json()).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["code"], "consult_full");
+        assert_eq!(v["fatal"], true);
+        let v: serde_json::Value = serde_json::from_str(
+            &ServerMessage::ParticipantLeft {
+                id: "a".into(),
+                reason: LeftReason::Left,
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"participant-left","id":"a","reason":"left"})
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&ServerMessage::MediaFailed { reason: "r".into() }.to_json())
+                .unwrap();
+        assert_eq!(v["type"], "media-failed");
+    }
+
+    #[test]
+    fn error_codes_serialize_to_their_stable_strings() {
+        for code in ErrorCode::ALL {
+            let s = serde_json::to_string(&code).unwrap();
+            assert_eq!(s, format!("\"{}\"", code.as_str()));
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            assert!(!code.message().is_empty());
+        }
+    }
+
+    #[test]
+    fn fatality_matches_the_protocol_table() {
+        let not_fatal = [
+            ErrorCode::BadMessage,
+            ErrorCode::RateLimited,
+            ErrorCode::Forbidden,
+            ErrorCode::UnknownParticipant,
+            ErrorCode::MediaError,
+        ];
+        for code in ErrorCode::ALL {
+            assert_eq!(code.fatal(), !not_fatal.contains(&code), "{code}");
+        }
+    }
+
+    #[test]
+    fn the_error_code_table_in_protocol_md_matches_the_enum() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        for code in ErrorCode::ALL {
+            let row = format!(
+                "| `{}` | {} |",
+                code.as_str(),
+                if code.fatal() { "yes" } else { "no" }
+            );
+            assert!(doc.contains(&row), "docs/PROTOCOL.md lacks row {row}");
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Starting and stopping the edge: bind, start the media plane, serve HTTP
+//! and WebSockets, and shut down in order (not ready → participants told →
+//! media plane stopped → HTTP stopped).
+
+use crate::audit::{AuditLog, AuditSink};
+use crate::consult::ConsultPolicy;
+use crate::directory::Directory;
+use crate::metrics::Metrics;
+use crate::protocol::Limits;
+use crate::token::{TokenVerifier, VerifyKey};
+use include_dir::Dir;
+use sfu::{SfuConfig, SfuHandle};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// How often the JWKS is fetched without being asked.
+const JWKS_REFRESH: Duration = Duration::from_secs(600);
+
+/// The web client, embedded at build time so one file deploys.
+pub static WEB_ASSETS: Dir<'static> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/../web");
+
+/// Everything `serve` needs; built from the command line in `config.rs`.
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub keys: Vec<VerifyKey>,
+    pub issuer: String,
+    pub audience: String,
+    pub sfu: SfuConfig,
+    pub policy: ConsultPolicy,
+    pub limits: Limits,
+    pub join_timeout: Duration,
+    pub audit: AuditSink,
+    pub assets: &'static Dir<'static>,
+    /// How long shutdown waits for participants to be told before it stops
+    /// the media plane anyway.
+    pub shutdown_grace: Duration,
+    /// HS256 secret the server signs invites with (one of `keys` must
+    /// verify them: the all-in-one secret does).
+    pub invite_secret: Vec<u8>,
+    /// Invite validity when the clinician does not choose one.
+    pub invite_ttl: Duration,
+    /// The EHR's JWKS URL, if its keys are fetched rather than configured.
+    pub jwks_url: Option<String>,
+    /// Minimum time between two JWKS fetches (unknown `kid`s trigger one).
+    pub jwks_min_refresh: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (audit IPs).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl ServeConfig {
+    /// Defaults for an all-in-one server on `listen` with an HS256 secret.
+    pub fn new(listen: SocketAddr, jwt_secret: &[u8]) -> ServeConfig {
+        let limits = Limits::default();
+        ServeConfig {
+            listen,
+            keys: vec![VerifyKey::hs256(jwt_secret)],
+            issuer: "spreekkamer".into(),
+            audience: "spreekkamer".into(),
+            sfu: SfuConfig {
+                bind_ip: listen.ip(),
+                announce_ip: listen.ip(),
+                udp_port: 0,
+                tcp_port: Some(0),
+                workers: 1,
+            },
+            policy: ConsultPolicy {
+                max_participants: limits.max_participants,
+                ..ConsultPolicy::default()
+            },
+            limits,
+            join_timeout: Duration::from_secs(10),
+            audit: AuditSink::Stdout,
+            assets: &WEB_ASSETS,
+            shutdown_grace: Duration::from_secs(3),
+            invite_secret: jwt_secret.to_vec(),
+            invite_ttl: Duration::from_secs(4 * 3600),
+            jwks_url: None,
+            jwks_min_refresh: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Shared by every request and session.
+pub struct Context {
+    pub directory: Directory,
+    pub verifier: TokenVerifier,
+    pub metrics: Arc<Metrics>,
+    pub audit: Arc<AuditLog>,
+    pub sfu: SfuHandle,
+    pub limits: Limits,
+    pub join_timeout: Duration,
+    pub assets: &'static Dir<'static>,
+    /// `true` once shutdown began: sessions say `bye` and close.
+    pub shutdown: watch::Receiver<bool>,
+    pub ready: AtomicBool,
+    pub invite_secret: Vec<u8>,
+    pub invite_ttl: Duration,
+    pub jwks: Option<crate::jwks::JwksSource>,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Context {
+    /// Fetch the JWKS (if configured and not fetched too recently) and
+    /// install its keys. Failures are logged; the old keys stay.
+    pub async fn refresh_jwks(&self) {
+        let Some(jwks) = &self.jwks else {
+            return;
+        };
+        match jwks.refresh().await {
+            Ok(Some(keys)) => {
+                log::info!("JWKS from {}: {} keys", jwks.url(), keys.len());
+                self.verifier.set_remote_keys(keys);
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("JWKS from {}: {e}", jwks.url()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ServeError {
+    Bind(SocketAddr, std::io::Error),
+    Media(std::io::Error),
+    AuditLog(std::io::Error),
+    Metrics(prometheus::Error),
+    Jwks(String),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            ServeError::Media(e) => write!(f, "cannot start the media plane: {e}"),
+            ServeError::AuditLog(e) => write!(f, "cannot open the audit log: {e}"),
+            ServeError::Metrics(e) => write!(f, "cannot set up metrics: {e}"),
+            ServeError::Jwks(e) => write!(f, "--jwks-url: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// A running edge + media plane.
+pub struct Server {
+    addr: SocketAddr,
+    ctx: Arc<Context>,
+    shutdown_tx: watch::Sender<bool>,
+    http_stop: Option<oneshot::Sender<()>>,
+    http_task: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+    shutdown_grace: Duration,
+}
+
+/// Bind and start everything. Returns once the listener is bound, so the
+/// caller (or a test) can connect to [`Server::local_addr`] at once.
+pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError::Bind(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Bind(config.listen, e))?;
+    let jwks = config
+        .jwks_url
+        .as_deref()
+        .map(|url| crate::jwks::JwksSource::new(url, config.jwks_min_refresh))
+        .transpose()
+        .map_err(ServeError::Jwks)?;
+    let audit = Arc::new(AuditLog::open(&config.audit).map_err(ServeError::AuditLog)?);
+    let metrics = Arc::new(Metrics::new().map_err(ServeError::Metrics)?);
+    let sfu = SfuHandle::start(config.sfu.clone()).map_err(ServeError::Media)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ctx = Arc::new(Context {
+        directory: Directory::new(
+            sfu.clone(),
+            config.policy,
+            config.limits,
+            metrics.clone(),
+            audit.clone(),
+        ),
+        verifier: TokenVerifier::new(config.keys, config.issuer, config.audience),
+        metrics,
+        audit,
+        sfu,
+        limits: config.limits,
+        join_timeout: config.join_timeout,
+        assets: config.assets,
+        shutdown: shutdown_rx,
+        ready: AtomicBool::new(true),
+        invite_secret: config.invite_secret,
+        invite_ttl: config.invite_ttl,
+        jwks,
+        trusted_proxies: config.trusted_proxies,
+    });
+    // The first fetch happens before we accept joins; a failure is not
+    // fatal (the EHR may be down), the keys are fetched again on demand.
+    ctx.refresh_jwks().await;
+
+    let (http_stop, stopped) = oneshot::channel::<()>();
+    let routes = crate::http::routes(ctx.clone());
+    let http_task = tokio::spawn(
+        warp::serve(routes)
+            .incoming(listener)
+            .graceful(async {
+                let _ = stopped.await;
+            })
+            .run(),
+    );
+    let sweeper = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut last_jwks = tokio::time::Instant::now();
+            loop {
+                tick.tick().await;
+                ctx.directory.sweep();
+                // Pick up rotated EHR keys even before a token needs them.
+                if last_jwks.elapsed() >= JWKS_REFRESH {
+                    last_jwks = tokio::time::Instant::now();
+                    ctx.refresh_jwks().await;
+                }
+            }
+        })
+    };
+    log::info!("listening on {addr}");
+    Ok(Server {
+        addr,
+        ctx,
+        shutdown_tx,
+        http_stop: Some(http_stop),
+        http_task,
+        sweeper,
+        shutdown_grace: config.shutdown_grace,
+    })
+}
+
+impl Server {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// The media plane's sockets (for logs and tests).
+    pub fn media_addrs(&self) -> (Vec<SocketAddr>, Option<SocketAddr>) {
+        (self.ctx.sfu.udp_addrs(), self.ctx.sfu.tcp_addr())
+    }
+
+    /// Stop taking consults: `/readyz` answers 503 and new joins are refused
+    /// with `shutting_down`. Connected participants stay until [`shutdown`].
+    ///
+    /// [`shutdown`]: Server::shutdown
+    pub fn drain(&self) {
+        self.ctx.ready.store(false, Ordering::SeqCst);
+        self.ctx.directory.drain();
+    }
+
+    /// Graceful stop: drain, tell every participant `bye{shutdown}` and close
+    /// their sockets, stop the media plane, stop HTTP.
+    pub async fn shutdown(mut self) {
+        self.drain();
+        let _ = self.shutdown_tx.send(true);
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        // Sessions close on their own once told; this only bounds the wait.
+        while self.ctx.metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let sfu = self.ctx.sfu.clone();
+        let _ = tokio::task::spawn_blocking(move || sfu.shutdown()).await;
+        self.sweeper.abort();
+        if let Some(stop) = self.http_stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.http_task).await;
+        log::info!("stopped");
+    }
+}

@@ -1,0 +1,496 @@
+//! One WebSocket connection, from the first frame to the close.
+//!
+//! Before `join`: only `join` is accepted, within the join timeout. After it:
+//! the participant's messages go to the directory or the media plane, and
+//! what the directory, the media plane and the shutdown signal produce goes
+//! back out. Every bad input gets an `error` with its code; fatal ones are
+//! followed by a close frame. Nothing here logs a token, a name or relay data:
+//! log lines carry participant ids, codes and counts.
+
+use crate::audit::{AccessPoint, AuditEvent};
+use crate::directory::{HostAction, Outgoing, Ticket};
+use crate::protocol::{
+    ByeReason, ClientMessage, ErrorCode, LeftReason, PROTOCOL_VERSION, Role, ServerMessage,
+};
+use crate::rate::TokenBucket;
+use crate::server::Context;
+use futures_util::{SinkExt, StreamExt};
+use sfu::{MediaCommand, MediaEvent};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use warp::ws::{Message, WebSocket};
+
+/// Longest invite validity a clinician can ask for.
+pub const MAX_INVITE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest, so a typo does not mint a link that is dead on arrival.
+const MIN_INVITE_TTL: Duration = Duration::from_secs(60);
+
+/// A send that takes longer than this means the browser stopped reading.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the connection ends (after the last frame was sent).
+enum End {
+    /// Close frame sent or the peer is gone: just drop the socket.
+    Closed,
+}
+
+struct Connection {
+    ws: WebSocket,
+    ctx: Arc<Context>,
+    access: AccessPoint,
+    messages: TokenBucket,
+    relay_bytes: TokenBucket,
+}
+
+/// Resolves once shutdown began. (The watch guard is not `Send`, so it is
+/// dropped here rather than held in the caller's `select!`.)
+async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|down| *down).await;
+}
+
+/// What one frame from the browser turned out to be.
+enum Inbound {
+    Message(ClientMessage),
+    /// Answered already (non-fatal error); keep going.
+    Handled,
+    /// Fatal error sent, or the peer closed: stop.
+    Stop,
+}
+
+pub async fn run(ws: WebSocket, ctx: Arc<Context>, access: AccessPoint) {
+    ctx.metrics.connections.inc();
+    let now = Instant::now();
+    let limits = ctx.limits;
+    let mut conn = Connection {
+        ws,
+        access,
+        messages: TokenBucket::new(limits.messages_per_second, limits.messages_burst, now),
+        relay_bytes: TokenBucket::new(limits.relay_bytes_per_second, limits.relay_bytes_burst, now),
+        ctx,
+    };
+    if let Some(ticket) = conn.await_join().await {
+        conn.joined(ticket).await;
+    }
+    conn.ctx.metrics.connections.dec();
+}
+
+impl Connection {
+    async fn send(&mut self, message: &ServerMessage) -> Result<(), End> {
+        let text = message.to_json();
+        match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(Message::text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Closed),
+        }
+    }
+
+    /// Send `error` and, if it is fatal, close.
+    async fn error(&mut self, code: ErrorCode) -> Result<(), End> {
+        self.send(&ServerMessage::error(code)).await?;
+        if code.fatal() {
+            self.close().await;
+            return Err(End::Closed);
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(Message::close())).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), SinkExt::close(&mut self.ws)).await;
+    }
+
+    /// Read one frame and apply the size and rate limits.
+    async fn read(&mut self, frame: Option<Result<Message, warp::Error>>) -> Inbound {
+        let msg = match frame {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                // tungstenite refuses frames over its own (larger) cap; tell
+                // the client why before dropping the connection.
+                if e.to_string().to_ascii_lowercase().contains("too long")
+                    || e.to_string().to_ascii_lowercase().contains("size")
+                {
+                    let _ = self.error(ErrorCode::MessageTooLarge).await;
+                }
+                return Inbound::Stop;
+            }
+            None => return Inbound::Stop,
+        };
+        if msg.is_close() {
+            return Inbound::Stop;
+        }
+        if msg.is_ping() || msg.is_pong() {
+            return Inbound::Handled;
+        }
+        if msg.as_bytes().len() > self.ctx.limits.max_message_bytes {
+            self.ctx
+                .metrics
+                .ws_messages
+                .with_label_values(&["too_large"])
+                .inc();
+            let _ = self.error(ErrorCode::MessageTooLarge).await;
+            return Inbound::Stop;
+        }
+        if !self.messages.try_take(1, Instant::now()) {
+            self.ctx
+                .metrics
+                .ws_messages
+                .with_label_values(&["rate_limited"])
+                .inc();
+            return match self.error(ErrorCode::RateLimited).await {
+                Ok(()) => Inbound::Handled,
+                Err(_) => Inbound::Stop,
+            };
+        }
+        let parsed = msg
+            .to_str()
+            .ok()
+            .and_then(|text| serde_json::from_str::<ClientMessage>(text).ok());
+        match parsed {
+            Some(m) => {
+                self.ctx
+                    .metrics
+                    .ws_messages
+                    .with_label_values(&[m.kind()])
+                    .inc();
+                Inbound::Message(m)
+            }
+            None => {
+                self.ctx
+                    .metrics
+                    .ws_messages
+                    .with_label_values(&["invalid"])
+                    .inc();
+                match self.error(ErrorCode::BadMessage).await {
+                    Ok(()) => Inbound::Handled,
+                    Err(_) => Inbound::Stop,
+                }
+            }
+        }
+    }
+
+    /// Wait for a valid `join`. Returns the ticket, or `None` when the
+    /// connection ended (every refusal was answered with its code).
+    async fn await_join(&mut self) -> Option<Ticket> {
+        let deadline = tokio::time::sleep(self.ctx.join_timeout);
+        tokio::pin!(deadline);
+        let mut shutdown = self.ctx.shutdown.clone();
+        loop {
+            let frame = tokio::select! {
+                frame = self.ws.next() => frame,
+                () = &mut deadline => {
+                    let _ = self.error(ErrorCode::JoinTimeout).await;
+                    return None;
+                }
+                () = shutting_down(&mut shutdown) => {
+                    let _ = self.error(ErrorCode::ShuttingDown).await;
+                    return None;
+                }
+            };
+            match self.read(frame).await {
+                Inbound::Stop => return None,
+                Inbound::Handled => continue,
+                Inbound::Message(ClientMessage::Join { v, token }) => {
+                    let (ctx, access) = (self.ctx.clone(), self.access.clone());
+                    return match authorize(&ctx, &access, v, token).await {
+                        Ok(ticket) => Some(ticket),
+                        Err(code) => {
+                            let _ = self.error(code).await;
+                            None
+                        }
+                    };
+                }
+                Inbound::Message(_) => {
+                    let _ = self.error(ErrorCode::NotJoined).await;
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn joined(&mut self, mut ticket: Ticket) {
+        let id = ticket.id.clone();
+        let reason = match self.joined_loop(&mut ticket).await {
+            Ok(reason) => reason,
+            Err(End::Closed) => LeftReason::Disconnected,
+        };
+        self.ctx.directory.leave(&id, reason);
+        log::info!("participant {id} left ({reason:?})");
+    }
+
+    async fn joined_loop(&mut self, t: &mut Ticket) -> Result<LeftReason, End> {
+        self.send(&t.welcome).await?;
+        let mut shutdown = self.ctx.shutdown.clone();
+        // Join-to-media latency runs from admission to the first forwarded
+        // packet; a waiting participant's clock starts when they are admitted.
+        let mut media_clock = match t.state {
+            crate::protocol::JoinState::InCall => Some(Instant::now()),
+            crate::protocol::JoinState::Waiting => None,
+        };
+        let kick = t.kick.clone();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutting_down(&mut shutdown) => {
+                    self.send(&ServerMessage::Bye { reason: ByeReason::Shutdown }).await?;
+                    self.close().await;
+                    return Ok(LeftReason::Disconnected);
+                }
+                () = kick.notified() => {
+                    self.close().await;
+                    return Ok(LeftReason::Disconnected);
+                }
+                out = t.outbox.recv() => match out {
+                    Some(Outgoing::Message(m)) => {
+                        if matches!(m, ServerMessage::Admitted { .. }) {
+                            media_clock = Some(Instant::now());
+                        }
+                        self.send(&m).await?;
+                    }
+                    Some(Outgoing::Bye(reason)) => {
+                        self.send(&ServerMessage::Bye { reason }).await?;
+                        self.close().await;
+                        return Ok(match reason {
+                            ByeReason::Removed | ByeReason::Denied => LeftReason::Removed,
+                            ByeReason::Ended => LeftReason::Ended,
+                            _ => LeftReason::Disconnected,
+                        });
+                    }
+                    None => return Ok(LeftReason::Disconnected),
+                },
+                event = t.media.recv() => {
+                    if let Some(event) = event {
+                        self.media_event(&t.id, event, &mut media_clock).await?;
+                    }
+                }
+                frame = self.ws.next() => match self.read(frame).await {
+                    Inbound::Stop => return Err(End::Closed),
+                    Inbound::Handled => {}
+                    Inbound::Message(m) => {
+                        if let Some(reason) = self.handle(&t.id, m).await? {
+                            return Ok(reason);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    async fn media_event(
+        &mut self,
+        id: &str,
+        event: MediaEvent,
+        media_clock: &mut Option<Instant>,
+    ) -> Result<(), End> {
+        match event {
+            MediaEvent::Offer { sdp } => self.send(&ServerMessage::Offer { sdp }).await,
+            MediaEvent::Connected => {
+                log::debug!("participant {id}: media connected");
+                Ok(())
+            }
+            MediaEvent::FirstMediaForwarded => {
+                if let Some(start) = media_clock.take() {
+                    self.ctx
+                        .metrics
+                        .join_to_media
+                        .observe(start.elapsed().as_secs_f64());
+                }
+                Ok(())
+            }
+            MediaEvent::Failed { reason } => {
+                log::info!("participant {id}: media failed");
+                self.send(&ServerMessage::MediaFailed { reason }).await
+            }
+            MediaEvent::Error { code, message } => {
+                let code = ErrorCode::parse(code).unwrap_or(ErrorCode::MediaError);
+                log::info!("participant {id}: media plane refused: {code}");
+                self.send(&ServerMessage::Error {
+                    code,
+                    message,
+                    fatal: code.fatal(),
+                })
+                .await?;
+                if code.fatal() {
+                    self.close().await;
+                    return Err(End::Closed);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Mint an invite for the clinician's consult. The invite's `sub` is
+    /// derived from its `jti`; its name is a role label unless the clinician
+    /// gave one (the token payload is readable by whoever holds the link).
+    fn invite(
+        &self,
+        id: &str,
+        role: Role,
+        name: Option<String>,
+        ttl_secs: Option<u64>,
+    ) -> Result<ServerMessage, ErrorCode> {
+        let consult = self.ctx.directory.inviter(id)?;
+        if role == Role::Clinician {
+            return Err(ErrorCode::Forbidden);
+        }
+        let name = match name.as_deref().map(str::trim) {
+            None | Some("") => match role {
+                Role::Guest => "Guest".to_string(),
+                _ => "Patient".to_string(),
+            },
+            Some(n) => n.to_string(),
+        };
+        let ttl = ttl_secs
+            .map(Duration::from_secs)
+            .unwrap_or(self.ctx.invite_ttl)
+            .clamp(MIN_INVITE_TTL, MAX_INVITE_TTL)
+            .as_secs();
+        let jti = crate::token::random_hex_id();
+        let now = crate::token::unix_now();
+        let token = crate::token::mint_hs256(
+            &self.ctx.invite_secret,
+            &crate::token::MintRequest {
+                issuer: self.ctx.verifier.issuer().to_string(),
+                audience: self.ctx.verifier.audience().to_string(),
+                sub: format!("invite-{jti}"),
+                role,
+                consult,
+                name,
+                ttl_secs: ttl,
+                jti: Some(jti.clone()),
+            },
+            now,
+        )
+        .map_err(|_| ErrorCode::BadMessage)?;
+        self.ctx.directory.audit_invite(id, &jti, role, ttl);
+        log::info!("participant {id} created an invite");
+        Ok(ServerMessage::InviteCreated {
+            jti,
+            role,
+            token,
+            expires: now + ttl,
+        })
+    }
+
+    /// Handle one message of a joined participant. `Some(reason)` ends the
+    /// session.
+    async fn handle(&mut self, id: &str, m: ClientMessage) -> Result<Option<LeftReason>, End> {
+        let dir = &self.ctx.directory;
+        let result = match m {
+            ClientMessage::Join { .. } => Err(ErrorCode::BadMessage),
+            ClientMessage::Answer { sdp } => {
+                dir.media(id, |consult, participant| MediaCommand::Answer {
+                    consult,
+                    participant,
+                    sdp,
+                })
+            }
+            ClientMessage::Candidate { candidate } => {
+                dir.media(id, |consult, participant| MediaCommand::Candidate {
+                    consult,
+                    participant,
+                    candidate: candidate.candidate,
+                })
+            }
+            ClientMessage::IceRestart => {
+                dir.media(id, |consult, participant| MediaCommand::IceRestart {
+                    consult,
+                    participant,
+                })
+            }
+            ClientMessage::Mute { audio, video } => dir.mute(id, audio, video),
+            ClientMessage::Relay { to, kind, data } => {
+                if self.relay_bytes.try_take(data.len() as u64, Instant::now()) {
+                    dir.relay(id, &to, kind, data)
+                } else {
+                    Err(ErrorCode::RateLimited)
+                }
+            }
+            ClientMessage::E2ee { state, verified } => dir.e2ee(id, state, verified),
+            ClientMessage::Leave => {
+                self.send(&ServerMessage::Bye {
+                    reason: ByeReason::Left,
+                })
+                .await?;
+                self.close().await;
+                return Ok(Some(LeftReason::Left));
+            }
+            ClientMessage::Ping => {
+                self.send(&ServerMessage::Pong).await?;
+                Ok(())
+            }
+            ClientMessage::Admit { id: target } => dir.host_action(id, HostAction::Admit(target)),
+            ClientMessage::Deny { id: target } => dir.host_action(id, HostAction::Deny(target)),
+            ClientMessage::Remove { id: target } => dir.host_action(id, HostAction::Remove(target)),
+            ClientMessage::Lock { locked } => dir.host_action(id, HostAction::Lock(locked)),
+            ClientMessage::End => dir.host_action(id, HostAction::End),
+            ClientMessage::Invite {
+                role,
+                name,
+                ttl_secs,
+            } => match self.invite(id, role, name, ttl_secs) {
+                Ok(created) => {
+                    self.send(&created).await?;
+                    Ok(())
+                }
+                Err(code) => Err(code),
+            },
+            ClientMessage::RevokeInvite { jti } => {
+                if jti.is_empty() || jti.len() > 128 {
+                    Err(ErrorCode::BadMessage)
+                } else {
+                    dir.revoke(id, &jti)
+                }
+            }
+        };
+        if let Err(code) = result {
+            self.error(code).await?;
+        }
+        Ok(None)
+    }
+}
+
+/// Check the version and the token, then join the consult. Every refusal is
+/// counted; token refusals are audited.
+async fn authorize(
+    ctx: &Context,
+    access: &AccessPoint,
+    v: Option<u64>,
+    token: Option<String>,
+) -> Result<Ticket, ErrorCode> {
+    let refuse = |code: ErrorCode| {
+        ctx.metrics.rejected(code);
+        code
+    };
+    if v != Some(u64::from(PROTOCOL_VERSION)) {
+        return Err(refuse(ErrorCode::UnsupportedVersion));
+    }
+    let token = token.unwrap_or_default();
+    if ctx.jwks.is_some() && ctx.verifier.has_unknown_kid(&token) {
+        // Possibly a rotated EHR key (rate-limited inside).
+        ctx.refresh_jwks().await;
+    }
+    let claims = match ctx.verifier.verify(&token, crate::token::unix_now()) {
+        Ok(c) => c,
+        Err(code) => {
+            ctx.audit
+                .record(AuditEvent::new("token_rejected", access.clone()).failed(code));
+            log::info!("join refused: {code}");
+            return Err(refuse(code));
+        }
+    };
+    ctx.audit.record(
+        AuditEvent::new("token_accepted", access.clone())
+            .actor(&claims.sub, claims.role)
+            .consult(&claims.consult),
+    );
+    match ctx.directory.join(&claims, access.clone()) {
+        Ok(ticket) => {
+            ctx.metrics.joins_accepted.inc();
+            log::info!("participant {} joined ({:?})", ticket.id, ticket.state);
+            Ok(ticket)
+        }
+        Err(code) => {
+            log::info!("join refused: {code}");
+            Err(refuse(code))
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The real `spreekkamer` binary: `link` output is accepted by a server with
+//! the same secret, `serve` prints working demo links, writes nothing but the
+//! audit log, and stops cleanly on SIGTERM.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_spreekkamer");
+
+fn token_from_url(url: &str) -> (String, Option<String>) {
+    let fragment = url.split_once('#').expect("fragment").1;
+    let mut token = None;
+    let mut secret = None;
+    for pair in fragment.split('&') {
+        match pair.split_once('=') {
+            Some(("t", v)) => token = Some(v.to_string()),
+            Some(("k", v)) => secret = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    (token.expect("t= in fragment"), secret)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_output_is_accepted_by_the_server() {
+    let s = start().await;
+    let out = Command::new(BIN)
+        .args([
+            "link",
+            "--base-url",
+            &format!("http://{}", s.addr),
+            "--jwt-secret",
+            SECRET,
+            "--consult",
+            "linked-consult",
+            "--role",
+            "patient",
+            "--name",
+            "Mw. Linked",
+            "--ttl",
+            "30m",
+            "--with-link-secret",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let url = stdout.lines().last().expect("a line");
+    assert!(url.starts_with(&format!("http://{}/c#t=", s.addr)), "{url}");
+    assert!(!url.contains('?'), "nothing secret in a query string");
+    let (token, secret) = token_from_url(url);
+    let secret = secret.expect("link secret");
+    assert_eq!(secret.len(), 43, "32 bytes base64url");
+
+    let (_c, w) = Client::joined(s.addr, &token).await;
+    assert_eq!(w["consult"], "linked-consult");
+    assert_eq!(w["you"]["role"], "patient");
+    assert_eq!(w["you"]["name"], "Mw. Linked");
+}
+
+#[test]
+fn link_refuses_bad_values_clearly() {
+    let out = Command::new(BIN)
+        .args([
+            "link",
+            "--base-url",
+            "http://h",
+            "--jwt-secret",
+            "short",
+            "--consult",
+            "c",
+            "--role",
+            "patient",
+            "--name",
+            "n",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--jwt-secret") && err.contains("32 bytes"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn split_subcommands_are_not_available_yet() {
+    for sub in ["signaling", "sfu"] {
+        let out = Command::new(BIN).arg(sub).output().expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{sub}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not yet available"));
+    }
+}
+
+#[test]
+fn bad_environment_values_are_refused() {
+    let out = Command::new(BIN)
+        .env("SPREEKKAMER_MAX_PARTICIPANTS", "100")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-participants"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prints_demo_links_writes_only_the_audit_log_and_stops_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!(
+        "spreekkamer-bin-{}",
+        signaling::token::random_hex_id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(BIN)
+        .current_dir(&dir)
+        .env("HOME", &dir)
+        .env("TMPDIR", &dir)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--audit-log",
+            "audit.jsonl",
+            "--workers",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let stdout = child.stdout.take().unwrap();
+    let links = tokio::task::spawn_blocking(move || {
+        let mut links = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some((_, url)) = line.split_once(" link: ") {
+                links.push(url.to_string());
+                if links.len() == 2 {
+                    break;
+                }
+            }
+        }
+        links
+    });
+    let links = tokio::time::timeout(WAIT, links)
+        .await
+        .expect("links printed")
+        .unwrap();
+    assert_eq!(links.len(), 2);
+    let addr: std::net::SocketAddr = links[0]
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (clinician, k1) = token_from_url(&links[0]);
+    let (patient, k2) = token_from_url(&links[1]);
+    assert_eq!(k1, k2, "both links carry the consult's link secret");
+
+    let (mut doc, wd) = Client::joined(addr, &clinician).await;
+    let (mut pat, wp) = Client::joined(addr, &patient).await;
+    assert_eq!(wd["you"]["role"], "clinician");
+    assert_eq!(wp["you"]["role"], "patient");
+    assert_eq!(wd["consult"], wp["consult"]);
+    doc.expect("participant-joined").await;
+
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for c in [&mut doc, &mut pat] {
+        loop {
+            let v = c.next().await;
+            if v["type"] == "bye" {
+                assert_eq!(v["reason"], "shutdown");
+                break;
+            }
+        }
+    }
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap());
+    let exit = tokio::time::timeout(Duration::from_secs(10), exit)
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files,
+        vec!["audit.jsonl".to_string()],
+        "nothing else written"
+    );
+    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+    assert!(audit.lines().count() >= 6, "{audit}");
+    assert!(!audit.contains(&clinician) && !audit.contains(&patient));
+    assert!(!audit.contains("Demo Patient"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

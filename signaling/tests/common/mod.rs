@@ -1,0 +1,281 @@
+//! Shared helpers: an in-process server on an ephemeral port, a WebSocket
+//! client that speaks JSON, and a minimal HTTP GET.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use include_dir::{Dir, include_dir};
+use serde_json::{Value, json};
+use signaling::audit::AuditSink;
+use signaling::protocol::Role;
+use signaling::token::{MintRequest, mint_hs256, unix_now};
+use signaling::{ServeConfig, Server};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+/// Generous: the machine running the tests may be busy.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub static FIXTURE_WEB: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/tests/fixtures/web");
+
+pub struct TestServer {
+    pub server: Server,
+    pub addr: SocketAddr,
+    pub audit: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    pub fn audit_lines(&self) -> Vec<Value> {
+        self.audit
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+}
+
+pub fn config() -> ServeConfig {
+    let mut cfg = ServeConfig::new("127.0.0.1:0".parse().unwrap(), SECRET.as_bytes());
+    cfg.assets = &FIXTURE_WEB;
+    cfg
+}
+
+pub async fn start_with(mut cfg: ServeConfig) -> TestServer {
+    let audit = Arc::new(Mutex::new(Vec::new()));
+    cfg.audit = AuditSink::Memory(audit.clone());
+    let server = signaling::serve(cfg).await.expect("server starts");
+    let addr = server.local_addr();
+    TestServer {
+        server,
+        addr,
+        audit,
+    }
+}
+
+pub async fn start() -> TestServer {
+    start_with(config()).await
+}
+
+pub fn token(consult: &str, role: Role, name: &str) -> String {
+    token_with_sub(consult, role, name, &format!("sub-{name}"))
+}
+
+pub fn token_with_sub(consult: &str, role: Role, name: &str, sub: &str) -> String {
+    mint_hs256(
+        SECRET.as_bytes(),
+        &MintRequest {
+            issuer: "spreekkamer".into(),
+            audience: "spreekkamer".into(),
+            sub: sub.into(),
+            role,
+            consult: consult.into(),
+            name: name.into(),
+            ttl_secs: 3600,
+            jti: None,
+        },
+        unix_now(),
+    )
+    .expect("mints")
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+}
+
+/// What the next frame was.
+#[derive(Debug)]
+pub enum Frame {
+    Json(Value),
+    Closed,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+        )
+        .await
+        .expect("connect in time")
+        .expect("websocket handshake");
+        Client { ws }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, text: String) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// The next text frame as JSON, or `Closed` once the server closed.
+    pub async fn frame(&mut self) -> Frame {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame within the wait time");
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    return Frame::Json(
+                        serde_json::from_str(t.as_str()).expect("server sends JSON"),
+                    );
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Frame::Closed,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next message that is not from the media plane (offers arrive
+    /// whenever the SFU is real; these tests are about signaling).
+    pub async fn next(&mut self) -> Value {
+        loop {
+            match self.frame().await {
+                Frame::Json(v) if v["type"] == "offer" || v["type"] == "media-failed" => continue,
+                Frame::Json(v) => return v,
+                Frame::Closed => panic!("connection closed while waiting for a message"),
+            }
+        }
+    }
+
+    /// The next message of type `ty`, skipping media messages only.
+    pub async fn expect(&mut self, ty: &str) -> Value {
+        let v = self.next().await;
+        assert_eq!(v["type"], ty, "expected {ty}, got {v}");
+        v
+    }
+
+    /// Expect `error{code, fatal:true}` followed by the close.
+    pub async fn expect_fatal(&mut self, code: &str) {
+        let v = self.expect("error").await;
+        assert_eq!(v["code"], code, "{v}");
+        assert_eq!(v["fatal"], true, "{v}");
+        self.expect_closed().await;
+    }
+
+    pub async fn expect_closed(&mut self) {
+        loop {
+            match self.frame().await {
+                Frame::Closed => return,
+                Frame::Json(v) if v["type"] == "offer" || v["type"] == "media-failed" => continue,
+                Frame::Json(v) => panic!("expected close, got {v}"),
+            }
+        }
+    }
+
+    pub async fn join(&mut self, token: &str) -> Value {
+        self.send(json!({"type":"join","v":1,"token":token})).await;
+        self.expect("welcome").await
+    }
+
+    /// Connect and join; returns the client and its welcome.
+    pub async fn joined(addr: SocketAddr, token: &str) -> (Client, Value) {
+        let mut c = Client::connect(addr).await;
+        let w = c.join(token).await;
+        (c, w)
+    }
+
+    /// Round-trip a ping: everything the server queued for this client
+    /// before the pong has been received once this returns.
+    pub async fn sync(&mut self) -> Vec<Value> {
+        self.send(json!({"type":"ping"})).await;
+        let mut before = Vec::new();
+        loop {
+            let v = self.next().await;
+            if v["type"] == "pong" {
+                return before;
+            }
+            before.push(v);
+        }
+    }
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A minimal HTTP/1.1 GET (Connection: close; bodies here are small and
+/// never chunked-decoded beyond what the assertions need).
+pub async fn get(addr: SocketAddr, path: &str) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("tcp connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let Ok(size) = usize::from_str_radix(size_text.trim(), 16) else {
+            return out;
+        };
+        if size == 0 {
+            return out;
+        }
+        let start = line_end + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+}
