@@ -1,0 +1,1162 @@
+// The join page: page flow and DOM. The wire protocol lives in protocol.js,
+// the peer connection in call.js, local devices in media.js, strings in
+// i18n.js, end-to-end encryption in e2ee/ (loaded if present).
+//
+// Flow: preview (self view, devices, privacy notice) → joining → waiting
+// (waiting room, until admitted) → in-call → left, or error at any point.
+// `document.body.dataset.state` always says which (see the UI contract).
+
+import { initI18n, t, getLanguage, onLanguageChange } from './i18n.js';
+import { Signaling } from './protocol.js';
+import { Call } from './call.js';
+import * as media from './media.js';
+
+const $ = (sel) => document.querySelector(sel);
+
+// Reconnect after an unexpected close: a fresh join with the same token.
+const RECONNECT_DELAYS_MS = [1000, 2000, 4000, 8000, 15000];
+// No `welcome` within this time counts as a failed connection attempt.
+const WELCOME_TIMEOUT_MS = 15000;
+// Chat and photos stay in page memory only; keep that memory bounded.
+const MAX_CHAT_ITEMS = 200;
+
+const app = {
+  token: null,
+  linkSecret: null,
+  claims: null,
+  stream: new MediaStream(),
+  mediaError: null,
+  micOn: true,
+  camOn: true,
+  speakerId: '',
+  stopLevel: () => {},
+  e2eeModule: null, // the imported e2ee/index.js, or null
+  e2eeSupport: 'none',
+  signaling: null,
+  call: null,
+  e2ee: null,
+  e2eeReady: null,
+  you: null,
+  consult: null,
+  participants: new Map(),
+  lobby: new Map(),
+  locked: false,
+  verified: new Set(),
+  peerE2ee: new Map(), // id → 'on' | 'off' | 'pending' (what we know about their encryption)
+  acceptedUnencrypted: new Set(),
+  phase: 'preview',
+  reconnectAttempt: 0,
+  reconnectTimer: null,
+  reconnectAfterClose: false,
+  welcomeTimer: null,
+  errorCode: null,
+  endedByMe: false,
+  invite: null, // the last invite this clinician made: {jti, expires}
+  objectUrls: new Set(),
+};
+
+// Test hook (see the UI contract). Harmless: it only exposes what the page
+// itself already holds.
+// `timings` holds performance.now() milestones of the current session
+// (join, welcome, in-call, first offer, ICE connected, first remote frame).
+const hook = { pc: null, you: null, participants: app.participants, e2ee: null, timings: {} };
+window.__spreekkamer = hook;
+
+// ---------------------------------------------------------------------------
+// Start
+
+// Started at the end of this module, once every top-level constant exists.
+
+async function start() {
+  wireControls();
+  const { token, linkSecret } = readFragment();
+  app.token = token;
+  app.linkSecret = linkSecret;
+  app.claims = token ? peekClaims(token) : null;
+  renderGreeting();
+
+  if (!token) {
+    showFatal('no_token');
+    return;
+  }
+  if (typeof RTCPeerConnection === 'undefined' || typeof WebSocket === 'undefined') {
+    showFatal('browser_unsupported');
+    return;
+  }
+  if (app.claims && app.claims.role === 'clinician') $('#clinician-check').hidden = false;
+
+  // Load the E2EE module while the person looks at the preview; joining waits for it.
+  app.e2eeLoading = loadE2ee();
+  app.e2eeLoading.then(renderPrivacyE2ee);
+  // Joining does not wait for this: a person may press "join" while the
+  // browser still asks for permission; the tracks reach the call later.
+  await openMedia();
+}
+
+/** Read `#t=JWT&k=SECRET`, then remove it from the address bar and history. */
+function readFragment() {
+  const params = new URLSearchParams(window.location.hash.replace(/^#/, ''));
+  const token = params.get('t') || null;
+  const linkSecret = params.get('k') || null;
+  if (window.location.hash) {
+    history.replaceState(null, '', window.location.pathname + window.location.search);
+  }
+  return { token, linkSecret };
+}
+
+/**
+ * The token's claims, for display before joining only (name, role). The
+ * server verifies the token; nothing here trusts these values.
+ */
+function peekClaims(token) {
+  try {
+    const part = token.split('.')[1];
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims && typeof claims === 'object' ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+async function loadE2ee() {
+  try {
+    const mod = await import('./e2ee/index.js');
+    if (typeof mod.E2eeSession !== 'function' || typeof mod.e2eeSupport !== 'function') throw new Error('incomplete e2ee module');
+    app.e2eeModule = mod;
+    app.e2eeSupport = mod.e2eeSupport();
+  } catch (err) {
+    // Without the module the call still works, marked "not end-to-end encrypted".
+    console.warn('spreekkamer: end-to-end encryption unavailable', err && err.message);
+    app.e2eeModule = null;
+    app.e2eeSupport = 'none';
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Page state
+
+const VIEWS = {
+  preview: '#preview-view',
+  joining: '#joining-view',
+  waiting: '#waiting-view',
+  'in-call': '#call-view',
+  left: '#left-view',
+  error: null,
+};
+const SELF_SLOTS = { preview: '#preview-self', waiting: '#waiting-self', 'in-call': '#call-self' };
+
+function setState(phase) {
+  const changed = app.phase !== phase;
+  app.phase = phase;
+  document.body.dataset.state = phase;
+  for (const [name, sel] of Object.entries(VIEWS)) {
+    if (sel) $(sel).hidden = name !== phase;
+  }
+  const slot = SELF_SLOTS[phase];
+  if (slot && $('#self-view').parentElement !== $(slot)) $(slot).appendChild($('#self-view'));
+  // One set of device controls: in the preview, or in the call's side panel.
+  const devicesSlot = phase === 'in-call' ? '#call-devices' : '#preview-devices';
+  if ($('#devices').parentElement !== $(devicesSlot)) $(devicesSlot).appendChild($('#devices'));
+  $('#security-summary').hidden = phase !== 'in-call';
+  if (changed && phase !== 'preview') {
+    // Tell screen-reader users where they are now.
+    const heading = VIEWS[phase] && $(`${VIEWS[phase]} h1`);
+    if (heading) {
+      heading.tabIndex = -1;
+      heading.focus({ preventScroll: false });
+    }
+  }
+}
+
+function showError(code, { help = null, retry = false } = {}) {
+  app.errorCode = code;
+  app.errorHelp = help;
+  const box = $('#error');
+  box.dataset.code = code;
+  box.hidden = false;
+  $('#error-retry').hidden = !retry;
+  renderError();
+}
+
+function hideError() {
+  app.errorCode = null;
+  const box = $('#error');
+  box.hidden = true;
+  delete box.dataset.code;
+}
+
+/** An error that ends the call: tear everything down and show only the message. */
+function showFatal(code, opts = {}) {
+  teardown();
+  hideNotice();
+  showError(code, opts);
+  setState('error');
+  const box = $('#error');
+  box.tabIndex = -1;
+  box.focus();
+}
+
+let noticeTimer = null;
+/** A short status line (announced politely); `sticky` keeps it until replaced. */
+function showNotice(text, { sticky = false } = {}) {
+  const n = $('#notice');
+  n.textContent = text;
+  n.hidden = false;
+  clearTimeout(noticeTimer);
+  if (!sticky) noticeTimer = setTimeout(() => { n.hidden = true; }, 6000);
+}
+
+function hideNotice() {
+  clearTimeout(noticeTimer);
+  $('#notice').hidden = true;
+}
+
+// ---------------------------------------------------------------------------
+// Local media (preview)
+
+async function openMedia() {
+  const { stream, error } = await media.openLocalMedia();
+  setLocalStream(stream);
+  app.mediaError = error;
+  if (error) {
+    showError(error.name === 'NotAllowedError' || error.name === 'SecurityError' ? 'media_denied' : 'media_unavailable', {
+      help: mediaHelpKey(error),
+    });
+    $('#media-help').hidden = false;
+  } else if (app.errorCode === 'media_denied' || app.errorCode === 'media_unavailable') {
+    hideError();
+    $('#media-help').hidden = true;
+  }
+  await fillDeviceLists();
+}
+
+function mediaHelpKey(error) {
+  if (error.name === 'NotAllowedError' || error.name === 'SecurityError') return `mediaHelp.${media.browserFamily()}`;
+  if (error.name === 'NotReadableError' || error.name === 'AbortError') return 'mediaHelp.inUse';
+  if (error.name === 'NotFoundError' || error.name === 'OverconstrainedError') return 'mediaHelp.notFound';
+  return 'mediaHelp.other';
+}
+
+function setLocalStream(stream) {
+  for (const old of app.stream.getTracks()) {
+    if (!stream.getTracks().includes(old)) old.stop();
+  }
+  app.stream = stream;
+  const audio = stream.getAudioTracks()[0] || null;
+  const video = stream.getVideoTracks()[0] || null;
+  if (audio) audio.enabled = app.micOn;
+  if (video) video.enabled = app.camOn;
+  $('#local-video').srcObject = video ? new MediaStream([video]) : null;
+  app.stopLevel();
+  app.stopLevel = media.watchLevel(audio, (level) => { $('#mic-level').value = level; });
+  renderSelf();
+  if (app.call) {
+    app.call.setLocalTrack('audio', audio);
+    app.call.setLocalTrack('video', video);
+    app.signaling.sendMute(app.micOn && !!audio, app.camOn && !!video);
+  }
+}
+
+function localTrack(kind) {
+  return (kind === 'audio' ? app.stream.getAudioTracks() : app.stream.getVideoTracks())[0] || null;
+}
+
+async function fillDeviceLists() {
+  const devices = await media.listDevices();
+  fillSelect($('#camera-select'), devices.videoinput, localTrack('video'), 'devices.cameraN');
+  fillSelect($('#mic-select'), devices.audioinput, localTrack('audio'), 'devices.micN');
+  const canSpeaker = media.canChooseSpeaker() && devices.audiooutput.length > 0;
+  $('#speaker-field').hidden = !canSpeaker;
+  if (canSpeaker) fillSelect($('#speaker-select'), devices.audiooutput, null, 'devices.speakerN', app.speakerId);
+}
+
+function fillSelect(select, list, track, labelKey, selectedId = null) {
+  const current = selectedId ?? (track && track.getSettings ? track.getSettings().deviceId : null);
+  select.replaceChildren();
+  if (list.length === 0) {
+    const opt = new Option(t('devices.none'), '');
+    select.add(opt);
+    select.disabled = true;
+    return;
+  }
+  select.disabled = false;
+  list.forEach((d, i) => {
+    const opt = new Option(d.label || t(labelKey, { n: i + 1 }), d.deviceId);
+    if (d.deviceId === current) opt.selected = true;
+    select.add(opt);
+  });
+}
+
+/** Switch to another camera or microphone, in the preview and in the call. */
+async function switchDevice(kind, deviceId) {
+  const constraints = kind === 'audio'
+    ? { audio: { deviceId: { exact: deviceId }, echoCancellation: true, noiseSuppression: true } }
+    : { video: { deviceId: { exact: deviceId }, width: { ideal: 1280 }, height: { ideal: 720 } } };
+  let fresh;
+  try {
+    fresh = await navigator.mediaDevices.getUserMedia(constraints);
+  } catch (err) {
+    showNotice(t(mediaHelpKey(err)));
+    return;
+  }
+  const track = fresh.getTracks()[0];
+  const others = app.stream.getTracks().filter((tr) => tr.kind !== kind);
+  setLocalStream(new MediaStream([...others, track]));
+}
+
+// ---------------------------------------------------------------------------
+// Joining and the signaling session
+
+async function join() {
+  hideError();
+  hideNotice();
+  $('#media-help').hidden = true;
+  setState('joining');
+  await app.e2eeLoading;
+  app.reconnectAttempt = 0;
+  connect();
+}
+
+/** Record the first time a milestone happens in this session. */
+function mark(name) {
+  if (hook.timings[name] === undefined) hook.timings[name] = Math.round(performance.now());
+}
+
+function connect() {
+  clearTimeout(app.reconnectTimer);
+  hook.timings = {};
+  mark('join');
+  app.reconnectAfterClose = false;
+  const sig = new Signaling({ token: app.token });
+  app.signaling = sig;
+  const on = (type, fn) => sig.addEventListener(type, (ev) => { if (app.signaling === sig) fn(ev.detail); });
+  on('welcome', onWelcome);
+  on('offer', onOffer);
+  on('participant-joined', (m) => m.participant && addParticipant(m.participant, true));
+  on('participant-left', (m) => removeParticipant(m.id, m.reason));
+  on('mute', onRemoteMute);
+  on('relay', onRelay);
+  on('e2ee', onPeerE2ee);
+  on('media-failed', () => app.call && app.call.restartIce());
+  on('error', onServerError);
+  on('bye', onBye);
+  on('close', onClose);
+  // Waiting room and host actions (docs/PROTOCOL.md, "Waiting room").
+  on('admitted', (m) => {
+    for (const p of Array.isArray(m.participants) ? m.participants : []) {
+      if (!app.you || p.id !== app.you.id) addParticipant(p, false);
+    }
+    enterCall();
+  });
+  on('lobby', (m) => setLobby(Array.isArray(m.waiting) ? m.waiting : []));
+  on('locked', (m) => setLocked(!!m.locked));
+  on('invite-created', onInviteCreated);
+  on('invite-revoked', (m) => {
+    if (app.invite && m.jti === app.invite.jti) {
+      app.invite = null;
+      $('#invite-result').hidden = true;
+    }
+    showNotice(t('invite.revoked'));
+  });
+  app.welcomeTimer = setTimeout(() => {
+    if (app.signaling !== sig || sig.joined) return;
+    app.reconnectAfterClose = true; // our own close: still a failed attempt
+    sig.close();
+  }, WELCOME_TIMEOUT_MS);
+  sig.connect();
+}
+
+function onWelcome(msg) {
+  clearTimeout(app.welcomeTimer);
+  mark('welcome');
+  if (msg.v !== 1) {
+    showFatal('unsupported_version');
+    return;
+  }
+  app.reconnectAttempt = 0;
+  hideNotice();
+  app.you = msg.you || null;
+  hook.you = app.you;
+  app.consult = msg.consult || null;
+  const host = app.you && app.you.role === 'clinician';
+  $('#lobby-panel').hidden = !host;
+  $('#end-consult').hidden = !host;
+  if (Array.isArray(msg.lobby)) setLobby(msg.lobby);
+  if (typeof msg.locked === 'boolean') setLocked(msg.locked);
+  for (const p of Array.isArray(msg.participants) ? msg.participants : []) {
+    if (!app.you || p.id !== app.you.id) addParticipant(p, false);
+  }
+  if (msg.state === 'waiting') {
+    setState('waiting');
+  } else {
+    enterCall();
+  }
+}
+
+/** Admitted: build the peer connection and the E2EE session. Offers follow. */
+function enterCall() {
+  if (app.call) {
+    setState('in-call');
+    return;
+  }
+  const sig = app.signaling;
+  const mod = app.e2eeModule;
+  let config = {};
+  if (mod && app.e2eeSupport !== 'none' && typeof mod.peerConnectionConfig === 'function') {
+    config = mod.peerConnectionConfig() || {};
+  }
+  const call = new Call({
+    signaling: sig,
+    config,
+    localTracks: { audio: localTrack('audio'), video: localTrack('video') },
+  });
+  app.call = call;
+  hook.pc = call.pc;
+  startE2ee();
+  call.addEventListener('sender', (ev) => {
+    if (!app.e2ee || app.e2eeSupport === 'none') return;
+    try { app.e2ee.attachSender(ev.detail.sender, ev.detail.kind); } catch (err) { console.warn('spreekkamer: e2ee sender', err); }
+  });
+  call.addEventListener('track', (ev) => onRemoteTrack(ev.detail));
+  call.addEventListener('track-ended', (ev) => onRemoteTrackEnded(ev.detail));
+  call.addEventListener('negotiation-failed', () => call.restartIce());
+  call.addEventListener('connection', (ev) => {
+    if (ev.detail.state === 'failed' || ev.detail.state === 'disconnected') showNotice(t('notice.mediaReconnecting'));
+    if (ev.detail.state === 'connected' || ev.detail.state === 'completed') {
+      mark('connected');
+      hideNotice();
+    }
+  });
+  sig.sendMute(app.micOn && !!localTrack('audio'), app.camOn && !!localTrack('video'));
+  mark('inCall');
+  setState('in-call');
+  renderTiles();
+}
+
+function onOffer(msg) {
+  if (typeof msg.sdp !== 'string') return;
+  mark('offer');
+  // An offer means we are in the media path: the waiting room is over.
+  if (!app.call) enterCall();
+  app.call.handleOffer(msg.sdp);
+}
+
+function onServerError(msg) {
+  const code = String(msg.code || 'unknown');
+  switch (msg.outcome) {
+    case 'fatal':
+      showFatal(code);
+      break;
+    case 'reconnect':
+      if (msg.fatal) app.reconnectAfterClose = true;
+      break;
+    case 'notice':
+      showNotice(t(`error.${code}`, {}, t('error.unknown', { code })));
+      if (code === 'media_error' && app.call) app.call.restartIce();
+      break;
+    default:
+      console.warn('spreekkamer: server error', code);
+  }
+}
+
+function onBye(msg) {
+  switch (msg.reason) {
+    case 'ended':
+      if (app.endedByMe) {
+        teardown();
+        setState('left');
+      } else {
+        showFatal('consult_ended');
+      }
+      break;
+    case 'removed':
+      showFatal('removed');
+      break;
+    case 'denied':
+      showFatal('denied');
+      break;
+    case 'replaced':
+      showFatal('replaced');
+      break;
+    case 'shutdown':
+      app.reconnectAfterClose = true;
+      showNotice(t('error.shutting_down'), { sticky: true });
+      break;
+    default:
+      teardown();
+      setState('left');
+  }
+}
+
+function onClose(detail) {
+  clearTimeout(app.welcomeTimer);
+  if (app.phase === 'left' || app.phase === 'error' || app.phase === 'preview') return;
+  if (detail.expected && !app.reconnectAfterClose) return;
+  scheduleReconnect();
+}
+
+function scheduleReconnect() {
+  teardownSession();
+  if (app.reconnectAttempt >= RECONNECT_DELAYS_MS.length) {
+    showFatal('connection_lost', { retry: true });
+    return;
+  }
+  const delay = RECONNECT_DELAYS_MS[app.reconnectAttempt];
+  app.reconnectAttempt += 1;
+  setState('joining');
+  showNotice(t('notice.reconnecting', { n: app.reconnectAttempt, max: RECONNECT_DELAYS_MS.length }), { sticky: true });
+  app.reconnectTimer = setTimeout(connect, delay);
+}
+
+function leave() {
+  const sig = app.signaling;
+  app.phase = 'left'; // so the coming close is not taken for a lost connection
+  if (sig) sig.leave();
+  teardown();
+  hideError();
+  hideNotice();
+  setState('left');
+}
+
+/** End the session: peer connection, E2EE, tiles, chat. Keeps local media. */
+function teardownSession() {
+  clearTimeout(app.welcomeTimer);
+  if (app.e2ee) {
+    try { app.e2ee.stop(); } catch { /* already stopped */ }
+  }
+  app.e2ee = null;
+  app.e2eeReady = null;
+  hook.e2ee = null;
+  if (app.call) app.call.close();
+  app.call = null;
+  hook.pc = null;
+  const sig = app.signaling;
+  app.signaling = null;
+  if (sig) sig.close();
+  app.participants.clear();
+  app.lobby.clear();
+  app.peerE2ee.clear();
+  app.verified.clear();
+  app.acceptedUnencrypted.clear();
+  $('#tiles').replaceChildren();
+  renderLobby();
+}
+
+/** Everything, including the camera and microphone (so their lights go off). */
+function teardown() {
+  clearTimeout(app.reconnectTimer);
+  teardownSession();
+  app.stopLevel();
+  app.stopLevel = () => {};
+  for (const track of app.stream.getTracks()) track.stop();
+  $('#local-video').srcObject = null;
+  // Chat survives a reconnect, but not the end of the call.
+  clearChat();
+}
+
+// ---------------------------------------------------------------------------
+// Participants and tiles
+
+function addParticipant(p, announce) {
+  if (!p || typeof p.id !== 'string') return;
+  const existing = app.participants.get(p.id);
+  app.participants.set(p.id, { ...existing, ...p });
+  removeLobby(p.id);
+  renderTile(p.id);
+  if (announce) showNotice(t('notice.joined', { name: p.name || '' }));
+  if (app.e2eeReady) {
+    app.e2eeReady.then((session) => session && session.participantJoined(app.participants.get(p.id))).catch(() => {});
+  }
+  renderTiles();
+}
+
+function removeParticipant(id, reason) {
+  const p = app.participants.get(id);
+  app.participants.delete(id);
+  const tile = tileFor(id);
+  if (tile) tile.remove();
+  if (app.e2ee) Promise.resolve(app.e2ee.participantLeft(id)).catch(() => {});
+  app.peerE2ee.delete(id);
+  app.verified.delete(id);
+  if (p) showNotice(t(reason === 'removed' ? 'notice.removed' : 'notice.left', { name: p.name || '' }));
+  renderTiles();
+  renderSecurity();
+}
+
+function onRemoteMute(msg) {
+  const p = app.participants.get(msg.id);
+  if (!p) return;
+  p.audio = !!msg.audio;
+  p.video = !!msg.video;
+  renderTile(msg.id);
+}
+
+function tileFor(id) {
+  for (const tile of $('#tiles').children) if (tile.dataset.participantId === id) return tile;
+  return null;
+}
+
+function ensureTile(id) {
+  let tile = tileFor(id);
+  if (tile) return tile;
+  tile = $('#tile-template').content.firstElementChild.cloneNode(true);
+  tile.dataset.participantId = id;
+  tile.querySelector('.verify').addEventListener('click', () => verifyPeer(id));
+  tile.querySelector('.accept-unencrypted').addEventListener('click', () => {
+    app.acceptedUnencrypted.add(id);
+    if (app.e2ee && typeof app.e2ee.allowUnencrypted === 'function') safeCall(() => app.e2ee.allowUnencrypted(id));
+    renderTile(id);
+  });
+  tile.querySelector('.remove').addEventListener('click', () => app.signaling && app.signaling.remove(id));
+  if (app.speakerId) media.setSpeaker(tile.querySelector('.tile-audio'), app.speakerId);
+  $('#tiles').appendChild(tile);
+  return tile;
+}
+
+function onRemoteTrack({ participantId, kind, track, receiver }) {
+  if (app.e2ee && app.e2eeSupport !== 'none') {
+    try { app.e2ee.attachReceiver(receiver, participantId, kind); } catch (err) { console.warn('spreekkamer: e2ee receiver', err); }
+  }
+  const tile = ensureTile(participantId);
+  const el = tile.querySelector(kind === 'video' ? '.tile-video' : '.tile-audio');
+  el.srcObject = new MediaStream([track]);
+  if (kind === 'video') {
+    mark('remoteVideo');
+    el.addEventListener('loadeddata', () => mark('firstFrame'), { once: true });
+  }
+  el.play().catch(() => { /* autoplay: the join click normally allows it */ });
+  tile.dataset[kind] = 'live';
+  renderTile(participantId);
+}
+
+function onRemoteTrackEnded({ participantId, kind, track }) {
+  const tile = tileFor(participantId);
+  if (!tile) return;
+  const el = tile.querySelector(kind === 'video' ? '.tile-video' : '.tile-audio');
+  if (el.srcObject && el.srcObject.getTracks().includes(track)) {
+    el.srcObject = null;
+    delete tile.dataset[kind];
+  }
+  renderTile(participantId);
+}
+
+function renderTiles() {
+  $('#alone-note').hidden = app.participants.size > 0;
+  $('#tiles').dataset.count = String(app.participants.size);
+  for (const id of app.participants.keys()) renderTile(id);
+}
+
+function roleLabel(role) {
+  return t(`role.${role}`, {}, t('role.guest'));
+}
+
+function e2eeStateFor(id) {
+  if (!app.e2ee || app.e2eeSupport === 'none') return 'off';
+  return app.peerE2ee.get(id) || 'pending';
+}
+
+function renderTile(id) {
+  const p = app.participants.get(id);
+  if (!p) return;
+  const tile = ensureTile(id);
+  const name = p.name || '';
+  tile.querySelector('.tile-name').textContent = `${name} (${roleLabel(p.role)})`;
+  tile.querySelector('.tile-initials').textContent = initials(name);
+  const micOff = p.audio === false;
+  const camOff = p.video === false || tile.dataset.video !== 'live';
+  const micEl = tile.querySelector('.tile-mic-off');
+  micEl.hidden = !micOff;
+  micEl.textContent = t('tile.micOff');
+  const camEl = tile.querySelector('.tile-cam-off');
+  camEl.hidden = p.video !== false;
+  camEl.textContent = t('tile.camOff');
+  tile.classList.toggle('no-video', camOff);
+
+  const e2ee = e2eeStateFor(id);
+  const verified = app.verified.has(id);
+  const badge = tile.querySelector('.e2ee-badge');
+  badge.dataset.e2ee = e2ee;
+  badge.textContent = t(`e2ee.badge.${e2ee}`) + (e2ee === 'on' && verified ? ` · ${t('e2ee.verified')}` : '');
+
+  const security = tile.querySelector('.tile-security');
+  const code = e2ee === 'on' && app.e2ee && typeof app.e2ee.safetyCode === 'function' ? safeCall(() => app.e2ee.safetyCode(id)) : null;
+  security.hidden = !code;
+  if (code) {
+    tile.querySelector('.safety-label').textContent = t('e2ee.safetyLabel', { name });
+    tile.querySelector('.safety-code').textContent = code.digits || '';
+    const words = code.words && code.words[getLanguage()];
+    const wordsEl = tile.querySelector('.safety-words');
+    wordsEl.textContent = Array.isArray(words) ? words.join(' · ') : '';
+    wordsEl.hidden = !wordsEl.textContent;
+    const verify = tile.querySelector('.verify');
+    verify.textContent = verified ? t('e2ee.verifiedButton') : t('e2ee.verifyButton');
+    verify.setAttribute('aria-pressed', String(verified));
+  }
+
+  // Never downgrade silently: an unencrypted participant is marked, and the
+  // clinician must accept before that participant's media plays.
+  const host = app.you && app.you.role === 'clinician';
+  const unencrypted = e2ee === 'off' && !!app.e2ee;
+  const withheld = unencrypted && host && !app.acceptedUnencrypted.has(id);
+  const box = tile.querySelector('.tile-unencrypted');
+  box.hidden = !unencrypted || (host && app.acceptedUnencrypted.has(id));
+  tile.querySelector('.unencrypted-text').textContent = host ? t('e2ee.hostAccept', { name }) : t('e2ee.peerNone', { name });
+  const accept = tile.querySelector('.accept-unencrypted');
+  accept.hidden = !host;
+  accept.textContent = t('e2ee.acceptButton');
+  tile.classList.toggle('withheld', withheld);
+  tile.querySelector('.tile-audio').muted = withheld;
+
+  const remove = tile.querySelector('.remove');
+  remove.hidden = !host;
+  remove.textContent = t('host.remove', { name });
+}
+
+function initials(name) {
+  return name.split(/\s+/).filter(Boolean).slice(0, 2).map((w) => w[0].toUpperCase()).join('');
+}
+
+function safeCall(fn) {
+  try { return fn(); } catch { return null; }
+}
+
+// ---------------------------------------------------------------------------
+// Waiting room (clinician side)
+
+/** The server sends the whole waiting-room list whenever it changes. */
+function setLobby(list) {
+  const before = new Set(app.lobby.keys());
+  app.lobby.clear();
+  for (const p of list) {
+    if (!p || typeof p.id !== 'string') continue;
+    app.lobby.set(p.id, { ...p, since: p.since || Date.now() / 1000 });
+    if (!before.has(p.id)) showNotice(t('notice.waiting', { name: p.name || '' }));
+  }
+  renderLobby();
+}
+
+function removeLobby(id) {
+  if (app.lobby.delete(id)) renderLobby();
+}
+
+function renderLobby() {
+  const list = $('#lobby-list');
+  const keep = new Set(app.lobby.keys());
+  for (const li of [...list.children]) if (!keep.has(li.dataset.participantId)) li.remove();
+  for (const [id, p] of app.lobby) {
+    let li = [...list.children].find((el) => el.dataset.participantId === id);
+    if (!li) {
+      li = $('#lobby-entry-template').content.firstElementChild.cloneNode(true);
+      li.dataset.participantId = id;
+      li.querySelector('.admit').addEventListener('click', () => app.signaling && app.signaling.admit(id));
+      li.querySelector('.deny').addEventListener('click', () => app.signaling && app.signaling.deny(id));
+      list.appendChild(li);
+    }
+    const name = p.name || '';
+    li.querySelector('.lobby-name').textContent = `${name} (${roleLabel(p.role)})`;
+    const since = new Date(Number(p.since) * 1000); // seconds since the epoch
+    li.querySelector('.lobby-since').textContent = t('lobby.since', { time: formatTime(since) });
+    li.querySelector('.admit').textContent = t('lobby.admit', { name });
+    li.querySelector('.deny').textContent = t('lobby.deny', { name });
+  }
+  $('#lobby-empty').hidden = app.lobby.size > 0;
+}
+
+function renderInvite() {
+  const el = $('#invite-expires');
+  const exp = app.invite && app.invite.expires;
+  el.hidden = !exp;
+  if (exp) el.textContent = t('invite.expires', { time: formatDateTime(new Date(exp * 1000)) });
+}
+
+function setLocked(locked) {
+  app.locked = locked;
+  // The button keeps its name; aria-pressed and the status line say the state.
+  $('#lock').setAttribute('aria-pressed', String(locked));
+  $('#lock-status').hidden = !locked;
+}
+
+function onInviteCreated(msg) {
+  if (typeof msg.token !== 'string' || !msg.token) return;
+  // The page builds the link itself, so the E2EE link secret never goes
+  // through the server (docs/PROTOCOL.md, "Invites").
+  let link = `${window.location.origin}/c#t=${msg.token}`;
+  if (app.linkSecret) link += `&k=${encodeURIComponent(app.linkSecret)}`;
+  app.invite = { jti: msg.jti, expires: Number(msg.expires) || null };
+  renderInvite();
+  $('#invite-link').value = link;
+  $('#invite-result').hidden = false;
+  $('#invite-link').focus();
+  $('#invite-link').select();
+}
+
+// ---------------------------------------------------------------------------
+// End-to-end encryption
+
+function startE2ee() {
+  const mod = app.e2eeModule;
+  const sig = app.signaling;
+  if (!mod || !app.you || !window.crypto || !window.crypto.subtle) {
+    sig.sendE2ee('unsupported', []);
+    renderSecurity();
+    return;
+  }
+  let session;
+  try {
+    session = new mod.E2eeSession({
+      consultId: app.consult && typeof app.consult === 'object' ? app.consult.id : app.consult,
+      selfId: app.you.id,
+      linkSecret: app.linkSecret,
+      send: (to, kind, data) => sig.sendRelay(to, kind, data),
+    });
+  } catch (err) {
+    console.warn('spreekkamer: e2ee session', err);
+    sig.sendE2ee('unsupported', []);
+    renderSecurity();
+    return;
+  }
+  app.e2ee = session;
+  hook.e2ee = session;
+  session.addEventListener('chat', (ev) => addChatMessage(ev.detail));
+  session.addEventListener('photo', (ev) => addChatPhoto(ev.detail));
+  session.addEventListener('status', (ev) => {
+    const { participantId, state } = ev.detail || {};
+    if (!participantId) return;
+    app.peerE2ee.set(participantId, state);
+    renderTile(participantId);
+    renderSecurity();
+  });
+  session.addEventListener('safety-code', (ev) => ev.detail && renderTile(ev.detail.participantId));
+  app.e2eeReady = session.start().then(async () => {
+    if (app.e2ee !== session) return null;
+    sig.sendE2ee(session.state || (app.e2eeSupport === 'none' ? 'unsupported' : 'on'), app.verified);
+    for (const p of app.participants.values()) await session.participantJoined(p);
+    return session;
+  }).catch((err) => {
+    console.warn('spreekkamer: e2ee start failed', err);
+    if (app.e2ee === session) {
+      app.e2ee = null;
+      hook.e2ee = null;
+      sig.sendE2ee('unsupported', []);
+    }
+    renderTiles();
+    renderSecurity();
+    return null;
+  });
+  renderSecurity();
+}
+
+function onRelay(msg) {
+  if (!app.e2ee || typeof msg.from !== 'string') return;
+  const session = app.e2ee;
+  // Key messages may arrive before start() finished; queue behind it.
+  Promise.resolve(app.e2eeReady).then(() => session.onRelay(msg.from, msg.kind, msg.data)).catch((err) => {
+    console.warn('spreekkamer: relay', err && err.message);
+  });
+}
+
+function onPeerE2ee(msg) {
+  if (typeof msg.id !== 'string') return;
+  if (msg.state === 'unsupported') app.peerE2ee.set(msg.id, 'off');
+  renderTile(msg.id);
+  renderSecurity();
+}
+
+function verifyPeer(id) {
+  if (!app.e2ee) return;
+  if (app.verified.has(id)) return;
+  safeCall(() => app.e2ee.markVerified(id));
+  app.verified.add(id);
+  if (app.signaling) app.signaling.sendE2ee(app.e2ee.state || 'on', app.verified);
+  renderTile(id);
+}
+
+/** The page-level security line and the "your browser cannot encrypt" banner. */
+function renderSecurity() {
+  const on = !!app.e2ee && app.e2eeSupport !== 'none';
+  const someoneOff = [...app.participants.keys()].some((id) => e2eeStateFor(id) === 'off');
+  const summary = $('#security-summary');
+  summary.textContent = t(!on ? 'e2ee.summaryOff' : someoneOff ? 'e2ee.summaryPartial' : 'e2ee.summaryOn');
+  summary.dataset.e2ee = on && !someoneOff ? 'on' : 'off';
+  $('#self-unencrypted').hidden = on;
+  const chatOk = !!app.e2ee;
+  $('#chat-unavailable').hidden = chatOk;
+  for (const el of [$('#chat-input'), $('#chat-send'), $('#photo-input')]) el.disabled = !chatOk;
+  $('#chat-form').classList.toggle('disabled', !chatOk);
+}
+
+function renderPrivacyE2ee() {
+  const ok = app.e2eeModule && app.e2eeSupport !== 'none';
+  $('#privacy-e2ee').textContent = t(ok ? 'privacy.e2eeOn' : 'privacy.e2eeOff');
+}
+
+// ---------------------------------------------------------------------------
+// Chat and photos: page memory only
+
+function senderName(from) {
+  if (app.you && from === app.you.id) return t('chat.you');
+  const p = app.participants.get(from);
+  return p ? p.name : t('chat.unknown');
+}
+
+function chatItem(from, time) {
+  const li = document.createElement('li');
+  li.className = 'chat-message';
+  if (app.you && from === app.you.id) li.classList.add('own');
+  const meta = document.createElement('p');
+  meta.className = 'chat-meta';
+  meta.textContent = `${senderName(from)} · ${formatTime(time ? new Date(time) : new Date())}`;
+  li.appendChild(meta);
+  return li;
+}
+
+function addChatMessage({ from, text, time }) {
+  const li = chatItem(from, time);
+  const body = document.createElement('p');
+  body.className = 'chat-text';
+  body.textContent = String(text ?? '');
+  li.appendChild(body);
+  appendChat(li);
+}
+
+function addChatPhoto({ from, blob, time }) {
+  if (!(blob instanceof Blob)) return;
+  const url = URL.createObjectURL(blob);
+  app.objectUrls.add(url);
+  const li = chatItem(from, time);
+  li.dataset.url = url;
+  const img = document.createElement('img');
+  img.className = 'shared-photo';
+  img.alt = t('chat.photoAlt', { name: senderName(from) });
+  // Its height is known only once loaded: keep the newest item in view then.
+  img.addEventListener('load', () => { const log = $('#chat-log'); log.scrollTop = log.scrollHeight; }, { once: true });
+  img.src = url;
+  li.appendChild(img);
+  const save = document.createElement('button');
+  save.type = 'button';
+  save.className = 'button save-photo';
+  save.textContent = t('chat.savePhoto');
+  // Saving is an explicit act of the receiver: only this click writes a file.
+  save.addEventListener('click', () => {
+    const a = document.createElement('a');
+    a.href = url;
+    a.download = `foto-${new Date().toISOString().replace(/[:.]/g, '-')}.${blob.type === 'image/png' ? 'png' : 'jpg'}`;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+  });
+  li.appendChild(save);
+  appendChat(li);
+}
+
+function appendChat(li) {
+  const log = $('#chat-log');
+  log.appendChild(li);
+  while (log.children.length > MAX_CHAT_ITEMS) dropChatItem(log.firstElementChild);
+  log.scrollTop = log.scrollHeight;
+}
+
+function dropChatItem(li) {
+  if (li.dataset.url) {
+    URL.revokeObjectURL(li.dataset.url);
+    app.objectUrls.delete(li.dataset.url);
+  }
+  li.remove();
+}
+
+function clearChat() {
+  const log = $('#chat-log');
+  while (log.firstElementChild) dropChatItem(log.firstElementChild);
+  for (const url of app.objectUrls) URL.revokeObjectURL(url);
+  app.objectUrls.clear();
+}
+
+async function sendChat(ev) {
+  ev.preventDefault();
+  const input = $('#chat-input');
+  const text = input.value.trim();
+  if (!text || !app.e2ee) return;
+  input.value = '';
+  try {
+    await app.e2ee.sendChat(text);
+  } catch (err) {
+    console.warn('spreekkamer: chat', err && err.message);
+    input.value = text;
+    showNotice(t('chat.failed'));
+  }
+}
+
+async function sendPhoto() {
+  const input = $('#photo-input');
+  const file = input.files && input.files[0];
+  input.value = '';
+  if (!file || !app.e2ee) return;
+  showNotice(t('chat.photoSending'));
+  try {
+    await app.e2ee.sendPhoto(file);
+    showNotice(t('chat.photoSent'));
+  } catch (err) {
+    const code = err && (err.message === 'photo_too_large' || err.message === 'photo_unreadable') ? err.message : 'photo_failed';
+    showNotice(t(`chat.${code}`));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Controls
+
+function wireControls() {
+  $('#join-button').addEventListener('click', join);
+  $('#leave').addEventListener('click', leave);
+  $('#waiting-leave').addEventListener('click', leave);
+  $('#rejoin').addEventListener('click', async () => {
+    if (app.stream.getTracks().every((tr) => tr.readyState === 'ended')) await openMedia();
+    join();
+  });
+  $('#error-retry').addEventListener('click', async () => {
+    hideError();
+    if (app.stream.getTracks().every((tr) => tr.readyState === 'ended')) await openMedia();
+    join();
+  });
+  $('#retry-media').addEventListener('click', openMedia);
+  $('#mute-mic').addEventListener('click', () => toggleLocal('audio'));
+  $('#camera-off').addEventListener('click', () => toggleLocal('video'));
+  $('#camera-select').addEventListener('change', (ev) => ev.target.value && switchDevice('video', ev.target.value));
+  $('#mic-select').addEventListener('change', (ev) => ev.target.value && switchDevice('audio', ev.target.value));
+  $('#speaker-select').addEventListener('change', (ev) => {
+    app.speakerId = ev.target.value;
+    for (const el of document.querySelectorAll('.tile-audio')) media.setSpeaker(el, app.speakerId);
+  });
+  $('#test-sound').addEventListener('click', () => media.playTestSound(app.speakerId));
+  $('#devices-toggle').addEventListener('click', () => {
+    const panel = $('#call-devices');
+    panel.hidden = !panel.hidden;
+    $('#devices-toggle').setAttribute('aria-expanded', String(!panel.hidden));
+    if (!panel.hidden) {
+      fillDeviceLists();
+      $('#camera-select').focus();
+    }
+  });
+  $('#chat-form').addEventListener('submit', sendChat);
+  $('#photo-input').addEventListener('change', sendPhoto);
+  $('#lock').addEventListener('click', () => app.signaling && app.signaling.lock(!app.locked));
+  $('#end-consult').addEventListener('click', () => {
+    if (!app.signaling) return;
+    app.endedByMe = true;
+    app.signaling.end();
+  });
+  $('#invite-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    if (!app.signaling) return;
+    app.signaling.invite($('#invite-role').value, $('#invite-name').value.trim() || undefined);
+  });
+  $('#invite-revoke').addEventListener('click', () => {
+    if (app.signaling && app.invite && app.invite.jti) app.signaling.revokeInvite(app.invite.jti);
+  });
+  $('#invite-copy').addEventListener('click', async () => {
+    const value = $('#invite-link').value;
+    try {
+      await navigator.clipboard.writeText(value);
+      showNotice(t('invite.copied'));
+    } catch {
+      $('#invite-link').select();
+      showNotice(t('invite.copyManual'));
+    }
+  });
+  window.addEventListener('pagehide', () => { if (app.signaling) app.signaling.leave(); });
+}
+
+/** Mic mute / camera off: disable the track (no renegotiation) and tell the others. */
+async function toggleLocal(kind) {
+  const key = kind === 'audio' ? 'micOn' : 'camOn';
+  let track = localTrack(kind);
+  if (!track) {
+    // No device yet (refused or missing earlier): try again when the person asks for it.
+    try {
+      const fresh = await navigator.mediaDevices.getUserMedia(kind === 'audio' ? { audio: true } : { video: true });
+      track = fresh.getTracks()[0] || null;
+    } catch (err) {
+      showNotice(t(mediaHelpKey(err)));
+      return;
+    }
+    if (!track) return;
+    app[key] = true;
+    setLocalStream(new MediaStream([...app.stream.getTracks(), track]));
+  } else {
+    app[key] = !app[key];
+    if (track) track.enabled = app[key];
+  }
+  renderSelf();
+  if (app.signaling) app.signaling.sendMute(app.micOn && !!localTrack('audio'), app.camOn && !!localTrack('video'));
+}
+
+function renderSelf() {
+  const hasMic = !!localTrack('audio');
+  const hasCam = !!localTrack('video');
+  const micOff = !app.micOn || !hasMic;
+  const camOff = !app.camOn || !hasCam;
+  $('#mute-mic').setAttribute('aria-pressed', String(micOff));
+  $('#camera-off').setAttribute('aria-pressed', String(camOff));
+  $('#self-camera-off').hidden = !camOff;
+  $('#self-mic-off').hidden = !micOff;
+  $('#self-view').classList.toggle('camera-off', camOff);
+  $('#self-view').classList.toggle('mic-off', micOff);
+}
+
+// ---------------------------------------------------------------------------
+// Language
+
+function formatTime(date) {
+  if (!(date instanceof Date) || Number.isNaN(date.getTime())) return '';
+  return date.toLocaleTimeString(getLanguage() === 'nl' ? 'nl-NL' : 'en-GB', { hour: '2-digit', minute: '2-digit' });
+}
+
+function formatDateTime(date) {
+  if (!(date instanceof Date) || Number.isNaN(date.getTime())) return '';
+  return date.toLocaleString(getLanguage() === 'nl' ? 'nl-NL' : 'en-GB', { day: 'numeric', month: 'long', hour: '2-digit', minute: '2-digit' });
+}
+
+function renderGreeting() {
+  const g = $('#greeting');
+  const c = app.claims;
+  if (c && typeof c.name === 'string' && c.name) {
+    g.textContent = t('preview.greeting', { name: c.name, role: roleLabel(c.role) });
+    g.hidden = false;
+  } else {
+    g.hidden = true;
+  }
+}
+
+function renderError() {
+  if (!app.errorCode) return;
+  const code = app.errorCode;
+  const family = code.startsWith('token_') || code === 'no_token' ? 'errorTitle.link' : 'errorTitle.default';
+  const title = t(`errorTitle.${code}`, {}, t(family));
+  $('#error-title').textContent = title;
+  $('#error-heading').textContent = title;
+  $('#error-text').textContent = t(`error.${code}`, {}, t('error.unknown', { code }));
+  const help = $('#error-help');
+  help.hidden = !app.errorHelp;
+  help.textContent = app.errorHelp ? t(app.errorHelp) : '';
+}
+
+/** Re-render everything built from strings in code (data-i18n is done by i18n.js). */
+function renderLanguage() {
+  renderGreeting();
+  renderError();
+  renderPrivacyE2ee();
+  renderSecurity();
+  renderSelf();
+  setLocked(app.locked);
+  renderTiles();
+  renderLobby();
+  renderInvite();
+  fillDeviceLists();
+}
+
+// ---------------------------------------------------------------------------
+
+initI18n();
+onLanguageChange(renderLanguage);
+start();

@@ -1,0 +1,161 @@
+// The RTCPeerConnection side of a consult.
+//
+// The server is always the offerer (docs/PROTOCOL.md, "Offers"): its offer
+// starts with two `a=recvonly` m-sections (our microphone and camera), then
+// one `a=sendonly` m-section per track of every other participant, whose
+// stream id is that participant's id. We answer every offer; our own
+// transceivers stay the same across renegotiations.
+//
+// Events (CustomEvent detail):
+//   'track'       {participantId, kind, track, receiver}  a remote track arrived
+//   'track-ended' {participantId, kind, track}            it went away
+//   'sender'      {kind, sender}                          our sender for kind is known (E2EE attaches here)
+//   'connection'  {state}                                 the ICE connection state changed
+
+const RESTART_AFTER_DISCONNECT_MS = 4000;
+const MIN_RESTART_INTERVAL_MS = 5000;
+
+/**
+ * The mids of the m-sections the server marked `a=recvonly`, first audio and
+ * first video. Pure, so it is easy to test without a browser.
+ * @returns {{audio: string|null, video: string|null}}
+ */
+export function ownMids(sdp) {
+  const found = { audio: null, video: null };
+  const sections = sdp.split(/\r?\n(?=m=)/);
+  for (const section of sections) {
+    const m = /^m=(audio|video) /.exec(section);
+    if (!m) continue;
+    const kind = m[1];
+    if (found[kind] !== null) continue;
+    if (!/\r?\na=recvonly\b/.test(section)) continue;
+    const mid = /\r?\na=mid:([^\r\n]+)/.exec(section);
+    if (mid) found[kind] = mid[1].trim();
+  }
+  return found;
+}
+
+export class Call extends EventTarget {
+  /**
+   * @param {{signaling: import('./protocol.js').Signaling,
+   *          config?: RTCConfiguration,
+   *          localTracks: {audio: MediaStreamTrack|null, video: MediaStreamTrack|null}}} opts
+   */
+  constructor({ signaling, config = {}, localTracks }) {
+    super();
+    this.signaling = signaling;
+    this.localTracks = { audio: localTracks.audio || null, video: localTracks.video || null };
+    // No STUN/TURN: the server is ICE-lite with public candidates in its offer.
+    this.pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle', ...config });
+    this.mids = { audio: null, video: null };
+    this.announcedSenders = new Set();
+    this.chain = Promise.resolve();
+    this.closed = false;
+    this.lastRestart = 0;
+    this.disconnectTimer = null;
+
+    this.pc.addEventListener('icecandidate', (ev) => {
+      // null = end of candidates; the server does not need to be told.
+      if (ev.candidate && ev.candidate.candidate) this.signaling.sendCandidate(ev.candidate.toJSON());
+    });
+    this.pc.addEventListener('track', (ev) => this.onTrack(ev));
+    this.pc.addEventListener('iceconnectionstatechange', () => this.onIceState());
+  }
+
+  /** Apply a server offer and answer it. Offers are handled strictly in order. */
+  handleOffer(sdp) {
+    this.chain = this.chain.then(() => this.answer(sdp)).catch((err) => {
+      console.warn('spreekkamer: could not answer offer', err);
+      this.emit('negotiation-failed', { error: err });
+    });
+    return this.chain;
+  }
+
+  async answer(sdp) {
+    if (this.closed) return;
+    await this.pc.setRemoteDescription({ type: 'offer', sdp });
+    const mids = ownMids(sdp);
+    for (const kind of ['audio', 'video']) {
+      // Keep the transceiver we already use; only adopt one the first time
+      // (or if the server dropped ours, which it promises not to).
+      const keep = this.mids[kind] !== null && this.transceiverByMid(this.mids[kind]);
+      if (!keep) this.mids[kind] = mids[kind];
+      const tr = this.mids[kind] !== null ? this.transceiverByMid(this.mids[kind]) : null;
+      if (!tr) continue;
+      tr.direction = 'sendonly';
+      if (tr.sender.track !== this.localTracks[kind]) {
+        await tr.sender.replaceTrack(this.localTracks[kind]);
+      }
+      if (!this.announcedSenders.has(tr.sender)) {
+        this.announcedSenders.add(tr.sender);
+        // Before createAnswer, so an encoded transform sees the first frame.
+        this.emit('sender', { kind, sender: tr.sender });
+      }
+    }
+    const answer = await this.pc.createAnswer();
+    await this.pc.setLocalDescription(answer);
+    this.signaling.sendAnswer(this.pc.localDescription.sdp);
+  }
+
+  transceiverByMid(mid) {
+    return this.pc.getTransceivers().find((t) => t.mid === mid) || null;
+  }
+
+  onTrack(ev) {
+    const stream = ev.streams && ev.streams[0];
+    if (!stream) return; // every server track carries its participant's stream id
+    const participantId = stream.id;
+    const { track, receiver } = ev;
+    this.emit('track', { participantId, kind: track.kind, track, receiver });
+    const gone = () => this.emit('track-ended', { participantId, kind: track.kind, track });
+    stream.addEventListener('removetrack', (e) => { if (e.track === track) gone(); });
+    track.addEventListener('ended', gone, { once: true });
+  }
+
+  onIceState() {
+    const state = this.pc.iceConnectionState;
+    this.emit('connection', { state });
+    clearTimeout(this.disconnectTimer);
+    if (state === 'failed') {
+      this.restartIce();
+    } else if (state === 'disconnected') {
+      // Often recovers by itself (a short network hiccup); restart if not.
+      this.disconnectTimer = setTimeout(() => {
+        if (this.pc.iceConnectionState === 'disconnected') this.restartIce();
+      }, RESTART_AFTER_DISCONNECT_MS);
+    }
+  }
+
+  /** Ask the server for a fresh offer with new ICE credentials (rate-limited). */
+  restartIce() {
+    if (this.closed) return;
+    const now = Date.now();
+    if (now - this.lastRestart < MIN_RESTART_INTERVAL_MS) return;
+    this.lastRestart = now;
+    this.signaling.sendIceRestart();
+  }
+
+  /** Use another local track (device switch, camera back on). */
+  async setLocalTrack(kind, track) {
+    this.localTracks[kind] = track || null;
+    const mid = this.mids[kind];
+    const tr = mid !== null ? this.transceiverByMid(mid) : null;
+    if (tr) await tr.sender.replaceTrack(track || null);
+  }
+
+  /** Inbound and outbound RTP stats, for the page's diagnostics and tests. */
+  async stats() {
+    return this.pc.getStats();
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.disconnectTimer);
+    try { this.pc.close(); } catch { /* already closed */ }
+  }
+}

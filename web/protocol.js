@@ -1,0 +1,220 @@
+// The only module that speaks the wire protocol (docs/PROTOCOL.md).
+//
+// A `Signaling` is one WebSocket session: it sends `join` with the token as
+// the first message, turns every server message into an event named after its
+// `type` (`event.detail` is the message), and offers one typed helper per
+// client message. It knows nothing about the page: no DOM, no translations.
+// Reconnecting is a policy of the page, so a closed `Signaling` stays closed;
+// the page makes a fresh one (a fresh join with the same token).
+
+export const PROTOCOL_VERSION = 1;
+
+// Every error code in docs/PROTOCOL.md, with what the client should do about it.
+//   fatal:     the server closes the session; the call ends.
+//   reconnect: a fresh join may succeed (the cause was transient).
+//   notice:    not fatal; tell the user briefly, the call goes on.
+//   silent:    not fatal and nothing the user can act on (logged to console).
+const ERROR_OUTCOMES = {
+  bad_message: 'silent',
+  unsupported_version: 'fatal',
+  not_joined: 'reconnect',
+  join_timeout: 'reconnect',
+  message_too_large: 'fatal',
+  rate_limited: 'notice',
+  token_missing: 'fatal',
+  token_too_large: 'fatal',
+  token_malformed: 'fatal',
+  token_bad_algorithm: 'fatal',
+  token_bad_signature: 'fatal',
+  token_expired: 'fatal',
+  token_not_yet_valid: 'fatal',
+  token_wrong_issuer: 'fatal',
+  token_wrong_audience: 'fatal',
+  token_missing_claim: 'fatal',
+  token_bad_claim: 'fatal',
+  token_revoked: 'fatal',
+  consult_full: 'fatal',
+  consult_locked: 'fatal',
+  consult_ended: 'fatal',
+  forbidden: 'notice',
+  unknown_participant: 'silent',
+  media_error: 'notice',
+  shutting_down: 'reconnect',
+};
+
+/** The documented error codes, for pages that must have a message for each. */
+export const ERROR_CODES = Object.freeze(Object.keys(ERROR_OUTCOMES));
+
+/**
+ * What to do about an error code: 'fatal' | 'reconnect' | 'notice' | 'silent'.
+ * An unknown code is treated by its `fatal` flag, so a newer server's codes
+ * still end (or don't end) the call the way the server says.
+ */
+export function errorOutcome(code, fatal) {
+  const known = ERROR_OUTCOMES[code];
+  if (known) return known;
+  return fatal ? 'fatal' : 'notice';
+}
+
+/** The WebSocket URL for this page: same origin, `/ws`, wss on https. */
+export function signalingUrl(loc = window.location) {
+  const scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${loc.host}/ws`;
+}
+
+// Bound what we hold for an unopened socket: a page that queues more than
+// this before `welcome` is doing something wrong.
+const MAX_QUEUED = 64;
+// Idle connections get cut by proxies; a ping every 25 s keeps them alive
+// and is far below the server's rate limit.
+const PING_INTERVAL_MS = 25000;
+
+export class Signaling extends EventTarget {
+  /**
+   * @param {{url?: string, token: string}} opts
+   */
+  constructor({ url = signalingUrl(), token }) {
+    super();
+    this.url = url;
+    this.token = token;
+    this.ws = null;
+    this.joined = false;
+    // Set when the session ends in a way the server announced (bye, fatal
+    // error) or we asked for (leave): such a close is not a connection loss.
+    this.ending = null;
+    this.queue = [];
+    this.pingTimer = null;
+  }
+
+  connect() {
+    if (this.ws) return;
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (err) {
+      // A malformed URL or a CSP refusal: report it as a lost connection.
+      queueMicrotask(() => this.emit('close', { code: 0, expected: false, reason: String(err) }));
+      return;
+    }
+    this.ws = ws;
+    ws.addEventListener('open', () => {
+      this.rawSend({ type: 'join', v: PROTOCOL_VERSION, token: this.token });
+      this.emit('open', {});
+    });
+    ws.addEventListener('message', (ev) => this.onFrame(ev.data));
+    ws.addEventListener('close', (ev) => {
+      this.stopPing();
+      this.ws = null;
+      this.emit('close', { code: ev.code, expected: this.ending !== null, reason: this.ending });
+    });
+    // 'error' is always followed by 'close'; handling close is enough.
+  }
+
+  onFrame(data) {
+    if (typeof data !== 'string') return; // the protocol is text only
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (!msg || typeof msg.type !== 'string') return;
+    switch (msg.type) {
+      case 'welcome':
+        this.joined = true;
+        this.startPing();
+        for (const m of this.queue.splice(0)) this.rawSend(m);
+        break;
+      case 'bye':
+        this.ending = `bye:${msg.reason || ''}`;
+        break;
+      case 'error':
+        if (msg.fatal) this.ending = `error:${msg.code || ''}`;
+        msg.outcome = errorOutcome(msg.code, !!msg.fatal);
+        break;
+      default:
+        break;
+    }
+    this.emit(msg.type, msg);
+    this.emit('message', msg);
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  rawSend(msg) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  // Messages other than `join` must wait for `welcome` (else `not_joined`).
+  send(msg) {
+    if (this.joined) return this.rawSend(msg);
+    if (this.queue.length < MAX_QUEUED) this.queue.push(msg);
+    return false;
+  }
+
+  startPing() {
+    this.stopPing();
+    this.pingTimer = setInterval(() => this.send({ type: 'ping' }), PING_INTERVAL_MS);
+  }
+
+  stopPing() {
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    this.pingTimer = null;
+  }
+
+  // --- typed client messages -------------------------------------------
+
+  sendAnswer(sdp) { return this.send({ type: 'answer', sdp }); }
+
+  /** @param {RTCIceCandidateInit} candidate */
+  sendCandidate(candidate) {
+    const { candidate: c, sdpMid = null, sdpMLineIndex = null } = candidate;
+    return this.send({ type: 'candidate', candidate: { candidate: c, sdpMid, sdpMLineIndex } });
+  }
+
+  sendIceRestart() { return this.send({ type: 'ice-restart' }); }
+
+  /** audio: mic on, video: camera on */
+  sendMute(audio, video) { return this.send({ type: 'mute', audio: !!audio, video: !!video }); }
+
+  /** kind: 'key' | 'chat' | 'photo'; data: opaque string (end-to-end encrypted). */
+  sendRelay(to, kind, data) { return this.send({ type: 'relay', to, kind, data }); }
+
+  /** state: 'on' | 'unsupported'; verified: participant ids. */
+  sendE2ee(state, verified) { return this.send({ type: 'e2ee', state, verified: [...verified] }); }
+
+  admit(id) { return this.send({ type: 'admit', id }); }
+  deny(id) { return this.send({ type: 'deny', id }); }
+  remove(id) { return this.send({ type: 'remove', id }); }
+  lock(locked) { return this.send({ type: 'lock', locked: !!locked }); }
+  end() { return this.send({ type: 'end' }); }
+
+  invite(role, name, ttlSecs) {
+    const msg = { type: 'invite', role };
+    if (name) msg.name = name;
+    if (ttlSecs) msg.ttl_secs = ttlSecs;
+    return this.send(msg);
+  }
+
+  revokeInvite(jti) { return this.send({ type: 'revoke-invite', jti }); }
+
+  /** Say goodbye; the server answers `bye` and closes. */
+  leave() {
+    this.ending = 'leave';
+    if (!this.rawSend({ type: 'leave' })) this.close();
+    // If the server never closes (it should), do it ourselves.
+    setTimeout(() => this.close(), 2000);
+  }
+
+  close() {
+    if (this.ending === null) this.ending = 'closed';
+    this.stopPing();
+    if (this.ws) {
+      try { this.ws.close(1000); } catch { /* already closing */ }
+    }
+  }
+}
