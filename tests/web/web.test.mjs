@@ -1,0 +1,76 @@
+// Unit tests for the browser client's pure parts (run: node --test). Suggested home: tests/web/.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+const WEB = process.env.WEB_DIR || new URL('../../web/', import.meta.url).pathname;
+globalThis.navigator = { languages: ['nl-NL'] };
+const { DICTIONARIES, detectLanguage, t } = await import(WEB + 'i18n.js');
+const { ERROR_CODES, errorOutcome } = await import(WEB + 'protocol.js');
+const { ownMids } = await import(WEB + 'call.js');
+
+test('dutch and english have exactly the same keys', () => {
+  assert.deepEqual(Object.keys(DICTIONARIES.nl).sort(), Object.keys(DICTIONARIES.en).sort());
+});
+
+test('every error code in docs/PROTOCOL.md has a message in both languages and an outcome', () => {
+  const doc = fs.readFileSync(new URL('../docs/PROTOCOL.md', `file://${WEB}`), 'utf8');
+  const section = doc.slice(doc.indexOf('## Error codes')).split(/\n## /)[0];
+  const codes = [...section.matchAll(/^\| `([a-z_]+)` \| (yes|no) \|/gm)].map((m) => [m[1], m[2] === 'yes']);
+  assert.ok(codes.length >= 25);
+  for (const [code, fatal] of codes) {
+    assert.ok(ERROR_CODES.includes(code), `protocol.js knows ${code}`);
+    for (const lang of ['nl', 'en']) assert.ok(DICTIONARIES[lang][`error.${code}`], `${lang} text for ${code}`);
+    // A fatal code must never be treated as a mere notice, and vice versa.
+    const outcome = errorOutcome(code, fatal);
+    assert.equal(['fatal', 'reconnect'].includes(outcome), fatal, `${code} → ${outcome}`);
+  }
+});
+
+test('an unknown error code follows its fatal flag', () => {
+  assert.equal(errorOutcome('brand_new_code', true), 'fatal');
+  assert.equal(errorOutcome('brand_new_code', false), 'notice');
+});
+
+test('language comes from the first nl or en preference', () => {
+  assert.equal(detectLanguage(['nl-BE', 'en']), 'nl');
+  assert.equal(detectLanguage(['de-DE', 'en-US', 'nl']), 'en');
+  assert.equal(detectLanguage(['fr-FR']), 'en');
+  assert.equal(detectLanguage([]), 'en');
+});
+
+test('t fills placeholders and falls back', () => {
+  assert.match(t('notice.joined', { name: 'Piet' }), /Piet/);
+  assert.equal(t('no.such.key', {}, 'fallback'), 'fallback');
+});
+
+test('every data-i18n key in the pages exists', () => {
+  for (const page of ['index.html', 'landing.html']) {
+    const html = fs.readFileSync(WEB + page, 'utf8');
+    for (const [, key] of html.matchAll(/data-i18n="([^"]+)"/g)) assert.ok(key in DICTIONARIES.nl, `${page}: ${key}`);
+  }
+});
+
+test('pages have no inline script or style (the CSP forbids them)', () => {
+  for (const page of ['index.html', 'landing.html']) {
+    const html = fs.readFileSync(WEB + page, 'utf8');
+    assert.doesNotMatch(html, /<script(?![^>]*\bsrc=)[^>]*>/, `${page}: inline script`);
+    assert.doesNotMatch(html, /\sstyle=|<style/, `${page}: inline style`);
+    assert.doesNotMatch(html, /\son[a-z]+=/, `${page}: inline handler`);
+  }
+});
+
+test('ownMids picks the first recvonly audio and video sections', () => {
+  const sdp = [
+    'v=0', 'o=- 1 2 IN IP4 127.0.0.1', 's=-', 't=0 0', 'a=group:BUNDLE 0 1 2 3',
+    'm=audio 9 UDP/TLS/RTP/SAVPF 111', 'a=mid:0', 'a=recvonly',
+    'm=video 9 UDP/TLS/RTP/SAVPF 96', 'a=mid:1', 'a=recvonly',
+    'm=audio 9 UDP/TLS/RTP/SAVPF 111', 'a=mid:2', 'a=sendonly', 'a=msid:abcdef0123456789 a1',
+    'm=video 9 UDP/TLS/RTP/SAVPF 96', 'a=mid:3', 'a=sendonly', 'a=msid:abcdef0123456789 v1', '',
+  ].join('\r\n');
+  assert.deepEqual(ownMids(sdp), { audio: '0', video: '1' });
+});
+
+test('ownMids ignores sendonly and inactive sections', () => {
+  const sdp = 'v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:a\r\na=inactive\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v\r\na=sendonly\r\n';
+  assert.deepEqual(ownMids(sdp), { audio: null, video: null });
+});
