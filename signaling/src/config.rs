@@ -98,8 +98,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SPREEKKAMER_MAX_PARTICIPANTS", default_value_t = 6,
           value_parser = clap::value_parser!(u16).range(2..=50))]
     pub max_participants: u16,
-    /// Patients and guests wait until a clinician admits them.
-    #[arg(long, env = "SPREEKKAMER_WAITING_ROOM")]
+    /// Patients and guests wait until a clinician admits them (on by
+    /// default; `--waiting-room=false` lets them straight in). A bare
+    /// `--waiting-room` still means true.
+    #[arg(long, env = "SPREEKKAMER_WAITING_ROOM", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub waiting_room: bool,
     /// Reverse proxy whose X-Forwarded-For header is believed for the client
     /// IP in the audit log. Repeatable; in the environment, comma-separated.
@@ -280,7 +283,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn parse_invite_ttl(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
-    if d > crate::session::MAX_INVITE_TTL {
+    if d > crate::invite::MAX_INVITE_TTL {
         return Err("must be at most 24h".into());
     }
     Ok(d)
@@ -378,6 +381,7 @@ impl ServeArgs {
             jwks_url: self.jwks_url.clone(),
             jwks_min_refresh: Duration::from_secs(30),
             trusted_proxies: self.trusted_proxies.clone(),
+            public_url: self.public_url.clone(),
         })
     }
 }
@@ -419,6 +423,7 @@ mod tests {
         assert_eq!(cli.serve.max_participants, 6);
         assert_eq!(cli.serve.join_timeout, Duration::from_secs(10));
         assert!(cli.serve.demo_links);
+        assert!(cli.serve.waiting_room, "the waiting room is on by default");
         assert_eq!(cli.serve.base_url(), "http://127.0.0.1:8080");
     }
 
@@ -568,5 +573,20 @@ mod tests {
             join_url("https://h", "a.b.c", Some("K")),
             "https://h/c#t=a.b.c&k=K"
         );
+    }
+
+    #[test]
+    fn waiting_room_flag_can_be_turned_off_and_bare_means_on() {
+        assert!(!parse(&["--waiting-room=false"]).unwrap().serve.waiting_room);
+        match parse(&["serve", "--waiting-room", "false"])
+            .unwrap()
+            .command
+        {
+            Some(Command::Serve(a)) => assert!(!a.waiting_room),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["--waiting-room"]).unwrap().serve.waiting_room);
+        assert!(parse(&["--waiting-room=true"]).unwrap().serve.waiting_room);
+        assert!(parse(&["--waiting-room=maybe"]).is_err());
     }
 }

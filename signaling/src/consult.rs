@@ -497,10 +497,32 @@ impl Consult {
         now: Instant,
     ) -> Result<Vec<Effect>, ErrorCode> {
         self.require_clinician(actor)?;
-        if actor == id || self.member(id).is_none() {
+        if actor == id {
+            return Err(ErrorCode::UnknownParticipant);
+        }
+        self.expel(id, now)
+    }
+
+    /// Remove someone on the authority of a clinician the caller already
+    /// checked (a `remove` above, or a revoked invite whose revocation was
+    /// authorized by a clinician's token).
+    pub fn expel(&mut self, id: &str, now: Instant) -> Result<Vec<Effect>, ErrorCode> {
+        if self.member(id).is_none() {
             return Err(ErrorCode::UnknownParticipant);
         }
         Ok(self.bar(id, LeftReason::Removed, ByeReason::Removed, now))
+    }
+
+    /// Why a token holder with `sub` could not join right now regardless of
+    /// capacity or lock: the consult ended, or the person was removed.
+    pub fn refusal(&self, sub: &str) -> Option<ErrorCode> {
+        if self.ended {
+            Some(ErrorCode::ConsultEnded)
+        } else if self.barred.iter().any(|b| b == sub) {
+            Some(ErrorCode::TokenRevoked)
+        } else {
+            None
+        }
     }
 
     fn bar(&mut self, id: &str, left: LeftReason, bye: ByeReason, now: Instant) -> Vec<Effect> {

@@ -58,18 +58,59 @@ pub struct Ticket {
     pub kick: Arc<Notify>,
 }
 
+/// A clinician acting on invites: either connected and admitted (the
+/// WebSocket `invite` / `revoke-invite`), or holding a valid clinician token
+/// for the consult (the HTTP API). Built only by [`Directory::host`] and
+/// [`Directory::host_by_token`], which check the role.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub sub: String,
+    pub consult: String,
+    /// Their participant id when they act from inside the consult.
+    pub participant: Option<ParticipantId>,
+    pub access: AccessPoint,
+}
+
+impl Host {
+    /// An audit event with this clinician as the actor.
+    pub fn event(&self, name: &'static str) -> AuditEvent {
+        let mut e = AuditEvent::new(name, self.access.clone())
+            .actor(&self.sub, Role::Clinician)
+            .consult(&self.consult);
+        if let Some(p) = &self.participant {
+            e = e.participant(p);
+        }
+        e
+    }
+}
+
+/// An invite this server minted: which consult it is for, and its expiry
+/// (seconds since the epoch).
+struct InviteRecord {
+    consult: String,
+    expires: u64,
+}
+
 #[derive(Default)]
 struct State {
     consults: HashMap<String, Consult>,
     seats: HashMap<ParticipantId, Seat>,
-    /// Revoked token ids with their expiry (seconds since the epoch): kept
-    /// until the token would have expired anyway, independent of consults.
-    revoked: HashMap<String, u64>,
+    /// Revoked token ids per consult (`(consult, jti)`) with how long they
+    /// are kept (seconds since the epoch). Scoped to the consult, so a
+    /// clinician can never disable another consult's links.
+    revoked: HashMap<(String, String), u64>,
+    /// Invites minted here, by `jti`, until they expire: revoking one of
+    /// another consult is refused (`unknown_invite`).
+    invites: HashMap<String, InviteRecord>,
     draining: bool,
 }
 
 /// Upper bound on remembered revocations (each is a few dozen bytes).
 const MAX_REVOKED: usize = 100_000;
+/// Upper bound on remembered live invites, in total and per consult (a
+/// clinician token must not be able to fill the server's memory).
+const MAX_INVITES: usize = 100_000;
+pub const MAX_INVITES_PER_CONSULT: usize = 200;
 
 pub struct Directory {
     state: Mutex<State>,
@@ -136,11 +177,7 @@ impl Directory {
         if state.draining {
             return Err(ErrorCode::ShuttingDown);
         }
-        if claims
-            .jti
-            .as_ref()
-            .is_some_and(|j| state.revoked.contains_key(j))
-        {
+        if is_revoked(state, claims) {
             return Err(ErrorCode::TokenRevoked);
         }
         let now = Instant::now();
@@ -377,95 +414,218 @@ impl Directory {
         guard
             .revoked
             .retain(|_, exp| exp.saturating_add(crate::token::LEEWAY_SECS) >= unix);
+        guard
+            .invites
+            .retain(|_, i| i.expires.saturating_add(crate::token::LEEWAY_SECS) >= unix);
         self.update_gauges(&guard);
     }
 
-    /// Who may create an invite: an admitted clinician. Returns their
-    /// consult id (the invite is for that consult).
-    pub fn inviter(&self, id: &str) -> Result<String, ErrorCode> {
+    /// Whether a verified token could be used to join now, apart from
+    /// capacity and the lock: not revoked, its holder not removed, the
+    /// consult not ended, the server not draining. The HTTP API and the
+    /// connectivity check accept exactly the tokens a join would.
+    pub fn check_token(&self, claims: &Claims) -> Result<(), ErrorCode> {
         let guard = self.lock();
-        let seat = guard.seats.get(id).ok_or(ErrorCode::NotJoined)?;
-        let consult = guard
-            .consults
-            .get(&seat.consult)
-            .ok_or(ErrorCode::ConsultEnded)?;
-        consult.require_clinician(id)?;
-        Ok(seat.consult.clone())
+        if guard.draining {
+            return Err(ErrorCode::ShuttingDown);
+        }
+        if is_revoked(&guard, claims) {
+            return Err(ErrorCode::TokenRevoked);
+        }
+        let now = Instant::now();
+        match guard.consults.get(&claims.consult) {
+            Some(c) if !c.expired(now) => c.refusal(&claims.sub).map_or(Ok(()), Err),
+            _ => Ok(()),
+        }
     }
 
-    /// Audit a created invite (after it was minted by the session).
-    pub fn audit_invite(&self, id: &str, jti: &str, role: Role, ttl_secs: u64) {
-        let event = {
+    /// A clinician token holder acting through the HTTP API. Refusals are
+    /// audited as `event` with the token's `sub` as the actor.
+    pub fn host_by_token(
+        &self,
+        claims: &Claims,
+        access: AccessPoint,
+        event: &'static str,
+    ) -> Result<Host, ErrorCode> {
+        let checked = if claims.role == Role::Clinician {
+            self.check_token(claims)
+        } else {
+            Err(ErrorCode::Forbidden)
+        };
+        if let Err(code) = checked {
+            self.write_audit(vec![
+                AuditEvent::new(event, access)
+                    .actor(&claims.sub, claims.role)
+                    .consult(&claims.consult)
+                    .failed(code),
+            ]);
+            return Err(code);
+        }
+        Ok(Host {
+            sub: claims.sub.clone(),
+            consult: claims.consult.clone(),
+            participant: None,
+            access,
+        })
+    }
+
+    /// A connected participant acting on invites: must be an admitted
+    /// clinician. Refusals are audited as `event`.
+    pub fn host(&self, id: &str, event: &'static str) -> Result<Host, ErrorCode> {
+        let (result, audit) = {
             let guard = self.lock();
-            let Some(seat) = guard.seats.get(id) else {
-                return;
-            };
-            AuditEvent::new("invite_created", seat.access.clone())
-                .actor(&seat.sub, seat.role)
-                .consult(&seat.consult)
-                .participant(id)
-                .detail(serde_json::json!({ "jti": jti, "role": role, "ttl_secs": ttl_secs }))
+            let seat = guard.seats.get(id).ok_or(ErrorCode::NotJoined)?;
+            let allowed = guard
+                .consults
+                .get(&seat.consult)
+                .ok_or(ErrorCode::ConsultEnded)
+                .and_then(|c| c.require_clinician(id));
+            match allowed {
+                Ok(()) => (
+                    Ok(Host {
+                        sub: seat.sub.clone(),
+                        consult: seat.consult.clone(),
+                        participant: Some(id.to_string()),
+                        access: seat.access.clone(),
+                    }),
+                    None,
+                ),
+                Err(code) => (
+                    Err(code),
+                    Some(
+                        AuditEvent::new(event, seat.access.clone())
+                            .actor(&seat.sub, seat.role)
+                            .consult(&seat.consult)
+                            .participant(id)
+                            .failed(code),
+                    ),
+                ),
+            }
+        };
+        self.write_audit(audit.into_iter().collect());
+        result
+    }
+
+    /// Remember an invite `host` minted (so that only its own consult can
+    /// revoke it) and audit it. Refused when the host has too many live
+    /// invites (`rate_limited`).
+    pub fn register_invite(
+        &self,
+        host: &Host,
+        jti: &str,
+        role: Role,
+        expires: u64,
+        ttl_secs: u64,
+    ) -> Result<(), ErrorCode> {
+        let result = {
+            let mut guard = self.lock();
+            let unix = crate::token::unix_now();
+            let live = guard
+                .invites
+                .values()
+                .filter(|i| i.consult == host.consult && i.expires >= unix)
+                .count();
+            if live >= MAX_INVITES_PER_CONSULT || guard.invites.len() >= MAX_INVITES {
+                Err(ErrorCode::RateLimited)
+            } else {
+                guard.invites.insert(
+                    jti.to_string(),
+                    InviteRecord {
+                        consult: host.consult.clone(),
+                        expires,
+                    },
+                );
+                Ok(())
+            }
+        };
+        let mut event = host.event("invite_created");
+        event = match result {
+            Ok(()) => {
+                event.detail(serde_json::json!({ "jti": jti, "role": role, "ttl_secs": ttl_secs }))
+            }
+            Err(code) => event.failed(code),
         };
         self.write_audit(vec![event]);
+        result
     }
 
-    /// A clinician revokes an invite (any token id): it cannot be used to
-    /// join any more, and whoever is connected with it is removed.
-    pub fn revoke(&self, id: &str, jti: &str) -> Result<(), ErrorCode> {
-        let mut audit = Vec::new();
-        let result = (|| {
-            let mut guard = self.lock();
-            let state = &mut *guard;
-            let seat = state.seats.get(id).ok_or(ErrorCode::NotJoined)?;
-            let consult_id = seat.consult.clone();
-            let mut event = AuditEvent::new("invite_revoked", seat.access.clone())
-                .actor(&seat.sub, seat.role)
-                .consult(&consult_id)
-                .participant(id)
-                .detail(serde_json::json!({ "jti": jti }));
-            let consult = state
-                .consults
-                .get_mut(&consult_id)
-                .ok_or(ErrorCode::ConsultEnded)?;
-            if let Err(code) = consult.require_clinician(id) {
-                event = event.failed(code);
-                audit.push(event);
-                return Err(code);
+    /// A clinician revokes a token id for their consult: it cannot be used
+    /// to join that consult any more, and whoever is connected with it is
+    /// removed (`bye {removed}`). An invite minted for another consult is
+    /// refused with `unknown_invite`; an id this server did not mint (an
+    /// EHR's own token, or an invite from before a restart) is revoked for
+    /// this consult. A connected host is told `invite-revoked`.
+    pub fn revoke(&self, host: &Host, jti: &str) -> Result<(), ErrorCode> {
+        let mut event = host
+            .event("invite_revoked")
+            .detail(serde_json::json!({ "jti": jti }));
+        let result = self.revoke_locked(host, jti);
+        if let Err(code) = result {
+            event = event.failed(code);
+        }
+        self.write_audit(vec![event]);
+        result
+    }
+
+    fn revoke_locked(&self, host: &Host, jti: &str) -> Result<(), ErrorCode> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if let Some(id) = &host.participant {
+            // Still here and still allowed (the check in `host` ran before
+            // this lock was taken).
+            let allowed = state.seats.contains_key(id)
+                && state
+                    .consults
+                    .get(&host.consult)
+                    .is_some_and(|c| c.require_clinician(id).is_ok());
+            if !allowed {
+                return Err(ErrorCode::Forbidden);
             }
-            audit.push(event);
-            if state.revoked.len() >= MAX_REVOKED {
-                return Err(ErrorCode::RateLimited);
-            }
-            // Keep it for the longest token lifetime we would accept.
-            let keep_until = crate::token::unix_now() + 7 * 24 * 3600;
-            state.revoked.insert(jti.to_string(), keep_until);
-            let holders: Vec<ParticipantId> = state
-                .seats
-                .iter()
-                .filter(|(_, s)| s.consult == consult_id && s.jti.as_deref() == Some(jti))
-                .map(|(pid, _)| pid.clone())
-                .collect();
-            let now = Instant::now();
-            let mut effects = Vec::new();
+        }
+        if state
+            .invites
+            .get(jti)
+            .is_some_and(|i| i.consult != host.consult)
+        {
+            return Err(ErrorCode::UnknownInvite);
+        }
+        let key = (host.consult.clone(), jti.to_string());
+        if !state.revoked.contains_key(&key) && state.revoked.len() >= MAX_REVOKED {
+            return Err(ErrorCode::RateLimited);
+        }
+        // Keep it for the longest token lifetime we would accept.
+        let keep_until = crate::token::unix_now() + 7 * 24 * 3600;
+        state.revoked.insert(key, keep_until);
+        let holders: Vec<ParticipantId> = state
+            .seats
+            .iter()
+            .filter(|(pid, s)| {
+                s.consult == host.consult
+                    && s.jti.as_deref() == Some(jti)
+                    && host.participant.as_ref() != Some(*pid)
+            })
+            .map(|(pid, _)| pid.clone())
+            .collect();
+        let now = Instant::now();
+        let mut effects = Vec::new();
+        if let Some(consult) = state.consults.get_mut(&host.consult) {
             for holder in holders {
-                if holder != id
-                    && let Ok(e) = consult.remove(id, &holder, now)
-                {
+                if let Ok(e) = consult.expel(&holder, now) {
                     effects.extend(e);
                 }
             }
+        }
+        if let Some(id) = &host.participant {
             effects.push(Effect::Send {
-                to: id.to_string(),
+                to: id.clone(),
                 message: ServerMessage::InviteRevoked {
                     jti: jti.to_string(),
                 },
             });
-            self.apply(state, &consult_id, effects);
-            self.update_gauges(state);
-            Ok(())
-        })();
-        self.write_audit(audit);
-        result
+        }
+        self.apply(state, &host.consult, effects);
+        self.update_gauges(state);
+        Ok(())
     }
 
     /// Admission of participant `id`, if connected.
@@ -524,6 +684,14 @@ impl Directory {
             self.audit.record(e);
         }
     }
+}
+
+fn is_revoked(state: &State, claims: &Claims) -> bool {
+    claims.jti.as_ref().is_some_and(|j| {
+        state
+            .revoked
+            .contains_key(&(claims.consult.clone(), j.clone()))
+    })
 }
 
 fn deliver(state: &State, to: &str, item: Outgoing) {

@@ -1,6 +1,6 @@
-//! HTTP routes: the WebSocket endpoint, health, metrics and the embedded web
-//! client. Tokens are never read from a URL: the only way in is the first
-//! WebSocket message.
+//! HTTP routes: the WebSocket endpoint, the invite API, health, metrics and
+//! the embedded web client. Tokens are never read from a URL: they arrive in
+//! the first WebSocket message or in an `Authorization` header.
 
 use crate::audit::AccessPoint;
 use crate::server::Context;
@@ -74,6 +74,51 @@ pub fn routes(
             },
         );
 
+    // Who is calling, for the API: client IP (proxy-aware), browser family
+    // and the Authorization header.
+    let caller = warp::addr::remote()
+        .and(warp::header::optional::<String>("user-agent"))
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_ctx.clone())
+        .map(
+            |remote: Option<SocketAddr>,
+             ua: Option<String>,
+             forwarded: Option<String>,
+             authorization: Option<String>,
+             ctx: Arc<Context>| {
+                let ip = crate::audit::client_ip(
+                    remote.map(|a| a.ip()),
+                    forwarded.as_deref(),
+                    &ctx.trusted_proxies,
+                );
+                let caller = crate::api::Caller {
+                    access: AccessPoint::new(ip, ua.as_deref()),
+                    authorization,
+                };
+                (ctx, caller)
+            },
+        )
+        .untuple_one();
+    let create_invite = warp::post()
+        .and(warp::path!("api" / "v1" / "invites"))
+        .and(caller.clone())
+        .and(warp::body::stream())
+        .then(
+            |ctx: Arc<Context>, caller: crate::api::Caller, body| async move {
+                crate::api::create_invite(&ctx, caller, body).await
+            },
+        );
+    let revoke_invite = warp::delete()
+        .and(warp::path!("api" / "v1" / "invites" / String))
+        .and(caller)
+        .then(
+            |jti: String, ctx: Arc<Context>, caller: crate::api::Caller| async move {
+                crate::api::revoke_invite(&ctx, caller, jti).await
+            },
+        );
+    let api = create_invite.or(revoke_invite).unify();
+
     let healthz = warp::path("healthz")
         .and(warp::path::end())
         .map(|| text(StatusCode::OK, "ok"));
@@ -109,7 +154,8 @@ pub fn routes(
         .map(|path: warp::path::FullPath, ctx: Arc<Context>| asset(ctx.assets, path.as_str()));
 
     let get = warp::get().and(healthz.or(readyz).or(metrics).or(assets));
-    ws.or(get)
+    ws.or(api)
+        .or(get)
         .recover(|_rejection: warp::Rejection| async {
             Ok::<_, Infallible>(text(StatusCode::NOT_FOUND, "not found"))
         })

@@ -13,6 +13,9 @@
 //! * [`session`] — one WebSocket connection with its limits;
 //! * [`rate`] — the token buckets behind those limits;
 //! * [`http`] — routes, health, metrics, the embedded web client;
+//! * [`api`] — the HTTP API (invites, authenticated by a clinician token);
+//! * [`invite`] — minting patient and guest invites (WebSocket and API);
+//! * [`probe`] — the connectivity check of the device check page;
 //! * [`audit`] — the NEN 7513 access log, the only record of a consult;
 //! * [`metrics`] — Prometheus;
 //! * [`server`] — start and graceful stop;
@@ -21,13 +24,16 @@
 //! Tests (and the binary) start a server with [`serve`] and stop it with
 //! [`Server::shutdown`].
 
+pub mod api;
 pub mod audit;
 pub mod config;
 pub mod consult;
 pub mod directory;
 pub mod http;
+pub mod invite;
 pub mod jwks;
 pub mod metrics;
+pub mod probe;
 pub mod protocol;
 pub mod rate;
 pub mod server;

@@ -150,6 +150,14 @@ pub enum ClientMessage {
     RevokeInvite {
         jti: String,
     },
+    /// Connectivity check (first message instead of `join`): a throwaway
+    /// media connection, no consult. Optional fields as in `join`.
+    Probe {
+        #[serde(default)]
+        v: Option<u64>,
+        #[serde(default)]
+        token: Option<String>,
+    },
 }
 
 impl ClientMessage {
@@ -172,6 +180,7 @@ impl ClientMessage {
             ClientMessage::End => "end",
             ClientMessage::Invite { .. } => "invite",
             ClientMessage::RevokeInvite { .. } => "revoke-invite",
+            ClientMessage::Probe { .. } => "probe",
         }
     }
 }
@@ -324,6 +333,17 @@ pub enum ServerMessage {
     InviteRevoked {
         jti: String,
     },
+    /// The end of a connectivity check (`probe`): whether ICE and DTLS to
+    /// the media server came up, and how long that took.
+    ProbeResult {
+        connected: bool,
+        /// Milliseconds from the probe to `connected` (only when connected).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ms: Option<u64>,
+        /// Why not (`timeout`, `failed`, `refused`), when not connected.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 impl ServerMessage {
@@ -377,10 +397,11 @@ pub enum ErrorCode {
     UnknownParticipant,
     MediaError,
     ShuttingDown,
+    UnknownInvite,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::BadMessage,
         ErrorCode::UnsupportedVersion,
         ErrorCode::NotJoined,
@@ -406,6 +427,7 @@ impl ErrorCode {
         ErrorCode::UnknownParticipant,
         ErrorCode::MediaError,
         ErrorCode::ShuttingDown,
+        ErrorCode::UnknownInvite,
     ];
 
     /// The stable wire string (`token_expired`, ...).
@@ -436,6 +458,7 @@ impl ErrorCode {
             ErrorCode::UnknownParticipant => "unknown_participant",
             ErrorCode::MediaError => "media_error",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::UnknownInvite => "unknown_invite",
         }
     }
 
@@ -453,6 +476,7 @@ impl ErrorCode {
                 | ErrorCode::Forbidden
                 | ErrorCode::UnknownParticipant
                 | ErrorCode::MediaError
+                | ErrorCode::UnknownInvite
         )
     }
 
@@ -489,6 +513,7 @@ impl ErrorCode {
             ErrorCode::UnknownParticipant => "That participant is not in the consult.",
             ErrorCode::MediaError => "The media server refused the request.",
             ErrorCode::ShuttingDown => "The server is restarting; try again in a moment.",
+            ErrorCode::UnknownInvite => "That invite belongs to another consult.",
         }
     }
 }
@@ -550,6 +575,10 @@ mod tests {
                 ttl_secs: Some(3600),
             },
             ClientMessage::RevokeInvite { jti: "j".into() },
+            ClientMessage::Probe {
+                v: Some(1),
+                token: Some("a.b.c".into()),
+            },
         ];
         for m in messages {
             let text = serde_json::to_string(&m).expect("serializes");
@@ -673,6 +702,16 @@ mod tests {
                 expires: 5,
             },
             ServerMessage::InviteRevoked { jti: "j".into() },
+            ServerMessage::ProbeResult {
+                connected: true,
+                ms: Some(120),
+                reason: None,
+            },
+            ServerMessage::ProbeResult {
+                connected: false,
+                ms: None,
+                reason: Some("timeout".into()),
+            },
         ];
         for m in messages {
             let text = m.to_json();
@@ -724,6 +763,7 @@ mod tests {
             ErrorCode::Forbidden,
             ErrorCode::UnknownParticipant,
             ErrorCode::MediaError,
+            ErrorCode::UnknownInvite,
         ];
         for code in ErrorCode::ALL {
             assert_eq!(code.fatal(), !not_fatal.contains(&code), "{code}");

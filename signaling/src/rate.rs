@@ -1,7 +1,11 @@
 //! Token buckets for the per-connection limits (messages per second, relay
-//! bytes per second). Time is a parameter so the limits are tested without
+//! bytes per second) and the per-IP limits of the HTTP API and the
+//! connectivity check. Time is a parameter so the limits are tested without
 //! sleeping.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -23,6 +27,23 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket refilled at `per_minute` (rates below one per second).
+    pub fn per_minute(per_minute: u32, burst: u32, now: Instant) -> TokenBucket {
+        TokenBucket {
+            capacity: f64::from(burst),
+            per_second: f64::from(per_minute) / 60.0,
+            tokens: f64::from(burst),
+            last: now,
+        }
+    }
+
+    /// Whether the bucket would be full by `now` (so forgetting it changes
+    /// nothing).
+    fn full_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.per_second >= self.capacity
+    }
+
     /// Take `amount` tokens if available; otherwise take nothing.
     pub fn try_take(&mut self, amount: u64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -35,6 +56,43 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+}
+
+/// Most client addresses tracked at once; beyond it full buckets are
+/// forgotten, and if none is full the request is refused (a flood of
+/// distinct addresses must not grow memory without bound).
+const MAX_TRACKED_IPS: usize = 10_000;
+
+/// One token bucket per client IP (requests without a known IP share one).
+pub struct IpLimiter {
+    per_minute: u32,
+    burst: u32,
+    buckets: Mutex<HashMap<Option<IpAddr>, TokenBucket>>,
+}
+
+impl IpLimiter {
+    pub fn new(per_minute: u32, burst: u32) -> IpLimiter {
+        IpLimiter {
+            per_minute,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `ip` may make one more request at `now`.
+    pub fn allow(&self, ip: Option<IpAddr>, now: Instant) -> bool {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if !buckets.contains_key(&ip) && buckets.len() >= MAX_TRACKED_IPS {
+            buckets.retain(|_, b| !b.full_at(now));
+            if buckets.len() >= MAX_TRACKED_IPS {
+                return false;
+            }
+        }
+        buckets
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::per_minute(self.per_minute, self.burst, now))
+            .try_take(1, now)
     }
 }
 
@@ -76,5 +134,21 @@ mod tests {
         let mut b = TokenBucket::new(1024, 2048, t0);
         assert!(!b.try_take(4096, t0));
         assert!(b.try_take(2048, t0));
+    }
+
+    #[test]
+    fn ip_limiter_counts_each_address_separately() {
+        let t0 = Instant::now();
+        let l = IpLimiter::new(60, 2);
+        let a: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
+        let b: Option<IpAddr> = Some("192.0.2.2".parse().unwrap());
+        assert!(l.allow(a, t0));
+        assert!(l.allow(a, t0));
+        assert!(!l.allow(a, t0), "third request of a within the burst");
+        assert!(l.allow(b, t0), "b has its own bucket");
+        assert!(
+            l.allow(a, t0 + Duration::from_secs(1)),
+            "one per second refills"
+        );
     }
 }

@@ -7,6 +7,7 @@ use crate::consult::ConsultPolicy;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
+use crate::rate::IpLimiter;
 use crate::token::{TokenVerifier, VerifyKey};
 use include_dir::Dir;
 use sfu::{SfuConfig, SfuHandle};
@@ -49,6 +50,9 @@ pub struct ServeConfig {
     pub jwks_min_refresh: Duration,
     /// Reverse proxies whose `X-Forwarded-For` is believed (audit IPs).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Base URL of links the API returns (`None`: `http://` + the bound
+    /// address).
+    pub public_url: Option<String>,
 }
 
 impl ServeConfig {
@@ -81,6 +85,7 @@ impl ServeConfig {
             jwks_url: None,
             jwks_min_refresh: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            public_url: None,
         }
     }
 }
@@ -102,6 +107,11 @@ pub struct Context {
     pub invite_ttl: Duration,
     pub jwks: Option<crate::jwks::JwksSource>,
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Base URL for links (no trailing slash).
+    pub public_url: String,
+    /// Per-IP limits of the HTTP API and of connectivity checks.
+    pub api_limiter: IpLimiter,
+    pub probe_limiter: IpLimiter,
 }
 
 impl Context {
@@ -196,6 +206,12 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         invite_ttl: config.invite_ttl,
         jwks,
         trusted_proxies: config.trusted_proxies,
+        public_url: config
+            .public_url
+            .map(|u| u.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| format!("http://{}", crate::config::default_public_host(addr))),
+        api_limiter: IpLimiter::new(crate::api::API_REQUESTS_PER_MINUTE, crate::api::API_BURST),
+        probe_limiter: IpLimiter::new(crate::probe::PROBES_PER_MINUTE, crate::probe::PROBE_BURST),
     });
     // The first fetch happens before we accept joins; a failure is not
     // fatal (the EHR may be down), the keys are fetched again on demand.

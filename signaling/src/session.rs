@@ -1,6 +1,8 @@
 //! One WebSocket connection, from the first frame to the close.
 //!
-//! Before `join`: only `join` is accepted, within the join timeout. After it:
+//! Before `join`: only `join` (or `probe`, the connectivity check of
+//! `probe.rs`, which ends the connection when done) is accepted, within the
+//! join timeout. After it:
 //! the participant's messages go to the directory or the media plane, and
 //! what the directory, the media plane and the shutdown signal produce goes
 //! back out. Every bad input gets an `error` with its code; fatal ones are
@@ -10,7 +12,7 @@
 use crate::audit::{AccessPoint, AuditEvent};
 use crate::directory::{HostAction, Outgoing, Ticket};
 use crate::protocol::{
-    ByeReason, ClientMessage, ErrorCode, LeftReason, PROTOCOL_VERSION, Role, ServerMessage,
+    ByeReason, ClientMessage, ErrorCode, LeftReason, PROTOCOL_VERSION, ServerMessage,
 };
 use crate::rate::TokenBucket;
 use crate::server::Context;
@@ -20,36 +22,31 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warp::ws::{Message, WebSocket};
 
-/// Longest invite validity a clinician can ask for.
-pub const MAX_INVITE_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Shortest, so a typo does not mint a link that is dead on arrival.
-const MIN_INVITE_TTL: Duration = Duration::from_secs(60);
-
 /// A send that takes longer than this means the browser stopped reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the connection ends (after the last frame was sent).
-enum End {
+pub(crate) enum End {
     /// Close frame sent or the peer is gone: just drop the socket.
     Closed,
 }
 
-struct Connection {
-    ws: WebSocket,
-    ctx: Arc<Context>,
-    access: AccessPoint,
+pub(crate) struct Connection {
+    pub(crate) ws: WebSocket,
+    pub(crate) ctx: Arc<Context>,
+    pub(crate) access: AccessPoint,
     messages: TokenBucket,
     relay_bytes: TokenBucket,
 }
 
 /// Resolves once shutdown began. (The watch guard is not `Send`, so it is
 /// dropped here rather than held in the caller's `select!`.)
-async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|down| *down).await;
 }
 
 /// What one frame from the browser turned out to be.
-enum Inbound {
+pub(crate) enum Inbound {
     Message(ClientMessage),
     /// Answered already (non-fatal error); keep going.
     Handled,
@@ -75,7 +72,7 @@ pub async fn run(ws: WebSocket, ctx: Arc<Context>, access: AccessPoint) {
 }
 
 impl Connection {
-    async fn send(&mut self, message: &ServerMessage) -> Result<(), End> {
+    pub(crate) async fn send(&mut self, message: &ServerMessage) -> Result<(), End> {
         let text = message.to_json();
         match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(Message::text(text))).await {
             Ok(Ok(())) => Ok(()),
@@ -84,7 +81,7 @@ impl Connection {
     }
 
     /// Send `error` and, if it is fatal, close.
-    async fn error(&mut self, code: ErrorCode) -> Result<(), End> {
+    pub(crate) async fn error(&mut self, code: ErrorCode) -> Result<(), End> {
         self.send(&ServerMessage::error(code)).await?;
         if code.fatal() {
             self.close().await;
@@ -93,13 +90,13 @@ impl Connection {
         Ok(())
     }
 
-    async fn close(&mut self) {
+    pub(crate) async fn close(&mut self) {
         let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(Message::close())).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), SinkExt::close(&mut self.ws)).await;
     }
 
     /// Read one frame and apply the size and rate limits.
-    async fn read(&mut self, frame: Option<Result<Message, warp::Error>>) -> Inbound {
+    pub(crate) async fn read(&mut self, frame: Option<Result<Message, warp::Error>>) -> Inbound {
         let msg = match frame {
             Some(Ok(m)) => m,
             Some(Err(e)) => {
@@ -197,6 +194,10 @@ impl Connection {
                             None
                         }
                     };
+                }
+                Inbound::Message(ClientMessage::Probe { v, token }) => {
+                    crate::probe::run(self, v, token).await;
+                    return None;
                 }
                 Inbound::Message(_) => {
                     let _ = self.error(ErrorCode::NotJoined).await;
@@ -317,59 +318,6 @@ impl Connection {
         }
     }
 
-    /// Mint an invite for the clinician's consult. The invite's `sub` is
-    /// derived from its `jti`; its name is a role label unless the clinician
-    /// gave one (the token payload is readable by whoever holds the link).
-    fn invite(
-        &self,
-        id: &str,
-        role: Role,
-        name: Option<String>,
-        ttl_secs: Option<u64>,
-    ) -> Result<ServerMessage, ErrorCode> {
-        let consult = self.ctx.directory.inviter(id)?;
-        if role == Role::Clinician {
-            return Err(ErrorCode::Forbidden);
-        }
-        let name = match name.as_deref().map(str::trim) {
-            None | Some("") => match role {
-                Role::Guest => "Guest".to_string(),
-                _ => "Patient".to_string(),
-            },
-            Some(n) => n.to_string(),
-        };
-        let ttl = ttl_secs
-            .map(Duration::from_secs)
-            .unwrap_or(self.ctx.invite_ttl)
-            .clamp(MIN_INVITE_TTL, MAX_INVITE_TTL)
-            .as_secs();
-        let jti = crate::token::random_hex_id();
-        let now = crate::token::unix_now();
-        let token = crate::token::mint_hs256(
-            &self.ctx.invite_secret,
-            &crate::token::MintRequest {
-                issuer: self.ctx.verifier.issuer().to_string(),
-                audience: self.ctx.verifier.audience().to_string(),
-                sub: format!("invite-{jti}"),
-                role,
-                consult,
-                name,
-                ttl_secs: ttl,
-                jti: Some(jti.clone()),
-            },
-            now,
-        )
-        .map_err(|_| ErrorCode::BadMessage)?;
-        self.ctx.directory.audit_invite(id, &jti, role, ttl);
-        log::info!("participant {id} created an invite");
-        Ok(ServerMessage::InviteCreated {
-            jti,
-            role,
-            token,
-            expires: now + ttl,
-        })
-    }
-
     /// Handle one message of a joined participant. `Some(reason)` ends the
     /// session.
     async fn handle(&mut self, id: &str, m: ClientMessage) -> Result<Option<LeftReason>, End> {
@@ -426,20 +374,33 @@ impl Connection {
                 role,
                 name,
                 ttl_secs,
-            } => match self.invite(id, role, name, ttl_secs) {
-                Ok(created) => {
-                    self.send(&created).await?;
-                    Ok(())
-                }
-                Err(code) => Err(code),
-            },
-            ClientMessage::RevokeInvite { jti } => {
-                if jti.is_empty() || jti.len() > 128 {
-                    Err(ErrorCode::BadMessage)
-                } else {
-                    dir.revoke(id, &jti)
+            } => {
+                let created = dir
+                    .host(id, "invite_created")
+                    .and_then(|host| crate::invite::create(&self.ctx, &host, role, name, ttl_secs));
+                match created {
+                    Ok(i) => {
+                        self.send(&ServerMessage::InviteCreated {
+                            jti: i.jti,
+                            role: i.role,
+                            token: i.token,
+                            expires: i.expires,
+                        })
+                        .await?;
+                        Ok(())
+                    }
+                    Err(code) => Err(code),
                 }
             }
+            ClientMessage::RevokeInvite { jti } => {
+                if !valid_jti(&jti) {
+                    Err(ErrorCode::BadMessage)
+                } else {
+                    dir.host(id, "invite_revoked")
+                        .and_then(|host| dir.revoke(&host, &jti))
+                }
+            }
+            ClientMessage::Probe { .. } => Err(ErrorCode::BadMessage),
         };
         if let Err(code) = result {
             self.error(code).await?;
@@ -463,25 +424,13 @@ async fn authorize(
     if v != Some(u64::from(PROTOCOL_VERSION)) {
         return Err(refuse(ErrorCode::UnsupportedVersion));
     }
-    let token = token.unwrap_or_default();
-    if ctx.jwks.is_some() && ctx.verifier.has_unknown_kid(&token) {
-        // Possibly a rotated EHR key (rate-limited inside).
-        ctx.refresh_jwks().await;
-    }
-    let claims = match ctx.verifier.verify(&token, crate::token::unix_now()) {
+    let claims = match verify_token(ctx, access, &token.unwrap_or_default()).await {
         Ok(c) => c,
         Err(code) => {
-            ctx.audit
-                .record(AuditEvent::new("token_rejected", access.clone()).failed(code));
             log::info!("join refused: {code}");
             return Err(refuse(code));
         }
     };
-    ctx.audit.record(
-        AuditEvent::new("token_accepted", access.clone())
-            .actor(&claims.sub, claims.role)
-            .consult(&claims.consult),
-    );
     match ctx.directory.join(&claims, access.clone()) {
         Ok(ticket) => {
             ctx.metrics.joins_accepted.inc();
@@ -493,4 +442,38 @@ async fn authorize(
             Err(refuse(code))
         }
     }
+}
+
+/// Verify a join token the way every entrance does (join, the HTTP API, the
+/// connectivity check): same keys, same claims checks, a JWKS refresh for an
+/// unknown `kid`, and a `token_accepted` / `token_rejected` audit line.
+pub async fn verify_token(
+    ctx: &Context,
+    access: &AccessPoint,
+    token: &str,
+) -> Result<crate::token::Claims, ErrorCode> {
+    if ctx.jwks.is_some() && ctx.verifier.has_unknown_kid(token) {
+        // Possibly a rotated EHR key (rate-limited inside).
+        ctx.refresh_jwks().await;
+    }
+    match ctx.verifier.verify(token, crate::token::unix_now()) {
+        Ok(claims) => {
+            ctx.audit.record(
+                AuditEvent::new("token_accepted", access.clone())
+                    .actor(&claims.sub, claims.role)
+                    .consult(&claims.consult),
+            );
+            Ok(claims)
+        }
+        Err(code) => {
+            ctx.audit
+                .record(AuditEvent::new("token_rejected", access.clone()).failed(code));
+            Err(code)
+        }
+    }
+}
+
+/// A token id as the `jti` claim allows it (1–128 bytes).
+pub fn valid_jti(jti: &str) -> bool {
+    !jti.is_empty() && jti.len() <= 128
 }

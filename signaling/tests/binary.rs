@@ -170,6 +170,13 @@ async fn serve_prints_demo_links_writes_only_the_audit_log_and_stops_on_sigterm(
     assert_eq!(wd["you"]["role"], "clinician");
     assert_eq!(wp["you"]["role"], "patient");
     assert_eq!(wd["consult"], wp["consult"]);
+    // The waiting room is on by default: the patient waits to be let in.
+    assert_eq!(wp["state"], "waiting");
+    let lobby = doc.expect("lobby").await;
+    assert_eq!(lobby["waiting"][0]["id"], wp["you"]["id"]);
+    doc.send(serde_json::json!({"type":"admit","id":wp["you"]["id"]}))
+        .await;
+    pat.expect("admitted").await;
     doc.expect("participant-joined").await;
 
     let started = Instant::now();

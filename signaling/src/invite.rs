@@ -1,0 +1,89 @@
+//! Patient and guest invites: one way to mint them, used by the WebSocket
+//! `invite` message and by `POST /api/v1/invites`. (Revocation is
+//! [`Directory::revoke`](crate::directory::Directory::revoke), shared the
+//! same way.)
+
+use crate::directory::Host;
+use crate::protocol::{ErrorCode, Role};
+use crate::server::Context;
+use std::time::Duration;
+
+/// Longest invite validity a clinician can ask for.
+pub const MAX_INVITE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest, so a typo does not mint a link that is dead on arrival.
+pub const MIN_INVITE_TTL: Duration = Duration::from_secs(60);
+
+/// A minted invite. `token` is a secret: it goes to the clinician who asked
+/// and nowhere else (not into any log).
+#[derive(Debug, Clone)]
+pub struct Invite {
+    pub jti: String,
+    pub role: Role,
+    pub token: String,
+    /// Seconds since the UNIX epoch.
+    pub expires: u64,
+}
+
+/// Mint an invite for `host`'s consult. The invite's `sub` is derived from
+/// its `jti`; its name is a role label unless the clinician gave one (the
+/// token payload is readable by whoever holds the link). Audited, refusals
+/// included.
+pub fn create(
+    ctx: &Context,
+    host: &Host,
+    role: Role,
+    name: Option<String>,
+    ttl_secs: Option<u64>,
+) -> Result<Invite, ErrorCode> {
+    let refuse = |code: ErrorCode| {
+        ctx.audit.record(host.event("invite_created").failed(code));
+        code
+    };
+    if role == Role::Clinician {
+        return Err(refuse(ErrorCode::Forbidden));
+    }
+    let name = match name.as_deref().map(str::trim) {
+        None | Some("") => match role {
+            Role::Guest => "Guest".to_string(),
+            _ => "Patient".to_string(),
+        },
+        Some(n) => n.to_string(),
+    };
+    let ttl = ttl_secs
+        .map(Duration::from_secs)
+        .unwrap_or(ctx.invite_ttl)
+        .clamp(MIN_INVITE_TTL, MAX_INVITE_TTL)
+        .as_secs();
+    let jti = crate::token::random_hex_id();
+    let now = crate::token::unix_now();
+    // A name the verifier would refuse (too long, control characters) is
+    // the caller's mistake: `bad_message`.
+    let token = crate::token::mint_hs256(
+        &ctx.invite_secret,
+        &crate::token::MintRequest {
+            issuer: ctx.verifier.issuer().to_string(),
+            audience: ctx.verifier.audience().to_string(),
+            sub: format!("invite-{jti}"),
+            role,
+            consult: host.consult.clone(),
+            name,
+            ttl_secs: ttl,
+            jti: Some(jti.clone()),
+        },
+        now,
+    )
+    .map_err(|_| refuse(ErrorCode::BadMessage))?;
+    let expires = now + ttl;
+    ctx.directory
+        .register_invite(host, &jti, role, expires, ttl)?;
+    log::info!(
+        "invite created for a consult (by {})",
+        host.participant.as_deref().unwrap_or("the API")
+    );
+    Ok(Invite {
+        jti,
+        role,
+        token,
+        expires,
+    })
+}
