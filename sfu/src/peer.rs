@@ -39,6 +39,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverIn
 use rtc::sansio::Protocol;
 use rtc::shared::TaggedBytesMut;
 use std::net::IpAddr;
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -89,11 +90,57 @@ struct Outgoing {
     wants_keyframe: bool,
 }
 
+/// The peer connection with its next timer deadline cached.
+///
+/// `RTCPeerConnection::poll_timeout` walks every protocol handler and
+/// interceptor (ICE, DTLS, SCTP, SRTP, NACK, reports, TWCC), and the worker
+/// needs the earliest deadline of all its peers on every loop turn. Only a
+/// `&mut` access can move a deadline, so every mutable access (through
+/// `DerefMut`) marks the cache stale and the next `poll_timeout` asks rtc
+/// again; a peer nobody touched since costs a field read.
+struct TimedPc {
+    pc: RTCPeerConnection,
+    stale: bool,
+    deadline: Option<Instant>,
+}
+
+impl TimedPc {
+    fn new(pc: RTCPeerConnection) -> Self {
+        TimedPc {
+            pc,
+            stale: true,
+            deadline: None,
+        }
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        if self.stale {
+            self.deadline = self.pc.poll_timeout();
+            self.stale = false;
+        }
+        self.deadline
+    }
+}
+
+impl Deref for TimedPc {
+    type Target = RTCPeerConnection;
+    fn deref(&self) -> &RTCPeerConnection {
+        &self.pc
+    }
+}
+
+impl DerefMut for TimedPc {
+    fn deref_mut(&mut self) -> &mut RTCPeerConnection {
+        self.stale = true;
+        &mut self.pc
+    }
+}
+
 pub(crate) struct Peer {
     pub participant: ParticipantId,
     /// The worker's key for the consult this peer belongs to.
     pub consult: usize,
-    pc: RTCPeerConnection,
+    pc: TimedPc,
     events: UnboundedSender<MediaEvent>,
     /// Every local ufrag this peer has used (ICE restarts add one); the
     /// worker routes STUN by them and forgets them when the peer goes.
@@ -240,7 +287,7 @@ impl Peer {
         let mut peer = Peer {
             participant,
             consult,
-            pc,
+            pc: TimedPc::new(pc),
             events,
             ufrags: Vec::new(),
             offer_pending: false,
@@ -474,9 +521,12 @@ impl Peer {
         self.pc.poll_write()
     }
 
-    /// Drain state changes and inbound media/RTCP into `out`.
-    pub(crate) fn drain(&mut self, out: &mut Vec<PeerOutput>) {
+    /// Drain state changes and inbound media/RTCP into `out`. Returns
+    /// whether any state change was seen (the caller drives again then).
+    pub(crate) fn drain(&mut self, out: &mut Vec<PeerOutput>) -> bool {
+        let mut changed = false;
         while let Some(event) = self.pc.poll_event() {
+            changed = true;
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
                     RTCPeerConnectionState::Connected if !self.connected => {
@@ -536,6 +586,7 @@ impl Peer {
                 _ => {}
             }
         }
+        changed
     }
 
     fn fail(&mut self, reason: &str) {
@@ -646,5 +697,34 @@ impl Peer {
         if let Err(e) = self.pc.close() {
             log::debug!("peer close: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_deadline_is_refreshed_after_any_mutable_access() {
+        let now = Instant::now();
+        let pc = RTCPeerConnectionBuilder::new()
+            .with_setting_engine(SettingEngineBuilder::new().with_lite(true).build())
+            .build(now)
+            .expect("peer connection");
+        let mut timed = TimedPc::new(pc);
+        let first = timed.poll_timeout();
+        assert!(!timed.stale, "polling fills the cache");
+        assert_eq!(timed.poll_timeout(), first);
+        // Any `&mut` use of the connection may move its timers.
+        timed
+            .add_transceiver_from_kind(RtpCodecKind::Audio, None)
+            .expect("transceiver");
+        assert!(timed.stale);
+        let fresh = timed.pc.poll_timeout();
+        assert_eq!(timed.poll_timeout(), fresh);
+        assert!(!timed.stale);
+        // Shared access leaves the cache alone.
+        let _ = timed.remote_description();
+        assert!(!timed.stale);
     }
 }

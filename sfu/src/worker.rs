@@ -37,6 +37,10 @@ const TICK: Duration = Duration::from_secs(1);
 const MAX_ADDRS: usize = 16 * 1024;
 /// ICE-TCP connections per worker.
 const MAX_TCP: usize = 4096;
+/// Datagrams read per loop turn before timers and commands get a turn:
+/// under overload the socket never runs dry, and an unbounded read loop
+/// would starve DTLS retransmits, RTCP reports and joins.
+const READ_BUDGET: usize = 256;
 
 /// What reaches a worker through its channel.
 pub(crate) enum WorkerCommand {
@@ -169,6 +173,9 @@ pub(crate) struct Worker {
     outputs: Vec<PeerOutput>,
     keyframe_wants: Vec<PeerKey>,
     buf: Vec<u8>,
+    /// The last `read_udp` stopped on its budget, not on `WouldBlock`: mio
+    /// is edge-triggered, so no new event will come for what is queued.
+    udp_more: bool,
 }
 
 enum Flow {
@@ -204,6 +211,7 @@ impl Worker {
             outputs: Vec::with_capacity(64),
             keyframe_wants: Vec::with_capacity(16),
             buf: vec![0; 2048],
+            udp_more: false,
         }
     }
 
@@ -213,12 +221,19 @@ impl Worker {
         loop {
             let now = Instant::now();
             let deadline = self.next_timeout().map_or(next_tick, |t| t.min(next_tick));
-            let wait = deadline.saturating_duration_since(now);
+            let wait = if self.udp_more {
+                Duration::ZERO
+            } else {
+                deadline.saturating_duration_since(now)
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(wait))
                 && e.kind() != ErrorKind::Interrupted
             {
                 log::error!("media worker {} poll failed: {e}", self.index);
                 break;
+            }
+            if self.udp_more {
+                self.read_udp();
             }
             for event in events.iter() {
                 match event.token() {
@@ -285,10 +300,14 @@ impl Worker {
     // ---- network input -------------------------------------------------
 
     fn read_udp(&mut self) {
-        loop {
+        self.udp_more = true;
+        for _ in 0..READ_BUDGET {
             let (n, from) = match self.net.socket.recv_from(&mut self.buf) {
                 Ok(r) => r,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.udp_more = false;
+                    return;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // e.g. ICMP port unreachable surfacing as ECONNREFUSED.
@@ -452,31 +471,46 @@ impl Worker {
 
     /// Run one peer until it has nothing more to say: its packets go out,
     /// its media fans out to the consult, its keyframe requests go upstream.
+    ///
+    /// Every `poll_read`/`poll_write` on an rtc connection sweeps its whole
+    /// handler pipeline, even when nothing is queued, so a media packet gets
+    /// one pass: drain, flush, fan out. Only a pass that saw a state or
+    /// signalling change (connection up, track opened, keyframe request) is
+    /// followed by another, for anything that change released.
     fn drive(&mut self, key: PeerKey, now: Instant) {
         loop {
             let Some(peer) = self.peers.get_mut(key).and_then(|p| p.as_mut()) else {
                 return;
             };
-            self.net.flush_peer(peer);
-            peer.drain(&mut self.outputs);
+            let mut again = peer.drain(&mut self.outputs);
             peer.take_keyframe_wants(&mut self.keyframe_wants);
+            // After draining: reads can queue writes (RTCP feedback, DTLS).
+            self.net.flush_peer(peer);
             let consult = peer.consult;
-            if self.outputs.is_empty() && self.keyframe_wants.is_empty() {
+            if self.outputs.is_empty() && self.keyframe_wants.is_empty() && !again {
                 return;
             }
+            again |= !self.keyframe_wants.is_empty();
             let mut outputs = std::mem::take(&mut self.outputs);
             for output in outputs.drain(..) {
                 match output {
                     PeerOutput::Rtp(kind, packet) => self.fan_out(key, consult, kind, &packet, now),
                     PeerOutput::KeyframeRequest { source, kind } => {
+                        again = true;
                         self.keyframe(source, kind, now)
                     }
-                    PeerOutput::Published(kind) => self.published(key, consult, kind),
+                    PeerOutput::Published(kind) => {
+                        again = true;
+                        self.published(key, consult, kind)
+                    }
                 }
             }
             self.outputs = outputs;
             while let Some(source) = self.keyframe_wants.pop() {
                 self.keyframe(source, Kind::Video, now);
+            }
+            if !again {
+                return;
             }
         }
     }
