@@ -51,7 +51,7 @@ start_server() {
     in_ns bash -c 'ulimit -n 65536 2>/dev/null || ulimit -n 4096 || true; exec "$@"' _ \
         "$BIN/spreekkamer" serve --listen "127.0.0.1:$PORT" --jwt-secret "$SECRET" \
         --announce-ip 127.0.0.1 --audit-log /dev/null --log-level error --demo-links false \
-        --consult-grace 1s >"${TMPDIR:-/tmp}/ltbench-server-$$.log" 2>&1 &
+        --consult-grace 1s --waiting-room=false >"${TMPDIR:-/tmp}/ltbench-server-$$.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 100); do
         if in_ns bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT" 2>/dev/null; then

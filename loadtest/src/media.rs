@@ -55,9 +55,9 @@ const FLUSH: Duration = Duration::from_millis(200);
 const OPUS_INTERVAL: Duration = Duration::from_millis(20);
 const OPUS_PT: u8 = 111;
 const VP8_PT: u8 = 96;
-/// Bytes SRTP adds (HMAC-SHA1-80 tag): the relay baseline pads by this
+/// Bytes SRTP adds (the AEAD_AES_128_GCM tag rtc negotiates): the relay baseline pads by this
 /// much so it moves the same datagram sizes.
-const SRTP_OVERHEAD: usize = 10;
+const SRTP_OVERHEAD: usize = 16;
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
