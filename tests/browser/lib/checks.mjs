@@ -1,0 +1,101 @@
+// Assertions several browser tests share: secrets stay out of logs and URLs,
+// tiles match the people in the call, refused joins receive nothing, metrics.
+
+import assert from 'node:assert/strict';
+import { metricSum } from './server.mjs';
+import { sleep, waitUntil } from './wait.mjs';
+
+/**
+ * No token (nor its signature, the part that makes it usable) appears in the
+ * server's stdout/stderr or audit log. Check after the server stopped, so all
+ * its output is in.
+ */
+export function assertTokensNotLogged(server, tokens) {
+  const logs = server.logs();
+  const audit = server.auditText();
+  for (const [label, token] of Object.entries(tokens)) {
+    const sig = token.split('.')[2];
+    for (const [where, text] of [
+      ['server stdout/stderr', logs],
+      ['audit log', audit],
+    ]) {
+      assert.ok(!text.includes(token), `the ${label} token appears in the ${where}`);
+      if (sig && sig.length >= 16) assert.ok(!text.includes(sig), `the ${label} token's signature appears in the ${where}`);
+    }
+  }
+}
+
+/**
+ * After the page loaded, the address bar holds neither fragment nor token
+ * (the client moved it out with history.replaceState), and there is no query
+ * string: the token never travels to the server in a URL.
+ */
+export async function assertLocationClean(p, token) {
+  let href;
+  await waitUntil(
+    async () => {
+      href = await p.evaluate(() => location.href);
+      return !href.includes('#');
+    },
+    { timeout: 15_000, what: `${p.name}: the fragment removed from the address bar`, describe: () => href },
+  );
+  const u = new URL(href);
+  assert.equal(u.search, '', `${p.name}: no query string expected, got ${href}`);
+  assert.ok(!href.includes(token), `${p.name}: the token is still in the address bar: ${href}`);
+  const sig = token.split('.')[2];
+  if (sig) assert.ok(!href.includes(sig), `${p.name}: the token's signature is in the address bar`);
+}
+
+/** Wait until `p` shows exactly the tiles `ids` (remote participants), each with the expected name. */
+export async function waitForTiles(p, expected, { timeout = 30_000 } = {}) {
+  const ids = Object.keys(expected).sort();
+  let last;
+  await waitUntil(
+    async () => {
+      last = await p.evaluate(() =>
+        [...document.querySelectorAll('.tile[data-participant-id]')].map((t) => ({
+          id: t.dataset.participantId,
+          name: (t.querySelector('.tile-name') || { textContent: '' }).textContent.trim(),
+          hasVideo: !!t.querySelector('video'),
+        })),
+      );
+      const got = last.map((t) => t.id).sort();
+      return (
+        JSON.stringify(got) === JSON.stringify(ids) &&
+        last.every((t) => t.hasVideo && t.name.includes(expected[t.id]))
+      );
+    },
+    {
+      timeout,
+      what: `${p.name}: tiles exactly ${JSON.stringify(expected)} (id → name), each with a <video>`,
+      describe: () => JSON.stringify(last),
+    },
+  );
+}
+
+/**
+ * A refused participant receives no media: for `holdMs` its page either has
+ * no peer connection or one without a single inbound RTP packet.
+ */
+export async function assertNoInboundMedia(p, { holdMs = 4_000 } = {}) {
+  const until = Date.now() + holdMs;
+  for (;;) {
+    const m = await p.media();
+    const packets = m.inbound.reduce((n, i) => n + i.packetsReceived, 0);
+    assert.equal(packets, 0, `${p.name}: a refused participant received ${packets} media packets: ${JSON.stringify(m.inbound)}`);
+    if (Date.now() > until) return m;
+    await sleep(500);
+  }
+}
+
+/** Value of one series, e.g. metric(m, 'spreekkamer_joins_rejected_total', { reason: 'token_expired' }). */
+export function metric(metrics, name, labels) {
+  if (!labels) return metricSum(metrics, name);
+  const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
+  let sum;
+  for (const [k, v] of metrics) {
+    if (!k.startsWith(`${name}{`)) continue;
+    if (want.every((w) => k.includes(w))) sum = (sum ?? 0) + v;
+  }
+  return sum;
+}

@@ -1,0 +1,268 @@
+// One person in a consult, in one browser page (Chromium via playwright-core
+// or Firefox via puppeteer-core). Only the calls both drivers share are used
+// (goto, evaluate with one argument, click, screenshot, console events); all
+// waiting is done here by polling `evaluate`, so both behave the same.
+//
+// Media is read from the client's test hook `window.__spreekkamer.pc`
+// (docs: /tmp/ui-contract.md → "window.__spreekkamer"). Inbound streams are
+// attributed to the participant who sent them via the remote SDP: the server
+// sets every forwarded track's stream id (a=msid) to the sender's id.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { waitUntil } from './wait.mjs';
+
+/** Runs in the page: inbound media per remote participant. Must stay self-contained. */
+function pageMedia() {
+  const hook = window.__spreekkamer;
+  const pc = hook && hook.pc;
+  if (!pc) return Promise.resolve({ pc: false, inbound: [], byParticipant: {} });
+  // mid → stream id (participant id), from the server's offer.
+  const midToStream = {};
+  const sdp = (pc.remoteDescription && pc.remoteDescription.sdp) || '';
+  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+    const mid = /\r?\na=mid:(\S+)/.exec(section);
+    const msid = /\r?\na=msid:(\S+)/.exec(section) || /\r?\na=ssrc:\d+ msid:(\S+)/.exec(section);
+    if (mid && msid) midToStream[mid[1]] = msid[1];
+  }
+  const trackToMid = {};
+  for (const t of pc.getTransceivers()) {
+    if (t.mid !== null && t.receiver && t.receiver.track) trackToMid[t.receiver.track.id] = t.mid;
+  }
+  return pc.getStats().then((stats) => {
+    const inbound = [];
+    stats.forEach((s) => {
+      if (s.type !== 'inbound-rtp') return;
+      const mid = s.mid !== undefined ? s.mid : trackToMid[s.trackIdentifier];
+      inbound.push({
+        kind: s.kind,
+        mid,
+        participant: midToStream[mid] || null,
+        packetsReceived: s.packetsReceived || 0,
+        bytesReceived: s.bytesReceived || 0,
+        framesDecoded: s.framesDecoded,
+        totalSamplesReceived: s.totalSamplesReceived,
+      });
+    });
+    const byParticipant = {};
+    for (const i of inbound) {
+      const key = i.participant || '?';
+      const p = (byParticipant[key] ||= {
+        video: { framesDecoded: 0, packetsReceived: 0 },
+        audio: { packetsReceived: 0, totalSamplesReceived: 0 },
+      });
+      if (i.kind === 'video') {
+        p.video.framesDecoded += i.framesDecoded || 0;
+        p.video.packetsReceived += i.packetsReceived;
+      } else if (i.kind === 'audio') {
+        p.audio.packetsReceived += i.packetsReceived;
+        p.audio.totalSamplesReceived += i.totalSamplesReceived || 0;
+      }
+    }
+    return {
+      pc: true,
+      connectionState: pc.connectionState,
+      iceConnectionState: pc.iceConnectionState,
+      signalingState: pc.signalingState,
+      inbound,
+      byParticipant,
+    };
+  });
+}
+
+function pageSnapshot() {
+  const err = document.getElementById('error');
+  const hook = window.__spreekkamer;
+  return {
+    state: document.body ? document.body.dataset.state || null : null,
+    error: err && !err.hidden ? { code: err.dataset.code || null, text: err.textContent.trim() } : null,
+    lang: document.documentElement.lang,
+    href: location.href,
+    you: hook && hook.you ? hook.you.id : null,
+    participants: hook && hook.participants ? [...hook.participants.keys()] : [],
+    tiles: [...document.querySelectorAll('.tile[data-participant-id]')].map((e) => e.dataset.participantId),
+  };
+}
+
+const compact = (v) => JSON.stringify(v);
+
+export class Participant {
+  constructor({ page, name, kind, close }) {
+    this.page = page;
+    this.name = name;
+    this.kind = kind;
+    this._close = close;
+    this.closed = false;
+    this.consoleLines = [];
+    const t0 = Date.now();
+    const log = (line) => this.consoleLines.push(`[+${((Date.now() - t0) / 1000).toFixed(1)}s] ${line}`);
+    page.on('console', (m) => log(`${m.type()}: ${m.text()}`));
+    page.on('pageerror', (e) => log(`PAGEERROR: ${e && e.message ? e.message : e}`));
+  }
+
+  evaluate(fn, arg) {
+    return this.page.evaluate(fn, arg);
+  }
+
+  /** Open a link; resolves once the page has set `body[data-state]` (preview, error, ...). */
+  async open(link) {
+    await this.page.goto(link, { waitUntil: 'load', timeout: 60_000 });
+    await this.waitFor(() => this.snapshot().then((s) => s.state), { what: `${this.name}: body[data-state] set`, timeout: 30_000 });
+  }
+
+  snapshot() {
+    return this.evaluate(pageSnapshot);
+  }
+
+  async state() {
+    return (await this.snapshot()).state;
+  }
+
+  /** `#error[data-code]` when the error element is shown, else null. */
+  async errorCode() {
+    const s = await this.snapshot();
+    return s.error ? s.error.code : null;
+  }
+
+  media() {
+    return this.evaluate(pageMedia);
+  }
+
+  youId() {
+    return this.evaluate(() => (window.__spreekkamer && window.__spreekkamer.you ? window.__spreekkamer.you.id : null));
+  }
+
+  tileIds() {
+    return this.snapshot().then((s) => s.tiles);
+  }
+
+  async waitFor(fn, opts = {}) {
+    return waitUntil(fn, { timeout: 60_000, interval: 250, ...opts });
+  }
+
+  async waitForState(state, { timeout = 60_000 } = {}) {
+    let last;
+    await this.waitFor(
+      async () => {
+        last = await this.snapshot();
+        return last.state === state;
+      },
+      { timeout, what: `${this.name}: body[data-state=${state}]`, describe: () => compact(last) },
+    );
+  }
+
+  /** Click `#join-button` once it is enabled, then wait for `in-call` (or `waitFor` state). */
+  async join({ waitFor = 'in-call', timeout = 60_000 } = {}) {
+    await this.waitFor(
+      () => this.evaluate(() => {
+        const b = document.getElementById('join-button');
+        return !!b && !b.disabled && !b.hidden;
+      }),
+      { what: `${this.name}: #join-button enabled`, timeout: 30_000 },
+    );
+    await this.page.click('#join-button');
+    if (waitFor) await this.waitForState(waitFor, { timeout });
+  }
+
+  /** Wait until `#error` is shown with a `data-code`; returns the code. */
+  async waitForError({ timeout = 30_000 } = {}) {
+    let last;
+    await this.waitFor(
+      async () => {
+        last = await this.snapshot();
+        return last.error && last.error.code;
+      },
+      { timeout, what: `${this.name}: #error[data-code] shown`, describe: () => compact(last) },
+    );
+    return last.error.code;
+  }
+
+  /**
+   * Wait until video frames are decoded and audio received from each of
+   * `ids`, then until both rise again (a second sample strictly above the
+   * first): media is flowing, not a one-off. Returns the last sample.
+   */
+  async waitForMediaFrom(ids, { timeout = 60_000, minFrameRise = 5 } = {}) {
+    let last;
+    const has = (m) =>
+      ids.every((id) => {
+        const p = m.byParticipant[id];
+        return p && p.video.framesDecoded > 0 && p.audio.packetsReceived > 0 && p.audio.totalSamplesReceived > 0;
+      });
+    const first = await this.waitFor(
+      async () => {
+        last = await this.media();
+        return has(last) && last;
+      },
+      { timeout, what: `${this.name}: decoded video + audio from ${ids.join(', ')}`, describe: () => compact(last) },
+    );
+    return this.waitForRising(ids, first, { timeout, minFrameRise });
+  }
+
+  /** From `base` (a `media()` sample), wait until every id's framesDecoded and audio packets rise. */
+  async waitForRising(ids, base, { timeout = 60_000, minFrameRise = 5 } = {}) {
+    base ||= await this.media();
+    let last;
+    return this.waitFor(
+      async () => {
+        last = await this.media();
+        const ok = ids.every((id) => {
+          const b = base.byParticipant[id] || { video: { framesDecoded: 0 }, audio: { packetsReceived: 0 } };
+          const p = last.byParticipant[id];
+          return (
+            p &&
+            p.video.framesDecoded >= b.video.framesDecoded + minFrameRise &&
+            p.audio.packetsReceived > b.audio.packetsReceived
+          );
+        });
+        return ok && last;
+      },
+      {
+        timeout,
+        what: `${this.name}: framesDecoded/audio packets rising from ${ids.join(', ')} (base ${compact(base.byParticipant)})`,
+        describe: () => compact(last && last.byParticipant),
+      },
+    );
+  }
+
+  /** Inbound RTP at all (any participant, any kind): used to prove "no media" for refused joins. */
+  async inboundPackets() {
+    const m = await this.media();
+    return m.inbound.reduce((n, i) => n + i.packetsReceived, 0);
+  }
+
+  /** Save a screenshot, console log, DOM and media stats under `dir`; returns the paths. */
+  async saveArtifacts(dir, prefix) {
+    fs.mkdirSync(dir, { recursive: true });
+    const base = path.join(dir, `${prefix}-${this.name}`);
+    const saved = [];
+    if (this.closed) return saved;
+    try {
+      await this.page.screenshot({ path: `${base}.png`, timeout: 15_000 });
+      saved.push(`${base}.png`);
+    } catch (e) {
+      this.consoleLines.push(`[harness] screenshot failed: ${e.message}`);
+    }
+    let extra = {};
+    try {
+      extra = {
+        snapshot: await this.snapshot(),
+        media: await this.media(),
+        html: await this.evaluate(() => document.documentElement.outerHTML.slice(0, 200_000)),
+      };
+    } catch (e) {
+      extra = { error: `could not read page state: ${e.message}` };
+    }
+    fs.writeFileSync(`${base}.console.txt`, this.consoleLines.join('\n') + '\n');
+    saved.push(`${base}.console.txt`);
+    fs.writeFileSync(`${base}.state.json`, JSON.stringify(extra, null, 2));
+    saved.push(`${base}.state.json`);
+    return saved;
+  }
+
+  async close() {
+    if (this.closed) return;
+    this.closed = true;
+    await this._close();
+  }
+}
