@@ -7,7 +7,7 @@
 // `document.body.dataset.state` always says which (see the UI contract).
 
 import { initI18n, t, getLanguage, onLanguageChange } from './i18n.js';
-import { Signaling } from './protocol.js';
+import { Signaling, probeConnectivity } from './protocol.js';
 import { Call } from './call.js';
 import * as media from './media.js';
 
@@ -19,6 +19,12 @@ const RECONNECT_DELAYS_MS = [1000, 2000, 4000, 8000, 15000];
 const WELCOME_TIMEOUT_MS = 15000;
 // Chat and photos stay in page memory only; keep that memory bounded.
 const MAX_CHAT_ITEMS = 200;
+// Connectivity check: UDP normally connects within a second or two; a
+// network that drops UDP gives no answer at all, so do not wait long for it.
+const UDP_PROBE_TIMEOUT_MS = 10000;
+const TCP_PROBE_TIMEOUT_MS = 15000;
+// Where this tab keeps its link across a reload (see saveLink).
+const LINK_STORAGE_KEY = 'spreekkamer.link';
 
 const app = {
   token: null,
@@ -53,6 +59,9 @@ const app = {
   endedByMe: false,
   invite: null, // the last invite this clinician made: {jti, expires}
   objectUrls: new Set(),
+  // The connectivity check: {result: 'checking'|'udp'|'tcp'|'failed'|'unknown'|'skipped', ports}
+  connectivity: null,
+  connectivityAbort: null, // AbortController of the check under way
 };
 
 // Test hook (see the UI contract). Harmless: it only exposes what the page
@@ -69,7 +78,7 @@ window.__spreekkamer = hook;
 
 async function start() {
   wireControls();
-  const { token, linkSecret } = readFragment();
+  const { token, linkSecret, joined } = readFragment();
   app.token = token;
   app.linkSecret = linkSecret;
   app.claims = token ? peekClaims(token) : null;
@@ -90,10 +99,24 @@ async function start() {
   app.e2eeLoading.then(renderPrivacyE2ee);
   // Joining does not wait for this: a person may press "join" while the
   // browser still asks for permission; the tracks reach the call later.
-  await openMedia();
+  const mediaReady = openMedia();
+  if (joined) {
+    // A reload of a tab that was in the consult (or its waiting room): the
+    // person already saw the preview and agreed, so go straight back in. The
+    // server lets an admitted person back without a second admission within
+    // its grace period (docs/PROTOCOL.md, "Same person, again").
+    join();
+  } else {
+    runConnectivityCheck();
+  }
+  await mediaReady;
 }
 
-/** Read `#t=JWT&k=SECRET`, then remove it from the address bar and history. */
+/**
+ * Read `#t=JWT&k=SECRET`, then remove it from the address bar and history.
+ * Without a fragment (a reload: it was removed), use the link this tab
+ * stored. `joined`: this tab had joined with that link before the reload.
+ */
 function readFragment() {
   const params = new URLSearchParams(window.location.hash.replace(/^#/, ''));
   const token = params.get('t') || null;
@@ -101,7 +124,53 @@ function readFragment() {
   if (window.location.hash) {
     history.replaceState(null, '', window.location.pathname + window.location.search);
   }
-  return { token, linkSecret };
+  if (token) {
+    saveLink(token, linkSecret, false);
+    return { token, linkSecret, joined: false };
+  }
+  const stored = loadLink();
+  if (stored) return stored;
+  return { token: null, linkSecret: null, joined: false };
+}
+
+// The link in sessionStorage, so that a reload keeps this person in the
+// consult (the fragment is gone from the address bar by then, on purpose:
+// it must not end up in history, bookmarks or screenshots).
+// Trade-off: sessionStorage belongs to this tab only and is gone when the
+// tab closes (never localStorage, never cookies: nothing outlives the tab or
+// reaches the server), but unlike page memory it survives a reload, and
+// script running on this origin can read it. Such script could already read
+// the token and link secret from page memory, so that adds no new reader;
+// the CSP allows only our own scripts. Browsers with session restore
+// (Firefox, Chrome's "continue where you left off") may also write it into
+// the profile on disk until the tab is closed; the token is short-lived and
+// the same link usually sits in the person's mail anyway. It is cleared as
+// soon as the link is of no more use: leaving, being ended/removed/denied, a
+// refused token.
+function saveLink(token, linkSecret, joined) {
+  try {
+    sessionStorage.setItem(LINK_STORAGE_KEY, JSON.stringify({ t: token, k: linkSecret || null, joined: !!joined }));
+  } catch {
+    // Storage disabled or full: a reload then shows "no link", as before.
+  }
+}
+
+function loadLink() {
+  try {
+    const v = JSON.parse(sessionStorage.getItem(LINK_STORAGE_KEY) || 'null');
+    if (!v || typeof v.t !== 'string' || !v.t) return null;
+    return { token: v.t, linkSecret: typeof v.k === 'string' && v.k ? v.k : null, joined: v.joined === true };
+  } catch {
+    return null;
+  }
+}
+
+function forgetLink() {
+  try {
+    sessionStorage.removeItem(LINK_STORAGE_KEY);
+  } catch {
+    // Nothing stored, nothing to forget.
+  }
 }
 
 /**
@@ -307,12 +376,96 @@ async function switchDevice(kind, deviceId) {
 }
 
 // ---------------------------------------------------------------------------
+// Connectivity check (preview): UDP first, TCP only if UDP does not work.
+
+async function runConnectivityCheck() {
+  if (!app.token || app.phase !== 'preview') return;
+  stopConnectivityCheck();
+  const controller = new AbortController();
+  app.connectivityAbort = controller;
+  setConnectivity({ result: 'checking' });
+  const probe = (transport, timeoutMs) => probeConnectivity({ token: app.token, transport, timeoutMs, signal: controller.signal });
+  const udp = await probe('udp', UDP_PROBE_TIMEOUT_MS);
+  if (controller.signal.aborted) return;
+  if (udp.outcome === 'connected') {
+    finishConnectivity(controller, { result: 'udp', ports: udp.ports });
+    return;
+  }
+  if (udp.outcome === 'error') {
+    // The server refused the check (link, rate limit): it says nothing about
+    // the network, and joining will explain a bad link itself.
+    finishConnectivity(controller, { result: 'unknown', ports: udp.ports });
+    return;
+  }
+  const tcp = await probe('tcp', TCP_PROBE_TIMEOUT_MS);
+  if (controller.signal.aborted) return;
+  const ports = {
+    udp: udp.ports.udp.length ? udp.ports.udp : tcp.ports.udp,
+    tcp: tcp.ports.tcp.length ? tcp.ports.tcp : udp.ports.tcp,
+  };
+  if (tcp.outcome === 'connected') finishConnectivity(controller, { result: 'tcp', ports });
+  else if (tcp.outcome === 'error') finishConnectivity(controller, { result: 'unknown', ports });
+  else finishConnectivity(controller, { result: 'failed', ports });
+}
+
+function finishConnectivity(controller, state) {
+  if (app.connectivityAbort !== controller) return;
+  app.connectivityAbort = null;
+  setConnectivity(state);
+}
+
+/** Joining: the call itself now shows whether media gets through. */
+function stopConnectivityCheck() {
+  const controller = app.connectivityAbort;
+  if (!controller) return;
+  app.connectivityAbort = null;
+  controller.abort();
+  setConnectivity({ result: 'skipped' });
+}
+
+function setConnectivity(state) {
+  app.connectivity = state;
+  renderConnectivity();
+}
+
+function renderConnectivity() {
+  const el = $('#connectivity');
+  const state = app.connectivity;
+  const again = $('#connectivity-again');
+  if (!state) {
+    delete el.dataset.result;
+    el.textContent = '';
+    again.disabled = !app.token;
+    return;
+  }
+  el.dataset.result = state.result;
+  again.disabled = state.result === 'checking';
+  if (state.result === 'failed') {
+    const udp = formatPorts(state.ports && state.ports.udp);
+    const tcp = formatPorts(state.ports && state.ports.tcp);
+    const key = udp && tcp ? 'connectivity.ports' : udp ? 'connectivity.portsUdp' : tcp ? 'connectivity.portsTcp' : null;
+    el.textContent = key ? t('connectivity.failed', { ports: t(key, { udp, tcp }) }) : t('connectivity.failedNoPorts');
+  } else {
+    el.textContent = t(`connectivity.${state.result}`);
+  }
+}
+
+/** Ports for people: "3478", "50000–50001", "443, 3478". */
+function formatPorts(ports) {
+  if (!Array.isArray(ports) || ports.length === 0) return '';
+  const contiguous = ports.every((p, i) => i === 0 || p === ports[i - 1] + 1);
+  if (ports.length > 2 && contiguous) return `${ports[0]}–${ports[ports.length - 1]}`;
+  return ports.join(', ');
+}
+
+// ---------------------------------------------------------------------------
 // Joining and the signaling session
 
 async function join() {
   hideError();
   hideNotice();
   $('#media-help').hidden = true;
+  stopConnectivityCheck();
   setState('joining');
   await app.e2eeLoading;
   app.reconnectAttempt = 0;
@@ -377,6 +530,8 @@ function onWelcome(msg) {
   }
   app.reconnectAttempt = 0;
   hideNotice();
+  // From now on a reload goes straight back in (see readFragment).
+  if (app.token) saveLink(app.token, app.linkSecret, true);
   app.you = msg.you || null;
   hook.you = app.you;
   app.consult = msg.consult || null;
@@ -447,6 +602,8 @@ function onServerError(msg) {
   const code = String(msg.code || 'unknown');
   switch (msg.outcome) {
     case 'fatal':
+      // A link that will never work again is of no use after a reload.
+      if (code.startsWith('token_') || code === 'consult_ended') forgetLink();
       showFatal(code);
       break;
     case 'reconnect':
@@ -462,6 +619,8 @@ function onServerError(msg) {
 }
 
 function onBye(msg) {
+  // Ended, removed or denied: the link will not get this person back in.
+  if (msg.reason === 'ended' || msg.reason === 'removed' || msg.reason === 'denied') forgetLink();
   switch (msg.reason) {
     case 'ended':
       if (app.endedByMe) {
@@ -512,6 +671,8 @@ function scheduleReconnect() {
 
 function leave() {
   const sig = app.signaling;
+  // Leaving on purpose: a reload must not bring this person back in.
+  forgetLink();
   app.phase = 'left'; // so the coming close is not taken for a lost connection
   if (sig) sig.leave();
   teardown();
@@ -1020,6 +1181,7 @@ function wireControls() {
     join();
   });
   $('#retry-media').addEventListener('click', openMedia);
+  $('#connectivity-again').addEventListener('click', runConnectivityCheck);
   $('#mute-mic').addEventListener('click', () => toggleLocal('audio'));
   $('#camera-off').addEventListener('click', () => toggleLocal('video'));
   $('#camera-select').addEventListener('change', (ev) => ev.target.value && switchDevice('video', ev.target.value));
@@ -1144,6 +1306,7 @@ function renderError() {
 /** Re-render everything built from strings in code (data-i18n is done by i18n.js). */
 function renderLanguage() {
   renderGreeting();
+  renderConnectivity();
   renderError();
   renderPrivacyE2ee();
   renderSecurity();

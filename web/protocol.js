@@ -40,6 +40,7 @@ const ERROR_OUTCOMES = {
   unknown_participant: 'silent',
   media_error: 'notice',
   shutting_down: 'reconnect',
+  unknown_invite: 'notice',
 };
 
 /** The documented error codes, for pages that must have a message for each. */
@@ -217,4 +218,144 @@ export class Signaling extends EventTarget {
       try { this.ws.close(1000); } catch { /* already closing */ }
     }
   }
+}
+
+// ---------------------------------------------------------------------------
+// Connectivity check (docs/PROTOCOL.md, "Connectivity check")
+//
+// `probe {v, token}` instead of `join`: the server sets up a throwaway media
+// session (nobody sees us, we join nothing), sends an offer, and answers
+// `probe-result` once ICE and DTLS are up, or not. To learn whether UDP works,
+// and if not whether TCP does, the client keeps only one transport's
+// candidates in the offer, so the browser can only try that route.
+
+/** The server gives up after 15 s; a client timeout is never longer than this plus a margin. */
+export const PROBE_SERVER_TIMEOUT_MS = 15000;
+
+/**
+ * `sdp` with only the `a=candidate` lines of one transport ('udp' | 'tcp'),
+ * judged by the third token of the candidate (its transport field). Every
+ * other line is kept as is. Pure, for tests.
+ */
+export function filterCandidates(sdp, transport) {
+  const want = String(transport).toLowerCase();
+  const eol = sdp.includes('\r\n') ? '\r\n' : '\n';
+  return sdp
+    .split(/\r?\n/)
+    .filter((line) => {
+      if (!line.startsWith('a=candidate:')) return true;
+      const fields = line.slice('a=candidate:'.length).split(/\s+/);
+      return (fields[2] || '').toLowerCase() === want;
+    })
+    .join(eol);
+}
+
+/**
+ * The ports the offer's candidates name, per transport: what an IT
+ * department must let through. `{udp: number[], tcp: number[]}`, sorted,
+ * no duplicates. Pure, for tests.
+ */
+export function candidatePorts(sdp) {
+  const out = { udp: new Set(), tcp: new Set() };
+  for (const line of sdp.split(/\r?\n/)) {
+    if (!line.startsWith('a=candidate:')) continue;
+    // foundation component transport priority address port typ ...
+    const f = line.slice('a=candidate:'.length).split(/\s+/);
+    const transport = (f[2] || '').toLowerCase();
+    const port = Number(f[5]);
+    if (out[transport] && Number.isInteger(port) && port > 0 && port < 65536) out[transport].add(port);
+  }
+  return { udp: [...out.udp].sort((a, b) => a - b), tcp: [...out.tcp].sort((a, b) => a - b) };
+}
+
+/**
+ * One connectivity check over one transport. Resolves (never rejects) to
+ *   {outcome: 'connected', ms, ports}
+ *   {outcome: 'not-connected', reason: 'timeout'|'failed'|'refused'|'closed', ports}
+ *        the media route did not work (`closed`: the server could not be reached
+ *        or went away before answering; `ports` may then be empty)
+ *   {outcome: 'error', code, ports}
+ *        the server refused the check itself (token, rate limit, shutting down):
+ *        says nothing about the network.
+ * `signal` (an AbortSignal) stops it early, resolving to `{outcome: 'aborted'}`.
+ */
+export function probeConnectivity({ token, transport, timeoutMs = PROBE_SERVER_TIMEOUT_MS, url = signalingUrl(), signal = null }) {
+  return new Promise((resolve) => {
+    let ports = { udp: [], tcp: [] };
+    let ws = null;
+    let pc = null;
+    let timer = null;
+    let done = false;
+    const finish = (result) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      if (signal) signal.removeEventListener('abort', onAbort);
+      if (pc) {
+        try { pc.close(); } catch { /* already closed */ }
+      }
+      if (ws) {
+        try {
+          if (ws.readyState === WebSocket.OPEN && result.outcome !== 'connected') ws.send(JSON.stringify({ type: 'leave' }));
+          ws.close(1000);
+        } catch { /* already closing */ }
+      }
+      resolve({ ports, ...result });
+    };
+    const onAbort = () => finish({ outcome: 'aborted' });
+    if (signal) {
+      if (signal.aborted) {
+        resolve({ outcome: 'aborted', ports });
+        return;
+      }
+      signal.addEventListener('abort', onAbort);
+    }
+    // Our own deadline: a server that never answers, or a route that hangs
+    // (no probe-result before the server's own 15 s), counts as not working.
+    timer = setTimeout(() => finish({ outcome: 'not-connected', reason: 'timeout' }), Math.min(timeoutMs, PROBE_SERVER_TIMEOUT_MS + 3000));
+    try {
+      ws = new WebSocket(url);
+      pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle' });
+    } catch {
+      finish({ outcome: 'not-connected', reason: 'closed' });
+      return;
+    }
+    const send = (msg) => {
+      if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg));
+    };
+    pc.addEventListener('icecandidate', (ev) => {
+      const c = ev.candidate;
+      if (!c || !c.candidate) return;
+      // Only our own candidates of the transport under test: a TCP check
+      // must not quietly succeed over UDP.
+      const fields = c.candidate.replace(/^candidate:/, '').split(/\s+/);
+      if ((fields[2] || '').toLowerCase() !== transport) return;
+      send({ type: 'candidate', candidate: { candidate: c.candidate, sdpMid: c.sdpMid ?? null, sdpMLineIndex: c.sdpMLineIndex ?? null } });
+    });
+    let chain = Promise.resolve();
+    const answerOffer = async (sdp) => {
+      ports = candidatePorts(sdp);
+      await pc.setRemoteDescription({ type: 'offer', sdp: filterCandidates(sdp, transport) });
+      const answer = await pc.createAnswer();
+      await pc.setLocalDescription(answer);
+      send({ type: 'answer', sdp: pc.localDescription.sdp });
+    };
+    ws.addEventListener('open', () => send({ type: 'probe', v: PROTOCOL_VERSION, token }));
+    ws.addEventListener('message', (ev) => {
+      if (typeof ev.data !== 'string') return;
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch { return; }
+      if (!msg || typeof msg.type !== 'string') return;
+      if (msg.type === 'offer' && typeof msg.sdp === 'string') {
+        chain = chain.then(() => answerOffer(msg.sdp)).catch(() => finish({ outcome: 'not-connected', reason: 'failed' }));
+      } else if (msg.type === 'probe-result') {
+        if (msg.connected === true) finish({ outcome: 'connected', ms: Number(msg.ms) || null });
+        else finish({ outcome: 'not-connected', reason: ['timeout', 'failed', 'refused'].includes(msg.reason) ? msg.reason : 'failed' });
+      } else if (msg.type === 'error') {
+        // bad_message is not fatal (e.g. a candidate the server disliked); the rest end the check.
+        if (msg.fatal || msg.code === 'rate_limited') finish({ outcome: 'error', code: String(msg.code || 'unknown') });
+      }
+    });
+    ws.addEventListener('close', () => finish({ outcome: 'not-connected', reason: 'closed' }));
+  });
 }

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 const WEB = process.env.WEB_DIR || new URL('../../web/', import.meta.url).pathname;
 globalThis.navigator = { languages: ['nl-NL'] };
 const { DICTIONARIES, detectLanguage, t } = await import(WEB + 'i18n.js');
-const { ERROR_CODES, errorOutcome } = await import(WEB + 'protocol.js');
+const { ERROR_CODES, errorOutcome, filterCandidates, candidatePorts } = await import(WEB + 'protocol.js');
 const { ownMids } = await import(WEB + 'call.js');
 
 test('dutch and english have exactly the same keys', () => {
@@ -73,4 +73,58 @@ test('ownMids picks the first recvonly audio and video sections', () => {
 test('ownMids ignores sendonly and inactive sections', () => {
   const sdp = 'v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:a\r\na=inactive\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v\r\na=sendonly\r\n';
   assert.deepEqual(ownMids(sdp), { audio: null, video: null });
+});
+
+// A server offer as the probe gets it: UDP host candidates on two workers'
+// ports, one ICE-TCP passive candidate (docs/PROTOCOL.md, "Connectivity check").
+const PROBE_OFFER = [
+  'v=0', 'o=- 1 2 IN IP4 127.0.0.1', 's=-', 't=0 0', 'a=group:BUNDLE 0 1', 'a=ice-lite',
+  'm=audio 9 UDP/TLS/RTP/SAVPF 111', 'c=IN IP4 0.0.0.0', 'a=mid:0', 'a=recvonly',
+  'a=candidate:1 1 udp 2130706431 192.0.2.10 50000 typ host',
+  'a=candidate:2 1 UDP 2130706430 192.0.2.10 50001 typ host',
+  'a=candidate:3 1 tcp 1694498815 192.0.2.10 443 typ host tcptype passive',
+  'a=end-of-candidates',
+  'm=video 9 UDP/TLS/RTP/SAVPF 96', 'c=IN IP4 0.0.0.0', 'a=mid:1', 'a=recvonly',
+  'a=candidate:1 1 udp 2130706431 192.0.2.10 50000 typ host',
+  'a=candidate:3 1 tcp 1694498815 192.0.2.10 443 typ host tcptype passive', '',
+].join('\r\n');
+
+const candidates = (sdp) => sdp.split('\r\n').filter((l) => l.startsWith('a=candidate:'));
+
+test('filterCandidates keeps only the UDP candidates for the UDP check (transport field, any case)', () => {
+  const udp = filterCandidates(PROBE_OFFER, 'udp');
+  assert.deepEqual(candidates(udp).map((l) => l.split(' ')[5]), ['50000', '50001', '50000']);
+  assert.ok(candidates(udp).every((l) => / udp /i.test(l)));
+  // Nothing else is touched: same lines minus the TCP candidates, CRLF kept.
+  assert.equal(udp, PROBE_OFFER.split('\r\n').filter((l) => !/ tcp .*tcptype/.test(l)).join('\r\n'));
+});
+
+test('filterCandidates keeps only the TCP candidates for the TCP check', () => {
+  const tcp = filterCandidates(PROBE_OFFER, 'tcp');
+  assert.equal(candidates(tcp).length, 2);
+  assert.ok(candidates(tcp).every((l) => l.includes(' tcp ') && l.includes('tcptype passive')));
+  assert.ok(tcp.includes('a=end-of-candidates') && tcp.includes('a=ice-lite'));
+});
+
+test('candidatePorts names the ports an IT department must open, per transport', () => {
+  assert.deepEqual(candidatePorts(PROBE_OFFER), { udp: [50000, 50001], tcp: [443] });
+  assert.deepEqual(candidatePorts('v=0\r\na=candidate:x 1 udp 1 10.0.0.1 notaport typ host\r\n'), { udp: [], tcp: [] });
+});
+
+test('the preview has the connectivity check with a status role and a check-again button', () => {
+  const html = fs.readFileSync(WEB + 'index.html', 'utf8');
+  assert.match(html, /<p id="connectivity"[^>]*role="status"/);
+  assert.match(html, /<button id="connectivity-again" type="button"/);
+  for (const result of ['checking', 'udp', 'tcp', 'failed', 'unknown', 'skipped']) {
+    for (const lang of ['nl', 'en']) assert.ok(DICTIONARIES[lang][`connectivity.${result}`], `${lang}: connectivity.${result}`);
+  }
+  // The failure text must name the ports when it knows them.
+  assert.match(DICTIONARIES.en['connectivity.failed'], /\{ports\}/);
+  assert.match(DICTIONARIES.nl['connectivity.failed'], /\{ports\}/);
+});
+
+test('the link is kept in sessionStorage only, never localStorage or cookies', () => {
+  const app = fs.readFileSync(WEB + 'app.js', 'utf8');
+  assert.match(app, /sessionStorage\.setItem/);
+  assert.doesNotMatch(app, /\blocalStorage\s*[.[]|document\.cookie/);
 });
