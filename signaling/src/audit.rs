@@ -1,7 +1,8 @@
 //! The NEN 7513 access log: one JSON line per security-relevant event.
 //!
-//! It records who (opaque `sub` and role), which consult, what, when, from
-//! where (client IP and a coarse browser family) and the outcome. It never
+//! It records who (opaque `sub`, role, and the responsible clinician's `sub`),
+//! which consult, what, when, from where (client IP and a coarse browser
+//! family) and the outcome. It never
 //! holds tokens, keys, names, chat, or media: the fields below are the whole
 //! record, so adding anything personal takes a visible change here.
 //!
@@ -61,6 +62,11 @@ pub struct AuditEvent {
     pub event: &'static str,
     pub actor: Option<Actor>,
     pub consult: Option<String>,
+    /// The opaque `sub` of the clinician responsible for the consult (for
+    /// the actor): who minted the invite the actor came with, else the first
+    /// clinician who joined the consult. Absent while not known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub responsible_clinician: Option<String>,
     /// The actor's participant id in the consult, when they have one.
     pub participant: Option<String>,
     /// The participant acted upon (admit, deny, remove).
@@ -82,6 +88,7 @@ impl AuditEvent {
             event,
             actor: None,
             consult: None,
+            responsible_clinician: None,
             participant: None,
             target: None,
             access_point,
@@ -107,6 +114,12 @@ impl AuditEvent {
 
     pub fn consult(mut self, consult: &str) -> Self {
         self.consult = Some(consult.to_string());
+        self
+    }
+
+    /// Set the responsible clinician (see the field); `None` leaves it out.
+    pub fn responsible(mut self, sub: Option<&str>) -> Self {
+        self.responsible_clinician = sub.map(str::to_string);
         self
     }
 
@@ -311,6 +324,7 @@ mod tests {
             )
             .actor("user-1", Role::Patient)
             .consult("c-1")
+            .responsible(Some("doc-1"))
             .participant("00aa"),
         );
         log.record(
@@ -334,9 +348,11 @@ mod tests {
                 "event",
                 "outcome",
                 "participant",
+                "responsible_clinician",
                 "time"
             ]
         );
+        assert_eq!(first["responsible_clinician"], "doc-1");
         assert_eq!(
             first["actor"],
             serde_json::json!({"sub":"user-1","role":"patient"})
@@ -352,6 +368,10 @@ mod tests {
         assert_eq!(second["outcome"], "failure");
         assert_eq!(second["reason"], "token_expired");
         assert_eq!(second["actor"], serde_json::Value::Null);
+        assert!(
+            second.get("responsible_clinician").is_none(),
+            "left out when unknown"
+        );
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub struct Consult {
     /// within the grace period needs no second admission.
     recently_admitted: Vec<(String, Instant)>,
     empty_since: Option<Instant>,
+    /// The `sub` of the first clinician who joined: the responsible
+    /// clinician in audit lines of participants who did not come through
+    /// an invite minted here.
+    first_clinician: Option<String>,
 }
 
 impl Consult {
@@ -124,7 +128,13 @@ impl Consult {
             barred: Vec::new(),
             recently_admitted: Vec::new(),
             empty_since: None,
+            first_clinician: None,
         }
+    }
+
+    /// The first clinician who joined (while the consult is remembered).
+    pub fn first_clinician(&self) -> Option<&str> {
+        self.first_clinician.as_deref()
     }
 
     pub fn id(&self) -> &str {
@@ -264,6 +274,9 @@ impl Consult {
             audio: true,
             video: true,
         };
+        if a.role == Role::Clinician && self.first_clinician.is_none() {
+            self.first_clinician = Some(a.sub.clone());
+        }
         self.members.push(Member {
             participant: participant.clone(),
             sub: a.sub,
@@ -1024,6 +1037,18 @@ mod tests {
             c.join(late, Limits::default()).unwrap().state,
             JoinState::Waiting
         );
+    }
+
+    #[test]
+    fn first_clinician_to_join_is_remembered_as_responsible() {
+        let mut c = lobby_consult();
+        assert_eq!(c.first_clinician(), None);
+        join(&mut c, "pat", Role::Patient);
+        assert_eq!(c.first_clinician(), None, "a patient is never responsible");
+        join(&mut c, "doc", Role::Clinician);
+        join(&mut c, "doc2", Role::Clinician);
+        c.leave("doc", LeftReason::Left, Instant::now());
+        assert_eq!(c.first_clinician(), Some("sub-doc"), "stays after leaving");
     }
 
     #[test]

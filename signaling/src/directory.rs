@@ -41,6 +41,9 @@ struct Seat {
     role: Role,
     /// The token's `jti`, so revoking an invite also ends its connection.
     jti: Option<String>,
+    /// The `sub` of the clinician who minted the invite this participant
+    /// joined with (kept here: the invite record goes when it expires).
+    invite_creator: Option<String>,
     access: AccessPoint,
     outbox: mpsc::Sender<Outgoing>,
     media: mpsc::UnboundedSender<MediaEvent>,
@@ -69,6 +72,8 @@ pub struct Host {
     /// Their participant id when they act from inside the consult.
     pub participant: Option<ParticipantId>,
     pub access: AccessPoint,
+    /// The consult's responsible clinician, for audit lines.
+    pub responsible: Option<String>,
 }
 
 impl Host {
@@ -76,7 +81,8 @@ impl Host {
     pub fn event(&self, name: &'static str) -> AuditEvent {
         let mut e = AuditEvent::new(name, self.access.clone())
             .actor(&self.sub, Role::Clinician)
-            .consult(&self.consult);
+            .consult(&self.consult)
+            .responsible(self.responsible.as_deref());
         if let Some(p) = &self.participant {
             e = e.participant(p);
         }
@@ -89,6 +95,9 @@ impl Host {
 struct InviteRecord {
     consult: String,
     expires: u64,
+    /// The `sub` of the clinician who minted it: the responsible clinician
+    /// of whoever joins with it.
+    creator: String,
 }
 
 #[derive(Default)]
@@ -155,10 +164,12 @@ impl Directory {
         let mut audit = Vec::new();
         let result = self.join_locked(claims, access.clone(), &mut audit);
         if let Err(code) = result {
+            let responsible = self.responsible_clinician(claims);
             audit.push(
                 AuditEvent::new("join", access)
                     .actor(&claims.sub, claims.role)
                     .consult(&claims.consult)
+                    .responsible(responsible.as_deref())
                     .failed(code),
             );
         }
@@ -180,6 +191,7 @@ impl Directory {
         if is_revoked(state, claims) {
             return Err(ErrorCode::TokenRevoked);
         }
+        let invite_creator = invite_creator(state, claims);
         let now = Instant::now();
         let id = loop {
             let id = crate::token::random_hex_id();
@@ -218,6 +230,10 @@ impl Directory {
                 return Err(code);
             }
         };
+        // After the join, so a clinician who is the first is their own.
+        let responsible = invite_creator
+            .clone()
+            .or_else(|| consult.first_clinician().map(str::to_string));
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
         let (media_tx, media_rx) = mpsc::unbounded_channel();
         let kick = Arc::new(Notify::new());
@@ -228,6 +244,7 @@ impl Directory {
                 sub: claims.sub.clone(),
                 role: claims.role,
                 jti: claims.jti.clone(),
+                invite_creator,
                 access: access.clone(),
                 outbox: tx,
                 media: media_tx,
@@ -238,7 +255,8 @@ impl Directory {
             audit.push(
                 AuditEvent::new("consult_created", access.clone())
                     .actor(&claims.sub, claims.role)
-                    .consult(&claims.consult),
+                    .consult(&claims.consult)
+                    .responsible(responsible.as_deref()),
             );
         }
         let event = match joined.state {
@@ -249,6 +267,7 @@ impl Directory {
             AuditEvent::new(event, access)
                 .actor(&claims.sub, claims.role)
                 .consult(&claims.consult)
+                .responsible(responsible.as_deref())
                 .participant(&id),
         );
         self.apply(state, &claims.consult, joined.effects);
@@ -274,13 +293,16 @@ impl Directory {
                 return;
             };
             let mut effects = Vec::new();
+            let mut responsible = seat.invite_creator.clone();
             if let Some(consult) = state.consults.get_mut(&seat.consult) {
                 effects = consult.leave(id, reason, Instant::now());
+                responsible = responsible.or_else(|| consult.first_clinician().map(str::to_string));
             }
             audit.push(
                 AuditEvent::new("leave", seat.access.clone())
                     .actor(&seat.sub, seat.role)
                     .consult(&seat.consult)
+                    .responsible(responsible.as_deref())
                     .participant(id)
                     .detail(serde_json::json!({ "reason": reason })),
             );
@@ -334,6 +356,7 @@ impl Directory {
             let event = AuditEvent::new("e2ee_status", seat.access.clone())
                 .actor(&seat.sub, seat.role)
                 .consult(&seat.consult)
+                .responsible(responsible(c, seat))
                 .participant(id)
                 .detail(serde_json::json!({ "state": state.as_str(), "verified_count": verified }));
             Ok((effects, event))
@@ -354,6 +377,7 @@ impl Directory {
                 seat.sub.clone(),
                 seat.role,
                 seat.consult.clone(),
+                responsible(c, seat).map(str::to_string),
             ));
             let effects = match &action {
                 HostAction::Admit(target) => c.admit(id, target)?,
@@ -364,10 +388,11 @@ impl Directory {
             };
             Ok((effects, ()))
         });
-        if let Some((access, sub, role, consult)) = context {
+        if let Some((access, sub, role, consult, responsible)) = context {
             let mut event = AuditEvent::new(name, access)
                 .actor(&sub, role)
                 .consult(&consult)
+                .responsible(responsible.as_deref())
                 .participant(id);
             match &action {
                 HostAction::Admit(t) | HostAction::Deny(t) | HostAction::Remove(t) => {
@@ -420,6 +445,18 @@ impl Directory {
         self.update_gauges(&guard);
     }
 
+    /// The responsible clinician for the holder of `claims` (see
+    /// [`AuditEvent::responsible_clinician`]), if known yet.
+    pub fn responsible_clinician(&self, claims: &Claims) -> Option<String> {
+        let guard = self.lock();
+        invite_creator(&guard, claims).or_else(|| {
+            guard
+                .consults
+                .get(&claims.consult)
+                .and_then(|c| c.first_clinician().map(str::to_string))
+        })
+    }
+
     /// Whether a verified token could be used to join now, apart from
     /// capacity and the lock: not revoked, its holder not removed, the
     /// consult not ended, the server not draining. The HTTP API and the
@@ -452,11 +489,13 @@ impl Directory {
         } else {
             Err(ErrorCode::Forbidden)
         };
+        let responsible = self.responsible_clinician(claims);
         if let Err(code) = checked {
             self.write_audit(vec![
                 AuditEvent::new(event, access)
                     .actor(&claims.sub, claims.role)
                     .consult(&claims.consult)
+                    .responsible(responsible.as_deref())
                     .failed(code),
             ]);
             return Err(code);
@@ -466,6 +505,7 @@ impl Directory {
             consult: claims.consult.clone(),
             participant: None,
             access,
+            responsible,
         })
     }
 
@@ -475,9 +515,9 @@ impl Directory {
         let (result, audit) = {
             let guard = self.lock();
             let seat = guard.seats.get(id).ok_or(ErrorCode::NotJoined)?;
-            let allowed = guard
-                .consults
-                .get(&seat.consult)
+            let consult = guard.consults.get(&seat.consult);
+            let responsible = consult.and_then(|c| responsible(c, seat));
+            let allowed = consult
                 .ok_or(ErrorCode::ConsultEnded)
                 .and_then(|c| c.require_clinician(id));
             match allowed {
@@ -487,6 +527,7 @@ impl Directory {
                         consult: seat.consult.clone(),
                         participant: Some(id.to_string()),
                         access: seat.access.clone(),
+                        responsible: responsible.map(str::to_string),
                     }),
                     None,
                 ),
@@ -496,6 +537,7 @@ impl Directory {
                         AuditEvent::new(event, seat.access.clone())
                             .actor(&seat.sub, seat.role)
                             .consult(&seat.consult)
+                            .responsible(responsible)
                             .participant(id)
                             .failed(code),
                     ),
@@ -533,6 +575,7 @@ impl Directory {
                     InviteRecord {
                         consult: host.consult.clone(),
                         expires,
+                        creator: host.sub.clone(),
                     },
                 );
                 Ok(())
@@ -692,6 +735,23 @@ fn is_revoked(state: &State, claims: &Claims) -> bool {
             .revoked
             .contains_key(&(claims.consult.clone(), j.clone()))
     })
+}
+
+/// Who minted the invite `claims` came with, if it is one of this consult's.
+fn invite_creator(state: &State, claims: &Claims) -> Option<String> {
+    let jti = claims.jti.as_ref()?;
+    state
+        .invites
+        .get(jti)
+        .filter(|i| i.consult == claims.consult)
+        .map(|i| i.creator.clone())
+}
+
+/// The responsible clinician of a seated participant of consult `c`.
+fn responsible<'a>(c: &'a Consult, seat: &'a Seat) -> Option<&'a str> {
+    seat.invite_creator
+        .as_deref()
+        .or_else(|| c.first_clinician())
 }
 
 fn deliver(state: &State, to: &str, item: Outgoing) {

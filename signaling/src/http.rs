@@ -153,7 +153,10 @@ pub fn routes(
         .and(with_ctx)
         .map(|path: warp::path::FullPath, ctx: Arc<Context>| asset(ctx.assets, path.as_str()));
 
-    let get = warp::get().and(healthz.or(readyz).or(metrics).or(assets));
+    // HEAD is answered like GET (hyper leaves the body out), so link
+    // checkers and load balancers probing with HEAD see the same status.
+    let get_or_head = warp::get().or(warp::head()).unify();
+    let get = get_or_head.and(healthz.or(readyz).or(metrics).or(assets));
     ws.or(api)
         .or(get)
         .recover(|_rejection: warp::Rejection| async {

@@ -458,11 +458,16 @@ pub async fn verify_token(
     }
     match ctx.verifier.verify(token, crate::token::unix_now()) {
         Ok(claims) => {
-            ctx.audit.record(
-                AuditEvent::new("token_accepted", access.clone())
-                    .actor(&claims.sub, claims.role)
-                    .consult(&claims.consult),
-            );
+            // The `jti` lets an EHR find its own launch token in the log; it
+            // is an id, not the token.
+            let mut event = AuditEvent::new("token_accepted", access.clone())
+                .actor(&claims.sub, claims.role)
+                .consult(&claims.consult)
+                .responsible(ctx.directory.responsible_clinician(&claims).as_deref());
+            if let Some(jti) = &claims.jti {
+                event = event.detail(serde_json::json!({ "jti": jti }));
+            }
+            ctx.audit.record(event);
             Ok(claims)
         }
         Err(code) => {

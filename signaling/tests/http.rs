@@ -165,3 +165,22 @@ async fn shutdown_says_bye_to_everyone_and_finishes_quickly() {
         "listener closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_answered_like_get_without_a_body() {
+    let s = start().await;
+    for path in ["/c", "/", "/healthz"] {
+        let g = get(s.addr, path).await;
+        let h = request(s.addr, "HEAD", path, &[], None).await;
+        assert_eq!(g.status, 200, "{path}");
+        assert_eq!(h.status, 200, "{path}");
+        assert_eq!(h.header("content-type"), g.header("content-type"), "{path}");
+        assert_security_headers(&h);
+        assert!(h.body.is_empty(), "{path}: HEAD has no body");
+    }
+    let missing = request(s.addr, "HEAD", "/nope.js", &[], None).await;
+    assert_eq!(missing.status, 404);
+    // Only GET and HEAD: other methods on a page are still refused.
+    let put = request(s.addr, "PUT", "/c", &[], Some(b"x")).await;
+    assert_eq!(put.status, 404);
+}

@@ -253,3 +253,63 @@ async fn invite_validity_is_bounded() {
     assert_eq!(wg["you"]["name"], "Tolk");
     assert_eq!(wg["you"]["role"], "guest");
 }
+
+/// The audit line of `event` by actor `sub`, waiting for it (leave lines
+/// are written after the socket closes).
+async fn audit_line(s: &TestServer, event: &str, sub: &str) -> Value {
+    for _ in 0..200 {
+        if let Some(l) = s
+            .audit_lines()
+            .into_iter()
+            .find(|l| l["event"] == event && l["actor"]["sub"] == sub)
+        {
+            return l;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no {event} line for {sub}: {:?}", s.audit_lines());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_names_the_responsible_clinician_and_the_token_id() {
+    let s = lobby_server().await;
+    // An EHR patient token before any clinician: nobody is responsible yet.
+    let (_early, _) = Client::joined(s.addr, &token("resp", Role::Patient, "Early")).await;
+    let early = audit_line(&s, "waiting_room_entered", "sub-Early").await;
+    assert!(early.get("responsible_clinician").is_none(), "{early}");
+
+    let (mut a, _) = Client::joined(s.addr, &token("resp", Role::Clinician, "Dr. A")).await;
+    let (mut b, _) = Client::joined(s.addr, &token("resp", Role::Clinician, "Dr. B")).await;
+    let a_join = audit_line(&s, "join", "sub-Dr. A").await;
+    assert_eq!(a_join["responsible_clinician"], "sub-Dr. A", "first is own");
+    let b_join = audit_line(&s, "join", "sub-Dr. B").await;
+    assert_eq!(b_join["responsible_clinician"], "sub-Dr. A");
+
+    // Dr. B (not the first clinician) invites the patient: B is responsible.
+    b.send(json!({"type":"invite","role":"patient"})).await;
+    let invite = b.expect("invite-created").await;
+    let jti = invite["jti"].as_str().unwrap().to_string();
+    let created = audit_line(&s, "invite_created", "sub-Dr. B").await;
+    assert_eq!(created["responsible_clinician"], "sub-Dr. A");
+    let (mut pat, _) = Client::joined(s.addr, invite["token"].as_str().unwrap()).await;
+    let pat_sub = format!("invite-{jti}");
+    let entered = audit_line(&s, "waiting_room_entered", &pat_sub).await;
+    assert_eq!(entered["responsible_clinician"], "sub-Dr. B", "{entered}");
+    let accepted = audit_line(&s, "token_accepted", &pat_sub).await;
+    assert_eq!(accepted["detail"], json!({ "jti": jti }), "{accepted}");
+    assert_eq!(accepted["responsible_clinician"], "sub-Dr. B");
+    // A token without a jti has no detail.
+    let a_accepted = audit_line(&s, "token_accepted", "sub-Dr. A").await;
+    assert!(a_accepted.get("detail").is_none(), "{a_accepted}");
+
+    // The early patient's later lines name the first clinician.
+    let early_id = early["participant"].clone();
+    a.send(json!({"type":"admit","id":early_id})).await;
+    let admit = audit_line(&s, "admit", "sub-Dr. A").await;
+    assert_eq!(admit["outcome"], "success", "{admit}");
+    assert_eq!(admit["responsible_clinician"], "sub-Dr. A");
+    pat.send(json!({"type":"leave"})).await;
+    pat.expect("bye").await;
+    let left = audit_line(&s, "leave", &pat_sub).await;
+    assert_eq!(left["responsible_clinician"], "sub-Dr. B");
+}
