@@ -2,7 +2,7 @@
 # Runs all of Spreekkamer's tests, installing what they need first.
 #
 #   scripts/test.sh            # everything (what CI runs via .ci/run)
-#   scripts/test.sh browser    # only some steps: deps fmt clippy unit build crypto browser
+#   scripts/test.sh browser    # only some steps: deps fmt clippy unit build crypto web loadtest browser
 #
 # Made for a fresh Debian 12 machine with Rust and Node.js 20 installed, run as
 # root (or with passwordless sudo): it apt-installs Chromium, Firefox ESR and
@@ -27,7 +27,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export NO_UPDATE_NOTIFIER=1 npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
 
-ALL_STEPS=(deps fmt clippy unit build crypto browser)
+ALL_STEPS=(deps fmt clippy unit build crypto web loadtest browser)
 if [[ $# -gt 0 ]]; then STEPS=("$@"); else STEPS=("${ALL_STEPS[@]}"); fi
 for s in "${STEPS[@]}"; do
   [[ " ${ALL_STEPS[*]} " == *" $s "* ]] || { echo "test.sh: unknown step '$s' (steps: ${ALL_STEPS[*]})" >&2; exit 2; }
@@ -82,6 +82,7 @@ install_system_packages() {
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   [[ -x /usr/bin/firefox-esr ]] || missing+=(firefox-esr)
   command -v ip >/dev/null || missing+=(iproute2)
+  command -v strace >/dev/null || missing+=(strace)
   if [[ ${#missing[@]} -eq 0 ]]; then
     echo "chromium, firefox-esr and iproute2 already installed"
   else
@@ -119,6 +120,9 @@ install_node_packages() {
 deps() { install_system_packages && install_node_packages; }
 
 run_crypto_tests() { node --test --test-reporter=spec tests/crypto/; }
+run_web_tests() { node --test --test-reporter=spec tests/web/; }
+# A few seconds of real load through the SFU: checks the load generator works, not the figures.
+run_loadtest_smoke() { NO_BUILD=1 loadtest/run-bench.sh --smoke; }
 
 NETNS=""
 del_netns() {
@@ -160,11 +164,13 @@ if wants clippy; then
     cargo clippy --workspace --all-targets --release -- -D warnings
 fi
 if wants unit; then step unit "cargo test --workspace --release" cargo test --workspace --release; fi
-if wants build; then step build "cargo build --release" cargo build --release; fi
+if wants build; then step build "cargo build --release (spreekkamer and loadtest)" cargo build --release --workspace --bins; fi
 if wants crypto; then
   if [[ -d tests/crypto ]]; then step crypto "node --test tests/crypto/" run_crypto_tests
   else skip crypto "tests/crypto/ does not exist"; fi
 fi
+if wants web; then step web "node --test tests/web/" run_web_tests; fi
+if wants loadtest; then step loadtest "loadtest smoke run against the SFU" run_loadtest_smoke; fi
 if wants browser; then
   step browser "real-browser tests (Chromium + Firefox ESR) in a loopback-only network namespace" run_browser_tests
 fi

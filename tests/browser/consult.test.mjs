@@ -28,7 +28,8 @@ import {
 const newConsult = () => `consult-${crypto.randomBytes(6).toString('hex')}`;
 
 scenario('clinician and patient see and hear each other; a guest joins and leaves mid-call', async (sc) => {
-  const server = await sc.startServer();
+  // Direct join (issue 2); the waiting room (on by default) has its own tests in ehr.test.mjs.
+  const server = await sc.startServer({ args: ['--waiting-room=false'] });
   const consult = newConsult();
   const names = { clinician: 'Dr. Jansen', patient: 'Mevr. de Vries', guest: 'Tolk Bakker' };
   const links = {};
@@ -155,7 +156,8 @@ scenario('clinician and patient see and hear each other; a guest joins and leave
 });
 
 scenario('expired, forged and unsigned tokens get a clear error and no media', async (sc) => {
-  const server = await sc.startServer();
+  // Direct join (issue 2); the waiting room (on by default) has its own tests in ehr.test.mjs.
+  const server = await sc.startServer({ args: ['--waiting-room=false'] });
   const consult = newConsult();
   // Someone is in the consult, so there is media a bad token could try to get.
   const clinLink = await server.link({ consult, role: 'clinician', name: 'Dr. Jansen' });

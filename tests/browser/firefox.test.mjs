@@ -15,7 +15,8 @@ import {
 } from './lib/index.mjs';
 
 scenario('clinician in Chromium and patient in Firefox ESR see and hear each other', async (sc) => {
-  const server = await sc.startServer();
+  // Direct join (issue 2); the waiting room (on by default) has its own tests in ehr.test.mjs.
+  const server = await sc.startServer({ args: ['--waiting-room=false'] });
   const consult = `consult-${crypto.randomBytes(6).toString('hex')}`;
   const clinLink = await server.link({ consult, role: 'clinician', name: 'Dr. Jansen' });
   const patLink = await server.link({ consult, role: 'patient', name: 'Mevr. de Vries' });
