@@ -27,6 +27,18 @@ SECRET="loadtest-secret-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 SERVER_PID=
 
 cleanup() {
+    # SERVER_PID is the backgrounded shell, not necessarily the server itself:
+    # end everything still running in our namespace before removing it.
+    local pids
+    pids=$(ip netns pids "$NS" 2>/dev/null || true)
+    if [[ -n "$pids" ]]; then
+        # shellcheck disable=SC2086
+        kill $pids 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            [[ -z "$(ip netns pids "$NS" 2>/dev/null)" ]] && break
+            sleep 0.1
+        done
+    fi
     if [[ -n "$SERVER_PID" ]]; then
         kill "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
