@@ -350,14 +350,6 @@ export async function startTracedServer(sc, { args = [] } = {}) {
     }
   };
   const server = new Server({ port, secret, dir: dirs.cwd, auditLog, logFile, proc, args: fullArgs });
-  const logStream = fs.createWriteStream(logFile);
-  const capture = (chunk) => {
-    const s = chunk.toString('utf8');
-    server.output += s;
-    logStream.write(s);
-  };
-  strace.stdout.on('data', capture);
-  strace.stderr.on('data', capture);
   sc.servers.push(server);
   await waitUntil(
     () => {

@@ -52,6 +52,16 @@ export class Server {
     this.url = `http://127.0.0.1:${port}`;
     this.output = '';
     this.exit = null; // { code, signal } once the process has exited
+    // Keep everything the process prints, in memory (for assertions) and in logFile (for people).
+    const logStream = fs.createWriteStream(logFile);
+    const capture = (chunk) => {
+      const s = chunk.toString('utf8');
+      this.output += s;
+      logStream.write(s);
+    };
+    proc.stdout.on('data', capture);
+    proc.stderr.on('data', capture);
+    proc.on('error', (e) => capture(`\n[harness] spawn error: ${e.message}\n`));
     this.exited = new Promise((resolve) => {
       proc.on('exit', (code, signal) => {
         this.exit = { code, signal };
@@ -177,15 +187,6 @@ export async function startServer({ args = [], env = {}, name = 'server' } = {})
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const server = new Server({ port, secret, dir, auditLog, logFile, proc, args: fullArgs });
-  const logStream = fs.createWriteStream(logFile);
-  const capture = (chunk) => {
-    const s = chunk.toString('utf8');
-    server.output += s;
-    logStream.write(s);
-  };
-  proc.stdout.on('data', capture);
-  proc.stderr.on('data', capture);
-  proc.on('error', (e) => capture(`\n[harness] spawn error: ${e.message}\n`));
   try {
     await waitUntil(
       async () => {
