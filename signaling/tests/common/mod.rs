@@ -120,6 +120,14 @@ impl Client {
         self.ws.send(Message::text(text)).await.expect("send");
     }
 
+    /// Send that may fail because the server already closed.
+    pub async fn try_send_raw(&mut self, text: String) -> Result<(), String> {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// The next text frame as JSON, or `Closed` once the server closed.
     pub async fn frame(&mut self) -> Frame {
         loop {
