@@ -85,7 +85,8 @@ impl Placement {
             }
             MediaCommand::Answer { consult, .. }
             | MediaCommand::Candidate { consult, .. }
-            | MediaCommand::IceRestart { consult, .. } => {
+            | MediaCommand::IceRestart { consult, .. }
+            | MediaCommand::Preferences { consult, .. } => {
                 self.consults.get(consult).map(|(w, _)| *w)
             }
         }

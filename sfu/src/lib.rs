@@ -98,6 +98,24 @@ pub enum MediaCommand {
         consult: ConsultId,
         participant: ParticipantId,
     },
+    /// What this participant wants to receive: audio only (no video at
+    /// all), and per publisher the highest simulcast layer worth sending
+    /// (a small tile needs only the low layer). Publishers not named get
+    /// [`VideoQuality::High`]. The bandwidth estimate may still pick lower.
+    Preferences {
+        consult: ConsultId,
+        participant: ParticipantId,
+        audio_only: bool,
+        max_quality: Vec<(ParticipantId, VideoQuality)>,
+    },
+}
+
+/// A simulcast layer, lowest first (rids `l`, `m`, `h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum VideoQuality {
+    Low,
+    Medium,
+    High,
 }
 
 /// What the media plane tells the edge about one participant.
@@ -114,6 +132,10 @@ pub enum MediaEvent {
     Failed { reason: String },
     /// The request was refused (unknown consult, consult full, bad SDP, ...).
     Error { code: &'static str, message: String },
+    /// The consult's dominant speaker changed (from RFC 6464 audio levels);
+    /// `None` when nobody has been speaking for a while. Sent to every
+    /// participant of the consult.
+    ActiveSpeaker { participant: Option<ParticipantId> },
 }
 
 pub mod metrics;

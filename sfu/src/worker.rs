@@ -647,6 +647,8 @@ impl Worker {
                     self.remove_peer(key);
                 }
             }
+            // Not acted on yet: simulcast layer choice is being built.
+            MediaCommand::Preferences { .. } => {}
         }
     }
 

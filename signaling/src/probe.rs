@@ -105,7 +105,7 @@ pub(crate) async fn run(conn: &mut Connection, v: Option<u64>, token: Option<Str
                     }
                 }
                 Some(MediaEvent::Connected) => break Outcome::Connected(started.elapsed()),
-                Some(MediaEvent::FirstMediaForwarded) => {}
+                Some(MediaEvent::FirstMediaForwarded | MediaEvent::ActiveSpeaker { .. }) => {}
                 Some(MediaEvent::Failed { .. }) => break Outcome::NotConnected("failed"),
                 Some(MediaEvent::Error { .. }) | None => break Outcome::NotConnected("refused"),
             },

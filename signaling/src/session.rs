@@ -296,6 +296,8 @@ impl Connection {
                 }
                 Ok(())
             }
+            // Not relayed yet: the `speaker` message is being built.
+            MediaEvent::ActiveSpeaker { .. } => Ok(()),
             MediaEvent::Failed { reason } => {
                 log::info!("participant {id}: media failed");
                 self.send(&ServerMessage::MediaFailed { reason }).await
