@@ -83,8 +83,13 @@ install_system_packages() {
   [[ -x /usr/bin/firefox-esr ]] || missing+=(firefox-esr)
   command -v ip >/dev/null || missing+=(iproute2)
   command -v strace >/dev/null || missing+=(strace)
+  # tests/browser/degraded.test.mjs impairs the network without sch_netem (the kernel lacks it):
+  # loss with nf_tables, delay with an NFQUEUE rule (iptables-legacy) and a python3 script
+  command -v nft >/dev/null || missing+=(nftables)
+  command -v iptables-legacy >/dev/null || missing+=(iptables)
+  [[ -x /usr/bin/python3 ]] || missing+=(python3)
   if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "chromium, firefox-esr and iproute2 already installed"
+    echo "chromium, firefox-esr, iproute2, nftables, iptables, python3 already installed"
   else
     echo "installing: ${missing[*]}"
     as_root apt-get update -q || return
@@ -157,7 +162,7 @@ run_browser_tests() {
 
 echo "Spreekkamer tests in $ROOT (steps: ${STEPS[*]}); $(nproc) cores"
 
-if wants deps; then step deps "install Chromium, Firefox ESR, iproute2 (apt) and browser-test packages (npm ci)" deps; fi
+if wants deps; then step deps "install Chromium, Firefox ESR, iproute2, nftables, iptables (apt) and browser-test packages (npm ci)" deps; fi
 if wants fmt; then step fmt "cargo fmt --check" cargo fmt --all -- --check; fi
 if wants clippy; then
   step clippy "cargo clippy (all targets, release, warnings are errors)" \

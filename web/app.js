@@ -10,6 +10,7 @@ import { initI18n, t, getLanguage, onLanguageChange } from './i18n.js';
 import { Signaling, probeConnectivity } from './protocol.js';
 import { Call } from './call.js';
 import * as media from './media.js';
+import { ReceivePreferences } from './prefs.js';
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -62,13 +63,16 @@ const app = {
   // The connectivity check: {result: 'checking'|'udp'|'tcp'|'failed'|'unknown'|'skipped', ports}
   connectivity: null,
   connectivityAbort: null, // AbortController of the check under way
+  audioOnly: false, // "Audio only": receive no video (kept across reconnects)
+  activeSpeaker: null, // id of the participant the server says is speaking
+  prefs: null, // ReceivePreferences: layer per tile and audio-only → video-prefs
 };
 
 // Test hook (see the UI contract). Harmless: it only exposes what the page
 // itself already holds.
 // `timings` holds performance.now() milestones of the current session
 // (join, welcome, in-call, first offer, ICE connected, first remote frame).
-const hook = { pc: null, you: null, participants: app.participants, e2ee: null, timings: {} };
+const hook = { pc: null, call: null, you: null, participants: app.participants, e2ee: null, timings: {}, prefs: null, activeSpeaker: null };
 window.__spreekkamer = hook;
 
 // ---------------------------------------------------------------------------
@@ -77,6 +81,10 @@ window.__spreekkamer = hook;
 // Started at the end of this module, once every top-level constant exists.
 
 async function start() {
+  app.prefs = new ReceivePreferences({
+    send: (audioOnly, quality) => !!app.signaling && app.signaling.sendVideoPrefs(audioOnly, quality),
+  });
+  hook.prefs = app.prefs;
   wireControls();
   const { token, linkSecret, joined } = readFragment();
   app.token = token;
@@ -493,6 +501,7 @@ function connect() {
   on('relay', onRelay);
   on('e2ee', onPeerE2ee);
   on('media-failed', () => app.call && app.call.restartIce());
+  on('speaker', (m) => setActiveSpeaker(typeof m.participant === 'string' ? m.participant : null));
   on('error', onServerError);
   on('bye', onBye);
   on('close', onClose);
@@ -569,6 +578,7 @@ function enterCall() {
   });
   app.call = call;
   hook.pc = call.pc;
+  hook.call = call;
   startE2ee();
   call.addEventListener('sender', (ev) => {
     if (!app.e2ee || app.e2eeSupport === 'none') return;
@@ -588,6 +598,8 @@ function enterCall() {
   mark('inCall');
   setState('in-call');
   renderTiles();
+  // Admitted: from now on the server takes our preferences.
+  app.prefs.enable();
 }
 
 function onOffer(msg) {
@@ -693,6 +705,10 @@ function teardownSession() {
   if (app.call) app.call.close();
   app.call = null;
   hook.pc = null;
+  hook.call = null;
+  app.prefs.disable();
+  app.prefs.forgetTiles();
+  setActiveSpeaker(null);
   const sig = app.signaling;
   app.signaling = null;
   if (sig) sig.close();
@@ -738,6 +754,8 @@ function removeParticipant(id, reason) {
   app.participants.delete(id);
   const tile = tileFor(id);
   if (tile) tile.remove();
+  app.prefs.unwatch(id);
+  if (app.activeSpeaker === id) setActiveSpeaker(null);
   if (app.e2ee) Promise.resolve(app.e2ee.participantLeft(id)).catch(() => {});
   app.peerE2ee.delete(id);
   app.verified.delete(id);
@@ -773,6 +791,8 @@ function ensureTile(id) {
   tile.querySelector('.remove').addEventListener('click', () => app.signaling && app.signaling.remove(id));
   if (app.speakerId) media.setSpeaker(tile.querySelector('.tile-audio'), app.speakerId);
   $('#tiles').appendChild(tile);
+  // The picture's size on screen decides which video layer is worth asking for.
+  app.prefs.watch(id, tile.querySelector('.tile-media'));
   return tile;
 }
 
@@ -801,6 +821,29 @@ function onRemoteTrackEnded({ participantId, kind, track }) {
     delete tile.dataset[kind];
   }
   renderTile(participantId);
+}
+
+function setActiveSpeaker(id) {
+  const before = app.activeSpeaker;
+  // Kept even for someone not known yet: their tile shows it once it exists.
+  app.activeSpeaker = typeof id === 'string' && id ? id : null;
+  hook.activeSpeaker = app.activeSpeaker;
+  if (before === app.activeSpeaker) return;
+  if (before) renderTile(before);
+  if (app.activeSpeaker) renderTile(app.activeSpeaker);
+}
+
+/** "Audio only": receive no video, show everyone as their initials. */
+function setAudioOnly(on) {
+  app.audioOnly = !!on;
+  app.prefs.setAudioOnly(app.audioOnly);
+  renderAudioOnly();
+}
+
+function renderAudioOnly() {
+  $('#audio-only').setAttribute('aria-pressed', String(app.audioOnly));
+  $('#tiles').classList.toggle('audio-only', app.audioOnly);
+  $('#audio-only-note').hidden = !app.audioOnly;
 }
 
 function renderTiles() {
@@ -834,6 +877,13 @@ function renderTile(id) {
   camEl.hidden = p.video !== false;
   camEl.textContent = t('tile.camOff');
   tile.classList.toggle('no-video', camOff);
+  // Who speaks: a border and a word, not colour alone. Not announced to
+  // screen readers: it changes with every turn in the conversation.
+  const speaking = app.activeSpeaker === id;
+  tile.classList.toggle('speaking', speaking);
+  const speakingEl = tile.querySelector('.tile-speaking');
+  speakingEl.hidden = !speaking;
+  speakingEl.textContent = t('tile.speaking');
 
   const e2ee = e2eeStateFor(id);
   const verified = app.verified.has(id);
@@ -1184,6 +1234,7 @@ function wireControls() {
   $('#connectivity-again').addEventListener('click', runConnectivityCheck);
   $('#mute-mic').addEventListener('click', () => toggleLocal('audio'));
   $('#camera-off').addEventListener('click', () => toggleLocal('video'));
+  $('#audio-only').addEventListener('click', () => setAudioOnly(!app.audioOnly));
   $('#camera-select').addEventListener('change', (ev) => ev.target.value && switchDevice('video', ev.target.value));
   $('#mic-select').addEventListener('change', (ev) => ev.target.value && switchDevice('audio', ev.target.value));
   $('#speaker-select').addEventListener('change', (ev) => {
@@ -1312,6 +1363,7 @@ function renderLanguage() {
   renderSecurity();
   renderSelf();
   setLocked(app.locked);
+  renderAudioOnly();
   renderTiles();
   renderLobby();
   renderInvite();

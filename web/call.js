@@ -12,6 +12,33 @@
 //   'sender'      {kind, sender}                          our sender for kind is known (E2EE attaches here)
 //   'connection'  {state}                                 the ICE connection state changed
 
+// Simulcast (docs/PROTOCOL.md, "Offers"): when the server's offer asks for
+// three layers of our camera, each gets a size and a bitrate cap. `h` is the
+// camera's own size; a subscriber with a small tile or a slow line gets `m`
+// or `l` from the server instead.
+export const SIMULCAST_LAYERS = Object.freeze({
+  h: Object.freeze({ scaleResolutionDownBy: 1, maxBitrate: 1_200_000 }),
+  m: Object.freeze({ scaleResolutionDownBy: 2, maxBitrate: 500_000 }),
+  l: Object.freeze({ scaleResolutionDownBy: 4, maxBitrate: 150_000 }),
+});
+
+/**
+ * The encodings to set on a video sender, or null when there is nothing to
+ * change (not three simulcast layers, or already set). Encodings are
+ * matched by rid; an unknown rid is left as the browser made it. Pure.
+ */
+export function simulcastEncodings(encodings) {
+  if (!Array.isArray(encodings) || encodings.length !== 3) return null;
+  if (!encodings.every((e) => e && typeof e.rid === 'string' && SIMULCAST_LAYERS[e.rid])) return null;
+  let changed = false;
+  const out = encodings.map((e) => {
+    const want = SIMULCAST_LAYERS[e.rid];
+    if (e.scaleResolutionDownBy !== want.scaleResolutionDownBy || e.maxBitrate !== want.maxBitrate) changed = true;
+    return { ...e, ...want };
+  });
+  return changed ? out : null;
+}
+
 const RESTART_AFTER_DISCONNECT_MS = 4000;
 const MIN_RESTART_INTERVAL_MS = 5000;
 
@@ -53,6 +80,8 @@ export class Call extends EventTarget {
     this.closed = false;
     this.lastRestart = 0;
     this.disconnectTimer = null;
+    // Whether our camera is sent as three simulcast layers (for tests and diagnostics).
+    this.simulcast = false;
 
     this.pc.addEventListener('icecandidate', (ev) => {
       // null = end of candidates; the server does not need to be told.
@@ -86,6 +115,7 @@ export class Call extends EventTarget {
       if (tr.sender.track !== this.localTracks[kind]) {
         await tr.sender.replaceTrack(this.localTracks[kind]);
       }
+      if (kind === 'video') await this.configureSimulcast(tr.sender);
       if (!this.announcedSenders.has(tr.sender)) {
         this.announcedSenders.add(tr.sender);
         // Before createAnswer, so an encoded transform sees the first frame.
@@ -95,6 +125,30 @@ export class Call extends EventTarget {
     const answer = await this.pc.createAnswer();
     await this.pc.setLocalDescription(answer);
     this.signaling.sendAnswer(this.pc.localDescription.sdp);
+    // Some browsers only settle the layers once the answer is applied.
+    const video = this.mids.video !== null ? this.transceiverByMid(this.mids.video) : null;
+    if (video) await this.configureSimulcast(video.sender);
+  }
+
+  /**
+   * Give each simulcast layer its size and bitrate. Never fails the
+   * negotiation: without it the browser still sends its own defaults.
+   */
+  async configureSimulcast(sender) {
+    let params;
+    try {
+      params = sender.getParameters();
+    } catch {
+      return;
+    }
+    const encodings = simulcastEncodings(params && params.encodings);
+    if (!encodings) return;
+    try {
+      await sender.setParameters({ ...params, encodings });
+      this.simulcast = true;
+    } catch (err) {
+      console.warn('spreekkamer: simulcast parameters refused', err && err.name);
+    }
   }
 
   transceiverByMid(mid) {

@@ -82,6 +82,8 @@ const nl = {
   'call.controls': 'Bediening van het gesprek',
   'control.mute': 'Microfoon uit',
   'control.cameraOff': 'Camera uit',
+  'control.audioOnly': 'Alleen geluid',
+  'audioOnly.note': 'U ziet de anderen nu niet, u hoort ze alleen. Dat helpt als de verbinding traag is. De anderen zien u nog wel. Druk nog een keer op ‘Alleen geluid’ om de anderen weer te zien.',
   'control.leave': 'Gesprek verlaten',
   'control.devices': 'Camera en microfoon kiezen',
 
@@ -91,6 +93,7 @@ const nl = {
 
   'tile.micOff': 'Microfoon staat uit',
   'tile.camOff': 'Camera staat uit',
+  'tile.speaking': 'spreekt',
 
   'e2ee.badge.on': 'End-to-end versleuteld',
   'e2ee.badge.off': 'Niet end-to-end versleuteld',
@@ -286,6 +289,8 @@ const en = {
   'call.controls': 'Call controls',
   'control.mute': 'Microphone off',
   'control.cameraOff': 'Camera off',
+  'control.audioOnly': 'Audio only',
+  'audioOnly.note': 'You do not see the others now, you only hear them. This helps when the connection is slow. The others can still see you. Press ‘Audio only’ again to see the others again.',
   'control.leave': 'Leave the call',
   'control.devices': 'Choose camera and microphone',
 
@@ -295,6 +300,7 @@ const en = {
 
   'tile.micOff': 'Microphone is off',
   'tile.camOff': 'Camera is off',
+  'tile.speaking': 'speaking',
 
   'e2ee.badge.on': 'End-to-end encrypted',
   'e2ee.badge.off': 'Not end-to-end encrypted',

@@ -188,6 +188,15 @@ export class Signaling extends EventTarget {
   /** state: 'on' | 'unsupported'; verified: participant ids. */
   sendE2ee(state, verified) { return this.send({ type: 'e2ee', state, verified: [...verified] }); }
 
+  /**
+   * What we want to receive: audioOnly (bool), quality: {participantId: 'low'|'medium'|'high'}.
+   * Returns whether it went out now.
+   */
+  sendVideoPrefs(audioOnly, quality) {
+    if (!this.joined) return false; // refused before admission anyway; resent on change
+    return this.send({ type: 'video-prefs', audioOnly: !!audioOnly, quality: { ...quality } });
+  }
+
   admit(id) { return this.send({ type: 'admit', id }); }
   deny(id) { return this.send({ type: 'deny', id }); }
   remove(id) { return this.send({ type: 'remove', id }); }

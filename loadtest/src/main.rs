@@ -5,6 +5,7 @@
 //! Exit codes: 0 ok, 1 bad usage or I/O, 2 target unreachable or a token
 //! refused, 3 the run forwarded no media or measured no latency.
 
+mod janus;
 mod media;
 mod media_model;
 mod procstat;
@@ -98,6 +99,11 @@ struct Common {
     issuer: String,
     #[arg(long, default_value = "spreekkamer")]
     audience: String,
+    /// Measure a Janus VideoRoom at this WebSocket URL instead (the
+    /// baseline), e.g. ws://127.0.0.1:8188/. Janus never offers loopback
+    /// candidates: give --local-ip an address Janus gathers on.
+    #[arg(long, conflicts_with = "relay")]
+    janus: Option<String>,
     /// Measure the built-in plain UDP relay instead (physical limit).
     #[arg(long)]
     relay: bool,
@@ -106,7 +112,8 @@ struct Common {
     relay_port: u16,
     #[arg(long, default_value_t = 2)]
     relay_threads: usize,
-    /// The SFU's pid (default: the process listening on the target's port).
+    /// The measured server's pid (default: the process listening on the
+    /// target's port, or on the --janus URL's port).
     #[arg(long)]
     sfu_pid: Option<u32>,
     /// Address our peers bind to.
@@ -195,10 +202,19 @@ fn compare(a: &PathBuf, b: &PathBuf) -> ExitCode {
         }
     };
     match report::compare(&a, &b) {
-        Some((consults, ua, ub, ratio)) => {
+        Some(c) => {
             println!(
-                "at {consults} consults: {} {ua:.2} µs/packet, {} {ub:.2} µs/packet: {ratio:.2}×",
-                a.target, b.target
+                "at {} consults: {} {:.2} µs/packet, {} {:.2} µs/packet: CPU per packet {:.2}×; \
+                 packets/s per core {:.0} vs {:.0}: {:.2}×",
+                c.consults,
+                a.target,
+                c.a_us_per_packet,
+                b.target,
+                c.b_us_per_packet,
+                c.cpu_ratio,
+                c.a_packets_per_core_s,
+                c.b_packets_per_core_s,
+                c.throughput_ratio
             );
             ExitCode::SUCCESS
         }
@@ -310,6 +326,25 @@ fn scenario(c: Common, s: Scenario) -> ExitCode {
                 threads: c.relay_threads.max(1),
             },
             Some(pid),
+        )
+    } else if let Some(url) = &c.janus {
+        let pid = c
+            .sfu_pid
+            .or_else(|| port_of(url).and_then(procstat::pid_listening_on));
+        if pid.is_none() {
+            eprintln!("warning: Janus process not found (give --sfu-pid): no CPU or RSS figures");
+        }
+        if c.local_ip.is_loopback() {
+            eprintln!(
+                "warning: Janus never gathers loopback candidates; --local-ip {} will not connect",
+                c.local_ip
+            );
+        }
+        (
+            Target::Janus {
+                url: Arc::new(url.clone()),
+            },
+            pid,
         )
     } else {
         let Some(secret) = c.jwt_secret.clone() else {

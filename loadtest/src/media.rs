@@ -71,6 +71,8 @@ pub fn now_ns(now: Instant) -> u64 {
 #[derive(Debug)]
 pub enum PeerEvent {
     Answer(String),
+    /// Our offer (Janus publishers: the client offers).
+    Offer(String),
 }
 
 /// What media threads tell the orchestrator.
@@ -96,6 +98,16 @@ pub enum Command {
         started: Instant,
     },
     Offer {
+        id: u64,
+        sdp: String,
+    },
+    /// Create our own offer (microphone + camera) and emit it as
+    /// `PeerEvent::Offer`: Janus expects publishers to offer.
+    CreateOffer {
+        id: u64,
+    },
+    /// The remote answer to the offer made by `CreateOffer`.
+    Answer {
         id: u64,
         sdp: String,
     },
@@ -406,6 +418,12 @@ impl Worker {
                     started,
                 } => self.add(id, socket, mode, publish, started),
                 Command::Offer { id, sdp } => self.offer(id, sdp),
+                Command::CreateOffer { id } => {
+                    self.negotiate(id, |p, now| p.create_offer(now));
+                }
+                Command::Answer { id, sdp } => {
+                    self.negotiate(id, move |p, now| p.apply_answer(sdp, now));
+                }
                 Command::Remove { id } => self.remove(id),
                 Command::Shutdown => {
                     for id in self.by_id.keys().copied().collect::<Vec<_>>() {
@@ -494,13 +512,18 @@ impl Worker {
     }
 
     fn offer(&mut self, id: u64, sdp: String) {
+        self.negotiate(id, move |p, now| p.answer(sdp, now));
+    }
+
+    /// One SDP step on a peer; a failure fails the peer.
+    fn negotiate(&mut self, id: u64, step: impl FnOnce(&mut Peer, Instant) -> Result<(), String>) {
         let Some(&slot) = self.by_id.get(&id) else {
             return;
         };
         let now = Instant::now();
         let result = self.peers[slot]
             .as_mut()
-            .map(|p| p.answer(sdp, now))
+            .map(|p| step(p, now))
             .unwrap_or(Ok(()));
         if let Err(reason) = result {
             if let Some(p) = self.peers[slot].as_mut() {
@@ -853,39 +876,11 @@ impl Peer {
             .map_err(|e| format!("set_remote_description: {e}"))?;
         if first {
             if publish {
-                let opus = codec(
-                    MIME_TYPE_OPUS,
-                    48_000,
-                    2,
-                    "minptime=10;useinbandfec=1",
-                    OPUS_PT,
-                );
-                let vp8 = codec(MIME_TYPE_VP8, 90_000, 0, "", VP8_PT);
-                let a = pc
-                    .add_track(track(RtpCodecKind::Audio, self.audio.ssrc, &opus, id))
-                    .map_err(|e| format!("add audio: {e}"))?;
-                let v = pc
-                    .add_track(track(RtpCodecKind::Video, self.video.ssrc, &vp8, id))
-                    .map_err(|e| format!("add video: {e}"))?;
+                let (a, v) = attach_media(pc, self.audio.ssrc, self.video.ssrc, id)?;
                 self.audio.sender = Some(a);
                 self.video.sender = Some(v);
             }
-            let candidate = CandidateHostConfig {
-                base_config: CandidateConfig {
-                    network: "udp".into(),
-                    address: local.ip().to_string(),
-                    port: local.port(),
-                    component: 1,
-                    ..Default::default()
-                },
-                ..Default::default()
-            }
-            .new_candidate_host()
-            .map_err(|e| e.to_string())?;
-            let init = RTCIceCandidate::from(&candidate)
-                .to_json()
-                .map_err(|e| e.to_string())?;
-            pc.add_local_candidate(init).map_err(|e| e.to_string())?;
+            add_host_candidate(pc, local)?;
         }
         let answer = pc
             .create_answer(None)
@@ -893,22 +888,105 @@ impl Peer {
         let sdp = answer.sdp.clone();
         pc.set_local_description(now, answer)
             .map_err(|e| format!("set_local_description: {e}"))?;
-        // Read back the negotiated payload types.
-        for out in [&mut self.audio, &mut self.video] {
-            if let Some(pt) = out.sender.and_then(|s| {
-                pc.rtp_sender(s).and_then(|mut s| {
-                    s.get_parameters()
-                        .rtp_parameters
-                        .codecs
-                        .first()
-                        .map(|c| c.payload_type)
-                })
-            }) {
-                out.pt = pt;
-            }
-        }
+        read_back_payload_types(pc, &mut self.audio, &mut self.video);
         let _ = events.send(PeerEvent::Answer(sdp));
         Ok(())
+    }
+
+    /// Janus publishers offer: a fresh connection with microphone and
+    /// camera (sendrecv; Janus answers recvonly) and our host candidate.
+    fn create_offer(&mut self, now: Instant) -> Result<(), String> {
+        let local = self.local;
+        let id = self.id;
+        let Transport::Rtc { pc, events, .. } = &mut self.transport else {
+            return Ok(());
+        };
+        if pc.is_some() {
+            return Err("offer requested twice".into());
+        }
+        let pc = pc.insert(Box::new(new_pc(now)?));
+        let (a, v) = attach_media(pc, self.audio.ssrc, self.video.ssrc, id)?;
+        self.audio.sender = Some(a);
+        self.video.sender = Some(v);
+        add_host_candidate(pc, local)?;
+        let offer = pc
+            .create_offer(None)
+            .map_err(|e| format!("create_offer: {e}"))?;
+        let sdp = offer.sdp.clone();
+        pc.set_local_description(now, offer)
+            .map_err(|e| format!("set_local_description: {e}"))?;
+        let _ = events.send(PeerEvent::Offer(sdp));
+        Ok(())
+    }
+
+    fn apply_answer(&mut self, sdp: String, now: Instant) -> Result<(), String> {
+        let Transport::Rtc { pc: Some(pc), .. } = &mut self.transport else {
+            return Err("answer without an offer".into());
+        };
+        let answer = RTCSessionDescription::answer(sdp).map_err(|e| format!("bad answer: {e}"))?;
+        pc.set_remote_description(now, answer)
+            .map_err(|e| format!("set_remote_description: {e}"))?;
+        read_back_payload_types(pc, &mut self.audio, &mut self.video);
+        Ok(())
+    }
+}
+
+fn attach_media(
+    pc: &mut RTCPeerConnection,
+    audio_ssrc: u32,
+    video_ssrc: u32,
+    id: u64,
+) -> Result<(RTCRtpSenderId, RTCRtpSenderId), String> {
+    let opus = codec(
+        MIME_TYPE_OPUS,
+        48_000,
+        2,
+        "minptime=10;useinbandfec=1",
+        OPUS_PT,
+    );
+    let vp8 = codec(MIME_TYPE_VP8, 90_000, 0, "", VP8_PT);
+    let a = pc
+        .add_track(track(RtpCodecKind::Audio, audio_ssrc, &opus, id))
+        .map_err(|e| format!("add audio: {e}"))?;
+    let v = pc
+        .add_track(track(RtpCodecKind::Video, video_ssrc, &vp8, id))
+        .map_err(|e| format!("add video: {e}"))?;
+    Ok((a, v))
+}
+
+fn add_host_candidate(pc: &mut RTCPeerConnection, local: SocketAddr) -> Result<(), String> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".into(),
+            address: local.ip().to_string(),
+            port: local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .map_err(|e| e.to_string())?;
+    let init = RTCIceCandidate::from(&candidate)
+        .to_json()
+        .map_err(|e| e.to_string())?;
+    pc.add_local_candidate(init).map_err(|e| e.to_string())
+}
+
+/// The payload types the remote side negotiated for our senders.
+fn read_back_payload_types(pc: &mut RTCPeerConnection, audio: &mut Outgoing, video: &mut Outgoing) {
+    for out in [audio, video] {
+        if let Some(pt) = out.sender.and_then(|s| {
+            pc.rtp_sender(s).and_then(|mut s| {
+                s.get_parameters()
+                    .rtp_parameters
+                    .codecs
+                    .first()
+                    .map(|c| c.payload_type)
+            })
+        }) {
+            out.pt = pt;
+        }
     }
 }
 

@@ -198,9 +198,23 @@ impl Report {
     }
 }
 
-/// CPU per forwarded packet of `a` as a multiple of `b`'s, at the highest
-/// load both measured (matching points by consult count).
-pub fn compare(a: &Report, b: &Report) -> Option<(u32, f64, f64, f64)> {
+/// Run `a` against run `b` at one load level.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Comparison {
+    pub consults: u32,
+    pub a_us_per_packet: f64,
+    pub b_us_per_packet: f64,
+    /// CPU per forwarded packet of `a` as a multiple of `b`'s.
+    pub cpu_ratio: f64,
+    pub a_packets_per_core_s: f64,
+    pub b_packets_per_core_s: f64,
+    /// Packets forwarded per core-second of `a` as a multiple of `b`'s.
+    pub throughput_ratio: f64,
+}
+
+/// Compare two runs at the highest load both measured with CPU figures
+/// (matching points by consult count).
+pub fn compare(a: &Report, b: &Report) -> Option<Comparison> {
     a.points
         .iter()
         .rev()
@@ -210,12 +224,19 @@ pub fn compare(a: &Report, b: &Report) -> Option<(u32, f64, f64, f64)> {
                 .points
                 .iter()
                 .find(|pb| pb.consults == pa.consults && pb.target_cpu_us_per_packet > 0.0)?;
-            Some((
-                pa.consults,
-                pa.target_cpu_us_per_packet,
-                pb.target_cpu_us_per_packet,
-                pa.target_cpu_us_per_packet / pb.target_cpu_us_per_packet,
-            ))
+            Some(Comparison {
+                consults: pa.consults,
+                a_us_per_packet: pa.target_cpu_us_per_packet,
+                b_us_per_packet: pb.target_cpu_us_per_packet,
+                cpu_ratio: pa.target_cpu_us_per_packet / pb.target_cpu_us_per_packet,
+                a_packets_per_core_s: pa.packets_per_core_s,
+                b_packets_per_core_s: pb.packets_per_core_s,
+                throughput_ratio: if pb.packets_per_core_s > 0.0 {
+                    pa.packets_per_core_s / pb.packets_per_core_s
+                } else {
+                    0.0
+                },
+            })
         })
 }
 
@@ -297,11 +318,12 @@ mod tests {
 
     #[test]
     fn compare_gives_the_cpu_ratio() {
-        let (consults, a, b, ratio) =
-            compare(&report("spreekkamer", 30.0), &report("udp-relay", 10.0)).unwrap();
-        assert_eq!(consults, 10);
-        assert!((a - 30.0).abs() < 1e-9 && (b - 10.0).abs() < 1e-9);
-        assert!((ratio - 3.0).abs() < 1e-9);
+        let c = compare(&report("spreekkamer", 30.0), &report("udp-relay", 10.0)).unwrap();
+        assert_eq!(c.consults, 10);
+        assert!((c.a_us_per_packet - 30.0).abs() < 1e-9 && (c.b_us_per_packet - 10.0).abs() < 1e-9);
+        assert!((c.cpu_ratio - 3.0).abs() < 1e-9);
+        // Three times the CPU per packet is a third of the packets per core.
+        assert!((c.throughput_ratio - 1.0 / 3.0).abs() < 1e-9);
         let mut other = report("udp-relay", 10.0);
         other.points[0].consults = 11;
         assert!(compare(&report("spreekkamer", 30.0), &other).is_none());

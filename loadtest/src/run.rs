@@ -2,6 +2,7 @@
 //! turn the threads' accumulators and the target's /proc figures into a
 //! report point.
 
+use crate::janus;
 use crate::media::{Acc, Command, MediaThread, PeerMode, Status};
 use crate::media_model::VideoParams;
 use crate::procstat;
@@ -14,8 +15,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 pub enum Target {
-    Sfu { sig: Arc<Signaling> },
-    Relay { addr: SocketAddr, threads: usize },
+    Sfu {
+        sig: Arc<Signaling>,
+    },
+    Relay {
+        addr: SocketAddr,
+        threads: usize,
+    },
+    /// Janus VideoRoom at this WebSocket URL (the baseline).
+    Janus {
+        url: Arc<String>,
+    },
 }
 
 pub struct Options {
@@ -47,6 +57,7 @@ pub struct Runner {
     with_media: u32,
     join_failures: u32,
     run_tag: String,
+    run_num: u32,
 }
 
 fn machine() -> Machine {
@@ -98,6 +109,7 @@ impl Runner {
             with_media: 0,
             join_failures: 0,
             run_tag: format!("lt{:08x}", rand::random::<u32>()),
+            run_num: rand::random::<u32>() & 0x0fff_ffff,
         })
     }
 
@@ -105,6 +117,7 @@ impl Runner {
         match self.opts.target {
             Target::Sfu { .. } => "spreekkamer",
             Target::Relay { .. } => "udp-relay",
+            Target::Janus { .. } => "janus",
         }
     }
 
@@ -136,13 +149,43 @@ impl Runner {
     pub async fn add_consults(&mut self, n: u32, size: u32) -> Result<(), Fatal> {
         let gap = Duration::from_secs_f64(1.0 / self.opts.join_rate.max(0.1));
         let target = self.participants + n * size;
-        let (sig, relay_at) = match &self.opts.target {
-            Target::Sfu { sig } => (Some(sig.clone()), None),
-            Target::Relay { addr, threads } => (None, Some((*addr, *threads))),
+        let (sig, relay_at, janus) = match &self.opts.target {
+            Target::Sfu { sig } => (Some(sig.clone()), None, None),
+            Target::Relay { addr, threads } => (None, Some((*addr, *threads)), None),
+            Target::Janus { url } => (None, None, Some(url.clone())),
         };
         for _ in 0..n {
             let c = self.consults;
             self.consults += 1;
+            if let Some(url) = &janus {
+                // Room ids: this run's tag in the high bits, the consult
+                // index below (Janus room ids are integers < 2^53 in JSON).
+                let room = (u64::from(self.run_num) << 20) | u64::from(c);
+                for _ in 0..size {
+                    let (pub_id, sub_id) = (self.next_id, self.next_id + 1);
+                    self.next_id += 2;
+                    let nm = self.media.len();
+                    let peer = janus::JanusPeer {
+                        url: url.clone(),
+                        room,
+                        room_size: size,
+                        pub_id,
+                        sub_id,
+                        pub_media: self.media[(pub_id as usize) % nm].clone(),
+                        sub_media: self.media[(sub_id as usize) % nm].clone(),
+                        local_ip: self.opts.local_ip,
+                    };
+                    self.tasks.push(tokio::spawn(janus::participant(
+                        peer,
+                        self.stop.subscribe(),
+                        self.joined_tx.clone(),
+                    )));
+                    self.participants += 1;
+                    tokio::time::sleep(gap).await;
+                    self.check_joins()?;
+                }
+                continue;
+            }
             match (&sig, relay_at) {
                 (Some(sig), _) => {
                     let consult = format!("{}-{c}", self.run_tag);

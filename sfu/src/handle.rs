@@ -233,6 +233,12 @@ impl SfuHandle {
         self.inner.counters.snapshot()
     }
 
+    /// Media-quality counters (layer switches, keyframe requests, NACKs,
+    /// paused video) for `/metrics`.
+    pub fn quality_stats(&self) -> crate::metrics::QualityStats {
+        self.inner.counters.quality_snapshot()
+    }
+
     /// The UDP sockets' local addresses, one per worker.
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.inner.udp_addrs.clone()

@@ -10,6 +10,9 @@
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -27,7 +30,9 @@ pub(crate) fn is_keyframe_request(packets: &[Box<dyn rtc::rtcp::Packet>]) -> boo
     })
 }
 
-/// Interceptor that lets PLI/FIR through to the application.
+/// Interceptor that lets PLI/FIR through to the application, NACKs (after
+/// rtc's responder has answered them) so they can be counted, and
+/// receiver/sender reports for their loss figures (`bwe::LossCap`).
 #[derive(Default)]
 pub(crate) struct MarkKeyframeRequests {
     reads: VecDeque<TaggedPacket>,
@@ -43,7 +48,13 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for MarkKeyframeRequests {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet
-            && is_keyframe_request(packets)
+            && (is_keyframe_request(packets)
+                || packets.iter().any(|p| {
+                    let any = p.as_any();
+                    any.is::<TransportLayerNack>()
+                        || any.is::<ReceiverReport>()
+                        || any.is::<SenderReport>()
+                }))
         {
             msg.message.add(Attribute::DeliverToApplication);
         }
@@ -97,7 +108,6 @@ impl KeyframeLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtc::rtcp::receiver_report::ReceiverReport;
 
     #[test]
     fn requests_are_limited_to_one_per_interval() {

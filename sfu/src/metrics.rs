@@ -15,6 +15,14 @@ pub struct MediaCounters {
     pub consults: AtomicU64,
     pub peers: AtomicU64,
     pub tracks: AtomicU64,
+    /// Media quality (see [`QualityStats`]).
+    pub layer_switches_up: AtomicU64,
+    pub layer_switches_down: AtomicU64,
+    pub video_resumes: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+    pub nacks_received: AtomicU64,
+    /// Gauge: video tracks paused for bandwidth.
+    pub paused_tracks: AtomicU64,
 }
 
 /// A point-in-time copy of [`MediaCounters`].
@@ -29,7 +37,64 @@ pub struct MediaStats {
     pub tracks: u64,
 }
 
+/// Media-quality counters, kept apart from [`MediaStats`] so adding them
+/// changed no existing type. [`QualityStats::prometheus_text`] renders
+/// them in the text exposition format for the edge to append to its
+/// `/metrics` output.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QualityStats {
+    pub layer_switches_up: u64,
+    pub layer_switches_down: u64,
+    pub video_resumes: u64,
+    pub keyframe_requests: u64,
+    pub nacks_received: u64,
+    pub paused_tracks: u64,
+}
+
+impl QualityStats {
+    /// Prometheus text format, names prefixed like the edge's own.
+    pub fn prometheus_text(&self) -> String {
+        let switches = "spreekkamer_media_layer_switches_total";
+        let keyframes = "spreekkamer_media_keyframe_requests_total";
+        let nacks = "spreekkamer_media_nacks_received_total";
+        let paused = "spreekkamer_media_video_paused_for_bandwidth";
+        format!(
+            "# HELP {switches} Simulcast layer switches made for subscribers, by direction\n\
+             # TYPE {switches} counter\n\
+             {switches}{{direction=\"up\"}} {}\n\
+             {switches}{{direction=\"down\"}} {}\n\
+             {switches}{{direction=\"resume\"}} {}\n\
+             # HELP {keyframes} Keyframe requests (PLI) sent to publishers\n\
+             # TYPE {keyframes} counter\n\
+             {keyframes} {}\n\
+             # HELP {nacks} NACKs received from subscribers (rtc answers them from its send cache)\n\
+             # TYPE {nacks} counter\n\
+             {nacks} {}\n\
+             # HELP {paused} Subscriber video tracks paused because the bandwidth estimate is below the low layer\n\
+             # TYPE {paused} gauge\n\
+             {paused} {}\n",
+            self.layer_switches_up,
+            self.layer_switches_down,
+            self.video_resumes,
+            self.keyframe_requests,
+            self.nacks_received,
+            self.paused_tracks,
+        )
+    }
+}
+
 impl MediaCounters {
+    pub fn quality_snapshot(&self) -> QualityStats {
+        QualityStats {
+            layer_switches_up: self.layer_switches_up.load(Relaxed),
+            layer_switches_down: self.layer_switches_down.load(Relaxed),
+            video_resumes: self.video_resumes.load(Relaxed),
+            keyframe_requests: self.keyframe_requests.load(Relaxed),
+            nacks_received: self.nacks_received.load(Relaxed),
+            paused_tracks: self.paused_tracks.load(Relaxed),
+        }
+    }
+
     pub fn snapshot(&self) -> MediaStats {
         MediaStats {
             packets_in: self.packets_in.load(Relaxed),
@@ -40,5 +105,22 @@ impl MediaCounters {
             peers: self.peers.load(Relaxed),
             tracks: self.tracks.load(Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quality_counters_render_as_prometheus_text() {
+        let c = MediaCounters::default();
+        c.layer_switches_down.fetch_add(3, Relaxed);
+        c.paused_tracks.fetch_add(1, Relaxed);
+        let text = c.quality_snapshot().prometheus_text();
+        assert!(text.contains("spreekkamer_media_layer_switches_total{direction=\"down\"} 3\n"));
+        assert!(text.contains("spreekkamer_media_layer_switches_total{direction=\"up\"} 0\n"));
+        assert!(text.contains("spreekkamer_media_video_paused_for_bandwidth 1\n"));
+        assert_eq!(text.matches("# TYPE").count(), 4);
     }
 }

@@ -9,11 +9,14 @@
 //! A `Peer` never touches a socket: the worker feeds it datagrams and drains
 //! what it wants to send, the same sans-I/O shape as `rtc` itself.
 
+use crate::bwe::{Allocator, LossCap, ReportingGcc, Want};
 use crate::consult::Kind;
 use crate::keyframe::{KeyframeLimiter, MarkKeyframeRequests, is_keyframe_request};
 use crate::rewrite::{AUDIO_TS_STEP, StreamRewriter, VIDEO_TS_STEP};
-use crate::{MediaEvent, ParticipantId};
-use rtc::interceptor::{Registry, Slot};
+use crate::simulcast::{self, LAYERS, Layer, LayerForwarder, Switched, TOP, Verdict};
+use crate::{MediaEvent, ParticipantId, VideoQuality};
+use bytes::BytesMut;
+use rtc::interceptor::{CongestionControlBuilder, Registry, Slot, TwccSenderBuilder};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
@@ -29,17 +32,22 @@ use rtc::peer_connection::transport::{
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpTransceiverDirection;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RtpCodecKind,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::TaggedBytesMut;
 use std::net::IpAddr;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -52,6 +60,10 @@ pub(crate) const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(30);
 
 const OPUS_PT: u8 = 111;
 const VP8_PT: u8 = 96;
+const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+/// A layer that sent nothing for this long is not being sent (the
+/// publisher's own bandwidth estimate switched it off).
+const LAYER_IDLE: Duration = Duration::from_millis(1500);
 
 /// Where the worker's sockets can be reached, for our ICE candidates.
 #[derive(Debug, Clone, Copy)]
@@ -64,30 +76,79 @@ pub(crate) struct Candidates {
 /// What draining a peer produced for the worker to act on.
 #[derive(Debug)]
 pub(crate) enum PeerOutput {
-    /// Media from this participant, to fan out to the consult.
-    Rtp(Kind, rtp::Packet),
-    /// A subscriber asked for a keyframe of `source`'s `kind` track.
-    KeyframeRequest { source: PeerKey, kind: Kind },
+    /// Media from this participant, to fan out to the consult: its
+    /// simulcast layer (video) and RFC 6464 level (audio, if negotiated).
+    Rtp {
+        kind: Kind,
+        layer: Layer,
+        level: Option<u8>,
+        packet: rtp::Packet,
+    },
+    /// A subscriber asked for a keyframe of `source`'s `kind` track, on
+    /// the layer it gets.
+    KeyframeRequest {
+        source: PeerKey,
+        kind: Kind,
+        layer: Layer,
+    },
     /// This participant's `kind` track started arriving.
     Published(Kind),
+}
+
+/// One simulcast layer (or the only stream) of an incoming track.
+#[derive(Default)]
+struct LayerIn {
+    ssrc: Option<u32>,
+    limiter: KeyframeLimiter,
+    last_seen: Option<Instant>,
+    /// Bytes since the last `tick`, and the rate they made.
+    bytes: u64,
+    rate: u64,
 }
 
 struct Incoming {
     receiver: RTCRtpReceiverId,
     track_id: String,
-    ssrc: u32,
-    limiter: KeyframeLimiter,
+    /// Indexed by layer; a stream without rid is filed as the top layer.
+    layers: [LayerIn; LAYERS],
+}
+
+impl Incoming {
+    fn layer_of(&self, ssrc: u32) -> Option<Layer> {
+        (0..LAYERS)
+            .find(|l| self.layers[*l].ssrc == Some(ssrc))
+            .map(|l| l as Layer)
+    }
+}
+
+/// What a subscriber needs to know about a publisher's video to choose a
+/// layer; the worker builds one per peer once a second.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PublisherView {
+    pub active: u8,
+    pub rates: [u64; LAYERS],
+}
+
+/// Quality counters a peer accumulated, taken by the worker.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct QualityEvents {
+    pub switches_up: u64,
+    pub switches_down: u64,
+    pub resumed: u64,
+    pub nacks: u64,
 }
 
 struct Outgoing {
     source: PeerKey,
+    source_participant: ParticipantId,
     kind: Kind,
     sender: RTCRtpSenderId,
     track_id: String,
     rewriter: StreamRewriter,
-    /// Ask the publisher for a keyframe once this subscriber can receive:
-    /// without one, a new subscriber waits for the next periodic keyframe.
-    wants_keyframe: bool,
+    /// Video only: which layer, and the switch state machine. A new
+    /// subscriber wants a keyframe from the start (else it waits for the
+    /// next periodic one): the forwarder has no current layer yet.
+    layers: LayerForwarder,
 }
 
 /// The peer connection with its next timer deadline cached.
@@ -154,6 +215,30 @@ pub(crate) struct Peer {
     failed: bool,
     first_forwarded: bool,
     last_rx: Instant,
+    /// Offer `a=simulcast:recv` for this participant's camera.
+    simulcast: bool,
+    /// Negotiated id of the audio-level extension on what they send us.
+    audio_level_ext: Option<u8>,
+    /// Their camera arrives as rid-identified simulcast layers.
+    rid_layers: bool,
+    /// Subscriber preferences (`MediaCommand::Preferences`).
+    audio_only: bool,
+    max_quality: Vec<(ParticipantId, VideoQuality)>,
+    /// Send-side bandwidth estimate (bit/s) towards this subscriber.
+    estimate: Arc<AtomicU64>,
+    /// Loss-based ceiling from the subscriber's receiver reports, the
+    /// worst loss reported and the bytes we forwarded since the last tick.
+    loss_cap: LossCap,
+    worst_loss: u8,
+    sent_bytes: u64,
+    sent_rate: u64,
+    allocator: Allocator,
+    /// Reused by `allocate` (no allocation once sized).
+    wants: Vec<Want>,
+    chosen: Vec<Option<Layer>>,
+    /// Video tracks paused for bandwidth at the last allocation.
+    pub paused: usize,
+    quality: QualityEvents,
 }
 
 fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str, pt: u8) -> RTCRtpCodecParameters {
@@ -237,6 +322,7 @@ impl Peer {
         events: UnboundedSender<MediaEvent>,
         candidates: Candidates,
         subscriptions: &[(PeerKey, ParticipantId, Kind)],
+        simulcast: bool,
         now: Instant,
     ) -> Result<Peer, String> {
         let mut media = MediaEngine::default();
@@ -246,10 +332,30 @@ impl Peer {
         media
             .register_codec(vp8(), RtpCodecKind::Video)
             .map_err(|e| e.to_string())?;
+        media
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: AUDIO_LEVEL_URI.into(),
+                },
+                RtpCodecKind::Audio,
+                None,
+            )
+            .map_err(|e| e.to_string())?;
         // Default interceptors: NACK responder (answers subscribers' NACKs
-        // from a per-sender packet cache) and generator, RTCP reports,
-        // TWCC feedback towards publishers. Plus the keyframe marker.
-        let registry = Registry::new().with(Slot::from(14_000), MarkKeyframeRequests::default());
+        // from a per-sender packet cache of what we actually sent, i.e. the
+        // rewritten sequence numbers) and generator, RTCP reports, TWCC
+        // feedback towards publishers (and the mid/rid/transport-cc
+        // extensions). Plus the keyframe marker, and send-side congestion
+        // control towards this subscriber: TWCC sequence numbers on what we
+        // send and GCC on the feedback, but no pacer (see bwe.rs).
+        let (estimator, estimate) = ReportingGcc::new();
+        let registry = Registry::new()
+            .with(Slot::from(14_000), MarkKeyframeRequests::default())
+            .with(
+                Slot::CongestionControl,
+                CongestionControlBuilder::new(estimator).build(),
+            )
+            .with(Slot::TwccSender, TwccSenderBuilder::new().build());
         let registry =
             register_default_interceptors(registry, &mut media).map_err(|e| e.to_string())?;
         // As offerer we write `setup:actpass`; Chromium answers `active`, so
@@ -299,12 +405,32 @@ impl Peer {
             failed: false,
             first_forwarded: false,
             last_rx: now,
+            simulcast,
+            audio_level_ext: None,
+            rid_layers: false,
+            audio_only: false,
+            max_quality: Vec::new(),
+            estimate,
+            loss_cap: LossCap::default(),
+            worst_loss: 0,
+            sent_bytes: 0,
+            sent_rate: 0,
+            allocator: Allocator::default(),
+            wants: Vec::new(),
+            chosen: Vec::new(),
+            paused: 0,
+            quality: QualityEvents::default(),
         };
         for (source, source_participant, kind) in subscriptions {
             peer.add_track(*source, source_participant, *kind)?;
         }
         peer.negotiate();
         Ok(peer)
+    }
+
+    /// An event for this participant from outside (the consult's speaker).
+    pub(crate) fn notify(&self, event: MediaEvent) {
+        self.emit(event);
     }
 
     fn emit(&self, event: MediaEvent) {
@@ -365,13 +491,15 @@ impl Peer {
         } else {
             VIDEO_TS_STEP
         };
+        let desired = self.desired_layer(source_participant);
         self.outgoing.push(Outgoing {
             source,
+            source_participant: source_participant.to_string(),
             kind,
             sender,
             track_id,
             rewriter: StreamRewriter::new(ssrc, codec.payload_type, step),
-            wants_keyframe: kind == Kind::Video,
+            layers: LayerForwarder::new(desired),
         });
         Ok(())
     }
@@ -423,6 +551,18 @@ impl Peer {
                 .set_local_description(Instant::now(), offer)
                 .map(|()| sdp)
         });
+        // rtc cannot put rids on a receive-only transceiver, and insists the
+        // local description is its own offer verbatim; so only the copy the
+        // browser gets asks for simulcast. rtc learns the rids from the
+        // answer (`a=rid:<id> send`) and routes each layer by its
+        // mid/rid header extensions.
+        let offer = offer.map(|sdp| {
+            if self.simulcast {
+                simulcast::offer_simulcast_recv(&sdp)
+            } else {
+                sdp
+            }
+        });
         match offer {
             Ok(sdp) => {
                 if let Some(ufrag) = ufrag_of(&sdp)
@@ -452,6 +592,13 @@ impl Peer {
             });
             return;
         }
+        let level_ext = audio_level_ext_id(&sdp);
+        let sdp = simulcast::drop_echoed_simulcast(&sdp).unwrap_or(sdp);
+        let sdp = if self.rid_layers {
+            simulcast::keep_rid_bindings(&sdp).unwrap_or(sdp)
+        } else {
+            sdp
+        };
         let applied =
             RTCSessionDescription::answer(sdp).and_then(|a| self.pc.set_remote_description(now, a));
         if let Err(e) = applied {
@@ -464,6 +611,10 @@ impl Peer {
             return;
         }
         self.offer_pending = false;
+        if self.audio_level_ext != level_ext {
+            log::debug!("audio level extension id {level_ext:?}");
+        }
+        self.audio_level_ext = level_ext;
         // Payload types are fixed by our offer, but read back what was
         // negotiated rather than assume the browser echoed them.
         for o in &mut self.outgoing {
@@ -547,13 +698,27 @@ impl Peer {
                     else {
                         continue;
                     };
+                    // A stream without rid is the only one: file it as the
+                    // top layer. An rid we did not offer is ignored.
+                    let layer = match init.rid.as_deref() {
+                        Some(rid) if !rid.is_empty() => {
+                            self.rid_layers |= kind == Kind::Video;
+                            simulcast::layer_of_rid(rid)
+                        }
+                        _ => Some(TOP),
+                    };
+                    let Some(layer) = layer else { continue };
                     let first = self.incoming[kind as usize].is_none();
-                    self.incoming[kind as usize] = Some(Incoming {
+                    // Renegotiation re-opens every stream: keep the layers'
+                    // history, take the (possibly new) ids.
+                    let incoming = self.incoming[kind as usize].get_or_insert_with(|| Incoming {
                         receiver: init.receiver_id,
-                        track_id: init.track_id,
-                        ssrc: init.ssrc,
-                        limiter: KeyframeLimiter::default(),
+                        track_id: init.track_id.clone(),
+                        layers: Default::default(),
                     });
+                    incoming.receiver = init.receiver_id;
+                    incoming.track_id = init.track_id;
+                    incoming.layers[layer as usize].ssrc = Some(init.ssrc);
                     if first {
                         out.push(PeerOutput::Published(kind));
                     }
@@ -562,24 +727,70 @@ impl Peer {
             }
         }
         while let Some(msg) = self.pc.poll_read() {
+            let now = msg.now;
             match msg.message {
                 RTCMessage::RtpPacket(track_id, packet) => {
-                    let kind = Kind::BOTH.into_iter().find(|k| {
-                        self.incoming[*k as usize]
-                            .as_ref()
-                            .is_some_and(|i| i.track_id == track_id)
-                    });
-                    if let Some(kind) = kind {
-                        out.push(PeerOutput::Rtp(kind, packet));
+                    for kind in Kind::BOTH {
+                        let Some(incoming) = self.incoming[kind as usize].as_mut() else {
+                            continue;
+                        };
+                        if incoming.track_id != track_id {
+                            continue;
+                        }
+                        let Some(layer) = incoming.layer_of(packet.header.ssrc) else {
+                            break;
+                        };
+                        let l = &mut incoming.layers[layer as usize];
+                        l.last_seen = Some(now);
+                        l.bytes += packet.payload.len() as u64 + 12;
+                        let level = match kind {
+                            Kind::Audio => self
+                                .audio_level_ext
+                                .and_then(|id| packet.header.get_extension(id))
+                                .and_then(|b| b.first().map(|v| v & 0x7f)),
+                            Kind::Video => None,
+                        };
+                        out.push(PeerOutput::Rtp {
+                            kind,
+                            layer,
+                            level,
+                            packet,
+                        });
+                        break;
                     }
                 }
                 RTCMessage::RtcpPacket(track_id, packets) => {
-                    if is_keyframe_request(&packets)
-                        && let Some(o) = self.outgoing.iter().find(|o| o.track_id == track_id)
-                    {
+                    for p in &packets {
+                        let any = p.as_any();
+                        let reports = if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                            &rr.reports[..]
+                        } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+                            &sr.reports[..]
+                        } else {
+                            continue;
+                        };
+                        for r in reports {
+                            // Only about streams we send to this subscriber.
+                            if self.outgoing.iter().any(|o| o.rewriter.ssrc() == r.ssrc) {
+                                self.worst_loss = self.worst_loss.max(r.fraction_lost);
+                            }
+                        }
+                    }
+                    let Some(o) = self.outgoing.iter().find(|o| o.track_id == track_id) else {
+                        continue;
+                    };
+                    self.quality.nacks += packets
+                        .iter()
+                        .filter(|p| p.as_any().is::<TransportLayerNack>())
+                        .count() as u64;
+                    if is_keyframe_request(&packets) {
+                        // The decoder that lost a picture decodes the layer
+                        // it gets now (or is about to get).
+                        let layer = o.layers.current().or(o.layers.target()).unwrap_or(TOP);
                         out.push(PeerOutput::KeyframeRequest {
                             source: o.source,
                             kind: o.kind,
+                            layer,
                         });
                     }
                 }
@@ -599,7 +810,19 @@ impl Peer {
     }
 
     /// Slow housekeeping (about once a second).
-    pub(crate) fn tick(&mut self, now: Instant) {
+    pub(crate) fn tick(&mut self, now: Instant, elapsed: Duration) {
+        let ms = elapsed.as_millis().max(1) as u64;
+        self.sent_rate = std::mem::take(&mut self.sent_bytes) * 8 * 1000 / ms;
+        self.loss_cap.update(
+            std::mem::take(&mut self.worst_loss),
+            self.sent_rate,
+            self.estimate.load(Relaxed),
+        );
+        for incoming in self.incoming.iter_mut().flatten() {
+            for l in &mut incoming.layers {
+                l.rate = std::mem::take(&mut l.bytes) * 8 * 1000 / ms;
+            }
+        }
         if self.failed {
             return;
         }
@@ -612,17 +835,113 @@ impl Peer {
         }
     }
 
-    /// Keyframe-request senders to fire now that this subscriber can take
-    /// media: sources of video tracks it has not had a keyframe request for.
-    pub(crate) fn take_keyframe_wants(&mut self, out: &mut Vec<PeerKey>) {
+    /// Keyframe requests to send upstream: video tracks whose target layer
+    /// is not reached yet (a new subscriber, a switch, a resume). The
+    /// publisher side rate-limits them per layer, so asking on every drive
+    /// until the keyframe arrives is cheap and survives a lost keyframe.
+    pub(crate) fn take_keyframe_wants(&mut self, out: &mut Vec<(PeerKey, Layer)>) {
         if !self.connected || self.offer_pending {
             return;
         }
-        for o in &mut self.outgoing {
-            if std::mem::take(&mut o.wants_keyframe) {
-                out.push(o.source);
+        for o in &self.outgoing {
+            if o.kind == Kind::Video
+                && let Some(layer) = o.layers.wants_keyframe()
+            {
+                out.push((o.source, layer));
             }
         }
+    }
+
+    /// What this participant publishes, for subscribers choosing layers.
+    pub(crate) fn publisher_view(&self, now: Instant) -> PublisherView {
+        let mut view = PublisherView::default();
+        if let Some(incoming) = self.incoming[Kind::Video as usize].as_ref() {
+            for (i, l) in incoming.layers.iter().enumerate() {
+                if l.last_seen
+                    .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE)
+                {
+                    view.active |= 1 << i;
+                }
+                view.rates[i] = l.rate;
+            }
+        }
+        view
+    }
+
+    /// The subscriber's wish for `source_participant`'s video.
+    fn desired_layer(&self, source_participant: &str) -> Option<Layer> {
+        if self.audio_only {
+            return None;
+        }
+        let q = self
+            .max_quality
+            .iter()
+            .find(|(p, _)| p == source_participant)
+            .map_or(VideoQuality::High, |(_, q)| *q);
+        Some(simulcast::layer_of_quality(q))
+    }
+
+    /// New preferences from the edge (bounded by the caller).
+    pub(crate) fn set_preferences(
+        &mut self,
+        audio_only: bool,
+        max_quality: Vec<(ParticipantId, VideoQuality)>,
+    ) {
+        self.audio_only = audio_only;
+        self.max_quality = max_quality;
+    }
+
+    /// Choose every video track's layer from the preferences, the
+    /// bandwidth estimate and what each publisher sends (`views` is indexed
+    /// by peer key). Returns whether a layer went down for bandwidth.
+    pub(crate) fn allocate(&mut self, views: &[PublisherView], now: Instant) -> bool {
+        self.wants.clear();
+        let mut audio = 0;
+        for o in &self.outgoing {
+            if o.kind == Kind::Audio {
+                audio += 1;
+                continue;
+            }
+            let view = views.get(o.source).copied().unwrap_or_default();
+            self.wants.push(Want {
+                desired: self.desired_layer(&o.source_participant),
+                active: view.active,
+                rates: view.rates,
+                current: o.layers.target(),
+            });
+        }
+        self.chosen.clear();
+        self.chosen.resize(self.wants.len(), None);
+        let estimate = self.estimate.load(Relaxed);
+        let estimate = self.loss_cap.cap().map_or(estimate, |c| c.min(estimate));
+        let outcome = self
+            .allocator
+            .allocate(estimate, audio, &self.wants, &mut self.chosen, now);
+        self.paused = outcome.paused;
+        let mut i = 0;
+        let mut changed = false;
+        for o in &mut self.outgoing {
+            if o.kind == Kind::Video {
+                if let Some(layer) = self.chosen.get(i) {
+                    changed |= o.layers.target() != *layer;
+                    o.layers.set_target(*layer);
+                }
+                i += 1;
+            }
+        }
+        if changed {
+            // Once per change, not per packet: what the estimate chose.
+            log::debug!(
+                "video layers now {:?} at an estimate of {} kbit/s",
+                self.chosen,
+                estimate / 1000
+            );
+        }
+        outcome.downgraded
+    }
+
+    pub(crate) fn take_quality(&mut self) -> QualityEvents {
+        std::mem::take(&mut self.quality)
     }
 
     /// Forward one of `source`'s packets to this participant. Returns the
@@ -636,6 +955,7 @@ impl Peer {
         &mut self,
         source: PeerKey,
         kind: Kind,
+        layer: Layer,
         packet: &rtp::Packet,
         now: Instant,
     ) -> usize {
@@ -653,7 +973,40 @@ impl Peer {
             header: packet.header.clone(),
             payload: packet.payload.clone(),
         };
-        o.rewriter.rewrite(&mut p.header);
+        match kind {
+            Kind::Audio => o.rewriter.rewrite(&mut p.header),
+            Kind::Video => {
+                let vp8 = simulcast::parse_vp8(&packet.payload);
+                let h = &packet.header;
+                let verdict = o.layers.on_packet(
+                    layer,
+                    h.ssrc,
+                    h.sequence_number,
+                    h.timestamp,
+                    vp8.as_ref(),
+                    now,
+                );
+                match o.layers.take_switched() {
+                    Some(Switched::Up) => self.quality.switches_up += 1,
+                    Some(Switched::Down) => self.quality.switches_down += 1,
+                    Some(Switched::Resumed) => self.quality.resumed += 1,
+                    None => {}
+                }
+                let Verdict::Forward(rewrite) = verdict else {
+                    return 0;
+                };
+                o.rewriter
+                    .rewrite_to(&mut p.header, rewrite.seq, rewrite.ts);
+                if rewrite.picture_id.is_some() || rewrite.tl0.is_some() {
+                    // Only after a layer switch: one copy to renumber the
+                    // VP8 descriptor (the payload is shared with the other
+                    // subscribers). The unswitched path forwards it as is.
+                    let mut payload = BytesMut::from(&packet.payload[..]);
+                    simulcast::patch_vp8(&mut payload, &rewrite);
+                    p.payload = payload.freeze();
+                }
+            }
+        }
         let len = p.payload.len() + 12;
         let Some(mut sender) = self.pc.rtp_sender(o.sender) else {
             return 0;
@@ -661,6 +1014,7 @@ impl Peer {
         if sender.write_rtp(now, p).is_err() {
             return 0;
         }
+        self.sent_bytes += len as u64;
         if !self.first_forwarded {
             self.first_forwarded = true;
             self.emit(MediaEvent::FirstMediaForwarded);
@@ -668,24 +1022,40 @@ impl Peer {
         len
     }
 
-    /// Ask this participant's browser for a keyframe on its `kind` track
-    /// (rate-limited per track).
-    pub(crate) fn request_keyframe(&mut self, kind: Kind, now: Instant) {
+    /// Ask this participant's browser for a keyframe on one layer of its
+    /// `kind` track (rate-limited per layer). A layer it does not send
+    /// falls back to one it does. Returns whether a request went out.
+    pub(crate) fn request_keyframe(&mut self, kind: Kind, layer: Layer, now: Instant) -> bool {
         let Some(incoming) = self.incoming[kind as usize].as_mut() else {
-            return;
+            return false;
         };
-        if !incoming.limiter.allow(now) {
-            return;
+        let layer = if incoming.layers[layer as usize].ssrc.is_some() {
+            layer as usize
+        } else {
+            match (0..LAYERS)
+                .rev()
+                .find(|l| incoming.layers[*l].ssrc.is_some())
+            {
+                Some(l) => l,
+                None => return false,
+            }
+        };
+        let l = &mut incoming.layers[layer];
+        let Some(ssrc) = l.ssrc else { return false };
+        if !l.limiter.allow(now) {
+            return false;
         }
         let pli = PictureLossIndication {
             sender_ssrc: 0,
-            media_ssrc: incoming.ssrc,
+            media_ssrc: ssrc,
         };
         if let Some(mut receiver) = self.pc.rtp_receiver(incoming.receiver)
             && let Err(e) = receiver.write_rtcp(now, vec![Box::new(pli)])
         {
             log::debug!("keyframe request failed: {e}");
+            return false;
         }
+        true
     }
 
     pub(crate) fn published(&self) -> usize {
@@ -700,9 +1070,36 @@ impl Peer {
     }
 }
 
+/// The id the answer gave the RFC 6464 audio-level extension (ids are
+/// shared across a BUNDLE group, so the first mention decides).
+fn audio_level_ext_id(sdp: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let rest = l.strip_prefix("a=extmap:")?;
+        let (id, uri) = rest.split_once(' ')?;
+        if uri.trim() != AUDIO_LEVEL_URI {
+            return None;
+        }
+        // `a=extmap:<id>[/<direction>] <uri>`
+        id.split('/').next()?.parse().ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audio_level_extension_id_is_read_from_the_answer() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+                   a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+                   a=extmap:1/sendonly urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n";
+        assert_eq!(audio_level_ext_id(sdp), Some(1));
+        assert_eq!(
+            audio_level_ext_id("v=0\r\na=extmap:x urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n"),
+            None
+        );
+        assert_eq!(audio_level_ext_id("v=0\r\n"), None);
+    }
 
     #[test]
     fn cached_deadline_is_refreshed_after_any_mutable_access() {

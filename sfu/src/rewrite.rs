@@ -7,7 +7,10 @@
 //! (a publisher that renegotiates or restarts its encoder), so the
 //! subscriber's jitter buffer never sees a jump. Header extensions are
 //! stripped: their ids and meaning (transport-wide sequence numbers!) belong
-//! to the publisher's leg, and the SFU negotiates none of its own for sending.
+//! to the publisher's leg; what the SFU sends gets its own (transport-wide
+//! sequence numbers) from rtc's interceptors after this. Video numbering
+//! across simulcast layer switches is decided in `simulcast.rs`; this file
+//! then only stamps the outgoing identity.
 
 use rtc::rtp::header::Header;
 
@@ -47,6 +50,11 @@ impl StreamRewriter {
             ts_step,
             source: None,
         }
+    }
+
+    /// The SSRC this stream goes out with.
+    pub(crate) fn ssrc(&self) -> u32 {
+        self.ssrc
     }
 
     /// The payload type is known only after the subscriber's answer.
@@ -91,7 +99,12 @@ impl StreamRewriter {
             updated.last_ts = ts;
         }
         self.source = Some(updated);
+        self.rewrite_to(header, seq, ts);
+    }
 
+    /// Put this stream's identity and the given numbers on `header` (the
+    /// numbering decided elsewhere, e.g. by a simulcast layer switch).
+    pub(crate) fn rewrite_to(&self, header: &mut Header, seq: u16, ts: u32) {
         header.ssrc = self.ssrc;
         header.payload_type = self.payload_type;
         header.sequence_number = seq;

@@ -12,7 +12,9 @@
 use crate::consult::{Consult, Kind};
 use crate::demux;
 use crate::metrics::MediaCounters;
-use crate::peer::{Candidates, Peer, PeerKey, PeerOutput};
+use crate::peer::{Candidates, Peer, PeerKey, PeerOutput, PublisherView};
+use crate::simulcast::Layer;
+use crate::speaker::SpeakerDetector;
 use crate::tcp::{self, Frame, FrameReader};
 use crate::{ConsultId, MediaCommand, MediaEvent};
 use bytes::BytesMut;
@@ -37,6 +39,9 @@ const TICK: Duration = Duration::from_secs(1);
 const MAX_ADDRS: usize = 16 * 1024;
 /// ICE-TCP connections per worker.
 const MAX_TCP: usize = 4096;
+/// Per-publisher quality preferences one subscriber may state (a consult
+/// is small; anything beyond is ignored).
+const MAX_PREFERENCES: usize = 32;
 /// Datagrams read per loop turn before timers and commands get a turn:
 /// under overload the socket never runs dry, and an unbounded read loop
 /// would starve DTLS retransmits, RTCP reports and joins.
@@ -152,6 +157,7 @@ fn flush_tcp(conn: &mut TcpConn) -> bool {
 struct ConsultSlot {
     id: ConsultId,
     consult: Consult<PeerKey>,
+    speaker: SpeakerDetector<PeerKey>,
 }
 
 pub(crate) struct Worker {
@@ -171,8 +177,12 @@ pub(crate) struct Worker {
     by_addr: HashMap<SocketAddr, PeerKey>,
     /// Reused buffers: the hot path allocates none of its own.
     outputs: Vec<PeerOutput>,
-    keyframe_wants: Vec<PeerKey>,
+    keyframe_wants: Vec<(PeerKey, Layer)>,
+    /// Per peer key, refreshed once a second for layer allocation.
+    views: Vec<PublisherView>,
     buf: Vec<u8>,
+    /// Paused tracks this worker last added to the shared gauge.
+    paused_reported: u64,
     /// The last `read_udp` stopped on its budget, not on `WouldBlock`: mio
     /// is edge-triggered, so no new event will come for what is queued.
     udp_more: bool,
@@ -210,8 +220,10 @@ impl Worker {
             by_addr: HashMap::new(),
             outputs: Vec::with_capacity(64),
             keyframe_wants: Vec::with_capacity(16),
+            views: Vec::new(),
             buf: vec![0; 2048],
             udp_more: false,
+            paused_reported: 0,
         }
     }
 
@@ -250,12 +262,15 @@ impl Worker {
             let now = Instant::now();
             self.fire_timers(now);
             if now >= next_tick {
+                let elapsed = TICK + now.saturating_duration_since(next_tick);
                 next_tick = now + TICK;
                 for key in 0..self.peers.len() {
                     if let Some(p) = self.peers[key].as_mut() {
-                        p.tick(now);
+                        p.tick(now, elapsed);
                     }
                 }
+                self.allocate_layers(now);
+                self.evaluate_speakers(now);
             }
             self.publish_counters();
         }
@@ -490,14 +505,27 @@ impl Worker {
             if self.outputs.is_empty() && self.keyframe_wants.is_empty() && !again {
                 return;
             }
-            again |= !self.keyframe_wants.is_empty();
             let mut outputs = std::mem::take(&mut self.outputs);
             for output in outputs.drain(..) {
                 match output {
-                    PeerOutput::Rtp(kind, packet) => self.fan_out(key, consult, kind, &packet, now),
-                    PeerOutput::KeyframeRequest { source, kind } => {
+                    PeerOutput::Rtp {
+                        kind,
+                        layer,
+                        level,
+                        packet,
+                    } => {
+                        if let Some(level) = level {
+                            self.audio_level(key, consult, level, now);
+                        }
+                        self.fan_out(key, consult, kind, layer, &packet, now)
+                    }
+                    PeerOutput::KeyframeRequest {
+                        source,
+                        kind,
+                        layer,
+                    } => {
                         again = true;
-                        self.keyframe(source, kind, now)
+                        self.keyframe(source, kind, layer, now);
                     }
                     PeerOutput::Published(kind) => {
                         again = true;
@@ -506,8 +534,10 @@ impl Worker {
                 }
             }
             self.outputs = outputs;
-            while let Some(source) = self.keyframe_wants.pop() {
-                self.keyframe(source, Kind::Video, now);
+            // Rate-limited per publisher layer; a request that went out may
+            // have released something to flush, so only then drive again.
+            while let Some((source, layer)) = self.keyframe_wants.pop() {
+                again |= self.keyframe(source, Kind::Video, layer, now);
             }
             if !again {
                 return;
@@ -521,6 +551,7 @@ impl Worker {
         source: PeerKey,
         consult: usize,
         kind: Kind,
+        layer: Layer,
         packet: &rtc::rtp::Packet,
         now: Instant,
     ) {
@@ -532,18 +563,107 @@ impl Worker {
                 continue;
             }
             if let Some(peer) = self.peers.get_mut(sub).and_then(|p| p.as_mut())
-                && peer.forward(source, kind, packet, now) > 0
+                && peer.forward(source, kind, layer, packet, now) > 0
             {
                 self.net.flush_peer(peer);
             }
         }
     }
 
-    fn keyframe(&mut self, source: PeerKey, kind: Kind, now: Instant) {
+    /// Returns whether a request went out (not rate-limited).
+    fn keyframe(&mut self, source: PeerKey, kind: Kind, layer: Layer, now: Instant) -> bool {
+        let mut sent = false;
         if let Some(peer) = self.peers.get_mut(source).and_then(|p| p.as_mut()) {
-            peer.request_keyframe(kind, now);
-            self.net.flush_peer(peer);
+            sent = peer.request_keyframe(kind, layer, now);
+            if sent {
+                self.counters.keyframe_requests.fetch_add(1, Relaxed);
+                self.net.flush_peer(peer);
+            }
         }
+        sent
+    }
+
+    /// One audio packet's RFC 6464 level: feed the consult's detector.
+    fn audio_level(&mut self, key: PeerKey, consult: usize, level: u8, now: Instant) {
+        let Some(slot) = self.consults.get_mut(consult).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if let Some(change) = slot.speaker.on_level(key, level, now) {
+            self.announce_speaker(consult, change);
+        }
+    }
+
+    fn evaluate_speakers(&mut self, now: Instant) {
+        for c in 0..self.consults.len() {
+            let change = self
+                .consults
+                .get_mut(c)
+                .and_then(|s| s.as_mut())
+                .and_then(|s| s.speaker.evaluate(now));
+            if let Some(change) = change {
+                self.announce_speaker(c, change);
+            }
+        }
+    }
+
+    /// Tell every member of `consult` who speaks now.
+    fn announce_speaker(&mut self, consult: usize, speaker: Option<PeerKey>) {
+        let Some(slot) = self.consults.get(consult).and_then(|c| c.as_ref()) else {
+            return;
+        };
+        let participant = speaker
+            .and_then(|k| self.peers.get(k))
+            .and_then(|p| p.as_ref())
+            .map(|p| p.participant.clone());
+        log::debug!(
+            "media worker {}: active speaker {}",
+            self.index,
+            if participant.is_some() {
+                "changed"
+            } else {
+                "none"
+            }
+        );
+        for &member in slot.consult.members() {
+            if let Some(p) = self.peers.get(member).and_then(|p| p.as_ref()) {
+                p.notify(MediaEvent::ActiveSpeaker {
+                    participant: participant.clone(),
+                });
+            }
+        }
+    }
+
+    /// Once a second: every subscriber's layers from its bandwidth
+    /// estimate, its preferences and what the publishers send.
+    fn allocate_layers(&mut self, now: Instant) {
+        let mut views = std::mem::take(&mut self.views);
+        views.clear();
+        views.extend(self.peers.iter().map(|p| {
+            p.as_ref()
+                .map(|p| p.publisher_view(now))
+                .unwrap_or_default()
+        }));
+        let (mut up, mut down, mut resumed, mut nacks, mut paused) = (0, 0, 0, 0, 0);
+        for p in self.peers.iter_mut().flatten() {
+            p.allocate(&views, now);
+            let q = p.take_quality();
+            up += q.switches_up;
+            down += q.switches_down;
+            resumed += q.resumed;
+            nacks += q.nacks;
+            paused += p.paused as u64;
+        }
+        self.views = views;
+        let c = &self.counters;
+        c.layer_switches_up.fetch_add(up, Relaxed);
+        c.layer_switches_down.fetch_add(down, Relaxed);
+        c.video_resumes.fetch_add(resumed, Relaxed);
+        c.nacks_received.fetch_add(nacks, Relaxed);
+        c.paused_tracks.fetch_add(paused, Relaxed);
+        c.paused_tracks.fetch_sub(
+            std::mem::replace(&mut self.paused_reported, paused),
+            Relaxed,
+        );
     }
 
     /// A participant's track started: every other member subscribes and
@@ -647,8 +767,29 @@ impl Worker {
                     self.remove_peer(key);
                 }
             }
-            // Not acted on yet: simulcast layer choice is being built.
-            MediaCommand::Preferences { .. } => {}
+            MediaCommand::Preferences {
+                consult,
+                participant,
+                audio_only,
+                mut max_quality,
+            } => {
+                if let Some(key) = self.find(&consult, &participant) {
+                    max_quality.truncate(MAX_PREFERENCES);
+                    let mut views = std::mem::take(&mut self.views);
+                    views.clear();
+                    views.extend(self.peers.iter().map(|p| {
+                        p.as_ref()
+                            .map(|p| p.publisher_view(now))
+                            .unwrap_or_default()
+                    }));
+                    if let Some(p) = self.peers[key].as_mut() {
+                        p.set_preferences(audio_only, max_quality);
+                        p.allocate(&views, now);
+                    }
+                    self.views = views;
+                    self.drive(key, now);
+                }
+            }
         }
     }
 
@@ -670,6 +811,7 @@ impl Worker {
                 let slot = ConsultSlot {
                     id: consult.clone(),
                     consult: Consult::default(),
+                    speaker: SpeakerDetector::default(),
                 };
                 let c = match self.consults.iter().position(|c| c.is_none()) {
                     Some(i) => {
@@ -708,9 +850,19 @@ impl Worker {
             events.clone(),
             self.candidates,
             &subscriptions,
+            true,
             now,
         ) {
             Ok(peer) => {
+                // Speaker changes are announced as they happen; a newcomer
+                // learns the one in progress now.
+                if let Some(speaker) = slot.speaker.current()
+                    && let Some(name) = self.peers.get(speaker).and_then(|p| p.as_ref())
+                {
+                    peer.notify(MediaEvent::ActiveSpeaker {
+                        participant: Some(name.participant.clone()),
+                    });
+                }
                 self.peers[key] = Some(peer);
                 self.counters.peers.fetch_add(1, Relaxed);
                 self.register_ufrags(key);
@@ -779,7 +931,12 @@ impl Worker {
         let Some(slot) = self.consults.get_mut(c).and_then(|s| s.as_mut()) else {
             return;
         };
-        for sub in slot.consult.leave(key) {
+        let speaker_change = slot.speaker.remove(key, Instant::now());
+        let leavers = slot.consult.leave(key);
+        if let Some(change) = speaker_change {
+            self.announce_speaker(c, change);
+        }
+        for sub in leavers {
             if let Some(p) = self.peers.get_mut(sub).and_then(|p| p.as_mut()) {
                 p.unsubscribe(key);
                 self.net.flush_peer(p);

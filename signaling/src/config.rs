@@ -179,7 +179,8 @@ pub struct LinkArgs {
     #[arg(long, env = "SPREEKKAMER_JWT_AUDIENCE", default_value = "spreekkamer", value_parser = parse_nonempty)]
     pub audience: String,
     /// E2EE link secret to append as `&k=` (base64url, at least 16 bytes).
-    #[arg(long, value_parser = parse_link_secret, conflicts_with = "with_link_secret")]
+    /// base64url may start with `-`, so such values are accepted as values.
+    #[arg(long, value_parser = parse_link_secret, conflicts_with = "with_link_secret", allow_hyphen_values = true)]
     pub link_secret: Option<String>,
     /// Generate a fresh E2EE link secret and append it as `&k=`.
     #[arg(long)]
@@ -530,6 +531,32 @@ mod tests {
             &crate::token::random_secret(),
         ]);
         assert!(both.is_err());
+    }
+
+    #[test]
+    fn link_secret_may_start_with_a_hyphen() {
+        // base64url uses `-`; one secret in 64 starts with it.
+        let secret = "-".to_string() + &"A".repeat(23);
+        let cli = parse(&[
+            "link",
+            "--base-url",
+            "http://h:1",
+            "--jwt-secret",
+            &"s".repeat(32),
+            "--consult",
+            "c",
+            "--role",
+            "guest",
+            "--name",
+            "J",
+            "--link-secret",
+            &secret,
+        ])
+        .expect("a hyphen-leading secret is a value, not a flag");
+        let Some(Command::Link(l)) = cli.command else {
+            panic!("link subcommand expected");
+        };
+        assert_eq!(l.link_secret.as_deref(), Some(secret.as_str()));
     }
 
     #[test]

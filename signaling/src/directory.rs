@@ -13,10 +13,11 @@ use crate::consult::{Admission, Arrival, Consult, ConsultPolicy, Effect, Partici
 use crate::metrics::Metrics;
 use crate::protocol::{
     ByeReason, E2eeState, ErrorCode, JoinState, LeftReason, Limits, RelayKind, Role, ServerMessage,
+    VideoQuality,
 };
 use crate::token::Claims;
 use sfu::{MediaCommand, MediaEvent, SfuHandle};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
@@ -428,6 +429,69 @@ impl Directory {
         }
         self.sfu.send(make(seat.consult.clone(), id.to_string()));
         Ok(())
+    }
+
+    /// What an admitted participant wants to receive (`video-prefs`). More
+    /// entries than a consult can have participants is a `bad_message`;
+    /// entries naming anyone but another admitted participant of the same
+    /// consult are dropped, so the media plane only hears of its own
+    /// publishers.
+    pub fn video_prefs(
+        &self,
+        id: &str,
+        audio_only: bool,
+        quality: BTreeMap<String, VideoQuality>,
+    ) -> Result<(), ErrorCode> {
+        if quality.len() > self.limits.max_participants {
+            return Err(ErrorCode::BadMessage);
+        }
+        let guard = self.lock();
+        let seat = guard.seats.get(id).ok_or(ErrorCode::NotJoined)?;
+        let consult = guard
+            .consults
+            .get(&seat.consult)
+            .filter(|c| c.is_admitted(id))
+            .ok_or(ErrorCode::Forbidden)?;
+        let max_quality = quality
+            .into_iter()
+            .filter(|(publisher, _)| publisher != id && consult.is_admitted(publisher))
+            .map(|(publisher, q)| (publisher, q.into()))
+            .collect();
+        self.sfu.send(MediaCommand::Preferences {
+            consult: seat.consult.clone(),
+            participant: id.to_string(),
+            audio_only,
+            max_quality,
+        });
+        Ok(())
+    }
+
+    /// The `speaker` message for participant `id`, from the media plane's
+    /// active-speaker event. `None` when `id` is not (or no longer) admitted:
+    /// someone in the waiting room learns nothing about the call. A speaker
+    /// who is not an admitted member of the same consult (they just left) is
+    /// reported as nobody.
+    pub fn speaker(&self, id: &str, speaker: Option<ParticipantId>) -> Option<ServerMessage> {
+        let guard = self.lock();
+        let seat = guard.seats.get(id)?;
+        let consult = guard
+            .consults
+            .get(&seat.consult)
+            .filter(|c| c.is_admitted(id))?;
+        let participant = speaker.filter(|s| consult.is_admitted(s));
+        Some(ServerMessage::Speaker { participant })
+    }
+
+    /// Hand participant `id` an event as if the media plane sent it (the
+    /// channel the media plane got with `MediaCommand::Join`). For a link to
+    /// a remote media node, and for tests that stand in for the media plane.
+    /// False when `id` is not connected.
+    pub fn deliver_media_event(&self, id: &str, event: MediaEvent) -> bool {
+        let guard = self.lock();
+        guard
+            .seats
+            .get(id)
+            .is_some_and(|seat| seat.media.send(event).is_ok())
     }
 
     /// Forget consults that have been empty longer than the grace period.

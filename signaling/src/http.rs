@@ -138,7 +138,8 @@ pub fn routes(
         .and(warp::path::end())
         .and(with_ctx.clone())
         .map(|ctx: Arc<Context>| {
-            let body = ctx.metrics.render(ctx.sfu.stats());
+            let mut body = ctx.metrics.render(ctx.sfu.stats());
+            body.push_str(&ctx.sfu.quality_stats().prometheus_text());
             Response::builder()
                 .header(
                     header::CONTENT_TYPE,

@@ -6,6 +6,7 @@
 //! serde's default; unknown `type`s fail to parse and become `bad_message`.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The protocol version this server speaks (`join.v`, `welcome.v`).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -90,6 +91,27 @@ impl E2eeState {
     }
 }
 
+/// The most of a publisher's video a subscriber asks for (`video-prefs`).
+/// The names are the wire strings; the media plane may still send less when
+/// the network cannot carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoQuality {
+    Low,
+    Medium,
+    High,
+}
+
+impl From<VideoQuality> for sfu::VideoQuality {
+    fn from(q: VideoQuality) -> sfu::VideoQuality {
+        match q {
+            VideoQuality::Low => sfu::VideoQuality::Low,
+            VideoQuality::Medium => sfu::VideoQuality::Medium,
+            VideoQuality::High => sfu::VideoQuality::High,
+        }
+    }
+}
+
 /// Client → server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -123,6 +145,16 @@ pub enum ClientMessage {
         state: E2eeState,
         #[serde(default)]
         verified: Vec<String>,
+    },
+    /// What this participant wants to receive. Replaces the previous
+    /// preferences as a whole; publishers not named get `high`.
+    VideoPrefs {
+        #[serde(rename = "audioOnly")]
+        audio_only: bool,
+        /// Per publisher (participant id). A `BTreeMap` so a repeated key
+        /// cannot make two entries; the count is bounded by the session.
+        #[serde(default)]
+        quality: BTreeMap<String, VideoQuality>,
     },
     Leave,
     Ping,
@@ -171,6 +203,7 @@ impl ClientMessage {
             ClientMessage::Mute { .. } => "mute",
             ClientMessage::Relay { .. } => "relay",
             ClientMessage::E2ee { .. } => "e2ee",
+            ClientMessage::VideoPrefs { .. } => "video-prefs",
             ClientMessage::Leave => "leave",
             ClientMessage::Ping => "ping",
             ClientMessage::Admit { .. } => "admit",
@@ -296,6 +329,11 @@ pub enum ServerMessage {
     },
     MediaFailed {
         reason: String,
+    },
+    /// The participant who is speaking now, or `None` (JSON `null`) when
+    /// nobody has spoken for a while. Admitted participants only.
+    Speaker {
+        participant: Option<String>,
     },
     Pong,
     Error {
@@ -562,6 +600,10 @@ mod tests {
                 state: E2eeState::On,
                 verified: vec!["x".into()],
             },
+            ClientMessage::VideoPrefs {
+                audio_only: true,
+                quality: BTreeMap::from([("p1".to_string(), VideoQuality::Medium)]),
+            },
             ClientMessage::Leave,
             ClientMessage::Ping,
             ClientMessage::Admit { id: "a".into() },
@@ -611,6 +653,57 @@ mod tests {
             parse(json!({"type":"revoke-invite","jti":"x"})),
             ClientMessage::RevokeInvite { jti: "x".into() }
         );
+    }
+
+    #[test]
+    fn video_prefs_use_the_documented_shape_and_refuse_bad_values() {
+        assert_eq!(
+            parse(
+                json!({"type":"video-prefs","audioOnly":false,"quality":{"a":"low","b":"medium","c":"high"}})
+            ),
+            ClientMessage::VideoPrefs {
+                audio_only: false,
+                quality: BTreeMap::from([
+                    ("a".to_string(), VideoQuality::Low),
+                    ("b".to_string(), VideoQuality::Medium),
+                    ("c".to_string(), VideoQuality::High),
+                ]),
+            }
+        );
+        assert_eq!(
+            parse(json!({"type":"video-prefs","audioOnly":true})),
+            ClientMessage::VideoPrefs {
+                audio_only: true,
+                quality: BTreeMap::new()
+            }
+        );
+        for bad in [
+            json!({"type":"video-prefs"}),
+            json!({"type":"video-prefs","audioOnly":"yes"}),
+            json!({"type":"video-prefs","audioOnly":false,"quality":{"a":"ultra"}}),
+            json!({"type":"video-prefs","audioOnly":false,"quality":{"a":2}}),
+            json!({"type":"video-prefs","audioOnly":false,"quality":["a","low"]}),
+        ] {
+            assert!(
+                serde_json::from_value::<ClientMessage>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn speaker_names_a_participant_or_null() {
+        let v: serde_json::Value = serde_json::from_str(
+            &ServerMessage::Speaker {
+                participant: Some("ab".into()),
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(v, json!({"type":"speaker","participant":"ab"}));
+        let v: serde_json::Value =
+            serde_json::from_str(&ServerMessage::Speaker { participant: None }.to_json()).unwrap();
+        assert_eq!(v, json!({"type":"speaker","participant":null}));
     }
 
     #[test]
@@ -678,6 +771,10 @@ mod tests {
             ServerMessage::MediaFailed {
                 reason: "ice".into(),
             },
+            ServerMessage::Speaker {
+                participant: Some("x".into()),
+            },
+            ServerMessage::Speaker { participant: None },
             ServerMessage::Pong,
             ServerMessage::error(ErrorCode::TokenExpired),
             ServerMessage::Bye {

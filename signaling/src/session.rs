@@ -296,8 +296,15 @@ impl Connection {
                 }
                 Ok(())
             }
-            // Not relayed yet: the `speaker` message is being built.
-            MediaEvent::ActiveSpeaker { .. } => Ok(()),
+            // Checked against the roster at delivery: the media plane only
+            // knows admitted participants, but the edge is the one that
+            // promises a waiting participant hears nothing of the call.
+            MediaEvent::ActiveSpeaker { participant } => {
+                match self.ctx.directory.speaker(id, participant) {
+                    Some(message) => self.send(&message).await,
+                    None => Ok(()),
+                }
+            }
             MediaEvent::Failed { reason } => {
                 log::info!("participant {id}: media failed");
                 self.send(&ServerMessage::MediaFailed { reason }).await
@@ -355,6 +362,10 @@ impl Connection {
                 }
             }
             ClientMessage::E2ee { state, verified } => dir.e2ee(id, state, verified),
+            ClientMessage::VideoPrefs {
+                audio_only,
+                quality,
+            } => dir.video_prefs(id, audio_only, quality),
             ClientMessage::Leave => {
                 self.send(&ServerMessage::Bye {
                     reason: ByeReason::Left,

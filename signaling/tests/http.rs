@@ -61,6 +61,10 @@ async fn metrics_expose_consults_participants_media_and_latency() {
         "spreekkamer_join_to_media_seconds_bucket",
         "spreekkamer_ws_messages_total{type=\"join\"} 2",
         "spreekkamer_ws_messages_total{type=\"ping\"} 1",
+        "spreekkamer_media_layer_switches_total{direction=\"up\"} 0",
+        "spreekkamer_media_keyframe_requests_total ",
+        "spreekkamer_media_nacks_received_total ",
+        "spreekkamer_media_video_paused_for_bandwidth ",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }

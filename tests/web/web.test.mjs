@@ -128,3 +128,81 @@ test('the link is kept in sessionStorage only, never localStorage or cookies', (
   assert.match(app, /sessionStorage\.setItem/);
   assert.doesNotMatch(app, /\blocalStorage\s*[.[]|document\.cookie/);
 });
+
+const { qualityForHeight, prefsKey, LOW_BELOW_PX, MEDIUM_BELOW_PX } = await import(WEB + 'prefs.js');
+const { simulcastEncodings, SIMULCAST_LAYERS } = await import(WEB + 'call.js');
+
+test('a tile asks for the layer its height on screen can show', () => {
+  assert.equal(qualityForHeight(120), 'low');
+  assert.equal(qualityForHeight(LOW_BELOW_PX - 1), 'low');
+  assert.equal(qualityForHeight(LOW_BELOW_PX), 'medium');
+  assert.equal(qualityForHeight(MEDIUM_BELOW_PX - 1), 'medium');
+  assert.equal(qualityForHeight(MEDIUM_BELOW_PX), 'high');
+  assert.equal(qualityForHeight(900, true), 'low', 'a hidden tile needs nothing better than low');
+  assert.equal(qualityForHeight(NaN), 'low');
+});
+
+test('preferences compare equal regardless of key order, and audio-only counts', () => {
+  assert.equal(prefsKey(false, { a: 'low', b: 'high' }), prefsKey(false, { b: 'high', a: 'low' }));
+  assert.notEqual(prefsKey(false, { a: 'low' }), prefsKey(true, { a: 'low' }));
+  assert.notEqual(prefsKey(false, { a: 'low' }), prefsKey(false, { a: 'medium' }));
+});
+
+test('three simulcast layers get their size and bitrate by rid', () => {
+  const out = simulcastEncodings([{ rid: 'h', active: true }, { rid: 'm', active: true }, { rid: 'l', active: true }]);
+  assert.deepEqual(out.map((e) => [e.rid, e.scaleResolutionDownBy, e.maxBitrate, e.active]), [
+    ['h', 1, 1_200_000, true],
+    ['m', 2, 500_000, true],
+    ['l', 4, 150_000, true],
+  ]);
+  assert.equal(simulcastEncodings(out), null, 'already set: nothing to change');
+  assert.ok(SIMULCAST_LAYERS.l.maxBitrate < SIMULCAST_LAYERS.m.maxBitrate);
+});
+
+test('a sender without three known layers is left alone', () => {
+  assert.equal(simulcastEncodings([{}]), null);
+  assert.equal(simulcastEncodings([{ rid: 'h' }, { rid: 'm' }]), null);
+  assert.equal(simulcastEncodings([{ rid: 'a' }, { rid: 'b' }, { rid: 'c' }]), null);
+  assert.equal(simulcastEncodings(undefined), null);
+});
+
+test('the call controls have an audio-only toggle and tiles a speaking label', () => {
+  const html = fs.readFileSync(WEB + 'index.html', 'utf8');
+  assert.match(html, /<button id="audio-only" type="button"[^>]*aria-pressed="false"[^>]*data-i18n="control.audioOnly"/);
+  assert.match(html, /id="audio-only-note"[^>]*hidden/);
+  assert.match(html, /class="tile-speaking" hidden/);
+  for (const lang of ['nl', 'en']) {
+    assert.ok(DICTIONARIES[lang]['control.audioOnly']);
+    assert.ok(DICTIONARIES[lang]['tile.speaking']);
+  }
+  assert.equal(DICTIONARIES.nl['control.audioOnly'], 'Alleen geluid');
+  assert.equal(DICTIONARIES.en['tile.speaking'], 'speaking');
+});
+
+test('simulcast through one E2EE sender: counters never repeat, a subscriber switching layers decrypts every frame', async () => {
+  const { SendKey, ReceiveKeyring, decodeHeader } = await import(WEB + 'e2ee/sframe.js');
+  const base = new Uint8Array(32).fill(7);
+  const send = await SendKey.create(0, base);
+  const ring = new ReceiveKeyring();
+  await ring.setKey(0, base, true);
+  // One sender transform sees the frames of all three layers, interleaved
+  // (plus the microphone's under the same key), in encoder order.
+  const frames = [];
+  for (let i = 0; i < 60; i++) {
+    for (const layer of ['h', 'm', 'l']) {
+      const frame = Uint8Array.of(i === 0 ? 0x00 : 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, layer.charCodeAt(0), i);
+      frames.push({ layer, kind: 'video', data: await send.protect('video', frame) });
+    }
+    frames.push({ layer: 'audio', kind: 'audio', data: await send.protect('audio', Uint8Array.of(0xfc, i, 1, 2)) });
+  }
+  const counters = frames.map((f) => decodeHeader(f.data.subarray(f.kind === 'audio' ? 1 : f.data[0] & 1 ? 3 : 10)).ctr);
+  assert.equal(new Set(counters).size, counters.length, 'no SFrame counter repeats under one key');
+  // The SFU forwards one layer: l for the first half, then h (a switch up).
+  const forwarded = frames.filter((f, idx) => f.layer === 'audio' || f.layer === (idx < frames.length / 2 ? 'l' : 'h'));
+  for (const f of forwarded) {
+    const plain = await ring.unprotect(f.kind, f.data);
+    assert.ok(plain.length > 0);
+  }
+  // A frame replayed by the server is still refused.
+  await assert.rejects(ring.unprotect(forwarded[5].kind, forwarded[5].data), /replayed/);
+});

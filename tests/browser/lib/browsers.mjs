@@ -80,6 +80,8 @@ export function firefoxPrefs({ lang = 'en-US' } = {}) {
 export class Browsers {
   constructor() {
     this.chromium = null;
+    // netns name → a Chromium launched inside that network namespace (see newChromium's `netns`).
+    this.nsChromiums = new Map();
     this.firefoxes = [];
     this.participants = [];
     this.tmpDirs = [];
@@ -98,9 +100,33 @@ export class Browsers {
     return this.chromium;
   }
 
-  /** A participant in a fresh Chromium context. `lang` sets navigator.languages. */
-  async newChromium({ name = 'chromium', lang = 'en-US' } = {}) {
-    const browser = await this.#chromium();
+  /**
+   * A Chromium running inside network namespace `netns` (lib/netem.mjs makes
+   * them): launched through `ip netns exec`, so its sockets see only that
+   * namespace's links — which a test can shape or make lossy for this browser
+   * alone. playwright talks to it over inherited pipes, which survive the exec.
+   */
+  async #nsChromium(netns) {
+    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(netns)) throw new Error(`bad netns name ${JSON.stringify(netns)}`);
+    let browser = this.nsChromiums.get(netns);
+    if (!browser) {
+      if (!fs.existsSync(CHROMIUM_PATH)) throw new Error(`${CHROMIUM_PATH} missing (apt-get install chromium)`);
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'spreekkamer-nsch-'));
+      this.tmpDirs.push(dir);
+      const wrapper = path.join(dir, 'chromium-in-netns');
+      fs.writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec '${netns}' '${CHROMIUM_PATH}' "$@"\n`, { mode: 0o755 });
+      browser = await pwChromium.launch({ executablePath: wrapper, headless: true, args: CHROMIUM_ARGS, timeout: 60_000 });
+      this.nsChromiums.set(netns, browser);
+    }
+    return browser;
+  }
+
+  /**
+   * A participant in a fresh Chromium context. `lang` sets navigator.languages;
+   * `netns` runs it in a Chromium inside that network namespace.
+   */
+  async newChromium({ name = 'chromium', lang = 'en-US', netns = null } = {}) {
+    const browser = netns ? await this.#nsChromium(netns) : await this.#chromium();
     const context = await browser.newContext({ locale: lang, viewport: { width: 1000, height: 700 } });
     const page = await context.newPage();
     const p = new Participant({ page, name, kind: 'chromium', close: () => context.close() });
@@ -143,6 +169,8 @@ export class Browsers {
     for (const p of this.participants) await p.close().catch((e) => errs.push(e));
     for (const b of this.firefoxes) await b.close().catch(() => {});
     if (this.chromium) await this.chromium.close().catch((e) => errs.push(e));
+    for (const b of this.nsChromiums.values()) await b.close().catch((e) => errs.push(e));
+    this.nsChromiums.clear();
     for (const d of this.tmpDirs) fs.rmSync(d, { recursive: true, force: true });
     this.participants = [];
     this.firefoxes = [];

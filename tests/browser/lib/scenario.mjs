@@ -23,6 +23,16 @@ export class Scenario {
     this.browsers = new Browsers();
     this.servers = [];
     this.shutdownChecked = new Set();
+    this.deferred = [];
+  }
+
+  /**
+   * Run `fn` at cleanup, after browsers and servers have stopped (so nothing
+   * still uses what it tears down, e.g. a network namespace), also on failure;
+   * last registered runs first.
+   */
+  defer(fn) {
+    this.deferred.push(fn);
   }
 
   log(msg) {
@@ -81,6 +91,14 @@ export class Scenario {
       if (r.killed) problems.push(`server on ${s.url} did not exit within 8 s of SIGTERM (killed)`);
       else if (r.code !== 0) problems.push(`server on ${s.url} exited with ${JSON.stringify(r)} on SIGTERM, expected code 0`);
     }
+    for (const fn of this.deferred.reverse()) {
+      try {
+        await fn();
+      } catch (e) {
+        problems.push(`cleanup failed: ${e.message}`);
+      }
+    }
+    this.deferred = [];
     return problems;
   }
 }

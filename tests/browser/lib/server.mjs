@@ -143,9 +143,10 @@ export class Server {
 /**
  * Start `spreekkamer serve` on a free port with a random secret and an audit
  * log in a fresh temp dir (also its working directory, so a test can check
- * that it wrote nothing else). Resolves once /healthz answers 200.
+ * that it wrote nothing else). Resolves once /healthz answers 200. `host` is
+ * the listen address (default 127.0.0.1; `server.url` is always 127.0.0.1).
  */
-export async function startServer({ args = [], env = {}, name = 'server' } = {}) {
+export async function startServer({ args = [], env = {}, name = 'server', host = '127.0.0.1' } = {}) {
   if (!fs.existsSync(binPath)) {
     throw new Error(`${binPath} does not exist: run \`cargo build --release\` first (scripts/test.sh does)`);
   }
@@ -166,7 +167,9 @@ export async function startServer({ args = [], env = {}, name = 'server' } = {})
   const fullArgs = [
     'serve',
     '--listen',
-    `127.0.0.1:${port}`,
+    // `host` 0.0.0.0 lets browsers in other network namespaces reach it (lib/netem.mjs); the
+    // harness itself always talks to 127.0.0.1.
+    `${host}:${port}`,
     '--jwt-secret',
     secret,
     '--audit-log',
