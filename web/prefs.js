@@ -5,9 +5,10 @@
 // sends `video-prefs` only when the outcome changed. No DOM beyond the
 // elements it is given, no translations.
 
-// A tile lower than this (CSS pixels) gets the low layer, below the next
-// one the medium layer, else high: the layers are 1/4, 1/2 and the full
-// camera height (720 px for a typical camera).
+// A tile lower than this (device pixels: CSS height × devicePixelRatio, so
+// a sharp screen gets the detail it can show) gets the low layer, below the
+// next one the medium layer, else high: the layers are 1/4, 1/2 and the
+// full camera height (720 px for a typical camera).
 export const LOW_BELOW_PX = 240;
 export const MEDIUM_BELOW_PX = 480;
 // Resizing a window fires many observations; decide once it settles.
@@ -18,6 +19,11 @@ export function qualityForHeight(height, hidden = false) {
   if (hidden || !Number.isFinite(height) || height < LOW_BELOW_PX) return 'low';
   if (height < MEDIUM_BELOW_PX) return 'medium';
   return 'high';
+}
+
+function devicePixels() {
+  const r = typeof window !== 'undefined' ? Number(window.devicePixelRatio) : 1;
+  return Number.isFinite(r) && r > 0 ? Math.min(r, 4) : 1;
 }
 
 /** A stable text form of a preference, to send only on change. Pure. */
@@ -93,7 +99,7 @@ export class ReceivePreferences {
       const rect = el.getBoundingClientRect();
       // A tile not rendered (display: none, detached) has no size at all.
       const hidden = pageHidden || !el.isConnected || rect.width === 0 || rect.height === 0;
-      quality[id] = qualityForHeight(rect.height, hidden);
+      quality[id] = qualityForHeight(rect.height * devicePixels(), hidden);
     }
     return { audioOnly: this.audioOnly, quality };
   }

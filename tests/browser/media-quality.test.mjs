@@ -111,12 +111,12 @@ scenario('(b) a subscriber with a small tile gets a smaller picture than one wit
   const consult = consultId('b');
   const pub = await sc.chromium('publisher');
   const small = await sc.chromium('small-tile');
-  const large = await sc.chromium('large-tile');
+  // A sharp (2×) wide screen: two tiles side by side, each ~255 CSS px but
+  // over 480 device pixels high, which is what the client measures.
+  const large = await sc.chromium('large-tile', { viewport: { width: 1600, height: 1000 }, deviceScaleFactor: 2 });
   // Under 60rem the page is one column: a ~420 px wide window gives a tile
-  // under 240 px high. Each page shows two tiles side by side when wide: a
-  // 2400 px window makes each over 480 px high.
+  // under 240 px high.
   await small.page.setViewportSize({ width: 420, height: 800 });
-  await large.page.setViewportSize({ width: 2400, height: 1400 });
   const pubId = await joinAs(pub, await linkFor(server, consult, 'clinician', 'Dr. Jansen'));
   await joinAs(small, await linkFor(server, consult, 'patient', 'P'));
   await joinAs(large, await linkFor(server, consult, 'guest', 'G'));

@@ -125,9 +125,9 @@ export class Browsers {
    * A participant in a fresh Chromium context. `lang` sets navigator.languages;
    * `netns` runs it in a Chromium inside that network namespace.
    */
-  async newChromium({ name = 'chromium', lang = 'en-US', netns = null } = {}) {
+  async newChromium({ name = 'chromium', lang = 'en-US', netns = null, viewport = { width: 1000, height: 700 }, deviceScaleFactor = 1 } = {}) {
     const browser = netns ? await this.#nsChromium(netns) : await this.#chromium();
-    const context = await browser.newContext({ locale: lang, viewport: { width: 1000, height: 700 } });
+    const context = await browser.newContext({ locale: lang, viewport, deviceScaleFactor });
     const page = await context.newPage();
     const p = new Participant({ page, name, kind: 'chromium', close: () => context.close() });
     this.participants.push(p);
