@@ -48,32 +48,47 @@ pub(crate) const INITIAL_ESTIMATE: f64 = 2_500_000.0;
 const MIN_ESTIMATE: f64 = 50_000.0;
 const MAX_ESTIMATE: f64 = 20_000_000.0;
 
+/// What the published estimate reads before any feedback arrived.
+pub(crate) const NO_ESTIMATE: u64 = u64::MAX;
+
 /// GCC that publishes its target for the peer to read.
+///
+/// Until the subscriber's first transport-wide-cc feedback there is no
+/// estimate ([`NO_ESTIMATE`]): a receiver that never sends that feedback
+/// (one without send-side congestion control, e.g. the load generator's
+/// peers) would otherwise be held at [`INITIAL_ESTIMATE`] for good and have
+/// most of its video paused. Such a receiver is limited only by its wishes
+/// and the receiver-report loss ceiling ([`LossCap`]).
 pub(crate) struct ReportingGcc {
     inner: Gcc,
     out: Arc<AtomicU64>,
+    fed: bool,
 }
 
 impl ReportingGcc {
     pub(crate) fn new() -> (Self, Arc<AtomicU64>) {
-        let out = Arc::new(AtomicU64::new(INITIAL_ESTIMATE as u64));
+        let out = Arc::new(AtomicU64::new(NO_ESTIMATE));
         (
             ReportingGcc {
                 inner: Gcc::new(INITIAL_ESTIMATE, MIN_ESTIMATE, MAX_ESTIMATE),
                 out: out.clone(),
+                fed: false,
             },
             out,
         )
     }
 
     fn publish(&self) {
-        self.out.store(self.inner.target_bitrate() as u64, Relaxed);
+        if self.fed {
+            self.out.store(self.inner.target_bitrate() as u64, Relaxed);
+        }
     }
 }
 
 impl BandwidthEstimator for ReportingGcc {
     fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
         self.inner.on_reports(now, reports);
+        self.fed |= !reports.is_empty();
         self.publish();
     }
     fn target_bitrate(&self) -> f64 {
@@ -166,6 +181,14 @@ fn cost(want: &Want, layer: Layer) -> u64 {
 /// Allocation state of one subscriber.
 #[derive(Debug, Default)]
 pub(crate) struct Allocator {
+    /// No sign of congestion (no receiver-report loss ceiling): every
+    /// wanted track gets its lowest layer
+    /// whatever the estimate says, and only steps up are budgeted. Without
+    /// probing, GCC never rises much above 1.5x what we send, so a
+    /// subscriber of five single-layer publishers would otherwise keep three
+    /// paused on a link with room for all (measured: the load generator's
+    /// group of 6 got half its video).
+    pub(crate) floor_free: bool,
     last_down: Option<Instant>,
     /// Since when the estimate has not fit some flowing video's low layer.
     short_since: Option<Instant>,
@@ -220,7 +243,9 @@ impl Allocator {
                 };
                 let step = cost(want, next) - out[i].map_or(0, |l| cost(want, l));
                 let above = want.current.is_none_or(|c| next > c);
-                let needed = if above {
+                let needed = if self.floor_free && out[i].is_none() {
+                    0
+                } else if above {
                     if !may_go_up {
                         continue;
                     }
@@ -290,6 +315,64 @@ mod tests {
         let mut out = vec![None; wants.len()];
         a.allocate(estimate, wants.len(), wants, &mut out, now);
         out
+    }
+
+    #[test]
+    fn without_congestion_every_track_gets_its_lowest_layer() {
+        let now = Instant::now();
+        // Five single-layer publishers (layer 2 only) at 1.2 Mbit/s each and
+        // an app-limited estimate of 3.3 Mbit/s.
+        let single = Want {
+            desired: Some(2),
+            active: 0b100,
+            rates: [0, 0, 1_200_000],
+            current: None,
+        };
+        let mut a = Allocator::default();
+        assert_eq!(
+            alloc(&mut a, 3_300_000, &[single; 5], now),
+            [Some(2), Some(2), None, None, None],
+            "congested: the budget decides"
+        );
+        let mut a = Allocator {
+            floor_free: true,
+            ..Allocator::default()
+        };
+        assert_eq!(alloc(&mut a, 3_300_000, &[single; 5], now), [Some(2); 5]);
+        // Simulcast publishers still only step up within the budget.
+        let mut a = Allocator {
+            floor_free: true,
+            ..Allocator::default()
+        };
+        assert_eq!(
+            alloc(&mut a, 400_000, &[want(Some(2), None); 2], now),
+            [Some(0), Some(0)]
+        );
+    }
+
+    #[test]
+    fn no_feedback_means_no_estimate_and_five_top_layers_all_flow() {
+        let (mut gcc, out) = ReportingGcc::new();
+        let now = Instant::now();
+        gcc.handle_timeout(now + Duration::from_secs(1));
+        assert_eq!(
+            out.load(Relaxed),
+            NO_ESTIMATE,
+            "timers alone publish nothing"
+        );
+        let mut a = Allocator::default();
+        let five = [want(Some(2), None); 5];
+        assert_eq!(
+            alloc(&mut a, out.load(Relaxed), &five, now),
+            [Some(2); 5],
+            "a receiver without congestion-control feedback is not throttled"
+        );
+        gcc.on_reports(now + Duration::from_secs(2), &[]);
+        assert_eq!(
+            out.load(Relaxed),
+            NO_ESTIMATE,
+            "an empty report is no feedback"
+        );
     }
 
     #[test]

@@ -912,8 +912,13 @@ impl Peer {
         }
         self.chosen.clear();
         self.chosen.resize(self.wants.len(), None);
-        let estimate = self.estimate.load(Relaxed);
-        let estimate = self.loss_cap.cap().map_or(estimate, |c| c.min(estimate));
+        let gcc = self.estimate.load(Relaxed);
+        let estimate = self.loss_cap.cap().map_or(gcc, |c| c.min(gcc));
+        // Congested = the subscriber reports loss (the ceiling is set). GCC
+        // dipping below what we send was tried as a signal too and flapped
+        // under the load generator's steady 6 Mbit/s (10 % of packets lost
+        // to pause/resume churn); its estimate still budgets steps up.
+        self.allocator.floor_free = self.loss_cap.cap().is_none();
         let outcome = self
             .allocator
             .allocate(estimate, audio, &self.wants, &mut self.chosen, now);
