@@ -51,6 +51,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
+/// How long a subscriber counts as congested after it last reported loss.
+const LOSSY_MEMORY: Duration = Duration::from_secs(30);
+
 /// The worker's key for a peer (its slot index).
 pub(crate) type PeerKey = usize;
 
@@ -229,6 +232,8 @@ pub(crate) struct Peer {
     /// Loss-based ceiling from the subscriber's receiver reports, the
     /// worst loss reported and the bytes we forwarded since the last tick.
     loss_cap: LossCap,
+    /// When this subscriber last reported loss (the ceiling was set).
+    lossy_at: Option<Instant>,
     worst_loss: u8,
     sent_bytes: u64,
     sent_rate: u64,
@@ -412,6 +417,7 @@ impl Peer {
             max_quality: Vec::new(),
             estimate,
             loss_cap: LossCap::default(),
+            lossy_at: None,
             worst_loss: 0,
             sent_bytes: 0,
             sent_rate: 0,
@@ -914,11 +920,19 @@ impl Peer {
         self.chosen.resize(self.wants.len(), None);
         let gcc = self.estimate.load(Relaxed);
         let estimate = self.loss_cap.cap().map_or(gcc, |c| c.min(gcc));
-        // Congested = the subscriber reports loss (the ceiling is set). GCC
-        // dipping below what we send was tried as a signal too and flapped
-        // under the load generator's steady 6 Mbit/s (10 % of packets lost
-        // to pause/resume churn); its estimate still budgets steps up.
-        self.allocator.floor_free = self.loss_cap.cap().is_none();
+        // Congested = the subscriber reported loss (the ceiling was set)
+        // within LOSSY_MEMORY. Sticky, because lifting the floor the moment
+        // the ceiling lifts put every low layer back on a capped link and
+        // lost a quarter of the packets again (measured behind 350 kbit/s).
+        // GCC dipping below what we send was tried as a signal too and
+        // flapped under the load generator's steady 6 Mbit/s (10 % of packets
+        // lost to pause/resume churn); its estimate still budgets steps up.
+        if self.loss_cap.cap().is_some() {
+            self.lossy_at = Some(now);
+        }
+        self.allocator.floor_free = self
+            .lossy_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= LOSSY_MEMORY);
         let outcome = self
             .allocator
             .allocate(estimate, audio, &self.wants, &mut self.chosen, now);
