@@ -181,8 +181,8 @@ fn cost(want: &Want, layer: Layer) -> u64 {
 /// Allocation state of one subscriber.
 #[derive(Debug, Default)]
 pub(crate) struct Allocator {
-    /// No sign of congestion (no receiver-report loss ceiling): every
-    /// wanted single-layer track (no simulcast) gets its layer
+    /// No sign of congestion (no receiver-report loss ceiling lately):
+    /// every wanted track gets its lowest layer
     /// whatever the estimate says, and only steps up are budgeted. Without
     /// probing, GCC never rises much above 1.5x what we send, so a
     /// subscriber of five single-layer publishers would otherwise keep three
@@ -243,10 +243,7 @@ impl Allocator {
                 };
                 let step = cost(want, next) - out[i].map_or(0, |l| cost(want, l));
                 let above = want.current.is_none_or(|c| next > c);
-                // Only a single-layer publisher's track is floor-free: a
-                // simulcast track has a cheap low layer the budget can hold.
-                let single = want.active.count_ones() <= 1;
-                let needed = if self.floor_free && single && out[i].is_none() {
+                let needed = if self.floor_free && out[i].is_none() {
                     0
                 } else if above {
                     if !may_go_up {
@@ -342,23 +339,20 @@ mod tests {
             ..Allocator::default()
         };
         assert_eq!(alloc(&mut a, 3_300_000, &[single; 5], now), [Some(2); 5]);
-        // Simulcast publishers stay within the budget, low layers included.
-        let mut a = Allocator {
-            floor_free: true,
-            ..Allocator::default()
-        };
-        assert_eq!(
-            alloc(&mut a, 600_000, &[want(Some(2), None); 2], now),
-            [Some(0), Some(0)]
-        );
+        // Simulcast publishers: the low layers are free, steps up budgeted.
         let mut a = Allocator {
             floor_free: true,
             ..Allocator::default()
         };
         assert_eq!(
             alloc(&mut a, 300_000, &[want(Some(2), None); 2], now),
+            [Some(0), Some(0)]
+        );
+        let mut a = Allocator::default();
+        assert_eq!(
+            alloc(&mut a, 300_000, &[want(Some(2), None); 2], now),
             [Some(0), None],
-            "a simulcast track is not floor-free"
+            "congested: even low layers are budgeted (video pauses before audio)"
         );
     }
 

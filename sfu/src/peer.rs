@@ -921,9 +921,12 @@ impl Peer {
         let gcc = self.estimate.load(Relaxed);
         let estimate = self.loss_cap.cap().map_or(gcc, |c| c.min(gcc));
         // Congested = the subscriber reported loss (the ceiling was set)
-        // within LOSSY_MEMORY. Sticky, because lifting the floor the moment
-        // the ceiling lifts put every low layer back on a capped link and
-        // lost a quarter of the packets again (measured behind 350 kbit/s).
+        // within LOSSY_MEMORY; only then may video pause. GCC alone (delay,
+        // e.g. jitter on a lossy path) pausing video deadlocked: with the
+        // video paused GCC sees too little traffic to ever rise again
+        // (measured: 5 % random loss + 20 ± 5 ms, video stopped for good).
+        // Sticky, so a capped link is not refilled the moment the ceiling
+        // lifts; after LOSSY_MEMORY calm, the low layers resume (a probe).
         // GCC dipping below what we send was tried as a signal too and
         // flapped under the load generator's steady 6 Mbit/s (10 % of packets
         // lost to pause/resume churn); its estimate still budgets steps up.
