@@ -12,7 +12,7 @@
 //! drives them. Janus's sessions time out after 60 s without traffic,
 //! hence a keepalive every 25 s.
 
-use crate::media::{Command, MediaThread, PeerEvent, PeerMode};
+use crate::media::{Command, MediaThread, PeerEvent};
 use crate::signal::JoinError;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -305,6 +305,18 @@ impl Conn {
         }
     }
 
+    /// A plugin request on `handle` (`message`), and its reply as `call` gives it.
+    async fn request(
+        &mut self,
+        session: u64,
+        handle: u64,
+        body: Value,
+        jsep: Option<(&str, &str)>,
+    ) -> Result<Incoming, JoinError> {
+        self.call(|tx| message(session, handle, tx, body, jsep))
+            .await
+    }
+
     /// Send a request and wait for its reply: `success`, `error` or (after
     /// an `ack`) the plugin event carrying the same transaction. Anything
     /// else that arrives meanwhile is kept for the main loop.
@@ -405,26 +417,6 @@ pub async fn participant(
     }
 }
 
-fn add_peer(
-    media: &MediaThread,
-    id: u64,
-    local_ip: IpAddr,
-    publish: bool,
-    started: Instant,
-) -> Result<mpsc::UnboundedReceiver<PeerEvent>, JoinError> {
-    let socket = std::net::UdpSocket::bind((local_ip, 0))
-        .map_err(|e| JoinError::Other(format!("bind UDP on {local_ip}: {e}")))?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    media.send(Command::Add {
-        id,
-        socket,
-        mode: PeerMode::Rtc { events: tx },
-        publish,
-        started,
-    });
-    Ok(rx)
-}
-
 async fn media_sdp(
     events: &mut mpsc::UnboundedReceiver<PeerEvent>,
     what: &str,
@@ -491,15 +483,12 @@ async fn session_run(
     if let Incoming::Success {
         plugin: Some(data), ..
     } = c
-        .call(|tx| {
-            message(
-                session,
-                publisher,
-                tx,
-                create_room_body(p.room, p.room_size),
-                None,
-            )
-        })
+        .request(
+            session,
+            publisher,
+            create_room_body(p.room, p.room_size),
+            None,
+        )
         .await?
         && let RoomEvent::Error { code, message } = room_event(&data)
         && code != ROOM_EXISTS
@@ -512,15 +501,12 @@ async fn session_run(
     let display = format!("lt-{}", p.pub_id);
     let mut feeds: Vec<u64> = Vec::new();
     match c
-        .call(|tx| {
-            message(
-                session,
-                publisher,
-                tx,
-                join_publisher_body(p.room, &display),
-                None,
-            )
-        })
+        .request(
+            session,
+            publisher,
+            join_publisher_body(p.room, &display),
+            None,
+        )
         .await?
     {
         Incoming::Event { data, .. }
@@ -541,19 +527,14 @@ async fn session_run(
     let _ = joined.send((p.pub_id, Ok(())));
 
     // Publish: our offer, Janus's answer.
-    let mut pub_events = add_peer(&p.pub_media, p.pub_id, p.local_ip, true, started)?;
+    let mut pub_events = p
+        .pub_media
+        .add_rtc_peer(p.pub_id, p.local_ip, true, started)
+        .map_err(JoinError::Other)?;
     p.pub_media.send(Command::CreateOffer { id: p.pub_id });
     let offer = media_sdp(&mut pub_events, "offer").await?;
     match c
-        .call(|tx| {
-            message(
-                session,
-                publisher,
-                tx,
-                publish_body(),
-                Some(("offer", &offer)),
-            )
-        })
+        .request(session, publisher, publish_body(), Some(("offer", &offer)))
         .await?
     {
         Incoming::Event { jsep: Some(j), .. } if j.kind == "answer" => {
@@ -573,7 +554,10 @@ async fn session_run(
 
     let mut sub = Subscriber {
         handle: None,
-        events: add_peer(&p.sub_media, p.sub_id, p.local_ip, false, started)?,
+        events: p
+            .sub_media
+            .add_rtc_peer(p.sub_id, p.local_ip, false, started)
+            .map_err(JoinError::Other)?,
         feeds: Vec::new(),
         trickled: false,
     };
@@ -657,14 +641,12 @@ async fn subscribe(
             };
             sub.handle = Some(h);
             let r = c
-                .call(|tx| message(session, h, tx, join_subscriber_body(p.room, new), None))
+                .request(session, h, join_subscriber_body(p.room, new), None)
                 .await?;
             (h, r)
         }
         Some(h) => {
-            let r = c
-                .call(|tx| message(session, h, tx, subscribe_body(new), None))
-                .await?;
+            let r = c.request(session, h, subscribe_body(new), None).await?;
             (h, r)
         }
     };
@@ -712,7 +694,7 @@ async fn answer_subscriber(
     });
     let answer = media_sdp(&mut sub.events, "answer").await?;
     match c
-        .call(|tx| message(session, handle, tx, start_body(), Some(("answer", &answer))))
+        .request(session, handle, start_body(), Some(("answer", &answer)))
         .await?
     {
         Incoming::Event { data, .. } => {

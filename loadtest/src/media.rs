@@ -42,12 +42,12 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::ErrorKind;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 const WAKE: Token = Token(usize::MAX);
 const HOUSEKEEPING: Duration = Duration::from_millis(10);
@@ -195,6 +195,28 @@ impl MediaThread {
         if self.commands.send(c).is_ok() {
             let _ = self.waker.wake();
         }
+    }
+
+    /// Add a WebRTC peer on a fresh UDP socket on `local_ip`; its SDP comes
+    /// back on the returned channel.
+    pub fn add_rtc_peer(
+        &self,
+        id: u64,
+        local_ip: IpAddr,
+        publish: bool,
+        started: Instant,
+    ) -> Result<UnboundedReceiver<PeerEvent>, String> {
+        let socket = std::net::UdpSocket::bind((local_ip, 0))
+            .map_err(|e| format!("bind UDP on {local_ip}: {e}"))?;
+        let (events, rx) = unbounded_channel();
+        self.send(Command::Add {
+            id,
+            socket,
+            mode: PeerMode::Rtc { events },
+            publish,
+            started,
+        });
+        Ok(rx)
     }
 
     /// Take the window accumulated since the last call.
@@ -875,19 +897,12 @@ impl Peer {
         pc.set_remote_description(now, offer)
             .map_err(|e| format!("set_remote_description: {e}"))?;
         if first {
-            if publish {
-                let (a, v) = attach_media(pc, self.audio.ssrc, self.video.ssrc, id)?;
-                self.audio.sender = Some(a);
-                self.video.sender = Some(v);
-            }
-            add_host_candidate(pc, local)?;
+            prepare_local(pc, &mut self.audio, &mut self.video, id, local, publish)?;
         }
         let answer = pc
             .create_answer(None)
             .map_err(|e| format!("create_answer: {e}"))?;
-        let sdp = answer.sdp.clone();
-        pc.set_local_description(now, answer)
-            .map_err(|e| format!("set_local_description: {e}"))?;
+        let sdp = set_local(pc, answer, now)?;
         read_back_payload_types(pc, &mut self.audio, &mut self.video);
         let _ = events.send(PeerEvent::Answer(sdp));
         Ok(())
@@ -905,17 +920,11 @@ impl Peer {
             return Err("offer requested twice".into());
         }
         let pc = pc.insert(Box::new(new_pc(now)?));
-        let (a, v) = attach_media(pc, self.audio.ssrc, self.video.ssrc, id)?;
-        self.audio.sender = Some(a);
-        self.video.sender = Some(v);
-        add_host_candidate(pc, local)?;
+        prepare_local(pc, &mut self.audio, &mut self.video, id, local, true)?;
         let offer = pc
             .create_offer(None)
             .map_err(|e| format!("create_offer: {e}"))?;
-        let sdp = offer.sdp.clone();
-        pc.set_local_description(now, offer)
-            .map_err(|e| format!("set_local_description: {e}"))?;
-        let _ = events.send(PeerEvent::Offer(sdp));
+        let _ = events.send(PeerEvent::Offer(set_local(pc, offer, now)?));
         Ok(())
     }
 
@@ -929,6 +938,36 @@ impl Peer {
         read_back_payload_types(pc, &mut self.audio, &mut self.video);
         Ok(())
     }
+}
+
+/// Our side of a new connection, whether we answer or offer: microphone and
+/// camera when we publish, and our host candidate.
+fn prepare_local(
+    pc: &mut RTCPeerConnection,
+    audio: &mut Outgoing,
+    video: &mut Outgoing,
+    id: u64,
+    local: SocketAddr,
+    publish: bool,
+) -> Result<(), String> {
+    if publish {
+        let (a, v) = attach_media(pc, audio.ssrc, video.ssrc, id)?;
+        audio.sender = Some(a);
+        video.sender = Some(v);
+    }
+    add_host_candidate(pc, local)
+}
+
+/// Our offer or answer as the local description; returns its SDP for signaling.
+fn set_local(
+    pc: &mut RTCPeerConnection,
+    desc: RTCSessionDescription,
+    now: Instant,
+) -> Result<String, String> {
+    let sdp = desc.sdp.clone();
+    pc.set_local_description(now, desc)
+        .map_err(|e| format!("set_local_description: {e}"))?;
+    Ok(sdp)
 }
 
 fn attach_media(

@@ -2,7 +2,7 @@
 //! `join`, pass every `offer` to the media thread and send back its
 //! `answer`. Speaks docs/PROTOCOL.md v1 exactly as the browser does.
 
-use crate::media::{Command, PeerEvent, PeerMode};
+use crate::media::{Command, PeerEvent};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -133,16 +133,9 @@ async fn run(
     .await
     .map_err(|e| JoinError::Other(format!("send join: {e}")))?;
 
-    let socket = std::net::UdpSocket::bind((local_ip, 0))
-        .map_err(|e| JoinError::Other(format!("bind UDP on {local_ip}: {e}")))?;
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    media.send(Command::Add {
-        id,
-        socket,
-        mode: PeerMode::Rtc { events: events_tx },
-        publish,
-        started,
-    });
+    let mut events = media
+        .add_rtc_peer(id, local_ip, publish, started)
+        .map_err(JoinError::Other)?;
     let mut welcomed = false;
     loop {
         tokio::select! {

@@ -144,8 +144,12 @@ impl SfuHandle {
             };
             let socket = std::net::UdpSocket::bind((config.bind_ip, port))?;
             socket.set_nonblocking(true)?;
+            size_socket_buffers(&socket, index);
             let local = socket.local_addr()?;
             let mut socket = UdpSocket::from_std(socket);
+            if !crate::rx::enable_timestamps(&socket) && index == 0 {
+                log::warn!("no kernel receive timestamps: congestion feedback uses read time");
+            }
             let poll = Poll::new()?;
             poll.registry()
                 .register(&mut socket, UDP, Interest::READABLE)?;
@@ -411,6 +415,41 @@ impl Acceptor {
         if let Some(mut p) = self.pending.get_mut(slot).and_then(|p| p.take()) {
             let _ = self.poll.registry().deregister(&mut p.stream);
         }
+    }
+}
+
+/// Socket buffer size asked for on each worker's UDP socket (each way).
+///
+/// The kernel default (~208 KiB) overflows when a worker is descheduled for
+/// a few milliseconds during a keyframe burst: measured in the browser
+/// tests on a busy 2-core machine, ~900 receive and ~1 200 send buffer
+/// errors in a minute on loopback, which the browsers report as loss and
+/// the bandwidth estimate then treats as congestion. The kernel caps the
+/// request at `net.core.rmem_max` / `wmem_max` (see docs/OPERATIONS.md).
+pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+fn size_socket_buffers(socket: &std::net::UdpSocket, worker: usize) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    // Linux reports twice what it grants (bookkeeping overhead included).
+    let got = (
+        sock.recv_buffer_size().unwrap_or(0) / 2,
+        sock.send_buffer_size().unwrap_or(0) / 2,
+    );
+    if got.0 < SOCKET_BUFFER_BYTES || got.1 < SOCKET_BUFFER_BYTES {
+        if worker == 0 {
+            log::warn!(
+                "media UDP socket buffers are {} KiB receive / {} KiB send, asked for {} KiB: \
+                 raise net.core.rmem_max and net.core.wmem_max (docs/OPERATIONS.md), \
+                 or packets are lost in bursts",
+                got.0 / 1024,
+                got.1 / 1024,
+                SOCKET_BUFFER_BYTES / 1024
+            );
+        }
+    } else {
+        log::debug!("media UDP socket buffers: {} KiB each way", got.0 / 1024);
     }
 }
 

@@ -23,6 +23,12 @@ pub struct MediaCounters {
     pub nacks_received: AtomicU64,
     /// Gauge: video tracks paused for bandwidth.
     pub paused_tracks: AtomicU64,
+    /// Datagrams dropped before the wire (socket buffer or pacing queue full).
+    pub send_dropped: AtomicU64,
+    /// Video packets resent for subscribers' NACKs, and NACKed packets not
+    /// resent (asked again too soon, or over the retransmission budget).
+    pub retransmitted: AtomicU64,
+    pub retransmits_suppressed: AtomicU64,
 }
 
 /// A point-in-time copy of [`MediaCounters`].
@@ -49,6 +55,9 @@ pub struct QualityStats {
     pub keyframe_requests: u64,
     pub nacks_received: u64,
     pub paused_tracks: u64,
+    pub send_dropped: u64,
+    pub retransmitted: u64,
+    pub retransmits_suppressed: u64,
 }
 
 impl QualityStats {
@@ -58,6 +67,8 @@ impl QualityStats {
         let keyframes = "spreekkamer_media_keyframe_requests_total";
         let nacks = "spreekkamer_media_nacks_received_total";
         let paused = "spreekkamer_media_video_paused_for_bandwidth";
+        let dropped = "spreekkamer_media_send_dropped_total";
+        let resent = "spreekkamer_media_retransmissions_total";
         format!(
             "# HELP {switches} Simulcast layer switches made for subscribers, by direction\n\
              # TYPE {switches} counter\n\
@@ -72,13 +83,23 @@ impl QualityStats {
              {nacks} {}\n\
              # HELP {paused} Subscriber video tracks paused because the bandwidth estimate is below the low layer\n\
              # TYPE {paused} gauge\n\
-             {paused} {}\n",
+             {paused} {}\n\
+             # HELP {dropped} Datagrams dropped before the wire: UDP send buffer full (raise net.core.wmem_max) or a subscriber's pacing queue over its bound\n\
+             # TYPE {dropped} counter\n\
+             {dropped} {}\n\
+             # HELP {resent} Video retransmissions for subscribers' NACKs, sent or suppressed (asked again too soon, or over the budget; only while pacing)\n\
+             # TYPE {resent} counter\n\
+             {resent}{{outcome=\"sent\"}} {}\n\
+             {resent}{{outcome=\"suppressed\"}} {}\n",
             self.layer_switches_up,
             self.layer_switches_down,
             self.video_resumes,
             self.keyframe_requests,
             self.nacks_received,
             self.paused_tracks,
+            self.send_dropped,
+            self.retransmitted,
+            self.retransmits_suppressed,
         )
     }
 }
@@ -92,6 +113,9 @@ impl MediaCounters {
             keyframe_requests: self.keyframe_requests.load(Relaxed),
             nacks_received: self.nacks_received.load(Relaxed),
             paused_tracks: self.paused_tracks.load(Relaxed),
+            send_dropped: self.send_dropped.load(Relaxed),
+            retransmitted: self.retransmitted.load(Relaxed),
+            retransmits_suppressed: self.retransmits_suppressed.load(Relaxed),
         }
     }
 
@@ -117,10 +141,17 @@ mod tests {
         let c = MediaCounters::default();
         c.layer_switches_down.fetch_add(3, Relaxed);
         c.paused_tracks.fetch_add(1, Relaxed);
+        c.send_dropped.fetch_add(7, Relaxed);
         let text = c.quality_snapshot().prometheus_text();
         assert!(text.contains("spreekkamer_media_layer_switches_total{direction=\"down\"} 3\n"));
         assert!(text.contains("spreekkamer_media_layer_switches_total{direction=\"up\"} 0\n"));
         assert!(text.contains("spreekkamer_media_video_paused_for_bandwidth 1\n"));
-        assert_eq!(text.matches("# TYPE").count(), 4);
+        assert!(text.contains("spreekkamer_media_send_dropped_total 7\n"));
+        c.retransmits_suppressed.fetch_add(4, Relaxed);
+        let text = c.quality_snapshot().prometheus_text();
+        assert!(
+            text.contains("spreekkamer_media_retransmissions_total{outcome=\"suppressed\"} 4\n")
+        );
+        assert_eq!(text.matches("# TYPE").count(), 6);
     }
 }

@@ -13,6 +13,7 @@ use crate::consult::{Consult, Kind};
 use crate::demux;
 use crate::metrics::MediaCounters;
 use crate::peer::{Candidates, Peer, PeerKey, PeerOutput, PublisherView};
+use crate::rx;
 use crate::simulcast::Layer;
 use crate::speaker::SpeakerDetector;
 use crate::tcp::{self, Frame, FrameReader};
@@ -88,6 +89,7 @@ struct Local {
     bytes_in: u64,
     packets_out: u64,
     bytes_out: u64,
+    send_dropped: u64,
 }
 
 /// The sending half: UDP socket and TCP connections. Split from the peers
@@ -106,8 +108,12 @@ impl Net {
             TransportProtocol::UDP => {
                 match self.socket.send_to(&msg.message, msg.transport.peer_addr) {
                     Ok(_) => true,
-                    // A full socket buffer drops the packet, like a congested link.
+                    // A full socket buffer drops the packet, like a congested
+                    // link (counted: a metric for operators, see OPERATIONS.md).
                     Err(e) => {
+                        if e.kind() == ErrorKind::WouldBlock {
+                            self.local.send_dropped += 1;
+                        }
                         log::trace!("udp send: {e}");
                         false
                     }
@@ -133,6 +139,15 @@ impl Net {
 
     fn flush_peer(&mut self, peer: &mut Peer) {
         while let Some(msg) = peer.poll_write() {
+            if let Some(msg) = peer.pace(msg) {
+                self.send(msg);
+            }
+        }
+    }
+
+    /// Whatever the peer's pacer lets go by `now`.
+    fn release_paced(&mut self, peer: &mut Peer, now: Instant) {
+        while let Some(msg) = peer.release_paced(now) {
             self.send(msg);
         }
     }
@@ -281,7 +296,10 @@ impl Worker {
         self.peers
             .iter_mut()
             .flatten()
-            .filter_map(|p| p.poll_timeout())
+            .filter_map(|p| match (p.poll_timeout(), p.pacer_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            })
             .min()
     }
 
@@ -297,6 +315,11 @@ impl Worker {
                 }
                 self.drive(key, now);
             }
+            if let Some(p) = self.peers[key].as_mut()
+                && p.pacer_deadline().is_some_and(|t| t <= now)
+            {
+                self.net.release_paced(p, now);
+            }
         }
     }
 
@@ -310,6 +333,11 @@ impl Worker {
             self.counters.packets_out.fetch_add(l.packets_out, Relaxed);
             self.counters.bytes_out.fetch_add(l.bytes_out, Relaxed);
         }
+        if l.send_dropped > 0 {
+            self.counters
+                .send_dropped
+                .fetch_add(l.send_dropped, Relaxed);
+        }
     }
 
     // ---- network input -------------------------------------------------
@@ -317,8 +345,8 @@ impl Worker {
     fn read_udp(&mut self) {
         self.udp_more = true;
         for _ in 0..READ_BUDGET {
-            let (n, from) = match self.net.socket.recv_from(&mut self.buf) {
-                Ok(r) => r,
+            let (n, from, now) = match rx::recv(&self.net.socket, &mut self.buf) {
+                Ok(r) => (r.len, r.from, r.at),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.udp_more = false;
                     return;
@@ -350,7 +378,6 @@ impl Worker {
                     None => continue,
                 },
             };
-            let now = Instant::now();
             let msg = TaggedBytesMut {
                 now,
                 transport: TransportContext {
@@ -644,13 +671,17 @@ impl Worker {
                 .unwrap_or_default()
         }));
         let (mut up, mut down, mut resumed, mut nacks, mut paused) = (0, 0, 0, 0, 0);
+        let (mut retransmitted, mut suppressed) = (0, 0);
         for p in self.peers.iter_mut().flatten() {
             p.allocate(&views, now);
+            self.net.local.send_dropped += p.take_pacer_drops();
             let q = p.take_quality();
             up += q.switches_up;
             down += q.switches_down;
             resumed += q.resumed;
             nacks += q.nacks;
+            retransmitted += q.retransmitted;
+            suppressed += q.retransmits_suppressed;
             paused += p.paused as u64;
         }
         self.views = views;
@@ -659,6 +690,8 @@ impl Worker {
         c.layer_switches_down.fetch_add(down, Relaxed);
         c.video_resumes.fetch_add(resumed, Relaxed);
         c.nacks_received.fetch_add(nacks, Relaxed);
+        c.retransmitted.fetch_add(retransmitted, Relaxed);
+        c.retransmits_suppressed.fetch_add(suppressed, Relaxed);
         c.paused_tracks.fetch_add(paused, Relaxed);
         c.paused_tracks.fetch_sub(
             std::mem::replace(&mut self.paused_reported, paused),

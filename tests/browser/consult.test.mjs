@@ -13,6 +13,7 @@ import {
   assertTokensNotLogged,
   claims,
   decodeJwt,
+  joinOneToOne,
   linkFor,
   metric,
   nowSecs,
@@ -55,13 +56,7 @@ scenario('clinician and patient see and hear each other; a guest joins and leave
   assert.equal(await pat.state(), 'preview');
 
   const t0 = Date.now();
-  await clin.join();
-  await pat.join();
-  const clinId = await clin.youId();
-  const patId = await pat.youId();
-  assert.ok(clinId && patId && clinId !== patId, `participant ids: ${clinId}, ${patId}`);
-
-  await Promise.all([clin.waitForMediaFrom([patId]), pat.waitForMediaFrom([clinId])]);
+  const [clinId, patId] = await joinOneToOne(clin, pat);
   sc.log(`clinician + patient: both decode each other ${Date.now() - t0} ms after the first join click`);
   await waitForTiles(clin, { [patId]: names.patient });
   await waitForTiles(pat, { [clinId]: names.clinician });

@@ -17,65 +17,6 @@ import { capabilities, peerNamespace } from './lib/netem.mjs';
 
 const newConsult = () => `consult-${crypto.randomBytes(6).toString('hex')}`;
 
-/** Runs in the page: the RTP stats this file asserts on. Must stay self-contained. */
-function pageRtp() {
-  const hook = window.__spreekkamer;
-  const pc = hook && hook.pc;
-  if (!pc) return Promise.resolve(null);
-  // mid → stream id (participant id), from the server's offer (as lib/participant.mjs).
-  const midToStream = {};
-  const sdp = (pc.remoteDescription && pc.remoteDescription.sdp) || '';
-  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
-    const mid = /\r?\na=mid:(\S+)/.exec(section);
-    const msid = /\r?\na=msid:(\S+)/.exec(section) || /\r?\na=ssrc:\d+ msid:(\S+)/.exec(section);
-    if (mid && msid) midToStream[mid[1]] = msid[1];
-  }
-  const trackToMid = {};
-  for (const t of pc.getTransceivers()) {
-    if (t.mid !== null && t.receiver && t.receiver.track) trackToMid[t.receiver.track.id] = t.mid;
-  }
-  return pc.getStats().then((stats) => {
-    const inbound = [];
-    const outbound = [];
-    let rtt = null;
-    stats.forEach((s) => {
-      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded' && typeof s.currentRoundTripTime === 'number') rtt = s.currentRoundTripTime;
-      if (s.type === 'inbound-rtp') {
-        const mid = s.mid !== undefined ? s.mid : trackToMid[s.trackIdentifier];
-        inbound.push({
-          kind: s.kind,
-          ssrc: s.ssrc,
-          participant: midToStream[mid] || null,
-          packetsReceived: s.packetsReceived || 0,
-          packetsLost: s.packetsLost || 0,
-          nackCount: s.nackCount || 0,
-          // undefined (not 0) when this Chromium does not report it
-          retransmittedPacketsReceived: s.retransmittedPacketsReceived,
-          framesDecoded: s.framesDecoded || 0,
-          frameHeight: s.frameHeight || 0,
-          freezeCount: s.freezeCount || 0,
-          totalFreezesDuration: s.totalFreezesDuration || 0,
-          totalSamplesReceived: s.totalSamplesReceived || 0,
-          concealedSamples: s.concealedSamples || 0,
-        });
-      } else if (s.type === 'outbound-rtp' && s.kind === 'video') {
-        outbound.push({
-          rid: s.rid || null,
-          active: s.active !== false,
-          frameHeight: s.frameHeight || 0,
-          framesEncoded: s.framesEncoded || 0,
-          nackCount: s.nackCount || 0,
-          retransmittedPacketsSent: s.retransmittedPacketsSent || 0,
-          qualityLimitationReason: s.qualityLimitationReason || null,
-        });
-      }
-    });
-    // Whether the SFU's offer negotiated RTX (else retransmissions reuse the media SSRC).
-    const rtxNegotiated = /\na=rtpmap:\d+ rtx\//i.test(sdp);
-    return { t: Date.now(), connectionState: pc.connectionState, rtxNegotiated, rtt, inbound, outbound };
-  });
-}
-
 const sum = (xs, k) => xs.reduce((n, x) => n + (x[k] || 0), 0);
 
 /**
@@ -164,7 +105,7 @@ scenario('5 % loss and 40 ms more RTT on one side of a 1:1 call: both keep decod
     { who: clin, remote: patId, label: 'clinician (receives over the lossy uplink)' },
     { who: pat, remote: clinId, label: 'patient (receives over the lossy downlink)' },
   ];
-  const first = await Promise.all(sides.map((s) => s.who.evaluate(pageRtp)));
+  const first = await Promise.all(sides.map((s) => s.who.media()));
   const base = sides.map((s, i) => from(first[i], s.remote));
   for (const [i, s] of sides.entries()) {
     assert.ok(base[i].video.streams > 0, `${s.label}: no inbound video stream from ${s.remote}: ${fmt(first[i])}`);
@@ -182,7 +123,7 @@ scenario('5 % loss and 40 ms more RTT on one side of a 1:1 call: both keep decod
   let last = base;
   while (Date.now() - t0 < windowMs) {
     await sleep(1_000);
-    const samples = await Promise.all(sides.map((s) => s.who.evaluate(pageRtp)));
+    const samples = await Promise.all(sides.map((s) => s.who.media()));
     const now = Date.now();
     last = sides.map((s, i) => from(samples[i], s.remote));
     for (let i = 0; i < sides.length; i++) {
@@ -197,7 +138,7 @@ scenario('5 % loss and 40 ms more RTT on one side of a 1:1 call: both keep decod
   const elapsed = (Date.now() - t0) / 1000;
   const counters = await ns.lossCounters();
   const delay = await ns.delayStats();
-  const rtts = (await Promise.all(sides.map((s) => s.who.evaluate(pageRtp)))).map((x) => x.rtt);
+  const rtts = (await Promise.all(sides.map((s) => s.who.media()))).map((x) => x.rtt);
   sc.log(`nf_tables loss counters: ${fmt(counters)}; delayer: ${fmt(delay)}; ICE RTT (s) clinician, patient: ${fmt(rtts)}; RTX negotiated: ${fmt(first.map((f) => f.rtxNegotiated))}`);
   // The delay was in force to the end (the queue is fail-open: a dead delayer would go unnoticed otherwise).
   assert.ok(delay.delayerRunning && delay.queued > 200, `packets were not delayed: ${fmt(delay)} ${ns.delayerOut}`);
@@ -334,7 +275,7 @@ capScenario('a subscriber with a 350 kbit/s downlink gets the lowest simulcast l
   try {
     await waitUntil(
       async () => {
-        const [c, p, g] = await Promise.all([clin.evaluate(pageRtp), pat.evaluate(pageRtp), guest.evaluate(pageRtp)]);
+        const [c, p, g] = await Promise.all([clin.media(), pat.media(), guest.media()]);
         const layers = c.outbound.filter((o) => o.active && o.frameHeight > 0);
         const heights = layers.map((o) => o.frameHeight);
         const low = heights.length ? Math.min(...heights) : 0;

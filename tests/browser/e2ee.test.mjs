@@ -228,29 +228,8 @@ scenario('e2ee call: Chromium ↔ Chromium decode each other, same safety code, 
       window.__e2eePhoto = Array.from(new Uint8Array(await e.detail.blob.arrayBuffer()));
     });
   });
-  const exif = Array.from(exifGpsSegment());
-  const sentBytes = await a.evaluate(async (seg) => {
-    const c = document.createElement('canvas');
-    c.width = 64;
-    c.height = 48;
-    const g = c.getContext('2d');
-    g.fillStyle = '#c33';
-    g.fillRect(0, 0, 64, 48);
-    const blob = await new Promise((r) => c.toBlob(r, 'image/jpeg', 0.9));
-    const jpeg = new Uint8Array(await blob.arrayBuffer());
-    const withExif = new Uint8Array(jpeg.length + seg.length);
-    withExif.set(jpeg.subarray(0, 2));
-    withExif.set(seg, 2);
-    withExif.set(jpeg.subarray(2), 2 + seg.length);
-    const file = new File([withExif], 'wond.jpg', { type: 'image/jpeg' });
-    const dt = new DataTransfer();
-    dt.items.add(file);
-    const input = document.getElementById('photo-input');
-    input.files = dt.files;
-    input.dispatchEvent(new Event('change', { bubbles: true }));
-    return Array.from(withExif);
-  }, exif);
-  assert.ok(containsExif(Uint8Array.from(sentBytes)), 'the picked file really has EXIF');
+  const sentBytes = await a.pickPhoto({ name: 'wond.jpg', color: '#c33', segment: exifGpsSegment() });
+  assert.ok(containsExif(sentBytes), 'the picked file really has EXIF');
   // The page's CSP (connect-src 'self') forbids fetching the blob: URL back, so the bytes are
   // taken from the same 'photo' event the app renders from.
   const received = await b.waitFor(

@@ -9,6 +9,7 @@ import {
   assert,
   assertLocationClean,
   assertTokensNotLogged,
+  joinOneToOne,
   scenario,
   tokenFromLink,
   waitForTiles,
@@ -28,13 +29,7 @@ scenario('clinician in Chromium and patient in Firefox ESR see and hear each oth
   assert.equal(await pat.state(), 'preview');
 
   const t0 = Date.now();
-  await clin.join();
-  await pat.join();
-  const clinId = await clin.youId();
-  const patId = await pat.youId();
-  assert.ok(clinId && patId && clinId !== patId, `participant ids: ${clinId}, ${patId}`);
-
-  await Promise.all([clin.waitForMediaFrom([patId]), pat.waitForMediaFrom([clinId])]);
+  const [clinId, patId] = await joinOneToOne(clin, pat);
   sc.log(`Chromium ⇄ Firefox: both decode each other ${Date.now() - t0} ms after the first join click`);
   await waitForTiles(clin, { [patId]: 'Mevr. de Vries' });
   await waitForTiles(pat, { [clinId]: 'Dr. Jansen' });

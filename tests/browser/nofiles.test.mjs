@@ -62,20 +62,7 @@ scenario('a full consult leaves no file behind but the audit log (strace + empty
     () => clinician.evaluate((text) => [...document.querySelectorAll('#chat-log .chat-message')].some((m) => m.textContent.includes(text)), chatText),
     { what: 'clinician: chat message shown', timeout: 30_000 },
   );
-  await patient.evaluate(async () => {
-    const c = document.createElement('canvas');
-    c.width = 64;
-    c.height = 48;
-    const g = c.getContext('2d');
-    g.fillStyle = '#3a7';
-    g.fillRect(0, 0, 64, 48);
-    const blob = await new Promise((r) => c.toBlob(r, 'image/jpeg', 0.9));
-    const dt = new DataTransfer();
-    dt.items.add(new File([blob], 'arm.jpg', { type: 'image/jpeg' }));
-    const input = document.getElementById('photo-input');
-    input.files = dt.files;
-    input.dispatchEvent(new Event('change', { bubbles: true }));
-  });
+  await patient.pickPhoto({ name: 'arm.jpg', color: '#3a7' });
   await clinician.waitFor(() => clinician.evaluate(() => !!document.querySelector('#chat-log img.shared-photo')), {
     what: 'clinician: shared photo shown',
     timeout: 60_000,

@@ -74,6 +74,21 @@ export async function waitForTiles(p, expected, { timeout = 30_000 } = {}) {
 }
 
 /**
+ * A 1:1 call: `a` then `b` join from their preview pages, get distinct
+ * participant ids, and each decodes the other's video and receives their
+ * audio, still rising. Returns [idA, idB].
+ */
+export async function joinOneToOne(a, b) {
+  await a.join();
+  await b.join();
+  const idA = await a.youId();
+  const idB = await b.youId();
+  assert.ok(idA && idB && idA !== idB, `participant ids: ${idA}, ${idB}`);
+  await Promise.all([a.waitForMediaFrom([idB]), b.waitForMediaFrom([idA])]);
+  return [idA, idB];
+}
+
+/**
  * A refused participant receives no media: for `holdMs` its page either has
  * no peer connection or one without a single inbound RTP packet.
  */

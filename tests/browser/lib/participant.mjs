@@ -12,18 +12,25 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { waitUntil } from './wait.mjs';
 
-/** Runs in the page: inbound media per remote participant. Must stay self-contained. */
-function pageMedia() {
+/**
+ * Runs in the page: the peer connection's RTP statistics. Every inbound
+ * stream carries the participant who sent it (null if unknown) and whether
+ * its m-section is now inactive; outbound is our video per simulcast layer.
+ * Counters a browser does not report are 0, except
+ * retransmittedPacketsReceived (undefined: Chromium reports it only for RTX
+ * streams). Must stay self-contained (it runs in the browser).
+ */
+function pageStats() {
   const hook = window.__spreekkamer;
   const pc = hook && hook.pc;
-  if (!pc) return Promise.resolve({ pc: false, inbound: [], byParticipant: {} });
-  // mid → stream id (participant id), from the server's offer.
-  const midToStream = {};
+  if (!pc) return Promise.resolve({ pc: false, t: Date.now(), rtxNegotiated: false, rtt: null, inbound: [], outbound: [] });
+  // mid → stream id (participant id) and whether the m-section is inactive, from the server's offer.
+  const sections = {};
   const sdp = (pc.remoteDescription && pc.remoteDescription.sdp) || '';
   for (const section of sdp.split(/\r?\nm=/).slice(1)) {
     const mid = /\r?\na=mid:(\S+)/.exec(section);
     const msid = /\r?\na=msid:(\S+)/.exec(section) || /\r?\na=ssrc:\d+ msid:(\S+)/.exec(section);
-    if (mid && msid) midToStream[mid[1]] = msid[1];
+    if (mid) sections[mid[1]] = { participant: msid ? msid[1] : null, inactive: /\r?\na=inactive/.test(section) };
   }
   const trackToMid = {};
   for (const t of pc.getTransceivers()) {
@@ -31,43 +38,78 @@ function pageMedia() {
   }
   return pc.getStats().then((stats) => {
     const inbound = [];
+    const outbound = [];
+    let rtt = null;
     stats.forEach((s) => {
-      if (s.type !== 'inbound-rtp') return;
-      const mid = s.mid !== undefined ? s.mid : trackToMid[s.trackIdentifier];
-      inbound.push({
-        kind: s.kind,
-        mid,
-        participant: midToStream[mid] || null,
-        packetsReceived: s.packetsReceived || 0,
-        bytesReceived: s.bytesReceived || 0,
-        framesDecoded: s.framesDecoded,
-        totalSamplesReceived: s.totalSamplesReceived,
-      });
-    });
-    const byParticipant = {};
-    for (const i of inbound) {
-      const key = i.participant || '?';
-      const p = (byParticipant[key] ||= {
-        video: { framesDecoded: 0, packetsReceived: 0 },
-        audio: { packetsReceived: 0, totalSamplesReceived: 0 },
-      });
-      if (i.kind === 'video') {
-        p.video.framesDecoded += i.framesDecoded || 0;
-        p.video.packetsReceived += i.packetsReceived;
-      } else if (i.kind === 'audio') {
-        p.audio.packetsReceived += i.packetsReceived;
-        p.audio.totalSamplesReceived += i.totalSamplesReceived || 0;
+      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded' && typeof s.currentRoundTripTime === 'number') {
+        rtt = s.currentRoundTripTime;
+      } else if (s.type === 'inbound-rtp') {
+        const mid = s.mid !== undefined ? s.mid : trackToMid[s.trackIdentifier];
+        const section = sections[mid] || { participant: null, inactive: false };
+        inbound.push({
+          kind: s.kind,
+          mid,
+          ssrc: s.ssrc,
+          participant: section.participant,
+          inactive: section.inactive,
+          packetsReceived: s.packetsReceived || 0,
+          bytesReceived: s.bytesReceived || 0,
+          packetsLost: s.packetsLost || 0,
+          nackCount: s.nackCount || 0,
+          retransmittedPacketsReceived: s.retransmittedPacketsReceived,
+          framesDecoded: s.framesDecoded || 0,
+          frameHeight: s.frameHeight || 0,
+          frameWidth: s.frameWidth || 0,
+          freezeCount: s.freezeCount || 0,
+          totalFreezesDuration: s.totalFreezesDuration || 0,
+          totalSamplesReceived: s.totalSamplesReceived || 0,
+          concealedSamples: s.concealedSamples || 0,
+        });
+      } else if (s.type === 'outbound-rtp' && s.kind === 'video') {
+        outbound.push({
+          rid: s.rid || null,
+          active: s.active !== false,
+          frameHeight: s.frameHeight || 0,
+          framesEncoded: s.framesEncoded || 0,
+          bytesSent: s.bytesSent || 0,
+          nackCount: s.nackCount || 0,
+          retransmittedPacketsSent: s.retransmittedPacketsSent || 0,
+          qualityLimitationReason: s.qualityLimitationReason || null,
+        });
       }
-    }
+    });
     return {
       pc: true,
+      t: Date.now(),
       connectionState: pc.connectionState,
       iceConnectionState: pc.iceConnectionState,
       signalingState: pc.signalingState,
+      // Whether the SFU's offer negotiated RTX (else retransmissions reuse the media SSRC).
+      rtxNegotiated: /\na=rtpmap:\d+ rtx\//i.test(sdp),
+      rtt,
       inbound,
-      byParticipant,
+      outbound,
     };
   });
+}
+
+/** Inbound counters summed per participant (key '?' for streams of no known participant). */
+function byParticipant(inbound) {
+  const out = {};
+  for (const i of inbound) {
+    const p = (out[i.participant || '?'] ||= {
+      video: { framesDecoded: 0, packetsReceived: 0 },
+      audio: { packetsReceived: 0, totalSamplesReceived: 0 },
+    });
+    if (i.kind === 'video') {
+      p.video.framesDecoded += i.framesDecoded;
+      p.video.packetsReceived += i.packetsReceived;
+    } else if (i.kind === 'audio') {
+      p.audio.packetsReceived += i.packetsReceived;
+      p.audio.totalSamplesReceived += i.totalSamplesReceived;
+    }
+  }
+  return out;
 }
 
 function pageSnapshot() {
@@ -82,6 +124,32 @@ function pageSnapshot() {
     participants: hook && hook.participants ? [...hook.participants.keys()] : [],
     tiles: [...document.querySelectorAll('.tile[data-participant-id]')].map((e) => e.dataset.participantId),
   };
+}
+
+/**
+ * Runs in the page: picks a file in `#photo-input` as a person would, a
+ * 64×48 JPEG of one colour with `segment` spliced in after its start-of-image
+ * marker. Returns the file's bytes. Must stay self-contained.
+ */
+async function pagePickPhoto({ name, color, segment }) {
+  const c = document.createElement('canvas');
+  c.width = 64;
+  c.height = 48;
+  const g = c.getContext('2d');
+  g.fillStyle = color;
+  g.fillRect(0, 0, 64, 48);
+  const blob = await new Promise((r) => c.toBlob(r, 'image/jpeg', 0.9));
+  const jpeg = new Uint8Array(await blob.arrayBuffer());
+  const bytes = new Uint8Array(jpeg.length + segment.length);
+  bytes.set(jpeg.subarray(0, 2));
+  bytes.set(segment, 2);
+  bytes.set(jpeg.subarray(2), 2 + segment.length);
+  const dt = new DataTransfer();
+  dt.items.add(new File([bytes], name, { type: 'image/jpeg' }));
+  const input = document.getElementById('photo-input');
+  input.files = dt.files;
+  input.dispatchEvent(new Event('change', { bubbles: true }));
+  return Array.from(bytes);
 }
 
 const compact = (v) => JSON.stringify(v);
@@ -124,8 +192,14 @@ export class Participant {
     return s.error ? s.error.code : null;
   }
 
-  media() {
-    return this.evaluate(pageMedia);
+  /**
+   * RTP statistics of the page's peer connection (see `pageStats`), plus
+   * `byParticipant`: video frames/packets and audio packets/samples per
+   * remote participant.
+   */
+  async media() {
+    const m = await this.evaluate(pageStats);
+    return { ...m, byParticipant: byParticipant(m.inbound) };
   }
 
   youId() {
@@ -223,6 +297,15 @@ export class Participant {
         describe: () => compact(last && last.byParticipant),
       },
     );
+  }
+
+  /**
+   * Share a photo through `#photo-input`: a small JPEG drawn in the page in
+   * `color`, with the bytes of `segment` (e.g. an EXIF block) right after its
+   * start-of-image marker. Returns the bytes of the file picked.
+   */
+  async pickPhoto({ name = 'photo.jpg', color = '#888', segment = [] } = {}) {
+    return Uint8Array.from(await this.evaluate(pagePickPhoto, { name, color, segment: Array.from(segment) }));
   }
 
   /** Inbound RTP at all (any participant, any kind): used to prove "no media" for refused joins. */

@@ -1,7 +1,8 @@
 // Media-quality readings from a participant's page (issue 5): what our
-// camera sends per simulcast layer, what we decode from one publisher, and
-// the client's own view of its receive preferences. Each page function is
-// self-contained (it runs in the browser).
+// camera sends per simulcast layer, what we decode from one publisher (from
+// the participant's `media()` statistics), and the client's own view of its
+// receive preferences. Each page function is self-contained (it runs in the
+// browser).
 
 /** Runs in the page: our video sender's encodings and outbound RTP per rid. */
 function pageOutbound() {
@@ -47,46 +48,28 @@ export function outboundVideo(p) {
   return p.evaluate(pageOutbound);
 }
 
-/** Runs in the page: inbound video and audio from one participant (stream id = participant id). */
-function pageInboundFrom(participantId) {
-  const hook = window.__spreekkamer;
-  const pc = hook && hook.pc;
-  if (!pc) return Promise.resolve(null);
-  const trackIds = { video: new Set(), audio: new Set() };
-  const sdp = (pc.remoteDescription && pc.remoteDescription.sdp) || '';
-  const mids = new Set();
-  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
-    const mid = /\r?\na=mid:(\S+)/.exec(section);
-    const msid = /\r?\na=msid:(\S+)/.exec(section) || /\r?\na=ssrc:\d+ msid:(\S+)/.exec(section);
-    if (mid && msid && msid[1] === participantId && !/\r?\na=inactive/.test(section)) mids.add(mid[1]);
+/**
+ * Inbound media from `participantId` over its active m-sections (from
+ * `p.media()`): {video: {framesDecoded, frameHeight, frameWidth, bytesReceived},
+ * audio: {bytesReceived, packetsReceived}}; null before there is a peer connection.
+ */
+export async function inboundFrom(p, participantId) {
+  const m = await p.media();
+  if (!m.pc) return null;
+  const out = { video: { framesDecoded: 0, frameHeight: 0, frameWidth: 0, bytesReceived: 0 }, audio: { bytesReceived: 0, packetsReceived: 0 } };
+  for (const i of m.inbound) {
+    if (i.participant !== participantId || i.inactive) continue;
+    if (i.kind === 'video') {
+      out.video.framesDecoded += i.framesDecoded;
+      out.video.bytesReceived += i.bytesReceived;
+      out.video.frameHeight = Math.max(out.video.frameHeight, i.frameHeight);
+      out.video.frameWidth = Math.max(out.video.frameWidth, i.frameWidth);
+    } else if (i.kind === 'audio') {
+      out.audio.bytesReceived += i.bytesReceived;
+      out.audio.packetsReceived += i.packetsReceived;
+    }
   }
-  for (const t of pc.getTransceivers()) {
-    if (t.mid !== null && mids.has(t.mid) && t.receiver.track) trackIds[t.receiver.track.kind].add(t.receiver.track.id);
-  }
-  return pc.getStats().then((stats) => {
-    const out = { video: { framesDecoded: 0, frameHeight: 0, frameWidth: 0, bytesReceived: 0 }, audio: { bytesReceived: 0, packetsReceived: 0 } };
-    stats.forEach((s) => {
-      if (s.type !== 'inbound-rtp') return;
-      const byMid = s.mid !== undefined && mids.has(s.mid);
-      const byTrack = s.trackIdentifier && trackIds[s.kind] && trackIds[s.kind].has(s.trackIdentifier);
-      if (!byMid && !byTrack) return;
-      if (s.kind === 'video') {
-        out.video.framesDecoded += s.framesDecoded || 0;
-        out.video.bytesReceived += s.bytesReceived || 0;
-        out.video.frameHeight = Math.max(out.video.frameHeight, s.frameHeight || 0);
-        out.video.frameWidth = Math.max(out.video.frameWidth, s.frameWidth || 0);
-      } else if (s.kind === 'audio') {
-        out.audio.bytesReceived += s.bytesReceived || 0;
-        out.audio.packetsReceived += s.packetsReceived || 0;
-      }
-    });
-    return out;
-  });
-}
-
-/** Inbound media from `participantId`: {video: {framesDecoded, frameHeight, ...}, audio: {bytesReceived, ...}}. */
-export function inboundFrom(p, participantId) {
-  return p.evaluate(pageInboundFrom, participantId);
+  return out;
 }
 
 /** The client's receive preferences: what it would ask now and what it last sent. */

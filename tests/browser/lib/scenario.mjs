@@ -127,6 +127,10 @@ export function scenario(name, opts, fn) {
     } finally {
       clearTimeout(timer);
     }
+    if (!failure && process.env.SPREEKKAMER_TEST_KEEP_EVIDENCE === '1') {
+      const dir = await sc.saveArtifacts(new Error('passed (evidence kept on request)')).catch((e) => `(not saved: ${e.message})`);
+      sc.log(`evidence kept in ${dir}`);
+    }
     if (failure) {
       const dir = await sc.saveArtifacts(failure).catch((e) => `(could not save artifacts: ${e.message})`);
       const msg = [`FAILED: ${name}`, `evidence saved in ${dir}`];
