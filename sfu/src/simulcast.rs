@@ -156,7 +156,14 @@ struct Current {
     ts_delta: u32,
     pic_delta: u16,
     tl0_delta: u8,
+    /// Highest input sequence number of this layer seen (forwarded or
+    /// skipped).
+    in_high: u16,
 }
+
+/// How many skipped input sequence numbers are remembered, to number a
+/// late (reordered or repaired) packet that precedes some of them.
+const SKIP_MEMORY: usize = 64;
 
 /// Switch direction, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +181,10 @@ pub(crate) struct LayerForwarder {
     last: Option<Last>,
     /// Set by a switch, taken by the caller (metrics).
     switched: Option<Switched>,
+    /// Input sequence numbers of the current layer not forwarded (padding),
+    /// a ring; `skipped_count` counts all since the layer began.
+    skipped: [u16; SKIP_MEMORY],
+    skipped_count: usize,
 }
 
 impl LayerForwarder {
@@ -183,6 +194,8 @@ impl LayerForwarder {
             current: None,
             last: None,
             switched: None,
+            skipped: [0; SKIP_MEMORY],
+            skipped_count: 0,
         }
     }
 
@@ -245,13 +258,49 @@ impl LayerForwarder {
             // Pause between frames: the subscriber got whole frames only.
             self.current = None;
         }
-        let Some(c) = self.current else {
+        let Some(mut c) = self.current else {
             return Verdict::Drop;
         };
         if c.layer != layer || (seq != c.start_seq && !seq_newer(seq, c.start_seq)) {
             return Verdict::Drop;
         }
-        let out_seq = seq.wrapping_add(c.seq_delta);
+        let newest = seq_newer(seq, c.in_high);
+        if vp8.is_none() {
+            // Padding-only (a publisher probing its own uplink sends up to
+            // ~1 000 a second on the media SSRC when RTX is not negotiated)
+            // or a payload without a readable descriptor: worthless to the
+            // subscriber, and forwarded it once flooded a 350 kbit/s link.
+            // Later packets move down one number, so no gap is seen.
+            if newest {
+                c.seq_delta = c.seq_delta.wrapping_sub(1);
+                c.in_high = seq;
+                self.current = Some(c);
+                self.skipped[self.skipped_count % SKIP_MEMORY] = seq;
+                self.skipped_count += 1;
+            }
+            return Verdict::Drop;
+        }
+        let mut delta = c.seq_delta;
+        if newest {
+            c.in_high = seq;
+            self.current = Some(c);
+        } else if self.skipped_count > 0 {
+            // Late: the skips after it did not apply to it yet.
+            let kept = self.skipped_count.min(SKIP_MEMORY);
+            if self.skipped_count > SKIP_MEMORY {
+                let oldest = self.skipped[self.skipped_count % SKIP_MEMORY];
+                if seq_newer(oldest, seq) {
+                    // Older than what we remember: its number is unknown.
+                    return Verdict::Drop;
+                }
+            }
+            let later = self.skipped[..kept]
+                .iter()
+                .filter(|&&s| seq_newer(s, seq))
+                .count();
+            delta = delta.wrapping_add(later as u16);
+        }
+        let out_seq = seq.wrapping_add(delta);
         let out_ts = ts.wrapping_add(c.ts_delta);
         let mut rewrite = Rewrite {
             seq: out_seq,
@@ -315,7 +364,9 @@ impl LayerForwarder {
             ts_delta: 0,
             pic_delta: 0,
             tl0_delta: 0,
+            in_high: seq,
         };
+        self.skipped_count = 0;
         // The very first stream passes through unshifted (and unpatched).
         if let Some(last) = self.last {
             c.seq_delta = last.seq.wrapping_add(1).wrapping_sub(seq);
@@ -705,16 +756,47 @@ mod tests {
     }
 
     #[test]
-    fn packets_without_a_descriptor_follow_their_layer() {
+    fn padding_is_dropped_without_leaving_a_gap() {
         let t0 = Instant::now();
         let mut f = LayerForwarder::new(Some(0));
+        let frame = vp8(true, false, 1, 1);
+        let seq_of = |v: Verdict| match v {
+            Verdict::Forward(r) => Some(r.seq),
+            Verdict::Drop => None,
+        };
         run(&mut f, 0, 1, 0, &vp8(true, true, 1, 1), t0).expect("start");
-        // Padding: empty payload.
-        assert!(matches!(
-            f.on_packet(0, 100, 2, 0, None, t0),
-            Verdict::Forward(Rewrite { seq: 2, .. })
-        ));
-        assert_eq!(f.on_packet(1, 101, 2, 0, None, t0), Verdict::Drop);
+        // Input 2..=4 padding (no descriptor), 5 media, 6 padding, 7 media.
+        for s in 2..=4 {
+            assert_eq!(f.on_packet(0, 100, s, 0, None, t0), Verdict::Drop);
+        }
+        let info = parse_vp8(&frame);
+        assert_eq!(
+            seq_of(f.on_packet(0, 100, 5, 0, info.as_ref(), t0)),
+            Some(2)
+        );
+        assert_eq!(f.on_packet(0, 100, 6, 0, None, t0), Verdict::Drop);
+        assert_eq!(
+            seq_of(f.on_packet(0, 100, 7, 0, info.as_ref(), t0)),
+            Some(3)
+        );
+        // A late packet (input 3 was padding; say input 8 is lost and
+        // arrives after 9): numbers stay unique and in input order.
+        assert_eq!(
+            seq_of(f.on_packet(0, 100, 9, 0, info.as_ref(), t0)),
+            Some(5)
+        );
+        assert_eq!(
+            seq_of(f.on_packet(0, 100, 8, 0, info.as_ref(), t0)),
+            Some(4)
+        );
+        // A late media packet from before the padding run at 6 keeps the
+        // number it would have had: input 5 -> 2 again (a repeat, as sent).
+        assert_eq!(
+            seq_of(f.on_packet(0, 100, 5, 0, info.as_ref(), t0)),
+            Some(2)
+        );
+        // Other layers still drop.
+        assert_eq!(f.on_packet(1, 101, 10, 0, None, t0), Verdict::Drop);
     }
 
     #[test]

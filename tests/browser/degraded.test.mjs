@@ -7,7 +7,9 @@
 //     keeps flowing, and NACKs and retransmissions repair the loss.
 //  2. its downlink capped at 350 kbit/s in a three-way call: the SFU gives it
 //     the publisher's lowest simulcast layer while an uncapped subscriber gets
-//     a higher one.
+//     a higher one, and the capped link is not flooded (it was, by forwarded
+//     padding probes and repeated retransmissions, until the SFU dropped the
+//     one and bounded the other).
 // The CI kernel has no sch_netem (see lib/netem.mjs), so loss comes from
 // nf_tables random drops and delay from a small NFQUEUE program.
 
@@ -204,7 +206,8 @@ scenario('5 % loss and 40 ms more RTT on one side of a 1:1 call: both keep decod
   const ctx = `\n${report.join('\n')}`;
   assert.ok(nacks > 0, `patient: no NACKs sent for its lossy downlink (nackCount ${pb.nackCount} → ${pl.nackCount})${ctx}`);
   assert.ok(rtx === undefined || rtx > 0, `patient: ${nacks} NACKs sent but no retransmission arrived (retransmittedPacketsReceived ${pb.retransmittedPacketsReceived} → ${pl.retransmittedPacketsReceived}): the SFU does not answer NACKs${ctx}`);
-  assert.ok(got > 300, `patient: only ${got} video packets received in ${elapsed.toFixed(1)} s${ctx}`);
+  // ~30 video packets/s reach it once padding probes are not forwarded (measured 583-604 in 20 s).
+  assert.ok(got > 200, `patient: only ${got} video packets received in ${elapsed.toFixed(1)} s${ctx}`);
   const downRate = counters.down.dropped / counters.down.seen;
   const residual = lost / (got + Math.max(lost, 0));
   assert.ok(
@@ -218,14 +221,7 @@ scenario('5 % loss and 40 ms more RTT on one side of a 1:1 call: both keep decod
   if (nackMetric !== undefined) assert.ok(nackMetric > 0, `the server counted no NACKs while the patient sent ${nacks}${ctx}`);
 });
 
-// NOT IN CI YET, on purpose and stated in issue 5's closing note: this check
-// of unfinished work fails on this 2-core machine today (the capped guest's
-// link stays ~25-45 % over the cap and its video stalls; the publisher is
-// CPU-limited to 540p). It runs only with SPREEKKAMER_TEST_BANDWIDTH_CAP=1,
-// so whoever works on the estimator can see it go green.
-const capScenario = process.env.SPREEKKAMER_TEST_BANDWIDTH_CAP === '1' ? scenario : () => {};
-
-capScenario('a subscriber with a 350 kbit/s downlink gets the lowest simulcast layer, an uncapped one a higher layer', { timeout: 150_000 }, async (sc) => {
+scenario('a subscriber with a 350 kbit/s downlink gets the lowest simulcast layer, an uncapped one a higher layer', { timeout: 150_000 }, async (sc) => {
   const caps = await needImpairment(sc, 'rate cap');
   if (!caps) return;
   assert.ok(caps.tbf, `no tc tbf on this machine: ${fmt(caps.missing)}`);
@@ -324,4 +320,9 @@ capScenario('a subscriber with a 350 kbit/s downlink gets the lowest simulcast l
   sc.log(`after ${last.atMs} ms: ${fmt(last)}`);
   // The cap was really in the guest's path (and really limiting).
   assert.ok(last.cap && last.cap.sentPackets > 0, `no traffic crossed the capped link: ${fmt(last.cap)}`);
+  // ...and the SFU did not flood it: measured 2-11 % of the packets dropped at
+  // the cap (join and first keyframes included); forwarding the publisher's
+  // padding probes, or answering every repeated NACK, dropped 30-80 %.
+  const offered = last.cap.sentPackets + last.cap.dropped;
+  assert.ok(last.cap.dropped < 0.25 * offered, `the capped link dropped ${last.cap.dropped} of ${offered} packets: the SFU sends it far more than it carries\n${fmt(last)}`);
 });
