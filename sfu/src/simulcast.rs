@@ -265,19 +265,17 @@ impl LayerForwarder {
             return Verdict::Drop;
         }
         let newest = seq_newer(seq, c.in_high);
-        if vp8.is_none() {
+        if vp8.is_none() && newest {
             // Padding-only (a publisher probing its own uplink sends up to
             // ~1 000 a second on the media SSRC when RTX is not negotiated)
             // or a payload without a readable descriptor: worthless to the
             // subscriber, and forwarded it once flooded a 350 kbit/s link.
             // Later packets move down one number, so no gap is seen.
-            if newest {
-                c.seq_delta = c.seq_delta.wrapping_sub(1);
-                c.in_high = seq;
-                self.current = Some(c);
-                self.skipped[self.skipped_count % SKIP_MEMORY] = seq;
-                self.skipped_count += 1;
-            }
+            c.seq_delta = c.seq_delta.wrapping_sub(1);
+            c.in_high = seq;
+            self.current = Some(c);
+            self.skipped[self.skipped_count % SKIP_MEMORY] = seq;
+            self.skipped_count += 1;
             return Verdict::Drop;
         }
         let mut delta = c.seq_delta;
@@ -294,12 +292,17 @@ impl LayerForwarder {
                     return Verdict::Drop;
                 }
             }
-            let later = self.skipped[..kept]
-                .iter()
-                .filter(|&&s| seq_newer(s, seq))
-                .count();
+            let skipped = &self.skipped[..kept];
+            if vp8.is_none() && skipped.contains(&seq) {
+                // A repeat of padding we skipped: it has no number.
+                return Verdict::Drop;
+            }
+            let later = skipped.iter().filter(|&&s| seq_newer(s, seq)).count();
             delta = delta.wrapping_add(later as u16);
         }
+        // Late padding that was lost upstream and repaired is forwarded: it
+        // fills the hole its loss left in what the subscriber saw (else the
+        // subscriber counts it lost and NACKs what no cache holds).
         let out_seq = seq.wrapping_add(delta);
         let out_ts = ts.wrapping_add(c.ts_delta);
         let mut rewrite = Rewrite {
@@ -795,6 +798,24 @@ mod tests {
             seq_of(f.on_packet(0, 100, 5, 0, info.as_ref(), t0)),
             Some(2)
         );
+        // Padding lost upstream (input 11, after media 10) and repaired late
+        // fills its hole; a repeat of skipped padding (6) has no number.
+        let at = |f: &mut LayerForwarder, s: u16, i: Option<&Vp8Info>| {
+            seq_of(f.on_packet(0, 100, s, 0, i, t0))
+        };
+        assert_eq!(at(&mut f, 10, info.as_ref()), Some(6));
+        assert_eq!(at(&mut f, 12, info.as_ref()), Some(8));
+        assert_eq!(at(&mut f, 11, None), Some(7));
+        assert_eq!(at(&mut f, 6, None), None);
+        // Padding lost upstream (input 11, after media 10) and repaired late
+        // fills its hole; a repeat of skipped padding (6) has no number.
+        let at = |f: &mut LayerForwarder, s: u16, i: Option<&Vp8Info>| {
+            seq_of(f.on_packet(0, 100, s, 0, i, t0))
+        };
+        assert_eq!(at(&mut f, 10, info.as_ref()), Some(6));
+        assert_eq!(at(&mut f, 12, info.as_ref()), Some(8));
+        assert_eq!(at(&mut f, 11, None), Some(7));
+        assert_eq!(at(&mut f, 6, None), None);
         // Other layers still drop.
         assert_eq!(f.on_packet(1, 101, 10, 0, None, t0), Verdict::Drop);
     }
