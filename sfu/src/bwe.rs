@@ -181,14 +181,6 @@ fn cost(want: &Want, layer: Layer) -> u64 {
 /// Allocation state of one subscriber.
 #[derive(Debug, Default)]
 pub(crate) struct Allocator {
-    /// No sign of congestion (no receiver-report loss ceiling lately):
-    /// every wanted track gets its lowest layer
-    /// whatever the estimate says, and only steps up are budgeted. Without
-    /// probing, GCC never rises much above 1.5x what we send, so a
-    /// subscriber of five single-layer publishers would otherwise keep three
-    /// paused on a link with room for all (measured: the load generator's
-    /// group of 6 got half its video).
-    pub(crate) floor_free: bool,
     last_down: Option<Instant>,
     /// Since when the estimate has not fit some flowing video's low layer.
     short_since: Option<Instant>,
@@ -205,10 +197,18 @@ pub(crate) struct Outcome {
 
 impl Allocator {
     /// Fill `out[i]` with the layer for `wants[i]`.
+    ///
+    /// `floor_free`: no sign that audio suffers, so every wanted track gets
+    /// its lowest layer whatever the estimate says, and only steps up are
+    /// budgeted. Without probing, GCC never rises much above 1.5x what we
+    /// send, so a subscriber of five single-layer publishers would otherwise
+    /// keep three paused on a link with room for all (measured: the load
+    /// generator's group of 6 got half its video).
     pub(crate) fn allocate(
         &mut self,
         estimate: u64,
         audio_tracks: usize,
+        floor_free: bool,
         wants: &[Want],
         out: &mut [Option<Layer>],
         now: Instant,
@@ -243,7 +243,7 @@ impl Allocator {
                 };
                 let step = cost(want, next) - out[i].map_or(0, |l| cost(want, l));
                 let above = want.current.is_none_or(|c| next > c);
-                let needed = if self.floor_free && out[i].is_none() {
+                let needed = if floor_free && out[i].is_none() {
                     0
                 } else if above {
                     if !may_go_up {
@@ -313,7 +313,19 @@ mod tests {
 
     fn alloc(a: &mut Allocator, estimate: u64, wants: &[Want], now: Instant) -> Vec<Option<Layer>> {
         let mut out = vec![None; wants.len()];
-        a.allocate(estimate, wants.len(), wants, &mut out, now);
+        a.allocate(estimate, wants.len(), false, wants, &mut out, now);
+        out
+    }
+
+    /// As `alloc`, with the lowest layers free (audio does not suffer).
+    fn alloc_free(
+        a: &mut Allocator,
+        estimate: u64,
+        wants: &[Want],
+        now: Instant,
+    ) -> Vec<Option<Layer>> {
+        let mut out = vec![None; wants.len()];
+        a.allocate(estimate, wants.len(), true, wants, &mut out, now);
         out
     }
 
@@ -334,18 +346,15 @@ mod tests {
             [Some(2), Some(2), None, None, None],
             "congested: the budget decides"
         );
-        let mut a = Allocator {
-            floor_free: true,
-            ..Allocator::default()
-        };
-        assert_eq!(alloc(&mut a, 3_300_000, &[single; 5], now), [Some(2); 5]);
-        // Simulcast publishers: the low layers are free, steps up budgeted.
-        let mut a = Allocator {
-            floor_free: true,
-            ..Allocator::default()
-        };
+        let mut a = Allocator::default();
         assert_eq!(
-            alloc(&mut a, 300_000, &[want(Some(2), None); 2], now),
+            alloc_free(&mut a, 3_300_000, &[single; 5], now),
+            [Some(2); 5]
+        );
+        // Simulcast publishers: the low layers are free, steps up budgeted.
+        let mut a = Allocator::default();
+        assert_eq!(
+            alloc_free(&mut a, 300_000, &[want(Some(2), None); 2], now),
             [Some(0), Some(0)]
         );
         let mut a = Allocator::default();
@@ -412,11 +421,11 @@ mod tests {
         let mut a = Allocator::default();
         let mut out = [None];
         // A dip keeps the low layer for a moment...
-        a.allocate(120_000, 1, &[want(Some(2), Some(0))], &mut out, t0);
+        a.allocate(120_000, 1, false, &[want(Some(2), Some(0))], &mut out, t0);
         assert_eq!(out, [Some(0)]);
         // ...a lasting shortage pauses it.
         let now = t0 + PAUSE_AFTER;
-        let o = a.allocate(120_000, 1, &[want(Some(2), Some(0))], &mut out, now);
+        let o = a.allocate(120_000, 1, false, &[want(Some(2), Some(0))], &mut out, now);
         assert_eq!(out, [None]);
         assert_eq!(
             o,

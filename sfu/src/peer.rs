@@ -1022,12 +1022,17 @@ impl Peer {
         if self.worst_audio_loss_seen > LOSS_HIGH {
             self.lossy_at = Some(now);
         }
-        self.allocator.floor_free = self
+        let floor_free = self
             .lossy_at
             .is_none_or(|t| now.saturating_duration_since(t) >= LOSSY_MEMORY);
-        let outcome = self
-            .allocator
-            .allocate(estimate, audio, &self.wants, &mut self.chosen, now);
+        let outcome = self.allocator.allocate(
+            estimate,
+            audio,
+            floor_free,
+            &self.wants,
+            &mut self.chosen,
+            now,
+        );
         let known = (gcc != NO_ESTIMATE).then_some(estimate);
         self.pacer.set_rate(pace_rate(known, self.sent_rate));
         // From what we forward, not the estimate: rtc's GCC was measured
@@ -1058,7 +1063,7 @@ impl Peer {
                 gcc / 1000,
                 self.loss_cap.cap().map(|c| c / 1000),
                 self.sent_rate / 1000,
-                self.allocator.floor_free
+                floor_free
             );
         }
         outcome.downgraded
