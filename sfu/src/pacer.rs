@@ -160,11 +160,6 @@ impl<T> Pacer<T> {
     pub(crate) fn queued(&self) -> usize {
         self.queued_bytes
     }
-
-    #[cfg(test)]
-    pub(crate) fn queued_bytes(&self) -> usize {
-        self.queued_bytes
-    }
 }
 
 /// Retransmissions may use at most this share of the media rate we
@@ -328,7 +323,7 @@ mod tests {
             let n = out.iter().filter(|(t, _)| t / 10 == w).count();
             assert!(n <= 2, "{n} packets in window {w}: {out:?}");
         }
-        assert_eq!(p.queued_bytes(), 0);
+        assert_eq!(p.queued(), 0);
     }
 
     #[test]
@@ -372,7 +367,7 @@ mod tests {
         for i in 0..n as u32 {
             let _ = p.admit(i, 1200, t0);
         }
-        assert!(p.queued_bytes() <= MAX_QUEUE_BYTES);
+        assert!(p.queued() <= MAX_QUEUE_BYTES);
         assert!(p.dropped >= 99, "dropped {}", p.dropped);
     }
 

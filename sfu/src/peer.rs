@@ -243,8 +243,6 @@ pub(crate) struct Peer {
     lossy_at: Option<Instant>,
     worst_loss: u8,
     worst_audio_loss: u8,
-    /// The worst audio loss of the last tick.
-    worst_audio_loss_seen: u8,
     sent_bytes: u64,
     sent_rate: u64,
     allocator: Allocator,
@@ -436,7 +434,6 @@ impl Peer {
             lossy_at: None,
             worst_loss: 0,
             worst_audio_loss: 0,
-            worst_audio_loss_seen: 0,
             sent_bytes: 0,
             sent_rate: 0,
             allocator: Allocator::default(),
@@ -905,7 +902,9 @@ impl Peer {
             self.sent_rate / 1000,
             self.pacer.queued(),
         );
-        self.worst_audio_loss_seen = std::mem::take(&mut self.worst_audio_loss);
+        if std::mem::take(&mut self.worst_audio_loss) > LOSS_HIGH {
+            self.lossy_at = Some(now);
+        }
         self.loss_cap.update(
             std::mem::take(&mut self.worst_loss),
             self.sent_rate,
@@ -1019,9 +1018,7 @@ impl Peer {
         // storms (now paced and bounded). Sticky, so a link that cannot
         // carry the low layer is not refilled the moment audio recovers;
         // after LOSSY_MEMORY calm the low layers resume (a probe).
-        if self.worst_audio_loss_seen > LOSS_HIGH {
-            self.lossy_at = Some(now);
-        }
+        // (`lossy_at` is set by `tick` from the receiver reports.)
         let floor_free = self
             .lossy_at
             .is_none_or(|t| now.saturating_duration_since(t) >= LOSSY_MEMORY);

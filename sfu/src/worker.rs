@@ -660,9 +660,9 @@ impl Worker {
         }
     }
 
-    /// Once a second: every subscriber's layers from its bandwidth
-    /// estimate, its preferences and what the publishers send.
-    fn allocate_layers(&mut self, now: Instant) {
+    /// What every publisher sends now, indexed by peer key, in the reused
+    /// buffer taken out of `self.views` (the caller puts it back).
+    fn publisher_views(&mut self, now: Instant) -> Vec<PublisherView> {
         let mut views = std::mem::take(&mut self.views);
         views.clear();
         views.extend(self.peers.iter().map(|p| {
@@ -670,6 +670,13 @@ impl Worker {
                 .map(|p| p.publisher_view(now))
                 .unwrap_or_default()
         }));
+        views
+    }
+
+    /// Once a second: every subscriber's layers from its bandwidth
+    /// estimate, its preferences and what the publishers send.
+    fn allocate_layers(&mut self, now: Instant) {
+        let views = self.publisher_views(now);
         let (mut up, mut down, mut resumed, mut nacks, mut paused) = (0, 0, 0, 0, 0);
         let (mut retransmitted, mut suppressed) = (0, 0);
         for p in self.peers.iter_mut().flatten() {
@@ -808,13 +815,7 @@ impl Worker {
             } => {
                 if let Some(key) = self.find(&consult, &participant) {
                     max_quality.truncate(MAX_PREFERENCES);
-                    let mut views = std::mem::take(&mut self.views);
-                    views.clear();
-                    views.extend(self.peers.iter().map(|p| {
-                        p.as_ref()
-                            .map(|p| p.publisher_view(now))
-                            .unwrap_or_default()
-                    }));
+                    let views = self.publisher_views(now);
                     if let Some(p) = self.peers[key].as_mut() {
                         p.set_preferences(audio_only, max_quality);
                         p.allocate(&views, now);
