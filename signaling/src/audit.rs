@@ -8,13 +8,32 @@
 //!
 //! This is the only thing the server writes about a consult. The sink is
 //! stdout (for a container log collector) or a file opened for appending.
+//!
+//! Failure lines are rate-limited per source address (junk-token joins from
+//! one address wrote 165 KiB/s): past [`FAILURES_PER_SECOND`] in a second,
+//! further failures from that address are counted, never silently dropped:
+//! an `audit_suppressed` line with the count, the source and the window is
+//! written at most every [`SUMMARY_EVERY`] while it lasts and once after.
+//! Successful events (someone with a valid token) are never suppressed.
 
 use crate::protocol::{ErrorCode, Role};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Failure lines written per source address per second before the rest
+/// are counted into a summary.
+pub const FAILURES_PER_SECOND: u32 = 10;
+/// Longest time suppressed lines wait for their summary line.
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// Most sources tracked at once; beyond it all new sources share one entry
+/// (`ip: null`), so a flood of addresses cannot grow memory.
+const MAX_SOURCES: usize = 10_000;
 
 /// Where audit lines go.
 #[derive(Debug, Clone)]
@@ -152,10 +171,21 @@ enum Writer {
     Memory(Arc<Mutex<Vec<String>>>),
 }
 
+/// Failure lines of one source address: this second's count, and what was
+/// suppressed since the last summary.
+struct Source {
+    second: Instant,
+    written: u32,
+    suppressed: u64,
+    since: Option<(Instant, SystemTime)>,
+}
+
 /// The audit log. Cheap to share (`Arc`); writes are serialized by a mutex
 /// so lines never interleave.
 pub struct AuditLog {
     writer: Mutex<Writer>,
+    sources: Mutex<HashMap<Option<IpAddr>, Source>>,
+    suppressed_total: AtomicU64,
 }
 
 impl AuditLog {
@@ -172,13 +202,93 @@ impl AuditLog {
         };
         Ok(AuditLog {
             writer: Mutex::new(writer),
+            sources: Mutex::new(HashMap::new()),
+            suppressed_total: AtomicU64::new(0),
         })
     }
 
+    /// Write `event`, unless it is a failure over its source's rate (then
+    /// it is counted for the next `audit_suppressed` line).
     pub fn record(&self, event: AuditEvent) {
+        if event.outcome == Outcome::Failure {
+            let now = Instant::now();
+            let summary = {
+                let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+                let key = if sources.len() >= MAX_SOURCES
+                    && !sources.contains_key(&event.access_point.ip)
+                {
+                    None
+                } else {
+                    event.access_point.ip
+                };
+                let source = sources.entry(key).or_insert(Source {
+                    second: now,
+                    written: 0,
+                    suppressed: 0,
+                    since: None,
+                });
+                if now.saturating_duration_since(source.second) >= Duration::from_secs(1) {
+                    source.second = now;
+                    source.written = 0;
+                }
+                if source.written < FAILURES_PER_SECOND {
+                    source.written += 1;
+                    None
+                } else {
+                    source.suppressed += 1;
+                    self.suppressed_total.fetch_add(1, Ordering::Relaxed);
+                    let since = *source.since.get_or_insert((now, SystemTime::now()));
+                    if now.saturating_duration_since(since.0) >= SUMMARY_EVERY {
+                        Some(take_summary(key, source, now))
+                    } else {
+                        return;
+                    }
+                }
+            };
+            if let Some(summary) = summary {
+                self.write(&summary);
+                return;
+            }
+        }
+        self.write(&event);
+    }
+
+    /// Write the summary of every source that went quiet (nothing over its
+    /// rate for a second) or waited [`SUMMARY_EVERY`], and forget quiet
+    /// sources. The server calls this every few seconds.
+    pub fn flush_suppressed(&self) {
+        let now = Instant::now();
+        let summaries: Vec<AuditEvent> = {
+            let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+            let mut out = Vec::new();
+            for (key, source) in sources.iter_mut() {
+                let quiet = now.saturating_duration_since(source.second) >= Duration::from_secs(1);
+                let due = source
+                    .since
+                    .is_some_and(|(t, _)| now.saturating_duration_since(t) >= SUMMARY_EVERY);
+                if source.suppressed > 0 && (quiet || due) {
+                    out.push(take_summary(*key, source, now));
+                }
+            }
+            sources.retain(|_, s| {
+                s.suppressed > 0 || now.saturating_duration_since(s.second) < Duration::from_secs(1)
+            });
+            out
+        };
+        for summary in &summaries {
+            self.write(summary);
+        }
+    }
+
+    /// Failure lines counted instead of written, since start.
+    pub fn suppressed_total(&self) -> u64 {
+        self.suppressed_total.load(Ordering::Relaxed)
+    }
+
+    fn write(&self, event: &AuditEvent) {
         let line = Line {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            event: &event,
+            event,
         };
         let Ok(text) = serde_json::to_string(&line) else {
             return;
@@ -203,6 +313,27 @@ impl AuditLog {
             // Losing audit lines must be visible to operators.
             log::error!("audit log write failed: {e}");
         }
+    }
+}
+
+/// The `audit_suppressed` line for `source`, which is reset.
+fn take_summary(ip: Option<IpAddr>, source: &mut Source, now: Instant) -> AuditEvent {
+    let (started, started_wall) = source.since.take().unwrap_or((now, SystemTime::now()));
+    let count = std::mem::take(&mut source.suppressed);
+    AuditEvent {
+        outcome: Outcome::Failure,
+        detail: Some(serde_json::json!({
+            "suppressed": count,
+            "window_start": humantime::format_rfc3339_millis(started_wall).to_string(),
+            "window_secs": now.saturating_duration_since(started).as_secs_f64().ceil() as u64,
+        })),
+        ..AuditEvent::new(
+            "audit_suppressed",
+            AccessPoint {
+                ip,
+                ua_family: "other",
+            },
+        )
     }
 }
 
@@ -371,6 +502,52 @@ mod tests {
         assert!(
             second.get("responsible_clinician").is_none(),
             "left out when unknown"
+        );
+    }
+
+    #[test]
+    fn failures_over_the_rate_are_summarised_per_source() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let log = AuditLog::open(&AuditSink::Memory(lines.clone())).unwrap();
+        let flooder = AccessPoint::new(Some("192.0.2.66".parse().unwrap()), None);
+        let other = AccessPoint::new(Some("192.0.2.7".parse().unwrap()), None);
+        for _ in 0..1000 {
+            log.record(
+                AuditEvent::new("token_rejected", flooder.clone())
+                    .failed(ErrorCode::TokenMalformed),
+            );
+        }
+        log.record(AuditEvent::new("token_rejected", other).failed(ErrorCode::TokenExpired));
+        // Successes are never suppressed, even from the flooding address.
+        log.record(AuditEvent::new("join", flooder).actor("u", Role::Patient));
+        assert_eq!(
+            log.suppressed_total(),
+            1000 - u64::from(FAILURES_PER_SECOND)
+        );
+        assert_eq!(
+            lines.lock().unwrap().len(),
+            FAILURES_PER_SECOND as usize + 2,
+            "the rest is counted, not written"
+        );
+        log.flush_suppressed();
+        assert_eq!(
+            lines.lock().unwrap().len(),
+            FAILURES_PER_SECOND as usize + 2
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        log.flush_suppressed();
+        let lines = lines.lock().unwrap();
+        let summary: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+        assert_eq!(summary["event"], "audit_suppressed");
+        assert_eq!(summary["access_point"]["ip"], "192.0.2.66");
+        assert_eq!(summary["outcome"], "failure");
+        assert_eq!(summary["detail"]["suppressed"], 990);
+        assert!(summary["detail"]["window_secs"].as_u64().unwrap() >= 1);
+        assert!(
+            summary["detail"]["window_start"]
+                .as_str()
+                .unwrap()
+                .ends_with('Z')
         );
     }
 

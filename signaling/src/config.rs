@@ -121,6 +121,24 @@ pub struct ServeArgs {
     /// Time a new connection has to send `join` (e.g. 10s).
     #[arg(long, env = "SPREEKKAMER_JOIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub join_timeout: Duration,
+    /// Open HTTP/WebSocket connections in total (default: three quarters
+    /// of the open-file limit).
+    #[arg(long, env = "SPREEKKAMER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Open connections per client address (trusted proxies exempt).
+    #[arg(long, env = "SPREEKKAMER_MAX_CONNECTIONS_PER_IP", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: u32,
+    /// Time to send a request head, on a new or an idle keep-alive connection.
+    #[arg(long, env = "SPREEKKAMER_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// A joined WebSocket quiet this long is pinged.
+    #[arg(long, env = "SPREEKKAMER_WS_HEARTBEAT", default_value = "20s", value_parser = parse_duration)]
+    pub ws_heartbeat: Duration,
+    /// A joined WebSocket that sent nothing (not even a pong) for this long
+    /// is closed.
+    #[arg(long, env = "SPREEKKAMER_WS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub ws_idle_timeout: Duration,
     /// How long an empty consult is remembered (its lock, removed people).
     #[arg(long, env = "SPREEKKAMER_CONSULT_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub consult_grace: Duration,
@@ -351,6 +369,9 @@ impl ServeArgs {
             max_participants: usize::from(self.max_participants),
             ..Limits::default()
         };
+        if self.ws_idle_timeout <= self.ws_heartbeat {
+            return Err("--ws-idle-timeout must be longer than --ws-heartbeat".into());
+        }
         Ok(ServeConfig {
             listen: self.listen,
             keys: self.keys(secret)?,
@@ -383,6 +404,13 @@ impl ServeArgs {
             jwks_min_refresh: Duration::from_secs(30),
             trusted_proxies: self.trusted_proxies.clone(),
             public_url: self.public_url.clone(),
+            connections: crate::listener::ConnectionLimits {
+                max_total: self.max_connections.map(|n| n as usize),
+                max_per_ip: self.max_connections_per_ip as usize,
+                header_timeout: self.header_timeout,
+            },
+            ws_heartbeat: self.ws_heartbeat,
+            ws_idle_timeout: self.ws_idle_timeout,
         })
     }
 }
@@ -426,6 +454,44 @@ mod tests {
         assert!(cli.serve.demo_links);
         assert!(cli.serve.waiting_room, "the waiting room is on by default");
         assert_eq!(cli.serve.base_url(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_flags() {
+        let cfg = parse(&[])
+            .unwrap()
+            .serve
+            .to_config(&"s".repeat(32))
+            .unwrap();
+        assert_eq!(
+            cfg.connections,
+            crate::listener::ConnectionLimits::default()
+        );
+        assert_eq!(cfg.ws_heartbeat, Duration::from_secs(20));
+        assert_eq!(cfg.ws_idle_timeout, Duration::from_secs(60));
+        let cli = parse(&[
+            "--max-connections",
+            "500",
+            "--max-connections-per-ip",
+            "20",
+            "--header-timeout",
+            "5s",
+            "--ws-heartbeat",
+            "10s",
+            "--ws-idle-timeout",
+            "30s",
+        ])
+        .unwrap();
+        let cfg = cli.serve.to_config(&"s".repeat(32)).unwrap();
+        assert_eq!(cfg.connections.max_total, Some(500));
+        assert_eq!(cfg.connections.max_per_ip, 20);
+        assert_eq!(cfg.connections.header_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.ws_heartbeat, Duration::from_secs(10));
+        assert_eq!(cfg.ws_idle_timeout, Duration::from_secs(30));
+        assert!(parse(&["--max-connections", "0"]).is_err());
+        assert!(parse(&["--header-timeout", "0s"]).is_err());
+        let cli = parse(&["--ws-heartbeat", "30s", "--ws-idle-timeout", "30s"]).unwrap();
+        assert!(cli.serve.to_config(&"s".repeat(32)).is_err());
     }
 
     #[test]

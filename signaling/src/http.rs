@@ -15,6 +15,15 @@ use warp::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 /// between the protocol limit and this get a `message_too_large` error.
 const WS_HARD_LIMIT: usize = 1024 * 1024;
 
+/// Bytes queued for one WebSocket before a send waits (tungstenite's
+/// default), and the most it may ever hold: one more message of the largest
+/// size the server sends (an offer or a relayed message is well under the
+/// 1 MiB frame cap). Pongs the peer does not read wait in this buffer; past
+/// it, newer pongs replace the one not yet sent instead of piling up (a
+/// ping flood without reading once grew it without bound).
+const WS_WRITE_BUFFER: usize = 128 * 1024;
+const WS_MAX_WRITE_BUFFER: usize = WS_WRITE_BUFFER + WS_HARD_LIMIT;
+
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
 img-src 'self' blob: data:; media-src 'self' blob:; worker-src 'self' blob:; connect-src 'self'; \
 frame-ancestors 'none'; base-uri 'none'";
@@ -52,7 +61,7 @@ pub fn routes(
     let ws = warp::path("ws")
         .and(warp::path::end())
         .and(warp::ws())
-        .and(warp::addr::remote())
+        .and(crate::listener::peer())
         .and(warp::header::optional::<String>("user-agent"))
         .and(warp::header::optional::<String>("x-forwarded-for"))
         .and(with_ctx.clone())
@@ -70,13 +79,14 @@ pub fn routes(
                 let access = AccessPoint::new(ip, ua.as_deref());
                 ws.max_message_size(WS_HARD_LIMIT)
                     .max_frame_size(WS_HARD_LIMIT)
+                    .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
                     .on_upgrade(move |socket| crate::session::run(socket, ctx, access))
             },
         );
 
     // Who is calling, for the API: client IP (proxy-aware), browser family
     // and the Authorization header.
-    let caller = warp::addr::remote()
+    let caller = crate::listener::peer()
         .and(warp::header::optional::<String>("user-agent"))
         .and(warp::header::optional::<String>("x-forwarded-for"))
         .and(warp::header::optional::<String>("authorization"))
@@ -138,6 +148,7 @@ pub fn routes(
         .and(warp::path::end())
         .and(with_ctx.clone())
         .map(|ctx: Arc<Context>| {
+            ctx.metrics.audit_suppressed(ctx.audit.suppressed_total());
             let mut body = ctx.metrics.render(ctx.sfu.stats());
             body.push_str(&ctx.sfu.quality_stats().prometheus_text());
             Response::builder()

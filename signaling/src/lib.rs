@@ -13,6 +13,7 @@
 //! * [`session`] — one WebSocket connection with its limits;
 //! * [`rate`] — the token buckets behind those limits;
 //! * [`http`] — routes, health, metrics, the embedded web client;
+//! * [`listener`] — the accept loop: connection caps, header timeout;
 //! * [`api`] — the HTTP API (invites, authenticated by a clinician token);
 //! * [`invite`] — minting patient and guest invites (WebSocket and API);
 //! * [`probe`] — the connectivity check of the device check page;
@@ -32,6 +33,7 @@ pub mod directory;
 pub mod http;
 pub mod invite;
 pub mod jwks;
+pub mod listener;
 pub mod metrics;
 pub mod probe;
 pub mod protocol;

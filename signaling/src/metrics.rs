@@ -27,6 +27,13 @@ pub struct Metrics {
     pub joins_accepted: IntCounter,
     pub joins_rejected: IntCounterVec,
     pub ws_messages: IntCounterVec,
+    // Edge bounds (`listener.rs`, `session.rs`, `audit.rs`).
+    pub http_connections: IntGauge,
+    pub http_connections_refused: IntCounterVec,
+    pub http_accept_errors: IntCounter,
+    pub http_header_timeouts: IntCounter,
+    pub ws_closed: IntCounterVec,
+    audit_suppressed: IntCounter,
     /// Serializes scrapes so the counter catch-up below is not raced.
     scrape: Mutex<()>,
 }
@@ -66,6 +73,21 @@ impl Metrics {
             &["type"],
         )?;
         r.register(Box::new(ws_messages.clone()))?;
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            r.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let http_connections_refused = counter_vec(
+            "http_connections_refused_total",
+            "TCP connections closed at accept: over the total or the per-address cap",
+            "cap",
+        )?;
+        let ws_closed = counter_vec(
+            "ws_closed_total",
+            "WebSockets the server closed: ping flood or no answer to heartbeats",
+            "reason",
+        )?;
         Ok(Metrics {
             consults: gauge(
                 &r,
@@ -86,6 +108,24 @@ impl Metrics {
             joins_accepted: counter(&r, "joins_accepted_total", "Joins with a valid token")?,
             joins_rejected,
             ws_messages,
+            http_connections: gauge(
+                &r,
+                "http_connections",
+                "Open TCP connections on the HTTP port",
+            )?,
+            http_connections_refused,
+            http_accept_errors: counter(&r, "http_accept_errors_total", "Failed accepts")?,
+            http_header_timeouts: counter(
+                &r,
+                "http_header_timeouts_total",
+                "Connections closed for not sending a request head in time",
+            )?,
+            ws_closed,
+            audit_suppressed: counter(
+                &r,
+                "audit_lines_suppressed_total",
+                "Audit failure lines over the per-source rate, counted in summary lines",
+            )?,
             registry: r,
             scrape: Mutex::new(()),
         })
@@ -95,6 +135,11 @@ impl Metrics {
         self.joins_rejected
             .with_label_values(&[code.as_str()])
             .inc();
+    }
+
+    /// Bring the audit log's suppressed-lines total in (before `render`).
+    pub fn audit_suppressed(&self, total: u64) {
+        catch_up(&self.audit_suppressed, total);
     }
 
     /// Prometheus text format, with the media plane's numbers brought up to date.
@@ -148,7 +193,9 @@ mod tests {
             peers: 2,
             tracks: 4,
         };
+        m.audit_suppressed(7);
         let text = m.render(stats);
+        assert!(text.contains("spreekkamer_audit_lines_suppressed_total 7"));
         assert!(
             text.contains("spreekkamer_media_packets_in_total 10"),
             "{text}"

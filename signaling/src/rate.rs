@@ -44,6 +44,12 @@ impl TokenBucket {
         self.tokens + elapsed * self.per_second >= self.capacity
     }
 
+    /// Whether one token is available at `now` (taking nothing).
+    pub fn has_token(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (self.tokens + elapsed * self.per_second).min(self.capacity) >= 1.0
+    }
+
     /// Take `amount` tokens if available; otherwise take nothing.
     pub fn try_take(&mut self, amount: u64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -78,6 +84,14 @@ impl IpLimiter {
             burst,
             buckets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `ip` has used up its burst at `now` (taking nothing): for
+    /// limits that only count failures, checked before the attempt and
+    /// charged with [`allow`](IpLimiter::allow) after it failed.
+    pub fn exhausted(&self, ip: Option<IpAddr>, now: Instant) -> bool {
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        buckets.get(&ip).is_some_and(|b| !b.has_token(now))
     }
 
     /// Whether `ip` may make one more request at `now`.
@@ -134,6 +148,20 @@ mod tests {
         let mut b = TokenBucket::new(1024, 2048, t0);
         assert!(!b.try_take(4096, t0));
         assert!(b.try_take(2048, t0));
+    }
+
+    #[test]
+    fn exhausted_looks_without_taking() {
+        let t0 = Instant::now();
+        let l = IpLimiter::new(60, 2);
+        let a: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
+        assert!(!l.exhausted(a, t0), "unknown address");
+        assert!(l.allow(a, t0));
+        assert!(!l.exhausted(a, t0));
+        assert!(!l.exhausted(a, t0), "looking twice takes nothing");
+        assert!(l.allow(a, t0));
+        assert!(l.exhausted(a, t0));
+        assert!(!l.exhausted(a, t0 + Duration::from_secs(1)), "refilled");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use crate::audit::{AuditLog, AuditSink};
 use crate::consult::ConsultPolicy;
 use crate::directory::Directory;
+use crate::listener::{ConnectionGate, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
 use crate::rate::IpLimiter;
@@ -15,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How often the JWKS is fetched without being asked.
@@ -53,6 +54,13 @@ pub struct ServeConfig {
     /// Base URL of links the API returns (`None`: `http://` + the bound
     /// address).
     pub public_url: Option<String>,
+    /// Connection caps and the header timeout of the HTTP port.
+    pub connections: ConnectionLimits,
+    /// A joined WebSocket quiet this long is pinged.
+    pub ws_heartbeat: Duration,
+    /// A joined WebSocket silent this long (no answer to the pings) is
+    /// closed.
+    pub ws_idle_timeout: Duration,
 }
 
 impl ServeConfig {
@@ -86,6 +94,9 @@ impl ServeConfig {
             jwks_min_refresh: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
             public_url: None,
+            connections: ConnectionLimits::default(),
+            ws_heartbeat: Duration::from_secs(20),
+            ws_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -112,6 +123,12 @@ pub struct Context {
     /// Per-IP limits of the HTTP API and of connectivity checks.
     pub api_limiter: IpLimiter,
     pub probe_limiter: IpLimiter,
+    /// Failed joins per client IP (see `session.rs`).
+    pub join_failures: IpLimiter,
+    pub ws_heartbeat: Duration,
+    pub ws_idle_timeout: Duration,
+    /// Open HTTP connections under their caps.
+    pub connection_gate: Arc<ConnectionGate>,
 }
 
 impl Context {
@@ -160,7 +177,7 @@ pub struct Server {
     addr: SocketAddr,
     ctx: Arc<Context>,
     shutdown_tx: watch::Sender<bool>,
-    http_stop: Option<oneshot::Sender<()>>,
+    http_stop: watch::Sender<bool>,
     http_task: JoinHandle<()>,
     sweeper: JoinHandle<()>,
     shutdown_grace: Duration,
@@ -185,6 +202,24 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
     let metrics = Arc::new(Metrics::new().map_err(ServeError::Metrics)?);
     let sfu = SfuHandle::start(config.sfu.clone()).map_err(ServeError::Media)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let limits = config.connections;
+    let open_files = crate::listener::open_file_limit();
+    let max_total = limits
+        .max_total
+        .unwrap_or_else(|| crate::listener::default_max_total(open_files));
+    let connection_gate =
+        ConnectionGate::new(max_total, limits.max_per_ip, config.trusted_proxies.clone());
+    log::info!(
+        "HTTP connections: at most {max_total} in total, {} per address, request head within {}s (open-file limit {})",
+        limits.max_per_ip,
+        limits.header_timeout.as_secs_f64(),
+        open_files.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+    );
+    if let Some(n) = open_files
+        && max_total as u64 > n
+    {
+        log::warn!("--max-connections {max_total} is above the open-file limit {n}");
+    }
     let ctx = Arc::new(Context {
         directory: Directory::new(
             sfu.clone(),
@@ -212,21 +247,25 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
             .unwrap_or_else(|| format!("http://{}", crate::config::default_public_host(addr))),
         api_limiter: IpLimiter::new(crate::api::API_REQUESTS_PER_MINUTE, crate::api::API_BURST),
         probe_limiter: IpLimiter::new(crate::probe::PROBES_PER_MINUTE, crate::probe::PROBE_BURST),
+        join_failures: IpLimiter::new(
+            crate::session::JOIN_FAILURES_PER_MINUTE,
+            crate::session::JOIN_FAILURE_BURST,
+        ),
+        ws_heartbeat: config.ws_heartbeat,
+        ws_idle_timeout: config.ws_idle_timeout,
+        connection_gate,
     });
     // The first fetch happens before we accept joins; a failure is not
     // fatal (the EHR may be down), the keys are fetched again on demand.
     ctx.refresh_jwks().await;
 
-    let (http_stop, stopped) = oneshot::channel::<()>();
-    let routes = crate::http::routes(ctx.clone());
-    let http_task = tokio::spawn(
-        warp::serve(routes)
-            .incoming(listener)
-            .graceful(async {
-                let _ = stopped.await;
-            })
-            .run(),
-    );
+    let (http_stop, stopped) = watch::channel(false);
+    let http_task = tokio::spawn(crate::listener::run(
+        listener,
+        ctx.clone(),
+        limits.header_timeout,
+        stopped,
+    ));
     let sweeper = {
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -235,6 +274,7 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
             loop {
                 tick.tick().await;
                 ctx.directory.sweep();
+                ctx.audit.flush_suppressed();
                 // Pick up rotated EHR keys even before a token needs them.
                 if last_jwks.elapsed() >= JWKS_REFRESH {
                     last_jwks = tokio::time::Instant::now();
@@ -248,7 +288,7 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         addr,
         ctx,
         shutdown_tx,
-        http_stop: Some(http_stop),
+        http_stop,
         http_task,
         sweeper,
         shutdown_grace: config.shutdown_grace,
@@ -291,9 +331,7 @@ impl Server {
         let sfu = self.ctx.sfu.clone();
         let _ = tokio::task::spawn_blocking(move || sfu.shutdown()).await;
         self.sweeper.abort();
-        if let Some(stop) = self.http_stop.take() {
-            let _ = stop.send(());
-        }
+        let _ = self.http_stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.http_task).await;
         log::info!("stopped");
     }

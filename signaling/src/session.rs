@@ -25,6 +25,22 @@ use warp::ws::{Message, WebSocket};
 /// A send that takes longer than this means the browser stopped reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// WebSocket pings a peer may send. Browsers never send any (the page's
+/// keep-alive is a `ping` message); a flood of them, each answered with a
+/// pong, grew the server from 6 MiB to 816 MiB in 5 s when the peer did not
+/// read. Over the rate the connection is closed with 1008 (policy).
+const PINGS_PER_SECOND: u32 = 2;
+const PING_BURST: u32 = 10;
+/// WebSocket close code "policy violation" (RFC 6455 §7.4.1).
+pub const CLOSE_POLICY: u16 = 1008;
+
+/// Failed joins (bad or expired tokens, wrong version) per client address;
+/// past the burst further joins from it are refused with `rate_limited`
+/// without looking at the token. Successful joins are never counted, so a
+/// hospital behind one address is not held back by its own traffic.
+pub const JOIN_FAILURES_PER_MINUTE: u32 = 30;
+pub const JOIN_FAILURE_BURST: u32 = 20;
+
 /// Why the connection ends (after the last frame was sent).
 pub(crate) enum End {
     /// Close frame sent or the peer is gone: just drop the socket.
@@ -37,6 +53,9 @@ pub(crate) struct Connection {
     pub(crate) access: AccessPoint,
     messages: TokenBucket,
     relay_bytes: TokenBucket,
+    pings: TokenBucket,
+    /// When the peer last sent a frame (any: a pong answers our heartbeat).
+    last_heard: Instant,
 }
 
 /// Resolves once shutdown began. (The watch guard is not `Send`, so it is
@@ -63,6 +82,8 @@ pub async fn run(ws: WebSocket, ctx: Arc<Context>, access: AccessPoint) {
         access,
         messages: TokenBucket::new(limits.messages_per_second, limits.messages_burst, now),
         relay_bytes: TokenBucket::new(limits.relay_bytes_per_second, limits.relay_bytes_burst, now),
+        pings: TokenBucket::new(PINGS_PER_SECOND, PING_BURST, now),
+        last_heard: now,
         ctx,
     };
     if let Some(ticket) = conn.await_join().await {
@@ -91,8 +112,25 @@ impl Connection {
     }
 
     pub(crate) async fn close(&mut self) {
-        let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(Message::close())).await;
+        self.close_with(Message::close()).await;
+    }
+
+    async fn close_with(&mut self, frame: Message) {
+        let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(frame)).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), SinkExt::close(&mut self.ws)).await;
+    }
+
+    /// Close for breaking a transport rule (ping flood): no `error`
+    /// message, the close code says it.
+    async fn close_for_policy(&mut self, reason: &'static str) {
+        self.ctx
+            .metrics
+            .ws_closed
+            .with_label_values(&[reason])
+            .inc();
+        log::info!("WebSocket closed: {reason}");
+        self.close_with(Message::close_with(CLOSE_POLICY, reason))
+            .await;
     }
 
     /// Read one frame and apply the size and rate limits.
@@ -111,10 +149,19 @@ impl Connection {
             }
             None => return Inbound::Stop,
         };
+        let now = Instant::now();
+        self.last_heard = now;
         if msg.is_close() {
             return Inbound::Stop;
         }
-        if msg.is_ping() || msg.is_pong() {
+        if msg.is_ping() {
+            if !self.pings.try_take(1, now) {
+                self.close_for_policy("ping_flood").await;
+                return Inbound::Stop;
+            }
+            return Inbound::Handled;
+        }
+        if msg.is_pong() {
             return Inbound::Handled;
         }
         if msg.as_bytes().len() > self.ctx.limits.max_message_bytes {
@@ -126,7 +173,7 @@ impl Connection {
             let _ = self.error(ErrorCode::MessageTooLarge).await;
             return Inbound::Stop;
         }
-        if !self.messages.try_take(1, Instant::now()) {
+        if !self.messages.try_take(1, now) {
             self.ctx
                 .metrics
                 .ws_messages
@@ -227,6 +274,11 @@ impl Connection {
             crate::protocol::JoinState::Waiting => None,
         };
         let kick = t.kick.clone();
+        // A joined connection lives as long as the peer answers: it is
+        // pinged when quiet and closed when silent for the idle timeout.
+        let heartbeat = self.ctx.ws_heartbeat;
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -234,6 +286,25 @@ impl Connection {
                     self.send(&ServerMessage::Bye { reason: ByeReason::Shutdown }).await?;
                     self.close().await;
                     return Ok(LeftReason::Disconnected);
+                }
+                _ = beat.tick() => {
+                    let quiet = self.last_heard.elapsed();
+                    if quiet >= self.ctx.ws_idle_timeout {
+                        self.ctx
+                            .metrics
+                            .ws_closed
+                            .with_label_values(&["heartbeat_timeout"])
+                            .inc();
+                        log::info!("participant {}: no answer for {}s, closing", t.id, quiet.as_secs());
+                        self.close().await;
+                        return Err(End::Closed);
+                    }
+                    if quiet >= heartbeat {
+                        match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(Message::ping(Vec::new()))).await {
+                            Ok(Ok(())) => {}
+                            _ => return Err(End::Closed),
+                        }
+                    }
                 }
                 () = kick.notified() => {
                     self.close().await;
@@ -434,14 +505,26 @@ async fn authorize(
         ctx.metrics.rejected(code);
         code
     };
+    // Failed joins only charge the address's bucket; once it is empty the
+    // token is not even looked at.
+    let failed = |code: ErrorCode| {
+        ctx.join_failures.allow(access.ip, Instant::now());
+        refuse(code)
+    };
+    if ctx.join_failures.exhausted(access.ip, Instant::now()) {
+        ctx.audit.record(
+            AuditEvent::new("token_rejected", access.clone()).failed(ErrorCode::RateLimited),
+        );
+        return Err(refuse(ErrorCode::RateLimited));
+    }
     if v != Some(u64::from(PROTOCOL_VERSION)) {
-        return Err(refuse(ErrorCode::UnsupportedVersion));
+        return Err(failed(ErrorCode::UnsupportedVersion));
     }
     let claims = match verify_token(ctx, access, &token.unwrap_or_default()).await {
         Ok(c) => c,
         Err(code) => {
             log::info!("join refused: {code}");
-            return Err(refuse(code));
+            return Err(failed(code));
         }
     };
     match ctx.directory.join(&claims, access.clone()) {
