@@ -140,6 +140,7 @@ pub fn routes(
         .map(|ctx: Arc<Context>| {
             let mut body = ctx.metrics.render(ctx.sfu.stats());
             body.push_str(&ctx.sfu.quality_stats().prometheus_text());
+            body.push_str(&ctx.sfu.limit_stats().prometheus_text());
             Response::builder()
                 .header(
                     header::CONTENT_TYPE,
