@@ -2,13 +2,23 @@
 //! remote address; a new address must first prove itself with a STUN binding
 //! request whose USERNAME starts with one of our ICE ufrags.
 //!
-//! This parser reads only what demultiplexing needs and never allocates: it
-//! runs for every STUN packet before any peer connection sees it.
+//! A STUN binding request is checked here too, before any peer connection
+//! sees it: its MESSAGE-INTEGRITY must verify with the peer's password, or
+//! the sender's address is never learned (see `addresses.rs`) and rtc
+//! never sees the request.
+//!
+//! These parsers read only what demultiplexing needs and never allocate:
+//! they run for every STUN packet.
 
 /// STUN magic cookie (RFC 5389 §6).
 const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 const HEADER_LEN: usize = 20;
 const ATTR_USERNAME: u16 = 0x0006;
+const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
+/// HMAC-SHA1 (RFC 5389 §15.4).
+const INTEGRITY_LEN: usize = 20;
+/// Binding request: method 0x001, class request.
+const BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
 /// The USERNAME attribute is at most 513 bytes (RFC 5389 §15.3).
 const MAX_USERNAME: usize = 513;
 
@@ -16,6 +26,12 @@ const MAX_USERNAME: usize = 513;
 /// the magic cookie)?
 pub(crate) fn is_stun(packet: &[u8]) -> bool {
     packet.len() >= HEADER_LEN && packet[0] < 4 && packet[4..8] == MAGIC_COOKIE
+}
+
+/// Is this a STUN binding request (what a browser's connectivity checks
+/// are; its answers to our own checks are success responses)?
+pub(crate) fn is_binding_request(packet: &[u8]) -> bool {
+    is_stun(packet) && packet[0..2] == BINDING_REQUEST
 }
 
 /// Our ufrag from a STUN binding request: the USERNAME attribute is
@@ -45,6 +61,53 @@ pub(crate) fn local_ufrag(packet: &[u8]) -> Option<&str> {
         rest = rest.get(padded..)?;
     }
     None
+}
+
+/// Could this datagram be WebRTC at all? RFC 7983 §7: STUN (first byte
+/// 0..=3), DTLS (20..=63) or RTP/RTCP (128..=191). Anything else (and an
+/// empty datagram) is dropped before rtc, which would log each one.
+pub(crate) fn is_webrtc(packet: &[u8]) -> bool {
+    matches!(packet.first(), Some(0..=3 | 20..=63 | 128..=191))
+}
+
+/// Is this a STUN binding request whose MESSAGE-INTEGRITY verifies with
+/// `mac` (keyed with our ICE password, RFC 8445 §7.2.2)? Zero-copy: the
+/// HMAC runs over the header (its length rewritten to end at the
+/// integrity attribute, RFC 5389 §15.4) and the attributes before it.
+pub(crate) fn integrity_ok(packet: &[u8], mac: &mut dyn rtc::crypto::Mac) -> bool {
+    if !is_binding_request(packet) {
+        return false;
+    }
+    let declared = u16::from_be_bytes([packet[2], packet[3]]) as usize;
+    let Some(body) = packet.get(HEADER_LEN..HEADER_LEN + declared) else {
+        return false;
+    };
+    let mut offset = 0;
+    while body.len() >= offset + 4 {
+        let kind = u16::from_be_bytes([body[offset], body[offset + 1]]);
+        let len = u16::from_be_bytes([body[offset + 2], body[offset + 3]]) as usize;
+        if kind == ATTR_MESSAGE_INTEGRITY {
+            if len != INTEGRITY_LEN {
+                return false;
+            }
+            let Some(tag) = body.get(offset + 4..offset + 4 + INTEGRITY_LEN) else {
+                return false;
+            };
+            let Ok(covered) = u16::try_from(offset + 4 + INTEGRITY_LEN) else {
+                return false;
+            };
+            let length = covered.to_be_bytes();
+            let input: [&[u8]; 4] = [
+                &packet[0..2],
+                &length,
+                &packet[4..HEADER_LEN],
+                &body[..offset],
+            ];
+            return mac.verify(&input, tag).is_ok();
+        }
+        offset += (4 + len + 3) & !3;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -120,5 +183,101 @@ mod tests {
         let mut dtls = vec![22, 0xfe, 0xfd];
         dtls.extend_from_slice(&[0; 20]);
         assert!(!is_stun(&dtls));
+    }
+
+    /// A binding request as a browser sends it, built with rtc's own STUN
+    /// code: USERNAME, ICE-CONTROLLING, PRIORITY, MESSAGE-INTEGRITY and
+    /// FINGERPRINT.
+    fn signed_request(username: &str, pwd: &str) -> Vec<u8> {
+        use rtc::stun::attributes::ATTR_PRIORITY;
+        use rtc::stun::fingerprint::FINGERPRINT;
+        use rtc::stun::integrity::MessageIntegrity;
+        use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
+        use rtc::stun::textattrs::TextAttribute;
+        let provider = rtc::crypto::default_provider().expect("crypto provider");
+        let mut m = Message::new();
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(TextAttribute::new(
+                rtc::stun::attributes::ATTR_USERNAME,
+                username.into(),
+            )),
+            Box::new(rtc::stun::attributes::RawAttribute {
+                typ: ATTR_PRIORITY,
+                length: 4,
+                value: vec![0, 0, 1, 0],
+            }),
+            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                pwd.into(),
+                provider.crypto(),
+            )),
+            Box::new(FINGERPRINT),
+        ];
+        m.build(&setters).expect("build");
+        m.raw
+    }
+
+    fn mac(pwd: &str) -> Box<dyn rtc::crypto::Mac> {
+        let provider = rtc::crypto::default_provider().expect("crypto provider");
+        provider
+            .crypto()
+            .new_hmac(rtc::crypto::HmacAlgorithm::Sha1, pwd.as_bytes())
+            .expect("hmac")
+    }
+
+    #[test]
+    fn request_signed_with_our_password_passes_the_integrity_check() {
+        let p = signed_request("srv:brw", "a-password-of-24-chars!!");
+        assert_eq!(local_ufrag(&p), Some("srv"));
+        assert!(integrity_ok(&p, mac("a-password-of-24-chars!!").as_mut()));
+    }
+
+    #[test]
+    fn request_signed_with_another_password_fails_the_integrity_check() {
+        let p = signed_request("srv:brw", "somebody-elses-password");
+        assert!(!integrity_ok(&p, mac("a-password-of-24-chars!!").as_mut()));
+        // One flipped bit anywhere before the tag breaks it too.
+        let good = signed_request("srv:brw", "a-password-of-24-chars!!");
+        for i in [1, 9, 24, 30] {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                !integrity_ok(&bad, mac("a-password-of-24-chars!!").as_mut()),
+                "bit {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsigned_or_truncated_requests_fail_without_panicking() {
+        let p = stun_with(&[(ATTR_USERNAME, b"srv:brw")]);
+        assert!(!integrity_ok(&p, mac("pw").as_mut()));
+        let good = signed_request("srv:brw", "pw");
+        for cut in 0..good.len() {
+            assert!(!integrity_ok(&good[..cut], mac("pw").as_mut()));
+        }
+        // A success response is not a request, however well signed.
+        let mut response = good.clone();
+        response[0..2].copy_from_slice(&[0x01, 0x01]);
+        assert!(!integrity_ok(&response, mac("pw").as_mut()));
+    }
+
+    #[test]
+    fn only_rfc7983_ranges_are_webrtc() {
+        assert!(!is_webrtc(&[]));
+        for (byte, ok) in [(0, true), (3, true), (4, false), (19, false), (20, true)] {
+            assert_eq!(is_webrtc(&[byte, 0]), ok, "{byte}");
+        }
+        for (byte, ok) in [
+            (63, true),
+            (64, false),
+            (127, false),
+            (128, true),
+            (191, true),
+            (192, false),
+        ] {
+            assert_eq!(is_webrtc(&[byte, 0]), ok, "{byte}");
+        }
     }
 }

@@ -2,22 +2,20 @@
 //! accept loop, routes each command to the worker that owns its consult,
 //! and stops everything on shutdown.
 
-use crate::demux;
-use crate::metrics::{MediaCounters, MediaStats};
+use crate::acceptor::Acceptor;
+use crate::metrics::{LimitStats, MediaCounters, MediaStats};
 use crate::peer::Candidates;
-use crate::tcp::{Frame, FrameReader};
 use crate::worker::{UDP, WAKE, Worker, WorkerCommand, WorkerSetup};
 use crate::{ConsultId, MediaCommand, ParticipantId, SfuConfig};
-use mio::net::{TcpListener, TcpStream, UdpSocket};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::net::{TcpListener, UdpSocket};
+use mio::{Interest, Poll, Waker};
 use std::collections::{HashMap, HashSet};
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 /// Cheap to clone; routes commands to the worker that owns the consult.
 #[derive(Clone)]
@@ -184,17 +182,17 @@ impl SfuHandle {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
             acceptor_waker = Some(waker);
-            let accept = Acceptor {
+            let accept = Acceptor::new(
                 poll,
                 listener,
-                pending: Vec::new(),
-                workers: links
+                links
                     .iter()
                     .map(|l| (l.commands.clone(), l.waker.clone()))
                     .collect(),
                 ufrag_owners,
-                stopping: stopping.clone(),
-            };
+                stopping.clone(),
+                counters.clone(),
+            );
             threads.push(
                 std::thread::Builder::new()
                     .name("ice-tcp".into())
@@ -243,6 +241,13 @@ impl SfuHandle {
         self.inner.counters.quality_snapshot()
     }
 
+    /// What the bounds on unauthenticated traffic refused, evicted and
+    /// dropped (ICE-TCP pending connections, media addresses, junk
+    /// datagrams) for `/metrics`.
+    pub fn limit_stats(&self) -> LimitStats {
+        self.inner.counters.limit_snapshot()
+    }
+
     /// The UDP sockets' local addresses, one per worker.
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.inner.udp_addrs.clone()
@@ -267,153 +272,6 @@ impl SfuHandle {
             if t.join().is_err() {
                 log::error!("a media thread panicked");
             }
-        }
-    }
-}
-
-/// Connections that have not yet sent a complete first frame.
-const MAX_PENDING: usize = 64;
-/// Time a new ICE-TCP connection gets to send its first STUN check.
-const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(3);
-const LISTENER: Token = Token(0);
-const PENDING_BASE: usize = 2;
-
-struct Pending {
-    stream: TcpStream,
-    remote: SocketAddr,
-    reader: FrameReader,
-    deadline: Instant,
-}
-
-/// The ICE-TCP accept loop: reads each connection's first frame (a STUN
-/// binding request), finds the worker that owns its ufrag and hands the
-/// connection over. Pending connections are bounded in number and time.
-struct Acceptor {
-    poll: Poll,
-    listener: TcpListener,
-    pending: Vec<Option<Pending>>,
-    workers: Vec<(Sender<WorkerCommand>, Arc<Waker>)>,
-    ufrag_owners: Arc<Mutex<HashMap<String, usize>>>,
-    stopping: Arc<AtomicBool>,
-}
-
-impl Acceptor {
-    fn run(mut self) {
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(&mut self.listener, LISTENER, Interest::READABLE)
-        {
-            log::error!("ice-tcp listener: {e}");
-            return;
-        }
-        let mut events = Events::with_capacity(64);
-        let mut buf = [0u8; 2048];
-        while !self.stopping.load(Ordering::Relaxed) {
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_secs(1)))
-                && e.kind() != ErrorKind::Interrupted
-            {
-                log::error!("ice-tcp poll: {e}");
-                return;
-            }
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept(),
-                    WAKE => {}
-                    Token(t) => self.first_frame(t - PENDING_BASE, &mut buf),
-                }
-            }
-            let now = Instant::now();
-            for i in 0..self.pending.len() {
-                if self.pending[i].as_ref().is_some_and(|p| p.deadline <= now) {
-                    self.drop_pending(i);
-                }
-            }
-        }
-    }
-
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((mut stream, remote)) => {
-                    let live = self.pending.iter().flatten().count();
-                    if live >= MAX_PENDING {
-                        continue; // dropped: closes the connection
-                    }
-                    let slot = match self.pending.iter().position(|p| p.is_none()) {
-                        Some(i) => i,
-                        None => {
-                            self.pending.push(None);
-                            self.pending.len() - 1
-                        }
-                    };
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut stream, Token(PENDING_BASE + slot), Interest::READABLE)
-                        .is_ok()
-                    {
-                        self.pending[slot] = Some(Pending {
-                            stream,
-                            remote,
-                            reader: FrameReader::default(),
-                            deadline: Instant::now() + FIRST_FRAME_TIMEOUT,
-                        });
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::debug!("ice-tcp accept: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn first_frame(&mut self, slot: usize, buf: &mut [u8]) {
-        let Some(p) = self.pending.get_mut(slot).and_then(|p| p.as_mut()) else {
-            return;
-        };
-        loop {
-            match p.stream.read(buf) {
-                Ok(0) => return self.drop_pending(slot),
-                Ok(n) => p.reader.extend(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return self.drop_pending(slot),
-            }
-        }
-        let range = match p.reader.next_frame() {
-            Frame::Partial => return,
-            Frame::TooLarge => return self.drop_pending(slot),
-            Frame::Ready(r) => r,
-        };
-        let owner = demux::local_ufrag(&p.reader.bytes()[range])
-            .and_then(|u| lock(&self.ufrag_owners).get(u).copied());
-        let Some(worker) = owner else {
-            return self.drop_pending(slot);
-        };
-        let Some(mut p) = self.pending[slot].take() else {
-            return;
-        };
-        let _ = self.poll.registry().deregister(&mut p.stream);
-        if let Some((tx, waker)) = self.workers.get(worker)
-            && tx
-                .send(WorkerCommand::Tcp {
-                    stream: p.stream,
-                    remote: p.remote,
-                    received: p.reader.into_inner(),
-                })
-                .is_ok()
-        {
-            let _ = waker.wake();
-        }
-    }
-
-    fn drop_pending(&mut self, slot: usize) {
-        if let Some(mut p) = self.pending.get_mut(slot).and_then(|p| p.take()) {
-            let _ = self.poll.registry().deregister(&mut p.stream);
         }
     }
 }

@@ -19,15 +19,20 @@
 //!   ciphertext. Only RTP/RTCP headers are rewritten.
 //!
 //! The files, in reading order: `handle.rs` (start, routing a command to the
-//! worker that owns its consult, shutdown, the ICE-TCP accept loop),
-//! `worker.rs` (the socket loop, timers, command intake, fan-out), `peer.rs`
+//! worker that owns its consult, shutdown), `acceptor.rs` (the ICE-TCP
+//! accept loop and its bounds on connections waiting for a first check),
+//! `worker.rs` (the socket loop, timers, command intake, fan-out),
+//! `addresses.rs` (which remote address belongs to which peer: learned
+//! only from checks that passed the integrity check, capped per peer),
+//! `junk.rs` (what is dropped before the WebRTC stack: counted and
+//! summarised, never logged per packet), `peer.rs`
 //! (one participant's `rtc` peer connection and its offer/answer state
 //! machine), `consult.rs` (who is in a consult and publishes what: pure),
 //! `simulcast.rs` (layer switching and VP8 renumbering: pure), `bwe.rs`
 //! (per-subscriber bandwidth estimate and its allocation to layers: pure
 //! apart from the estimator hook), `speaker.rs` (dominant speaker from
 //! audio levels: pure), `rewrite.rs` (RTP header rewriting: pure),
-//! `demux.rs` (STUN ufrag parsing: pure), `tcp.rs` (RFC 4571 framing:
+//! `demux.rs` (STUN ufrag parsing and integrity check: pure), `tcp.rs` (RFC 4571 framing:
 //! pure), `keyframe.rs` (the interceptor that lets PLI/FIR/NACK reach us,
 //! and the rate limit for relaying keyframe requests). Pure parts carry
 //! their unit tests.
@@ -184,10 +189,13 @@ pub enum MediaEvent {
 
 pub mod metrics;
 
+mod acceptor;
+mod addresses;
 mod bwe;
 mod consult;
 mod demux;
 mod handle;
+mod junk;
 mod keyframe;
 mod pacer;
 mod peer;
@@ -199,3 +207,18 @@ mod tcp;
 mod worker;
 
 pub use handle::SfuHandle;
+
+/// The log level to give the WebRTC stack (the `rtc` crates) when the
+/// operational log is at `level`. rtc writes a warning for every packet
+/// it cannot use (an SRTP packet that fails authentication, a replay): the
+/// media plane drops what it can recognise as junk before rtc sees it, but
+/// junk sent from (or spoofed as) a participant's own address still
+/// reaches rtc. So rtc gets errors only, and its warnings at `trace`,
+/// never one line per packet at `debug` or below.
+pub fn webrtc_log_level(level: log::LevelFilter) -> log::LevelFilter {
+    level.min(if level >= log::LevelFilter::Trace {
+        log::LevelFilter::Warn
+    } else {
+        log::LevelFilter::Error
+    })
+}

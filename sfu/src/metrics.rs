@@ -29,6 +29,20 @@ pub struct MediaCounters {
     /// resent (asked again too soon, or over the retransmission budget).
     pub retransmitted: AtomicU64,
     pub retransmits_suppressed: AtomicU64,
+    /// Bounds on unauthenticated traffic (see [`LimitStats`]).
+    pub ice_tcp_handed_over: AtomicU64,
+    pub ice_tcp_evicted_same_address: AtomicU64,
+    pub ice_tcp_evicted_full: AtomicU64,
+    pub ice_tcp_timed_out: AtomicU64,
+    pub ice_tcp_refused: AtomicU64,
+    /// Gauge: media address table entries, all workers.
+    pub media_addresses: AtomicU64,
+    pub media_addresses_evicted: AtomicU64,
+    pub media_addresses_refused_budget: AtomicU64,
+    pub media_addresses_refused_full: AtomicU64,
+    pub dropped_failed_check: AtomicU64,
+    pub dropped_unknown_address: AtomicU64,
+    pub dropped_not_webrtc: AtomicU64,
 }
 
 /// A point-in-time copy of [`MediaCounters`].
@@ -104,7 +118,91 @@ impl QualityStats {
     }
 }
 
+/// What the bounds on traffic from anyone without credentials did:
+/// ICE-TCP connections waiting for their first check, the media address
+/// table, datagrams dropped before the WebRTC stack. Rendered by
+/// [`LimitStats::prometheus_text`] (docs/OPERATIONS.md lists them).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LimitStats {
+    pub ice_tcp_handed_over: u64,
+    pub ice_tcp_evicted_same_address: u64,
+    pub ice_tcp_evicted_full: u64,
+    pub ice_tcp_timed_out: u64,
+    pub ice_tcp_refused: u64,
+    pub media_addresses: u64,
+    pub media_addresses_evicted: u64,
+    pub media_addresses_refused_budget: u64,
+    pub media_addresses_refused_full: u64,
+    pub dropped_failed_check: u64,
+    pub dropped_unknown_address: u64,
+    pub dropped_not_webrtc: u64,
+}
+
+impl LimitStats {
+    /// Prometheus text format, names prefixed like the edge's own.
+    pub fn prometheus_text(&self) -> String {
+        let pending = "spreekkamer_media_ice_tcp_pending_total";
+        let table = "spreekkamer_media_addresses";
+        let learned = "spreekkamer_media_addresses_refused_total";
+        let evicted = "spreekkamer_media_addresses_evicted_total";
+        let dropped = "spreekkamer_media_datagrams_dropped_total";
+        format!(
+            "# HELP {pending} ICE-TCP connections that waited for their first STUN check, by how the wait ended\n\
+             # TYPE {pending} counter\n\
+             {pending}{{outcome=\"handed_over\"}} {}\n\
+             {pending}{{outcome=\"evicted_same_address\"}} {}\n\
+             {pending}{{outcome=\"evicted_full\"}} {}\n\
+             {pending}{{outcome=\"timed_out\"}} {}\n\
+             {pending}{{outcome=\"refused\"}} {}\n\
+             # HELP {table} Remote media addresses the workers route (learned from STUN checks that passed the integrity check)\n\
+             # TYPE {table} gauge\n\
+             {table} {}\n\
+             # HELP {evicted} Media addresses a peer lost to a newer one of its own (per-peer cap)\n\
+             # TYPE {evicted} counter\n\
+             {evicted} {}\n\
+             # HELP {learned} Authenticated media addresses not learned, by bound\n\
+             # TYPE {learned} counter\n\
+             {learned}{{reason=\"peer_budget\"}} {}\n\
+             {learned}{{reason=\"table_full\"}} {}\n\
+             # HELP {dropped} Datagrams and ICE-TCP frames dropped before the WebRTC stack, by reason\n\
+             # TYPE {dropped} counter\n\
+             {dropped}{{reason=\"failed_check\"}} {}\n\
+             {dropped}{{reason=\"unknown_address\"}} {}\n\
+             {dropped}{{reason=\"not_webrtc\"}} {}\n",
+            self.ice_tcp_handed_over,
+            self.ice_tcp_evicted_same_address,
+            self.ice_tcp_evicted_full,
+            self.ice_tcp_timed_out,
+            self.ice_tcp_refused,
+            self.media_addresses,
+            self.media_addresses_evicted,
+            self.media_addresses_refused_budget,
+            self.media_addresses_refused_full,
+            self.dropped_failed_check,
+            self.dropped_unknown_address,
+            self.dropped_not_webrtc,
+        )
+    }
+}
+
 impl MediaCounters {
+    pub fn limit_snapshot(&self) -> LimitStats {
+        LimitStats {
+            ice_tcp_handed_over: self.ice_tcp_handed_over.load(Relaxed),
+            ice_tcp_evicted_same_address: self.ice_tcp_evicted_same_address.load(Relaxed),
+            ice_tcp_evicted_full: self.ice_tcp_evicted_full.load(Relaxed),
+            ice_tcp_timed_out: self.ice_tcp_timed_out.load(Relaxed),
+            ice_tcp_refused: self.ice_tcp_refused.load(Relaxed),
+            media_addresses: self.media_addresses.load(Relaxed),
+            media_addresses_evicted: self.media_addresses_evicted.load(Relaxed),
+            media_addresses_refused_budget: self.media_addresses_refused_budget.load(Relaxed),
+            media_addresses_refused_full: self.media_addresses_refused_full.load(Relaxed),
+            dropped_failed_check: self.dropped_failed_check.load(Relaxed),
+            dropped_unknown_address: self.dropped_unknown_address.load(Relaxed),
+            dropped_not_webrtc: self.dropped_not_webrtc.load(Relaxed),
+        }
+    }
+
     pub fn quality_snapshot(&self) -> QualityStats {
         QualityStats {
             layer_switches_up: self.layer_switches_up.load(Relaxed),
@@ -153,5 +251,22 @@ mod tests {
             text.contains("spreekkamer_media_retransmissions_total{outcome=\"suppressed\"} 4\n")
         );
         assert_eq!(text.matches("# TYPE").count(), 6);
+    }
+
+    #[test]
+    fn limit_counters_render_as_prometheus_text() {
+        let c = MediaCounters::default();
+        c.ice_tcp_evicted_full.fetch_add(2, Relaxed);
+        c.dropped_failed_check.fetch_add(16_400, Relaxed);
+        c.media_addresses.fetch_add(9, Relaxed);
+        let text = c.limit_snapshot().prometheus_text();
+        assert!(
+            text.contains("spreekkamer_media_ice_tcp_pending_total{outcome=\"evicted_full\"} 2\n")
+        );
+        assert!(text.contains(
+            "spreekkamer_media_datagrams_dropped_total{reason=\"failed_check\"} 16400\n"
+        ));
+        assert!(text.contains("spreekkamer_media_addresses 9\n"));
+        assert_eq!(text.matches("# TYPE").count(), 5);
     }
 }

@@ -216,6 +216,11 @@ pub(crate) struct Peer {
     /// Every local ufrag this peer has used (ICE restarts add one); the
     /// worker routes STUN by them and forgets them when the peer goes.
     pub ufrags: Vec<String>,
+    /// The current ICE session's ufrag and its password as a keyed MAC:
+    /// what a binding request must be signed with before the worker
+    /// learns its sender's address (rtc applies new credentials when it
+    /// sets its offer, so older ufrags no longer pass rtc's check either).
+    ice: Option<(String, Box<dyn rtc::crypto::Mac>)>,
     offer_pending: bool,
     renegotiate: bool,
     incoming: [Option<Incoming>; 2],
@@ -332,6 +337,22 @@ fn ufrag_of(sdp: &str) -> Option<&str> {
         .map(str::trim)
 }
 
+fn pwd_of(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=ice-pwd:"))
+        .map(str::trim)
+}
+
+/// HMAC-SHA1 keyed with our ICE password, kept for the session so each
+/// check costs no key schedule (and no allocation).
+fn ice_mac(pwd: &str) -> Option<Box<dyn rtc::crypto::Mac>> {
+    let provider = rtc::crypto::default_provider().ok()?;
+    provider
+        .crypto()
+        .new_hmac(rtc::crypto::HmacAlgorithm::Sha1, pwd.as_bytes())
+        .ok()
+}
+
 impl Peer {
     /// Create the peer connection and send the first offer, which already
     /// carries every track in `subscriptions`.
@@ -415,6 +436,7 @@ impl Peer {
             pc: TimedPc::new(pc),
             events,
             ufrags: Vec::new(),
+            ice: None,
             offer_pending: false,
             renegotiate: false,
             incoming: [None, None],
@@ -595,6 +617,11 @@ impl Peer {
                 {
                     self.ufrags.push(ufrag.to_string());
                 }
+                if let (Some(ufrag), Some(pwd)) = (ufrag_of(&sdp), pwd_of(&sdp))
+                    && self.ice.as_ref().is_none_or(|(u, _)| u != ufrag)
+                {
+                    self.ice = ice_mac(pwd).map(|mac| (ufrag.to_string(), mac));
+                }
                 self.offer_pending = true;
                 self.emit(MediaEvent::Offer { sdp });
             }
@@ -672,6 +699,17 @@ impl Peer {
         };
         if let Err(e) = self.pc.add_remote_candidate(init) {
             log::debug!("ignored remote candidate: {e}");
+        }
+    }
+
+    /// Is `packet` a binding request for our current ICE session (its
+    /// USERNAME names `ufrag`), signed with our password?
+    pub(crate) fn check_stun(&mut self, ufrag: &str, packet: &[u8]) -> bool {
+        match self.ice.as_mut() {
+            Some((current, mac)) if current == ufrag => {
+                crate::demux::integrity_ok(packet, mac.as_mut())
+            }
+            _ => false,
         }
     }
 

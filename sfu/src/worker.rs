@@ -9,8 +9,10 @@
 //! channel, the ufrag → worker map (touched on join/leave only) and the
 //! counters.
 
+use crate::addresses::{AddressTable, Learned, MAX_ADDRS_PER_PEER, Refusal};
 use crate::consult::{Consult, Kind};
 use crate::demux;
+use crate::junk::{Dropped, Summary};
 use crate::metrics::MediaCounters;
 use crate::peer::{Candidates, Peer, PeerKey, PeerOutput, PublisherView};
 use crate::rx;
@@ -35,9 +37,6 @@ pub(crate) const WAKE: Token = Token(1);
 const TCP_BASE: usize = 2;
 /// Housekeeping period (traffic timeouts).
 const TICK: Duration = Duration::from_secs(1);
-/// Remote addresses remembered per worker: bounds what spoofed STUN with a
-/// valid ufrag could make us store.
-const MAX_ADDRS: usize = 16 * 1024;
 /// ICE-TCP connections per worker.
 const MAX_TCP: usize = 4096;
 /// Per-publisher quality preferences one subscriber may state (a consult
@@ -78,7 +77,11 @@ struct TcpConn {
     reader: FrameReader,
     /// Framed bytes the kernel would not take yet (bounded).
     out: Vec<u8>,
+    /// Set by the first binding request that passed the integrity check.
     peer: Option<PeerKey>,
+    /// Last frame received: a peer over its connection cap loses the
+    /// connection heard from least recently.
+    heard: Instant,
 }
 
 /// Per-thread counters, added to the shared atomics once per loop turn
@@ -90,6 +93,7 @@ struct Local {
     packets_out: u64,
     bytes_out: u64,
     send_dropped: u64,
+    dropped: Dropped,
 }
 
 /// The sending half: UDP socket and TCP connections. Split from the peers
@@ -189,7 +193,11 @@ pub(crate) struct Worker {
     consults: Vec<Option<ConsultSlot>>,
     consult_by_id: HashMap<ConsultId, usize>,
     by_ufrag: HashMap<String, PeerKey>,
-    by_addr: HashMap<SocketAddr, PeerKey>,
+    addresses: AddressTable,
+    /// Address entries this worker last added to the shared gauge.
+    addresses_reported: u64,
+    /// Drops since the last summary line.
+    junk: Summary,
     /// Reused buffers: the hot path allocates none of its own.
     outputs: Vec<PeerOutput>,
     keyframe_wants: Vec<(PeerKey, Layer)>,
@@ -232,7 +240,9 @@ impl Worker {
             consults: Vec::new(),
             consult_by_id: HashMap::new(),
             by_ufrag: HashMap::new(),
-            by_addr: HashMap::new(),
+            addresses: AddressTable::default(),
+            addresses_reported: 0,
+            junk: Summary::new(Instant::now()),
             outputs: Vec::with_capacity(64),
             keyframe_wants: Vec::with_capacity(16),
             views: Vec::new(),
@@ -286,6 +296,7 @@ impl Worker {
                 }
                 self.allocate_layers(now);
                 self.evaluate_speakers(now);
+                self.report_limits(now);
             }
             self.publish_counters();
         }
@@ -325,6 +336,8 @@ impl Worker {
 
     fn publish_counters(&mut self) {
         let l = std::mem::take(&mut self.net.local);
+        l.dropped.publish(&self.counters);
+        self.junk.add(&l.dropped);
         if l.packets_in > 0 {
             self.counters.packets_in.fetch_add(l.packets_in, Relaxed);
             self.counters.bytes_in.fetch_add(l.bytes_in, Relaxed);
@@ -337,6 +350,18 @@ impl Worker {
             self.counters
                 .send_dropped
                 .fetch_add(l.send_dropped, Relaxed);
+        }
+    }
+
+    /// Once a second: the address gauge, and the junk summary line when
+    /// one is due.
+    fn report_limits(&mut self, now: Instant) {
+        let held = self.addresses.len() as u64;
+        let before = std::mem::replace(&mut self.addresses_reported, held);
+        self.counters.media_addresses.fetch_add(held, Relaxed);
+        self.counters.media_addresses.fetch_sub(before, Relaxed);
+        if let Some(line) = self.junk.line(now) {
+            log::debug!("media worker {}: {line}", self.index);
         }
     }
 
@@ -361,22 +386,41 @@ impl Worker {
             self.net.local.packets_in += 1;
             self.net.local.bytes_in += n as u64;
             let packet = &self.buf[..n];
-            // STUN with one of our ufrags (re)binds the address; anything
-            // else must come from an address a STUN check already bound.
-            let key = match demux::local_ufrag(packet)
-                .and_then(|u| self.by_ufrag.get(u))
-                .copied()
-            {
-                Some(key) => {
-                    if self.by_addr.get(&from) != Some(&key) && self.by_addr.len() < MAX_ADDRS {
-                        self.by_addr.insert(from, key);
+            let dropped = &mut self.net.local.dropped;
+            // A binding request signed with a peer's current ICE password
+            // (re)binds its sender's address; anything else (media, DTLS,
+            // the browser's answers to rtc's own checks) must come from an
+            // address such a request already bound. Nothing unproven
+            // reaches rtc or takes a table slot.
+            let key = if demux::is_binding_request(packet) {
+                let Some(key) = checked_sender(&self.by_ufrag, &mut self.peers, packet) else {
+                    dropped.failed_check += 1;
+                    continue;
+                };
+                match self.addresses.learn(from, key, now) {
+                    Learned::Known | Learned::Added { evicted: None } => {}
+                    Learned::Added { evicted: Some(_) } => dropped.evicted += 1,
+                    Learned::Refused(Refusal::PeerBudget) => {
+                        dropped.refused_budget += 1;
+                        continue;
                     }
-                    key
+                    Learned::Refused(Refusal::TableFull) => {
+                        dropped.refused_full += 1;
+                        continue;
+                    }
                 }
-                None => match self.by_addr.get(&from) {
-                    Some(key) => *key,
-                    None => continue,
-                },
+                key
+            } else if !demux::is_webrtc(packet) {
+                dropped.not_webrtc += 1;
+                continue;
+            } else {
+                match self.addresses.route(&from, now) {
+                    Some(key) => key,
+                    None => {
+                        dropped.unknown_address += 1;
+                        continue;
+                    }
+                }
             };
             let msg = TaggedBytesMut {
                 now,
@@ -426,6 +470,7 @@ impl Worker {
             reader,
             out: Vec::new(),
             peer: None,
+            heard: Instant::now(),
         });
         self.net.tcp_by_addr.insert(remote, slot);
         let _ = local;
@@ -462,6 +507,8 @@ impl Worker {
     }
 
     /// Hand complete frames to their peer; `false` if the stream is bad.
+    /// A connection belongs to no peer until a binding request on it
+    /// passes the integrity check; until then any other frame closes it.
     fn tcp_frames(&mut self, slot: usize) -> bool {
         let Some(local) = self.tcp_local else {
             return false;
@@ -475,14 +522,42 @@ impl Worker {
                 Frame::Partial => return true,
                 Frame::TooLarge => return false,
             };
-            let frame = &conn.reader.bytes()[range];
-            if let Some(key) = demux::local_ufrag(frame).and_then(|u| self.by_ufrag.get(u)) {
-                conn.peer = Some(*key);
+            let frame = &conn.reader.bytes()[range.clone()];
+            let dropped = &mut self.net.local.dropped;
+            let now = Instant::now();
+            let key = if demux::is_binding_request(frame) {
+                match checked_sender(&self.by_ufrag, &mut self.peers, frame) {
+                    Some(key) => key,
+                    None => {
+                        dropped.failed_check += 1;
+                        if conn.peer.is_none() {
+                            return false;
+                        }
+                        continue;
+                    }
+                }
+            } else if !demux::is_webrtc(frame) {
+                dropped.not_webrtc += 1;
+                continue;
+            } else {
+                match conn.peer {
+                    Some(key) => key,
+                    None => {
+                        dropped.unknown_address += 1;
+                        return false;
+                    }
+                }
+            };
+            conn.heard = now;
+            if conn.peer != Some(key) && !self.attach_tcp(slot, key) {
+                return false;
             }
-            let Some(key) = conn.peer else { return false };
+            let Some(conn) = self.net.tcp.get_mut(slot).and_then(|c| c.as_mut()) else {
+                return false;
+            };
+            let frame = &conn.reader.bytes()[range];
             self.net.local.packets_in += 1;
             self.net.local.bytes_in += frame.len() as u64;
-            let now = Instant::now();
             let msg = TaggedBytesMut {
                 now,
                 transport: TransportContext {
@@ -498,6 +573,33 @@ impl Worker {
                 self.drive(key, now);
             }
         }
+    }
+
+    /// Give an authenticated connection to `key`, within the peer's
+    /// budget of new addresses; past [`MAX_ADDRS_PER_PEER`] connections
+    /// its least recently heard other one is closed. `false`: refused.
+    fn attach_tcp(&mut self, slot: usize, key: PeerKey) -> bool {
+        if !self.addresses.admit_connection(key) {
+            self.net.local.dropped.refused_budget += 1;
+            return false;
+        }
+        let mine: Vec<(usize, Instant)> = (0..self.net.tcp.len())
+            .filter(|i| *i != slot)
+            .filter_map(|i| {
+                let c = self.net.tcp[i].as_ref()?;
+                (c.peer == Some(key)).then_some((i, c.heard))
+            })
+            .collect();
+        if mine.len() >= MAX_ADDRS_PER_PEER
+            && let Some((stalest, _)) = mine.iter().min_by_key(|(_, heard)| *heard)
+        {
+            self.close_tcp(*stalest);
+            self.net.local.dropped.evicted += 1;
+        }
+        if let Some(conn) = self.net.tcp.get_mut(slot).and_then(|c| c.as_mut()) {
+            conn.peer = Some(key);
+        }
+        true
     }
 
     fn close_tcp(&mut self, slot: usize) {
@@ -795,6 +897,8 @@ impl Worker {
                     if let Some(p) = self.peers[key].as_mut() {
                         p.restart_ice();
                     }
+                    // rtc forgot the peer's candidates: new budget.
+                    self.addresses.new_ice_session(key);
                     self.register_ufrags(key);
                     self.drive(key, now);
                 }
@@ -950,7 +1054,7 @@ impl Worker {
                 owners.remove(ufrag);
             }
         }
-        self.by_addr.retain(|_, k| *k != key);
+        self.addresses.forget(key);
         let tcp: Vec<usize> = (0..self.net.tcp.len())
             .filter(|i| {
                 self.net.tcp[*i]
@@ -998,4 +1102,18 @@ impl Worker {
         }
         self.publish_counters();
     }
+}
+
+/// The peer a binding request speaks for: its USERNAME names a peer's
+/// current ufrag and its MESSAGE-INTEGRITY verifies with that peer's
+/// password. `None` otherwise.
+fn checked_sender(
+    by_ufrag: &HashMap<String, PeerKey>,
+    peers: &mut [Option<Peer>],
+    packet: &[u8],
+) -> Option<PeerKey> {
+    let ufrag = demux::local_ufrag(packet)?;
+    let key = *by_ufrag.get(ufrag)?;
+    let peer = peers.get_mut(key)?.as_mut()?;
+    peer.check_stun(ufrag, packet).then_some(key)
 }

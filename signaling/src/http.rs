@@ -151,6 +151,7 @@ pub fn routes(
             ctx.metrics.audit_suppressed(ctx.audit.suppressed_total());
             let mut body = ctx.metrics.render(ctx.sfu.stats());
             body.push_str(&ctx.sfu.quality_stats().prometheus_text());
+            body.push_str(&ctx.sfu.limit_stats().prometheus_text());
             Response::builder()
                 .header(
                     header::CONTENT_TYPE,

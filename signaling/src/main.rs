@@ -55,16 +55,10 @@ fn link(args: &LinkArgs) -> ExitCode {
 
 fn serve(args: ServeArgs) -> ExitCode {
     // The WebRTC stack (rtc, rtc_ice, rtc_dtls, ...) logs per packet at
-    // warn level (e.g. every replayed SRTP packet) and below: a flood an
-    // attacker could provoke. It gets errors only; its warnings too when we
-    // are asked for debug or trace (never its own per-packet debug lines).
-    let stack = args
-        .log_level
-        .min(if args.log_level >= log::LevelFilter::Debug {
-            log::LevelFilter::Warn
-        } else {
-            log::LevelFilter::Error
-        });
+    // warn level (e.g. every forged SRTP packet) and below: a flood an
+    // attacker could provoke. `webrtc_log_level` admits its warnings at
+    // trace only.
+    let stack = sfu::webrtc_log_level(args.log_level);
     env_logger::Builder::new()
         .filter_level(args.log_level)
         .filter_module("rtc", stack)
