@@ -1111,13 +1111,15 @@ async function onInviteCreated(msg) {
 }
 
 /**
- * `&k=K_L&kl=L` for a new invite (L = role plus 6 random hex digits), '' when
- * this page holds no master secret, null if deriving failed.
+ * `&k=K_L&kl=L` for a new invite, '' when this page holds no master secret,
+ * null if deriving failed. L is `patient` for the patient (as `spreekkamer
+ * link --role patient` makes it), and a fresh `guest-` plus 6 random hex
+ * digits for every guest, so no two guests share a secret.
  */
 async function inviteSecretFragment(role) {
-  if (!app.linkSecret || app.linkLabel || !isClinicianLink() || !app.e2eeModule || typeof app.e2eeModule.deriveLinkSecret !== 'function') return '';
+  if (linkClaim().claim !== '*' || typeof app.e2eeModule.deriveLinkSecret !== 'function') return '';
   const hex = Array.from(crypto.getRandomValues(new Uint8Array(3)), (b) => b.toString(16).padStart(2, '0')).join('');
-  const label = `${role === 'patient' ? 'patient' : 'guest'}-${hex}`;
+  const label = role === 'patient' ? 'patient' : `guest-${hex}`;
   try {
     const secret = await app.e2eeModule.deriveLinkSecret(app.linkSecret, consultId(), label);
     return `&k=${encodeURIComponent(secret)}&kl=${encodeURIComponent(label)}`;
@@ -1139,9 +1141,14 @@ function consultId() {
   return app.consult && typeof app.consult === 'object' ? app.consult.id : app.consult;
 }
 
-/** The link was made for a clinician (the token says so: the server cannot change that). */
+/** The role our own token names (the server cannot change that). */
+function tokenRole() {
+  const role = app.claims && app.claims.role;
+  return role === 'clinician' || role === 'patient' ? role : 'guest';
+}
+
 function isClinicianLink() {
-  return !!app.claims && app.claims.role === 'clinician';
+  return tokenRole() === 'clinician';
 }
 
 /** This page makes the clinician's decisions: the token and the server agree it is a clinician's. */
@@ -1149,14 +1156,19 @@ function isHost() {
   return isClinicianLink() && !!app.you && app.you.role === 'clinician';
 }
 
-/**
- * The link secret for the session: {secret, label} (label null: the master
- * secret, clinicians only), or null. A non-clinician link with `k` but no
- * `kl` carries no secret this page can use (docs/CRYPTO.md, "Link secrets").
- */
+/** The link secret for the session: {secret, label} as the fragment had them, or null. */
 function sessionLink() {
-  if (!app.linkSecret || (!app.linkLabel && !isClinicianLink())) return null;
-  return { secret: app.linkSecret, label: app.linkLabel };
+  return app.linkSecret ? { secret: app.linkSecret, label: app.linkLabel } : null;
+}
+
+/**
+ * What our link holds, as the E2EE module reads it: {claim: null|'*'|label,
+ * problem: null|'invalid_secret'|'label_missing'|'invalid_label'}.
+ */
+function linkClaim() {
+  const mod = app.e2eeModule;
+  if (!mod || typeof mod.linkClaimFor !== 'function') return { claim: null, problem: null };
+  return mod.linkClaimFor(tokenRole(), sessionLink());
 }
 
 function startE2ee() {
@@ -1172,7 +1184,7 @@ function startE2ee() {
     session = new mod.E2eeSession({
       consultId: consultId(),
       selfId: app.you.id,
-      role: isClinicianLink() ? 'clinician' : app.claims && app.claims.role === 'patient' ? 'patient' : 'guest',
+      role: tokenRole(),
       link: sessionLink(),
       send: (to, kind, data) => sig.sendRelay(to, kind, data),
     });
@@ -1287,7 +1299,7 @@ function renderPrivacyE2ee() {
   const ok = app.e2eeModule && app.e2eeSupport !== 'none';
   let text = t(ok ? 'privacy.e2eeOn' : 'privacy.e2eeOff');
   // A link with a secret this page cannot use (no label): say why the care provider will be asked.
-  if (ok && app.linkSecret && !sessionLink()) text += ` ${t('privacy.linkUnusable')}`;
+  if (ok && linkClaim().problem) text += ` ${t('privacy.linkUnusable')}`;
   $('#privacy-e2ee').textContent = text;
 }
 

@@ -130,6 +130,7 @@ test('the link is kept in sessionStorage only, never localStorage or cookies', (
 });
 
 const { TRUST_ORDER, badgeState, summaryKey, tileTrustKey, weakestTrust } = await import(WEB + 'trust.js');
+const { TRUST_ORDER: e2eeTrustOrder } = await import(WEB + 'e2ee/index.js');
 
 test('the consult summary follows the weakest pair; an unknown trust value counts as failed', () => {
   assert.equal(weakestTrust([]), null);
@@ -139,6 +140,8 @@ test('the consult summary follows the weakest pair; an unknown trust value count
   assert.equal(weakestTrust(['verified', 'unencrypted', 'failed']), 'failed');
   assert.equal(weakestTrust(['verified', 'totally-safe']), 'failed');
   assert.deepEqual(TRUST_ORDER, ['failed', 'unencrypted', 'needs-decision', 'pending', 'encrypted', 'link-bound', 'verified']);
+  // The page's order is the E2EE session's order (the page loads that module only when it can).
+  assert.deepEqual(TRUST_ORDER, e2eeTrustOrder);
   // Only keyed pairs count as "on"; a withheld key is not.
   assert.equal(badgeState('encrypted'), 'on');
   assert.equal(badgeState('needs-decision'), 'pending');
