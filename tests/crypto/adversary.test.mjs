@@ -271,3 +271,25 @@ test('(e) after removed(X), new sender keys never reach X even if the relay keep
   assert.ok(Math.max(...recvEpochs(x, C)) < c.latest.epoch, "X never got the clinician's new epoch");
   net.stop();
 });
+
+test('a relay that overtakes participant-joined is held and handled once the id is shown; holding is bounded', async () => {
+  const net = makeNet();
+  const a = net.add(C, { selfId: C, role: 'clinician' });
+  const b = net.add(P, { selfId: P, role: 'patient' });
+  const refused = [];
+  a.addEventListener('refused', (e) => refused.push(e.detail.participantId));
+  await show(b, C); // B's commit reaches A before A is told about B
+  await waitFor(() => a.held.has(P), 'held');
+  assert.deepEqual(net.log.filter((m) => m.from === C), [], 'A answers nothing while P is not shown');
+  await show(a, P);
+  await waitFor(() => a.peerStatus(P)?.trust === 'encrypted' && b.peerStatus(C)?.trust === 'encrypted', 'pair completes');
+  assert.deepEqual(refused, []);
+  // Invented ids beyond the hold bound (4 ids) are refused at once; each id reported once.
+  for (let i = 0; i < 6; i++) for (let j = 0; j < 10; j++) await a.onRelay(`ghost${i}`, 'key', '{}');
+  assert.equal(a.held.size, 4);
+  assert.deepEqual(refused, ['ghost4', 'ghost5']);
+  await waitFor(() => refused.length === 6, 'the held ones are refused after the hold', 10_000);
+  assert.equal(a.held.size, 0);
+  assert.equal(a.counters.refused, 6);
+  net.stop();
+});

@@ -67,6 +67,7 @@ const LIMITS = Object.freeze({
   heldIds: 4, // relays from ids not in the roster: at most this many ids held at once,
   heldMessages: 8, // this many messages each,
   heldMs: 3000, // for this long, then dropped and reported ('refused')
+  refusedIdsReported: 32, // 'refused' events for at most this many distinct ids
   leaveSwitchDelayMs: 1000, // time for the new key to reach everyone before frames use it
   paceBytesPerSec: 384 * 1024, // below the server's 512 KiB/s relay limit
   paceBurstBytes: 1536 * 1024, // below the server's 2 MiB burst
@@ -491,8 +492,11 @@ export class E2eeSession extends EventTarget {
 
   refuse(id) {
     if (this.refusedIds.has(id)) return;
-    this.refusedIds.add(id);
     this.counters.refused++;
+    // One event per id, for a bounded number of ids: a server inventing ids without end gets
+    // counted, not an endless list on the page.
+    if (this.refusedIds.size >= LIMITS.refusedIdsReported) return;
+    this.refusedIds.add(id);
     this.dispatchEvent(new CustomEvent('refused', { detail: { participantId: id, reason: 'not_in_roster' } }));
   }
 
