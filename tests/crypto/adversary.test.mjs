@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { E2eeSession, deriveLinkSecret } from '../../web/e2ee/index.js';
+import { commitment, decodeHello, encodeHello } from '../../web/e2ee/handshake.js';
 
 const CONSULT = 'consult-adv';
 const C = 'c1inician000001'; // clinician, holds the master secret M
@@ -28,7 +29,7 @@ function recvEpochs(s, from) {
 
 /**
  * Relay network. Nodes are sessions by name; by default a message to id X goes to node X as from
- * the sender's id. `route(m)` (the attacker) returns [[node, asId], ...] deliveries instead.
+ * the sender's id. `route(m)` (the attacker) returns [[node, asId, data?], ...] deliveries instead.
  */
 function makeNet() {
   const net = {
@@ -44,7 +45,7 @@ function makeNet() {
           const m = { node: name, from: s.selfId, to, kind, data };
           net.log.push(m);
           const targets = net.route ? net.route(m) : [[to, s.selfId]];
-          for (const [node, as] of targets) setImmediate(() => net.nodes.get(node)?.onRelay(as, kind, data));
+          for (const [node, as, rewritten = data] of targets) setImmediate(() => net.nodes.get(node)?.onRelay(as, kind, rewritten));
         },
       });
       net.nodes.set(name, s);
@@ -293,3 +294,39 @@ test('a relay that overtakes participant-joined is held and handled once the id 
   assert.equal(a.counters.refused, 6);
   net.stop();
 });
+
+// The relay rewrites the patient's link claim on its way to the clinician, and recomputes the
+// commitment to match (both are public values), so only the transcript binding can catch it.
+for (const [name, rewritten] of [['stripped to null', null], ['raised to *', '*'], ['relabelled', 'guest-1']]) {
+  test(`a link claim ${name} by the relay ends in key_mismatch, with no key accepted`, async () => {
+    const L = await links();
+    const net = makeNet();
+    const c = net.add(C, { selfId: C, ...L.clinician });
+    const p = net.add(P, { selfId: P, ...L.patient });
+    net.route = (m) => {
+      if (m.node !== P || m.to !== C || m.kind !== 'key') return [[m.to, m.from]];
+      const msg = JSON.parse(m.data);
+      if (msg.t === 'hello') return [[C, P, JSON.stringify({ ...msg, k: rewritten })]];
+      return [[C, P]];
+    };
+    // The commit is rewritten too: the relay computes it from P's hello with the claim changed.
+    const honestSend = p.sendRelay;
+    await p.start();
+    const forged = await commitment(CONSULT, P, { ...decodeHello(encodeHello(p.hello)), k: rewritten });
+    p.sendRelay = (to, kind, data) => {
+      const msg = kind === 'key' ? JSON.parse(data) : null;
+      if (msg && msg.t === 'commit') data = JSON.stringify({ ...msg, c: Buffer.from(forged).toString('base64') });
+      honestSend(to, kind, data);
+    };
+    const cStatus = [];
+    c.addEventListener('status', (e) => cStatus.push(e.detail));
+    await Promise.all([show(c, P), show(p, C)]);
+    await waitFor(() => cStatus.some((s) => s.code === 'key_mismatch') || p.peerStatus(C)?.code === 'key_mismatch', 'key_mismatch');
+    assert.ok(!cStatus.some((s) => s.trust === 'link-bound' || s.trust === 'encrypted'), 'never shown as protected');
+    assert.notEqual(c.safetyCode(P).digits, p.safetyCode(C).digits);
+    await settle(300);
+    assert.deepEqual(recvEpochs(c, P), [], "the clinician accepted no key from 'P'");
+    assert.deepEqual(recvEpochs(p, C), [], "the patient accepted no key from 'C'");
+    net.stop();
+  });
+}
