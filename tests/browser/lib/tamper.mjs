@@ -295,7 +295,8 @@ export class TamperProxy {
     await fake.init();
     fake.stopCapture = this.onClientMessage((conn, msg) => {
       if (msg.type !== 'relay' || conn.id !== peerId || msg.to !== asId) return undefined;
-      fake.receive(msg.kind, msg.data).catch((e) => fake.errors.push(e.message));
+      // In arrival order, as a real client handles them (a box must wait for the hello's keys).
+      fake.queue = fake.queue.then(() => fake.receive(msg.kind, msg.data)).catch((e) => fake.errors.push(e.message));
       return null;
     });
     return fake;
@@ -346,6 +347,7 @@ export class FakePeer {
     this.theirHello = null;
     this.pair = null;
     this.commitSent = false;
+    this.queue = Promise.resolve();
   }
 
   async init() {
@@ -400,22 +402,23 @@ export class FakePeer {
       });
       return undefined;
     }
-    if (msg.t === 'box') return this.tryOpen(kind, msg.b);
+    // `box` (a sender key), `vouch`, `gone`: every sealed key message carries its box in `b`.
+    if (typeof msg.b === 'string') return this.tryOpen(kind, msg.b);
     return undefined;
   }
 
   async tryOpen(relayKind, data) {
-    this.boxes.push({ relayKind, data });
-    if (!this.pair) return;
-    for (const [name, boxKind] of Object.entries(this.hs.BOX_KIND)) {
+    let opened = null;
+    for (const [name, boxKind] of Object.entries(this.pair ? this.hs.BOX_KIND : {})) {
       try {
-        const body = await this.hs.open(this.pair, boxKind, data);
-        this.opened.push({ relayKind, boxKind: name, body });
-        return;
+        opened = { relayKind, boxKind: name, body: await this.hs.open(this.pair, boxKind, data) };
+        break;
       } catch {
         // Not this kind, or not for our keys.
       }
     }
+    this.boxes.push({ relayKind, data });
+    if (opened) this.opened.push(opened);
   }
 
   /** The safety code this fake's pair would show (the real side shows its own, different one). */
