@@ -224,11 +224,25 @@ scenario('adversary: a removed guest stops decoding at the rekey although the se
   const idB = await enter(b, await link('patient', 'Mevr. de Vries'), { admitter: a });
   const idG = await enter(g, await link('guest', 'Tolk'), { admitter: a });
 
-  // Positive control: the guest decodes both others (the patient's key reaches the guest because
-  // the clinician vouches for each to the other: their labels differ).
-  await g.waitForMediaFrom([idA, idB], { timeout: 90_000 });
-  const controlStats = await workerStats(g);
-  assert.ok(controlStats.decrypted > 50, `guest decrypts before the removal: ${JSON.stringify(controlStats)}`);
+  // The guest listens only (audio only, camera off): three browsers share two busy cores, and a
+  // third Firefox receiving two videos loses most of them to the load.
+  await g.evaluate(() => {
+    document.getElementById('audio-only').click();
+    document.getElementById('camera-off').click();
+  });
+
+  // Positive control: the guest holds both others' sender keys (the patient's reaches it because
+  // the clinician vouches for each to the other: their labels differ) and decrypts their frames.
+  await g.waitFor(
+    () => g.evaluate((ids) => ids.every((id) => window.__spreekkamer.e2ee.peers.get(id)?.keyed), [idA, idB]),
+    { what: "the guest got both others' sender keys", timeout: 90_000 },
+  );
+  const c0 = await workerStats(g);
+  const c1 = await g.waitFor(async () => {
+    const st = await workerStats(g);
+    return st.decrypted - c0.decrypted > 150 && st;
+  }, { what: 'the guest decrypting frames before the removal', timeout: 60_000 });
+  sc.log(`guest before the removal: decrypted +${c1.decrypted - c0.decrypted}, no key +${c1.dropped.noKey - c0.dropped.noKey}`);
 
   // The server ignores the removal: the guest stays connected, in everyone's roster, and the SFU
   // keeps forwarding media to it. Before issue 9 the pages rekeyed only on the server's word.
@@ -244,26 +258,27 @@ scenario('adversary: a removed guest stops decoding at the rekey although the se
   await b.waitFor(async () => !(await b.tileIds()).includes(idG), { what: "the guest's tile gone for the patient" });
   assert.equal(await g.state(), 'in-call', 'the guest is still in the call as far as its page knows');
 
-  // From here the guest gets media but decodes none of it.
-  await sleep(1000); // frames already in the guest's pipeline
+  // From here the guest gets the others' audio (≈ 50 packets a second each) but opens none of it.
+  // Its worker counts every frame it decrypts, from anyone, and every frame it cannot open: no key
+  // for the key id, or (the key id one ratchet step past its last key) a key that fails.
+  const failed = (st) => st.dropped.noKey + st.dropped.auth;
+  const f0 = failed(await workerStats(g));
+  // Frames sealed under the old keys may still be on their way: start once the new ones arrive.
+  await g.waitFor(async () => failed(await workerStats(g)) - f0 > 100, { what: 'frames under the new keys reaching the guest', timeout: 60_000 });
   const m0 = await g.media();
   const s0 = await workerStats(g);
-  const m1 = await g.waitFor(async () => {
+  await g.waitFor(async () => {
     const m = await g.media();
-    const rose = (id) => m.byParticipant[id].video.packetsReceived - m0.byParticipant[id].video.packetsReceived;
-    return rose(idA) > 100 && rose(idB) > 100 && m;
-  }, { what: 'video packets still reaching the removed guest', timeout: 60_000 });
+    const rose = (id) => m.byParticipant[id].audio.packetsReceived - m0.byParticipant[id].audio.packetsReceived;
+    return rose(idA) > 150 && rose(idB) > 150;
+  }, { what: 'audio packets still reaching the removed guest', timeout: 60_000 });
   const s1 = await workerStats(g);
-  for (const id of [idA, idB]) {
-    const decoded = m1.byParticipant[id].video.framesDecoded - m0.byParticipant[id].video.framesDecoded;
-    assert.ok(decoded <= 3, `the removed guest decoded ${decoded} frames from ${id} after the rekey`);
-  }
+  sc.log(`guest after the rekey: decrypted +${s1.decrypted - s0.decrypted}, not opened +${failed(s1) - failed(s0)} ${JSON.stringify(s1.dropped)}`);
   assert.ok(s1.decrypted - s0.decrypted <= 5, `the removed guest decrypted ${s1.decrypted - s0.decrypted} frames after the rekey`);
-  assert.ok(s1.dropped.noKey - s0.dropped.noKey > 50, `frames without a key: ${JSON.stringify(s1.dropped)}`);
+  assert.ok(failed(s1) - failed(s0) > 150, `frames the guest could not open: ${JSON.stringify(s1.dropped)}`);
   // The others go on.
   await b.waitForRising([idA], null);
   await a.waitForRising([idB], null);
-  sc.log(`guest after the rekey: decrypted +${s1.decrypted - s0.decrypted}, no key +${s1.dropped.noKey - s0.dropped.noKey}`);
 });
 
 scenario('e2ee honest call: Chromium clinician ↔ Firefox patient (invited from the page) are link-bound with equal safety codes', { timeout: 180_000 }, async (sc) => {

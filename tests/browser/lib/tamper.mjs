@@ -400,6 +400,9 @@ export class FakePeer {
         selfHello: this.hello,
         peerHello: this.theirHello,
       });
+      // A sender key of its own, as a real participant sends: the other side is keyed both ways.
+      const key = this.hs.encodeSenderKey(0, crypto.getRandomValues(new Uint8Array(32)));
+      this.send({ t: 'box', b: await this.hs.seal(this.pair, this.hs.BOX_KIND.key, key) });
       return undefined;
     }
     // `box` (a sender key), `vouch`, `gone`: every sealed key message carries its box in `b`.
