@@ -1093,8 +1093,8 @@ async function onInviteCreated(msg) {
   if (typeof msg.token !== 'string' || !msg.token) return;
   // The page builds the link itself, so the E2EE link secret never goes
   // through the server (docs/PROTOCOL.md, "Invites"). The invitee gets a
-  // secret derived from ours under a fresh label, never our own: with it
-  // they can prove the link to us, not stand between two other people.
+  // secret derived from ours for their label, never our own: with it they
+  // can prove their link to us, not stand between two other people.
   let link = `${window.location.origin}/c#t=${msg.token}`;
   const fragment = await inviteSecretFragment(msg.role);
   if (fragment === null) {

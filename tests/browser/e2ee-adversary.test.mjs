@@ -7,7 +7,7 @@
 // works, E2EE on, link-bound, with matching safety codes, Chromium ↔ Firefox.
 
 import crypto from 'node:crypto';
-import { assert, scenario, sleep } from './lib/index.mjs';
+import { assert, axeScan, formatViolations, scenario, sleep } from './lib/index.mjs';
 import { createInviteInUi } from './lib/ehr.mjs';
 import { startTamperProxy } from './lib/tamper.mjs';
 
@@ -156,6 +156,9 @@ scenario('adversary: an invented participant never gets a key and the page says 
   assert.equal(await summaryTrust(a), 'needs-decision', 'the summary follows the weakest pair');
   await sleep(3000); // a commit retry period: nothing may follow
   assert.equal(nep.boxes.length, 0, `the roster fake got ${nep.boxes.length} box(es) without the clinician's decision`);
+  // The alert and the decision are accessible (WCAG 2.1 AA, as tests/browser/a11y.test.mjs).
+  const { blocking } = await axeScan(a);
+  assert.equal(blocking.length, 0, `axe on the clinician's page with an alert and a decision:\n${formatViolations(blocking)}`);
   sc.log(`refused ${attacks.map((x) => x.fakeId).join(', ')}; roster fake ${nepId} waits for a decision`);
 });
 
