@@ -1020,8 +1020,9 @@ function renderTile(id) {
   tile.classList.toggle('withheld', withheld);
   tile.querySelector('.tile-audio').muted = withheld;
 
+  // While the decision box is open, its "do not admit" is the remove button.
   const remove = tile.querySelector('.remove');
-  remove.hidden = !host;
+  remove.hidden = !host || trust === 'needs-decision';
   remove.textContent = t('host.remove', { name });
 }
 

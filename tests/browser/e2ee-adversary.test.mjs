@@ -159,6 +159,22 @@ scenario('adversary: an invented participant never gets a key and the page says 
   // The alert and the decision are accessible (WCAG 2.1 AA, as tests/browser/a11y.test.mjs).
   const { blocking } = await axeScan(a);
   assert.equal(blocking.length, 0, `axe on the clinician's page with an alert and a decision:\n${formatViolations(blocking)}`);
+
+  // "Do not admit": the tile goes, the server is asked to remove them, and a roster that names
+  // them again is not believed.
+  const removes = [];
+  tamper.onClientMessage((conn, msg) => {
+    if (conn.id === idA && msg.type === 'remove') removes.push(msg.id);
+    return undefined;
+  });
+  await a.evaluate((nid) => document.querySelector(`[data-action="reject-unbound"][data-participant-id="${nid}"]`).click(), nepId);
+  await a.waitFor(async () => !(await a.tileIds()).includes(nepId), { what: "the fake's tile gone after 'do not admit'" });
+  assert.deepEqual(removes, [nepId], 'the page asked the server to remove the fake');
+  tamper.addToRoster(idA, { id: nepId, name: 'Dr. Nep', role: 'clinician' });
+  await sleep(1500);
+  assert.ok(!(await a.tileIds()).includes(nepId), 'the removed fake came back with the roster');
+  assert.equal(nep.boxes.length, 0);
+  assert.equal(await summaryTrust(a), 'link-bound');
   sc.log(`refused ${attacks.map((x) => x.fakeId).join(', ')}; roster fake ${nepId} waits for a decision`);
 });
 
