@@ -11,6 +11,7 @@ import { Signaling, probeConnectivity } from './protocol.js';
 import { Call } from './call.js';
 import * as media from './media.js';
 import { ReceivePreferences } from './prefs.js';
+import { badgeState, summaryKey, tileTrustKey, weakestTrust } from './trust.js';
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -29,7 +30,8 @@ const LINK_STORAGE_KEY = 'spreekkamer.link';
 
 const app = {
   token: null,
-  linkSecret: null,
+  linkSecret: null, // `k` of the link: the consult's master secret (clinician) or a derived one
+  linkLabel: null, // `kl` of the link: the label of a derived secret (docs/CRYPTO.md)
   claims: null,
   stream: new MediaStream(),
   mediaError: null,
@@ -49,8 +51,14 @@ const app = {
   lobby: new Map(),
   locked: false,
   verified: new Set(),
-  peerE2ee: new Map(), // id → 'on' | 'off' | 'pending' (what we know about their encryption)
+  peerTrust: new Map(), // id → the E2EE session's last 'status' detail for them (`trust` etc.)
+  peerUnsupported: new Set(), // ids that announced `e2ee: unsupported`
   acceptedUnencrypted: new Set(),
+  // Ids removed from this call (by us, or by the clinician's sealed word): never shown again,
+  // whatever the server's roster says.
+  removedIds: new Set(),
+  refusedIds: new Set(), // ids the E2EE session refused (not in the roster), already reported
+  pendingTracks: new Map(), // id → {audio, video}: media of someone not (yet) in the roster
   phase: 'preview',
   reconnectAttempt: 0,
   reconnectTimer: null,
@@ -86,9 +94,10 @@ async function start() {
   });
   hook.prefs = app.prefs;
   wireControls();
-  const { token, linkSecret, joined } = readFragment();
+  const { token, linkSecret, linkLabel, joined } = readFragment();
   app.token = token;
   app.linkSecret = linkSecret;
+  app.linkLabel = linkLabel;
   app.claims = token ? peekClaims(token) : null;
   renderGreeting();
 
@@ -121,24 +130,23 @@ async function start() {
 }
 
 /**
- * Read `#t=JWT&k=SECRET`, then remove it from the address bar and history.
- * Without a fragment (a reload: it was removed), use the link this tab
- * stored. `joined`: this tab had joined with that link before the reload.
+ * Read `#t=JWT&k=SECRET&kl=LABEL`, then remove it from the address bar and
+ * history. Without a fragment (a reload: it was removed), use the link this
+ * tab stored. `joined`: this tab had joined with that link before the reload.
  */
 function readFragment() {
   const params = new URLSearchParams(window.location.hash.replace(/^#/, ''));
-  const token = params.get('t') || null;
-  const linkSecret = params.get('k') || null;
+  const link = { token: params.get('t') || null, linkSecret: params.get('k') || null, linkLabel: params.get('kl') || null };
   if (window.location.hash) {
     history.replaceState(null, '', window.location.pathname + window.location.search);
   }
-  if (token) {
-    saveLink(token, linkSecret, false);
-    return { token, linkSecret, joined: false };
+  if (link.token) {
+    saveLink(link, false);
+    return { ...link, joined: false };
   }
   const stored = loadLink();
   if (stored) return stored;
-  return { token: null, linkSecret: null, joined: false };
+  return { token: null, linkSecret: null, linkLabel: null, joined: false };
 }
 
 // The link in sessionStorage, so that a reload keeps this person in the
@@ -155,9 +163,9 @@ function readFragment() {
 // the same link usually sits in the person's mail anyway. It is cleared as
 // soon as the link is of no more use: leaving, being ended/removed/denied, a
 // refused token.
-function saveLink(token, linkSecret, joined) {
+function saveLink({ token, linkSecret, linkLabel }, joined) {
   try {
-    sessionStorage.setItem(LINK_STORAGE_KEY, JSON.stringify({ t: token, k: linkSecret || null, joined: !!joined }));
+    sessionStorage.setItem(LINK_STORAGE_KEY, JSON.stringify({ t: token, k: linkSecret || null, kl: linkLabel || null, joined: !!joined }));
   } catch {
     // Storage disabled or full: a reload then shows "no link", as before.
   }
@@ -167,7 +175,8 @@ function loadLink() {
   try {
     const v = JSON.parse(sessionStorage.getItem(LINK_STORAGE_KEY) || 'null');
     if (!v || typeof v.t !== 'string' || !v.t) return null;
-    return { token: v.t, linkSecret: typeof v.k === 'string' && v.k ? v.k : null, joined: v.joined === true };
+    const text = (x) => (typeof x === 'string' && x ? x : null);
+    return { token: v.t, linkSecret: text(v.k), linkLabel: text(v.kl), joined: v.joined === true };
   } catch {
     return null;
   }
@@ -236,7 +245,7 @@ function setState(phase) {
   // One set of device controls: in the preview, or in the call's side panel.
   const devicesSlot = phase === 'in-call' ? '#call-devices' : '#preview-devices';
   if ($('#devices').parentElement !== $(devicesSlot)) $(devicesSlot).appendChild($('#devices'));
-  $('#security-summary').hidden = phase !== 'in-call';
+  $('#e2ee-summary').hidden = phase !== 'in-call';
   if (changed && phase !== 'preview') {
     // Tell screen-reader users where they are now.
     const heading = VIEWS[phase] && $(`${VIEWS[phase]} h1`);
@@ -540,7 +549,7 @@ function onWelcome(msg) {
   app.reconnectAttempt = 0;
   hideNotice();
   // From now on a reload goes straight back in (see readFragment).
-  if (app.token) saveLink(app.token, app.linkSecret, true);
+  if (app.token) saveLink(app, true);
   app.you = msg.you || null;
   hook.you = app.you;
   app.consult = msg.consult || null;
@@ -714,7 +723,9 @@ function teardownSession() {
   if (sig) sig.close();
   app.participants.clear();
   app.lobby.clear();
-  app.peerE2ee.clear();
+  app.peerTrust.clear();
+  app.peerUnsupported.clear();
+  app.pendingTracks.clear();
   app.verified.clear();
   app.acceptedUnencrypted.clear();
   $('#tiles').replaceChildren();
@@ -729,39 +740,82 @@ function teardown() {
   app.stopLevel = () => {};
   for (const track of app.stream.getTracks()) track.stop();
   $('#local-video').srcObject = null;
-  // Chat survives a reconnect, but not the end of the call.
+  // Chat survives a reconnect, but not the end of the call; nor do the
+  // E2EE alerts and the list of people removed from it.
   clearChat();
+  app.removedIds.clear();
+  app.refusedIds.clear();
+  $('#e2ee-alerts').replaceChildren();
 }
 
 // ---------------------------------------------------------------------------
 // Participants and tiles
+//
+// One list, `app.participants` (the roster the server sends, less anyone
+// removed in this call), drives both the tiles and the E2EE session: a
+// participant gets a tile here and is handed to the session here, and
+// nowhere else. So everyone who can get this page's media key has a tile
+// with a name, a role and a safety code, and nobody else can get it.
 
 function addParticipant(p, announce) {
-  if (!p || typeof p.id !== 'string') return;
+  if (!p || typeof p.id !== 'string' || (app.you && p.id === app.you.id)) return;
+  // Removed in this call: the server's roster does not bring them back.
+  if (app.removedIds.has(p.id)) return;
   const existing = app.participants.get(p.id);
   app.participants.set(p.id, { ...existing, ...p });
   removeLobby(p.id);
   renderTile(p.id);
+  adoptPendingTracks(p.id);
   if (announce) showNotice(t('notice.joined', { name: p.name || '' }));
   if (app.e2eeReady) {
-    app.e2eeReady.then((session) => session && session.participantJoined(app.participants.get(p.id))).catch(() => {});
+    const session = app.e2ee;
+    app.e2eeReady.then((ready) => ready === session && app.participants.has(p.id) && session.participantJoined(app.participants.get(p.id))).catch(() => {});
   }
   renderTiles();
+  renderSecurity();
 }
 
 function removeParticipant(id, reason) {
   const p = app.participants.get(id);
+  forgetParticipant(id);
+  if (app.e2ee) Promise.resolve(app.e2ee.participantLeft(id)).catch(() => {});
+  if (p) showNotice(t(reason === 'removed' ? 'notice.removed' : 'notice.left', { name: p.name || '' }));
+}
+
+/** Drops the participant's tile and everything the page knew about them. */
+function forgetParticipant(id) {
   app.participants.delete(id);
+  app.pendingTracks.delete(id);
   const tile = tileFor(id);
   if (tile) tile.remove();
   app.prefs.unwatch(id);
   if (app.activeSpeaker === id) setActiveSpeaker(null);
-  if (app.e2ee) Promise.resolve(app.e2ee.participantLeft(id)).catch(() => {});
-  app.peerE2ee.delete(id);
+  app.peerTrust.delete(id);
+  app.peerUnsupported.delete(id);
   app.verified.delete(id);
-  if (p) showNotice(t(reason === 'removed' ? 'notice.removed' : 'notice.left', { name: p.name || '' }));
   renderTiles();
   renderSecurity();
+}
+
+/**
+ * The clinician removes someone: the server ends their session, and our E2EE
+ * session gives everyone else a fresh key and tells them (sealed) that this
+ * person is gone, so even a server that keeps them connected gets them nothing.
+ */
+function removeFromConsult(id) {
+  if (!isHost()) return;
+  if (app.signaling) app.signaling.remove(id);
+  app.removedIds.add(id);
+  const p = app.participants.get(id);
+  if (app.e2ee && typeof app.e2ee.removed === 'function') Promise.resolve(safeCall(() => app.e2ee.removed(id))).catch(() => {});
+  forgetParticipant(id);
+  if (p) showNotice(t('notice.removed', { name: p.name || '' }));
+}
+
+/** The clinician admits a participant whose link could not be checked. */
+function acceptUnbound(id) {
+  if (!isHost() || !app.e2ee || typeof app.e2ee.acceptUnbound !== 'function') return;
+  Promise.resolve(safeCall(() => app.e2ee.acceptUnbound(id))).catch(() => {});
 }
 
 function onRemoteMute(msg) {
@@ -777,6 +831,7 @@ function tileFor(id) {
   return null;
 }
 
+/** The participant's tile, made on first use. Only renderTile calls this: tiles follow the roster. */
 function ensureTile(id) {
   let tile = tileFor(id);
   if (tile) return tile;
@@ -788,7 +843,10 @@ function ensureTile(id) {
     if (app.e2ee && typeof app.e2ee.allowUnencrypted === 'function') safeCall(() => app.e2ee.allowUnencrypted(id));
     renderTile(id);
   });
-  tile.querySelector('.remove').addEventListener('click', () => app.signaling && app.signaling.remove(id));
+  for (const button of tile.querySelectorAll('[data-action]')) button.dataset.participantId = id;
+  tile.querySelector('[data-action="accept-unbound"]').addEventListener('click', () => acceptUnbound(id));
+  tile.querySelector('[data-action="reject-unbound"]').addEventListener('click', () => removeFromConsult(id));
+  tile.querySelector('.remove').addEventListener('click', () => removeFromConsult(id));
   if (app.speakerId) media.setSpeaker(tile.querySelector('.tile-audio'), app.speakerId);
   $('#tiles').appendChild(tile);
   // The picture's size on screen decides which video layer is worth asking for.
@@ -800,7 +858,26 @@ function onRemoteTrack({ participantId, kind, track, receiver }) {
   if (app.e2ee && app.e2eeSupport !== 'none') {
     try { app.e2ee.attachReceiver(receiver, participantId, kind); } catch (err) { console.warn('spreekkamer: e2ee receiver', err); }
   }
-  const tile = ensureTile(participantId);
+  if (!app.participants.has(participantId)) {
+    // Media may overtake `participant-joined`; it waits for the roster, never gets a tile of its own.
+    const held = app.pendingTracks.get(participantId) || {};
+    held[kind] = track;
+    app.pendingTracks.set(participantId, held);
+    return;
+  }
+  showTrack(participantId, kind, track);
+}
+
+function adoptPendingTracks(id) {
+  const held = app.pendingTracks.get(id);
+  if (!held) return;
+  app.pendingTracks.delete(id);
+  for (const [kind, track] of Object.entries(held)) if (track.readyState !== 'ended') showTrack(id, kind, track);
+}
+
+function showTrack(participantId, kind, track) {
+  const tile = tileFor(participantId);
+  if (!tile) return;
   const el = tile.querySelector(kind === 'video' ? '.tile-video' : '.tile-audio');
   el.srcObject = new MediaStream([track]);
   if (kind === 'video') {
@@ -813,6 +890,8 @@ function onRemoteTrack({ participantId, kind, track, receiver }) {
 }
 
 function onRemoteTrackEnded({ participantId, kind, track }) {
+  const held = app.pendingTracks.get(participantId);
+  if (held && held[kind] === track) delete held[kind];
   const tile = tileFor(participantId);
   if (!tile) return;
   const el = tile.querySelector(kind === 'video' ? '.tile-video' : '.tile-audio');
@@ -856,9 +935,12 @@ function roleLabel(role) {
   return t(`role.${role}`, {}, t('role.guest'));
 }
 
-function e2eeStateFor(id) {
-  if (!app.e2ee || app.e2eeSupport === 'none') return 'off';
-  return app.peerE2ee.get(id) || 'pending';
+/** How far this page trusts the encryption with `id` (web/trust.js has the order). */
+function trustFor(id) {
+  if (!app.e2ee || app.e2eeSupport === 'none') return 'unencrypted';
+  const detail = app.peerTrust.get(id);
+  if (detail && typeof detail.trust === 'string') return detail.trust;
+  return app.peerUnsupported.has(id) ? 'unencrypted' : 'pending';
 }
 
 function renderTile(id) {
@@ -885,14 +967,20 @@ function renderTile(id) {
   speakingEl.hidden = !speaking;
   speakingEl.textContent = t('tile.speaking');
 
-  const e2ee = e2eeStateFor(id);
-  const verified = app.verified.has(id);
+  const host = isHost();
+  const trust = trustFor(id);
+  tile.dataset.e2eeTrust = trust;
   const badge = tile.querySelector('.e2ee-badge');
-  badge.dataset.e2ee = e2ee;
-  badge.textContent = t(`e2ee.badge.${e2ee}`) + (e2ee === 'on' && verified ? ` · ${t('e2ee.verified')}` : '');
+  badge.dataset.e2ee = badgeState(trust);
+  badge.dataset.e2eeTrust = trust;
+  badge.textContent = t(tileTrustKey(trust, { host }));
 
+  // The safety code, wherever the pair has keys: comparing it is how anyone
+  // can check a participant, and marking it equal admits them.
+  const verified = app.verified.has(id);
+  const keyed = trust !== 'unencrypted' && trust !== 'failed' && trust !== 'pending';
+  const code = keyed && app.e2ee && typeof app.e2ee.safetyCode === 'function' ? safeCall(() => app.e2ee.safetyCode(id)) : null;
   const security = tile.querySelector('.tile-security');
-  const code = e2ee === 'on' && app.e2ee && typeof app.e2ee.safetyCode === 'function' ? safeCall(() => app.e2ee.safetyCode(id)) : null;
   security.hidden = !code;
   if (code) {
     tile.querySelector('.safety-label').textContent = t('e2ee.safetyLabel', { name });
@@ -906,10 +994,22 @@ function renderTile(id) {
     verify.setAttribute('aria-pressed', String(verified));
   }
 
+  // No silent downgrade: the link could not be checked for this person, so
+  // they get no key until the clinician decides (or the codes are compared).
+  const decision = tile.querySelector('.tile-decision');
+  decision.hidden = trust !== 'needs-decision';
+  tile.querySelector('.decision-text').textContent = t(host ? 'decision.hostText' : 'decision.peerText', { name });
+  tile.querySelector('.decision-actions').hidden = !host;
+  tile.querySelector('[data-action="accept-unbound"]').textContent = t('decision.accept');
+  tile.querySelector('[data-action="reject-unbound"]').textContent = t('decision.reject');
+
+  const failed = tile.querySelector('.tile-failed');
+  failed.hidden = trust !== 'failed';
+  failed.textContent = t('e2ee.failedText', { name });
+
   // Never downgrade silently: an unencrypted participant is marked, and the
   // clinician must accept before that participant's media plays.
-  const host = app.you && app.you.role === 'clinician';
-  const unencrypted = e2ee === 'off' && !!app.e2ee;
+  const unencrypted = trust === 'unencrypted' && !!app.e2ee;
   const withheld = unencrypted && host && !app.acceptedUnencrypted.has(id);
   const box = tile.querySelector('.tile-unencrypted');
   box.hidden = !unencrypted || (host && app.acceptedUnencrypted.has(id));
@@ -920,8 +1020,9 @@ function renderTile(id) {
   tile.classList.toggle('withheld', withheld);
   tile.querySelector('.tile-audio').muted = withheld;
 
+  // While the decision box is open, its "do not admit" is the remove button.
   const remove = tile.querySelector('.remove');
-  remove.hidden = !host;
+  remove.hidden = !host || trust === 'needs-decision';
   remove.textContent = t('host.remove', { name });
 }
 
@@ -989,12 +1090,19 @@ function setLocked(locked) {
   $('#lock-status').hidden = !locked;
 }
 
-function onInviteCreated(msg) {
+async function onInviteCreated(msg) {
   if (typeof msg.token !== 'string' || !msg.token) return;
   // The page builds the link itself, so the E2EE link secret never goes
-  // through the server (docs/PROTOCOL.md, "Invites").
+  // through the server (docs/PROTOCOL.md, "Invites"). The invitee gets a
+  // secret derived from ours for their label, never our own: with it they
+  // can prove their link to us, not stand between two other people.
   let link = `${window.location.origin}/c#t=${msg.token}`;
-  if (app.linkSecret) link += `&k=${encodeURIComponent(app.linkSecret)}`;
+  const fragment = await inviteSecretFragment(msg.role);
+  if (fragment === null) {
+    showNotice(t('invite.secretFailed'));
+    return;
+  }
+  link += fragment;
   app.invite = { jti: msg.jti, expires: Number(msg.expires) || null };
   renderInvite();
   $('#invite-link').value = link;
@@ -1003,8 +1111,66 @@ function onInviteCreated(msg) {
   $('#invite-link').select();
 }
 
+/**
+ * `&k=K_L&kl=L` for a new invite, '' when this page holds no master secret,
+ * null if deriving failed. L is `patient` for the patient (as `spreekkamer
+ * link --role patient` makes it), and a fresh `guest-` plus 6 random hex
+ * digits for every guest, so no two guests share a secret.
+ */
+async function inviteSecretFragment(role) {
+  if (linkClaim().claim !== '*' || typeof app.e2eeModule.deriveLinkSecret !== 'function') return '';
+  const hex = Array.from(crypto.getRandomValues(new Uint8Array(3)), (b) => b.toString(16).padStart(2, '0')).join('');
+  const label = role === 'patient' ? 'patient' : `guest-${hex}`;
+  try {
+    const secret = await app.e2eeModule.deriveLinkSecret(app.linkSecret, consultId(), label);
+    return `&k=${encodeURIComponent(secret)}&kl=${encodeURIComponent(label)}`;
+  } catch (err) {
+    console.warn('spreekkamer: invite link secret', err && err.message);
+    return null;
+  }
+}
+
 // ---------------------------------------------------------------------------
 // End-to-end encryption
+
+/**
+ * The consult id the E2EE keys are bound to: the one in our own token (which
+ * the server cannot change), else the server's word for it.
+ */
+function consultId() {
+  if (app.claims && typeof app.claims.consult === 'string' && app.claims.consult) return app.claims.consult;
+  return app.consult && typeof app.consult === 'object' ? app.consult.id : app.consult;
+}
+
+/** The role our own token names (the server cannot change that). */
+function tokenRole() {
+  const role = app.claims && app.claims.role;
+  return role === 'clinician' || role === 'patient' ? role : 'guest';
+}
+
+function isClinicianLink() {
+  return tokenRole() === 'clinician';
+}
+
+/** This page makes the clinician's decisions: the token and the server agree it is a clinician's. */
+function isHost() {
+  return isClinicianLink() && !!app.you && app.you.role === 'clinician';
+}
+
+/** The link secret for the session: {secret, label} as the fragment had them, or null. */
+function sessionLink() {
+  return app.linkSecret ? { secret: app.linkSecret, label: app.linkLabel } : null;
+}
+
+/**
+ * What our link holds, as the E2EE module reads it: {claim: null|'*'|label,
+ * problem: null|'invalid_secret'|'label_missing'|'invalid_label'}.
+ */
+function linkClaim() {
+  const mod = app.e2eeModule;
+  if (!mod || typeof mod.linkClaimFor !== 'function') return { claim: null, problem: null };
+  return mod.linkClaimFor(tokenRole(), sessionLink());
+}
 
 function startE2ee() {
   const mod = app.e2eeModule;
@@ -1017,9 +1183,10 @@ function startE2ee() {
   let session;
   try {
     session = new mod.E2eeSession({
-      consultId: app.consult && typeof app.consult === 'object' ? app.consult.id : app.consult,
+      consultId: consultId(),
       selfId: app.you.id,
-      linkSecret: app.linkSecret,
+      role: tokenRole(),
+      link: sessionLink(),
       send: (to, kind, data) => sig.sendRelay(to, kind, data),
     });
   } catch (err) {
@@ -1033,13 +1200,22 @@ function startE2ee() {
   session.addEventListener('chat', (ev) => addChatMessage(ev.detail));
   session.addEventListener('photo', (ev) => addChatPhoto(ev.detail));
   session.addEventListener('status', (ev) => {
-    const { participantId, state } = ev.detail || {};
-    if (!participantId) return;
-    app.peerE2ee.set(participantId, state);
-    renderTile(participantId);
+    const detail = ev.detail || {};
+    if (!detail.participantId || app.e2ee !== session) return;
+    app.peerTrust.set(detail.participantId, detail);
+    renderTile(detail.participantId);
     renderSecurity();
   });
   session.addEventListener('safety-code', (ev) => ev.detail && renderTile(ev.detail.participantId));
+  session.addEventListener('refused', (ev) => ev.detail && app.e2ee === session && reportRefused(ev.detail.participantId));
+  // The clinician removed this person (their sealed word, not the server's): gone for this call.
+  session.addEventListener('removed', (ev) => {
+    if (!ev.detail || app.e2ee !== session) return;
+    const id = ev.detail.participantId;
+    const p = app.participants.get(id);
+    forgetParticipant(id);
+    if (p) showNotice(t('notice.removed', { name: p.name || '' }));
+  });
   app.e2eeReady = session.start().then(async () => {
     if (app.e2ee !== session) return null;
     sig.sendE2ee(session.state || (app.e2eeSupport === 'none' ? 'unsupported' : 'on'), app.verified);
@@ -1070,9 +1246,28 @@ function onRelay(msg) {
 
 function onPeerE2ee(msg) {
   if (typeof msg.id !== 'string') return;
-  if (msg.state === 'unsupported') app.peerE2ee.set(msg.id, 'off');
+  if (msg.state === 'unsupported') app.peerUnsupported.add(msg.id);
+  else app.peerUnsupported.delete(msg.id);
   renderTile(msg.id);
   renderSecurity();
+}
+
+/**
+ * Someone not in the roster tried to start a key handshake with us: the
+ * session refused it; say so, once per id, in plain words.
+ */
+function reportRefused(id) {
+  if (typeof id !== 'string' || app.refusedIds.has(id)) return;
+  app.refusedIds.add(id);
+  const line = document.createElement('p');
+  line.className = 'e2ee-alert';
+  line.dataset.refusedId = id;
+  line.textContent = t('e2ee.refused');
+  $('#e2ee-alerts').appendChild(line);
+}
+
+function renderAlerts() {
+  for (const line of $('#e2ee-alerts').children) line.textContent = t('e2ee.refused');
 }
 
 function verifyPeer(id) {
@@ -1084,13 +1279,16 @@ function verifyPeer(id) {
   renderTile(id);
 }
 
-/** The page-level security line and the "your browser cannot encrypt" banner. */
+/**
+ * The consult summary (the weakest trust over everyone shown) and the "your
+ * browser cannot encrypt" banner.
+ */
 function renderSecurity() {
   const on = !!app.e2ee && app.e2eeSupport !== 'none';
-  const someoneOff = [...app.participants.keys()].some((id) => e2eeStateFor(id) === 'off');
-  const summary = $('#security-summary');
-  summary.textContent = t(!on ? 'e2ee.summaryOff' : someoneOff ? 'e2ee.summaryPartial' : 'e2ee.summaryOn');
-  summary.dataset.e2ee = on && !someoneOff ? 'on' : 'off';
+  const weakest = on ? weakestTrust([...app.participants.keys()].map(trustFor)) : 'unencrypted';
+  const summary = $('#e2ee-summary');
+  summary.textContent = t(summaryKey(weakest, { host: isHost(), selfE2ee: on }));
+  summary.dataset.e2eeTrust = weakest || 'alone';
   $('#self-unencrypted').hidden = on;
   const chatOk = !!app.e2ee;
   $('#chat-unavailable').hidden = chatOk;
@@ -1100,7 +1298,10 @@ function renderSecurity() {
 
 function renderPrivacyE2ee() {
   const ok = app.e2eeModule && app.e2eeSupport !== 'none';
-  $('#privacy-e2ee').textContent = t(ok ? 'privacy.e2eeOn' : 'privacy.e2eeOff');
+  let text = t(ok ? 'privacy.e2eeOn' : 'privacy.e2eeOff');
+  // A link with a secret this page cannot use (no label): say why the care provider will be asked.
+  if (ok && linkClaim().problem) text += ` ${t('privacy.linkUnusable')}`;
+  $('#privacy-e2ee').textContent = text;
 }
 
 // ---------------------------------------------------------------------------
@@ -1361,6 +1562,7 @@ function renderLanguage() {
   renderError();
   renderPrivacyE2ee();
   renderSecurity();
+  renderAlerts();
   renderSelf();
   setLocked(app.locked);
   renderAudioOnly();

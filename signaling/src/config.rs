@@ -168,6 +168,7 @@ impl From<RoleArg> for Role {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(group = clap::ArgGroup::new("link_secret_given").args(["link_secret", "with_link_secret"]).multiple(false))]
 pub struct LinkArgs {
     /// The server's public base URL, e.g. https://consult.example.nl
     #[arg(long, env = "SPREEKKAMER_PUBLIC_URL", value_parser = parse_base_url)]
@@ -196,13 +197,22 @@ pub struct LinkArgs {
     pub issuer: String,
     #[arg(long, env = "SPREEKKAMER_JWT_AUDIENCE", default_value = "spreekkamer", value_parser = parse_nonempty)]
     pub audience: String,
-    /// E2EE link secret to append as `&k=` (base64url, at least 16 bytes).
+    /// The consult's E2EE master link secret M (unpadded base64url, 16–64
+    /// bytes), made by the link issuer, never by the server. A clinician link
+    /// carries M itself (`&k=M`); a patient or guest link carries the secret
+    /// derived for its label (`&k=K_L&kl=L`, docs/CRYPTO.md §2.8).
     /// base64url may start with `-`, so such values are accepted as values.
     #[arg(long, value_parser = parse_link_secret, conflicts_with = "with_link_secret", allow_hyphen_values = true)]
     pub link_secret: Option<String>,
-    /// Generate a fresh E2EE link secret and append it as `&k=`.
+    /// Generate a fresh master link secret M for a new consult (printed on
+    /// stderr, so the other links of the consult can be minted with
+    /// `--link-secret`), and add this link's fragment.
     #[arg(long)]
     pub with_link_secret: bool,
+    /// The link label L (`^[a-z0-9-]{1,32}$`). Default: `patient` for a
+    /// patient, `guest-<6 random hex>` for a guest. Not for a clinician.
+    #[arg(long, value_parser = parse_link_label, requires = "link_secret_given")]
+    pub link_label: Option<String>,
 }
 
 /// `--jwt-key` value: which PEM file, pinned to which algorithm, under
@@ -313,6 +323,21 @@ fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
         .map_err(|_| "must be one of off, error, warn, info, debug, trace".into())
 }
 
+fn parse_link_label(s: &str) -> Result<String, String> {
+    if valid_link_label(s) {
+        Ok(s.to_string())
+    } else {
+        Err("must be 1–32 characters of a-z 0-9 -".into())
+    }
+}
+
+fn valid_link_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 fn parse_link_secret(s: &str) -> Result<String, String> {
     match URL_SAFE_NO_PAD.decode(s) {
         Ok(bytes) if bytes.len() >= 16 && bytes.len() <= 64 => Ok(s.to_string()),
@@ -420,6 +445,86 @@ impl ServeArgs {
 pub fn join_url(base: &str, token: &str, link_secret: Option<&str>) -> String {
     match link_secret {
         Some(k) => format!("{base}/c#t={token}&k={k}"),
+        None => format!("{base}/c#t={token}"),
+    }
+}
+
+/// The E2EE protocol label; link-secret derivation is domain-separated by it
+/// (the same string as `PROTOCOL_LABEL` in web/e2ee/handshake.js).
+pub const E2EE_LABEL: &str = "Spreekkamer E2EE v2";
+
+/// The secret part of a join link's fragment: `k` and, for every link but a
+/// clinician's, its public label `kl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkFragment {
+    pub k: String,
+    pub kl: Option<String>,
+}
+
+fn lp(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Every field here is far below 4 GiB (labels ≤ 32, consult ids ≤ 128).
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// K_L = base64url(HKDF-SHA256(ikm = M, salt = "", info = lp(LABEL) ||
+/// lp("link label") || lp(consult) || lp(L), 32 bytes)), M given as unpadded
+/// base64url and used as its decoded bytes. The same function as
+/// `deriveLinkSecret` in web/e2ee/handshake.js (shared test vector).
+pub fn derive_link_secret(master: &str, consult: &str, label: &str) -> Result<String, String> {
+    if !valid_link_label(label) {
+        return Err("link label must be 1–32 characters of a-z 0-9 -".into());
+    }
+    let ikm = URL_SAFE_NO_PAD
+        .decode(parse_link_secret(master)?)
+        .map_err(|_| "must be unpadded base64url".to_string())?;
+    let mut info = Vec::with_capacity(64 + consult.len());
+    lp(&mut info, E2EE_LABEL.as_bytes());
+    lp(&mut info, b"link label");
+    lp(&mut info, consult.as_bytes());
+    lp(&mut info, label.as_bytes());
+    let mut okm = [0u8; 32];
+    hkdf::Hkdf::<sha2::Sha256>::new(None, &ikm)
+        .expand(&info, &mut okm)
+        .map_err(|_| "link secret derivation failed".to_string())?;
+    Ok(URL_SAFE_NO_PAD.encode(okm))
+}
+
+/// This link's fragment from the consult's master secret: a clinician gets M
+/// itself; a patient `patient` (or `label`); a guest `guest-<6 random hex>`
+/// (or `label`), with the secret derived for that label.
+pub fn link_fragment(
+    master: &str,
+    consult: &str,
+    role: Role,
+    label: Option<&str>,
+) -> Result<LinkFragment, String> {
+    let label = match (role, label) {
+        (Role::Clinician, Some(_)) => {
+            return Err("a clinician link carries the master secret; --link-label is for patient and guest links".into());
+        }
+        (Role::Clinician, None) => {
+            parse_link_secret(master)?;
+            return Ok(LinkFragment {
+                k: master.to_string(),
+                kl: None,
+            });
+        }
+        (_, Some(l)) => l.to_string(),
+        (Role::Patient, None) => "patient".to_string(),
+        (Role::Guest, None) => format!("guest-{:06x}", rand::random::<u32>() & 0x00ff_ffff),
+    };
+    Ok(LinkFragment {
+        k: derive_link_secret(master, consult, &label)?,
+        kl: Some(label),
+    })
+}
+
+/// `{base}/c#t={jwt}[&k={k}[&kl={label}]]`: secrets ride only in the fragment.
+pub fn join_url_for(base: &str, token: &str, fragment: Option<&LinkFragment>) -> String {
+    match fragment {
+        Some(LinkFragment { k, kl: Some(l) }) => format!("{base}/c#t={token}&k={k}&kl={l}"),
+        Some(LinkFragment { k, kl: None }) => format!("{base}/c#t={token}&k={k}"),
         None => format!("{base}/c#t={token}"),
     }
 }
@@ -657,6 +762,107 @@ mod tests {
                 .unwrap_err()
                 .contains("kid")
         );
+    }
+
+    /// The same vector as tests/crypto/handshake.test.mjs ("label derivation
+    /// known answer"), computed independently with Python's hmac/hashlib.
+    const MASTER: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+    #[test]
+    fn link_label_derivation_known_answer() {
+        assert_eq!(
+            derive_link_secret(MASTER, "consult-42", "patient").unwrap(),
+            "RxtAi-A6HCVjXqxgWB-soZfAgDGFT2a1-gW-Qz-u0Bk"
+        );
+        assert_eq!(
+            derive_link_secret(MASTER, "consult-42", "guest-3f9a2c").unwrap(),
+            "eVrYjAQpZebBG6pDUoIqHYAsp_lpe8ZEDSOIebCrifo"
+        );
+        assert_ne!(
+            derive_link_secret(MASTER, "consult-43", "patient").unwrap(),
+            "RxtAi-A6HCVjXqxgWB-soZfAgDGFT2a1-gW-Qz-u0Bk"
+        );
+        assert!(derive_link_secret(MASTER, "consult-42", "Patient").is_err());
+        assert!(derive_link_secret("short", "consult-42", "patient").is_err());
+    }
+
+    #[test]
+    fn link_fragments_per_role() {
+        let c = link_fragment(MASTER, "consult-42", Role::Clinician, None).unwrap();
+        assert_eq!(
+            c,
+            LinkFragment {
+                k: MASTER.into(),
+                kl: None
+            }
+        );
+        assert!(link_fragment(MASTER, "consult-42", Role::Clinician, Some("x")).is_err());
+        let p = link_fragment(MASTER, "consult-42", Role::Patient, None).unwrap();
+        assert_eq!(p.kl.as_deref(), Some("patient"));
+        assert_eq!(p.k, "RxtAi-A6HCVjXqxgWB-soZfAgDGFT2a1-gW-Qz-u0Bk");
+        let g = link_fragment(MASTER, "consult-42", Role::Guest, None).unwrap();
+        let label = g.kl.clone().unwrap();
+        assert!(label.starts_with("guest-") && label.len() == 12 && valid_link_label(&label));
+        assert_eq!(
+            g.k,
+            derive_link_secret(MASTER, "consult-42", &label).unwrap()
+        );
+        let fixed = link_fragment(MASTER, "consult-42", Role::Guest, Some("guest-3f9a2c")).unwrap();
+        assert_eq!(fixed.k, "eVrYjAQpZebBG6pDUoIqHYAsp_lpe8ZEDSOIebCrifo");
+        assert_eq!(
+            join_url_for("https://h", "a.b.c", Some(&fixed)),
+            "https://h/c#t=a.b.c&k=eVrYjAQpZebBG6pDUoIqHYAsp_lpe8ZEDSOIebCrifo&kl=guest-3f9a2c"
+        );
+        assert_eq!(
+            join_url_for("https://h", "a.b.c", Some(&c)),
+            format!("https://h/c#t=a.b.c&k={MASTER}")
+        );
+        assert_eq!(
+            join_url_for("https://h", "a.b.c", None),
+            "https://h/c#t=a.b.c"
+        );
+    }
+
+    #[test]
+    fn link_label_flag_is_validated() {
+        let base = [
+            "link",
+            "--base-url",
+            "http://h:1",
+            "--jwt-secret",
+            &"s".repeat(32),
+            "--consult",
+            "c",
+            "--role",
+            "guest",
+            "--name",
+            "J",
+            "--link-secret",
+            MASTER,
+        ];
+        let ok = parse(&[&base[..], &["--link-label", "guest-ab12"]].concat());
+        assert!(ok.is_ok(), "{ok:?}");
+        for bad in ["Guest", "", "a b", &"x".repeat(33)] {
+            let err = parse(&[&base[..], &["--link-label", bad]].concat());
+            assert!(err.is_err(), "{bad}");
+        }
+        // A label without any link secret is refused.
+        let no_secret = parse(&[
+            "link",
+            "--base-url",
+            "http://h:1",
+            "--jwt-secret",
+            &"s".repeat(32),
+            "--consult",
+            "c",
+            "--role",
+            "guest",
+            "--name",
+            "J",
+            "--link-label",
+            "guest-ab12",
+        ]);
+        assert!(no_secret.is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `signaling` / `sfu` subcommands.
 
 use clap::Parser;
-use signaling::config::{Cli, Command, LinkArgs, ServeArgs, join_url};
+use signaling::config::{Cli, Command, LinkArgs, ServeArgs, join_url, join_url_for, link_fragment};
 use signaling::protocol::Role;
 use signaling::token::{MintRequest, mint_hs256, random_hex_id, random_secret, unix_now};
 use std::process::ExitCode;
@@ -23,10 +23,36 @@ fn main() -> ExitCode {
 }
 
 fn link(args: &LinkArgs) -> ExitCode {
-    let link_secret = match (&args.link_secret, args.with_link_secret) {
+    let master = match (&args.link_secret, args.with_link_secret) {
         (Some(k), _) => Some(k.clone()),
-        (None, true) => Some(random_secret()),
+        (None, true) => {
+            let m = random_secret();
+            // The issuer needs M to mint this consult's other links; stderr,
+            // so the link on stdout stays the only line there.
+            eprintln!(
+                "master link secret for consult {}: {m}\n(keep it with the consult; pass it as --link-secret to mint its other links; never give it to the server)",
+                args.consult
+            );
+            Some(m)
+        }
         (None, false) => None,
+    };
+    let fragment = match &master {
+        Some(m) => {
+            match link_fragment(
+                m,
+                &args.consult,
+                args.role.into(),
+                args.link_label.as_deref(),
+            ) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    eprintln!("error: cannot make the link secret: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => None,
     };
     let request = MintRequest {
         issuer: args.issuer.clone(),
@@ -42,7 +68,7 @@ fn link(args: &LinkArgs) -> ExitCode {
         Ok(token) => {
             println!(
                 "{}",
-                join_url(&args.base_url, &token, link_secret.as_deref())
+                join_url_for(&args.base_url, &token, fragment.as_ref())
             );
             ExitCode::SUCCESS
         }

@@ -28,6 +28,7 @@ import {
   waitForLobbyEntry,
   waitForYouId,
 } from './lib/ehr.mjs';
+import { deriveLinkSecret } from '../../web/e2ee/handshake.js';
 import { after, before } from 'node:test';
 
 let keys;
@@ -75,7 +76,11 @@ scenario('EHR launch (RS256 via JWKS): invite in the UI, waiting room, admit, bo
   assert.equal(`${inviteUrl.origin}${inviteUrl.pathname}`, `${server.url}/c`, 'the invite has the one deep-link shape');
   assert.equal(inviteUrl.search, '', 'no query string in an invite');
   const frag = new URLSearchParams(inviteUrl.hash.slice(1));
-  assert.equal(frag.get('k'), k, 'the invite carries the consult link secret from the clinician page, in the fragment');
+  // The invite carries, in the fragment, the patient's secret derived by the clinician's page from
+  // the consult's master secret (never the master itself: docs/CRYPTO.md, "Link secrets").
+  assert.equal(frag.get('kl'), 'patient');
+  const patientSecret = await deriveLinkSecret(k, consult, 'patient');
+  assert.equal(frag.get('k'), patientSecret, 'the invite carries the secret derived for label patient');
   const inviteJwt = frag.get('t');
   const payload = JSON.parse(Buffer.from(inviteJwt.split('.')[1], 'base64url').toString('utf8'));
   assert.equal(payload.role, 'patient');
@@ -118,7 +123,9 @@ scenario('EHR launch (RS256 via JWKS): invite in the UI, waiting room, admit, bo
 
   await sc.stopServer(server);
   assertTokensNotLogged(server, { clinician: clinicianToken, invite: inviteJwt });
-  assert.ok(!server.auditText().includes(k) && !server.logs().includes(k), 'the link secret is in no log');
+  for (const secret of [k, patientSecret]) {
+    assert.ok(!server.auditText().includes(secret) && !server.logs().includes(secret), 'a link secret is in a log');
+  }
 });
 
 scenario('EHR launch (EdDSA): a denied patient never gets media, is told clearly, and cannot come back', { timeout: 240_000 }, async (sc) => {

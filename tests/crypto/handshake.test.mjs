@@ -7,10 +7,14 @@ import {
   commitment,
   createKeyPairs,
   decodeHello,
+  decodeLinkSecret,
+  deriveLinkSecret,
   derivePair,
   encodeHello,
+  helloBytes,
   makeHello,
   open,
+  pairLinkSecret,
   safetyCode,
   seal,
   transcript,
@@ -19,13 +23,15 @@ import { WORDS } from '../../web/e2ee/words.js';
 
 const CONSULT = 'consult-42';
 
-async function party(id, { linkSecret = null, x25519 = true } = {}) {
+// A party holds a link claim (null, '*' or a label) and the matching secret (base64url).
+async function party(id, { claim = null, secret = null, x25519 = true } = {}) {
   const pairs = await createKeyPairs({ x25519 });
-  const hello = makeHello(pairs, { hasLinkSecret: Boolean(linkSecret), media: 'e2ee' });
-  return { id, pairs, hello, linkSecret };
+  const hello = makeHello(pairs, { link: claim, media: 'e2ee' });
+  return { id, pairs, hello, claim, secret: secret ? decodeLinkSecret(secret) : null };
 }
 
-function pairBetween(me, peer, peerHello = peer.hello) {
+async function pairBetween(me, peer, peerHello = peer.hello) {
+  const pairSecret = await pairLinkSecret(CONSULT, { claim: me.claim, secret: me.secret }, peerHello.k);
   return derivePair({
     consultId: CONSULT,
     selfId: me.id,
@@ -33,9 +39,11 @@ function pairBetween(me, peer, peerHello = peer.hello) {
     pairs: me.pairs,
     selfHello: me.hello,
     peerHello,
-    linkSecret: me.linkSecret,
+    pairSecret,
   });
 }
+
+const MASTER = 'AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8'; // bytes 0..31
 
 test('both sides derive matching directional keys and the same safety code (X25519)', async () => {
   const a = await party('aaaa');
@@ -71,26 +79,24 @@ test('a relay that swaps public keys (man in the middle) gives different safety 
 });
 
 test('with a link secret, a relay that lacks it cannot complete the pairing', async () => {
-  const secret = 'Zk3p9QyXb7M2vW1rT8uA5e';
-  const a = await party('aaaa', { linkSecret: secret });
-  const b = await party('bbbb', { linkSecret: secret });
+  const a = await party('aaaa', { claim: '*', secret: MASTER });
+  const b = await party('bbbb', { claim: '*', secret: MASTER });
   const ab = await pairBetween(a, b);
   const ba = await pairBetween(b, a);
   assert.equal(ab.linkBound, true);
   assert.deepEqual(await open(ba, BOX_KIND.key, await seal(ab, BOX_KIND.key, utf8('ok'))), utf8('ok'));
   // The attacker runs ECDH with A under B's name but has to guess the link secret.
-  const m = await party('bbbb', { linkSecret: 'wrong-guess' });
-  m.hello = { ...m.hello, l: 1 };
+  const m = await party('bbbb', { claim: '*', secret: 'd3JvbmctZ3Vlc3Mtd3JvbmctZ3Vlc3M' });
   const aToM = await pairBetween(a, { id: 'bbbb' }, m.hello);
   const mToA = await pairBetween(m, a);
   await assert.rejects(open(mToA, BOX_KIND.key, await seal(aToM, BOX_KIND.key, utf8('x'))), /box_auth_failed/);
 });
 
-test('the link-secret flag is part of the transcript (stripping it changes the code)', async () => {
-  const a = await party('aaaa', { linkSecret: 's' });
-  const b = await party('bbbb', { linkSecret: 's' });
+test('the link claim is part of the transcript (stripping it changes the code)', async () => {
+  const a = await party('aaaa', { claim: '*', secret: MASTER });
+  const b = await party('bbbb', { claim: '*', secret: MASTER });
   const honest = await pairBetween(a, b);
-  const stripped = await pairBetween(a, b, { ...b.hello, l: 0 });
+  const stripped = await pairBetween(a, b, { ...b.hello, k: null });
   assert.equal(stripped.linkBound, false);
   assert.notEqual(honest.safetyCode.digits, stripped.safetyCode.digits);
 });
@@ -135,11 +141,16 @@ test('hostile hellos are rejected', async () => {
     null,
     'hello',
     { ...good, t: 'commit' },
-    { ...good, v: 2 },
+    { ...good, v: 1 }, // protocol v1 is refused
+    { ...good, v: 3 },
     { ...good, p: 'AAAA' },
     { ...good, p: good.p.replace(/^B/, 'A') }, // first byte not 0x04
     { ...good, x: 'AAAA' },
-    { ...good, l: 2 },
+    { ...good, k: 2 },
+    { ...good, k: undefined },
+    { ...good, k: 'Patient' },
+    { ...good, k: 'x'.repeat(33) },
+    { ...good, k: '**' },
     { ...good, m: 'maybe' },
     { ...good, p: 'A'.repeat(10_000) },
   ];
@@ -163,8 +174,8 @@ test('an all-zero (low-order) X25519 public key is refused', async () => {
 test('safety code known answer and word lists', async () => {
   const th = Uint8Array.from({ length: 32 }, (_, i) => i);
   assert.deepEqual(await safetyCode(th), {
-    digits: '83201 63727',
-    words: { nl: ['brief', 'bel', 'trui', 'kruik'], en: ['bike', 'bean', 'nail', 'tulip'] },
+    digits: '97750 16385',
+    words: { nl: ['bol', 'vos', 'kam', 'bezem'], en: ['scarf', 'paper', 'cup', 'rope'] },
   });
   for (const lang of ['nl', 'en']) {
     assert.equal(WORDS[lang].length, 256);
@@ -174,12 +185,86 @@ test('safety code known answer and word lists', async () => {
 });
 
 test('transcript known answer: sorted by id, curve chosen from both hellos', async () => {
-  const hA = { x: new Uint8Array(32).fill(1), p: Uint8Array.of(4, ...new Array(64).fill(2)), l: 1, m: 'e2ee' };
-  const hB = { x: null, p: Uint8Array.of(4, ...new Array(64).fill(3)), l: 0, m: 'none' };
+  const hA = { x: new Uint8Array(32).fill(1), p: Uint8Array.of(4, ...new Array(64).fill(2)), k: '*', m: 'e2ee' };
+  const hB = { x: null, p: Uint8Array.of(4, ...new Array(64).fill(3)), k: null, m: 'none' };
   const t1 = transcript('consult-1', 'bbbb', hA, 'aaaa', hB);
   const t2 = transcript('consult-1', 'aaaa', hB, 'bbbb', hA);
   assert.equal(t1.curve, 'P-256');
   assert.deepEqual(t1.bytes, t2.bytes, 'independent of who computes it');
   const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', t1.bytes));
-  assert.equal(hex(digest), '28ee10c05a3517503cc8fc4dc1ea97929fd0c44539143d5444c1eb11b4a148a1');
+  assert.equal(hex(digest), '5604f8a547e9aad7add7c48996900ba90454717c776023c189f7cd122fa7d18c');
 });
+
+// ---- v2: link claim, label derivation (vectors computed independently with Python's hashlib/hmac;
+// the same label vectors are in signaling/src/config.rs's tests) ------------------------------
+
+test('label derivation known answer (HKDF-SHA256 of the master secret, per consult and label)', async () => {
+  assert.equal(MASTER, Buffer.from(Uint8Array.from({ length: 32 }, (_, i) => i)).toString('base64url'));
+  assert.equal(await deriveLinkSecret(MASTER, 'consult-42', 'patient'), 'RxtAi-A6HCVjXqxgWB-soZfAgDGFT2a1-gW-Qz-u0Bk');
+  assert.equal(await deriveLinkSecret(MASTER, 'consult-42', 'guest-3f9a2c'), 'eVrYjAQpZebBG6pDUoIqHYAsp_lpe8ZEDSOIebCrifo');
+  // Another consult, another label: another secret.
+  assert.notEqual(await deriveLinkSecret(MASTER, 'consult-43', 'patient'), 'RxtAi-A6HCVjXqxgWB-soZfAgDGFT2a1-gW-Qz-u0Bk');
+  await assert.rejects(deriveLinkSecret(MASTER, 'consult-42', 'Patient'), /bad_link_label/);
+  await assert.rejects(deriveLinkSecret('short', 'consult-42', 'patient'), /bad_link_secret/);
+  await assert.rejects(deriveLinkSecret(MASTER + '=', 'consult-42', 'patient'), /bad_link_secret/);
+});
+
+test('v2 hello bytes, commitment and wire form known answer', async () => {
+  const h = { x: new Uint8Array(32).fill(1), p: Uint8Array.of(4, ...new Array(64).fill(2)), k: '*', m: 'e2ee' };
+  assert.equal(
+    hex(helloBytes(h)),
+    '0000000678323535313900000020' + '01'.repeat(32) + '0000000470323536000000410' + '4' + '02'.repeat(64) +
+      '000000046c696e6b000000012a0000000465326565',
+  );
+  assert.equal(hex(await commitment('consult-1', 'bbbb', h)), '4406ce5e0a6295fdd4c2cc5bf3b8215bff49e1c93c65ae132eabeb78562d75b6');
+  assert.equal(
+    hex(await commitment('consult-1', 'bbbb', { ...h, k: null })),
+    '72cbfc47848d8df866d2001579a8318d7c53d99f10e17e2c2d00621ccda73a15',
+    'the link claim is committed to',
+  );
+  const wire = encodeHello(h);
+  assert.equal(wire.v, 2);
+  assert.equal(wire.k, '*');
+  assert.deepEqual(decodeHello(JSON.parse(JSON.stringify(wire))), h);
+  assert.equal(decodeHello(JSON.parse(JSON.stringify(encodeHello({ ...h, k: null })))).k, null);
+  assert.equal(decodeHello(JSON.parse(JSON.stringify(encodeHello({ ...h, k: 'guest-3f9a2c' })))).k, 'guest-3f9a2c');
+});
+
+test('pair binding: who shares which secret', async () => {
+  const m = decodeLinkSecret(MASTER);
+  const kp = decodeLinkSecret(await deriveLinkSecret(MASTER, CONSULT, 'patient'));
+  const kg = decodeLinkSecret(await deriveLinkSecret(MASTER, CONSULT, 'guest-1'));
+  const clin = { claim: '*', secret: m };
+  const pat = { claim: 'patient', secret: kp };
+  const guest = { claim: 'guest-1', secret: kg };
+  assert.deepEqual(await pairLinkSecret(CONSULT, clin, '*'), m);
+  assert.deepEqual(await pairLinkSecret(CONSULT, clin, 'patient'), kp, 'the master side derives K_L');
+  assert.deepEqual(await pairLinkSecret(CONSULT, pat, '*'), kp);
+  assert.deepEqual(await pairLinkSecret(CONSULT, pat, 'patient'), kp);
+  assert.equal(await pairLinkSecret(CONSULT, pat, 'guest-1'), null, 'different labels: unbound');
+  assert.equal(await pairLinkSecret(CONSULT, guest, 'patient'), null);
+  assert.equal(await pairLinkSecret(CONSULT, pat, null), null);
+  assert.equal(await pairLinkSecret(CONSULT, { claim: null, secret: null }, '*'), null);
+});
+
+// The relay rewrites the peer's `k` claim, in either direction, between two real parties.
+for (const [name, aClaim, bClaim, rewritten] of [
+  ['stripping (* -> null)', '*', '*', null],
+  ['adding (null -> *)', null, null, '*'],
+  ['relabelling (patient -> guest-1)', '*', 'patient', 'guest-1'],
+]) {
+  test(`rewriting the link claim ${name} gives different transcripts and the key box fails`, async () => {
+    const secretOf = async (c) => (c === '*' ? MASTER : c ? deriveLinkSecret(MASTER, CONSULT, c) : null);
+    const a = await party('aaaa', { claim: aClaim, secret: await secretOf(aClaim) });
+    const b = await party('bbbb', { claim: bClaim, secret: await secretOf(bClaim) });
+    const aSees = await pairBetween(a, b, { ...b.hello, k: rewritten }); // A got B's hello, rewritten
+    const bSees = await pairBetween(b, a); // B got A's hello untouched
+    assert.notEqual(hex(aSees.th), hex(bSees.th), 'different transcripts');
+    assert.notEqual(aSees.safetyCode.digits, bSees.safetyCode.digits, 'different safety codes');
+    // B's sealed sender key does not open for A: the session reports key_mismatch on this.
+    await assert.rejects(open(aSees, BOX_KIND.key, await seal(bSees, BOX_KIND.key, utf8('key'))), /box_auth_failed/);
+    await assert.rejects(open(bSees, BOX_KIND.key, await seal(aSees, BOX_KIND.key, utf8('key'))), /box_auth_failed/);
+    // And the commitment B made does not match the rewritten hello (commit_mismatch).
+    assert.notEqual(hex(await commitment(CONSULT, 'bbbb', b.hello)), hex(await commitment(CONSULT, 'bbbb', { ...b.hello, k: rewritten })));
+  });
+}

@@ -3,7 +3,7 @@
 // worker: the handshake, safety codes, sender-key schedule and chat are the same code as in a browser.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { E2eeSession } from '../../web/e2ee/index.js';
+import { E2eeSession, deriveLinkSecret } from '../../web/e2ee/index.js';
 import { ratchetBaseKey } from '../../web/e2ee/sframe.js';
 
 const CONSULT = 'consult-7';
@@ -22,11 +22,11 @@ function makeRelay() {
     setTamper(fn) {
       tamper = fn;
     },
-    session(id, linkSecret = null) {
+    session(id, opts = {}) {
       const s = new E2eeSession({
         consultId: CONSULT,
         selfId: id,
-        linkSecret,
+        ...opts,
         send: (to, kind, data) => {
           log.push({ from: id, to, kind, data });
           const msg = tamper ? tamper({ from: id, to, kind, data }) : { from: id, to, kind, data };
@@ -108,12 +108,13 @@ test('a relay in the middle that swaps keys yields different safety codes', asyn
 });
 
 test('with the link secret on both sides, a relay without it is detected (key_mismatch)', async () => {
-  const secret = 'q8Xr2LmP0vN4sT6wY1zA3c';
+  const secret = 'q8Xr2LmP0vN4sT6wY1zA3cq8Xr2LmP0vN4sT6wY1zA';
+  const guess = 'Z3Vlc3MtZ3Vlc3MtZ3Vlc3MtZ3Vlc3MtZ3Vlc3MtZ3U';
   const relay = makeRelay();
-  const a = relay.session(A, secret);
-  const b = relay.session(B, secret);
-  const mAsB = new E2eeSession({ consultId: CONSULT, selfId: B, linkSecret: 'guess', send: (to, kind, data) => setImmediate(() => a.onRelay(B, kind, data)) });
-  const mAsA = new E2eeSession({ consultId: CONSULT, selfId: A, linkSecret: 'guess', send: (to, kind, data) => setImmediate(() => b.onRelay(A, kind, data)) });
+  const a = relay.session(A, { role: 'clinician', link: { secret, label: null } });
+  const b = relay.session(B, { role: 'clinician', link: { secret, label: null } });
+  const mAsB = new E2eeSession({ consultId: CONSULT, selfId: B, role: 'clinician', link: { secret: guess, label: null }, send: (to, kind, data) => setImmediate(() => a.onRelay(B, kind, data)) });
+  const mAsA = new E2eeSession({ consultId: CONSULT, selfId: A, role: 'clinician', link: { secret: guess, label: null }, send: (to, kind, data) => setImmediate(() => b.onRelay(A, kind, data)) });
   relay.setTamper((m) => {
     if (m.from === A) setImmediate(() => mAsB.onRelay(A, m.kind, m.data));
     if (m.from === B) setImmediate(() => mAsA.onRelay(B, m.kind, m.data));
@@ -121,7 +122,7 @@ test('with the link secret on both sides, a relay without it is detected (key_mi
   });
   const aStatus = [];
   a.addEventListener('status', (e) => aStatus.push(e.detail));
-  await Promise.all([a.participantJoined({ id: B }), b.participantJoined({ id: A }), mAsB.participantJoined({ id: A }), mAsA.participantJoined({ id: B })]);
+  await Promise.all([a.participantJoined({ id: B, role: 'clinician' }), b.participantJoined({ id: A, role: 'clinician' }), mAsB.participantJoined({ id: A, role: 'clinician' }), mAsA.participantJoined({ id: B, role: 'clinician' })]);
   await waitFor(() => aStatus.some((s) => s.code === 'key_mismatch'));
   assert.equal(a.peers.get(B).keyed, false, 'no key accepted from the attacker');
   const chats = [];
@@ -134,12 +135,14 @@ test('with the link secret on both sides, a relay without it is detected (key_mi
 
 test('honest peers with the same link secret pair link-bound', async () => {
   const relay = makeRelay();
-  const a = relay.session(A, 'shared-secret-123');
-  const b = relay.session(B, 'shared-secret-123');
+  const secret = 'c2hhcmVkLXNlY3JldC0xMjMtc2hhcmVkLXNlY3JldA';
+  const a = relay.session(A, { role: 'clinician', link: { secret, label: null } });
+  const b = relay.session(B, { role: 'patient', link: { secret: await deriveLinkSecret(secret, CONSULT, 'patient'), label: 'patient' } });
   const st = [];
   a.addEventListener('status', (e) => st.push(e.detail));
   await connect(a, b);
   assert.equal(st.at(-1).linkBound, true);
+  assert.equal(st.at(-1).linkLabel, 'patient');
   assert.deepEqual(a.safetyCode(B), b.safetyCode(A));
   a.stop();
   b.stop();
@@ -206,7 +209,7 @@ test('a second, different commitment from the same participant is flagged', asyn
   await connect(a, b);
   const st = [];
   a.addEventListener('status', (e) => st.push(e.detail));
-  await a.onRelay(B, 'key', JSON.stringify({ t: 'commit', v: 1, c: Buffer.alloc(32, 7).toString('base64') }));
+  await a.onRelay(B, 'key', JSON.stringify({ t: 'commit', v: 2, c: Buffer.alloc(32, 7).toString('base64') }));
   assert.equal(st.at(-1).code, 'handshake_conflict');
   a.stop();
   b.stop();

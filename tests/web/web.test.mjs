@@ -129,6 +129,56 @@ test('the link is kept in sessionStorage only, never localStorage or cookies', (
   assert.doesNotMatch(app, /\blocalStorage\s*[.[]|document\.cookie/);
 });
 
+const { TRUST_ORDER, badgeState, summaryKey, tileTrustKey, weakestTrust } = await import(WEB + 'trust.js');
+const { TRUST_ORDER: e2eeTrustOrder } = await import(WEB + 'e2ee/index.js');
+
+test('the consult summary follows the weakest pair; an unknown trust value counts as failed', () => {
+  assert.equal(weakestTrust([]), null);
+  assert.equal(weakestTrust(['verified', 'link-bound', 'verified']), 'link-bound');
+  assert.equal(weakestTrust(['verified', 'encrypted', 'link-bound']), 'encrypted');
+  assert.equal(weakestTrust(['link-bound', 'needs-decision', 'pending']), 'needs-decision');
+  assert.equal(weakestTrust(['verified', 'unencrypted', 'failed']), 'failed');
+  assert.equal(weakestTrust(['verified', 'totally-safe']), 'failed');
+  assert.deepEqual(TRUST_ORDER, ['failed', 'unencrypted', 'needs-decision', 'pending', 'encrypted', 'link-bound', 'verified']);
+  // The page's order is the E2EE session's order (the page loads that module only when it can).
+  assert.deepEqual(TRUST_ORDER, e2eeTrustOrder);
+  // Only keyed pairs count as "on"; a withheld key is not.
+  assert.equal(badgeState('encrypted'), 'on');
+  assert.equal(badgeState('needs-decision'), 'pending');
+  assert.equal(badgeState('failed'), 'off');
+});
+
+test('every trust value has a plain status line and summary in both languages', () => {
+  for (const lang of ['nl', 'en']) {
+    for (const trust of TRUST_ORDER) {
+      for (const host of [false, true]) {
+        assert.ok(DICTIONARIES[lang][tileTrustKey(trust, { host })], `${lang} tile ${trust} host=${host}`);
+        assert.ok(DICTIONARIES[lang][summaryKey(trust, { host })], `${lang} summary ${trust} host=${host}`);
+      }
+    }
+    assert.ok(DICTIONARIES[lang][summaryKey(null)], `${lang} summary alone`);
+    assert.ok(DICTIONARIES[lang][summaryKey('verified', { selfE2ee: false })], `${lang} summary without E2EE here`);
+  }
+  // The words the issue asks for, for an 80-year-old patient as much as for a clinician.
+  assert.equal(DICTIONARIES.nl[tileTrustKey('verified')], 'Geverifieerd');
+  assert.equal(DICTIONARIES.en[tileTrustKey('link-bound')], 'Protected by the link');
+  assert.equal(DICTIONARIES.nl[tileTrustKey('encrypted')], 'Versleuteld, nog niet gecontroleerd');
+  assert.equal(DICTIONARIES.en[tileTrustKey('unencrypted')], 'Not encrypted');
+  assert.equal(DICTIONARIES.nl['decision.accept'], 'Toelaten zonder linkcontrole');
+  assert.equal(DICTIONARIES.en['decision.reject'], 'Do not admit');
+  assert.notEqual(tileTrustKey('needs-decision', { host: true }), tileTrustKey('needs-decision'));
+});
+
+test('the call view has the E2EE summary, an alert region for refused ids, and a decision box per tile', () => {
+  const html = fs.readFileSync(WEB + 'index.html', 'utf8');
+  assert.match(html, /id="e2ee-summary"/);
+  assert.match(html, /<div id="e2ee-alerts"[^>]*role="alert"/);
+  const tile = html.slice(html.indexOf('<template id="tile-template">'), html.indexOf('</template>'));
+  assert.match(tile, /class="tile-decision" hidden/);
+  assert.match(tile, /data-action="accept-unbound"/);
+  assert.match(tile, /data-action="reject-unbound"/);
+});
+
 const { qualityForHeight, prefsKey, LOW_BELOW_PX, MEDIUM_BELOW_PX } = await import(WEB + 'prefs.js');
 const { simulcastEncodings, SIMULCAST_LAYERS } = await import(WEB + 'call.js');
 

@@ -103,6 +103,18 @@ export function fromBase64(text) {
   return out;
 }
 
+/** Unpadded base64url (RFC 4648 §5), as used in link fragments. */
+export function toBase64url(bytes) {
+  return toBase64(bytes).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+/** Strict unpadded base64url decoder: throws Error('bad_base64') on anything else. */
+export function fromBase64url(text) {
+  if (typeof text !== 'string' || /[^A-Za-z0-9_-]/.test(text) || text.length % 4 === 1) throw new Error('bad_base64');
+  const std = text.replace(/-/g, '+').replace(/_/g, '/');
+  return fromBase64(std + '='.repeat((4 - (std.length % 4)) % 4));
+}
+
 export function randomBytes(n) {
   const out = new Uint8Array(n);
   // getRandomValues fills at most 64 KiB per call.

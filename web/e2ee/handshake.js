@@ -2,12 +2,17 @@
 // envelopes ("boxes") that carry sender keys, chat and photo chunks over the server's `relay`.
 // Pure WebCrypto: runs on the page and in Node 20 (tests/crypto). See docs/CRYPTO.md.
 
-import { concat, equalBytes, fromBase64, lp, readU64be, toBase64, u64be, utf8 } from './bytes.js';
+import { concat, equalBytes, fromBase64, fromBase64url, lp, readU64be, toBase64, toBase64url, u64be } from './bytes.js';
 import { WORDS } from './words.js';
 
 const subtle = globalThis.crypto.subtle;
 
-export const PROTOCOL_LABEL = 'Spreekkamer E2EE v1';
+export const PROTOCOL_LABEL = 'Spreekkamer E2EE v2';
+export const PROTOCOL_VERSION = 2;
+/** A link label: the public name of a derived link secret (`kl=` in the link). */
+export const LINK_LABEL_PATTERN = /^[a-z0-9-]{1,32}$/;
+const LINK_SECRET_MIN = 16;
+const LINK_SECRET_MAX = 64;
 const X25519_LEN = 32;
 const P256_LEN = 65; // uncompressed point
 const MEDIA_STATES = new Set(['e2ee', 'none']);
@@ -41,23 +46,42 @@ export async function createKeyPairs({ x25519 = true } = {}) {
   return pairs;
 }
 
-/** The public part of a participant's handshake: what `hello` carries. */
-export function makeHello(pairs, { hasLinkSecret, media }) {
+/**
+ * The public part of a participant's handshake: what `hello` carries. `link` is the link claim:
+ * null (no usable link secret), '*' (holds the consult's master secret M) or a label L (holds K_L).
+ */
+export function makeHello(pairs, { link = null, media }) {
+  if (!validClaim(link)) throw new Error('bad_link_claim');
   return {
     x: pairs.x25519 ? pairs.x25519.publicKey : null,
     p: pairs.p256.publicKey,
-    l: hasLinkSecret ? 1 : 0,
+    k: link,
     m: media,
   };
 }
 
-/** Canonical bytes of a hello: this, not the JSON text, is what commitments and transcripts hash. */
+function validClaim(k) {
+  return k === null || k === '*' || (typeof k === 'string' && LINK_LABEL_PATTERN.test(k));
+}
+
+/**
+ * Canonical bytes of a hello: this, not the JSON text, is what commitments and transcripts hash.
+ * The link claim is in it, so a relay that rewrites `k` changes what both sides commit to.
+ */
 export function helloBytes(h) {
-  return concat(lp('x25519'), lp(h.x ?? new Uint8Array(0)), lp('p256'), lp(h.p), Uint8Array.of(h.l), lp(h.m));
+  return concat(
+    lp('x25519'),
+    lp(h.x ?? new Uint8Array(0)),
+    lp('p256'),
+    lp(h.p),
+    lp('link'),
+    lp(h.k ?? ''),
+    lp(h.m),
+  );
 }
 
 export function encodeHello(h) {
-  const o = { t: 'hello', v: 1, p: toBase64(h.p), l: h.l, m: h.m };
+  const o = { t: 'hello', v: PROTOCOL_VERSION, p: toBase64(h.p), k: h.k ?? null, m: h.m };
   if (h.x) o.x = toBase64(h.x);
   return o;
 }
@@ -65,10 +89,10 @@ export function encodeHello(h) {
 /** Validates a received hello object (hostile input). Throws Error('bad_hello') on anything odd. */
 export function decodeHello(o) {
   const bad = () => new Error('bad_hello');
-  if (!o || typeof o !== 'object' || o.t !== 'hello' || o.v !== 1) throw bad();
+  if (!o || typeof o !== 'object' || o.t !== 'hello' || o.v !== PROTOCOL_VERSION) throw bad();
   if (typeof o.p !== 'string' || o.p.length > 200) throw bad();
   if (o.x !== undefined && (typeof o.x !== 'string' || o.x.length > 100)) throw bad();
-  if (o.l !== 0 && o.l !== 1) throw bad();
+  if (o.k === undefined || !validClaim(o.k)) throw bad();
   if (!MEDIA_STATES.has(o.m)) throw bad();
   let p;
   let x = null;
@@ -80,10 +104,10 @@ export function decodeHello(o) {
   }
   if (p.length !== P256_LEN || p[0] !== 0x04) throw bad();
   if (x && x.length !== X25519_LEN) throw bad();
-  return { x, p, l: o.l, m: o.m };
+  return { x, p, k: o.k, m: o.m };
 }
 
-async function sha256(bytes) {
+export async function sha256(bytes) {
   return new Uint8Array(await subtle.digest('SHA-256', bytes));
 }
 
@@ -135,8 +159,53 @@ async function ecdh(curve, pairs, peerHello) {
   return shared;
 }
 
-export async function linkSalt(linkSecret) {
-  return sha256(concat(lp(PROTOCOL_LABEL), lp('link secret'), lp(linkSecret)));
+export async function linkSalt(secretBytes) {
+  return sha256(concat(lp(PROTOCOL_LABEL), lp('link secret'), lp(secretBytes)));
+}
+
+// ---- link secrets -----------------------------------------------------------------------------
+
+/** Decodes a link secret from a fragment (unpadded base64url, 16–64 bytes); null if unusable. */
+export function decodeLinkSecret(text) {
+  try {
+    const bytes = fromBase64url(text);
+    return bytes.length >= LINK_SECRET_MIN && bytes.length <= LINK_SECRET_MAX ? bytes : null;
+  } catch {
+    return null;
+  }
+}
+
+async function linkLabelBytes(masterBytes, consultId, label) {
+  const info = concat(lp(PROTOCOL_LABEL), lp('link label'), lp(String(consultId)), lp(label));
+  return hkdfBits(masterBytes, new Uint8Array(0), info, 32);
+}
+
+/**
+ * The secret for the link labelled `label` of consult `consultId`, from the consult's master
+ * secret M (both unpadded base64url):
+ * K_L = HKDF-SHA256(ikm = M, salt = "", info = lp(LABEL) || lp("link label") || lp(consult) || lp(L), 32).
+ * The same function as `spreekkamer link` (signaling/src/config.rs) and the EHR recipe.
+ */
+export async function deriveLinkSecret(master, consultId, label) {
+  if (typeof label !== 'string' || !LINK_LABEL_PATTERN.test(label)) throw new Error('bad_link_label');
+  const m = decodeLinkSecret(master);
+  if (!m) throw new Error('bad_link_secret');
+  return toBase64url(await linkLabelBytes(m, consultId, label));
+}
+
+/**
+ * The link secret a pair shares, or null (unbound). Both sides compute the same value or none:
+ * both '*' -> M; '*' and L -> K_L (the master side derives it); L and the same L -> K_L.
+ * `self.secret` is the decoded secret this page holds (M when its claim is '*', else K_L).
+ */
+export async function pairLinkSecret(consultId, self, peerClaim) {
+  if (!self || !self.secret || self.claim === null || peerClaim === null || peerClaim === undefined) return null;
+  if (self.claim === '*') {
+    if (peerClaim === '*') return self.secret.slice();
+    return linkLabelBytes(self.secret, consultId, peerClaim);
+  }
+  if (peerClaim === '*' || peerClaim === self.claim) return self.secret.slice();
+  return null;
 }
 
 async function importWrapKey(raw, usage) {
@@ -149,14 +218,14 @@ async function importWrapKey(raw, usage) {
  * nonce), the transcript hash and the safety code.
  *
  * ikm  = ECDH(own private, peer public)
- * salt = SHA-256(label, "link secret", link secret)   if both sides hold the link secret, else ""
+ * salt = SHA-256(label, "link secret", pair link secret)   if the pair is bound (pairLinkSecret), else ""
  * k_{A→B} = HKDF-SHA256(ikm, salt, info = label || "wrap" || th || A || B), 32 bytes
  */
-export async function derivePair({ consultId, selfId, peerId, pairs, selfHello, peerHello, linkSecret }) {
+export async function derivePair({ consultId, selfId, peerId, pairs, selfHello, peerHello, pairSecret = null }) {
   const { curve, bytes } = transcript(consultId, selfId, selfHello, peerId, peerHello);
   const th = await sha256(bytes);
-  const useLink = Boolean(linkSecret) && selfHello.l === 1 && peerHello.l === 1;
-  const salt = useLink ? await linkSalt(utf8(linkSecret)) : new Uint8Array(0);
+  const useLink = Boolean(pairSecret);
+  const salt = useLink ? await linkSalt(pairSecret) : new Uint8Array(0);
   const shared = await ecdh(curve, pairs, peerHello);
   const info = (from, to) => concat(lp(PROTOCOL_LABEL), lp('wrap'), th, lp(from), lp(to));
   const sendRaw = await hkdfBits(shared, salt, info(selfId, peerId), 32);
@@ -196,7 +265,7 @@ export async function safetyCode(th) {
 
 // ---- boxes: sealed relay payloads -----------------------------------------------------------
 
-export const BOX_KIND = Object.freeze({ key: 1, chat: 2, photo: 3 });
+export const BOX_KIND = Object.freeze({ key: 1, chat: 2, photo: 3, vouch: 4, gone: 5 });
 const BOX_VERSION = 1;
 const BOX_HEADER = 10; // version u8, kind u8, seq u64
 const MAX_BOX_BYTES = 40 * 1024;
@@ -253,6 +322,31 @@ export function encodeSenderKey(epoch, baseKey) {
 export function decodeSenderKey(bytes) {
   if (bytes.length !== 36) throw new Error('bad_sender_key');
   return { epoch: new DataView(bytes.buffer, bytes.byteOffset).getUint32(0), baseKey: bytes.slice(4) };
+}
+
+/** Vouch body: lp(X id) || SHA-256(helloBytes(X's hello as the voucher received it)). */
+export async function encodeVouch(participantId, hello) {
+  return concat(lp(participantId), await sha256(helloBytes(hello)));
+}
+
+export function decodeVouch(bytes) {
+  if (bytes.length < 4 + 1 + 32) throw new Error('bad_vouch');
+  const n = new DataView(bytes.buffer, bytes.byteOffset).getUint32(0);
+  if (n < 1 || n > 64 || bytes.length !== 4 + n + 32) throw new Error('bad_vouch');
+  const id = new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(4, 4 + n));
+  return { participantId: id, hash: bytes.slice(4 + n) };
+}
+
+/** Gone body (the clinician removed X): lp(X id). */
+export function encodeGone(participantId) {
+  return lp(participantId);
+}
+
+export function decodeGone(bytes) {
+  if (bytes.length < 5) throw new Error('bad_gone');
+  const n = new DataView(bytes.buffer, bytes.byteOffset).getUint32(0);
+  if (n < 1 || n > 64 || bytes.length !== 4 + n) throw new Error('bad_gone');
+  return new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(4));
 }
 
 export { equalBytes };

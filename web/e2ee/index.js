@@ -6,20 +6,32 @@
 import { fromBase64, fromUtf8, randomBytes, toBase64, utf8 } from './bytes.js';
 import {
   BOX_KIND,
+  LINK_LABEL_PATTERN,
+  PROTOCOL_VERSION,
   commitment,
   createKeyPairs,
+  decodeGone,
   decodeHello,
+  decodeLinkSecret,
   decodeSenderKey,
+  decodeVouch,
   derivePair,
+  encodeGone,
   encodeHello,
   encodeSenderKey,
+  encodeVouch,
   equalBytes,
+  helloBytes,
   makeHello,
   open,
+  pairLinkSecret,
   seal,
+  sha256,
 } from './handshake.js';
 import { PhotoAssembler, chunkPhoto, jpegSegments, reencodePhoto, stripJpegMetadata } from './photo.js';
 import { BASE_KEY_BYTES, ratchetBaseKey } from './sframe.js';
+
+export { deriveLinkSecret, LINK_LABEL_PATTERN } from './handshake.js';
 
 /**
  * Which encoded-transform API to use: 'legacy' (Chromium's createEncodedStreams), 'script' (the
@@ -52,6 +64,10 @@ const LIMITS = Object.freeze({
   maxChatChars: 4000,
   handshakeRetryMs: 3000,
   handshakeRetries: 5,
+  heldIds: 4, // relays from ids not in the roster: at most this many ids held at once,
+  heldMessages: 8, // this many messages each,
+  heldMs: 3000, // for this long, then dropped and reported ('refused')
+  refusedIdsReported: 32, // 'refused' events for at most this many distinct ids
   leaveSwitchDelayMs: 1000, // time for the new key to reach everyone before frames use it
   paceBytesPerSec: 384 * 1024, // below the server's 512 KiB/s relay limit
   paceBurstBytes: 1536 * 1024, // below the server's 2 MiB burst
@@ -85,18 +101,69 @@ if (e2eeSupport() !== 'none' && typeof Worker === 'function') {
   }
 }
 
+/** Trust levels, weakest first (docs/CRYPTO.md §2.8). */
+export const TRUST_ORDER = Object.freeze(['failed', 'unencrypted', 'needs-decision', 'pending', 'encrypted', 'link-bound', 'verified']);
+const TRUST_RANK = new Map(TRUST_ORDER.map((t, i) => [t, i]));
+
+/**
+ * Whether a link claim fits the role the page shows for that participant: the master secret is the
+ * clinician's, the `patient` label the patient's, a `guest…` label a guest's. Other labels (chosen
+ * by an issuer with --link-label) carry no role. A claim that does not fit is not link-bound.
+ */
+export function claimFitsRole(claim, role) {
+  if (claim === '*') return role === 'clinician';
+  if (claim === 'patient') return role === 'patient';
+  if (typeof claim === 'string' && /^guest(-|$)/.test(claim)) return role === 'guest';
+  return true;
+}
+
+/**
+ * The link claim and secret a page holds, from its link fragment: a clinician link's `k` is the
+ * master secret M ('*'); any other link needs `kl` (its label L) with `k` = K_L. Anything else is
+ * no usable secret, with the reason (for the page to show).
+ */
+export function linkClaimFor(role, link) {
+  if (!link || !link.secret) return { claim: null, secret: null, problem: null };
+  const secret = decodeLinkSecret(link.secret);
+  if (!secret) return { claim: null, secret: null, problem: 'invalid_secret' };
+  if (link.label === null || link.label === undefined || link.label === '') {
+    if (role === 'clinician') return { claim: '*', secret, problem: null };
+    return { claim: null, secret: null, problem: 'label_missing' };
+  }
+  if (typeof link.label !== 'string' || !LINK_LABEL_PATTERN.test(link.label)) return { claim: null, secret: null, problem: 'invalid_label' };
+  return { claim: link.label, secret, problem: null };
+}
+
 export class E2eeSession extends EventTarget {
-  constructor({ consultId, selfId, linkSecret = null, send }) {
+  /**
+   * @param {object} o
+   * @param {string} o.consultId
+   * @param {string} o.selfId
+   * @param {'clinician'|'patient'|'guest'} [o.role] this page's role (only a clinician may accept unbound peers)
+   * @param {{secret: string, label: string|null}|null} [o.link] the link secret from the fragment (`k`, `kl`)
+   * @param {(to: string, kind: string, data: string) => void} o.send sends a `relay` message
+   * @param {object} [o.worker] a media worker to use instead of spawning one (tests, embedding)
+   */
+  constructor({ consultId, selfId, role = null, link = null, linkSecret = null, send, worker = null }) {
     super();
     this.consultId = String(consultId);
     this.selfId = String(selfId);
-    this.linkSecret = linkSecret || null;
+    this.role = role;
+    // `linkSecret` alone (the v1 option) is the clinician form: k without kl.
+    const mine = linkClaimFor(role, link || (linkSecret ? { secret: linkSecret, label: null } : null));
+    this.linkClaim = mine.claim;
+    this.linkSecretBytes = mine.secret;
+    this.linkProblem = mine.problem;
     this.sendRelay = send;
     this.support = e2eeSupport();
-    this.peers = new Map();
+    this.peers = new Map(); // the roster: only ids given to participantJoined
+    this.held = new Map(); // id -> {msgs, timer}: relays from ids not (yet) in the roster
+    this.refusedIds = new Set();
+    this.burned = new Set(); // removed ids: never again a peer in this call
+    this.pendingVouches = new Map(); // X id -> Map(voucher id -> hash), until X's hello is here
     this.queue = Promise.resolve();
     this.assembler = new PhotoAssembler();
-    this.counters = { rejected: 0 };
+    this.counters = { rejected: 0, refused: 0 };
     this.stopped = false;
     this.bucket = { tokens: LIMITS.paceBurstBytes, at: Date.now() };
     this.attached = new WeakSet();
@@ -105,7 +172,10 @@ export class E2eeSession extends EventTarget {
     this.worker = null;
     this.workerReady = Promise.resolve();
     this.workerIsReady = false;
-    if (this.support !== 'none') {
+    if (worker) {
+      this.worker = worker;
+      this.workerIsReady = true;
+    } else if (this.support !== 'none') {
       const spawned = warmWorker || spawnWorker();
       warmWorker = null;
       this.worker = spawned.worker;
@@ -135,10 +205,7 @@ export class E2eeSession extends EventTarget {
       }
     }
     this.pairs = await createKeyPairs();
-    this.hello = makeHello(this.pairs, {
-      hasLinkSecret: Boolean(this.linkSecret),
-      media: this.worker ? 'e2ee' : 'none',
-    });
+    this.hello = makeHello(this.pairs, { link: this.linkClaim, media: this.worker ? 'e2ee' : 'none' });
     this.commit = await commitment(this.consultId, this.selfId, this.hello);
     this.latest = { epoch: 0, baseKey: randomBytes(BASE_KEY_BYTES) };
     this.activate(0);
@@ -241,17 +308,38 @@ export class E2eeSession extends EventTarget {
     return run;
   }
 
+  /**
+   * A participant the page shows (the roster). Only these ever get a handshake, a sender key, chat
+   * or photos. Relays held for this id (they may overtake `participant-joined`) are handled now.
+   */
   participantJoined(participant) {
     return this.serial(async () => {
       const id = participant && String(participant.id);
       if (!id || id === this.selfId || !ID_PATTERN.test(id)) return;
+      if (this.burned.has(id)) {
+        this.counters.rejected++;
+        return;
+      }
       const known = this.peers.get(id);
       if (known) {
         known.name = participant.name;
         known.role = participant.role;
+        await this.afterChange(known);
         return;
       }
-      await this.addPeer(id, participant);
+      const peer = await this.addPeer(id, participant);
+      const held = this.held.get(id);
+      if (!held) return;
+      clearTimeout(held.timer);
+      this.held.delete(id);
+      for (const m of held.msgs) {
+        if (this.peers.get(id) !== peer) break;
+        try {
+          await this.handleRelay(id, m.kind, m.data);
+        } catch {
+          this.counters.rejected++;
+        }
+      }
     });
   }
 
@@ -269,6 +357,7 @@ export class E2eeSession extends EventTarget {
       role: participant.role,
       state: 'pending',
       code: 'handshake',
+      failCode: null,
       theirCommit: null,
       theirHello: null,
       helloSent: false,
@@ -276,6 +365,9 @@ export class E2eeSession extends EventTarget {
       keyed: false,
       keySent: false,
       verified: false,
+      accepted: false,
+      vouchedBy: null,
+      vouchesSent: new Set(),
       plainAccepted: false,
       retries: 0,
       timer: null,
@@ -288,11 +380,11 @@ export class E2eeSession extends EventTarget {
   }
 
   sendCommit(peer) {
-    this.rawSend(peer.id, 'key', JSON.stringify({ t: 'commit', v: 1, c: toBase64(this.commit) }));
+    this.rawSend(peer.id, 'key', JSON.stringify({ t: 'commit', v: PROTOCOL_VERSION, c: toBase64(this.commit) }));
     clearTimeout(peer.timer);
     // Relays to someone whose page is not ready yet can be lost; repeat until the pair exists.
     peer.timer = setTimeout(() => {
-      if (this.stopped || peer.pair || peer.retries >= LIMITS.handshakeRetries) return;
+      if (this.stopped || peer.pair || peer.retries >= LIMITS.handshakeRetries || this.peers.get(peer.id) !== peer) return;
       peer.retries++;
       this.sendCommit(peer);
       if (peer.theirCommit) this.sendHello(peer);
@@ -305,33 +397,107 @@ export class E2eeSession extends EventTarget {
   }
 
   participantLeft(participantId) {
+    return this.serial(async () => this.dropPeer(participantId));
+  }
+
+  /**
+   * This page removed `participantId` (the clinician's "remove"): like a leave, and the id is burned
+   * for the rest of the call (never a peer again, whatever the roster says). A page holding the
+   * master secret also tells the peers it is link-bound with, in a sealed `gone` box, so they drop
+   * and burn the id and rekey too even if the server keeps them in its roster.
+   */
+  removed(participantId) {
     return this.serial(async () => {
-      const peer = this.peers.get(participantId);
-      if (!peer) return;
-      clearTimeout(peer.timer);
-      this.peers.delete(participantId);
-      this.assembler.dropPeer(participantId);
-      if (this.worker) this.worker.postMessage({ op: 'remove-peer', participantId });
-      if (!peer.keySent) return;
-      // They held our key: make a fresh random one (not derivable from anything they had), give it
-      // to everyone left, and switch once it has had time to arrive.
-      const next = { epoch: this.latest.epoch + 1, baseKey: randomBytes(BASE_KEY_BYTES) };
-      this.latest.baseKey.fill(0);
-      this.latest = next;
-      for (const p of this.peers.values()) if (p.pair) this.sendSenderKey(p);
-      setTimeout(() => this.activate(next.epoch), LIMITS.leaveSwitchDelayMs);
+      const id = String(participantId);
+      if (!ID_PATTERN.test(id) || id === this.selfId) return;
+      this.burned.add(id);
+      if (this.linkClaim === '*') {
+        for (const p of this.peers.values()) {
+          if (p.id !== id && this.isBound(p) && p.keyed && this.canSeal(p)) {
+            this.sealAndSend(p, 'key', BOX_KIND.gone, encodeGone(id), (b) => JSON.stringify({ t: 'gone', b }));
+          }
+        }
+      }
+      await this.dropPeer(id);
+      this.dispatchEvent(new CustomEvent('removed', { detail: { participantId: id } }));
     });
+  }
+
+  async dropPeer(participantId) {
+    const held = this.held.get(participantId);
+    if (held) {
+      clearTimeout(held.timer);
+      this.held.delete(participantId);
+    }
+    this.pendingVouches.delete(participantId);
+    const peer = this.peers.get(participantId);
+    if (!peer) return;
+    clearTimeout(peer.timer);
+    this.peers.delete(participantId);
+    this.assembler.dropPeer(participantId);
+    if (this.worker) this.worker.postMessage({ op: 'remove-peer', participantId });
+    if (!peer.keySent) return;
+    // They held our key: make a fresh random one (not derivable from anything they had), give it
+    // to everyone left, and switch once it has had time to arrive.
+    const next = { epoch: this.latest.epoch + 1, baseKey: randomBytes(BASE_KEY_BYTES) };
+    this.latest.baseKey.fill(0);
+    this.latest = next;
+    for (const p of this.peers.values()) if (this.canSeal(p)) this.sendSenderKey(p);
+    setTimeout(() => this.activate(next.epoch), LIMITS.leaveSwitchDelayMs);
   }
 
   /** Entry point for every `relay` message. Every byte is treated as hostile. */
   onRelay(fromId, kind, data) {
     return this.serial(async () => {
       try {
-        await this.handleRelay(String(fromId), kind, data);
+        const from = String(fromId);
+        if (!this.peers.has(from)) return this.hold(from, kind, data);
+        await this.handleRelay(from, kind, data);
       } catch {
         this.counters.rejected++;
       }
+      return undefined;
     });
+  }
+
+  /**
+   * A relay from an id the page does not show: nobody answers it. It is kept briefly (a relay may
+   * overtake `participant-joined`), then dropped and reported once per id as 'refused'.
+   */
+  hold(from, kind, data) {
+    if (typeof data !== 'string' || data.length > LIMITS.maxRelayChars || !ID_PATTERN.test(from) || from === this.selfId) {
+      throw new Error('bad_relay');
+    }
+    if (this.burned.has(from)) throw new Error('burned_id');
+    let held = this.held.get(from);
+    if (!held) {
+      if (this.held.size >= LIMITS.heldIds) {
+        this.refuse(from);
+        throw new Error('not_in_roster');
+      }
+      held = { msgs: [], timer: null };
+      this.held.set(from, held);
+      held.timer = setTimeout(() => {
+        this.serial(async () => {
+          if (this.held.get(from) !== held) return;
+          this.held.delete(from);
+          this.counters.rejected += held.msgs.length;
+          this.refuse(from);
+        });
+      }, LIMITS.heldMs);
+    }
+    if (held.msgs.length >= LIMITS.heldMessages) throw new Error('held_full');
+    held.msgs.push({ kind, data });
+  }
+
+  refuse(id) {
+    if (this.refusedIds.has(id)) return;
+    this.counters.refused++;
+    // One event per id, for a bounded number of ids: a server inventing ids without end gets
+    // counted, not an endless list on the page.
+    if (this.refusedIds.size >= LIMITS.refusedIdsReported) return;
+    this.refusedIds.add(id);
+    this.dispatchEvent(new CustomEvent('refused', { detail: { participantId: id, reason: 'not_in_roster' } }));
   }
 
   async handleRelay(from, kind, data) {
@@ -339,10 +505,10 @@ export class E2eeSession extends EventTarget {
       throw new Error('bad_relay');
     }
     if (from === this.selfId) throw new Error('bad_relay');
-    let peer = this.peers.get(from);
-    if (!peer) peer = await this.addPeer(from); // their relay may overtake `participant-joined`
+    const peer = this.peers.get(from);
+    if (!peer) throw new Error('not_in_roster');
     if (kind === 'key') return this.handleKeyMessage(peer, data);
-    if (!peer.pair) throw new Error('not_keyed');
+    if (!peer.pair || peer.failCode) throw new Error('not_keyed');
     if (kind === 'chat') return this.handleChat(peer, data);
     if (kind === 'photo') return this.handlePhotoChunk(peer, data);
     throw new Error('bad_kind');
@@ -352,7 +518,7 @@ export class E2eeSession extends EventTarget {
     const msg = JSON.parse(data);
     if (!msg || typeof msg !== 'object') throw new Error('bad_key_message');
     if (msg.t === 'commit') {
-      if (msg.v !== 1 || typeof msg.c !== 'string' || msg.c.length !== 44) throw new Error('bad_commit');
+      if (msg.v !== PROTOCOL_VERSION || typeof msg.c !== 'string' || msg.c.length !== 44) throw new Error('bad_commit');
       const c = fromBase64(msg.c);
       if (peer.theirCommit) {
         // A repeat is fine; a different commitment from the same participant is not.
@@ -371,8 +537,10 @@ export class E2eeSession extends EventTarget {
       const expected = await commitment(this.consultId, peer.id, hello);
       if (!equalBytes(expected, peer.theirCommit)) return this.fail(peer, 'commit_mismatch');
       if (peer.theirHello) return; // repeat of the same hello
+      if (peer.failCode) return;
       peer.theirHello = hello;
       if (!peer.helloSent) this.sendHello(peer);
+      const pairSecret = await pairLinkSecret(this.consultId, { claim: this.linkClaim, secret: this.linkSecretBytes }, hello.k);
       peer.pair = await derivePair({
         consultId: this.consultId,
         selfId: this.selfId,
@@ -380,29 +548,37 @@ export class E2eeSession extends EventTarget {
         pairs: this.pairs,
         selfHello: this.hello,
         peerHello: hello,
-        linkSecret: this.linkSecret,
+        pairSecret,
       });
+      if (pairSecret) pairSecret.fill(0);
       clearTimeout(peer.timer);
       if (hello.m === 'none') {
         peer.state = 'off';
         peer.code = 'peer_unsupported';
       }
-      this.sendSenderKey(peer);
-      this.emitStatus(peer);
+      const pending = this.pendingVouches.get(peer.id);
+      this.pendingVouches.delete(peer.id);
+      if (pending) for (const [voucher, hash] of pending) await this.applyVouch(peer, voucher, hash);
+      await this.afterChange(peer);
       this.dispatchEvent(new CustomEvent('safety-code', { detail: { participantId: peer.id } }));
       return;
     }
-    if (msg.t === 'box') {
-      if (!peer.pair) throw new Error('not_keyed');
+    if (msg.t === 'box' || msg.t === 'vouch' || msg.t === 'gone') {
+      if (!peer.pair || peer.failCode) throw new Error('not_keyed');
+      const boxKind = msg.t === 'box' ? BOX_KIND.key : BOX_KIND[msg.t];
+      // Vouches and removals count only from a proven master-secret holder we are bound with.
+      if (msg.t !== 'box' && !this.isVoucher(peer)) throw new Error('not_a_voucher');
       let body;
       try {
-        body = await open(peer.pair, BOX_KIND.key, msg.b);
+        body = await open(peer.pair, boxKind, msg.b);
       } catch (e) {
-        // A key box we cannot open means the two sides derived different pair keys: a relay in the
-        // middle, or different link secrets. Never silently carry on.
+        // A box we cannot open means the two sides derived different pair keys: a relay in the
+        // middle, a rewritten hello, or different link secrets. Never silently carry on.
         if (e.message === 'box_auth_failed') this.fail(peer, 'key_mismatch');
         throw e;
       }
+      if (msg.t === 'vouch') return this.handleVouch(peer, body);
+      if (msg.t === 'gone') return this.handleGone(peer, body);
       const { epoch, baseKey } = decodeSenderKey(body);
       if (this.worker) this.worker.postMessage({ op: 'set-recv-key', participantId: peer.id, epoch, baseKey: baseKey.buffer }, [baseKey.buffer]);
       if (!peer.keyed) {
@@ -414,11 +590,170 @@ export class E2eeSession extends EventTarget {
           peer.state = 'off';
           peer.code = this.worker ? 'peer_unsupported' : 'self_unsupported';
         }
-        this.emitStatus(peer);
+        await this.afterChange(peer);
       }
       return;
     }
     throw new Error('bad_key_message');
+  }
+
+  // ---- trust, release, vouches ---------------------------------------------------------------
+
+  /** The pair is bound by a link secret both sides hold, and the claim fits the role shown. */
+  isBound(peer) {
+    return Boolean(peer.pair && peer.pair.linkBound && peer.theirHello && claimFitsRole(peer.theirHello.k, peer.role));
+  }
+
+  /** A peer whose vouches and removals this page believes: proven holder of the master secret. */
+  isVoucher(peer) {
+    return Boolean(peer.keyed && !peer.failCode && peer.theirHello.k === '*' && this.isBound(peer));
+  }
+
+  /** Whether my sender key (and chat, photos) may go to this peer. */
+  releaseAllowed(peer) {
+    return peer.verified || peer.accepted || Boolean(peer.vouchedBy) || this.isBound(peer) || this.linkClaim === null;
+  }
+
+  canSeal(peer) {
+    return Boolean(
+      this.peers.get(peer.id) === peer && peer.pair && !peer.failCode && !this.burned.has(peer.id) && this.releaseAllowed(peer),
+    );
+  }
+
+  /** One trust value per peer (TRUST_ORDER), as the page shows it. */
+  trustOf(peer) {
+    if (peer.failCode) return 'failed';
+    if (!peer.pair) return 'pending';
+    if (!this.releaseAllowed(peer)) return 'needs-decision';
+    if (peer.theirHello.m === 'none' || !this.worker) return 'unencrypted';
+    if (!peer.keyed) return 'pending';
+    if (peer.verified) return 'verified';
+    if (this.isBound(peer) || peer.vouchedBy) return 'link-bound';
+    return 'encrypted';
+  }
+
+  /** The consult-wide trust: the weakest over every participant the page shows (null if alone). */
+  summary() {
+    let worst = null;
+    for (const peer of this.peers.values()) {
+      const t = this.trustOf(peer);
+      if (worst === null || TRUST_RANK.get(t) < TRUST_RANK.get(worst)) worst = t;
+    }
+    return worst;
+  }
+
+  /** Everything the page may show about one participant's end-to-end encryption. */
+  peerStatus(participantId) {
+    const peer = this.peers.get(String(participantId));
+    return peer ? this.statusDetail(peer) : null;
+  }
+
+  statusDetail(peer) {
+    const trust = this.trustOf(peer);
+    let code = peer.code;
+    if (peer.failCode) code = peer.failCode;
+    else if (peer.plainAccepted) code = 'accepted_unencrypted';
+    else if (trust === 'needs-decision') code = peer.pair.linkBound ? 'link_role_mismatch' : 'link_unbound';
+    else if (peer.keyed && !peer.verified && !this.isBound(peer)) {
+      if (peer.vouchedBy) code = 'keyed_vouched';
+      else if (peer.accepted) code = 'accepted_unbound';
+    }
+    const detail = {
+      participantId: peer.id,
+      state: peer.failCode ? 'off' : peer.state,
+      code,
+      verified: peer.verified,
+      linkBound: this.isBound(peer) || Boolean(peer.vouchedBy),
+      trust,
+      linkLabel: peer.theirHello ? peer.theirHello.k : null,
+      accepted: peer.accepted,
+      keyWithheld: Boolean(peer.pair) && !this.canSeal(peer),
+    };
+    if (peer.vouchedBy) detail.vouchedBy = peer.vouchedBy;
+    return detail;
+  }
+
+  emitStatus(peer) {
+    this.dispatchEvent(new CustomEvent('status', { detail: this.statusDetail(peer) }));
+  }
+
+  /** After anything that can change a peer's trust: release my key if now allowed, vouch, report. */
+  async afterChange(peer) {
+    if (this.canSeal(peer) && !peer.keySent) this.sendSenderKey(peer);
+    await this.sendVouches();
+    if (this.peers.get(peer.id) === peer) this.emitStatus(peer);
+  }
+
+  /**
+   * Clinician only: admit a peer whose pair is not link-bound (its link had no secret, or the
+   * relay stripped it). Releases my key to it and vouches for it to the link-bound peers.
+   */
+  acceptUnbound(participantId) {
+    return this.serial(async () => {
+      const peer = this.peers.get(String(participantId));
+      if (this.role !== 'clinician' || !peer || !peer.pair || peer.failCode) return false;
+      peer.accepted = true;
+      await this.afterChange(peer);
+      return true;
+    });
+  }
+
+  /**
+   * Sealed vouches from a master-secret holder: to every peer P it is link-bound with, for every
+   * other peer X it is link-bound with, verified or accepted, the hash of X's hello as received
+   * here. P then knows whether it sees the same X (and X becomes link-bound) or not (vouch_mismatch).
+   */
+  async sendVouches() {
+    if (this.linkClaim !== '*') return;
+    const vouchable = [...this.peers.values()].filter(
+      (x) => x.pair && x.keyed && !x.failCode && (this.isBound(x) || x.verified || x.accepted),
+    );
+    for (const p of this.peers.values()) {
+      if (!p.keyed || p.failCode || !this.isBound(p) || !this.canSeal(p)) continue;
+      for (const x of vouchable) {
+        if (x === p || p.vouchesSent.has(x.id)) continue;
+        p.vouchesSent.add(x.id);
+        const body = await encodeVouch(x.id, x.theirHello);
+        this.sealAndSend(p, 'key', BOX_KIND.vouch, body, (b) => JSON.stringify({ t: 'vouch', b }));
+      }
+    }
+  }
+
+  async handleVouch(voucher, body) {
+    const { participantId, hash } = decodeVouch(body);
+    if (participantId === this.selfId || participantId === voucher.id) return;
+    const x = this.peers.get(participantId);
+    if (x && x.theirHello) return this.applyVouch(x, voucher.id, hash);
+    // X's hello (or X) is not here yet: keep the vouch until it is.
+    if (!ID_PATTERN.test(participantId) || this.burned.has(participantId)) throw new Error('bad_vouch');
+    if (this.pendingVouches.size >= LIMITS.maxPeers && !this.pendingVouches.has(participantId)) throw new Error('too_many_vouches');
+    const m = this.pendingVouches.get(participantId) || new Map();
+    m.set(voucher.id, hash);
+    this.pendingVouches.set(participantId, m);
+    return undefined;
+  }
+
+  async applyVouch(x, voucherId, hash) {
+    const voucher = this.peers.get(voucherId);
+    if (!voucher || !this.isVoucher(voucher) || x.failCode) return;
+    const mine = await sha256(helloBytes(x.theirHello));
+    if (!equalBytes(mine, hash)) {
+      // The clinician saw a different hello from X than we did: the relay shows different keys to
+      // different people.
+      this.fail(x, 'vouch_mismatch');
+      return;
+    }
+    if (x.vouchedBy) return;
+    x.vouchedBy = voucherId;
+    if (x.pair) await this.afterChange(x);
+  }
+
+  async handleGone(voucher, body) {
+    const id = decodeGone(body);
+    if (id === this.selfId || id === voucher.id) return;
+    this.burned.add(id);
+    await this.dropPeer(id);
+    this.dispatchEvent(new CustomEvent('removed', { detail: { participantId: id } }));
   }
 
   sendSenderKey(peer) {
@@ -451,23 +786,9 @@ export class E2eeSession extends EventTarget {
   }
 
   fail(peer, code) {
+    peer.failCode = code;
     peer.state = 'off';
-    peer.code = code;
     this.emitStatus(peer);
-  }
-
-  emitStatus(peer) {
-    this.dispatchEvent(
-      new CustomEvent('status', {
-        detail: {
-          participantId: peer.id,
-          state: peer.state,
-          code: peer.plainAccepted ? 'accepted_unencrypted' : peer.code,
-          verified: peer.verified,
-          linkBound: Boolean(peer.pair && peer.pair.linkBound),
-        },
-      }),
-    );
   }
 
   // ---- safety code ---------------------------------------------------------------------------
@@ -479,11 +800,15 @@ export class E2eeSession extends EventTarget {
     return { digits: c.digits, words: { nl: [...c.words.nl], en: [...c.words.en] } };
   }
 
+  /** The user compared the safety codes and they match: trust 'verified'; releases a withheld key. */
   markVerified(participantId) {
-    const peer = this.peers.get(participantId);
-    if (!peer || !peer.pair) return;
-    peer.verified = true;
-    this.emitStatus(peer);
+    return this.serial(async () => {
+      const peer = this.peers.get(String(participantId));
+      if (!peer || !peer.pair || peer.failCode) return false;
+      peer.verified = true;
+      await this.afterChange(peer);
+      return true;
+    });
   }
 
   /** Ids of the participants this person marked verified (for the protocol's `e2ee` message). */
@@ -500,7 +825,7 @@ export class E2eeSession extends EventTarget {
     if (!clean || clean.length > LIMITS.maxChatChars) throw new Error('chat_invalid');
     const body = utf8(clean);
     const sends = [];
-    for (const peer of this.peers.values()) if (peer.pair) sends.push(this.sealAndSend(peer, 'chat', BOX_KIND.chat, body));
+    for (const peer of this.peers.values()) if (this.canSeal(peer)) sends.push(this.sealAndSend(peer, 'chat', BOX_KIND.chat, body));
     await Promise.all(sends);
     this.dispatchEvent(new CustomEvent('chat', { detail: { from: this.selfId, text: clean, time: Date.now() } }));
     return sends.length;
@@ -518,10 +843,10 @@ export class E2eeSession extends EventTarget {
     await this.start();
     const jpeg = await reencodePhoto(file);
     const chunks = chunkPhoto(jpeg);
-    const recipients = [...this.peers.values()].filter((p) => p.pair);
+    const recipients = [...this.peers.values()].filter((p) => this.canSeal(p));
     for (const chunk of chunks) {
       for (const peer of recipients) {
-        if (this.stopped || !this.peers.has(peer.id)) continue;
+        if (this.stopped || !this.canSeal(peer)) continue;
         await this.pace(Math.ceil((chunk.length + 26) / 3) * 4);
         await this.sealAndSend(peer, 'photo', BOX_KIND.photo, chunk);
       }
@@ -562,6 +887,8 @@ export class E2eeSession extends EventTarget {
     if (this.stopped) return;
     this.stopped = true;
     for (const peer of this.peers.values()) clearTimeout(peer.timer);
+    for (const held of this.held.values()) clearTimeout(held.timer);
+    this.held.clear();
     this.peers.clear();
     this.assembler.clear();
     if (this.latest) this.latest.baseKey.fill(0);

@@ -24,7 +24,8 @@ window.runLoopback = async ({ decrypt = true } = {}) => {
     sessions[id] = new E2eeSession({
       consultId: 'loopback',
       selfId: id,
-      linkSecret: 'loopback-link-secret',
+      role: 'clinician', // both hold the master secret: a link-bound pair, keys released at once
+      link: { secret: 'bG9vcGJhY2stbGluay1zZWNyZXQtMDEyMzQ1Njc4OWE', label: null },
       send: (to, kind, data) => {
         relayLog.push({ from: id, to, kind, length: data.length });
         setTimeout(() => sessions[to].onRelay(id, kind, data), 0);
@@ -75,7 +76,7 @@ window.runLoopback = async ({ decrypt = true } = {}) => {
     await pb.setLocalDescription();
     await pa.setRemoteDescription(pb.localDescription);
   }
-  await Promise.all([a.participantJoined({ id: B }), b.participantJoined({ id: A })]);
+  await Promise.all([a.participantJoined({ id: B, role: 'clinician' }), b.participantJoined({ id: A, role: 'clinician' })]);
   window.__lb = { a, b, pa, pb, relayLog, support: e2eeSupport() };
   return e2eeSupport();
 };
