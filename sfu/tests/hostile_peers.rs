@@ -63,9 +63,10 @@ fn a_participant_spraying_its_own_valid_checks_holds_at_most_its_cap() {
     let _serial = serial();
     let sfu = start_sfu();
     let udp = sfu.udp_addrs()[0];
-    // The attacker is admitted (or runs the connectivity check, which is
-    // a peer like any other): it knows its own password.
-    let attacker = join(&sfu, "c1", "attacker");
+    // The attacker runs the connectivity check (`probe` in signaling: a
+    // consult `probe:<random>` of one; an admitted participant is the
+    // same kind of peer): it knows its own password.
+    let attacker = join(&sfu, "probe:0123abcd", "attacker");
     let (ufrag, pwd) = attacker.ice();
     // rtc wants the remote ufrag from an answer before it accepts checks.
     let attacker_client = Client::answer(&sfu, &attacker, loopback(3));
@@ -85,7 +86,7 @@ fn a_participant_spraying_its_own_valid_checks_holds_at_most_its_cap() {
     );
     assert!(stats.media_addresses_evicted >= 1, "{stats:?}");
 
-    // Another participant (same consult or not) is unaffected.
+    // A participant of a real consult is unaffected.
     let mut other = join(&sfu, "c1", "clinician");
     let mut client = Client::answer(&sfu, &other, loopback(2));
     assert!(

@@ -65,6 +65,9 @@ async fn metrics_expose_consults_participants_media_and_latency() {
         "spreekkamer_media_keyframe_requests_total ",
         "spreekkamer_media_nacks_received_total ",
         "spreekkamer_media_video_paused_for_bandwidth ",
+        "spreekkamer_media_ice_tcp_pending_total{outcome=\"evicted_full\"} 0",
+        "spreekkamer_media_addresses_refused_total{reason=\"peer_budget\"} 0",
+        "spreekkamer_media_datagrams_dropped_total{reason=\"failed_check\"} ",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
