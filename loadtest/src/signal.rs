@@ -154,7 +154,13 @@ async fn run(
                     "welcome" if !welcomed => {
                         welcomed = true;
                         let _ = joined.send((id, Ok(())));
+                        if role == "clinician" {
+                            admit_waiting(&mut ws, &v["lobby"]).await?;
+                        }
                     }
+                    // A clinician lets the patients in, as a person would
+                    // (the server's waiting room is on by default).
+                    "lobby" if role == "clinician" => admit_waiting(&mut ws, &v["waiting"]).await?,
                     "offer" => {
                         let sdp = v["sdp"].as_str().unwrap_or("").to_string();
                         media.send(Command::Offer { id, sdp });
@@ -190,6 +196,22 @@ async fn run(
             }
         }
     }
+}
+
+/// `admit` everyone in a lobby list (`[{id, ...}]`; anything else is empty).
+async fn admit_waiting<S>(ws: &mut S, waiting: &Value) -> Result<(), JoinError>
+where
+    S: futures_util::Sink<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    for entry in waiting.as_array().into_iter().flatten() {
+        if let Some(pid) = entry["id"].as_str() {
+            ws.send(Message::text(json!({"type": "admit", "id": pid}).to_string()))
+                .await
+                .map_err(|e| JoinError::Other(format!("send admit: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
