@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { startServer, legitimateConsult, sleep, fmt, RSS_LIMIT_MIB } from './lib/server.mjs';
 import { join } from './lib/ws.mjs';
-import { bindingRequest, isSuccessFor, iceOf, framed } from './lib/stun.mjs';
+import { bindingRequest, isSuccessFor, iceOf, framed, answerFor } from './lib/stun.mjs';
 import { record } from './lib/report.mjs';
 
 const SLOTS = Number(process.env.ATTACK_ICE_TCP_CONNECTIONS || 64);
@@ -88,6 +88,8 @@ describe('finding 3: idle ICE-TCP connections renewed every 2.5 s', () => {
     const ice = iceOf(offer.sdp);
     assert.ok(ice.tcp.length > 0, `the offer has no ICE-TCP candidate:\n${offer.sdp}`);
     const tcp = ice.tcp[0];
+    ws.send({ type: 'answer', sdp: answerFor(offer.sdp, 'legit') });
+    await sleep(500);
     r.before = await tcpCheck(tcp, ice);
     const stopWatch = server.watch(200);
     const attack = holdSlots(tcp, SLOTS);

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import { startServer, legitimateConsult, sleep, fmt, checkOwnFdLimit, RSS_LIMIT_MIB } from './lib/server.mjs';
 import { join } from './lib/ws.mjs';
-import { bindingRequest, iceOf } from './lib/stun.mjs';
+import { bindingRequest, iceOf, answerFor } from './lib/stun.mjs';
 import { record } from './lib/report.mjs';
 
 const SOURCES = Number(process.env.ATTACK_STUN_SOURCES || 16400);
@@ -66,7 +66,10 @@ describe('finding 4: STUN spray with a real ufrag from 16,400 addresses', () => 
     for (let c = 0; c < 16; c++) {
       const { ws } = await join({ port: server.port, token: server.token({ consult: `spray-${c}`, role: 'clinician' }) });
       attackers.push(ws);
-      const ice = iceOf((await ws.ofType('offer')).sdp);
+      const offer = await ws.ofType('offer');
+      // Answer like a browser would, so the server's ICE agent takes our checks as real.
+      ws.send({ type: 'answer', sdp: answerFor(offer.sdp, 'spray') });
+      const ice = iceOf(offer.sdp);
       const fresh = ice.udp.filter((u) => !targets.has(u.port));
       for (const u of fresh) targets.set(u.port, { ...u, ufrag: ice.ufrag, pwd: ice.pwd });
       if (fresh.length === 0) break;

@@ -11,8 +11,8 @@ import { join } from './lib/ws.mjs';
 import { record } from './lib/report.mjs';
 
 const TOTAL = Number(process.env.ATTACK_REVOCATIONS || 100_000);
-const BUDGET_MS = Number(process.env.ATTACK_REVOCATION_SECS || 45) * 1000;
-const PARALLEL = Number(process.env.ATTACK_REVOCATION_CONNECTIONS || 4);
+const BUDGET_MS = Number(process.env.ATTACK_REVOCATION_SECS || 60) * 1000;
+const PARALLEL = Number(process.env.ATTACK_REVOCATION_CONNECTIONS || 5);
 // What one connection sends before it reconnects (the per-connection burst).
 const PER_CONNECTION = 95;
 
@@ -24,6 +24,7 @@ async function revokeBurst(port, token, state) {
   } catch (e) {
     state.joinErrors++;
     state.lastJoinError = e.message;
+    await new Promise((r) => setTimeout(r, 100));
     return;
   }
   const from = ws.messages.length;

@@ -68,8 +68,7 @@ describe('finding 6: secrets in logs, demo links, audit volume', () => {
     const linesBefore = (trace.stdout + trace.stderr).split('\n').length;
     for (let i = 0; i < JUNK_MEDIA_PACKETS; i++) {
       const junk = crypto.randomBytes(200);
-      junk[0] = 0x80 | (i % 2 ? 0 : 0x20); // RTP-looking and SRTP-failing
-      junk[1] = 96 + (i % 4);
+      junk[0] = i % 2 ? 1 : 200; // neither STUN (no magic cookie) nor DTLS, RTP or RTCP
       await new Promise((res) => sock.send(junk, udp.port, udp.ip, res));
     }
     await sleep(1000);

@@ -63,11 +63,11 @@ t0=$(date +%s)
 rc=0
 # The attacker needs thousands of sockets; the server gets its own limit (lib/server.mjs).
 if $soak; then
-  as_root ip netns exec "$NS" env HOME="${HOME:-/root}" bash -c 'ulimit -n 65536 && exec "$@"' _ \
+  as_root ip netns exec "$NS" env HOME="${HOME:-/root}" bash -c 'ulimit -n "$(ulimit -Hn)" && exec "$@"' _ \
     node tests/attack/soak.mjs || rc=$?
   echo "soak: $(( $(date +%s) - t0 )) s, exit $rc"
 else
-  as_root ip netns exec "$NS" env HOME="${HOME:-/root}" bash -c 'ulimit -n 65536 && exec "$@"' _ \
+  as_root ip netns exec "$NS" env HOME="${HOME:-/root}" bash -c 'ulimit -n "$(ulimit -Hn)" && exec "$@"' _ \
     node --test --test-concurrency=1 --test-reporter=spec "${files[@]}" || rc=$?
   echo "attack suite: $(( $(date +%s) - t0 )) s, exit $rc; figures in tests/attack/out/results.jsonl"
 fi

@@ -73,3 +73,27 @@ export const framed = (packet) => {
   len.writeUInt16BE(packet.length);
   return Buffer.concat([len, packet]);
 };
+
+/**
+ * A minimal SDP answer to `offer` with our ICE credentials (`ufrag`, and a
+ * password derived from it): enough for the server's ICE agent to know
+ * whose binding requests to answer. Receives what the server sends, sends
+ * nothing (the attack and the ICE-TCP check need connectivity, not media).
+ */
+export function answerFor(offer, ufrag) {
+  const out = [];
+  for (const line of offer.split(/\r?\n/)) {
+    if (!line) continue;
+    if (/^a=(candidate|end-of-candidates|ice-lite|ssrc|ssrc-group|msid|rid|simulcast|extmap-allow-mixed)/.test(line)) continue;
+    if (line.startsWith('a=ice-ufrag:')) out.push(`a=ice-ufrag:${ufrag}`);
+    else if (line.startsWith('a=ice-pwd:')) out.push(`a=ice-pwd:${passwordFor(ufrag)}`);
+    else if (line.startsWith('a=setup:')) out.push('a=setup:active');
+    else if (line === 'a=recvonly') out.push('a=inactive');
+    else if (line === 'a=sendonly') out.push('a=recvonly');
+    else out.push(line);
+  }
+  return `${out.join('\r\n')}\r\n`;
+}
+
+/** The ICE password `answerFor` announces for `ufrag`. */
+export const passwordFor = (ufrag) => `pw${ufrag}`.padEnd(24, 'x');
