@@ -1,55 +1,29 @@
 // Finding 4: the media address table. A participant sends STUN binding
 // requests with its own ICE ufrag (signed with its own ICE password, which
 // it knows from its offer) from 16,400 source addresses, on every media
-// worker; a new clinician + patient must still get media, while the spray
-// goes on and afterwards.
+// worker (spoofed on a raw socket by lib/spray.py); a new clinician +
+// patient must still get media, while the spray goes on and afterwards.
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import dgram from 'node:dgram';
-import { startServer, legitimateConsult, sleep, fmt, checkOwnFdLimit, RSS_LIMIT_MIB } from './lib/server.mjs';
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { startServer, legitimateConsult, sleep, fmt, RSS_LIMIT_MIB } from './lib/server.mjs';
 import { join } from './lib/ws.mjs';
-import { bindingRequest, iceOf, answerFor } from './lib/stun.mjs';
+import { iceOf, answerFor } from './lib/stun.mjs';
 import { record } from './lib/report.mjs';
 
-const SOURCES = Number(process.env.ATTACK_STUN_SOURCES || 16400);
-const PARALLEL = 256;
-// 127.1.0.1 .. 127.1.65.250: all loopback, one source address each.
-const sourceIp = (i) => `127.1.${Math.floor(i / 250)}.${(i % 250) + 1}`;
+const execFileP = promisify(execFile);
 
-/** One spray round: every source sends one signed binding request per target. */
+const SOURCES = Number(process.env.ATTACK_STUN_SOURCES || 16400);
+const sprayScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'lib/spray.py');
+
+/** One spray round (lib/spray.py): every source sends one signed binding request per target. */
 async function sprayRound(targets) {
-  let sent = 0;
-  let errors = 0;
-  let next = 0;
-  const worker = async () => {
-    while (next < SOURCES) {
-      const i = next++;
-      await new Promise((resolve) => {
-        const s = dgram.createSocket('udp4');
-        s.on('error', () => {
-          errors++;
-          s.close();
-          resolve();
-        });
-        s.bind({ address: sourceIp(i), port: 0 }, () => {
-          let left = targets.length;
-          for (const t of targets) {
-            s.send(bindingRequest(t.ufrag, t.pwd, 'spray').packet, t.port, t.ip, (e) => {
-              if (e) errors++;
-              else sent++;
-              if (--left === 0) {
-                s.close();
-                resolve();
-              }
-            });
-          }
-        });
-      });
-    }
-  };
-  await Promise.all(Array.from({ length: PARALLEL }, worker));
-  return { sent, errors };
+  const { stdout } = await execFileP('python3', [sprayScript, String(SOURCES), JSON.stringify(targets)], { timeout: 120_000 });
+  return JSON.parse(stdout);
 }
 
 describe('finding 4: STUN spray with a real ufrag from 16,400 addresses', () => {
@@ -57,7 +31,6 @@ describe('finding 4: STUN spray with a real ufrag from 16,400 addresses', () => 
   const r = {};
   const attackers = [];
   before(async () => {
-    checkOwnFdLimit(PARALLEL + 100);
     server = await startServer({ name: 'stun-spray' });
     r.baseline = server.stats();
     // The attacker joins consults until it holds a ufrag on every media worker (one UDP port each).
@@ -86,6 +59,7 @@ describe('finding 4: STUN spray with a real ufrag from 16,400 addresses', () => 
       while (spraying) {
         await sprayRound([...targets.values()]);
         rounds++;
+        await sleep(200);
       }
     })();
     r.legitDuring = await legitimateConsult(server, { label: 'during-spray', seconds: 4 });

@@ -6,6 +6,7 @@
 
 import { spawn, execFile } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -102,14 +103,22 @@ export class Server {
   }
 
   /** GET /healthz from 127.0.0.1 (never an attacker's address): true if 200 within `timeout`. */
-  async healthy(timeout = 5_000) {
-    try {
-      const r = await fetch(`${this.url}/healthz`, { signal: AbortSignal.timeout(timeout) });
-      await r.arrayBuffer();
-      return r.status === 200;
-    } catch {
-      return false;
-    }
+  /** On a new connection each time, as a load balancer's probe would (no kept-alive socket). */
+  healthy(timeout = 5_000) {
+    return new Promise((resolve) => {
+      const req = http.get(
+        { host: '127.0.0.1', port: this.port, path: '/healthz', agent: false, timeout, headers: { connection: 'close' } },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode === 200));
+          res.on('error', () => resolve(false));
+        },
+      );
+      const timer = setTimeout(() => req.destroy(new Error('timeout')), timeout);
+      req.on('timeout', () => req.destroy(new Error('timeout')));
+      req.on('error', () => resolve(false));
+      req.on('close', () => clearTimeout(timer));
+    });
   }
 
   async metricsText() {
