@@ -12,11 +12,17 @@
 // media.
 
 import crypto from 'node:crypto';
-import dgram from 'node:dgram';
+import { execFile } from 'node:child_process';
 import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { startServer, legitimateConsult, sleep, procStats } from './lib/server.mjs';
 import { Ws, join, frame, OP } from './lib/ws.mjs';
-import { bindingRequest, iceOf } from './lib/stun.mjs';
+import { iceOf } from './lib/stun.mjs';
+
+const execFileP = promisify(execFile);
+const sprayScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'lib/spray.py');
 
 const SOAK_SECS = Number(process.env.SOAK_SECS || 1800);
 const SAMPLE_SECS = Number(process.env.SOAK_SAMPLE_SECS || 5);
@@ -97,18 +103,8 @@ async function mediaJunk(server, consult, sources = 1000) {
         tcpSocks.push(s);
       }
     }
-    for (let i = 0; i < sources; i++) {
-      const s = dgram.createSocket('udp4');
-      await new Promise((res) => {
-        s.on('error', res);
-        s.bind({ address: `127.2.${Math.floor(i / 250)}.${(i % 250) + 1}`, port: 0 }, () => {
-          s.send(bindingRequest(ice.ufrag, ice.pwd, 'soak').packet, udp.port, udp.ip, () => {
-            s.send(crypto.randomBytes(120), udp.port, udp.ip, () => res());
-          });
-        });
-      });
-      s.close();
-    }
+    // Signed STUN checks with the attacker's ufrag from `sources` spoofed addresses.
+    await execFileP('python3', [sprayScript, String(sources), JSON.stringify([{ ...udp, ufrag: ice.ufrag, pwd: ice.pwd }])], { timeout: 60_000 });
     // A few revocations of made-up ids from the same clinician.
     for (let i = 0; i < 20; i++) ws.send({ type: 'revoke-invite', jti: crypto.randomBytes(8).toString('hex') });
     await sleep(500);
