@@ -206,9 +206,11 @@ where
 {
     for entry in waiting.as_array().into_iter().flatten() {
         if let Some(pid) = entry["id"].as_str() {
-            ws.send(Message::text(json!({"type": "admit", "id": pid}).to_string()))
-                .await
-                .map_err(|e| JoinError::Other(format!("send admit: {e}")))?;
+            ws.send(Message::text(
+                json!({"type": "admit", "id": pid}).to_string(),
+            ))
+            .await
+            .map_err(|e| JoinError::Other(format!("send admit: {e}")))?;
         }
     }
     Ok(())
