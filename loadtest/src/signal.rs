@@ -220,6 +220,37 @@ where
 mod tests {
     use super::*;
 
+    /// What `admit_waiting` sends, as JSON values.
+    fn admits(lobby: &Value) -> Vec<Value> {
+        let sent = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let log = sent.clone();
+        let mut sink = Box::pin(futures_util::sink::unfold((), move |(), m: Message| {
+            log.borrow_mut().push(m);
+            async { Ok::<(), std::convert::Infallible>(()) }
+        }));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(admit_waiting(&mut sink, lobby)).unwrap();
+        sent.borrow()
+            .iter()
+            .map(|m| serde_json::from_str(m.to_text().unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn clinician_admits_everyone_in_the_lobby() {
+        let lobby = json!([{"id": "a1", "name": "x"}, {"id": "b2"}, {"no-id": true}]);
+        assert_eq!(
+            admits(&lobby),
+            vec![
+                json!({"type": "admit", "id": "a1"}),
+                json!({"type": "admit", "id": "b2"})
+            ]
+        );
+        assert!(admits(&Value::Null).is_empty());
+    }
+
     #[test]
     fn token_is_hs256_with_the_protocol_claims() {
         let sig = Signaling {
