@@ -8,7 +8,8 @@
 #   tests/attack/run.sh 2 5              # only findings 2 and 5 (file prefixes)
 #   tests/attack/run.sh soak             # the soak instead (see loadtest/soak.sh)
 #
-# Needs root (or passwordless sudo) for the namespace, Node.js 20+ and
+# Needs root (or passwordless sudo) for the namespace, Node.js 20+, python3
+# (raw-socket STUN spray, lib/spray.py) and
 # `cargo build --release` (spreekkamer and loadtest). Figures go to stderr and
 # tests/attack/out/results.jsonl; server logs to tests/attack/out/*/server.log.
 #
