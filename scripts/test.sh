@@ -2,7 +2,7 @@
 # Runs all of Spreekkamer's tests, installing what they need first.
 #
 #   scripts/test.sh            # everything (what CI runs via .ci/run)
-#   scripts/test.sh browser    # only some steps: deps fmt clippy unit build crypto web loadtest browser
+#   scripts/test.sh browser    # only some steps: deps fmt clippy unit build crypto web loadtest browser attack soak
 #
 # Made for a fresh Debian 12 machine with Rust and Node.js 20 installed, run as
 # root (or with passwordless sudo): it apt-installs Chromium, Firefox ESR and
@@ -27,7 +27,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export NO_UPDATE_NOTIFIER=1 npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
 
-ALL_STEPS=(deps fmt clippy unit build crypto web loadtest browser)
+ALL_STEPS=(deps fmt clippy unit build crypto web loadtest browser attack soak)
 if [[ $# -gt 0 ]]; then STEPS=("$@"); else STEPS=("${ALL_STEPS[@]}"); fi
 for s in "${STEPS[@]}"; do
   [[ " ${ALL_STEPS[*]} " == *" $s "* ]] || { echo "test.sh: unknown step '$s' (steps: ${ALL_STEPS[*]})" >&2; exit 2; }
@@ -179,6 +179,8 @@ if wants loadtest; then step loadtest "loadtest smoke run against the SFU" run_l
 if wants browser; then
   step browser "real-browser tests (Chromium + Firefox ESR) in a loopback-only network namespace" run_browser_tests
 fi
+if wants attack; then step attack "attack suite (issue 10) in a loopback-only network namespace" tests/attack/run.sh; fi
+if wants soak; then step soak "short soak: load generator plus hostile traffic, RSS/fds/threads flat" loadtest/soak.sh "${SOAK_SECS:-90}"; fi
 
 print_summary
 echo

@@ -154,7 +154,13 @@ async fn run(
                     "welcome" if !welcomed => {
                         welcomed = true;
                         let _ = joined.send((id, Ok(())));
+                        if role == "clinician" {
+                            admit_waiting(&mut ws, &v["lobby"]).await?;
+                        }
                     }
+                    // A clinician lets the patients in, as a person would
+                    // (the server's waiting room is on by default).
+                    "lobby" if role == "clinician" => admit_waiting(&mut ws, &v["waiting"]).await?,
                     "offer" => {
                         let sdp = v["sdp"].as_str().unwrap_or("").to_string();
                         media.send(Command::Offer { id, sdp });
@@ -192,9 +198,58 @@ async fn run(
     }
 }
 
+/// `admit` everyone in a lobby list (`[{id, ...}]`; anything else is empty).
+async fn admit_waiting<S>(ws: &mut S, waiting: &Value) -> Result<(), JoinError>
+where
+    S: futures_util::Sink<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    for entry in waiting.as_array().into_iter().flatten() {
+        if let Some(pid) = entry["id"].as_str() {
+            ws.send(Message::text(
+                json!({"type": "admit", "id": pid}).to_string(),
+            ))
+            .await
+            .map_err(|e| JoinError::Other(format!("send admit: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `admit_waiting` sends, as JSON values.
+    fn admits(lobby: &Value) -> Vec<Value> {
+        let sent = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let log = sent.clone();
+        let mut sink = Box::pin(futures_util::sink::unfold((), move |(), m: Message| {
+            log.borrow_mut().push(m);
+            async { Ok::<(), std::convert::Infallible>(()) }
+        }));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(admit_waiting(&mut sink, lobby)).unwrap();
+        sent.borrow()
+            .iter()
+            .map(|m| serde_json::from_str(m.to_text().unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn clinician_admits_everyone_in_the_lobby() {
+        let lobby = json!([{"id": "a1", "name": "x"}, {"id": "b2"}, {"no-id": true}]);
+        assert_eq!(
+            admits(&lobby),
+            vec![
+                json!({"type": "admit", "id": "a1"}),
+                json!({"type": "admit", "id": "b2"})
+            ]
+        );
+        assert!(admits(&Value::Null).is_empty());
+    }
 
     #[test]
     fn token_is_hs256_with_the_protocol_claims() {
