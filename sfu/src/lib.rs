@@ -184,6 +184,10 @@ pub enum MediaEvent {
 
 pub mod metrics;
 
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 mod bwe;
 mod consult;
 mod demux;
