@@ -24,7 +24,9 @@ const NOW: u64 = 1_800_000_000;
 
 fn verifier() -> &'static TokenVerifier {
     static V: OnceLock<TokenVerifier> = OnceLock::new();
-    V.get_or_init(|| TokenVerifier::new(vec![VerifyKey::hs256(SECRET)], "spreekkamer", "spreekkamer"))
+    V.get_or_init(|| {
+        TokenVerifier::new(vec![VerifyKey::hs256(SECRET)], "spreekkamer", "spreekkamer")
+    })
 }
 
 fn check(token: &str) {
@@ -41,7 +43,12 @@ fn check(token: &str) {
     assert!(!claims.name.chars().any(char::is_control));
     assert!(!claims.sub.is_empty() && claims.sub.len() <= 256);
     assert!(!claims.sub.chars().any(char::is_control));
-    assert!(claims.jti.as_ref().is_none_or(|j| !j.is_empty() && j.len() <= 128));
+    assert!(
+        claims
+            .jti
+            .as_ref()
+            .is_none_or(|j| !j.is_empty() && j.len() <= 128)
+    );
 }
 
 fuzz_target!(|data: &[u8]| {

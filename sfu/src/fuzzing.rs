@@ -54,10 +54,8 @@ pub fn ice_tcp_stream<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> usize {
                 Frame::Ready(range) => {
                     let frame = &reader.bytes()[range];
                     // The same frame, read straight from the stream.
-                    let len = usize::from(u16::from_be_bytes([
-                        stream[consumed],
-                        stream[consumed + 1],
-                    ]));
+                    let len =
+                        usize::from(u16::from_be_bytes([stream[consumed], stream[consumed + 1]]));
                     assert!(len <= MAX_FRAME);
                     assert_eq!(frame, &stream[consumed + 2..consumed + 2 + len]);
                     let _ = media_port_datagram(frame);
@@ -123,8 +121,7 @@ impl MediaPlane {
 
     /// The layer the subscriber should get (`None`: audio only).
     pub fn set_target(&mut self, layer: Option<u8>) {
-        self.layers
-            .set_target(layer.map(|l| l % LAYERS as u8));
+        self.layers.set_target(layer.map(|l| l % LAYERS as u8));
     }
 
     /// One video RTP packet of `layer`, forwarded as `Peer::forward` does.
@@ -148,21 +145,28 @@ impl MediaPlane {
             return None;
         };
         let mut header = packet.header.clone();
-        self.video
-            .rewrite_to(&mut header, rewrite.seq, rewrite.ts);
+        self.video.rewrite_to(&mut header, rewrite.seq, rewrite.ts);
         assert_eq!((header.ssrc, header.sequence_number), (0x1111, rewrite.seq));
         assert!(!header.extension && header.extensions.is_empty());
         let mut payload = packet.payload.to_vec();
         simulcast::patch_vp8(&mut payload, &rewrite);
         assert_eq!(payload.len(), packet.payload.len());
-        // Renumbering changes numbers, never the descriptor's shape.
-        let before = vp8.expect("forwarded video has a descriptor");
+        // A late packet without a descriptor (repaired padding) is
+        // forwarded as it is; otherwise renumbering changes numbers, never
+        // the descriptor's shape.
+        let Some(before) = vp8 else {
+            assert_eq!(payload, packet.payload.to_vec());
+            return Some(payload);
+        };
         let after = simulcast::parse_vp8(&payload).expect("patched descriptor parses");
         assert_eq!(
             (after.frame_start, after.keyframe),
             (before.frame_start, before.keyframe)
         );
-        assert_eq!(after.picture_id.map(|p| (p.long, p.offset)), before.picture_id.map(|p| (p.long, p.offset)));
+        assert_eq!(
+            after.picture_id.map(|p| (p.long, p.offset)),
+            before.picture_id.map(|p| (p.long, p.offset))
+        );
         if let Some(p) = rewrite.picture_id {
             assert_eq!(after.picture_id.map(|a| a.value), Some(p.value));
         }
@@ -248,8 +252,10 @@ impl MediaPlane {
         let wall = if wall_offset_ms >= 0 {
             wall + Duration::from_millis(wall_offset_ms as u64)
         } else {
-            wall.checked_sub(Duration::from_millis(u64::from(wall_offset_ms.unsigned_abs())))
-                .unwrap_or(UNIX_EPOCH)
+            wall.checked_sub(Duration::from_millis(u64::from(
+                wall_offset_ms.unsigned_abs(),
+            )))
+            .unwrap_or(UNIX_EPOCH)
         };
         let at = rx::arrival(self.now, wall, kernel);
         // Never in the future, never more than a second back.
@@ -283,15 +289,7 @@ impl AnswerHarness {
             (1, "other".to_string(), Kind::Audio),
             (1, "other".to_string(), Kind::Video),
         ];
-        let peer = Peer::join(
-            "fuzz".into(),
-            0,
-            tx,
-            candidates,
-            &subscriptions,
-            true,
-            now,
-        )?;
+        let peer = Peer::join("fuzz".into(), 0, tx, candidates, &subscriptions, true, now)?;
         let offer = match events.try_recv() {
             Ok(MediaEvent::Offer { sdp }) => sdp,
             other => return Err(format!("no offer from a new peer: {other:?}")),
@@ -357,5 +355,29 @@ impl AnswerHarness {
             }
         }
         accepted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_harness_accepts_a_real_chromium_answer_and_refuses_garbage() {
+        let mut harness = AnswerHarness::new().expect("a peer with an offer");
+        assert!(harness.offer().contains("a=simulcast:recv h;m;l"));
+        assert!(!harness.answer("v=0\r\nm=video 9 junk\r\n"));
+        let chromium = include_str!("../../fuzz/corpus/sdp_answer/chromium-simulcast-answer.sdp");
+        assert!(harness.answer(chromium), "the sdp_answer seed is refused");
+    }
+
+    #[test]
+    fn ice_tcp_stream_reassembles_frames_cut_anywhere() {
+        let mut wire = Vec::new();
+        assert!(push_frame(&mut wire, b"first"));
+        assert!(push_frame(&mut wire, b"second frame"));
+        let (a, b) = wire.split_at(3);
+        assert_eq!(ice_tcp_stream([a, b]), 2);
+        assert_eq!(ice_tcp_stream([&[0xff, 0xff, 0][..]]), 0);
     }
 }
