@@ -2,7 +2,7 @@
 # Runs all of Spreekkamer's tests, installing what they need first.
 #
 #   scripts/test.sh            # everything (what CI runs via .ci/run)
-#   scripts/test.sh browser    # only some steps: deps fmt clippy unit build crypto web loadtest browser attack soak
+#   scripts/test.sh browser    # only some steps: deps fmt clippy unit fuzz build crypto web loadtest browser attack soak
 #
 # Made for a fresh Debian 12 machine with Rust and Node.js 20 installed, run as
 # root (or with passwordless sudo): it apt-installs Chromium, Firefox ESR and
@@ -27,7 +27,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export NO_UPDATE_NOTIFIER=1 npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
 
-ALL_STEPS=(deps fmt clippy unit build crypto web loadtest browser attack soak)
+ALL_STEPS=(deps fmt clippy unit fuzz build crypto web loadtest browser attack soak)
 if [[ $# -gt 0 ]]; then STEPS=("$@"); else STEPS=("${ALL_STEPS[@]}"); fi
 for s in "${STEPS[@]}"; do
   [[ " ${ALL_STEPS[*]} " == *" $s "* ]] || { echo "test.sh: unknown step '$s' (steps: ${ALL_STEPS[*]})" >&2; exit 2; }
@@ -169,6 +169,7 @@ if wants clippy; then
     cargo clippy --workspace --all-targets --release -- -D warnings
 fi
 if wants unit; then step unit "cargo test --workspace --release" cargo test --workspace --release; fi
+if wants fuzz; then step fuzz "fuzz targets, 30 s each (scripts/fuzz.sh)" scripts/fuzz.sh; fi
 if wants build; then step build "cargo build --release (spreekkamer and loadtest)" cargo build --release --workspace --bins; fi
 if wants crypto; then
   if [[ -d tests/crypto ]]; then step crypto "node --test tests/crypto/" run_crypto_tests

@@ -1,0 +1,383 @@
+//! Entry points for the fuzz targets in `fuzz/` (cargo-fuzz, libFuzzer).
+//! Not an API: hidden from the docs and free to change with the code it
+//! reaches. Each function drives one path that untrusted bytes take on the
+//! media plane, the way the worker drives it, and asserts what must hold
+//! whatever the input (a failed assertion is a finding, like a panic).
+//!
+//! * [`media_port_datagram`], [`ice_tcp_stream`]: STUN ufrag demux and
+//!   RFC 4571 framing on the media port (`demux.rs`, `tcp.rs`);
+//! * [`MediaPlane`]: RTP/RTCP from a publisher or subscriber after SRTP
+//!   (`rewrite.rs`, `simulcast.rs`, `keyframe.rs`, `speaker.rs`, `rx.rs`);
+//! * [`AnswerHarness`]: a browser's SDP answer to a real offer of ours
+//!   (`peer.rs`'s answer path, `simulcast.rs`'s SDP edits, rtc's parser).
+
+use crate::consult::Kind;
+use crate::keyframe::is_keyframe_request;
+use crate::peer::{Candidates, Peer, PeerOutput};
+use crate::rewrite::{AUDIO_TS_STEP, StreamRewriter, VIDEO_TS_STEP};
+use crate::simulcast::{self, LAYERS, LayerForwarder, Verdict};
+use crate::speaker::SpeakerDetector;
+use crate::tcp::{Frame, FrameReader, MAX_FRAME, MAX_PENDING_WRITE, push_frame};
+use crate::{MediaEvent, demux, rx};
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtp;
+use rtc::shared::marshal::Unmarshal;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+/// One UDP datagram on the media port: the ufrag it would be routed by.
+pub fn media_port_datagram(packet: &[u8]) -> Option<&str> {
+    let ufrag = demux::local_ufrag(packet)?;
+    assert!(demux::is_stun(packet), "routed a datagram that is not STUN");
+    assert!(!ufrag.is_empty() && !ufrag.contains(':'));
+    assert!(ufrag.len() <= 513, "ufrag over the username limit");
+    Some(ufrag)
+}
+
+/// One ICE-TCP connection: `reads` as the socket returned them. Frames are
+/// cut and routed as the worker (and the accept loop, for the first frame)
+/// does; checked against a plain reading of the whole stream. Returns the
+/// number of frames delivered.
+pub fn ice_tcp_stream<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> usize {
+    let mut reader = FrameReader::default();
+    let mut stream = Vec::new();
+    let mut consumed = 0usize;
+    let mut frames = 0usize;
+    let mut reframed = Vec::new();
+    'reads: for read in reads {
+        reader.extend(read);
+        stream.extend_from_slice(read);
+        loop {
+            match reader.next_frame() {
+                Frame::Ready(range) => {
+                    let frame = &reader.bytes()[range];
+                    // The same frame, read straight from the stream.
+                    let len =
+                        usize::from(u16::from_be_bytes([stream[consumed], stream[consumed + 1]]));
+                    assert!(len <= MAX_FRAME);
+                    assert_eq!(frame, &stream[consumed + 2..consumed + 2 + len]);
+                    let _ = media_port_datagram(frame);
+                    // What we write back frames the same way.
+                    if reframed.len() + 2 + frame.len() > MAX_PENDING_WRITE {
+                        reframed.clear();
+                    }
+                    let start = reframed.len();
+                    assert!(push_frame(&mut reframed, frame));
+                    assert_eq!(&reframed[start..], &stream[consumed..consumed + 2 + len]);
+                    consumed += 2 + len;
+                    frames += 1;
+                }
+                Frame::Partial => {
+                    // Memory held for a partial frame is bounded by one frame.
+                    assert!(stream.len() - consumed < 2 + MAX_FRAME);
+                    break;
+                }
+                Frame::TooLarge => {
+                    let len = u16::from_be_bytes([stream[consumed], stream[consumed + 1]]);
+                    assert!(usize::from(len) > MAX_FRAME);
+                    break 'reads;
+                }
+            }
+        }
+    }
+    frames
+}
+
+/// The media plane's own handling of RTP and RTCP that rtc has already
+/// decrypted: one subscriber's audio and video streams of one publisher,
+/// the consult's speaker detector and arrival-time correction.
+pub struct MediaPlane {
+    layers: LayerForwarder,
+    video: StreamRewriter,
+    audio: StreamRewriter,
+    speaker: SpeakerDetector<u8>,
+    speakers: Vec<u8>,
+    start: Instant,
+    now: Instant,
+}
+
+impl Default for MediaPlane {
+    fn default() -> Self {
+        let now = Instant::now();
+        MediaPlane {
+            layers: LayerForwarder::new(Some(simulcast::TOP)),
+            video: StreamRewriter::new(0x1111, 96, VIDEO_TS_STEP),
+            audio: StreamRewriter::new(0x2222, 111, AUDIO_TS_STEP),
+            speaker: SpeakerDetector::default(),
+            speakers: Vec::new(),
+            start: now,
+            now,
+        }
+    }
+}
+
+impl MediaPlane {
+    /// Let time pass.
+    pub fn advance(&mut self, ms: u16) {
+        self.now += Duration::from_millis(u64::from(ms));
+    }
+
+    /// The layer the subscriber should get (`None`: audio only).
+    pub fn set_target(&mut self, layer: Option<u8>) {
+        self.layers.set_target(layer.map(|l| l % LAYERS as u8));
+    }
+
+    /// One video RTP packet of `layer`, forwarded as `Peer::forward` does.
+    /// Returns the rewritten payload when it was forwarded.
+    pub fn video(&mut self, layer: u8, raw: &[u8]) -> Option<Vec<u8>> {
+        let packet = rtp::Packet::unmarshal(&mut &raw[..]).ok()?;
+        let layer = layer % LAYERS as u8;
+        let vp8 = simulcast::parse_vp8(&packet.payload);
+        let h = &packet.header;
+        let verdict = self.layers.on_packet(
+            layer,
+            h.ssrc,
+            h.sequence_number,
+            h.timestamp,
+            vp8.as_ref(),
+            self.now,
+        );
+        let _ = self.layers.take_switched();
+        let _ = self.layers.wants_keyframe();
+        let Verdict::Forward(rewrite) = verdict else {
+            return None;
+        };
+        let mut header = packet.header.clone();
+        self.video.rewrite_to(&mut header, rewrite.seq, rewrite.ts);
+        assert_eq!((header.ssrc, header.sequence_number), (0x1111, rewrite.seq));
+        assert!(!header.extension && header.extensions.is_empty());
+        let mut payload = packet.payload.to_vec();
+        simulcast::patch_vp8(&mut payload, &rewrite);
+        assert_eq!(payload.len(), packet.payload.len());
+        // A late packet without a descriptor (repaired padding) is
+        // forwarded as it is; otherwise renumbering changes numbers, never
+        // the descriptor's shape.
+        let Some(before) = vp8 else {
+            assert_eq!(payload, packet.payload.to_vec());
+            return Some(payload);
+        };
+        let after = simulcast::parse_vp8(&payload).expect("patched descriptor parses");
+        assert_eq!(
+            (after.frame_start, after.keyframe),
+            (before.frame_start, before.keyframe)
+        );
+        assert_eq!(
+            after.picture_id.map(|p| (p.long, p.offset)),
+            before.picture_id.map(|p| (p.long, p.offset))
+        );
+        if let Some(p) = rewrite.picture_id {
+            assert_eq!(after.picture_id.map(|a| a.value), Some(p.value));
+        }
+        if let Some((t, _)) = rewrite.tl0 {
+            assert_eq!(after.tl0.map(|(v, _)| v), Some(t));
+        }
+        Some(payload)
+    }
+
+    /// One audio RTP packet from publisher `who`: its RFC 6464 level (with
+    /// the extension id the answer negotiated) feeds the speaker detector,
+    /// and the packet is rewritten for the subscriber.
+    pub fn audio(&mut self, who: u8, level_ext: u8, raw: &[u8]) {
+        let Ok(mut packet) = rtp::Packet::unmarshal(&mut &raw[..]) else {
+            return;
+        };
+        let level = packet
+            .header
+            .get_extension(level_ext)
+            .and_then(|b| b.first().map(|v| v & 0x7f));
+        if let Some(level) = level {
+            let who = who % 8;
+            if !self.speakers.contains(&who) {
+                self.speakers.push(who);
+            }
+            let _ = self.speaker.on_level(who, level, self.now);
+            self.check_speaker();
+        }
+        self.audio.rewrite(&mut packet.header);
+        assert_eq!(packet.header.ssrc, 0x2222);
+        assert!(!packet.header.extension);
+    }
+
+    /// A participant leaves the speaker detector.
+    pub fn leave(&mut self, who: u8) {
+        let who = who % 8;
+        self.speakers.retain(|s| *s != who);
+        let _ = self.speaker.remove(who, self.now);
+        let _ = self.speaker.evaluate(self.now);
+        self.check_speaker();
+    }
+
+    fn check_speaker(&self) {
+        if let Some(current) = self.speaker.current() {
+            assert!(
+                self.speakers.contains(&current),
+                "dominant speaker {current} is not in the consult"
+            );
+        }
+    }
+
+    /// One RTCP compound from a subscriber, read as `Peer::drain` does.
+    /// Returns whether it asks for a keyframe.
+    pub fn rtcp(&mut self, raw: &[u8]) -> bool {
+        let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut &raw[..]) else {
+            return false;
+        };
+        let mut worst = 0u8;
+        for p in &packets {
+            let any = p.as_any();
+            let reports = if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                &rr.reports[..]
+            } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+                &sr.reports[..]
+            } else {
+                continue;
+            };
+            for r in reports {
+                if r.ssrc == self.video.ssrc() || r.ssrc == self.audio.ssrc() {
+                    worst = worst.max(r.fraction_lost);
+                }
+            }
+        }
+        let _ = worst;
+        is_keyframe_request(&packets)
+    }
+
+    /// A kernel receive timestamp (`secs`, `nanos` since the epoch, as the
+    /// control message carried it) turned into an arrival time.
+    pub fn arrival(&self, secs: u64, nanos: u32, wall_offset_ms: i32) -> Instant {
+        let kernel = (nanos < 1_000_000_000).then(|| Duration::new(secs, nanos));
+        let wall = SystemTime::now();
+        let wall = if wall_offset_ms >= 0 {
+            wall + Duration::from_millis(wall_offset_ms as u64)
+        } else {
+            wall.checked_sub(Duration::from_millis(u64::from(
+                wall_offset_ms.unsigned_abs(),
+            )))
+            .unwrap_or(UNIX_EPOCH)
+        };
+        let at = rx::arrival(self.now, wall, kernel);
+        // Never in the future, never more than a second back.
+        assert!(at <= self.now);
+        assert!(self.now.duration_since(at) <= Duration::from_secs(1));
+        let _ = self.start;
+        at
+    }
+}
+
+/// One participant's peer connection with our offer pending (a publisher
+/// of audio and simulcast video, subscribed to another participant's two
+/// tracks), to which [`AnswerHarness::answer`] gives a browser's answer.
+pub struct AnswerHarness {
+    peer: Peer,
+    events: UnboundedReceiver<MediaEvent>,
+    offer: String,
+    now: Instant,
+}
+
+impl AnswerHarness {
+    pub fn new() -> Result<AnswerHarness, String> {
+        let now = Instant::now();
+        let (tx, mut events) = unbounded_channel();
+        let candidates = Candidates {
+            announce_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            udp_port: 40000,
+            tcp_port: Some(40001),
+        };
+        let subscriptions = [
+            (1, "other".to_string(), Kind::Audio),
+            (1, "other".to_string(), Kind::Video),
+        ];
+        let peer = Peer::join("fuzz".into(), 0, tx, candidates, &subscriptions, true, now)?;
+        let offer = match events.try_recv() {
+            Ok(MediaEvent::Offer { sdp }) => sdp,
+            other => return Err(format!("no offer from a new peer: {other:?}")),
+        };
+        Ok(AnswerHarness {
+            peer,
+            events,
+            offer,
+            now,
+        })
+    }
+
+    /// The offer the browser would answer.
+    pub fn offer(&self) -> &str {
+        &self.offer
+    }
+
+    /// Apply `sdp` as the answer, then let the peer report what it learnt
+    /// (tracks, simulcast layers). Returns whether it was accepted; either
+    /// way the peer stays usable (a refused answer leaves the offer
+    /// pending, an accepted one is followed by a fresh peer here).
+    pub fn answer(&mut self, sdp: &str) -> bool {
+        // Our own SDP edits keep every line they do not remove, whole.
+        for edited in [
+            simulcast::drop_echoed_simulcast(sdp),
+            simulcast::keep_rid_bindings(sdp),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert!(edited.len() <= sdp.len());
+            let mut lines = sdp.split_inclusive('\n');
+            for kept in edited.split_inclusive('\n') {
+                assert!(lines.any(|l| l == kept), "edit changed a line: {kept:?}");
+            }
+        }
+        let offered = simulcast::offer_simulcast_recv(sdp);
+        assert!(offered.len() >= sdp.len());
+        self.now += Duration::from_millis(20);
+        self.peer.answer(sdp.to_string(), self.now);
+        let mut accepted = true;
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                MediaEvent::Error { .. } => accepted = false,
+                MediaEvent::Offer { sdp } => self.offer = sdp,
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        self.peer.drain(&mut out);
+        for o in &out {
+            if let PeerOutput::Rtp { layer, .. } | PeerOutput::KeyframeRequest { layer, .. } = o {
+                assert!((*layer as usize) < LAYERS);
+            }
+        }
+        self.peer.handle_timeout(self.now);
+        while self.peer.poll_write().is_some() {}
+        if accepted {
+            // The next answer needs a fresh offer: a fresh peer, so that
+            // state does not pile up over millions of runs.
+            if let Ok(fresh) = AnswerHarness::new() {
+                *self = fresh;
+            }
+        }
+        accepted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_harness_accepts_a_real_chromium_answer_and_refuses_garbage() {
+        let mut harness = AnswerHarness::new().expect("a peer with an offer");
+        assert!(harness.offer().contains("a=simulcast:recv h;m;l"));
+        assert!(!harness.answer("v=0\r\nm=video 9 junk\r\n"));
+        let chromium = include_str!("../../fuzz/corpus/sdp_answer/chromium-simulcast-answer.sdp");
+        assert!(harness.answer(chromium), "the sdp_answer seed is refused");
+    }
+
+    #[test]
+    fn ice_tcp_stream_reassembles_frames_cut_anywhere() {
+        let mut wire = Vec::new();
+        assert!(push_frame(&mut wire, b"first"));
+        assert!(push_frame(&mut wire, b"second frame"));
+        let (a, b) = wire.split_at(3);
+        assert_eq!(ice_tcp_stream([a, b]), 2);
+        assert_eq!(ice_tcp_stream([&[0xff, 0xff, 0][..]]), 0);
+    }
+}
