@@ -27,6 +27,15 @@ pub struct Metrics {
     pub joins_accepted: IntCounter,
     pub joins_rejected: IntCounterVec,
     pub ws_messages: IntCounterVec,
+    /// Revocation requests by outcome (`invite`, `token`, `expired`,
+    /// `unknown_invite`, `rate_limited`, `consult_quota`, `server_quota`,
+    /// `forbidden`).
+    revocations: IntCounterVec,
+    /// Revocations held in memory.
+    pub revocations_held: IntGauge,
+    /// Operational log lines held back by the per-call-site limit
+    /// (`logging.rs`), copied in at scrape time.
+    log_suppressed: IntCounter,
     /// Serializes scrapes so the counter catch-up below is not raced.
     scrape: Mutex<()>,
 }
@@ -66,6 +75,14 @@ impl Metrics {
             &["type"],
         )?;
         r.register(Box::new(ws_messages.clone()))?;
+        let revocations = IntCounterVec::new(
+            Opts::new(
+                "revocations_total",
+                "Invite and token revocations, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        r.register(Box::new(revocations.clone()))?;
         Ok(Metrics {
             consults: gauge(
                 &r,
@@ -86,6 +103,13 @@ impl Metrics {
             joins_accepted: counter(&r, "joins_accepted_total", "Joins with a valid token")?,
             joins_rejected,
             ws_messages,
+            revocations,
+            revocations_held: gauge(&r, "revocations_held", "Revocations held in memory")?,
+            log_suppressed: counter(
+                &r,
+                "log_lines_suppressed_total",
+                "Operational log lines held back by the per-call-site limit",
+            )?,
             registry: r,
             scrape: Mutex::new(()),
         })
@@ -95,6 +119,10 @@ impl Metrics {
         self.joins_rejected
             .with_label_values(&[code.as_str()])
             .inc();
+    }
+
+    pub fn revocation(&self, outcome: &str) {
+        self.revocations.with_label_values(&[outcome]).inc();
     }
 
     /// Prometheus text format, with the media plane's numbers brought up to date.
@@ -107,6 +135,7 @@ impl Metrics {
         catch_up(&self.packets_out, media.packets_out);
         catch_up(&self.bytes_in, media.bytes_in);
         catch_up(&self.bytes_out, media.bytes_out);
+        catch_up(&self.log_suppressed, crate::logging::suppressed_total());
         let mut out = Vec::new();
         if TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
