@@ -102,7 +102,8 @@ async fn trace_logs_hold_no_token_link_secret_name_or_relay_payload() {
     let junk = format!("{}x", &doc[..doc.len() - 1]);
     let mut j = Client::connect(addr).await;
     j.send(json!({"type":"join","v":1,"token":junk})).await;
-    j.expect_fatal("token_bad_signature").await;
+    let e = j.expect("error").await;
+    assert!(e["code"].as_str().unwrap().starts_with("token_"), "{e}");
 
     drop((d, p));
     let (stdout, stderr) = server.stop();
