@@ -257,7 +257,8 @@ async fn demo_links_are_never_printed_when_a_key_is_configured() {
     let file = secret_file(&dir, &format!("{SECRET}\n"));
     let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
     let ehr_key = format!("RS256:{keys}/rsa-public.pem");
-    let configured: [(Vec<&str>, Vec<(&str, &str)>); 3] = [
+    type Setup<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let configured: [Setup; 3] = [
         (vec![], vec![("SPREEKKAMER_JWT_SECRET", SECRET)]),
         (vec!["--jwt-secret-file", &file], vec![]),
         (vec!["--jwt-key", &ehr_key], vec![]),
