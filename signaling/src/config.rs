@@ -10,7 +10,7 @@ use crate::server::{ServeConfig, WEB_ASSETS};
 use crate::token::VerifyKey;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use sfu::SfuConfig;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -54,10 +54,24 @@ pub struct ServeArgs {
     /// Base URL printed in links (default: http://<listen>).
     #[arg(long, env = "SPREEKKAMER_PUBLIC_URL", value_parser = parse_base_url)]
     pub public_url: Option<String>,
-    /// HS256 signing secret for join tokens, at least 32 bytes. Without it a
-    /// random secret is generated at start (links then die with the process).
+    /// HS256 signing secret for join tokens, at least 32 bytes. Prefer
+    /// --jwt-secret-file or the environment: a flag is visible to every
+    /// local user in /proc/PID/cmdline. Without any key a random secret is
+    /// generated at start (links then die with the process: demo mode).
     #[arg(long, env = "SPREEKKAMER_JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub jwt_secret: Option<String>,
+    /// File holding the HS256 secret (a trailing newline is ignored); the
+    /// recommended way to pass it. Readable by the service user only.
+    #[arg(
+        long,
+        env = "SPREEKKAMER_JWT_SECRET_FILE",
+        conflicts_with = "jwt_secret"
+    )]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Set when `--jwt-secret` came from the command line (not the
+    /// environment), so start-up can warn.
+    #[arg(skip)]
+    pub jwt_secret_on_command_line: bool,
     /// EHR public key for join tokens: `[KID=]ALG:PATH` with ALG RS256, ES256
     /// or EdDSA and PATH a PEM public key. Repeatable; in the environment,
     /// comma-separated.
@@ -145,9 +159,77 @@ pub struct ServeArgs {
     /// Default validity of invites clinicians create (at most 24h).
     #[arg(long, env = "SPREEKKAMER_INVITE_TTL", default_value = "4h", value_parser = parse_invite_ttl)]
     pub invite_ttl: Duration,
-    /// Print a clinician and a patient link for a random demo consult at start.
-    #[arg(long, env = "SPREEKKAMER_DEMO_LINKS", default_value_t = true, action = clap::ArgAction::Set)]
-    pub demo_links: bool,
+    /// Print a clinician and a patient link for a random demo consult to
+    /// stderr at start. Only in demo mode (no --jwt-secret, --jwt-secret-file,
+    /// --jwt-key or --jwks-*), where it is the default; with a configured key
+    /// it is ignored with a warning (the links would be real credentials).
+    #[arg(long, env = "SPREEKKAMER_DEMO_LINKS", action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub demo_links: Option<bool>,
+}
+
+impl Cli {
+    /// Parse the process arguments (exits with clap's message on a bad
+    /// one), noting where the JWT secret came from.
+    pub fn parse_args() -> Cli {
+        Self::parse_from_matches(Cli::command().get_matches()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Cli::parse_args`] for given arguments.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::parse_from_matches(Cli::command().try_get_matches_from(args)?)
+    }
+
+    fn parse_from_matches(matches: clap::ArgMatches) -> Result<Cli, clap::Error> {
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        let on_command_line = |m: &clap::ArgMatches| {
+            m.value_source("jwt_secret") == Some(clap::parser::ValueSource::CommandLine)
+        };
+        cli.serve.jwt_secret_on_command_line = on_command_line(&matches);
+        if let (Some(Command::Serve(args)), Some(("serve", m))) =
+            (&mut cli.command, matches.subcommand())
+        {
+            args.jwt_secret_on_command_line = on_command_line(m);
+        }
+        Ok(cli)
+    }
+}
+
+/// Where the HS256 secret came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `--jwt-secret` on the command line: visible in /proc/PID/cmdline.
+    CommandLine,
+    Environment,
+    File(PathBuf),
+}
+
+/// The HS256 secret and where it came from.
+#[derive(Clone)]
+pub struct JwtSecret {
+    pub value: String,
+    pub source: SecretSource,
+}
+
+impl std::fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSecret")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Read a secret file: the first line's worth, without the newline an
+/// editor or `echo` adds.
+fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--jwt-secret-file {}: {e}", path.display()))?;
+    parse_secret(text.trim_end_matches(['\n', '\r']))
+        .map_err(|e| format!("--jwt-secret-file {}: {e}", path.display()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -347,6 +429,35 @@ fn parse_link_secret(s: &str) -> Result<String, String> {
 }
 
 impl ServeArgs {
+    /// The configured HS256 secret, if any (read from its file now, so a
+    /// missing or short one stops the start).
+    pub fn jwt_secret(&self) -> Result<Option<JwtSecret>, String> {
+        if let Some(path) = &self.jwt_secret_file {
+            return Ok(Some(JwtSecret {
+                value: read_secret_file(path)?,
+                source: SecretSource::File(path.clone()),
+            }));
+        }
+        Ok(self.jwt_secret.clone().map(|value| JwtSecret {
+            value,
+            source: if self.jwt_secret_on_command_line {
+                SecretSource::CommandLine
+            } else {
+                SecretSource::Environment
+            },
+        }))
+    }
+
+    /// Whether any key to verify join tokens was configured. Without one
+    /// the server runs in demo mode: it made its signing secret up itself.
+    pub fn key_configured(&self) -> bool {
+        self.jwt_secret.is_some()
+            || self.jwt_secret_file.is_some()
+            || !self.jwt_keys.is_empty()
+            || self.jwks_file.is_some()
+            || self.jwks_url.is_some()
+    }
+
     /// The base URL for printed links.
     pub fn base_url(&self) -> String {
         match &self.public_url {
@@ -556,7 +667,11 @@ mod tests {
         );
         assert_eq!(cli.serve.max_participants, 6);
         assert_eq!(cli.serve.join_timeout, Duration::from_secs(10));
-        assert!(cli.serve.demo_links);
+        assert_eq!(
+            cli.serve.demo_links, None,
+            "decided by whether a key is configured"
+        );
+        assert!(!cli.serve.key_configured());
         assert!(cli.serve.waiting_room, "the waiting room is on by default");
         assert_eq!(cli.serve.base_url(), "http://127.0.0.1:8080");
     }

@@ -15,6 +15,7 @@ use crate::protocol::{
     ByeReason, E2eeState, ErrorCode, JoinState, LeftReason, Limits, RelayKind, Role, ServerMessage,
     VideoQuality,
 };
+use crate::revocation::{ClinicianLimiter, InviteIds, JtiKind, Refusal, Revocations, Revoked};
 use crate::token::Claims;
 use sfu::{MediaCommand, MediaEvent, SfuHandle};
 use std::collections::{BTreeMap, HashMap};
@@ -42,6 +43,9 @@ struct Seat {
     role: Role,
     /// The token's `jti`, so revoking an invite also ends its connection.
     jti: Option<String>,
+    /// The token's `exp`: how long a revocation of a token the server
+    /// cannot check must be kept (see `revocation.rs`).
+    exp: u64,
     /// The `sub` of the clinician who minted the invite this participant
     /// joined with (kept here: the invite record goes when it expires).
     invite_creator: Option<String>,
@@ -75,6 +79,8 @@ pub struct Host {
     pub access: AccessPoint,
     /// The consult's responsible clinician, for audit lines.
     pub responsible: Option<String>,
+    /// When the clinician's own token expires.
+    pub token_exp: u64,
 }
 
 impl Host {
@@ -105,18 +111,15 @@ struct InviteRecord {
 struct State {
     consults: HashMap<String, Consult>,
     seats: HashMap<ParticipantId, Seat>,
-    /// Revoked token ids per consult (`(consult, jti)`) with how long they
-    /// are kept (seconds since the epoch). Scoped to the consult, so a
-    /// clinician can never disable another consult's links.
-    revoked: HashMap<(String, String), u64>,
+    /// Revoked token ids, per consult: a clinician can never disable
+    /// another consult's links, nor use up another consult's quota.
+    revocations: Revocations,
     /// Invites minted here, by `jti`, until they expire: revoking one of
     /// another consult is refused (`unknown_invite`).
     invites: HashMap<String, InviteRecord>,
     draining: bool,
 }
 
-/// Upper bound on remembered revocations (each is a few dozen bytes).
-const MAX_REVOKED: usize = 100_000;
 /// Upper bound on remembered live invites, in total and per consult (a
 /// clinician token must not be able to fill the server's memory).
 const MAX_INVITES: usize = 100_000;
@@ -129,6 +132,10 @@ pub struct Directory {
     limits: Limits,
     metrics: Arc<Metrics>,
     audit: Arc<AuditLog>,
+    /// Mints and checks invite ids (keyed from the invite secret).
+    invite_ids: InviteIds,
+    /// Revocations per clinician `sub`, whatever connection they come from.
+    revoke_limiter: ClinicianLimiter,
 }
 
 impl Directory {
@@ -138,6 +145,7 @@ impl Directory {
         limits: Limits,
         metrics: Arc<Metrics>,
         audit: Arc<AuditLog>,
+        invite_secret: &[u8],
     ) -> Directory {
         Directory {
             state: Mutex::new(State::default()),
@@ -146,6 +154,8 @@ impl Directory {
             limits,
             metrics,
             audit,
+            invite_ids: InviteIds::new(invite_secret),
+            revoke_limiter: ClinicianLimiter::default(),
         }
     }
 
@@ -245,6 +255,7 @@ impl Directory {
                 sub: claims.sub.clone(),
                 role: claims.role,
                 jti: claims.jti.clone(),
+                exp: claims.exp,
                 invite_creator,
                 access: access.clone(),
                 outbox: tx,
@@ -500,9 +511,10 @@ impl Directory {
         let unix = crate::token::unix_now();
         let mut guard = self.lock();
         guard.consults.retain(|_, c| !c.expired(now));
-        guard
-            .revoked
-            .retain(|_, exp| exp.saturating_add(crate::token::LEEWAY_SECS) >= unix);
+        guard.revocations.sweep(unix);
+        self.metrics
+            .revocations_held
+            .set(i64::try_from(guard.revocations.len()).unwrap_or(i64::MAX));
         guard
             .invites
             .retain(|_, i| i.expires.saturating_add(crate::token::LEEWAY_SECS) >= unix);
@@ -526,11 +538,11 @@ impl Directory {
     /// consult not ended, the server not draining. The HTTP API and the
     /// connectivity check accept exactly the tokens a join would.
     pub fn check_token(&self, claims: &Claims) -> Result<(), ErrorCode> {
-        let guard = self.lock();
+        let mut guard = self.lock();
         if guard.draining {
             return Err(ErrorCode::ShuttingDown);
         }
-        if is_revoked(&guard, claims) {
+        if is_revoked(&mut guard, claims) {
             return Err(ErrorCode::TokenRevoked);
         }
         let now = Instant::now();
@@ -570,6 +582,7 @@ impl Directory {
             participant: None,
             access,
             responsible,
+            token_exp: claims.exp,
         })
     }
 
@@ -592,6 +605,7 @@ impl Directory {
                         participant: Some(id.to_string()),
                         access: seat.access.clone(),
                         responsible: responsible.map(str::to_string),
+                        token_exp: seat.exp,
                     }),
                     None,
                 ),
@@ -656,25 +670,53 @@ impl Directory {
         result
     }
 
+    /// A new invite id for `consult`, expiring at `expires`: revocable by
+    /// that consult only, and recognisably so without a record of it.
+    pub fn mint_invite_id(&self, consult: &str, expires: u64) -> String {
+        self.invite_ids.mint(consult, expires)
+    }
+
     /// A clinician revokes a token id for their consult: it cannot be used
     /// to join that consult any more, and whoever is connected with it is
-    /// removed (`bye {removed}`). An invite minted for another consult is
-    /// refused with `unknown_invite`; an id this server did not mint (an
-    /// EHR's own token, or an invite from before a restart) is revoked for
-    /// this consult. A connected host is told `invite-revoked`.
+    /// removed (`bye {removed}`). A connected host is told `invite-revoked`.
+    /// What is kept, for how long and how much, is `revocation.rs`:
+    /// another consult's invite (or a made-up invite id) is `unknown_invite`;
+    /// over [`REVOCATIONS_PER_MINUTE`](crate::revocation::REVOCATIONS_PER_MINUTE)
+    /// per clinician, or over the consult's quota of ids the server cannot
+    /// check, `rate_limited`. Every outcome is audited and counted.
     pub fn revoke(&self, host: &Host, jti: &str) -> Result<(), ErrorCode> {
         let mut event = host
             .event("invite_revoked")
             .detail(serde_json::json!({ "jti": jti }));
-        let result = self.revoke_locked(host, jti);
-        if let Err(code) = result {
-            event = event.failed(code);
-        }
+        let outcome = if self.revoke_limiter.allow(&host.sub, Instant::now()) {
+            self.revoke_locked(host, jti)
+        } else {
+            Err(("rate_limited", ErrorCode::RateLimited))
+        };
+        let result = match outcome {
+            Ok(label) => {
+                self.metrics.revocation(label);
+                Ok(())
+            }
+            Err((label, code)) => {
+                self.metrics.revocation(label);
+                if code == ErrorCode::RateLimited {
+                    event = event.detail(serde_json::json!({ "jti": jti, "limit": label }));
+                }
+                event = event.failed(code);
+                Err(code)
+            }
+        };
         self.write_audit(vec![event]);
         result
     }
 
-    fn revoke_locked(&self, host: &Host, jti: &str) -> Result<(), ErrorCode> {
+    /// The revocation itself; `Ok` and `Err` carry the metric label.
+    fn revoke_locked(
+        &self,
+        host: &Host,
+        jti: &str,
+    ) -> Result<&'static str, (&'static str, ErrorCode)> {
         let mut guard = self.lock();
         let state = &mut *guard;
         if let Some(id) = &host.participant {
@@ -686,23 +728,34 @@ impl Directory {
                     .get(&host.consult)
                     .is_some_and(|c| c.require_clinician(id).is_ok());
             if !allowed {
-                return Err(ErrorCode::Forbidden);
+                return Err(("forbidden", ErrorCode::Forbidden));
             }
         }
-        if state
-            .invites
-            .get(jti)
-            .is_some_and(|i| i.consult != host.consult)
+        let kind = self.invite_ids.classify(&host.consult, jti);
+        let unix = crate::token::unix_now();
+        let horizon = if kind == JtiKind::Foreign {
+            consult_horizon(state, host)
+        } else {
+            0
+        };
+        let label = match state
+            .revocations
+            .revoke(&host.consult, jti, kind, horizon, unix)
         {
-            return Err(ErrorCode::UnknownInvite);
-        }
-        let key = (host.consult.clone(), jti.to_string());
-        if !state.revoked.contains_key(&key) && state.revoked.len() >= MAX_REVOKED {
-            return Err(ErrorCode::RateLimited);
-        }
-        // Keep it for the longest token lifetime we would accept.
-        let keep_until = crate::token::unix_now() + 7 * 24 * 3600;
-        state.revoked.insert(key, keep_until);
+            Ok(Revoked::AlreadyExpired) => "expired",
+            Ok(Revoked::Kept { .. }) if kind == JtiKind::Foreign => "token",
+            Ok(Revoked::Kept { .. }) => "invite",
+            Err(Refusal::NotThisConsult) => {
+                return Err(("unknown_invite", ErrorCode::UnknownInvite));
+            }
+            Err(Refusal::ConsultFull) => {
+                return Err(("consult_quota", ErrorCode::RateLimited));
+            }
+            Err(Refusal::ServerFull) => return Err(("server_quota", ErrorCode::RateLimited)),
+        };
+        self.metrics
+            .revocations_held
+            .set(i64::try_from(state.revocations.len()).unwrap_or(i64::MAX));
         let holders: Vec<ParticipantId> = state
             .seats
             .iter()
@@ -732,7 +785,7 @@ impl Directory {
         }
         self.apply(state, &host.consult, effects);
         self.update_gauges(state);
-        Ok(())
+        Ok(label)
     }
 
     /// Admission of participant `id`, if connected.
@@ -793,12 +846,28 @@ impl Directory {
     }
 }
 
-fn is_revoked(state: &State, claims: &Claims) -> bool {
-    claims.jti.as_ref().is_some_and(|j| {
-        state
-            .revoked
-            .contains_key(&(claims.consult.clone(), j.clone()))
-    })
+fn is_revoked(state: &mut State, claims: &Claims) -> bool {
+    claims
+        .jti
+        .as_ref()
+        .is_some_and(|j| state.revocations.is_revoked(&claims.consult, j, claims.exp))
+}
+
+/// The latest expiry of any token known for `host`'s consult: the
+/// clinician's own, its live invites', its connected participants'. A
+/// revoked id the server cannot check is kept at least that long.
+fn consult_horizon(state: &State, host: &Host) -> u64 {
+    let invites = state
+        .invites
+        .values()
+        .filter(|i| i.consult == host.consult)
+        .map(|i| i.expires);
+    let seats = state
+        .seats
+        .values()
+        .filter(|s| s.consult == host.consult)
+        .map(|s| s.exp);
+    invites.chain(seats).fold(host.token_exp, u64::max)
 }
 
 /// Who minted the invite `claims` came with, if it is one of this consult's.

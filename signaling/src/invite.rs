@@ -1,7 +1,7 @@
 //! Patient and guest invites: one way to mint them, used by the WebSocket
 //! `invite` message and by `POST /api/v1/invites`. (Revocation is
 //! [`Directory::revoke`](crate::directory::Directory::revoke), shared the
-//! same way.)
+//! same way; what an invite id is, `revocation.rs`.)
 
 use crate::directory::Host;
 use crate::protocol::{ErrorCode, Role};
@@ -54,8 +54,11 @@ pub fn create(
         .unwrap_or(ctx.invite_ttl)
         .clamp(MIN_INVITE_TTL, MAX_INVITE_TTL)
         .as_secs();
-    let jti = crate::token::random_hex_id();
     let now = crate::token::unix_now();
+    let expires = now + ttl;
+    // Self-authenticating: revocable by this consult only, and known to be
+    // one of its invites (with this expiry) without a record of it.
+    let jti = ctx.directory.mint_invite_id(&host.consult, expires);
     // A name the verifier would refuse (too long, control characters) is
     // the caller's mistake: `bad_message`.
     let token = crate::token::mint_hs256(
@@ -73,7 +76,6 @@ pub fn create(
         now,
     )
     .map_err(|_| refuse(ErrorCode::BadMessage))?;
-    let expires = now + ttl;
     ctx.directory
         .register_invite(host, &jti, role, expires, ttl)?;
     log::info!(

@@ -16,9 +16,12 @@
 //! * [`listener`] — the accept loop: connection caps, header timeout;
 //! * [`api`] — the HTTP API (invites, authenticated by a clinician token);
 //! * [`invite`] — minting patient and guest invites (WebSocket and API);
+//! * [`revocation`] — revoked invites and tokens, per consult and bounded;
 //! * [`probe`] — the connectivity check of the device check page;
 //! * [`audit`] — the NEN 7513 access log, the only record of a consult;
 //! * [`metrics`] — Prometheus;
+//! * [`logging`] — the operational log: levels per crate, redaction, and a
+//!   limit per call site;
 //! * [`server`] — start and graceful stop;
 //! * [`config`] — the command line.
 //!
@@ -34,10 +37,12 @@ pub mod http;
 pub mod invite;
 pub mod jwks;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod probe;
 pub mod protocol;
 pub mod rate;
+pub mod revocation;
 pub mod server;
 pub mod session;
 pub mod token;

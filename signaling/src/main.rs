@@ -2,13 +2,15 @@
 //! `signaling` / `sfu` subcommands.
 
 use clap::Parser;
-use signaling::config::{Cli, Command, LinkArgs, ServeArgs, join_url, join_url_for, link_fragment};
+use signaling::config::{
+    Cli, Command, LinkArgs, SecretSource, ServeArgs, join_url, join_url_for, link_fragment,
+};
 use signaling::protocol::Role;
 use signaling::token::{MintRequest, mint_hs256, random_hex_id, random_secret, unix_now};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
@@ -80,18 +82,32 @@ fn link(args: &LinkArgs) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    // The WebRTC stack (rtc, rtc_ice, rtc_dtls, ...) logs per packet at
-    // warn level (e.g. every forged SRTP packet) and below: a flood an
-    // attacker could provoke. `webrtc_log_level` admits its warnings at
-    // trace only.
-    let stack = sfu::webrtc_log_level(args.log_level);
-    env_logger::Builder::new()
-        .filter_level(args.log_level)
-        .filter_module("rtc", stack)
-        .target(env_logger::Target::Stderr)
-        .init();
-    let generated = args.jwt_secret.is_none();
-    let secret = args.jwt_secret.clone().unwrap_or_else(random_secret);
+    // Levels per crate, redaction and a per-call-site limit: logging.rs.
+    if let Err(e) = signaling::logging::init(args.log_level) {
+        eprintln!("error: cannot set up logging: {e}");
+        return ExitCode::FAILURE;
+    }
+    let configured = match args.jwt_secret() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if configured.as_ref().map(|s| &s.source) == Some(&SecretSource::CommandLine) {
+        eprintln!(
+            "warning: --jwt-secret on the command line is visible to every local user \
+             (/proc/PID/cmdline, ps); use --jwt-secret-file or SPREEKKAMER_JWT_SECRET"
+        );
+    }
+    let demo = !args.key_configured();
+    if !demo && args.demo_links == Some(true) {
+        eprintln!(
+            "warning: --demo-links ignored: a key is configured, so demo links would be \
+             real credentials; mint links with `spreekkamer link` or the EHR"
+        );
+    }
+    let secret = configured.map(|s| s.value).unwrap_or_else(random_secret);
     let config = match args.to_config(&secret) {
         Ok(c) => c,
         Err(e) => {
@@ -117,13 +133,14 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if generated {
+        if demo {
             eprintln!(
-                "note: no --jwt-secret given; using a random secret, so links stop working when the server stops"
+                "note: no --jwt-secret, --jwt-secret-file, --jwt-key or --jwks-* given; using a \
+                 random secret, so links stop working when the server stops (demo mode)"
             );
-        }
-        if args.demo_links {
-            print_demo_links(&args, &secret, server.local_addr());
+            if args.demo_links != Some(false) {
+                print_demo_links(&args, &secret, server.local_addr());
+            }
         }
         wait_for_signal().await;
         log::info!("shutting down");
@@ -156,16 +173,28 @@ fn print_demo_links(args: &ServeArgs, secret: &str, bound: std::net::SocketAddr)
             jti: None,
         };
         match mint_hs256(secret.as_bytes(), &request, now) {
-            Ok(token) => lines.push(format!(
-                "{label} link: {}",
-                join_url(&base, &token, Some(&link_secret))
-            )),
+            Ok(token) => match link_fragment(&link_secret, &consult, role, None) {
+                Ok(fragment) => lines.push(format!(
+                    "{label} link: {}",
+                    join_url_for(&base, &token, Some(&fragment))
+                )),
+                Err(e) => eprintln!("error: cannot derive the demo link secret: {e}"),
+            },
             Err(code) => eprintln!("error: cannot mint the demo links: {code}"),
         }
     }
-    println!("Spreekkamer is running on {base}. Demo consult {consult} (links valid 12 h):");
+    // stderr, never stdout (the default audit stream). The server made up
+    // the link secret, so whoever reads this can decrypt the consult.
+    eprintln!(
+        "WARNING: demo links, for trying Spreekkamer out only. The server generated their \
+         signing secret and their E2EE link secret itself, so anyone who can read this output \
+         (the operator, a log collector) can join and decrypt this consult: it is not \
+         end-to-end encrypted against the operator. Configure --jwt-secret-file (or an EHR \
+         key) for real consults; demo links are then never printed."
+    );
+    eprintln!("Spreekkamer is running on {base}. Demo consult {consult} (links valid 12 h):");
     for line in lines {
-        println!("{line}");
+        eprintln!("{line}");
     }
 }
 

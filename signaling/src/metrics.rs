@@ -34,6 +34,15 @@ pub struct Metrics {
     pub http_header_timeouts: IntCounter,
     pub ws_closed: IntCounterVec,
     audit_suppressed: IntCounter,
+    /// Revocation requests by outcome (`invite`, `token`, `expired`,
+    /// `unknown_invite`, `rate_limited`, `consult_quota`, `server_quota`,
+    /// `forbidden`).
+    revocations: IntCounterVec,
+    /// Revocations held in memory.
+    pub revocations_held: IntGauge,
+    /// Operational log lines held back by the per-call-site limit
+    /// (`logging.rs`), copied in at scrape time.
+    log_suppressed: IntCounter,
     /// Serializes scrapes so the counter catch-up below is not raced.
     scrape: Mutex<()>,
 }
@@ -88,6 +97,14 @@ impl Metrics {
             "WebSockets the server closed: ping flood or no answer to heartbeats",
             "reason",
         )?;
+        let revocations = IntCounterVec::new(
+            Opts::new(
+                "revocations_total",
+                "Invite and token revocations, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        r.register(Box::new(revocations.clone()))?;
         Ok(Metrics {
             consults: gauge(
                 &r,
@@ -126,6 +143,13 @@ impl Metrics {
                 "audit_lines_suppressed_total",
                 "Audit failure lines over the per-source rate, counted in summary lines",
             )?,
+            revocations,
+            revocations_held: gauge(&r, "revocations_held", "Revocations held in memory")?,
+            log_suppressed: counter(
+                &r,
+                "log_lines_suppressed_total",
+                "Operational log lines held back by the per-call-site limit",
+            )?,
             registry: r,
             scrape: Mutex::new(()),
         })
@@ -142,6 +166,10 @@ impl Metrics {
         catch_up(&self.audit_suppressed, total);
     }
 
+    pub fn revocation(&self, outcome: &str) {
+        self.revocations.with_label_values(&[outcome]).inc();
+    }
+
     /// Prometheus text format, with the media plane's numbers brought up to date.
     pub fn render(&self, media: MediaStats) -> String {
         let _guard = self.scrape.lock();
@@ -152,6 +180,7 @@ impl Metrics {
         catch_up(&self.packets_out, media.packets_out);
         catch_up(&self.bytes_in, media.bytes_in);
         catch_up(&self.bytes_out, media.bytes_out);
+        catch_up(&self.log_suppressed, crate::logging::suppressed_total());
         let mut out = Vec::new();
         if TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

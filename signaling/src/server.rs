@@ -227,6 +227,7 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
             config.limits,
             metrics.clone(),
             audit.clone(),
+            &config.invite_secret,
         ),
         verifier: TokenVerifier::new(config.keys, config.issuer, config.audience),
         metrics,

@@ -13,39 +13,6 @@ async fn lobby_server() -> TestServer {
     start_with(cfg).await
 }
 
-async fn post_invite(s: &TestServer, auth: Option<&str>, body: &[u8]) -> HttpResponse {
-    let bearer;
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(t) = auth {
-        bearer = format!("Bearer {t}");
-        headers.push(("Authorization", bearer.as_str()));
-    }
-    request(s.addr, "POST", "/api/v1/invites", &headers, Some(body)).await
-}
-
-async fn delete_invite(s: &TestServer, auth: &str, jti: &str) -> HttpResponse {
-    let bearer = format!("Bearer {auth}");
-    request(
-        s.addr,
-        "DELETE",
-        &format!("/api/v1/invites/{jti}"),
-        &[("Authorization", bearer.as_str())],
-        None,
-    )
-    .await
-}
-
-fn json_body(r: &HttpResponse) -> Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("JSON body: {}", r.text()))
-}
-
-fn error_code(r: &HttpResponse) -> String {
-    json_body(r)["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("error body: {}", r.text()))
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clinician_token_creates_an_invite_that_joins_and_revocation_removes_the_invitee() {
     let s = lobby_server().await;

@@ -1,10 +1,13 @@
 //! The real `spreekkamer` binary: `link` output is accepted by a server with
-//! the same secret, `serve` prints working demo links, writes nothing but the
-//! audit log, and stops cleanly on SIGTERM.
+//! the same secret; `serve` without a key prints working demo links to
+//! stderr with a warning (never with a configured key, never on stdout),
+//! writes nothing but the audit log, and stops cleanly on SIGTERM; secrets
+//! come from a file or the environment, a flag is warned about.
 
 mod common;
 
 use common::*;
+use signaling::protocol::Role;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -113,7 +116,8 @@ fn bad_environment_values_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_prints_demo_links_writes_only_the_audit_log_and_stops_on_sigterm() {
+async fn serve_without_a_key_prints_demo_links_to_stderr_writes_only_the_audit_log_and_stops_on_sigterm()
+ {
     let dir = std::env::temp_dir().join(format!(
         "spreekkamer-bin-{}",
         signaling::token::random_hex_id()
@@ -131,16 +135,21 @@ async fn serve_prints_demo_links_writes_only_the_audit_log_and_stops_on_sigterm(
             "--workers",
             "1",
         ])
+        .env_remove("SPREEKKAMER_JWT_SECRET")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("starts");
-    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
     let links = tokio::task::spawn_blocking(move || {
         let mut links = Vec::new();
-        for line in BufReader::new(stdout).lines() {
+        let mut warned = false;
+        for line in BufReader::new(stderr).lines() {
             let line = line.unwrap();
+            warned |= line.contains("WARNING: demo links")
+                && line.contains("not end-to-end encrypted against the operator");
             if let Some((_, url)) = line.split_once(" link: ") {
+                assert!(warned, "the warning comes first");
                 links.push(url.to_string());
                 if links.len() == 2 {
                     break;
@@ -194,6 +203,7 @@ async fn serve_prints_demo_links_writes_only_the_audit_log_and_stops_on_sigterm(
             }
         }
     }
+    let mut child_stdout = child.stdout.take().unwrap();
     let exit = tokio::task::spawn_blocking(move || child.wait().unwrap());
     let exit = tokio::time::timeout(Duration::from_secs(10), exit)
         .await
@@ -201,6 +211,9 @@ async fn serve_prints_demo_links_writes_only_the_audit_log_and_stops_on_sigterm(
         .unwrap();
     assert!(exit.success(), "{exit:?}");
     assert!(started.elapsed() < Duration::from_secs(8));
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child_stdout, &mut stdout).unwrap();
+    assert!(stdout.is_empty(), "nothing on stdout: {stdout}");
 
     let files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -215,5 +228,109 @@ async fn serve_prints_demo_links_writes_only_the_audit_log_and_stops_on_sigterm(
     assert!(audit.lines().count() >= 6, "{audit}");
     assert!(!audit.contains(&clinician) && !audit.contains(&patient));
     assert!(!audit.contains("Demo Patient"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Start with `args` and `env`, stop, and return (stdout, stderr).
+async fn run_briefly(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let (server, addr) = BinServer::start(args, env);
+    // Serving: the page answers.
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+    server.stop()
+}
+
+fn secret_file(dir: &std::path::Path, content: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("jwt-secret");
+    std::fs::write(&path, content).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_links_are_never_printed_when_a_key_is_configured() {
+    let dir = std::env::temp_dir().join(format!(
+        "spreekkamer-key-{}",
+        signaling::token::random_hex_id()
+    ));
+    let file = secret_file(&dir, &format!("{SECRET}\n"));
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
+    let ehr_key = format!("RS256:{keys}/rsa-public.pem");
+    type Setup<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let configured: [Setup; 3] = [
+        (vec![], vec![("SPREEKKAMER_JWT_SECRET", SECRET)]),
+        (vec!["--jwt-secret-file", &file], vec![]),
+        (vec!["--jwt-key", &ehr_key], vec![]),
+    ];
+    for (args, env) in configured {
+        for explicit in [false, true] {
+            let mut args = args.clone();
+            if explicit {
+                args.push("--demo-links");
+            }
+            let (stdout, stderr) = run_briefly(&args, &env).await;
+            for (stream, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+                assert!(
+                    !text.contains(" link: ") && !text.contains("#t="),
+                    "{args:?} {env:?}: a link on {stream}:\n{text}"
+                );
+            }
+            assert_eq!(
+                stderr.contains("--demo-links ignored: a key is configured"),
+                explicit,
+                "{args:?}: {stderr}"
+            );
+        }
+    }
+    // Demo mode can be quiet too.
+    let (stdout, stderr) = run_briefly(&["--demo-links=false"], &[]).await;
+    assert!(
+        !stdout.contains("#t=") && !stderr.contains("#t="),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_comes_from_a_file_and_a_command_line_secret_is_warned_about() {
+    let dir = std::env::temp_dir().join(format!(
+        "spreekkamer-secret-{}",
+        signaling::token::random_hex_id()
+    ));
+    let file = secret_file(&dir, &format!("{SECRET}\n"));
+    let warning = "/proc/PID/cmdline";
+
+    // From the file (trailing newline ignored): tokens signed with it join.
+    let (server, addr) = BinServer::start(&["--jwt-secret-file", &file], &[]);
+    let (_c, w) = Client::joined(addr, &token("file-secret", Role::Clinician, "Dr. F")).await;
+    assert_eq!(w["consult"], "file-secret");
+    let (_, stderr) = server.stop();
+    assert!(!stderr.contains(warning), "{stderr}");
+
+    let (_, stderr) = run_briefly(&["--jwt-secret", SECRET], &[]).await;
+    assert!(stderr.contains(warning), "{stderr}");
+    assert!(!stderr.contains(SECRET), "the warning does not echo it");
+    let (_, stderr) = run_briefly(&[], &[("SPREEKKAMER_JWT_SECRET", SECRET)]).await;
+    assert!(!stderr.contains(warning), "{stderr}");
+
+    // A short or missing file stops the start, naming the flag.
+    let short = secret_file(&dir.join("short"), "too short\n");
+    for path in [short.as_str(), "/nonexistent/jwt-secret"] {
+        let out = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--jwt-secret-file", path])
+            .env_remove("SPREEKKAMER_JWT_SECRET")
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{path}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--jwt-secret-file"), "{err}");
+    }
+    // Flag and file together are refused.
+    let out = Command::new(BIN)
+        .args(["--jwt-secret", SECRET, "--jwt-secret-file", &file])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).unwrap();
 }

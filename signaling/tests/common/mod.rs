@@ -10,8 +10,9 @@ use signaling::protocol::Role;
 use signaling::token::{MintRequest, mint_hs256, unix_now};
 use signaling::{ServeConfig, Server};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -229,6 +230,43 @@ impl HttpResponse {
     }
 }
 
+/// `POST /api/v1/invites` with an optional clinician token.
+pub async fn post_invite(s: &TestServer, auth: Option<&str>, body: &[u8]) -> HttpResponse {
+    let bearer;
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(t) = auth {
+        bearer = format!("Bearer {t}");
+        headers.push(("Authorization", bearer.as_str()));
+    }
+    request(s.addr, "POST", "/api/v1/invites", &headers, Some(body)).await
+}
+
+/// `DELETE /api/v1/invites/{jti}` with a clinician token.
+pub async fn delete_invite(s: &TestServer, auth: &str, jti: &str) -> HttpResponse {
+    let bearer = format!("Bearer {auth}");
+    request(
+        s.addr,
+        "DELETE",
+        &format!("/api/v1/invites/{jti}"),
+        &[("Authorization", bearer.as_str())],
+        None,
+    )
+    .await
+}
+
+/// The JSON body of a response.
+pub fn json_body(r: &HttpResponse) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("JSON body: {}", r.text()))
+}
+
+/// `error.code` of an API error body.
+pub fn error_code(r: &HttpResponse) -> String {
+    json_body(r)["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error body: {}", r.text()))
+        .to_string()
+}
+
 /// A minimal HTTP/1.1 GET (Connection: close; bodies here are small and
 /// never chunked-decoded beyond what the assertions need).
 pub async fn get(addr: SocketAddr, path: &str) -> HttpResponse {
@@ -309,5 +347,72 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         let start = line_end + 2;
         out.extend_from_slice(&data[start..start + size]);
         data = &data[start + size + 2..];
+    }
+}
+
+/// The real `spreekkamer` binary on an ephemeral port, its stdout and
+/// stderr captured in files (so nothing blocks on a full pipe).
+pub struct BinServer {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl BinServer {
+    /// Start the binary with `args`, stdout and stderr to files, and wait
+    /// for its listening address.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> (BinServer, std::net::SocketAddr) {
+        let dir = std::env::temp_dir().join(format!(
+            "spreekkamer-logs-{}",
+            signaling::token::random_hex_id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::fs::File::create(dir.join("stdout")).unwrap();
+        let err = std::fs::File::create(dir.join("stderr")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spreekkamer"));
+        cmd.args(["--listen", "127.0.0.1:0", "--workers", "1"])
+            .args(args)
+            .env_remove("SPREEKKAMER_JWT_SECRET")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("starts");
+        let running = BinServer { child, dir };
+        let started = Instant::now();
+        loop {
+            let log = running.stderr();
+            if let Some(addr) = log.lines().find_map(|l| {
+                l.split_once("listening on ")
+                    .map(|(_, a)| a.trim().to_string())
+            }) {
+                return (running, addr.parse().expect("an address"));
+            }
+            assert!(started.elapsed() < WAIT, "no `listening on` in:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(mut self) -> (String, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < WAIT, "exits after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = (self.stdout(), self.stderr());
+        let _ = std::fs::remove_dir_all(&self.dir);
+        out
     }
 }
