@@ -6,6 +6,8 @@
 #   scripts/fuzz.sh --long          # every target, 10 million runs each
 #   scripts/fuzz.sh token sdp_answer
 #   FUZZ_SECONDS=120 scripts/fuzz.sh
+#   FUZZ_DEV=1 scripts/fuzz.sh      # unoptimised build (compiles in about half
+#                                   # the time; what CI uses, with FUZZ_SECONDS=10)
 #
 # Needs only the stable toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its
 # nightly flags (-Zsanitizer=address). Installs cargo-fuzz when missing.
@@ -21,6 +23,8 @@ export RUSTC_BOOTSTRAP=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 ALL_TARGETS=(client_message token sdp_answer media_plane media_port)
 SECONDS_EACH="${FUZZ_SECONDS:-30}"
+PROFILE=()
+[[ ${FUZZ_DEV:-0} == 1 ]] && PROFILE=(--dev)
 LONG=0
 TARGETS=()
 for arg in "$@"; do
@@ -50,7 +54,7 @@ max_len() {
   esac
 }
 
-cargo fuzz build --fuzz-dir fuzz
+cargo fuzz build "${PROFILE[@]}" --fuzz-dir fuzz
 
 for t in "${TARGETS[@]}"; do
   seeds=fuzz/corpus/$t
@@ -63,7 +67,7 @@ for t in "${TARGETS[@]}"; do
   echo "==== fuzz $t (${budget[*]}) ===="
   # One job, one worker: the machine is shared. -print_final_stats gives the
   # exec count and rate for docs/FUZZING.md.
-  cargo fuzz run --fuzz-dir fuzz "$t" "$work" "$seeds" -- \
+  cargo fuzz run "${PROFILE[@]}" --fuzz-dir fuzz "$t" "$work" "$seeds" -- \
     "${budget[@]}" -max_len="$(max_len "$t")" -print_final_stats=1 "${dict[@]}" \
     -timeout=10 -rss_limit_mb=2048 \
     || { echo "fuzz.sh: target '$t' failed: see fuzz/artifacts/$t/" >&2; exit 1; }

@@ -169,7 +169,7 @@ if wants clippy; then
     cargo clippy --workspace --all-targets --release -- -D warnings
 fi
 if wants unit; then step unit "cargo test --workspace --release" cargo test --workspace --release; fi
-if wants fuzz; then step fuzz "fuzz targets, 30 s each (scripts/fuzz.sh)" scripts/fuzz.sh; fi
+if wants fuzz; then step fuzz "fuzz targets, 10 s each, unoptimised build (scripts/fuzz.sh)" env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" FUZZ_DEV=1 scripts/fuzz.sh; fi
 if wants build; then step build "cargo build --release (spreekkamer and loadtest)" cargo build --release --workspace --bins; fi
 if wants crypto; then
   if [[ -d tests/crypto ]]; then step crypto "node --test tests/crypto/" run_crypto_tests

@@ -191,12 +191,12 @@ pub mod metrics;
 
 mod acceptor;
 mod addresses;
-/// Entry points for the fuzz targets in `fuzz/`; not an API.
-#[doc(hidden)]
-pub mod fuzzing;
 mod bwe;
 mod consult;
 mod demux;
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod junk;
 mod keyframe;

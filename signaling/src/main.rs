@@ -1,9 +1,8 @@
 //! The `spreekkamer` binary: `serve` (default), `link`, and the reserved
 //! `signaling` / `sfu` subcommands.
 
-use clap::Parser;
 use signaling::config::{
-    Cli, Command, LinkArgs, SecretSource, ServeArgs, join_url, join_url_for, link_fragment,
+    Cli, Command, LinkArgs, SecretSource, ServeArgs, join_url_for, link_fragment,
 };
 use signaling::protocol::Role;
 use signaling::token::{MintRequest, mint_hs256, random_hex_id, random_secret, unix_now};
