@@ -172,13 +172,25 @@ async fn serve_without_a_key_prints_demo_links_to_stderr_writes_only_the_audit_l
         .unwrap();
     let (clinician, k1) = token_from_url(&links[0]);
     let (patient, k2) = token_from_url(&links[1]);
-    assert_eq!(k1, k2, "both links carry the consult's link secret");
+    // The clinician holds the consult's master link secret; the patient a
+    // secret derived from it for the label `patient` (docs/CRYPTO.md §2.8).
+    let master = k1.expect("the clinician link carries the master link secret");
+    assert!(!links[0].contains("&kl="), "a clinician link has no label");
+    assert!(links[1].ends_with("&kl=patient"), "{}", links[1]);
+    let k2 = k2.expect("the patient link carries a derived link secret");
+    assert_ne!(k2, master, "the patient never holds the master");
 
     let (mut doc, wd) = Client::joined(addr, &clinician).await;
     let (mut pat, wp) = Client::joined(addr, &patient).await;
     assert_eq!(wd["you"]["role"], "clinician");
     assert_eq!(wp["you"]["role"], "patient");
     assert_eq!(wd["consult"], wp["consult"]);
+    let consult = wd["consult"].as_str().expect("consult id");
+    assert_eq!(
+        signaling::config::derive_link_secret(&master, consult, "patient").as_deref(),
+        Ok(k2.as_str()),
+        "the patient's secret is derived from the master for this consult"
+    );
     // The waiting room is on by default: the patient waits to be let in.
     assert_eq!(wp["state"], "waiting");
     let lobby = doc.expect("lobby").await;
