@@ -186,6 +186,7 @@ pub struct AuditLog {
     writer: Mutex<Writer>,
     sources: Mutex<HashMap<Option<IpAddr>, Source>>,
     suppressed_total: AtomicU64,
+    failures_per_second: u32,
 }
 
 impl AuditLog {
@@ -204,7 +205,15 @@ impl AuditLog {
             writer: Mutex::new(writer),
             sources: Mutex::new(HashMap::new()),
             suppressed_total: AtomicU64::new(0),
+            failures_per_second: FAILURES_PER_SECOND,
         })
+    }
+
+    /// Failure lines written per source address per second (default
+    /// [`FAILURES_PER_SECOND`]); the rest are counted into summaries.
+    pub fn with_failure_rate(mut self, per_second: u32) -> AuditLog {
+        self.failures_per_second = per_second.max(1);
+        self
     }
 
     /// Write `event`, unless it is a failure over its source's rate (then
@@ -231,7 +240,7 @@ impl AuditLog {
                     source.second = now;
                     source.written = 0;
                 }
-                if source.written < FAILURES_PER_SECOND {
+                if source.written < self.failures_per_second {
                     source.written += 1;
                     None
                 } else {

@@ -135,6 +135,14 @@ pub struct ServeArgs {
     /// Time a new connection has to send `join` (e.g. 10s).
     #[arg(long, env = "SPREEKKAMER_JOIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub join_timeout: Duration,
+    /// Failed joins (bad token, wrong version) one client address may make
+    /// at once before `rate_limited`; then 30 a minute.
+    #[arg(long, env = "SPREEKKAMER_JOIN_FAILURE_BURST", default_value_t = crate::session::JOIN_FAILURE_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    pub join_failure_burst: u32,
+    /// Audit failure lines written per source address per second; the rest
+    /// are counted into an `audit_suppressed` line.
+    #[arg(long, env = "SPREEKKAMER_AUDIT_FAILURES_PER_SECOND", default_value_t = crate::audit::FAILURES_PER_SECOND, value_parser = clap::value_parser!(u32).range(1..))]
+    pub audit_failures_per_second: u32,
     /// Open HTTP/WebSocket connections in total (default: three quarters
     /// of the open-file limit).
     #[arg(long, env = "SPREEKKAMER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
@@ -527,6 +535,8 @@ impl ServeArgs {
             },
             limits,
             join_timeout: self.join_timeout,
+            join_failure_burst: self.join_failure_burst,
+            audit_failures_per_second: self.audit_failures_per_second,
             audit: if self.audit_log == "-" {
                 AuditSink::Stdout
             } else {

@@ -35,6 +35,10 @@ pub struct ServeConfig {
     pub policy: ConsultPolicy,
     pub limits: Limits,
     pub join_timeout: Duration,
+    /// Failed joins per client address before `rate_limited`.
+    pub join_failure_burst: u32,
+    /// Audit failure lines per source address per second.
+    pub audit_failures_per_second: u32,
     pub audit: AuditSink,
     pub assets: &'static Dir<'static>,
     /// How long shutdown waits for participants to be told before it stops
@@ -85,6 +89,8 @@ impl ServeConfig {
             },
             limits,
             join_timeout: Duration::from_secs(10),
+            join_failure_burst: crate::session::JOIN_FAILURE_BURST,
+            audit_failures_per_second: crate::audit::FAILURES_PER_SECOND,
             audit: AuditSink::Stdout,
             assets: &WEB_ASSETS,
             shutdown_grace: Duration::from_secs(3),
@@ -198,7 +204,11 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         .map(|url| crate::jwks::JwksSource::new(url, config.jwks_min_refresh))
         .transpose()
         .map_err(ServeError::Jwks)?;
-    let audit = Arc::new(AuditLog::open(&config.audit).map_err(ServeError::AuditLog)?);
+    let audit = Arc::new(
+        AuditLog::open(&config.audit)
+            .map_err(ServeError::AuditLog)?
+            .with_failure_rate(config.audit_failures_per_second),
+    );
     let metrics = Arc::new(Metrics::new().map_err(ServeError::Metrics)?);
     let sfu = SfuHandle::start(config.sfu.clone()).map_err(ServeError::Media)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -250,7 +260,7 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         probe_limiter: IpLimiter::new(crate::probe::PROBES_PER_MINUTE, crate::probe::PROBE_BURST),
         join_failures: IpLimiter::new(
             crate::session::JOIN_FAILURES_PER_MINUTE,
-            crate::session::JOIN_FAILURE_BURST,
+            config.join_failure_burst,
         ),
         ws_heartbeat: config.ws_heartbeat,
         ws_idle_timeout: config.ws_idle_timeout,

@@ -75,8 +75,14 @@ async function expectAccepted(server, label, token, sub) {
   return r.first;
 }
 
+// The matrix sends ~30 bad tokens from one address and needs each one's own error code and audit
+// line; in production the failed-join limit and the audit log's per-source rate would (rightly)
+// throttle that, so this server raises both. The throttling itself is tested in
+// signaling/tests/edge_bounds.rs and tests/attack/6-secrets-in-logs.test.mjs.
+const MATRIX_LIMITS = ['--join-failure-burst', '1000', '--audit-failures-per-second', '1000'];
+
 scenario('asymmetric EHR tokens: valid RS256/EdDSA/ES256 accepted; the attack matrix refused with codes and audit lines', { timeout: 180_000 }, async (sc) => {
-  const server = await sc.startServer({ args: ehrServeArgs(jwks) });
+  const server = await sc.startServer({ args: [...ehrServeArgs(jwks), ...MATRIX_LIMITS] });
   const consult = 'tok-matrix';
   const valid = (over = {}) => ehrClaims({ consult, role: 'clinician', name: 'Dr. Test', ...over });
   const used = {};
