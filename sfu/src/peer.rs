@@ -871,15 +871,7 @@ impl Peer {
                 }
                 RTCMessage::RtcpPacket(track_id, packets) => {
                     for p in &packets {
-                        let any = p.as_any();
-                        let reports = if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-                            &rr.reports[..]
-                        } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
-                            &sr.reports[..]
-                        } else {
-                            continue;
-                        };
-                        for r in reports {
+                        for r in reception_reports(p.as_ref()) {
                             // Only about streams we send to this subscriber.
                             if let Some(o) =
                                 self.outgoing.iter().find(|o| o.rewriter.ssrc() == r.ssrc)
@@ -1248,6 +1240,21 @@ fn audio_level_ext_id(sdp: &str) -> Option<u8> {
         // `a=extmap:<id>[/<direction>] <uri>`
         id.split('/').next()?.parse().ok()
     })
+}
+
+/// The reception reports of a receiver or sender report; none for any
+/// other RTCP packet.
+pub(crate) fn reception_reports(
+    p: &dyn rtc::rtcp::packet::Packet,
+) -> &[rtc::rtcp::reception_report::ReceptionReport] {
+    let any = p.as_any();
+    if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+        &rr.reports
+    } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+        &sr.reports
+    } else {
+        &[]
+    }
 }
 
 #[cfg(test)]
