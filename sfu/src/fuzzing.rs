@@ -18,7 +18,7 @@ use crate::rewrite::{AUDIO_TS_STEP, StreamRewriter, VIDEO_TS_STEP};
 use crate::simulcast::{self, LAYERS, LayerForwarder, Verdict};
 use crate::speaker::SpeakerDetector;
 use crate::tcp::{Frame, FrameReader, MAX_FRAME, MAX_PENDING_WRITE, push_frame};
-use crate::{MediaEvent, demux, rx};
+use crate::{MediaEnvelope, MediaEvent, demux, rx};
 use rtc::rtp;
 use rtc::shared::marshal::Unmarshal;
 use std::net::{IpAddr, Ipv4Addr};
@@ -257,7 +257,7 @@ impl MediaPlane {
 /// tracks), to which [`AnswerHarness::answer`] gives a browser's answer.
 pub struct AnswerHarness {
     peer: Peer,
-    events: UnboundedReceiver<MediaEvent>,
+    events: UnboundedReceiver<MediaEnvelope>,
     offer: String,
     now: Instant,
 }
@@ -275,8 +275,17 @@ impl AnswerHarness {
             (1, "other".to_string(), Kind::Audio),
             (1, "other".to_string(), Kind::Video),
         ];
-        let peer = Peer::join("fuzz".into(), 0, tx, candidates, &subscriptions, true, now)?;
-        let offer = match events.try_recv() {
+        let peer = Peer::join(
+            "fuzz".into(),
+            0,
+            "fuzz".into(),
+            tx,
+            candidates,
+            &subscriptions,
+            true,
+            now,
+        )?;
+        let offer = match events.try_recv().map(|e| e.event) {
             Ok(MediaEvent::Offer { sdp }) => sdp,
             other => return Err(format!("no offer from a new peer: {other:?}")),
         };
@@ -317,7 +326,7 @@ impl AnswerHarness {
         self.now += Duration::from_millis(20);
         self.peer.answer(sdp.to_string(), self.now);
         let mut accepted = true;
-        while let Ok(event) = self.events.try_recv() {
+        while let Ok(MediaEnvelope { event, .. }) = self.events.try_recv() {
             match event {
                 MediaEvent::Error { .. } => accepted = false,
                 MediaEvent::Offer { sdp } => self.offer = sdp,

@@ -6,7 +6,7 @@ use crate::acceptor::Acceptor;
 use crate::metrics::{LimitStats, MediaCounters, MediaStats};
 use crate::peer::Candidates;
 use crate::worker::{UDP, WAKE, Worker, WorkerCommand, WorkerSetup};
-use crate::{ConsultId, MediaCommand, ParticipantId, SfuConfig};
+use crate::{ConsultId, EventSink, MediaCommand, ParticipantId, SfuConfig};
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Interest, Poll, Waker};
 use std::collections::{HashMap, HashSet};
@@ -54,7 +54,6 @@ impl Placement {
             MediaCommand::Join {
                 consult,
                 participant,
-                ..
             } => {
                 if !self.consults.contains_key(consult) {
                     let least = (0..self.load.len()).min_by_key(|w| self.load[*w])?;
@@ -108,8 +107,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SfuHandle {
-    /// Bind the sockets and start the worker threads.
-    pub fn start(config: SfuConfig) -> std::io::Result<SfuHandle> {
+    /// Bind the sockets and start the worker threads. Every participant's
+    /// events go to `events`.
+    pub fn start(config: SfuConfig, events: EventSink) -> std::io::Result<SfuHandle> {
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -160,6 +160,7 @@ impl SfuHandle {
                 counters: counters.clone(),
                 ufrag_owners: ufrag_owners.clone(),
                 index,
+                events: events.clone(),
                 candidates: Candidates {
                     announce_ip: config.announce_ip,
                     udp_port: local.port(),
@@ -314,13 +315,11 @@ fn size_socket_buffers(socket: &std::net::UdpSocket, worker: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::mpsc::unbounded_channel;
 
     fn join(consult: &str, participant: &str) -> MediaCommand {
         MediaCommand::Join {
             consult: consult.into(),
             participant: participant.into(),
-            events: unbounded_channel().0,
         }
     }
     fn leave(consult: &str, participant: &str) -> MediaCommand {

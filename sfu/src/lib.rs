@@ -90,6 +90,7 @@
 //! participant. In the all-in-one binary this is an in-process channel; the
 //! same types are what a remote link would carry.
 
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 /// Opaque consult (room) identifier, as it appears in the join token.
@@ -113,15 +114,18 @@ pub struct SfuConfig {
 }
 
 /// What the edge asks of the media plane. Every command names its consult;
-/// the handle routes it to the worker that owns that consult.
-#[derive(Debug)]
+/// the handle routes it to the worker that owns that consult. The same type
+/// crosses the process boundary to a remote media node (JSON, see
+/// `signaling::cluster::link`): plain data, no channels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum MediaCommand {
     /// Add a participant to a consult's media session. The worker creates a
-    /// peer connection and answers with [`MediaEvent::Offer`] on `events`.
+    /// peer connection and reports [`MediaEvent::Offer`] for it on the
+    /// plane's [`EventSink`].
     Join {
         consult: ConsultId,
         participant: ParticipantId,
-        events: tokio::sync::mpsc::UnboundedSender<MediaEvent>,
     },
     /// The browser's SDP answer to our latest offer.
     Answer {
@@ -160,7 +164,8 @@ pub enum MediaCommand {
 }
 
 /// A simulcast layer, lowest first (rids `l`, `m`, `h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum VideoQuality {
     Low,
     Medium,
@@ -168,7 +173,8 @@ pub enum VideoQuality {
 }
 
 /// What the media plane tells the edge about one participant.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
 pub enum MediaEvent {
     /// A new SDP offer the browser must answer.
     Offer { sdp: String },
@@ -180,12 +186,31 @@ pub enum MediaEvent {
     /// The transport failed or timed out; the participant should rejoin.
     Failed { reason: String },
     /// The request was refused (unknown consult, consult full, bad SDP, ...).
-    Error { code: &'static str, message: String },
+    /// `code` is one of the edge's error codes (docs/PROTOCOL.md).
+    Error { code: String, message: String },
     /// The consult's dominant speaker changed (from RFC 6464 audio levels);
     /// `None` when nobody has been speaking for a while. Sent to every
     /// participant of the consult.
     ActiveSpeaker { participant: Option<ParticipantId> },
+    /// The participant's media session was lost with the node that held it
+    /// and is being set up again on another one: the browser must drop its
+    /// peer connection and answer the fresh offer that follows. Only a
+    /// remote media plane reports this (`signaling::cluster`).
+    Reset,
 }
+
+/// A [`MediaEvent`] with the participant it is for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediaEnvelope {
+    pub consult: ConsultId,
+    pub participant: ParticipantId,
+    pub event: MediaEvent,
+}
+
+/// Where a media plane reports its events: one sink for the whole plane,
+/// every event addressed by consult and participant. The receiver (the
+/// edge, or a node's link to an edge) routes them on.
+pub type EventSink = tokio::sync::mpsc::UnboundedSender<MediaEnvelope>;
 
 pub mod metrics;
 
@@ -224,4 +249,96 @@ pub fn webrtc_log_level(level: log::LevelFilter) -> log::LevelFilter {
     } else {
         log::LevelFilter::Error
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The seam's wire form: what an edge sends a remote node and gets back.
+    /// Field and tag names are part of the link protocol (docs/SCALING.md).
+    #[test]
+    fn commands_and_events_have_a_stable_json_form() {
+        let commands = [
+            (
+                MediaCommand::Join {
+                    consult: "c".into(),
+                    participant: "p".into(),
+                },
+                json!({"cmd":"join","consult":"c","participant":"p"}),
+            ),
+            (
+                MediaCommand::Preferences {
+                    consult: "c".into(),
+                    participant: "p".into(),
+                    audio_only: false,
+                    max_quality: vec![("q".into(), VideoQuality::Low)],
+                },
+                json!({"cmd":"preferences","consult":"c","participant":"p",
+                       "audio_only":false,"max_quality":[["q","low"]]}),
+            ),
+            (
+                MediaCommand::IceRestart {
+                    consult: "c".into(),
+                    participant: "p".into(),
+                },
+                json!({"cmd":"ice-restart","consult":"c","participant":"p"}),
+            ),
+        ];
+        for (command, wire) in commands {
+            assert_eq!(serde_json::to_value(&command).unwrap(), wire);
+            assert_eq!(
+                serde_json::from_value::<MediaCommand>(wire).unwrap(),
+                command
+            );
+        }
+        let envelope = MediaEnvelope {
+            consult: "c".into(),
+            participant: "p".into(),
+            event: MediaEvent::Error {
+                code: "media_error".into(),
+                message: "m".into(),
+            },
+        };
+        let wire = json!({"consult":"c","participant":"p",
+                          "event":{"type":"error","code":"media_error","message":"m"}});
+        assert_eq!(serde_json::to_value(&envelope).unwrap(), wire);
+        assert_eq!(
+            serde_json::from_value::<MediaEnvelope>(wire).unwrap(),
+            envelope
+        );
+        for event in [
+            MediaEvent::Reset,
+            MediaEvent::Connected,
+            MediaEvent::ActiveSpeaker { participant: None },
+            MediaEvent::ActiveSpeaker {
+                participant: Some("q".into()),
+            },
+            MediaEvent::Offer { sdp: "v=0".into() },
+        ] {
+            let e = MediaEnvelope {
+                consult: "c".into(),
+                participant: "p".into(),
+                event,
+            };
+            let text = serde_json::to_string(&e).unwrap();
+            assert_eq!(serde_json::from_str::<MediaEnvelope>(&text).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn unknown_or_incomplete_commands_are_refused() {
+        for bad in [
+            json!({"cmd":"join","consult":"c"}),
+            json!({"cmd":"explode","consult":"c","participant":"p"}),
+            json!({"consult":"c","participant":"p"}),
+            json!({"cmd":"answer","consult":"c","participant":"p","sdp":7}),
+        ] {
+            assert!(
+                serde_json::from_value::<MediaCommand>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
 }

@@ -15,7 +15,7 @@ use crate::keyframe::{KeyframeLimiter, MarkKeyframeRequests, is_keyframe_request
 use crate::pacer::{Pacer, RetransmitLimit, pace_rate, rtp_ssrc};
 use crate::rewrite::{AUDIO_TS_STEP, StreamRewriter, VIDEO_TS_STEP, seq_newer};
 use crate::simulcast::{self, LAYERS, Layer, LayerForwarder, Switched, TOP, Verdict};
-use crate::{MediaEvent, ParticipantId, VideoQuality};
+use crate::{ConsultId, EventSink, MediaEnvelope, MediaEvent, ParticipantId, VideoQuality};
 use bytes::BytesMut;
 use rtc::interceptor::{CongestionControlBuilder, Registry, Slot, TwccSenderBuilder};
 use rtc::media_stream::MediaStreamTrack;
@@ -50,7 +50,6 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::UnboundedSender;
 
 /// How long a subscriber's audio counts as suffering after it last
 /// reported heavy audio loss (video may pause only meanwhile).
@@ -212,7 +211,9 @@ pub(crate) struct Peer {
     /// The worker's key for the consult this peer belongs to.
     pub consult: usize,
     pc: TimedPc,
-    events: UnboundedSender<MediaEvent>,
+    /// Where this peer's events go, and the consult they are addressed by.
+    events: EventSink,
+    consult_id: ConsultId,
     /// Every local ufrag this peer has used (ICE restarts add one); the
     /// worker routes STUN by them and forgets them when the peer goes.
     pub ufrags: Vec<String>,
@@ -359,7 +360,8 @@ impl Peer {
     pub(crate) fn join(
         participant: ParticipantId,
         consult: usize,
-        events: UnboundedSender<MediaEvent>,
+        consult_id: ConsultId,
+        events: EventSink,
         candidates: Candidates,
         subscriptions: &[(PeerKey, ParticipantId, Kind)],
         simulcast: bool,
@@ -435,6 +437,7 @@ impl Peer {
             consult,
             pc: TimedPc::new(pc),
             events,
+            consult_id,
             ufrags: Vec::new(),
             ice: None,
             offer_pending: false,
@@ -480,8 +483,12 @@ impl Peer {
     }
 
     fn emit(&self, event: MediaEvent) {
-        // The edge dropped its receiver: the participant is leaving anyway.
-        let _ = self.events.send(event);
+        // The edge dropped its receiver: the plane is stopping anyway.
+        let _ = self.events.send(MediaEnvelope {
+            consult: self.consult_id.clone(),
+            participant: self.participant.clone(),
+            event,
+        });
     }
 
     fn add_track(
@@ -628,7 +635,7 @@ impl Peer {
             Err(e) => {
                 log::warn!("create offer failed: {e}");
                 self.emit(MediaEvent::Error {
-                    code: "media_error",
+                    code: "media_error".into(),
                     message: "could not create an offer".into(),
                 });
             }
@@ -639,7 +646,7 @@ impl Peer {
     pub(crate) fn answer(&mut self, sdp: String, now: Instant) {
         if !self.offer_pending {
             self.emit(MediaEvent::Error {
-                code: "media_error",
+                code: "media_error".into(),
                 message: "no offer is waiting for an answer".into(),
             });
             return;
@@ -657,7 +664,7 @@ impl Peer {
             // The offer stays pending: the browser may still send a usable
             // answer, or ask for an ICE restart.
             self.emit(MediaEvent::Error {
-                code: "media_error",
+                code: "media_error".into(),
                 message: format!("unusable SDP answer: {e}"),
             });
             return;

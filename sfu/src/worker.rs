@@ -19,7 +19,7 @@ use crate::rx;
 use crate::simulcast::Layer;
 use crate::speaker::SpeakerDetector;
 use crate::tcp::{self, Frame, FrameReader};
-use crate::{ConsultId, MediaCommand, MediaEvent};
+use crate::{ConsultId, EventSink, MediaCommand, MediaEnvelope, MediaEvent};
 use bytes::BytesMut;
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
@@ -69,6 +69,7 @@ pub(crate) struct WorkerSetup {
     pub ufrag_owners: Arc<Mutex<HashMap<String, usize>>>,
     pub index: usize,
     pub candidates: Candidates,
+    pub events: EventSink,
 }
 
 struct TcpConn {
@@ -181,6 +182,7 @@ struct ConsultSlot {
 
 pub(crate) struct Worker {
     index: usize,
+    events: EventSink,
     poll: Poll,
     commands: Receiver<WorkerCommand>,
     counters: Arc<MediaCounters>,
@@ -221,6 +223,7 @@ impl Worker {
         let c = setup.candidates;
         Worker {
             index: setup.index,
+            events: setup.events,
             poll: setup.poll,
             commands: setup.commands,
             counters: setup.counters,
@@ -863,8 +866,7 @@ impl Worker {
             MediaCommand::Join {
                 consult,
                 participant,
-                events,
-            } => self.join(consult, participant, events, now),
+            } => self.join(consult, participant, now),
             MediaCommand::Answer {
                 consult,
                 participant,
@@ -931,13 +933,7 @@ impl Worker {
         }
     }
 
-    fn join(
-        &mut self,
-        consult: ConsultId,
-        participant: String,
-        events: tokio::sync::mpsc::UnboundedSender<MediaEvent>,
-        now: Instant,
-    ) {
+    fn join(&mut self, consult: ConsultId, participant: String, now: Instant) {
         // A second join for the same participant replaces the first session
         // (a reload, or a rejoin after a transport failure).
         if let Some(old) = self.find(&consult, &participant) {
@@ -961,7 +957,7 @@ impl Worker {
                         self.consults.len() - 1
                     }
                 };
-                self.consult_by_id.insert(consult, c);
+                self.consult_by_id.insert(consult.clone(), c);
                 self.counters.consults.fetch_add(1, Relaxed);
                 c
             }
@@ -983,9 +979,10 @@ impl Worker {
             .map(|s| (s.source, s.source_participant, s.kind))
             .collect();
         match Peer::join(
-            participant,
+            participant.clone(),
             c,
-            events.clone(),
+            consult.clone(),
+            self.events.clone(),
             self.candidates,
             &subscriptions,
             true,
@@ -1011,9 +1008,13 @@ impl Worker {
                     "media worker {}: creating a peer connection failed: {e}",
                     self.index
                 );
-                let _ = events.send(MediaEvent::Error {
-                    code: "media_error",
-                    message: "could not start media".into(),
+                let _ = self.events.send(MediaEnvelope {
+                    consult,
+                    participant,
+                    event: MediaEvent::Error {
+                        code: "media_error".into(),
+                        message: "could not start media".into(),
+                    },
                 });
                 slot.consult.leave(key);
                 self.drop_consult_if_empty(c);

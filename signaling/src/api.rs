@@ -13,9 +13,9 @@
 //! token is logged; every authenticated call is audited.
 
 use crate::audit::AccessPoint;
+use crate::context::Context;
 use crate::directory::Host;
 use crate::protocol::{ErrorCode, Role};
-use crate::server::Context;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use std::time::{Duration, Instant};
@@ -111,7 +111,7 @@ async fn authenticate(
         return Err(ErrorCode::RateLimited);
     }
     let token = bearer(caller.authorization.as_deref());
-    let claims = crate::session::verify_token(ctx, &caller.access, token).await?;
+    let claims = ctx.verify_token(&caller.access, token).await?;
     ctx.directory
         .host_by_token(&claims, caller.access.clone(), event)
 }
@@ -189,7 +189,7 @@ pub async fn revoke_invite(ctx: &Context, caller: Caller, jti: String) -> Respon
         Ok(h) => h,
         Err(code) => return error_response(code),
     };
-    if !crate::session::valid_jti(&jti) {
+    if !crate::token::valid_jti(&jti) {
         ctx.audit
             .record(host.event("invite_revoked").failed(ErrorCode::BadMessage));
         return error_response(ErrorCode::BadMessage);

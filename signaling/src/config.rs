@@ -5,8 +5,8 @@
 
 use crate::audit::AuditSink;
 use crate::consult::ConsultPolicy;
+use crate::context::{ServeConfig, WEB_ASSETS};
 use crate::protocol::{Limits, Role};
-use crate::server::{ServeConfig, WEB_ASSETS};
 use crate::token::VerifyKey;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -137,7 +137,7 @@ pub struct ServeArgs {
     pub join_timeout: Duration,
     /// Failed joins (bad token, wrong version) one client address may make
     /// at once before `rate_limited`; then 30 a minute.
-    #[arg(long, env = "SPREEKKAMER_JOIN_FAILURE_BURST", default_value_t = crate::session::JOIN_FAILURE_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "SPREEKKAMER_JOIN_FAILURE_BURST", default_value_t = crate::context::JOIN_FAILURE_BURST, value_parser = clap::value_parser!(u32).range(1..))]
     pub join_failure_burst: u32,
     /// Audit failure lines written per source address per second; the rest
     /// are counted into an `audit_suppressed` line.
@@ -550,7 +550,7 @@ impl ServeArgs {
             jwks_min_refresh: Duration::from_secs(30),
             trusted_proxies: self.trusted_proxies.clone(),
             public_url: self.public_url.clone(),
-            connections: crate::listener::ConnectionLimits {
+            connections: crate::gate::ConnectionLimits {
                 max_total: self.max_connections.map(|n| n as usize),
                 max_per_ip: self.max_connections_per_ip as usize,
                 header_timeout: self.header_timeout,
@@ -693,10 +693,7 @@ mod tests {
             .serve
             .to_config(&"s".repeat(32))
             .unwrap();
-        assert_eq!(
-            cfg.connections,
-            crate::listener::ConnectionLimits::default()
-        );
+        assert_eq!(cfg.connections, crate::gate::ConnectionLimits::default());
         assert_eq!(cfg.ws_heartbeat, Duration::from_secs(20));
         assert_eq!(cfg.ws_idle_timeout, Duration::from_secs(60));
         let cli = parse(&[

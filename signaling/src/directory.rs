@@ -10,6 +10,7 @@
 
 use crate::audit::{AccessPoint, AuditEvent, AuditLog};
 use crate::consult::{Admission, Arrival, Consult, ConsultPolicy, Effect, ParticipantId};
+use crate::media::Media;
 use crate::metrics::Metrics;
 use crate::protocol::{
     ByeReason, E2eeState, ErrorCode, JoinState, LeftReason, Limits, RelayKind, Role, ServerMessage,
@@ -17,7 +18,7 @@ use crate::protocol::{
 };
 use crate::revocation::{ClinicianLimiter, InviteIds, JtiKind, Refusal, Revocations, Revoked};
 use crate::token::Claims;
-use sfu::{MediaCommand, MediaEvent, SfuHandle};
+use sfu::{MediaCommand, MediaEvent};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -51,7 +52,6 @@ struct Seat {
     invite_creator: Option<String>,
     access: AccessPoint,
     outbox: mpsc::Sender<Outgoing>,
-    media: mpsc::UnboundedSender<MediaEvent>,
     /// Woken when the outbox overflowed: the session closes the connection.
     kick: Arc<Notify>,
 }
@@ -127,7 +127,7 @@ pub const MAX_INVITES_PER_CONSULT: usize = 200;
 
 pub struct Directory {
     state: Mutex<State>,
-    sfu: SfuHandle,
+    media: Arc<Media>,
     policy: ConsultPolicy,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -140,7 +140,7 @@ pub struct Directory {
 
 impl Directory {
     pub fn new(
-        sfu: SfuHandle,
+        media: Arc<Media>,
         policy: ConsultPolicy,
         limits: Limits,
         metrics: Arc<Metrics>,
@@ -149,7 +149,7 @@ impl Directory {
     ) -> Directory {
         Directory {
             state: Mutex::new(State::default()),
-            sfu,
+            media,
             policy,
             limits,
             metrics,
@@ -246,7 +246,7 @@ impl Directory {
             .clone()
             .or_else(|| consult.first_clinician().map(str::to_string));
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
-        let (media_tx, media_rx) = mpsc::unbounded_channel();
+        let media_rx = self.media.attach(&claims.consult, &id);
         let kick = Arc::new(Notify::new());
         state.seats.insert(
             id.clone(),
@@ -259,7 +259,6 @@ impl Directory {
                 invite_creator,
                 access: access.clone(),
                 outbox: tx,
-                media: media_tx,
                 kick: kick.clone(),
             },
         );
@@ -301,6 +300,7 @@ impl Directory {
         {
             let mut guard = self.lock();
             let state = &mut *guard;
+            self.media.detach(id);
             let Some(seat) = state.seats.remove(id) else {
                 return;
             };
@@ -438,7 +438,7 @@ impl Directory {
         if !admitted {
             return Err(ErrorCode::Forbidden);
         }
-        self.sfu.send(make(seat.consult.clone(), id.to_string()));
+        self.media.send(make(seat.consult.clone(), id.to_string()));
         Ok(())
     }
 
@@ -468,7 +468,7 @@ impl Directory {
             .filter(|(publisher, _)| publisher != id && consult.is_admitted(publisher))
             .map(|(publisher, q)| (publisher, q.into()))
             .collect();
-        self.sfu.send(MediaCommand::Preferences {
+        self.media.send(MediaCommand::Preferences {
             consult: seat.consult.clone(),
             participant: id.to_string(),
             audio_only,
@@ -493,16 +493,19 @@ impl Directory {
         Some(ServerMessage::Speaker { participant })
     }
 
-    /// Hand participant `id` an event as if the media plane sent it (the
-    /// channel the media plane got with `MediaCommand::Join`). For a link to
-    /// a remote media node, and for tests that stand in for the media plane.
-    /// False when `id` is not connected.
+    /// Hand participant `id` an event as if the media plane sent it. For
+    /// tests that stand in for the media plane. False when `id` is not
+    /// connected.
     pub fn deliver_media_event(&self, id: &str, event: MediaEvent) -> bool {
-        let guard = self.lock();
-        guard
-            .seats
-            .get(id)
-            .is_some_and(|seat| seat.media.send(event).is_ok())
+        let consult = match self.lock().seats.get(id) {
+            Some(seat) => seat.consult.clone(),
+            None => return false,
+        };
+        self.media.deliver(sfu::MediaEnvelope {
+            consult,
+            participant: id.to_string(),
+            event,
+        })
     }
 
     /// Forget consults that have been empty longer than the grace period.
@@ -808,15 +811,14 @@ impl Directory {
                     reason,
                 } => deliver(state, &participant, Outgoing::Bye(reason)),
                 Effect::MediaJoin { participant } => {
-                    if let Some(seat) = state.seats.get(&participant) {
-                        self.sfu.send(MediaCommand::Join {
+                    if state.seats.contains_key(&participant) {
+                        self.media.send(MediaCommand::Join {
                             consult: consult.to_string(),
                             participant,
-                            events: seat.media.clone(),
                         });
                     }
                 }
-                Effect::MediaLeave { participant } => self.sfu.send(MediaCommand::Leave {
+                Effect::MediaLeave { participant } => self.media.send(MediaCommand::Leave {
                     consult: consult.to_string(),
                     participant,
                 }),

@@ -3,7 +3,7 @@
 //! the first WebSocket message or in an `Authorization` header.
 
 use crate::audit::AccessPoint;
-use crate::server::Context;
+use crate::context::Context;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,7 +61,7 @@ pub fn routes(
     let ws = warp::path("ws")
         .and(warp::path::end())
         .and(warp::ws())
-        .and(crate::listener::peer())
+        .and(crate::gate::peer())
         .and(warp::header::optional::<String>("user-agent"))
         .and(warp::header::optional::<String>("x-forwarded-for"))
         .and(with_ctx.clone())
@@ -86,7 +86,7 @@ pub fn routes(
 
     // Who is calling, for the API: client IP (proxy-aware), browser family
     // and the Authorization header.
-    let caller = crate::listener::peer()
+    let caller = crate::gate::peer()
         .and(warp::header::optional::<String>("user-agent"))
         .and(warp::header::optional::<String>("x-forwarded-for"))
         .and(warp::header::optional::<String>("authorization"))
@@ -149,9 +149,13 @@ pub fn routes(
         .and(with_ctx.clone())
         .map(|ctx: Arc<Context>| {
             ctx.metrics.audit_suppressed(ctx.audit.suppressed_total());
-            let mut body = ctx.metrics.render(ctx.sfu.stats());
-            body.push_str(&ctx.sfu.quality_stats().prometheus_text());
-            body.push_str(&ctx.sfu.limit_stats().prometheus_text());
+            let mut body = ctx
+                .metrics
+                .render(ctx.sfu.as_ref().map(|sfu| sfu.stats()).unwrap_or_default());
+            if let Some(sfu) = &ctx.sfu {
+                body.push_str(&sfu.quality_stats().prometheus_text());
+                body.push_str(&sfu.limit_stats().prometheus_text());
+            }
             Response::builder()
                 .header(
                     header::CONTENT_TYPE,

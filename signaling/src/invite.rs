@@ -3,13 +3,12 @@
 //! [`Directory::revoke`](crate::directory::Directory::revoke), shared the
 //! same way; what an invite id is, `revocation.rs`.)
 
+use crate::context::Context;
 use crate::directory::Host;
 use crate::protocol::{ErrorCode, Role};
-use crate::server::Context;
 use std::time::Duration;
 
-/// Longest invite validity a clinician can ask for.
-pub const MAX_INVITE_TTL: Duration = Duration::from_secs(24 * 3600);
+pub use crate::token::MAX_INVITE_TTL;
 /// Shortest, so a typo does not mint a link that is dead on arrival.
 pub const MIN_INVITE_TTL: Duration = Duration::from_secs(60);
 

@@ -8,12 +8,18 @@
 //! * [`jwks`] — the EHR's public keys from a JWKS URL;
 //! * [`consult`] — the roster and waiting room as pure logic that returns
 //!   effects;
+//! * [`media`] — the seam to the media plane: a typed command/event pair
+//!   behind [`media::MediaPlane`] (in-process SFU, remote node, recorder);
 //! * [`directory`] — every consult of this edge plus a mailbox per connected
 //!   participant; carries out the effects;
-//! * [`session`] — one WebSocket connection with its limits;
+//! * [`connection`] — one WebSocket's transport rules (send timeout, size,
+//!   message and ping rates), shared by [`session`] and [`probe`];
+//! * [`session`] — a participant's WebSocket session, from `join` to close;
 //! * [`rate`] — the token buckets behind those limits;
 //! * [`http`] — routes, health, metrics, the embedded web client;
-//! * [`listener`] — the accept loop: connection caps, header timeout;
+//! * [`gate`] — connection caps per address and in total;
+//! * [`listener`] — the accept loop: the gate, then hyper with a header
+//!   timeout;
 //! * [`api`] — the HTTP API (invites, authenticated by a clinician token);
 //! * [`invite`] — minting patient and guest invites (WebSocket and API);
 //! * [`revocation`] — revoked invites and tokens, per consult and bounded;
@@ -22,6 +28,8 @@
 //! * [`metrics`] — Prometheus;
 //! * [`logging`] — the operational log: levels per crate, redaction, and a
 //!   limit per call site;
+//! * [`context`] — what every request shares, the serve configuration, and
+//!   token verification for every entrance;
 //! * [`server`] — start and graceful stop;
 //! * [`config`] — the command line.
 //!
@@ -31,13 +39,17 @@
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod connection;
 pub mod consult;
+pub mod context;
 pub mod directory;
+pub mod gate;
 pub mod http;
 pub mod invite;
 pub mod jwks;
 pub mod listener;
 pub mod logging;
+pub mod media;
 pub mod metrics;
 pub mod probe;
 pub mod protocol;
@@ -47,4 +59,5 @@ pub mod server;
 pub mod session;
 pub mod token;
 
-pub use server::{ServeConfig, ServeError, Server, serve};
+pub use context::ServeConfig;
+pub use server::{ServeError, Server, serve};

@@ -10,10 +10,12 @@
 //! connection, a few per client IP per minute.
 
 use crate::audit::AuditEvent;
+use crate::connection::{Connection, Inbound, shutting_down};
+use crate::media::Media;
 use crate::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
-use crate::session::{Connection, Inbound, shutting_down};
 use futures_util::StreamExt;
-use sfu::{MediaCommand, MediaEvent, SfuHandle};
+use sfu::{MediaCommand, MediaEvent};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a probe may take to connect before it counts as failed.
@@ -25,14 +27,15 @@ pub const PROBE_BURST: u32 = 20;
 /// The media-plane side of a probe, taken out again however the probe
 /// ends (result, timeout, the browser going away, shutdown).
 struct ProbePeer {
-    sfu: SfuHandle,
+    media: Arc<Media>,
     consult: String,
     participant: String,
 }
 
 impl Drop for ProbePeer {
     fn drop(&mut self) {
-        self.sfu.send(MediaCommand::Leave {
+        self.media.detach(&self.participant);
+        self.media.send(MediaCommand::Leave {
             consult: self.consult.clone(),
             participant: self.participant.clone(),
         });
@@ -59,8 +62,7 @@ pub(crate) async fn run(conn: &mut Connection, v: Option<u64>, token: Option<Str
         return;
     }
     let access = conn.access.clone();
-    let claims = match crate::session::verify_token(&ctx, &access, &token.unwrap_or_default()).await
-    {
+    let claims = match ctx.verify_token(&access, &token.unwrap_or_default()).await {
         Ok(c) => c,
         Err(code) => {
             log::info!("probe refused: {code}");
@@ -75,17 +77,16 @@ pub(crate) async fn run(conn: &mut Connection, v: Option<u64>, token: Option<Str
         return;
     }
 
-    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let peer = ProbePeer {
-        sfu: ctx.sfu.clone(),
+        media: ctx.media.clone(),
         consult: format!("probe:{}", crate::token::random_hex_id()),
         participant: crate::token::random_hex_id(),
     };
+    let mut events = peer.media.attach(&peer.consult, &peer.participant);
     let started = Instant::now();
-    ctx.sfu.send(MediaCommand::Join {
+    peer.media.send(MediaCommand::Join {
         consult: peer.consult.clone(),
         participant: peer.participant.clone(),
-        events: events_tx,
     });
     let deadline = tokio::time::sleep(PROBE_TIMEOUT);
     tokio::pin!(deadline);
@@ -105,7 +106,11 @@ pub(crate) async fn run(conn: &mut Connection, v: Option<u64>, token: Option<Str
                     }
                 }
                 Some(MediaEvent::Connected) => break Outcome::Connected(started.elapsed()),
-                Some(MediaEvent::FirstMediaForwarded | MediaEvent::ActiveSpeaker { .. }) => {}
+                Some(
+                    MediaEvent::FirstMediaForwarded
+                    | MediaEvent::ActiveSpeaker { .. }
+                    | MediaEvent::Reset,
+                ) => {}
                 Some(MediaEvent::Failed { .. }) => break Outcome::NotConnected("failed"),
                 Some(MediaEvent::Error { .. }) | None => break Outcome::NotConnected("refused"),
             },
@@ -113,14 +118,14 @@ pub(crate) async fn run(conn: &mut Connection, v: Option<u64>, token: Option<Str
                 Inbound::Stop => return,
                 Inbound::Handled => {}
                 Inbound::Message(ClientMessage::Answer { sdp }) => {
-                    peer.sfu.send(MediaCommand::Answer {
+                    peer.media.send(MediaCommand::Answer {
                         consult: peer.consult.clone(),
                         participant: peer.participant.clone(),
                         sdp,
                     });
                 }
                 Inbound::Message(ClientMessage::Candidate { candidate }) => {
-                    peer.sfu.send(MediaCommand::Candidate {
+                    peer.media.send(MediaCommand::Candidate {
                         consult: peer.consult.clone(),
                         participant: peer.participant.clone(),
                         candidate: candidate.candidate,

@@ -330,6 +330,10 @@ pub enum ServerMessage {
     MediaFailed {
         reason: String,
     },
+    /// The media session moved to another media node (the one holding it
+    /// died): drop the peer connection, keep everything else; an `offer`
+    /// for a fresh one follows.
+    MediaReset,
     /// The participant who is speaking now, or `None` (JSON `null`) when
     /// nobody has spoken for a while. Admitted participants only.
     Speaker {
@@ -771,6 +775,7 @@ mod tests {
             ServerMessage::MediaFailed {
                 reason: "ice".into(),
             },
+            ServerMessage::MediaReset,
             ServerMessage::Speaker {
                 participant: Some("x".into()),
             },

@@ -46,7 +46,7 @@ pub const MAX_FOREIGN_TOTAL: usize = 100_000;
 pub const MAX_INVITES_REVOKED_PER_CONSULT: usize = 1_000;
 /// The shortest time an unverifiable id is kept: the longest invite this
 /// server mints.
-pub const FOREIGN_MIN_KEEP_SECS: u64 = crate::invite::MAX_INVITE_TTL.as_secs();
+pub const FOREIGN_MIN_KEEP_SECS: u64 = crate::token::MAX_INVITE_TTL.as_secs();
 
 /// Revocations per clinician `sub` (across connections, reconnects and the
 /// HTTP API): a burst, then one per second on average. Generous for a
@@ -359,7 +359,7 @@ mod tests {
     fn an_invite_id_verifies_only_for_its_consult_and_secret() {
         let ids = ids();
         let jti = ids.mint("c1", NOW + 3600);
-        assert!(crate::session::valid_jti(&jti), "{jti}");
+        assert!(crate::token::valid_jti(&jti), "{jti}");
         assert_eq!(
             ids.classify("c1", &jti),
             JtiKind::Invite {

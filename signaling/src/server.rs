@@ -2,16 +2,15 @@
 //! and WebSockets, and shut down in order (not ready → participants told →
 //! media plane stopped → HTTP stopped).
 
-use crate::audit::{AuditLog, AuditSink};
-use crate::consult::ConsultPolicy;
+use crate::audit::AuditLog;
+use crate::context::{Context, ServeConfig};
 use crate::directory::Directory;
-use crate::listener::{ConnectionGate, ConnectionLimits};
+use crate::gate::ConnectionGate;
+use crate::media::Media;
 use crate::metrics::Metrics;
-use crate::protocol::Limits;
 use crate::rate::IpLimiter;
-use crate::token::{TokenVerifier, VerifyKey};
-use include_dir::Dir;
-use sfu::{SfuConfig, SfuHandle};
+use crate::token::TokenVerifier;
+use sfu::SfuHandle;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,139 +20,6 @@ use tokio::task::JoinHandle;
 
 /// How often the JWKS is fetched without being asked.
 const JWKS_REFRESH: Duration = Duration::from_secs(600);
-
-/// The web client, embedded at build time so one file deploys.
-pub static WEB_ASSETS: Dir<'static> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/../web");
-
-/// Everything `serve` needs; built from the command line in `config.rs`.
-pub struct ServeConfig {
-    pub listen: SocketAddr,
-    pub keys: Vec<VerifyKey>,
-    pub issuer: String,
-    pub audience: String,
-    pub sfu: SfuConfig,
-    pub policy: ConsultPolicy,
-    pub limits: Limits,
-    pub join_timeout: Duration,
-    /// Failed joins per client address before `rate_limited`.
-    pub join_failure_burst: u32,
-    /// Audit failure lines per source address per second.
-    pub audit_failures_per_second: u32,
-    pub audit: AuditSink,
-    pub assets: &'static Dir<'static>,
-    /// How long shutdown waits for participants to be told before it stops
-    /// the media plane anyway.
-    pub shutdown_grace: Duration,
-    /// HS256 secret the server signs invites with (one of `keys` must
-    /// verify them: the all-in-one secret does).
-    pub invite_secret: Vec<u8>,
-    /// Invite validity when the clinician does not choose one.
-    pub invite_ttl: Duration,
-    /// The EHR's JWKS URL, if its keys are fetched rather than configured.
-    pub jwks_url: Option<String>,
-    /// Minimum time between two JWKS fetches (unknown `kid`s trigger one).
-    pub jwks_min_refresh: Duration,
-    /// Reverse proxies whose `X-Forwarded-For` is believed (audit IPs).
-    pub trusted_proxies: Vec<std::net::IpAddr>,
-    /// Base URL of links the API returns (`None`: `http://` + the bound
-    /// address).
-    pub public_url: Option<String>,
-    /// Connection caps and the header timeout of the HTTP port.
-    pub connections: ConnectionLimits,
-    /// A joined WebSocket quiet this long is pinged.
-    pub ws_heartbeat: Duration,
-    /// A joined WebSocket silent this long (no answer to the pings) is
-    /// closed.
-    pub ws_idle_timeout: Duration,
-}
-
-impl ServeConfig {
-    /// Defaults for an all-in-one server on `listen` with an HS256 secret.
-    pub fn new(listen: SocketAddr, jwt_secret: &[u8]) -> ServeConfig {
-        let limits = Limits::default();
-        ServeConfig {
-            listen,
-            keys: vec![VerifyKey::hs256(jwt_secret)],
-            issuer: "spreekkamer".into(),
-            audience: "spreekkamer".into(),
-            sfu: SfuConfig {
-                bind_ip: listen.ip(),
-                announce_ip: listen.ip(),
-                udp_port: 0,
-                tcp_port: Some(0),
-                workers: 1,
-            },
-            policy: ConsultPolicy {
-                max_participants: limits.max_participants,
-                ..ConsultPolicy::default()
-            },
-            limits,
-            join_timeout: Duration::from_secs(10),
-            join_failure_burst: crate::session::JOIN_FAILURE_BURST,
-            audit_failures_per_second: crate::audit::FAILURES_PER_SECOND,
-            audit: AuditSink::Stdout,
-            assets: &WEB_ASSETS,
-            shutdown_grace: Duration::from_secs(3),
-            invite_secret: jwt_secret.to_vec(),
-            invite_ttl: Duration::from_secs(4 * 3600),
-            jwks_url: None,
-            jwks_min_refresh: Duration::from_secs(30),
-            trusted_proxies: Vec::new(),
-            public_url: None,
-            connections: ConnectionLimits::default(),
-            ws_heartbeat: Duration::from_secs(20),
-            ws_idle_timeout: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Shared by every request and session.
-pub struct Context {
-    pub directory: Directory,
-    pub verifier: TokenVerifier,
-    pub metrics: Arc<Metrics>,
-    pub audit: Arc<AuditLog>,
-    pub sfu: SfuHandle,
-    pub limits: Limits,
-    pub join_timeout: Duration,
-    pub assets: &'static Dir<'static>,
-    /// `true` once shutdown began: sessions say `bye` and close.
-    pub shutdown: watch::Receiver<bool>,
-    pub ready: AtomicBool,
-    pub invite_secret: Vec<u8>,
-    pub invite_ttl: Duration,
-    pub jwks: Option<crate::jwks::JwksSource>,
-    pub trusted_proxies: Vec<std::net::IpAddr>,
-    /// Base URL for links (no trailing slash).
-    pub public_url: String,
-    /// Per-IP limits of the HTTP API and of connectivity checks.
-    pub api_limiter: IpLimiter,
-    pub probe_limiter: IpLimiter,
-    /// Failed joins per client IP (see `session.rs`).
-    pub join_failures: IpLimiter,
-    pub ws_heartbeat: Duration,
-    pub ws_idle_timeout: Duration,
-    /// Open HTTP connections under their caps.
-    pub connection_gate: Arc<ConnectionGate>,
-}
-
-impl Context {
-    /// Fetch the JWKS (if configured and not fetched too recently) and
-    /// install its keys. Failures are logged; the old keys stay.
-    pub async fn refresh_jwks(&self) {
-        let Some(jwks) = &self.jwks else {
-            return;
-        };
-        match jwks.refresh().await {
-            Ok(Some(keys)) => {
-                log::info!("JWKS from {}: {} keys", jwks.url(), keys.len());
-                self.verifier.set_remote_keys(keys);
-            }
-            Ok(None) => {}
-            Err(e) => log::warn!("JWKS from {}: {e}", jwks.url()),
-        }
-    }
-}
 
 #[derive(Debug)]
 pub enum ServeError {
@@ -210,13 +76,15 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
             .with_failure_rate(config.audit_failures_per_second),
     );
     let metrics = Arc::new(Metrics::new().map_err(ServeError::Metrics)?);
-    let sfu = SfuHandle::start(config.sfu.clone()).map_err(ServeError::Media)?;
+    let (sink, events) = tokio::sync::mpsc::unbounded_channel();
+    let sfu = SfuHandle::start(config.sfu.clone(), sink).map_err(ServeError::Media)?;
+    let media = Media::new(Arc::new(sfu.clone()), events);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limits = config.connections;
-    let open_files = crate::listener::open_file_limit();
+    let open_files = crate::gate::open_file_limit();
     let max_total = limits
         .max_total
-        .unwrap_or_else(|| crate::listener::default_max_total(open_files));
+        .unwrap_or_else(|| crate::gate::default_max_total(open_files));
     let connection_gate =
         ConnectionGate::new(max_total, limits.max_per_ip, config.trusted_proxies.clone());
     log::info!(
@@ -232,7 +100,7 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
     }
     let ctx = Arc::new(Context {
         directory: Directory::new(
-            sfu.clone(),
+            media.clone(),
             config.policy,
             config.limits,
             metrics.clone(),
@@ -242,7 +110,8 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         verifier: TokenVerifier::new(config.keys, config.issuer, config.audience),
         metrics,
         audit,
-        sfu,
+        media,
+        sfu: Some(sfu),
         limits: config.limits,
         join_timeout: config.join_timeout,
         assets: config.assets,
@@ -259,7 +128,7 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         api_limiter: IpLimiter::new(crate::api::API_REQUESTS_PER_MINUTE, crate::api::API_BURST),
         probe_limiter: IpLimiter::new(crate::probe::PROBES_PER_MINUTE, crate::probe::PROBE_BURST),
         join_failures: IpLimiter::new(
-            crate::session::JOIN_FAILURES_PER_MINUTE,
+            crate::context::JOIN_FAILURES_PER_MINUTE,
             config.join_failure_burst,
         ),
         ws_heartbeat: config.ws_heartbeat,
@@ -317,7 +186,10 @@ impl Server {
 
     /// The media plane's sockets (for logs and tests).
     pub fn media_addrs(&self) -> (Vec<SocketAddr>, Option<SocketAddr>) {
-        (self.ctx.sfu.udp_addrs(), self.ctx.sfu.tcp_addr())
+        match &self.ctx.sfu {
+            Some(sfu) => (sfu.udp_addrs(), sfu.tcp_addr()),
+            None => (Vec::new(), None),
+        }
     }
 
     /// Stop taking consults: `/readyz` answers 503 and new joins are refused
@@ -339,8 +211,9 @@ impl Server {
         while self.ctx.metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let sfu = self.ctx.sfu.clone();
-        let _ = tokio::task::spawn_blocking(move || sfu.shutdown()).await;
+        if let Some(sfu) = self.ctx.sfu.clone() {
+            let _ = tokio::task::spawn_blocking(move || sfu.shutdown()).await;
+        }
         self.sweeper.abort();
         let _ = self.http_stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.http_task).await;

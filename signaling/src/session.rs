@@ -10,82 +10,21 @@
 //! log lines carry participant ids, codes and counts.
 
 use crate::audit::{AccessPoint, AuditEvent};
+use crate::connection::{Connection, End, Inbound, SEND_TIMEOUT, shutting_down};
+use crate::context::Context;
 use crate::directory::{HostAction, Outgoing, Ticket};
 use crate::protocol::{
     ByeReason, ClientMessage, ErrorCode, LeftReason, PROTOCOL_VERSION, ServerMessage,
 };
-use crate::rate::TokenBucket;
-use crate::server::Context;
 use futures_util::{SinkExt, StreamExt};
 use sfu::{MediaCommand, MediaEvent};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use warp::ws::{Message, WebSocket};
-
-/// A send that takes longer than this means the browser stopped reading.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// WebSocket pings a peer may send. Browsers never send any (the page's
-/// keep-alive is a `ping` message); a flood of them, each answered with a
-/// pong, grew the server from 6 MiB to 816 MiB in 5 s when the peer did not
-/// read. Over the rate the connection is closed with 1008 (policy).
-const PINGS_PER_SECOND: u32 = 2;
-const PING_BURST: u32 = 10;
-/// WebSocket close code "policy violation" (RFC 6455 §7.4.1).
-pub const CLOSE_POLICY: u16 = 1008;
-
-/// Failed joins (bad or expired tokens, wrong version) per client address;
-/// past the burst further joins from it are refused with `rate_limited`
-/// without looking at the token. Successful joins are never counted, so a
-/// hospital behind one address is not held back by its own traffic.
-pub const JOIN_FAILURES_PER_MINUTE: u32 = 30;
-pub const JOIN_FAILURE_BURST: u32 = 20;
-
-/// Why the connection ends (after the last frame was sent).
-pub(crate) enum End {
-    /// Close frame sent or the peer is gone: just drop the socket.
-    Closed,
-}
-
-pub(crate) struct Connection {
-    pub(crate) ws: WebSocket,
-    pub(crate) ctx: Arc<Context>,
-    pub(crate) access: AccessPoint,
-    messages: TokenBucket,
-    relay_bytes: TokenBucket,
-    pings: TokenBucket,
-    /// When the peer last sent a frame (any: a pong answers our heartbeat).
-    last_heard: Instant,
-}
-
-/// Resolves once shutdown began. (The watch guard is not `Send`, so it is
-/// dropped here rather than held in the caller's `select!`.)
-pub(crate) async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = rx.wait_for(|down| *down).await;
-}
-
-/// What one frame from the browser turned out to be.
-pub(crate) enum Inbound {
-    Message(ClientMessage),
-    /// Answered already (non-fatal error); keep going.
-    Handled,
-    /// Fatal error sent, or the peer closed: stop.
-    Stop,
-}
 
 pub async fn run(ws: WebSocket, ctx: Arc<Context>, access: AccessPoint) {
     ctx.metrics.connections.inc();
-    let now = Instant::now();
-    let limits = ctx.limits;
-    let mut conn = Connection {
-        ws,
-        access,
-        messages: TokenBucket::new(limits.messages_per_second, limits.messages_burst, now),
-        relay_bytes: TokenBucket::new(limits.relay_bytes_per_second, limits.relay_bytes_burst, now),
-        pings: TokenBucket::new(PINGS_PER_SECOND, PING_BURST, now),
-        last_heard: now,
-        ctx,
-    };
+    let mut conn = Connection::new(ws, ctx, access);
     if let Some(ticket) = conn.await_join().await {
         conn.joined(ticket).await;
     }
@@ -93,124 +32,6 @@ pub async fn run(ws: WebSocket, ctx: Arc<Context>, access: AccessPoint) {
 }
 
 impl Connection {
-    pub(crate) async fn send(&mut self, message: &ServerMessage) -> Result<(), End> {
-        let text = message.to_json();
-        match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(Message::text(text))).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Closed),
-        }
-    }
-
-    /// Send `error` and, if it is fatal, close.
-    pub(crate) async fn error(&mut self, code: ErrorCode) -> Result<(), End> {
-        self.send(&ServerMessage::error(code)).await?;
-        if code.fatal() {
-            self.close().await;
-            return Err(End::Closed);
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn close(&mut self) {
-        self.close_with(Message::close()).await;
-    }
-
-    async fn close_with(&mut self, frame: Message) {
-        let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(frame)).await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), SinkExt::close(&mut self.ws)).await;
-    }
-
-    /// Close for breaking a transport rule (ping flood): no `error`
-    /// message, the close code says it.
-    async fn close_for_policy(&mut self, reason: &'static str) {
-        self.ctx
-            .metrics
-            .ws_closed
-            .with_label_values(&[reason])
-            .inc();
-        log::info!("WebSocket closed: {reason}");
-        self.close_with(Message::close_with(CLOSE_POLICY, reason))
-            .await;
-    }
-
-    /// Read one frame and apply the size and rate limits.
-    pub(crate) async fn read(&mut self, frame: Option<Result<Message, warp::Error>>) -> Inbound {
-        let msg = match frame {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                // tungstenite refuses frames over its own (larger) cap; tell
-                // the client why before dropping the connection.
-                if e.to_string().to_ascii_lowercase().contains("too long")
-                    || e.to_string().to_ascii_lowercase().contains("size")
-                {
-                    let _ = self.error(ErrorCode::MessageTooLarge).await;
-                }
-                return Inbound::Stop;
-            }
-            None => return Inbound::Stop,
-        };
-        let now = Instant::now();
-        self.last_heard = now;
-        if msg.is_close() {
-            return Inbound::Stop;
-        }
-        if msg.is_ping() {
-            if !self.pings.try_take(1, now) {
-                self.close_for_policy("ping_flood").await;
-                return Inbound::Stop;
-            }
-            return Inbound::Handled;
-        }
-        if msg.is_pong() {
-            return Inbound::Handled;
-        }
-        if msg.as_bytes().len() > self.ctx.limits.max_message_bytes {
-            self.ctx
-                .metrics
-                .ws_messages
-                .with_label_values(&["too_large"])
-                .inc();
-            let _ = self.error(ErrorCode::MessageTooLarge).await;
-            return Inbound::Stop;
-        }
-        if !self.messages.try_take(1, now) {
-            self.ctx
-                .metrics
-                .ws_messages
-                .with_label_values(&["rate_limited"])
-                .inc();
-            return match self.error(ErrorCode::RateLimited).await {
-                Ok(()) => Inbound::Handled,
-                Err(_) => Inbound::Stop,
-            };
-        }
-        let parsed = msg
-            .to_str()
-            .ok()
-            .and_then(|text| serde_json::from_str::<ClientMessage>(text).ok());
-        match parsed {
-            Some(m) => {
-                self.ctx
-                    .metrics
-                    .ws_messages
-                    .with_label_values(&[m.kind()])
-                    .inc();
-                Inbound::Message(m)
-            }
-            None => {
-                self.ctx
-                    .metrics
-                    .ws_messages
-                    .with_label_values(&["invalid"])
-                    .inc();
-                match self.error(ErrorCode::BadMessage).await {
-                    Ok(()) => Inbound::Handled,
-                    Err(_) => Inbound::Stop,
-                }
-            }
-        }
-    }
-
     /// Wait for a valid `join`. Returns the ticket, or `None` when the
     /// connection ended (every refusal was answered with its code).
     async fn await_join(&mut self) -> Option<Ticket> {
@@ -380,8 +201,12 @@ impl Connection {
                 log::info!("participant {id}: media failed");
                 self.send(&ServerMessage::MediaFailed { reason }).await
             }
+            MediaEvent::Reset => {
+                log::info!("participant {id}: media session moved to another node");
+                self.send(&ServerMessage::MediaReset).await
+            }
             MediaEvent::Error { code, message } => {
-                let code = ErrorCode::parse(code).unwrap_or(ErrorCode::MediaError);
+                let code = ErrorCode::parse(&code).unwrap_or(ErrorCode::MediaError);
                 log::info!("participant {id}: media plane refused: {code}");
                 self.send(&ServerMessage::Error {
                     code,
@@ -477,7 +302,7 @@ impl Connection {
                 }
             }
             ClientMessage::RevokeInvite { jti } => {
-                if !valid_jti(&jti) {
+                if !crate::token::valid_jti(&jti) {
                     Err(ErrorCode::BadMessage)
                 } else {
                     dir.host(id, "invite_revoked")
@@ -520,7 +345,7 @@ async fn authorize(
     if v != Some(u64::from(PROTOCOL_VERSION)) {
         return Err(failed(ErrorCode::UnsupportedVersion));
     }
-    let claims = match verify_token(ctx, access, &token.unwrap_or_default()).await {
+    let claims = match ctx.verify_token(access, &token.unwrap_or_default()).await {
         Ok(c) => c,
         Err(code) => {
             log::info!("join refused: {code}");
@@ -538,43 +363,4 @@ async fn authorize(
             Err(refuse(code))
         }
     }
-}
-
-/// Verify a join token the way every entrance does (join, the HTTP API, the
-/// connectivity check): same keys, same claims checks, a JWKS refresh for an
-/// unknown `kid`, and a `token_accepted` / `token_rejected` audit line.
-pub async fn verify_token(
-    ctx: &Context,
-    access: &AccessPoint,
-    token: &str,
-) -> Result<crate::token::Claims, ErrorCode> {
-    if ctx.jwks.is_some() && ctx.verifier.has_unknown_kid(token) {
-        // Possibly a rotated EHR key (rate-limited inside).
-        ctx.refresh_jwks().await;
-    }
-    match ctx.verifier.verify(token, crate::token::unix_now()) {
-        Ok(claims) => {
-            // The `jti` lets an EHR find its own launch token in the log; it
-            // is an id, not the token.
-            let mut event = AuditEvent::new("token_accepted", access.clone())
-                .actor(&claims.sub, claims.role)
-                .consult(&claims.consult)
-                .responsible(ctx.directory.responsible_clinician(&claims).as_deref());
-            if let Some(jti) = &claims.jti {
-                event = event.detail(serde_json::json!({ "jti": jti }));
-            }
-            ctx.audit.record(event);
-            Ok(claims)
-        }
-        Err(code) => {
-            ctx.audit
-                .record(AuditEvent::new("token_rejected", access.clone()).failed(code));
-            Err(code)
-        }
-    }
-}
-
-/// A token id as the `jti` claim allows it (1–128 bytes).
-pub fn valid_jti(jti: &str) -> bool {
-    !jti.is_empty() && jti.len() <= 128
 }

@@ -505,6 +505,14 @@ pub fn random_secret() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Longest invite validity a clinician can ask for.
+pub const MAX_INVITE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A token id as the `jti` claim allows it (1–128 bytes).
+pub fn valid_jti(jti: &str) -> bool {
+    !jti.is_empty() && jti.len() <= 128
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use signaling::listener::ConnectionLimits;
+use signaling::gate::ConnectionLimits;
 use signaling::protocol::Role;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -159,7 +159,7 @@ async fn ping_flood_without_reading_is_closed_with_the_policy_code_and_memory_st
         .unwrap_or_else(|| panic!("no close frame after {sent} pings"));
     assert_eq!(
         u16::from_be_bytes([close.1[0], close.1[1]]),
-        signaling::session::CLOSE_POLICY
+        signaling::connection::CLOSE_POLICY
     );
     let pongs = frames.iter().filter(|(op, _)| *op == 0xA).count();
     assert!(pongs <= 64, "{pongs} pongs for a burst of 10 pings");

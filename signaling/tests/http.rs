@@ -128,9 +128,9 @@ async fn embedded_web_client_has_the_pages_the_contract_names() {
     // Runs against the real web/ directory; skipped gracefully while web/
     // is still empty in a fresh workspace.
     let mut cfg = config();
-    cfg.assets = &signaling::server::WEB_ASSETS;
+    cfg.assets = &signaling::context::WEB_ASSETS;
     let s = start_with(cfg).await;
-    if signaling::server::WEB_ASSETS
+    if signaling::context::WEB_ASSETS
         .get_file("index.html")
         .is_none()
     {

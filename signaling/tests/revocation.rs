@@ -25,7 +25,8 @@ async fn lobby_server() -> TestServer {
 async fn api_host(s: &TestServer, token: &str) -> Host {
     let ctx = s.server.context();
     let access = AccessPoint::new(Some("192.0.2.7".parse().unwrap()), None);
-    let claims = signaling::session::verify_token(ctx, &access, token)
+    let claims = ctx
+        .verify_token(&access, token)
         .await
         .expect("valid clinician token");
     ctx.directory

@@ -14,10 +14,12 @@ use rtc::peer_connection::transport::{
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use sfu::{MediaCommand, MediaEvent, SfuConfig, SfuHandle};
+use sfu::{MediaCommand, MediaEnvelope, MediaEvent, SfuConfig, SfuHandle};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 /// Generous: the machine is shared and busy.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,15 +28,43 @@ pub fn loopback(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
-pub fn start_sfu() -> SfuHandle {
-    SfuHandle::start(SfuConfig {
-        bind_ip: loopback(1),
-        announce_ip: loopback(1),
-        udp_port: 0,
-        tcp_port: Some(0),
-        workers: 1,
-    })
-    .expect("start the media plane")
+/// The media plane plus a router that hands each participant its own
+/// events (the plane reports all of them on one sink).
+pub struct TestPlane {
+    sfu: SfuHandle,
+    routes: Arc<Mutex<HashMap<String, UnboundedSender<MediaEvent>>>>,
+}
+
+impl std::ops::Deref for TestPlane {
+    type Target = SfuHandle;
+    fn deref(&self) -> &SfuHandle {
+        &self.sfu
+    }
+}
+
+pub fn start_sfu() -> TestPlane {
+    let (sink, mut envelopes) = unbounded_channel::<MediaEnvelope>();
+    let sfu = SfuHandle::start(
+        SfuConfig {
+            bind_ip: loopback(1),
+            announce_ip: loopback(1),
+            udp_port: 0,
+            tcp_port: Some(0),
+            workers: 1,
+        },
+        sink,
+    )
+    .expect("start the media plane");
+    let routes: Arc<Mutex<HashMap<String, UnboundedSender<MediaEvent>>>> = Arc::default();
+    let table = routes.clone();
+    std::thread::spawn(move || {
+        while let Some(e) = envelopes.blocking_recv() {
+            if let Some(to) = table.lock().expect("routes").get(&e.participant) {
+                let _ = to.send(e.event);
+            }
+        }
+    });
+    TestPlane { sfu, routes }
 }
 
 /// A participant as the media plane sees it: its events and its latest
@@ -60,12 +90,15 @@ impl Joined {
     }
 }
 
-pub fn join(sfu: &SfuHandle, consult: &str, participant: &str) -> Joined {
+pub fn join(sfu: &TestPlane, consult: &str, participant: &str) -> Joined {
     let (tx, mut events) = unbounded_channel();
+    sfu.routes
+        .lock()
+        .expect("routes")
+        .insert(participant.to_string(), tx);
     sfu.send(MediaCommand::Join {
         consult: consult.into(),
         participant: participant.into(),
-        events: tx,
     });
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {

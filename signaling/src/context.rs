@@ -1,0 +1,199 @@
+//! What every request and session shares ([`Context`]), what `serve`
+//! is started with ([`ServeConfig`]), and the one way every entrance
+//! verifies a join token ([`Context::verify_token`]).
+
+use crate::audit::{AccessPoint, AuditEvent, AuditLog, AuditSink};
+use crate::consult::ConsultPolicy;
+use crate::directory::Directory;
+use crate::gate::{ConnectionGate, ConnectionLimits};
+use crate::media::Media;
+use crate::metrics::Metrics;
+use crate::protocol::{ErrorCode, Limits};
+use crate::rate::IpLimiter;
+use crate::token::{TokenVerifier, VerifyKey};
+use include_dir::Dir;
+use sfu::{SfuConfig, SfuHandle};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Failed joins (bad or expired tokens, wrong version) per client address;
+/// past the burst further joins from it are refused with `rate_limited`
+/// without looking at the token. Successful joins are never counted, so a
+/// hospital behind one address is not held back by its own traffic.
+pub const JOIN_FAILURES_PER_MINUTE: u32 = 30;
+pub const JOIN_FAILURE_BURST: u32 = 20;
+
+/// The web client, embedded at build time so one file deploys.
+pub static WEB_ASSETS: Dir<'static> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/../web");
+
+/// Everything `serve` needs; built from the command line in `config.rs`.
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub keys: Vec<VerifyKey>,
+    pub issuer: String,
+    pub audience: String,
+    pub sfu: SfuConfig,
+    pub policy: ConsultPolicy,
+    pub limits: Limits,
+    pub join_timeout: Duration,
+    /// Failed joins per client address before `rate_limited`.
+    pub join_failure_burst: u32,
+    /// Audit failure lines per source address per second.
+    pub audit_failures_per_second: u32,
+    pub audit: AuditSink,
+    pub assets: &'static Dir<'static>,
+    /// How long shutdown waits for participants to be told before it stops
+    /// the media plane anyway.
+    pub shutdown_grace: Duration,
+    /// HS256 secret the server signs invites with (one of `keys` must
+    /// verify them: the all-in-one secret does).
+    pub invite_secret: Vec<u8>,
+    /// Invite validity when the clinician does not choose one.
+    pub invite_ttl: Duration,
+    /// The EHR's JWKS URL, if its keys are fetched rather than configured.
+    pub jwks_url: Option<String>,
+    /// Minimum time between two JWKS fetches (unknown `kid`s trigger one).
+    pub jwks_min_refresh: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (audit IPs).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Base URL of links the API returns (`None`: `http://` + the bound
+    /// address).
+    pub public_url: Option<String>,
+    /// Connection caps and the header timeout of the HTTP port.
+    pub connections: ConnectionLimits,
+    /// A joined WebSocket quiet this long is pinged.
+    pub ws_heartbeat: Duration,
+    /// A joined WebSocket silent this long (no answer to the pings) is
+    /// closed.
+    pub ws_idle_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// Defaults for an all-in-one server on `listen` with an HS256 secret.
+    pub fn new(listen: SocketAddr, jwt_secret: &[u8]) -> ServeConfig {
+        let limits = Limits::default();
+        ServeConfig {
+            listen,
+            keys: vec![VerifyKey::hs256(jwt_secret)],
+            issuer: "spreekkamer".into(),
+            audience: "spreekkamer".into(),
+            sfu: SfuConfig {
+                bind_ip: listen.ip(),
+                announce_ip: listen.ip(),
+                udp_port: 0,
+                tcp_port: Some(0),
+                workers: 1,
+            },
+            policy: ConsultPolicy {
+                max_participants: limits.max_participants,
+                ..ConsultPolicy::default()
+            },
+            limits,
+            join_timeout: Duration::from_secs(10),
+            join_failure_burst: JOIN_FAILURE_BURST,
+            audit_failures_per_second: crate::audit::FAILURES_PER_SECOND,
+            audit: AuditSink::Stdout,
+            assets: &WEB_ASSETS,
+            shutdown_grace: Duration::from_secs(3),
+            invite_secret: jwt_secret.to_vec(),
+            invite_ttl: Duration::from_secs(4 * 3600),
+            jwks_url: None,
+            jwks_min_refresh: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
+            public_url: None,
+            connections: ConnectionLimits::default(),
+            ws_heartbeat: Duration::from_secs(20),
+            ws_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Shared by every request and session.
+pub struct Context {
+    pub directory: Directory,
+    pub verifier: TokenVerifier,
+    pub metrics: Arc<Metrics>,
+    pub audit: Arc<AuditLog>,
+    /// The seam to the media plane (commands out, events routed back).
+    pub media: Arc<Media>,
+    /// The in-process media plane, when this process runs one (`serve`):
+    /// its counters go on `/metrics`.
+    pub sfu: Option<SfuHandle>,
+    pub limits: Limits,
+    pub join_timeout: Duration,
+    pub assets: &'static Dir<'static>,
+    /// `true` once shutdown began: sessions say `bye` and close.
+    pub shutdown: watch::Receiver<bool>,
+    pub ready: AtomicBool,
+    pub invite_secret: Vec<u8>,
+    pub invite_ttl: Duration,
+    pub jwks: Option<crate::jwks::JwksSource>,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Base URL for links (no trailing slash).
+    pub public_url: String,
+    /// Per-IP limits of the HTTP API and of connectivity checks.
+    pub api_limiter: IpLimiter,
+    pub probe_limiter: IpLimiter,
+    /// Failed joins per client IP (see `session.rs`).
+    pub join_failures: IpLimiter,
+    pub ws_heartbeat: Duration,
+    pub ws_idle_timeout: Duration,
+    /// Open HTTP connections under their caps.
+    pub connection_gate: Arc<ConnectionGate>,
+}
+
+impl Context {
+    /// Verify a join token the way every entrance does (join, the HTTP API, the
+    /// connectivity check): same keys, same claims checks, a JWKS refresh for an
+    /// unknown `kid`, and a `token_accepted` / `token_rejected` audit line.
+    pub async fn verify_token(
+        &self,
+        access: &AccessPoint,
+        token: &str,
+    ) -> Result<crate::token::Claims, ErrorCode> {
+        let ctx = self;
+        if ctx.jwks.is_some() && ctx.verifier.has_unknown_kid(token) {
+            // Possibly a rotated EHR key (rate-limited inside).
+            ctx.refresh_jwks().await;
+        }
+        match ctx.verifier.verify(token, crate::token::unix_now()) {
+            Ok(claims) => {
+                // The `jti` lets an EHR find its own launch token in the log; it
+                // is an id, not the token.
+                let mut event = AuditEvent::new("token_accepted", access.clone())
+                    .actor(&claims.sub, claims.role)
+                    .consult(&claims.consult)
+                    .responsible(ctx.directory.responsible_clinician(&claims).as_deref());
+                if let Some(jti) = &claims.jti {
+                    event = event.detail(serde_json::json!({ "jti": jti }));
+                }
+                ctx.audit.record(event);
+                Ok(claims)
+            }
+            Err(code) => {
+                ctx.audit
+                    .record(AuditEvent::new("token_rejected", access.clone()).failed(code));
+                Err(code)
+            }
+        }
+    }
+
+    /// Fetch the JWKS (if configured and not fetched too recently) and
+    /// install its keys. Failures are logged; the old keys stay.
+    pub async fn refresh_jwks(&self) {
+        let Some(jwks) = &self.jwks else {
+            return;
+        };
+        match jwks.refresh().await {
+            Ok(Some(keys)) => {
+                log::info!("JWKS from {}: {} keys", jwks.url(), keys.len());
+                self.verifier.set_remote_keys(keys);
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("JWKS from {}: {e}", jwks.url()),
+        }
+    }
+}
