@@ -12,6 +12,7 @@
 //!   participant; carries out the effects;
 //! * [`session`] — one WebSocket connection with its limits;
 //! * [`rate`] — the token buckets behind those limits;
+//! * [`registry`] — media nodes and consult placement (in memory or Redis);
 //! * [`http`] — routes, health, metrics, the embedded web client;
 //! * [`listener`] — the accept loop: connection caps, header timeout;
 //! * [`api`] — the HTTP API (invites, authenticated by a clinician token);
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod probe;
 pub mod protocol;
 pub mod rate;
+pub mod registry;
 pub mod revocation;
 pub mod server;
 pub mod session;
