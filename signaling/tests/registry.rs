@@ -431,11 +431,15 @@ async fn two_edges_racing_place_every_consult_on_exactly_one_node() {
             round
         }
     });
+    // The 50 calls for one consult start at the same instant (they race each
+    // other); consults start 3 ms apart, so they meet different loads.
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
     let mut tasks = tokio::task::JoinSet::new();
     for call in 0..50 {
-        for consult in 0..20 {
+        for consult in 0..20u64 {
             let edge = edges[call % 2].clone();
             tasks.spawn(async move {
+                tokio::time::sleep_until(start + Duration::from_millis(3 * consult)).await;
                 let consult = format!("race-{consult}");
                 let node = edge.place(&consult).await.expect("place").id;
                 (consult, node)
