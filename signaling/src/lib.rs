@@ -16,6 +16,7 @@
 //!   message and ping rates), shared by [`session`] and [`probe`];
 //! * [`session`] — a participant's WebSocket session, from `join` to close;
 //! * [`rate`] — the token buckets behind those limits;
+//! * [`registry`] — media nodes and consult placement (in memory or Redis);
 //! * [`http`] — routes, health, metrics, the embedded web client;
 //! * [`gate`] — connection caps per address and in total;
 //! * [`listener`] — the accept loop: the gate, then hyper with a header
@@ -54,6 +55,7 @@ pub mod metrics;
 pub mod probe;
 pub mod protocol;
 pub mod rate;
+pub mod registry;
 pub mod revocation;
 pub mod server;
 pub mod session;
