@@ -11,6 +11,8 @@
 //! * [`directory`] — every consult of this edge plus a mailbox per connected
 //!   participant; carries out the effects;
 //! * [`session`] — one WebSocket connection with its limits;
+//! * [`resume`] — resume tickets: back into the call after a lost
+//!   connection or a restart, without a second admission;
 //! * [`rate`] — the token buckets behind those limits;
 //! * [`http`] — routes, health, metrics, the embedded web client;
 //! * [`listener`] — the accept loop: connection caps, header timeout;
@@ -42,6 +44,7 @@ pub mod metrics;
 pub mod probe;
 pub mod protocol;
 pub mod rate;
+pub mod resume;
 pub mod revocation;
 pub mod server;
 pub mod session;
