@@ -12,11 +12,13 @@ import { Call } from './call.js';
 import * as media from './media.js';
 import { ReceivePreferences } from './prefs.js';
 import { badgeState, summaryKey, tileTrustKey, weakestTrust } from './trust.js';
+import { Reconnector, signalingUrls } from './reconnect.js';
 
 const $ = (sel) => document.querySelector(sel);
 
-// Reconnect after an unexpected close: a fresh join with the same token.
-const RECONNECT_DELAYS_MS = [1000, 2000, 4000, 8000, 15000];
+// After an unexpected close (or `bye: shutdown`) the page reconnects: a fresh
+// join with the same token and the latest resume ticket, with backoff, for up
+// to five minutes (reconnect.js).
 // No `welcome` within this time counts as a failed connection attempt.
 const WELCOME_TIMEOUT_MS = 15000;
 // Chat and photos stay in page memory only; keep that memory bounded.
@@ -60,7 +62,8 @@ const app = {
   refusedIds: new Set(), // ids the E2EE session refused (not in the roster), already reported
   pendingTracks: new Map(), // id → {audio, video}: media of someone not (yet) in the roster
   phase: 'preview',
-  reconnectAttempt: 0,
+  reconnector: null, // Reconnector: when and where to reconnect
+  resumeTicket: null, // the latest `resume` ticket: back into the call without a second admission
   reconnectTimer: null,
   reconnectAfterClose: false,
   welcomeTimer: null,
@@ -81,6 +84,9 @@ const app = {
 // `timings` holds performance.now() milestones of the current session
 // (join, welcome, in-call, first offer, ICE connected, first remote frame).
 const hook = { pc: null, call: null, you: null, participants: app.participants, e2ee: null, timings: {}, prefs: null, activeSpeaker: null };
+// `dropSignaling()` closes the WebSocket the way a network failure would (tests).
+hook.dropSignaling = () => { if (app.signaling) app.signaling.drop(); };
+hook.resumeTicketKnown = () => !!app.resumeTicket;
 window.__spreekkamer = hook;
 
 // ---------------------------------------------------------------------------
@@ -275,6 +281,7 @@ function hideError() {
 
 /** An error that ends the call: tear everything down and show only the message. */
 function showFatal(code, opts = {}) {
+  app.resumeTicket = null;
   teardown();
   hideNotice();
   showError(code, opts);
@@ -485,7 +492,8 @@ async function join() {
   stopConnectivityCheck();
   setState('joining');
   await app.e2eeLoading;
-  app.reconnectAttempt = 0;
+  const meta = document.querySelector('meta[name="spreekkamer-signaling"]');
+  app.reconnector = new Reconnector({ urls: signalingUrls(meta && meta.content, window.location) });
   connect();
 }
 
@@ -499,7 +507,7 @@ function connect() {
   hook.timings = {};
   mark('join');
   app.reconnectAfterClose = false;
-  const sig = new Signaling({ token: app.token });
+  const sig = new Signaling({ url: app.reconnector.url(), token: app.token, resume: app.resumeTicket });
   app.signaling = sig;
   const on = (type, fn) => sig.addEventListener(type, (ev) => { if (app.signaling === sig) fn(ev.detail); });
   on('welcome', onWelcome);
@@ -510,6 +518,8 @@ function connect() {
   on('relay', onRelay);
   on('e2ee', onPeerE2ee);
   on('media-failed', () => app.call && app.call.restartIce());
+  on('resume', () => { app.resumeTicket = sig.resumeTicket; });
+  on('media-reset', onMediaReset);
   on('speaker', (m) => setActiveSpeaker(typeof m.participant === 'string' ? m.participant : null));
   on('error', onServerError);
   on('bye', onBye);
@@ -546,7 +556,7 @@ function onWelcome(msg) {
     showFatal('unsupported_version');
     return;
   }
-  app.reconnectAttempt = 0;
+  app.reconnector.connected();
   hideNotice();
   // From now on a reload goes straight back in (see readFragment).
   if (app.token) saveLink(app, true);
@@ -596,6 +606,7 @@ function enterCall() {
   call.addEventListener('track', (ev) => onRemoteTrack(ev.detail));
   call.addEventListener('track-ended', (ev) => onRemoteTrackEnded(ev.detail));
   call.addEventListener('negotiation-failed', () => call.restartIce());
+  call.addEventListener('reset', () => { hook.pc = call.pc; });
   call.addEventListener('connection', (ev) => {
     if (ev.detail.state === 'failed' || ev.detail.state === 'disconnected') showNotice(t('notice.mediaReconnecting'));
     if (ev.detail.state === 'connected' || ev.detail.state === 'completed') {
@@ -617,6 +628,20 @@ function onOffer(msg) {
   // An offer means we are in the media path: the waiting room is over.
   if (!app.call) enterCall();
   app.call.handleOffer(msg.sdp);
+}
+
+/**
+ * The server moved our media session (docs/PROTOCOL.md, `media-reset`): a
+ * fresh peer connection; the WebSocket, the roster and the E2EE session stay.
+ * The remote tracks of the old one end with it; the offer that follows brings
+ * new ones to the same tiles, and the E2EE transforms attach to the new
+ * senders and receivers as they appear.
+ */
+function onMediaReset() {
+  if (!app.call) return;
+  mark('mediaReset');
+  app.call.reset();
+  showNotice(t('notice.mediaReconnecting'));
 }
 
 function onServerError(msg) {
@@ -679,21 +704,22 @@ function onClose(detail) {
 
 function scheduleReconnect() {
   teardownSession();
-  if (app.reconnectAttempt >= RECONNECT_DELAYS_MS.length) {
+  const next = app.reconnector ? app.reconnector.next() : null;
+  if (!next) {
     showFatal('connection_lost', { retry: true });
     return;
   }
-  const delay = RECONNECT_DELAYS_MS[app.reconnectAttempt];
-  app.reconnectAttempt += 1;
   setState('joining');
-  showNotice(t('notice.reconnecting', { n: app.reconnectAttempt, max: RECONNECT_DELAYS_MS.length }), { sticky: true });
-  app.reconnectTimer = setTimeout(connect, delay);
+  showNotice(t('notice.reconnecting'), { sticky: true });
+  clearTimeout(app.reconnectTimer);
+  app.reconnectTimer = setTimeout(connect, next.delayMs);
 }
 
 function leave() {
   const sig = app.signaling;
   // Leaving on purpose: a reload must not bring this person back in.
   forgetLink();
+  app.resumeTicket = null;
   app.phase = 'left'; // so the coming close is not taken for a lost connection
   if (sig) sig.leave();
   teardown();

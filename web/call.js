@@ -11,6 +11,13 @@
 //   'track-ended' {participantId, kind, track}            it went away
 //   'sender'      {kind, sender}                          our sender for kind is known (E2EE attaches here)
 //   'connection'  {state}                                 the ICE connection state changed
+//   'reset'       {pc}                                    a fresh peer connection replaced the old one
+//
+// `media-reset` (docs/PROTOCOL.md): the server moved this participant's media
+// session (another media node); `reset()` closes the peer connection and
+// makes a fresh one, the WebSocket and the E2EE session stay, and the next
+// offer is answered on the fresh one (the E2EE transforms attach again
+// through the 'sender' and 'track' events).
 
 // Simulcast (docs/PROTOCOL.md, "Offers"): when the server's offer asks for
 // three layers of our camera, each gets a size and a bitrate cap. `h` is the
@@ -72,28 +79,54 @@ export class Call extends EventTarget {
     super();
     this.signaling = signaling;
     this.localTracks = { audio: localTracks.audio || null, video: localTracks.video || null };
-    // No STUN/TURN: the server is ICE-lite with public candidates in its offer.
-    this.pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle', ...config });
-    this.mids = { audio: null, video: null };
-    this.announcedSenders = new Set();
-    this.chain = Promise.resolve();
+    this.config = config;
     this.closed = false;
     this.lastRestart = 0;
     this.disconnectTimer = null;
+    this.resets = 0;
+    this.open();
+  }
+
+  /** A fresh peer connection, with nothing negotiated yet. */
+  open() {
+    // No STUN/TURN: the server is ICE-lite with public candidates in its offer.
+    const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle', ...this.config });
+    this.pc = pc;
+    this.mids = { audio: null, video: null };
+    this.announcedSenders = new Set();
+    this.chain = Promise.resolve();
     // Whether our camera is sent as three simulcast layers (for tests and diagnostics).
     this.simulcast = false;
-
-    this.pc.addEventListener('icecandidate', (ev) => {
+    // Events of a replaced peer connection are ignored.
+    const mine = (fn) => (ev) => { if (this.pc === pc) fn(ev); };
+    pc.addEventListener('icecandidate', mine((ev) => {
       // null = end of candidates; the server does not need to be told.
       if (ev.candidate && ev.candidate.candidate) this.signaling.sendCandidate(ev.candidate.toJSON());
-    });
-    this.pc.addEventListener('track', (ev) => this.onTrack(ev));
-    this.pc.addEventListener('iceconnectionstatechange', () => this.onIceState());
+    }));
+    pc.addEventListener('track', mine((ev) => this.onTrack(ev)));
+    pc.addEventListener('iceconnectionstatechange', mine(() => this.onIceState()));
+  }
+
+  /**
+   * `media-reset`: close the peer connection and start a fresh one; the
+   * server's next offer is for it. Offers still queued for the old one are
+   * dropped with it.
+   */
+  reset() {
+    if (this.closed) return;
+    clearTimeout(this.disconnectTimer);
+    const old = this.pc;
+    this.open();
+    this.resets += 1;
+    try { old.close(); } catch { /* already closed */ }
+    this.emit('reset', { pc: this.pc });
   }
 
   /** Apply a server offer and answer it. Offers are handled strictly in order. */
   handleOffer(sdp) {
-    this.chain = this.chain.then(() => this.answer(sdp)).catch((err) => {
+    const pc = this.pc;
+    this.chain = this.chain.then(() => this.pc === pc && this.answer(sdp)).catch((err) => {
+      if (this.pc !== pc) return; // the old peer connection of a media-reset
       console.warn('spreekkamer: could not answer offer', err);
       this.emit('negotiation-failed', { error: err });
     });

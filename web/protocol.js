@@ -4,8 +4,10 @@
 // the first message, turns every server message into an event named after its
 // `type` (`event.detail` is the message), and offers one typed helper per
 // client message. It knows nothing about the page: no DOM, no translations.
-// Reconnecting is a policy of the page, so a closed `Signaling` stays closed;
-// the page makes a fresh one (a fresh join with the same token).
+// Reconnecting is a policy of the page (reconnect.js), so a closed `Signaling`
+// stays closed; the page makes a fresh one: a fresh join with the same token
+// and the latest resume ticket, which brings someone who was in the call back
+// in without a second admission (docs/PROTOCOL.md, "Resuming").
 
 export const PROTOCOL_VERSION = 1;
 
@@ -72,12 +74,15 @@ const PING_INTERVAL_MS = 25000;
 
 export class Signaling extends EventTarget {
   /**
-   * @param {{url?: string, token: string}} opts
+   * @param {{url?: string, token: string, resume?: string|null}} opts
+   *   resume: the latest resume ticket of an earlier session, if any
    */
-  constructor({ url = signalingUrl(), token }) {
+  constructor({ url = signalingUrl(), token, resume = null }) {
     super();
     this.url = url;
     this.token = token;
+    // The latest ticket: the one we came with, then each `resume` the server sends.
+    this.resumeTicket = typeof resume === 'string' && resume ? resume : null;
     this.ws = null;
     this.joined = false;
     // Set when the session ends in a way the server announced (bye, fatal
@@ -99,7 +104,9 @@ export class Signaling extends EventTarget {
     }
     this.ws = ws;
     ws.addEventListener('open', () => {
-      this.rawSend({ type: 'join', v: PROTOCOL_VERSION, token: this.token });
+      const join = { type: 'join', v: PROTOCOL_VERSION, token: this.token };
+      if (this.resumeTicket) join.resume = this.resumeTicket;
+      this.rawSend(join);
       this.emit('open', {});
     });
     ws.addEventListener('message', (ev) => this.onFrame(ev.data));
@@ -128,6 +135,9 @@ export class Signaling extends EventTarget {
         break;
       case 'bye':
         this.ending = `bye:${msg.reason || ''}`;
+        break;
+      case 'resume':
+        if (typeof msg.ticket === 'string' && msg.ticket) this.resumeTicket = msg.ticket;
         break;
       case 'error':
         if (msg.fatal) this.ending = `error:${msg.code || ''}`;
@@ -218,6 +228,16 @@ export class Signaling extends EventTarget {
     if (!this.rawSend({ type: 'leave' })) this.close();
     // If the server never closes (it should), do it ourselves.
     setTimeout(() => this.close(), 2000);
+  }
+
+  /**
+   * Drop the connection as a network failure would: no `leave`, and the
+   * close counts as unexpected (the page reconnects). For tests.
+   */
+  drop() {
+    if (this.ws) {
+      try { this.ws.close(4000, 'dropped'); } catch { /* already closing */ }
+    }
   }
 
   close() {

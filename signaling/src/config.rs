@@ -167,6 +167,10 @@ pub struct ServeArgs {
     /// Default validity of invites clinicians create (at most 24h).
     #[arg(long, env = "SPREEKKAMER_INVITE_TTL", default_value = "4h", value_parser = parse_invite_ttl)]
     pub invite_ttl: Duration,
+    /// How long a resume ticket lets someone who was in the call back in
+    /// without a second admission (10s to 1h; never past their token).
+    #[arg(long, env = "SPREEKKAMER_RESUME_TTL", default_value = "120s", value_parser = parse_resume_ttl)]
+    pub resume_ttl: Duration,
     /// Print a clinician and a patient link for a random demo consult to
     /// stderr at start. Only in demo mode (no --jwt-secret, --jwt-secret-file,
     /// --jwt-key or --jwks-*), where it is the default; with a configured key
@@ -408,6 +412,14 @@ fn parse_invite_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_resume_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !(crate::resume::MIN_TTL..=crate::resume::MAX_TTL).contains(&d) {
+        return Err("must be between 10s and 1h".into());
+    }
+    Ok(d)
+}
+
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
     s.parse::<log::LevelFilter>()
         .map_err(|_| "must be one of off, error, warn, info, debug, trace".into())
@@ -546,6 +558,7 @@ impl ServeArgs {
             shutdown_grace: Duration::from_secs(3),
             invite_secret: secret.as_bytes().to_vec(),
             invite_ttl: self.invite_ttl,
+            resume_ttl: self.resume_ttl,
             jwks_url: self.jwks_url.clone(),
             jwks_min_refresh: Duration::from_secs(30),
             trusted_proxies: self.trusted_proxies.clone(),

@@ -68,6 +68,10 @@ pub struct Arrival {
     pub role: Role,
     pub now_unix: u64,
     pub now: Instant,
+    /// They showed a valid resume ticket (`resume.rs`): admitted to this
+    /// consult a moment ago, so they skip the waiting room like someone
+    /// returning within the grace period.
+    pub resumed: bool,
 }
 
 /// What the session layer must do after a roster change.
@@ -243,7 +247,8 @@ impl Consult {
         let returning = previous
             .as_ref()
             .is_some_and(|(_, adm)| *adm == Admission::Admitted)
-            || self.recently_admitted.iter().any(|(sub, _)| *sub == a.sub);
+            || self.recently_admitted.iter().any(|(sub, _)| *sub == a.sub)
+            || a.resumed;
         // A clinician can always enter their own locked consult; the lock
         // keeps new patients and guests out (not those who were let in).
         if self.locked && a.role != Role::Clinician && !returning {
@@ -599,6 +604,7 @@ mod tests {
             role,
             now_unix: 1000,
             now: Instant::now(),
+            resumed: false,
         }
     }
 
@@ -1067,5 +1073,45 @@ mod tests {
             ..arrival("b2", Role::Patient)
         };
         assert!(c.join(again, Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn a_resumed_patient_skips_the_waiting_room_but_not_a_removal_or_the_end() {
+        let mut c = lobby_consult();
+        join(&mut c, "doc", Role::Clinician);
+        c.lock("doc", true).unwrap();
+        let back = Arrival {
+            resumed: true,
+            ..arrival("pat", Role::Patient)
+        };
+        let j = c.join(back, Limits::default()).unwrap();
+        assert_eq!(j.state, JoinState::InCall, "straight in, even when locked");
+        assert!(j.effects.contains(&Effect::MediaJoin {
+            participant: "pat".into()
+        }));
+
+        c.remove("doc", "pat", Instant::now()).unwrap();
+        let again = Arrival {
+            resumed: true,
+            ..arrival("pat2", Role::Patient)
+        };
+        let again = Arrival {
+            sub: "sub-pat".into(),
+            ..again
+        };
+        assert_eq!(
+            c.join(again, Limits::default()).err(),
+            Some(ErrorCode::TokenRevoked)
+        );
+
+        c.end("doc", Instant::now()).unwrap();
+        let late = Arrival {
+            resumed: true,
+            ..arrival("guest", Role::Guest)
+        };
+        assert_eq!(
+            c.join(late, Limits::default()).err(),
+            Some(ErrorCode::ConsultEnded)
+        );
     }
 }

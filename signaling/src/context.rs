@@ -53,6 +53,8 @@ pub struct ServeConfig {
     pub invite_secret: Vec<u8>,
     /// Invite validity when the clinician does not choose one.
     pub invite_ttl: Duration,
+    /// Lifetime of resume tickets (`resume.rs`, keyed from `invite_secret`).
+    pub resume_ttl: Duration,
     /// The EHR's JWKS URL, if its keys are fetched rather than configured.
     pub jwks_url: Option<String>,
     /// Minimum time between two JWKS fetches (unknown `kid`s trigger one).
@@ -100,6 +102,7 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(3),
             invite_secret: jwt_secret.to_vec(),
             invite_ttl: Duration::from_secs(4 * 3600),
+            resume_ttl: crate::resume::DEFAULT_TTL,
             jwks_url: None,
             jwks_min_refresh: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
@@ -130,6 +133,8 @@ pub struct Context {
     pub ready: AtomicBool,
     pub invite_secret: Vec<u8>,
     pub invite_ttl: Duration,
+    /// Mints and checks resume tickets.
+    pub resume: crate::resume::ResumeKeys,
     pub jwks: Option<crate::jwks::JwksSource>,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Base URL for links (no trailing slash).

@@ -171,9 +171,15 @@ impl Directory {
     }
 
     /// A participant with a verified token joins their consult.
-    pub fn join(&self, claims: &Claims, access: AccessPoint) -> Result<Ticket, ErrorCode> {
+    /// `resumed`: the join carried a valid resume ticket (`resume.rs`).
+    pub fn join(
+        &self,
+        claims: &Claims,
+        access: AccessPoint,
+        resumed: bool,
+    ) -> Result<Ticket, ErrorCode> {
         let mut audit = Vec::new();
-        let result = self.join_locked(claims, access.clone(), &mut audit);
+        let result = self.join_locked(claims, access.clone(), resumed, &mut audit);
         if let Err(code) = result {
             let responsible = self.responsible_clinician(claims);
             audit.push(
@@ -192,6 +198,7 @@ impl Directory {
         &self,
         claims: &Claims,
         access: AccessPoint,
+        resumed: bool,
         audit: &mut Vec<AuditEvent>,
     ) -> Result<Ticket, ErrorCode> {
         let mut guard = self.lock();
@@ -231,6 +238,7 @@ impl Directory {
             role: claims.role,
             now_unix: crate::token::unix_now(),
             now,
+            resumed,
         };
         let joined = match consult.join(arrival, self.limits) {
             Ok(j) => j,
@@ -271,6 +279,7 @@ impl Directory {
             );
         }
         let event = match joined.state {
+            JoinState::InCall if resumed => "join_resumed",
             JoinState::InCall => "join",
             JoinState::Waiting => "waiting_room_entered",
         };

@@ -15,6 +15,8 @@
 //! * [`connection`] — one WebSocket's transport rules (send timeout, size,
 //!   message and ping rates), shared by [`session`] and [`probe`];
 //! * [`session`] — a participant's WebSocket session, from `join` to close;
+//! * [`resume`] — resume tickets: back into the call after a lost
+//!   connection or a restart, without a second admission;
 //! * [`rate`] — the token buckets behind those limits;
 //! * [`registry`] — media nodes and consult placement (in memory or Redis);
 //! * [`http`] — routes, health, metrics, the embedded web client;
@@ -56,6 +58,7 @@ pub mod probe;
 pub mod protocol;
 pub mod rate;
 pub mod registry;
+pub mod resume;
 pub mod revocation;
 pub mod server;
 pub mod session;

@@ -285,6 +285,8 @@ const SECRET_PARAMS: &[&str] = &[
     "key",
     "password",
     "name",
+    "resume",
+    "ticket",
 ];
 /// JSON fields whose string value is a token, a name or relayed content.
 const SECRET_FIELDS: &[&str] = &[
@@ -299,6 +301,8 @@ const SECRET_FIELDS: &[&str] = &[
     "link_secret",
     "password",
     "authorization",
+    "resume",
+    "ticket",
 ];
 
 /// `text` with every secret it recognisably holds replaced by
@@ -508,6 +512,24 @@ mod tests {
         assert!(!clean(&debug).contains("Jansen"), "{debug}");
         let hex: String = frame.bytes().map(|b| format!("{b:02x}")).collect();
         assert!(!clean(&format!("payload: 0x{hex}")).contains(&hex));
+    }
+
+    #[test]
+    fn resume_tickets_are_redacted_like_tokens() {
+        let keys = crate::resume::ResumeKeys::new(b"k", crate::resume::DEFAULT_TTL);
+        let t = keys
+            .mint("c1", "sub-p", crate::protocol::Role::Patient, 1_900_000_000)
+            .ticket;
+        let tag = t.rsplit('.').next().unwrap();
+        for text in [
+            format!(r#"{{"type":"join","v":1,"token":"x","resume":"{t}"}}"#),
+            format!(r#"{{"type":"resume","ticket":"{t}","expires":1}}"#),
+            format!("bare ticket {t} in text"),
+            format!("?resume={t}&ticket={t}"),
+        ] {
+            let out = clean(&text);
+            assert!(!out.contains(&t) && !out.contains(tag), "{text} -> {out}");
+        }
     }
 
     #[test]

@@ -124,6 +124,10 @@ pub enum ClientMessage {
         v: Option<u64>,
         #[serde(default)]
         token: Option<String>,
+        /// A resume ticket (`resume.rs`): back into the call without a
+        /// second admission, if it is valid for the token's person.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
     },
     Answer {
         sdp: String,
@@ -375,6 +379,13 @@ pub enum ServerMessage {
     InviteRevoked {
         jti: String,
     },
+    /// To a participant in the call: present `ticket` in the next `join`
+    /// to come back without a second admission (`resume.rs`).
+    Resume {
+        ticket: String,
+        /// Seconds since the UNIX epoch.
+        expires: u64,
+    },
     /// The end of a connectivity check (`probe`): whether ICE and DTLS to
     /// the media server came up, and how long that took.
     ProbeResult {
@@ -581,6 +592,12 @@ mod tests {
             ClientMessage::Join {
                 v: Some(1),
                 token: Some("a.b.c".into()),
+                resume: None,
+            },
+            ClientMessage::Join {
+                v: Some(1),
+                token: Some("a.b.c".into()),
+                resume: Some("r1.e30.AAAA".into()),
             },
             ClientMessage::Answer { sdp: "v=0".into() },
             ClientMessage::Candidate {
@@ -724,7 +741,8 @@ mod tests {
             parse(json!({"type":"join"})),
             ClientMessage::Join {
                 v: None,
-                token: None
+                token: None,
+                resume: None,
             }
         );
     }
@@ -804,6 +822,10 @@ mod tests {
                 expires: 5,
             },
             ServerMessage::InviteRevoked { jti: "j".into() },
+            ServerMessage::Resume {
+                ticket: "r1.e30.AAAA".into(),
+                expires: 5,
+            },
             ServerMessage::ProbeResult {
                 connected: true,
                 ms: Some(120),

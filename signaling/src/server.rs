@@ -117,6 +117,7 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         assets: config.assets,
         shutdown: shutdown_rx,
         ready: AtomicBool::new(true),
+        resume: crate::resume::ResumeKeys::new(&config.invite_secret, config.resume_ttl),
         invite_secret: config.invite_secret,
         invite_ttl: config.invite_ttl,
         jwks,

@@ -16,6 +16,7 @@ use crate::directory::{HostAction, Outgoing, Ticket};
 use crate::protocol::{
     ByeReason, ClientMessage, ErrorCode, LeftReason, PROTOCOL_VERSION, ServerMessage,
 };
+use crate::resume::Grant;
 use futures_util::{SinkExt, StreamExt};
 use sfu::{MediaCommand, MediaEvent};
 use std::sync::Arc;
@@ -25,16 +26,16 @@ use warp::ws::{Message, WebSocket};
 pub async fn run(ws: WebSocket, ctx: Arc<Context>, access: AccessPoint) {
     ctx.metrics.connections.inc();
     let mut conn = Connection::new(ws, ctx, access);
-    if let Some(ticket) = conn.await_join().await {
-        conn.joined(ticket).await;
+    if let Some((ticket, grant)) = conn.await_join().await {
+        conn.joined(ticket, grant).await;
     }
     conn.ctx.metrics.connections.dec();
 }
 
 impl Connection {
-    /// Wait for a valid `join`. Returns the ticket, or `None` when the
-    /// connection ended (every refusal was answered with its code).
-    async fn await_join(&mut self) -> Option<Ticket> {
+    /// Wait for a valid `join`. Returns the ticket and who joined, or `None`
+    /// when the connection ended (every refusal was answered with its code).
+    async fn await_join(&mut self) -> Option<(Ticket, Grant)> {
         let deadline = tokio::time::sleep(self.ctx.join_timeout);
         tokio::pin!(deadline);
         let mut shutdown = self.ctx.shutdown.clone();
@@ -53,10 +54,10 @@ impl Connection {
             match self.read(frame).await {
                 Inbound::Stop => return None,
                 Inbound::Handled => continue,
-                Inbound::Message(ClientMessage::Join { v, token }) => {
+                Inbound::Message(ClientMessage::Join { v, token, resume }) => {
                     let (ctx, access) = (self.ctx.clone(), self.access.clone());
-                    return match authorize(&ctx, &access, v, token).await {
-                        Ok(ticket) => Some(ticket),
+                    return match authorize(&ctx, &access, v, token, resume).await {
+                        Ok(joined) => Some(joined),
                         Err(code) => {
                             let _ = self.error(code).await;
                             None
@@ -75,9 +76,9 @@ impl Connection {
         }
     }
 
-    async fn joined(&mut self, mut ticket: Ticket) {
+    async fn joined(&mut self, mut ticket: Ticket, grant: Grant) {
         let id = ticket.id.clone();
-        let reason = match self.joined_loop(&mut ticket).await {
+        let reason = match self.joined_loop(&mut ticket, &grant).await {
             Ok(reason) => reason,
             Err(End::Closed) => LeftReason::Disconnected,
         };
@@ -85,8 +86,31 @@ impl Connection {
         log::info!("participant {id} left ({reason:?})");
     }
 
-    async fn joined_loop(&mut self, t: &mut Ticket) -> Result<LeftReason, End> {
+    /// A fresh resume ticket, if `id` is (still) in the call: nobody in the
+    /// waiting room, removed or denied gets one.
+    async fn send_resume(&mut self, id: &str, grant: &Grant) -> Result<(), End> {
+        if self.ctx.directory.admission(id) != Some(crate::consult::Admission::Admitted) {
+            return Ok(());
+        }
+        match self.ctx.resume.issue(grant, crate::token::unix_now()) {
+            Some(i) => {
+                self.send(&ServerMessage::Resume {
+                    ticket: i.ticket,
+                    expires: i.expires,
+                })
+                .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn joined_loop(&mut self, t: &mut Ticket, grant: &Grant) -> Result<LeftReason, End> {
         self.send(&t.welcome).await?;
+        self.send_resume(&t.id, grant).await?;
+        let refresh = self.ctx.resume.refresh();
+        let mut resume_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
+        resume_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.ctx.shutdown.clone();
         // Join-to-media latency runs from admission to the first forwarded
         // packet; a waiting participant's clock starts when they are admitted.
@@ -127,16 +151,21 @@ impl Connection {
                         }
                     }
                 }
+                _ = resume_tick.tick() => self.send_resume(&t.id, grant).await?,
                 () = kick.notified() => {
                     self.close().await;
                     return Ok(LeftReason::Disconnected);
                 }
                 out = t.outbox.recv() => match out {
                     Some(Outgoing::Message(m)) => {
-                        if matches!(m, ServerMessage::Admitted { .. }) {
+                        let admitted = matches!(m, ServerMessage::Admitted { .. });
+                        if admitted {
                             media_clock = Some(Instant::now());
                         }
                         self.send(&m).await?;
+                        if admitted {
+                            self.send_resume(&t.id, grant).await?;
+                        }
                     }
                     Some(Outgoing::Bye(reason)) => {
                         self.send(&ServerMessage::Bye { reason }).await?;
@@ -319,13 +348,16 @@ impl Connection {
 }
 
 /// Check the version and the token, then join the consult. Every refusal is
-/// counted; token refusals are audited.
+/// counted; token refusals are audited. A valid resume ticket for the token's
+/// consult, person and role skips the waiting room; any other ticket is
+/// ignored (the token alone decides whether the join is allowed).
 async fn authorize(
     ctx: &Context,
     access: &AccessPoint,
     v: Option<u64>,
     token: Option<String>,
-) -> Result<Ticket, ErrorCode> {
+    resume: Option<String>,
+) -> Result<(Ticket, Grant), ErrorCode> {
     let refuse = |code: ErrorCode| {
         ctx.metrics.rejected(code);
         code
@@ -352,11 +384,35 @@ async fn authorize(
             return Err(failed(code));
         }
     };
-    match ctx.directory.join(&claims, access.clone()) {
+    let resumed = resume.is_some_and(|r| {
+        let checked = ctx.resume.check(
+            &r,
+            &claims.consult,
+            &claims.sub,
+            claims.role,
+            crate::token::unix_now(),
+        );
+        if let Err(why) = checked {
+            log::info!("resume ticket not accepted ({why:?}): joining as usual");
+        }
+        checked.is_ok()
+    });
+    match ctx.directory.join(&claims, access.clone(), resumed) {
         Ok(ticket) => {
             ctx.metrics.joins_accepted.inc();
-            log::info!("participant {} joined ({:?})", ticket.id, ticket.state);
-            Ok(ticket)
+            log::info!(
+                "participant {} joined ({:?}{})",
+                ticket.id,
+                ticket.state,
+                if resumed { ", resumed" } else { "" }
+            );
+            let grant = Grant {
+                consult: claims.consult,
+                sub: claims.sub,
+                role: claims.role,
+                token_exp: claims.exp,
+            };
+            Ok((ticket, grant))
         }
         Err(code) => {
             log::info!("join refused: {code}");

@@ -1,5 +1,5 @@
 //! The real binary at `--log-level trace`: a whole join + admit + relay +
-//! invite (WebSocket and HTTP API) flow, plus a link pasted with its secrets
+//! invite (WebSocket and HTTP API) + resume flow, plus a link pasted with its secrets
 //! in a query string, writes no token, link secret, display name or relayed
 //! payload to stdout (the audit log) or stderr (the operational log).
 
@@ -38,6 +38,10 @@ async fn trace_logs_hold_no_token_link_secret_name_or_relay_payload() {
     assert_eq!(lobby["waiting"][0]["name"], patient_name);
     d.send(json!({"type":"admit","id":pid})).await;
     p.expect("admitted").await;
+    let resume = p.expect_resume().await["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Relay: the patient really receives the payload.
     d.send(json!({"type":"relay","to":pid,"kind":"chat","data":payload}))
@@ -49,6 +53,12 @@ async fn trace_logs_hold_no_token_link_secret_name_or_relay_payload() {
             break;
         }
     }
+
+    // The patient comes back on a second connection with the resume ticket.
+    let mut p2 = Client::connect(addr).await;
+    p2.send(json!({"type":"join","v":1,"token":patient,"resume":resume}))
+        .await;
+    assert_eq!(p2.expect("welcome").await["state"], "in-call");
 
     // An invite over WebSocket, used to join.
     d.send(json!({"type":"invite","role":"guest","name":invite_name}))
@@ -105,7 +115,7 @@ async fn trace_logs_hold_no_token_link_secret_name_or_relay_payload() {
     let e = j.expect("error").await;
     assert!(e["code"].as_str().unwrap().starts_with("token_"), "{e}");
 
-    drop((d, p));
+    drop((d, p, p2));
     let (stdout, stderr) = server.stop();
     // Positive control: the operational log did run, at a verbose level.
     assert!(stderr.contains("listening on"), "{stderr}");
@@ -115,6 +125,7 @@ async fn trace_logs_hold_no_token_link_secret_name_or_relay_payload() {
     let secrets = [
         ("clinician token", doc.as_str()),
         ("patient token", patient.as_str()),
+        ("resume ticket", resume.as_str()),
         ("WebSocket invite token", invite.as_str()),
         ("API invite token", api_token.as_str()),
         ("junk token", junk.as_str()),

@@ -85,6 +85,12 @@ pub fn token_with_sub(consult: &str, role: Role, name: &str, sub: &str) -> Strin
     .expect("mints")
 }
 
+/// Messages that arrive on their own schedule: media-plane messages and
+/// resume tickets.
+pub fn background(v: &Value) -> bool {
+    v["type"] == "offer" || v["type"] == "media-failed" || v["type"] == "resume"
+}
+
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub struct Client {
@@ -148,11 +154,13 @@ impl Client {
     }
 
     /// The next message that is not from the media plane (offers arrive
-    /// whenever the SFU is real; these tests are about signaling).
+    /// whenever the SFU is real; these tests are about signaling) nor a
+    /// resume ticket (sent on entering the call and then every so often;
+    /// `expect_resume` waits for one).
     pub async fn next(&mut self) -> Value {
         loop {
             match self.frame().await {
-                Frame::Json(v) if v["type"] == "offer" || v["type"] == "media-failed" => continue,
+                Frame::Json(v) if background(&v) => continue,
                 Frame::Json(v) => return v,
                 Frame::Closed => panic!("connection closed while waiting for a message"),
             }
@@ -178,8 +186,19 @@ impl Client {
         loop {
             match self.frame().await {
                 Frame::Closed => return,
-                Frame::Json(v) if v["type"] == "offer" || v["type"] == "media-failed" => continue,
+                Frame::Json(v) if background(&v) => continue,
                 Frame::Json(v) => panic!("expected close, got {v}"),
+            }
+        }
+    }
+
+    /// The next `resume` message, skipping everything else.
+    pub async fn expect_resume(&mut self) -> Value {
+        loop {
+            match self.frame().await {
+                Frame::Json(v) if v["type"] == "resume" => return v,
+                Frame::Json(_) => continue,
+                Frame::Closed => panic!("connection closed while waiting for a resume ticket"),
             }
         }
     }

@@ -66,6 +66,12 @@ export class Scenario {
     return server.stop(opts);
   }
 
+  /** SIGKILL a server (a crash); it is not checked for a graceful exit at cleanup. */
+  async killServer(server) {
+    this.shutdownChecked.add(server);
+    return server.kill();
+  }
+
   async saveArtifacts(reason) {
     const dir = path.join(outDir, `${slug(this.name)}-${new Date().toISOString().replace(/[:.]/g, '-')}`);
     fs.mkdirSync(dir, { recursive: true });

@@ -138,6 +138,12 @@ export class Server {
     await this.exited;
     return { ...this.exit, ms: Date.now() - t0, killed: true };
   }
+
+  /** SIGKILL now (a crash: nobody is told) and wait for the exit. */
+  async kill() {
+    if (!this.exit) this.proc.kill('SIGKILL');
+    return this.exited;
+  }
 }
 
 /**
@@ -146,13 +152,14 @@ export class Server {
  * that it wrote nothing else). Resolves once /healthz answers 200. `host` is
  * the listen address (default 127.0.0.1; `server.url` is always 127.0.0.1).
  */
-export async function startServer({ args = [], env = {}, name = 'server', host = '127.0.0.1' } = {}) {
+export async function startServer({ args = [], env = {}, name = 'server', host = '127.0.0.1', port: wantPort = null, secret: wantSecret = null } = {}) {
   if (!fs.existsSync(binPath)) {
     throw new Error(`${binPath} does not exist: run \`cargo build --release\` first (scripts/test.sh does)`);
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `spreekkamer-${name}-`));
-  const port = await freePort();
-  const secret = randomSecret();
+  // `port` and `secret`: the same server again (a restart: tests/browser/resume.test.mjs).
+  const port = wantPort ?? (await freePort());
+  const secret = wantSecret ?? randomSecret();
   const auditLog = path.join(dir, 'audit.log');
   const logFile = path.join(dir, 'server.log');
   const help = await serveHelp();
