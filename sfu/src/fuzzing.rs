@@ -277,8 +277,7 @@ impl AnswerHarness {
         ];
         let peer = Peer::join(
             "fuzz".into(),
-            0,
-            "fuzz".into(),
+            (0, "fuzz".into()),
             tx,
             candidates,
             &subscriptions,

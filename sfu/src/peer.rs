@@ -359,8 +359,7 @@ impl Peer {
     /// carries every track in `subscriptions`.
     pub(crate) fn join(
         participant: ParticipantId,
-        consult: usize,
-        consult_id: ConsultId,
+        (consult, consult_id): (usize, ConsultId),
         events: EventSink,
         candidates: Candidates,
         subscriptions: &[(PeerKey, ParticipantId, Kind)],

@@ -980,8 +980,7 @@ impl Worker {
             .collect();
         match Peer::join(
             participant.clone(),
-            c,
-            consult.clone(),
+            (c, consult.clone()),
             self.events.clone(),
             self.candidates,
             &subscriptions,

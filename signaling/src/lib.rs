@@ -18,6 +18,7 @@
 //! * [`resume`] — resume tickets: back into the call after a lost
 //!   connection or a restart, without a second admission;
 //! * [`rate`] — the token buckets behind those limits;
+//! * [`link`] — the authenticated edge↔node link that carries the seam;
 //! * [`registry`] — media nodes and consult placement (in memory or Redis);
 //! * [`http`] — routes, health, metrics, the embedded web client;
 //! * [`gate`] — connection caps per address and in total;
@@ -50,6 +51,7 @@ pub mod gate;
 pub mod http;
 pub mod invite;
 pub mod jwks;
+pub mod link;
 pub mod listener;
 pub mod logging;
 pub mod media;
