@@ -2,6 +2,8 @@
 //! client that speaks JSON, and a minimal HTTP GET.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use futures_util::{SinkExt, StreamExt};
 use include_dir::{Dir, include_dir};
 use serde_json::{Value, json};
