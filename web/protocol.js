@@ -43,6 +43,8 @@ const ERROR_OUTCOMES = {
   media_error: 'notice',
   shutting_down: 'reconnect',
   unknown_invite: 'notice',
+  // A cluster dependency is down: the page says so in plain words (try again in a minute).
+  service_unavailable: 'fatal',
 };
 
 /** The documented error codes, for pages that must have a message for each. */

@@ -87,8 +87,9 @@
 //!
 //! The edge (`signaling`) talks to the media plane through [`SfuHandle`]
 //! with typed [`MediaCommand`]s and receives [`MediaEvent`]s per
-//! participant. In the all-in-one binary this is an in-process channel; the
-//! same types are what a remote link would carry.
+//! participant. In the all-in-one binary this is an in-process channel; in a
+//! cluster the same types cross the authenticated link to a media node
+//! (`signaling/src/link.rs`, docs/SCALING.md).
 
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -116,7 +117,7 @@ pub struct SfuConfig {
 /// What the edge asks of the media plane. Every command names its consult;
 /// the handle routes it to the worker that owns that consult. The same type
 /// crosses the process boundary to a remote media node (JSON, see
-/// `signaling::cluster::link`): plain data, no channels.
+/// `signaling::link`): plain data, no channels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum MediaCommand {

@@ -1,5 +1,5 @@
-//! The command line: `serve` (the default), `link`, and the reserved
-//! `signaling` / `sfu` subcommands. Every flag is also a `SPREEKKAMER_*`
+//! The command line: `serve` (the default), `link`, and a cluster's
+//! `signaling` (edge) and `sfu` (media node) subcommands. Every flag is also a `SPREEKKAMER_*`
 //! environment variable; every bad value is refused with a message that
 //! names the flag.
 
@@ -584,15 +584,16 @@ impl ServeArgs {
 /// link secret.
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
-    /// The cluster's directory, `redis://HOST:PORT` (or `rediss://` for
-    /// TLS). A password belongs in the URL (`redis://:PASSWORD@HOST:PORT`);
-    /// prefer the environment then.
+    /// The cluster's directory, `redis://HOST:PORT` (plain TCP: keep Redis
+    /// on the cluster network; TLS to Redis is not built in). A password
+    /// belongs in the URL (`redis://:PASSWORD@HOST:PORT`); prefer the
+    /// environment then.
     #[arg(long, env = "SPREEKKAMER_REDIS", hide_env_values = true)]
     pub redis: String,
     /// Shared secret of the edge↔node link (at least 32 bytes). Prefer
     /// --link-secret-file or the environment: a flag is visible to every
     /// local user.
-    #[arg(long, env = "SPREEKKAMER_LINK_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    #[arg(long, env = "SPREEKKAMER_LINK_SECRET", hide_env_values = true)]
     pub link_secret: Option<String>,
     /// File holding the link secret (a trailing newline is ignored).
     #[arg(
@@ -618,8 +619,7 @@ impl ClusterArgs {
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("--link-secret-file {}: {e}", path.display()))?;
-                parse_secret(text.trim_end_matches(['\n', '\r']))
-                    .map_err(|e| format!("--link-secret-file {}: {e}", path.display()))?
+                text.trim_end_matches(['\n', '\r']).to_string()
             }
             (None, None) => {
                 return Err(
@@ -628,6 +628,7 @@ impl ClusterArgs {
             }
         };
         crate::link::LinkSecret::new(secret.as_bytes())
+            .map_err(|e| format!("--link-secret / --link-secret-file: {e}"))
     }
 }
 

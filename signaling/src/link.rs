@@ -42,7 +42,7 @@ pub const MAX_FRAME: usize = 1 << 20;
 pub const MAX_HANDSHAKE: usize = 1024;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest link secret accepted (bytes).
-pub const MIN_SECRET: usize = 16;
+pub const MIN_SECRET: usize = 32;
 const TAG: usize = 32;
 
 /// Edge → node.
@@ -103,7 +103,7 @@ impl LinkSecret {
     pub fn new(secret: &[u8]) -> Result<LinkSecret, String> {
         if secret.len() < MIN_SECRET {
             return Err(format!(
-                "the link secret must be at least {MIN_SECRET} bytes"
+                "the link secret must be at least {MIN_SECRET} bytes (e.g. `openssl rand -base64 32`)"
             ));
         }
         Ok(LinkSecret(secret.to_vec()))
@@ -387,16 +387,21 @@ mod tests {
         let (l, addr) = listener().await;
         let node = tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
-            let (mut tx, mut rx) = accept(s, &secret("0123456789abcdef-cluster"), "node-1")
-                .await
-                .unwrap();
+            let (mut tx, mut rx) = accept(
+                s,
+                &secret("0123456789abcdef0123456789abcdef-cluster"),
+                "node-1",
+            )
+            .await
+            .unwrap();
             let got = rx.recv().await.unwrap();
             tx.send(&ToEdge::Pong).await.unwrap();
             got
         });
-        let (mut tx, mut rx, id) = connect(addr, &secret("0123456789abcdef-cluster"))
-            .await
-            .unwrap();
+        let (mut tx, mut rx, id) =
+            connect(addr, &secret("0123456789abcdef0123456789abcdef-cluster"))
+                .await
+                .unwrap();
         assert_eq!(id, "node-1");
         let cmd = ToNode::Command {
             command: MediaCommand::Join {
@@ -414,11 +419,15 @@ mod tests {
         let (l, addr) = listener().await;
         let node = tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
-            accept(s, &secret("0123456789abcdef-cluster"), "node-1")
-                .await
-                .err()
+            accept(
+                s,
+                &secret("0123456789abcdef0123456789abcdef-cluster"),
+                "node-1",
+            )
+            .await
+            .err()
         });
-        let edge = connect(addr, &secret("0123456789abcdef-WRONG!!")).await;
+        let edge = connect(addr, &secret("0123456789abcdef0123456789abcdef-WRONG!!")).await;
         assert!(edge.is_err(), "the edge must not think it is linked");
         assert!(matches!(
             node.await.unwrap(),
@@ -456,7 +465,7 @@ mod tests {
             .unwrap();
             tokio::time::sleep(Duration::from_secs(1)).await;
         });
-        let edge = connect(addr, &secret("0123456789abcdef-cluster")).await;
+        let edge = connect(addr, &secret("0123456789abcdef0123456789abcdef-cluster")).await;
         assert!(matches!(edge, Err(LinkError::Unauthenticated)));
     }
 
@@ -469,9 +478,10 @@ mod tests {
             let (proxy_l, proxy_addr) = listener().await;
             let node = tokio::spawn(async move {
                 let (s, _) = l.accept().await.unwrap();
-                let (_tx, mut rx) = accept(s, &secret("0123456789abcdef-cluster"), "n")
-                    .await
-                    .unwrap();
+                let (_tx, mut rx) =
+                    accept(s, &secret("0123456789abcdef0123456789abcdef-cluster"), "n")
+                        .await
+                        .unwrap();
                 let first = rx.recv().await;
                 let second = rx.recv().await;
                 (first.ok().flatten(), second)
@@ -523,9 +533,12 @@ mod tests {
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             });
-            let (mut tx, _rx, _) = connect(proxy_addr, &secret("0123456789abcdef-cluster"))
-                .await
-                .unwrap();
+            let (mut tx, _rx, _) = connect(
+                proxy_addr,
+                &secret("0123456789abcdef0123456789abcdef-cluster"),
+            )
+            .await
+            .unwrap();
             tx.send(&ToNode::Command {
                 command: MediaCommand::Leave {
                     consult: "c".into(),
@@ -554,7 +567,7 @@ mod tests {
         let (l, addr) = listener().await;
         let node = tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
-            accept(s, &secret("0123456789abcdef-cluster"), "n")
+            accept(s, &secret("0123456789abcdef0123456789abcdef-cluster"), "n")
                 .await
                 .err()
         });

@@ -4,7 +4,7 @@
 //! [`MediaEnvelope`]s (an event for one participant of one consult) out.
 //! Both are plain data with a serde form, so the same pair travels over an
 //! in-process channel (`spreekkamer serve`: [`sfu::SfuHandle`]) or over the
-//! authenticated link to a remote media node (`cluster::remote`). Whatever
+//! authenticated link to a remote media node (`remote.rs`, over `link.rs`). Whatever
 //! sits behind [`MediaPlane`], the edge sees it only through [`Media`]:
 //! `send` a command, `attach` a participant to get their events, `detach`
 //! when they go.

@@ -66,6 +66,7 @@ impl RemotePlane {
             consults: HashMap::new(),
             links: HashMap::new(),
             generation: 0,
+            link_failures: HashMap::new(),
         };
         tokio::spawn(router.run(rx));
         RemotePlane { tx }
@@ -123,7 +124,16 @@ struct Router {
     consults: HashMap<ConsultId, ConsultRoute>,
     links: HashMap<String, Link>,
     generation: u64,
+    /// Links to a node that broke or never came up, in a row (reset when one
+    /// comes up): the back-off, and after [`GIVE_UP_AFTER`] the consult
+    /// leaves that node even if it is still registered.
+    link_failures: HashMap<String, u32>,
 }
+
+/// Links to one node that may fail in a row before its consults move away
+/// from it although the directory still lists it (a node that accepts
+/// connections but fails the handshake: a wrong secret, a hung process).
+const GIVE_UP_AFTER: u32 = 3;
 
 fn target(command: &MediaCommand) -> (&ConsultId, &ParticipantId) {
     match command {
@@ -185,7 +195,15 @@ impl Router {
     fn command(&mut self, command: MediaCommand) {
         let (consult, participant) = target(&command);
         let (consult, participant) = (consult.clone(), participant.clone());
+        let is_join = matches!(command, MediaCommand::Join { .. });
         let route = self.consults.entry(consult.clone()).or_default();
+        if route.node.is_none() && !route.placing && !is_join {
+            // No media session here (never placed, or its placement
+            // failed): only a join starts one; a leave has nothing to end.
+            route.members.remove(&participant);
+            self.forget_if_empty(&consult);
+            return;
+        }
         match &command {
             MediaCommand::Join { .. } => {
                 route.members.insert(participant.clone(), None);
@@ -244,14 +262,14 @@ impl Router {
 
     /// Ask the directory where the consult lives (`dead`: the node it was on
     /// died; wait until the directory agrees, then move it).
-    fn spawn_place(&self, consult: ConsultId, dead: Option<String>) {
+    fn spawn_place(&self, consult: ConsultId, dead: Option<(String, u32)>) {
         let registry = self.registry.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let moved = dead.is_some();
             let result = match dead {
                 None => registry.place(&consult).await,
-                Some(dead) => failover(&*registry, &consult, &dead).await,
+                Some((dead, failures)) => failover(&*registry, &consult, &dead, failures).await,
             };
             let _ = tx.send(Msg::Placed {
                 consult,
@@ -365,6 +383,7 @@ impl Router {
             return;
         };
         link.tx = Some(tx);
+        self.link_failures.remove(&node);
         let waiting: Vec<ConsultId> = self
             .consults
             .iter()
@@ -406,7 +425,10 @@ impl Router {
         }
         self.links.remove(node);
         self.metrics.cluster_link_failures.inc();
-        log::warn!("link to media node {node} lost");
+        let failures = self.link_failures.entry(node.to_string()).or_insert(0);
+        *failures += 1;
+        let failures = *failures;
+        log::warn!("link to media node {node} lost ({failures} in a row)");
         let affected: Vec<ConsultId> = self
             .consults
             .iter()
@@ -418,7 +440,7 @@ impl Router {
                 route.placing = true;
                 route.queue.clear();
             }
-            self.spawn_place(consult, Some(node.to_string()));
+            self.spawn_place(consult, Some((node.to_string(), failures)));
         }
     }
 
@@ -447,15 +469,23 @@ impl Router {
     }
 }
 
-/// Where a consult goes after its node's link broke: back to the same node
-/// if it is still registered and answers again, else (once its entry
-/// expired) wherever `replace` moves it. Bounded only by the directory's
-/// own answers; the caller's consult waits meanwhile.
+/// Where a consult goes after its node's link broke (`failures` times in a
+/// row): back to the same node if it is still registered and accepts
+/// connections again (after a back-off), else — once its entry expired, or
+/// after [`GIVE_UP_AFTER`] failed links — wherever `replace` moves it.
 async fn failover(
     registry: &dyn Registry,
     consult: &str,
     dead: &str,
+    failures: u32,
 ) -> Result<NodeInfo, RegistryError> {
+    if failures >= GIVE_UP_AFTER {
+        log::warn!("media node {dead}: {failures} links failed in a row; moving its consult");
+        return registry.replace(consult, dead).await;
+    }
+    // 0.5 s, 1 s, ...: a node that takes the connection and then fails the
+    // handshake must not be hammered.
+    tokio::time::sleep(FAILOVER_POLL * 2u32.pow(failures)).await;
     let mut unavailable = 0;
     loop {
         match registry.nodes().await {

@@ -54,13 +54,13 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// that end without `release` (an edge crashed). A running consult calls
 /// `place` on every join, which refreshes it.
 pub const PLACEMENT_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Most nodes `nodes()` returns; more means the directory is not ours.
 /// What a freshly placed consult adds to its node's load until the node's
 /// next heartbeat reports the real figure (so a burst of new consults
 /// spreads over the nodes instead of all landing on the one that was
 /// least loaded a second ago).
 pub const NEW_CONSULT_LOAD: u32 = 2;
 
+/// Most nodes `nodes()` returns; more means the directory is not ours.
 pub const MAX_NODES: usize = 10_000;
 
 /// A media node as it last reported itself.
@@ -170,7 +170,12 @@ fn check_node_id(id: &str) -> Result<(), RegistryError> {
 }
 
 fn check_consult(consult: &str) -> Result<(), RegistryError> {
-    if crate::token::valid_consult_id(consult) {
+    // A connectivity check's private consult (`probe.rs`): `probe:` and a
+    // random hex id, a name no real consult can have.
+    let probe = consult.strip_prefix("probe:").is_some_and(|id| {
+        !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+    });
+    if probe || crate::token::valid_consult_id(consult) {
         Ok(())
     } else {
         Err(RegistryError::Invalid("consult id".into()))

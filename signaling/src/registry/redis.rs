@@ -329,7 +329,19 @@ impl RedisRegistry {
             invocation.arg(*arg);
         }
         let mut conn = self.conn.clone();
-        self.bounded(invocation.invoke_async(&mut conn)).await
+        let started = std::time::Instant::now();
+        match self.bounded(invocation.invoke_async(&mut conn)).await {
+            // The connection manager hands the first caller after an outage
+            // the error of its last failed reconnect (measured: the first
+            // join after Redis came back was refused). A quick refusal is
+            // tried once more on the fresh connection, within the same
+            // time budget.
+            Err(RegistryError::Unavailable(_)) if started.elapsed() < self.op_timeout / 2 => {
+                let mut conn = self.conn.clone();
+                self.bounded(invocation.invoke_async(&mut conn)).await
+            }
+            other => other,
+        }
     }
 
     /// The reply of the place script: a record, or nil for "no node".
