@@ -88,8 +88,10 @@ install_system_packages() {
   command -v nft >/dev/null || missing+=(nftables)
   command -v iptables-legacy >/dev/null || missing+=(iptables)
   [[ -x /usr/bin/python3 ]] || missing+=(python3)
+  # tests/browser/cluster.test.mjs runs a real Redis (issue 11)
+  [[ -x /usr/bin/redis-server ]] || missing+=(redis-server)
   if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "chromium, firefox-esr, iproute2, nftables, iptables, python3 already installed"
+    echo "chromium, firefox-esr, iproute2, nftables, iptables, python3, redis-server already installed"
   else
     echo "installing: ${missing[*]}"
     as_root apt-get update -q || return
