@@ -232,6 +232,7 @@ const nl = {
   'error.unknown_invite': 'Die uitnodiging hoort niet bij dit consult.',
   'error.media_error': 'Beeld en geluid konden niet worden gestart. We proberen het opnieuw.',
   'error.shutting_down': 'De server wordt opnieuw gestart. We proberen zo opnieuw te verbinden.',
+  'error.service_unavailable': 'De dienst is even niet bereikbaar. Probeer het over een minuut opnieuw. Lukt het dan nog niet, bel dan de praktijk.',
 };
 
 const en = {
@@ -458,6 +459,7 @@ const en = {
   'error.unknown_invite': 'That invitation does not belong to this consult.',
   'error.media_error': 'Video and sound could not be started. We are trying again.',
   'error.shutting_down': 'The server is restarting. We will try to reconnect shortly.',
+  'error.service_unavailable': 'The service cannot be reached right now. Please try again in a minute. If it still does not work, call the practice.',
 };
 
 export const DICTIONARIES = Object.freeze({ nl, en });

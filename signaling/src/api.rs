@@ -59,7 +59,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         RateLimited => StatusCode::TOO_MANY_REQUESTS,
         UnknownInvite | UnknownParticipant => StatusCode::NOT_FOUND,
         ConsultFull | ConsultLocked | ConsultEnded => StatusCode::CONFLICT,
-        ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ShuttingDown | ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         MediaError => StatusCode::INTERNAL_SERVER_ERROR,
         BadMessage | UnsupportedVersion | NotJoined | JoinTimeout => StatusCode::BAD_REQUEST,
     }

@@ -40,10 +40,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a join link for a consult, role and name (last line of stdout).
     Link(LinkArgs),
-    /// Run only the edge (not yet available).
-    Signaling,
-    /// Run only a media node (not yet available).
-    Sfu,
+    /// Run an edge of a cluster: HTTP, WebSocket, tokens, rooms; media on
+    /// the nodes the Redis directory lists.
+    Signaling(SignalingArgs),
+    /// Run a media node of a cluster.
+    Sfu(SfuArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -202,10 +203,14 @@ impl Cli {
             m.value_source("jwt_secret") == Some(clap::parser::ValueSource::CommandLine)
         };
         cli.serve.jwt_secret_on_command_line = on_command_line(&matches);
-        if let (Some(Command::Serve(args)), Some(("serve", m))) =
-            (&mut cli.command, matches.subcommand())
-        {
-            args.jwt_secret_on_command_line = on_command_line(m);
+        match (&mut cli.command, matches.subcommand()) {
+            (Some(Command::Serve(args)), Some(("serve", m))) => {
+                args.jwt_secret_on_command_line = on_command_line(m);
+            }
+            (Some(Command::Signaling(args)), Some(("signaling", m))) => {
+                args.serve.jwt_secret_on_command_line = on_command_line(m);
+            }
+            _ => {}
         }
         Ok(cli)
     }
@@ -570,6 +575,154 @@ impl ServeArgs {
             },
             ws_heartbeat: self.ws_heartbeat,
             ws_idle_timeout: self.ws_idle_timeout,
+            cluster: None,
+        })
+    }
+}
+
+/// What an edge and a media node of a cluster share: the directory and the
+/// link secret.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// The cluster's directory, `redis://HOST:PORT` (or `rediss://` for
+    /// TLS). A password belongs in the URL (`redis://:PASSWORD@HOST:PORT`);
+    /// prefer the environment then.
+    #[arg(long, env = "SPREEKKAMER_REDIS", hide_env_values = true)]
+    pub redis: String,
+    /// Shared secret of the edge↔node link (at least 32 bytes). Prefer
+    /// --link-secret-file or the environment: a flag is visible to every
+    /// local user.
+    #[arg(long, env = "SPREEKKAMER_LINK_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub link_secret: Option<String>,
+    /// File holding the link secret (a trailing newline is ignored).
+    #[arg(
+        long,
+        env = "SPREEKKAMER_LINK_SECRET_FILE",
+        conflicts_with = "link_secret"
+    )]
+    pub link_secret_file: Option<PathBuf>,
+    /// A media node's directory entry expires this long after its last
+    /// heartbeat (it beats three times per period); consults of a node that
+    /// died move this long after its death.
+    #[arg(long, env = "SPREEKKAMER_NODE_TTL", default_value = "3s", value_parser = parse_duration)]
+    pub node_ttl: Duration,
+    /// Longest wait for one directory operation.
+    #[arg(long, env = "SPREEKKAMER_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+}
+
+impl ClusterArgs {
+    pub fn link_secret(&self) -> Result<crate::link::LinkSecret, String> {
+        let secret = match (&self.link_secret, &self.link_secret_file) {
+            (Some(s), _) => s.clone(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--link-secret-file {}: {e}", path.display()))?;
+                parse_secret(text.trim_end_matches(['\n', '\r']))
+                    .map_err(|e| format!("--link-secret-file {}: {e}", path.display()))?
+            }
+            (None, None) => {
+                return Err(
+                    "a cluster needs --link-secret-file (or SPREEKKAMER_LINK_SECRET)".into(),
+                );
+            }
+        };
+        crate::link::LinkSecret::new(secret.as_bytes())
+    }
+}
+
+/// `spreekkamer signaling`: an edge without media.
+#[derive(Debug, Clone, Args)]
+pub struct SignalingArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// `spreekkamer sfu`: a media node.
+#[derive(Debug, Clone, Args)]
+pub struct SfuArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// This node's id in the directory (letters, digits, `.`, `_`, `-`; at
+    /// most 64). Default: the host name.
+    #[arg(long, env = "SPREEKKAMER_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Address written into ICE candidates (what browsers send media to).
+    #[arg(long, env = "SPREEKKAMER_ANNOUNCE_IP", default_value = "127.0.0.1")]
+    pub announce_ip: IpAddr,
+    /// Address the media sockets bind to (default: the announce address).
+    #[arg(long, env = "SPREEKKAMER_BIND_IP")]
+    pub bind_ip: Option<IpAddr>,
+    /// First UDP media port; worker i uses port+i (0 = ephemeral).
+    #[arg(long, env = "SPREEKKAMER_UDP_PORT", default_value_t = 0)]
+    pub udp_port: u16,
+    /// ICE-TCP port (0 = ephemeral).
+    #[arg(long, env = "SPREEKKAMER_TCP_PORT", default_value_t = 0)]
+    pub tcp_port: u16,
+    /// Disable the ICE-TCP listener.
+    #[arg(long, env = "SPREEKKAMER_NO_ICE_TCP")]
+    pub no_ice_tcp: bool,
+    /// Media worker threads (default: number of cores).
+    #[arg(long, env = "SPREEKKAMER_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+    /// Where edges reach this node (the authenticated link).
+    #[arg(
+        long,
+        env = "SPREEKKAMER_LINK_LISTEN",
+        default_value = "127.0.0.1:7000"
+    )]
+    pub link_listen: SocketAddr,
+    /// `/healthz`, `/readyz` (503 while draining) and `/metrics`.
+    #[arg(long, env = "SPREEKKAMER_LISTEN", default_value = "127.0.0.1:9090")]
+    pub listen: SocketAddr,
+    /// Participants this node takes before it gets no new consults.
+    #[arg(long, env = "SPREEKKAMER_CAPACITY", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub capacity: u32,
+    /// On SIGTERM, how long running consults may go on before the node
+    /// stops anyway.
+    #[arg(long, env = "SPREEKKAMER_DRAIN_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Log level for operational logs on stderr.
+    #[arg(long, env = "SPREEKKAMER_LOG_LEVEL", default_value = "info", value_parser = parse_level)]
+    pub log_level: log::LevelFilter,
+}
+
+impl SfuArgs {
+    pub fn to_config(&self) -> Result<crate::node::NodeConfig, String> {
+        let id = match &self.node_id {
+            Some(id) => id.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+        };
+        if !crate::registry::valid_node_id(&id) {
+            return Err(format!(
+                "--node-id {id:?}: use 1 to 64 letters, digits, '.', '_' or '-'"
+            ));
+        }
+        let workers = self.workers.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        Ok(crate::node::NodeConfig {
+            id,
+            sfu: SfuConfig {
+                bind_ip: self.bind_ip.unwrap_or(self.announce_ip),
+                announce_ip: self.announce_ip,
+                udp_port: self.udp_port,
+                tcp_port: (!self.no_ice_tcp).then_some(self.tcp_port),
+                workers,
+            },
+            link_listen: self.link_listen,
+            link_secret: self.cluster.link_secret()?,
+            http_listen: self.listen,
+            capacity: self.capacity,
+            ttl: self.cluster.node_ttl,
+            drain_timeout: self.drain_timeout,
         })
     }
 }

@@ -71,6 +71,16 @@ pub struct ServeConfig {
     /// A joined WebSocket silent this long (no answer to the pings) is
     /// closed.
     pub ws_idle_timeout: Duration,
+    /// An edge of a cluster: media on the directory's nodes, not in this
+    /// process (`None`: the all-in-one `serve`).
+    pub cluster: Option<ClusterEdge>,
+}
+
+/// The directory and the link secret of a cluster edge.
+#[derive(Clone)]
+pub struct ClusterEdge {
+    pub registry: Arc<dyn crate::registry::Registry>,
+    pub link_secret: crate::link::LinkSecret,
 }
 
 impl ServeConfig {
@@ -110,6 +120,7 @@ impl ServeConfig {
             connections: ConnectionLimits::default(),
             ws_heartbeat: Duration::from_secs(20),
             ws_idle_timeout: Duration::from_secs(60),
+            cluster: None,
         }
     }
 }

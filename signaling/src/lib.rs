@@ -19,6 +19,10 @@
 //!   connection or a restart, without a second admission;
 //! * [`rate`] — the token buckets behind those limits;
 //! * [`link`] — the authenticated edge↔node link that carries the seam;
+//! * [`remote`] — the edge's media plane in a cluster: placement, links to
+//!   nodes, failover;
+//! * [`node`] — `spreekkamer sfu`: a media node (link listener, heartbeat,
+//!   drain);
 //! * [`registry`] — media nodes and consult placement (in memory or Redis);
 //! * [`http`] — routes, health, metrics, the embedded web client;
 //! * [`gate`] — connection caps per address and in total;
@@ -56,10 +60,12 @@ pub mod listener;
 pub mod logging;
 pub mod media;
 pub mod metrics;
+pub mod node;
 pub mod probe;
 pub mod protocol;
 pub mod rate;
 pub mod registry;
+pub mod remote;
 pub mod resume;
 pub mod revocation;
 pub mod server;

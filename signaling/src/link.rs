@@ -275,6 +275,15 @@ pub async fn accept(
         .map_err(|_| LinkError::Timeout)?
 }
 
+/// Does anything accept connections at `addr`? (A node that was killed
+/// refuses at once; one that is only slow to answer is given a second.)
+pub async fn probe(addr: std::net::SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
 /// The sending half of an authenticated link.
 pub struct Sender<T> {
     w: OwnedWriteHalf,

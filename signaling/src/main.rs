@@ -1,26 +1,119 @@
-//! The `spreekkamer` binary: `serve` (default), `link`, and the reserved
-//! `signaling` / `sfu` subcommands.
+//! The `spreekkamer` binary: `serve` (default: everything in one process),
+//! `link` (mint a join link), and a cluster's `signaling` (edge) and `sfu`
+//! (media node).
 
 use signaling::config::{
-    Cli, Command, LinkArgs, SecretSource, ServeArgs, join_url_for, link_fragment,
+    Cli, ClusterArgs, Command, LinkArgs, SecretSource, ServeArgs, SfuArgs, SignalingArgs,
+    join_url_for, link_fragment,
 };
 use signaling::protocol::Role;
+use signaling::registry::{RedisRegistry, Registry};
 use signaling::token::{MintRequest, mint_hs256, random_hex_id, random_secret, unix_now};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_args();
     match cli.command {
-        None => serve(cli.serve),
-        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve, None),
+        Some(Command::Serve(args)) => serve(args, None),
         Some(Command::Link(args)) => link(&args),
-        Some(Command::Signaling) | Some(Command::Sfu) => {
-            eprintln!(
-                "error: the `signaling` and `sfu` subcommands (separate edge and media nodes) are not yet available; use `serve`"
-            );
-            ExitCode::from(2)
+        Some(Command::Signaling(args)) => signaling(args),
+        Some(Command::Sfu(args)) => media_node(args),
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            None
         }
     }
+}
+
+/// Connect to the directory, trying for a while: in a cluster the edge or
+/// node may start before Redis does.
+async fn directory(cluster: &ClusterArgs) -> Option<Arc<dyn Registry>> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut warned = false;
+    loop {
+        match RedisRegistry::connect(
+            &cluster.redis,
+            signaling::registry::DEFAULT_PREFIX,
+            cluster.redis_timeout,
+        )
+        .await
+        {
+            Ok(r) => return Some(Arc::new(r)),
+            Err(e) => {
+                if tokio::time::Instant::now() >= deadline {
+                    eprintln!("error: the directory (Redis) is not reachable: {e}");
+                    return None;
+                }
+                if !warned {
+                    log::warn!("waiting for the directory (Redis): {e}");
+                    warned = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+fn signaling(args: SignalingArgs) -> ExitCode {
+    if !args.serve.key_configured() {
+        eprintln!(
+            "error: an edge of a cluster needs the token key every edge shares: \
+             --jwt-secret-file (or an EHR key: --jwt-key / --jwks-*)"
+        );
+        return ExitCode::from(2);
+    }
+    let secret = match args.cluster.link_secret() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    serve(args.serve, Some((args.cluster, secret)))
+}
+
+fn media_node(args: SfuArgs) -> ExitCode {
+    if let Err(e) = signaling::logging::init(args.log_level) {
+        eprintln!("error: cannot set up logging: {e}");
+        return ExitCode::FAILURE;
+    }
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async move {
+        let Some(registry) = directory(&args.cluster).await else {
+            return ExitCode::FAILURE;
+        };
+        let node = match signaling::node::start(config, registry).await {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        log::info!("SIGTERM: draining");
+        node.drain().await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn link(args: &LinkArgs) -> ExitCode {
@@ -80,7 +173,7 @@ fn link(args: &LinkArgs) -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+fn serve(args: ServeArgs, cluster: Option<(ClusterArgs, signaling::link::LinkSecret)>) -> ExitCode {
     // Levels per crate, redaction and a per-call-site limit: logging.rs.
     if let Err(e) = signaling::logging::init(args.log_level) {
         eprintln!("error: cannot set up logging: {e}");
@@ -107,24 +200,26 @@ fn serve(args: ServeArgs) -> ExitCode {
         );
     }
     let secret = configured.map(|s| s.value).unwrap_or_else(random_secret);
-    let config = match args.to_config(&secret) {
+    let mut config = match args.to_config(&secret) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
+        if let Some((cluster, link_secret)) = cluster {
+            let Some(registry) = directory(&cluster).await else {
+                return ExitCode::FAILURE;
+            };
+            config.cluster = Some(signaling::context::ClusterEdge {
+                registry,
+                link_secret,
+            });
+        }
         let server = match signaling::serve(config).await {
             Ok(s) => s,
             Err(e) => {

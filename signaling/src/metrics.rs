@@ -40,6 +40,13 @@ pub struct Metrics {
     revocations: IntCounterVec,
     /// Revocations held in memory.
     pub revocations_held: IntGauge,
+    /// Cluster edge (`remote.rs`): consults placed on a media node (first
+    /// placements and moves), moves after a node died, directory errors,
+    /// and links to nodes that broke or could not be opened.
+    pub cluster_placements: IntCounter,
+    pub cluster_failovers: IntCounter,
+    pub cluster_directory_errors: IntCounter,
+    pub cluster_link_failures: IntCounter,
     /// Operational log lines held back by the per-call-site limit
     /// (`logging.rs`), copied in at scrape time.
     log_suppressed: IntCounter,
@@ -145,6 +152,26 @@ impl Metrics {
             )?,
             revocations,
             revocations_held: gauge(&r, "revocations_held", "Revocations held in memory")?,
+            cluster_placements: counter(
+                &r,
+                "cluster_placements_total",
+                "Consults placed on a media node (including moves)",
+            )?,
+            cluster_failovers: counter(
+                &r,
+                "cluster_failovers_total",
+                "Consults moved after their media node was lost",
+            )?,
+            cluster_directory_errors: counter(
+                &r,
+                "cluster_directory_errors_total",
+                "Placements that failed (directory down, no live node)",
+            )?,
+            cluster_link_failures: counter(
+                &r,
+                "cluster_link_failures_total",
+                "Links to media nodes lost or not opened (each is followed by a reconnect or a move)",
+            )?,
             log_suppressed: counter(
                 &r,
                 "log_lines_suppressed_total",

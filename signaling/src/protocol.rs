@@ -451,10 +451,12 @@ pub enum ErrorCode {
     MediaError,
     ShuttingDown,
     UnknownInvite,
+    /// A cluster dependency (the directory, every media node) is down.
+    ServiceUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::BadMessage,
         ErrorCode::UnsupportedVersion,
         ErrorCode::NotJoined,
@@ -481,6 +483,7 @@ impl ErrorCode {
         ErrorCode::MediaError,
         ErrorCode::ShuttingDown,
         ErrorCode::UnknownInvite,
+        ErrorCode::ServiceUnavailable,
     ];
 
     /// The stable wire string (`token_expired`, ...).
@@ -512,6 +515,7 @@ impl ErrorCode {
             ErrorCode::MediaError => "media_error",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::UnknownInvite => "unknown_invite",
+            ErrorCode::ServiceUnavailable => "service_unavailable",
         }
     }
 
@@ -567,6 +571,9 @@ impl ErrorCode {
             ErrorCode::MediaError => "The media server refused the request.",
             ErrorCode::ShuttingDown => "The server is restarting; try again in a moment.",
             ErrorCode::UnknownInvite => "That invite belongs to another consult.",
+            ErrorCode::ServiceUnavailable => {
+                "The service is temporarily unavailable; try again in a minute."
+            }
         }
     }
 }

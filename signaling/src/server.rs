@@ -77,8 +77,21 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
     );
     let metrics = Arc::new(Metrics::new().map_err(ServeError::Metrics)?);
     let (sink, events) = tokio::sync::mpsc::unbounded_channel();
-    let sfu = SfuHandle::start(config.sfu.clone(), sink).map_err(ServeError::Media)?;
-    let media = Media::new(Arc::new(sfu.clone()), events);
+    let (media, sfu) = match &config.cluster {
+        Some(cluster) => {
+            let plane = crate::remote::RemotePlane::start(
+                cluster.registry.clone(),
+                cluster.link_secret.clone(),
+                sink,
+                metrics.clone(),
+            );
+            (Media::new(Arc::new(plane), events), None)
+        }
+        None => {
+            let sfu = SfuHandle::start(config.sfu.clone(), sink).map_err(ServeError::Media)?;
+            (Media::new(Arc::new(sfu.clone()), events), Some(sfu))
+        }
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limits = config.connections;
     let open_files = crate::gate::open_file_limit();
@@ -111,7 +124,7 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         metrics,
         audit,
         media,
-        sfu: Some(sfu),
+        sfu,
         limits: config.limits,
         join_timeout: config.join_timeout,
         assets: config.assets,

@@ -49,6 +49,10 @@ impl State {
         let node = choose(self.nodes.values().map(|(n, _)| n), exclude)
             .ok_or(RegistryError::NoNode)?
             .clone();
+        // Counted until the node's next heartbeat reports its real load.
+        if let Some((n, _)) = self.nodes.get_mut(&node.id) {
+            n.load = n.load.saturating_add(super::NEW_CONSULT_LOAD);
+        }
         // Consults that ended without `release` leave placements behind;
         // drop the stale ones whenever a new one is written.
         self.placements.retain(|_, (_, expires)| *expires > now);

@@ -55,6 +55,12 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// `place` on every join, which refreshes it.
 pub const PLACEMENT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Most nodes `nodes()` returns; more means the directory is not ours.
+/// What a freshly placed consult adds to its node's load until the node's
+/// next heartbeat reports the real figure (so a burst of new consults
+/// spreads over the nodes instead of all landing on the one that was
+/// least loaded a second ago).
+pub const NEW_CONSULT_LOAD: u32 = 2;
+
 pub const MAX_NODES: usize = 10_000;
 
 /// A media node as it last reported itself.

@@ -118,6 +118,9 @@ end
 local best = choose(KEYS[2], dead)
 if not best then return false end
 redis.call('SET', KEYS[1], best[1], 'PX', ARGV[2])
+-- Until the node's next heartbeat reports its real load, count the new
+-- consult as two participants, so consults placed in one burst spread.
+redis.call('HINCRBY', node_prefix .. best[1], 'load', NEW_CONSULT_LOAD)
 return best
 "#;
 
@@ -175,7 +178,10 @@ struct Scripts {
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            place: Script::new(&format!("{COMMON_LUA}{PLACE_LUA}")),
+            place: Script::new(&format!(
+                "{COMMON_LUA}local NEW_CONSULT_LOAD = {}\n{PLACE_LUA}",
+                super::NEW_CONSULT_LOAD
+            )),
             nodes: Script::new(&format!("{COMMON_LUA}{NODES_LUA}")),
             heartbeat: Script::new(HEARTBEAT_LUA),
             release: Script::new(RELEASE_LUA),
