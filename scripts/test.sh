@@ -88,7 +88,7 @@ install_system_packages() {
   command -v nft >/dev/null || missing+=(nftables)
   command -v iptables-legacy >/dev/null || missing+=(iptables)
   [[ -x /usr/bin/python3 ]] || missing+=(python3)
-  # tests/browser/cluster.test.mjs runs a real Redis (issue 11)
+  # The cluster's directory (issue 11): registry and cluster tests start their own redis-server.
   [[ -x /usr/bin/redis-server ]] || missing+=(redis-server)
   if [[ ${#missing[@]} -eq 0 ]]; then
     echo "chromium, firefox-esr, iproute2, nftables, iptables, python3, redis-server already installed"
@@ -164,7 +164,7 @@ run_browser_tests() {
 
 echo "Spreekkamer tests in $ROOT (steps: ${STEPS[*]}); $(nproc) cores"
 
-if wants deps; then step deps "install Chromium, Firefox ESR, iproute2, nftables, iptables (apt) and browser-test packages (npm ci)" deps; fi
+if wants deps; then step deps "install Chromium, Firefox ESR, iproute2, nftables, iptables, redis-server (apt) and browser-test packages (npm ci)" deps; fi
 if wants fmt; then step fmt "cargo fmt --check" cargo fmt --all -- --check; fi
 if wants clippy; then
   step clippy "cargo clippy (all targets, release, warnings are errors)" \
