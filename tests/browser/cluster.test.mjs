@@ -229,15 +229,12 @@ scenario('cluster: SIGTERM drains a node — /readyz 503, new consults elsewhere
   sc.log(`drain-timeout: ${x.id} exited ${JSON.stringify(ex2)} ${took} ms after SIGTERM with consult E still running`);
   assert.equal(ex2.code, 0, `exit at drain-timeout: ${JSON.stringify(ex2)}`);
   assert.ok(took >= 9_000, `${x.id} exited ${took} ms after SIGTERM, before its 10 s drain-timeout, while consult E still ran`);
-  // What E's people see afterwards is not specified by the issue; report it.
-  const eAfter = await waitUntil(
-    async () => {
-      const [c, p] = [await probe(E.clin, E.patId), await probe(E.pat, E.clinId)];
-      return c.mark !== 'drain2' && c.remote === y.ip && p.mark !== 'drain2' && p.remote === y.ip && { c, p };
-    },
-    { timeout: 30_000, what: 'E moved to the other node' },
-  ).catch(async () => ({ notMoved: true, c: await probe(E.clin, E.patId), p: await probe(E.pat, E.clinId) }));
-  sc.log(`after the drain-timeout, consult E: ${JSON.stringify(eAfter)}`);
+  // What E's people see afterwards is not specified by the issue (moved to the other node, or
+  // ended?): reported, not asserted.
+  const tAfter = Date.now();
+  await bothSee(sc, E, y, 'E after the drain-timeout')
+    .then(() => sc.log(`after the drain-timeout, consult E sees colour again via ${y.ip} ${Date.now() - tAfter} ms after ${x.id} exited`))
+    .catch(async (e) => sc.log(`after the drain-timeout, consult E did not come back on ${y.id}: ${e.message.slice(0, 400)}; pages ${JSON.stringify([await probe(E.clin, E.patId), await probe(E.pat, E.clinId)])}`));
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -299,9 +296,47 @@ scenario('cluster: Redis stopped mid-call — the call keeps media, a new join g
   const tUp = Date.now();
   await Promise.all(cl.nodes.map((n) => cl.waitRegistered(n, { timeout: 20_000 })));
   sc.log(`redis back: both nodes registered again ${Date.now() - tUp} ms after it started`);
+  // A clinician joining a fresh consult, once, as soon as both nodes are back in the directory;
+  // if refused, again every 2 s (as a person pressing "Try again" would) to see when it recovers.
+  // The first attempt must work: nothing else changes after this point.
+  const attempts = [];
+  for (let i = 0; i < 15; i++) {
+    await c2.page.goto('about:blank');
+    await c2.open(await cl.link({ consult: newConsult('G-try'), role: 'clinician', name: 'Dr. G' }));
+    const at = Date.now() - tUp;
+    await c2.join({ waitFor: null });
+    let s2;
+    await c2.waitFor(async () => (s2 = await probe(c2)).state === 'in-call' || s2.error, { timeout: 20_000, what: 'G-clinician: in the call or an error', describe: () => JSON.stringify(s2) });
+    attempts.push({ atMs: at, outcome: s2.state === 'in-call' ? 'in-call' : s2.error.code });
+    if (s2.state === 'in-call') break;
+    await sleep(2_000);
+  }
+  sc.log(`joins after Redis returned (ms after redis-server started): ${JSON.stringify(attempts)}`);
+  assert.equal(attempts[0].outcome, 'in-call', `the first join after Redis returned (both nodes registered again) was refused; attempts: ${JSON.stringify(attempts)}`);
   const G = await startConsult(sc, cl, 'G', c2, p2);
   const gNode = await cl.waitPlacement(G.consult);
   await bothSee(sc, G, gNode, 'G after Redis returned');
   sc.log(`new consult ${Date.now() - tUp} ms after Redis returned: placed on ${gNode.id}, both see colour`);
   await untouched(sc, F, 'redis', fNode.ip, 'F after Redis returned');
+});
+
+// ---------------------------------------------------------------------------------------------
+
+scenario("cluster: the preview's connectivity check reaches a media node", { timeout: 180_000 }, async (sc) => {
+  const cl = await startCluster(sc, { nodes: 2, nodeTtl: '3s' });
+  const p = await sc.chromium('preview', { viewport: { width: 640, height: 480 } });
+  await p.open(await cl.link({ consult: newConsult('H'), role: 'patient', name: 'Patiënt H' }));
+  let last;
+  await p.waitFor(
+    async () => {
+      last = await p.evaluate(() => {
+        const el = document.getElementById('connectivity');
+        return el ? { result: el.dataset.result || null, text: el.textContent.trim() } : null;
+      });
+      return last && last.result && last.result !== 'checking' && last;
+    },
+    { timeout: 60_000, what: 'preview: #connectivity[data-result] final', describe: () => JSON.stringify(last) },
+  );
+  sc.log(`preview connectivity check in the cluster: ${JSON.stringify(last)}`);
+  assert.equal(last.result, 'udp', `the preview's connectivity check should reach a media node over UDP; the page says ${JSON.stringify(last)}`);
 });
