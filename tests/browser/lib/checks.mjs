@@ -114,3 +114,27 @@ export function metric(metrics, name, labels) {
   }
   return sum;
 }
+
+/**
+ * Mean colour [r, g, b] of the decoded frame in the video tile of participant
+ * `id` on `p`'s page, drawn through a canvas (null: no tile or no frame yet).
+ * Chromium's fake camera is bright; a black or empty tile sums to ~0.
+ */
+export function tileColour(p, id) {
+  return p.evaluate((pid) => {
+    const v = document.querySelector(`.tile[data-participant-id="${pid}"] video`);
+    if (!v || !v.videoWidth) return null;
+    const c = document.createElement('canvas');
+    c.width = 32;
+    c.height = 24;
+    const g = c.getContext('2d');
+    g.drawImage(v, 0, 0, 32, 24);
+    const d = g.getImageData(0, 0, 32, 24).data;
+    const sum = [0, 0, 0];
+    for (let i = 0; i < d.length; i += 4) for (let k = 0; k < 3; k++) sum[k] += d[i + k];
+    return sum.map((x) => Math.round(x / (d.length / 4)));
+  }, id);
+}
+
+/** A colour from `tileColour` that is a picture, not a black or empty tile. */
+export const isColour = (rgb) => !!rgb && rgb[0] + rgb[1] + rgb[2] > 60;
