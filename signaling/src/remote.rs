@@ -268,6 +268,15 @@ impl Router {
         tokio::spawn(async move {
             let moved = dead.is_some();
             let result = match dead {
+                // A connectivity check (`probe.rs`) is one short-lived
+                // participant: any node with room, no placement to share
+                // with other edges, and no load estimate that would steer
+                // the next real consult away from an idle node.
+                None if consult.starts_with("probe:") => registry.nodes().await.and_then(|nodes| {
+                    crate::registry::choose(&nodes, None)
+                        .cloned()
+                        .ok_or(RegistryError::NoNode)
+                }),
                 None => registry.place(&consult).await,
                 Some((dead, failures)) => failover(&*registry, &consult, &dead, failures).await,
             };

@@ -36,13 +36,17 @@ struct Node {
 
 impl Node {
     fn start(redis: &RedisServer, id: &str) -> Node {
+        Node::start_with_secret(redis, id, LINK_SECRET)
+    }
+
+    fn start_with_secret(redis: &RedisServer, id: &str, link_secret: &str) -> Node {
         let dir = std::env::temp_dir().join(format!(
             "spreekkamer-node-{id}-{}",
             signaling::token::random_hex_id()
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let secret = dir.join("link.secret");
-        std::fs::write(&secret, format!("{LINK_SECRET}\n")).expect("secret file");
+        std::fs::write(&secret, format!("{link_secret}\n")).expect("secret file");
         let err = std::fs::File::create(dir.join("stderr")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_spreekkamer"))
             .args(["sfu", "--redis", &redis.url(), "--node-id", id])
@@ -358,4 +362,36 @@ async fn the_connectivity_check_reaches_a_media_node() {
     c.send(json!({"type":"probe","v":1,"token":token("checked", Role::Patient, "P")}))
         .await;
     until(&mut c, "offer", &["error"], common::WAIT).await;
+}
+
+/// A node that accepts connections but does not hold the cluster's secret
+/// (misconfigured, or not ours): the edge never links to it, backs off, and
+/// after a few attempts moves the consult away; with no other node the
+/// participant is told `service_unavailable` instead of waiting forever,
+/// and the stranger saw a handful of attempts, not a flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_link_secret_is_not_hammered_and_not_used() {
+    let redis = RedisServer::start().await;
+    let stranger = Node::start_with_secret(
+        &redis,
+        "stranger",
+        "another-clusters-secret-0123456789abcdef",
+    );
+    let (server, registry) = edge(&redis).await;
+    wait_registered(&registry, &["stranger"]).await;
+    let started = Instant::now();
+    let (mut c, _) = Client::joined(server.addr, &token("lonely", Role::Clinician, "Dr. A")).await;
+    let error = until(&mut c, "error", &["offer"], FAILOVER_BOUND).await;
+    assert_eq!(error["code"], "service_unavailable", "{error}");
+    eprintln!("refused after {:?}", started.elapsed());
+    let metrics = common::get(stranger.http, "/metrics").await.text();
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("spreekkamer_node_link_auth_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the node counts refused handshakes");
+    assert!(
+        (1..=5).contains(&failures),
+        "{failures} handshakes tried against a node without the secret"
+    );
 }
