@@ -164,6 +164,41 @@ pub enum MediaCommand {
     },
 }
 
+impl MediaCommand {
+    /// The consult and participant the command is about.
+    pub fn target(&self) -> (&ConsultId, &ParticipantId) {
+        match self {
+            MediaCommand::Join {
+                consult,
+                participant,
+            }
+            | MediaCommand::Answer {
+                consult,
+                participant,
+                ..
+            }
+            | MediaCommand::Candidate {
+                consult,
+                participant,
+                ..
+            }
+            | MediaCommand::IceRestart {
+                consult,
+                participant,
+            }
+            | MediaCommand::Leave {
+                consult,
+                participant,
+            }
+            | MediaCommand::Preferences {
+                consult,
+                participant,
+                ..
+            } => (consult, participant),
+        }
+    }
+}
+
 /// A simulcast layer, lowest first (rids `l`, `m`, `h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -99,7 +99,7 @@ impl Node {
     /// A command from link `link`. Only `Join` creates ownership; every
     /// other command must name a participant this link joined.
     fn command(self: &Arc<Self>, link: LinkId, command: MediaCommand) {
-        let (consult, participant) = command_target(&command);
+        let (consult, participant) = command.target();
         let key = (consult.to_string(), participant.to_string());
         let mut t = self.table();
         match &command {
@@ -260,38 +260,6 @@ impl Node {
         out.push_str(&self.sfu.quality_stats().prometheus_text());
         out.push_str(&self.sfu.limit_stats().prometheus_text());
         out
-    }
-}
-
-fn command_target(command: &MediaCommand) -> (&str, &str) {
-    match command {
-        MediaCommand::Join {
-            consult,
-            participant,
-        }
-        | MediaCommand::Answer {
-            consult,
-            participant,
-            ..
-        }
-        | MediaCommand::Candidate {
-            consult,
-            participant,
-            ..
-        }
-        | MediaCommand::IceRestart {
-            consult,
-            participant,
-        }
-        | MediaCommand::Leave {
-            consult,
-            participant,
-        }
-        | MediaCommand::Preferences {
-            consult,
-            participant,
-            ..
-        } => (consult, participant),
     }
 }
 

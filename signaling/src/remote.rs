@@ -135,38 +135,6 @@ struct Router {
 /// connections but fails the handshake: a wrong secret, a hung process).
 const GIVE_UP_AFTER: u32 = 3;
 
-fn target(command: &MediaCommand) -> (&ConsultId, &ParticipantId) {
-    match command {
-        MediaCommand::Join {
-            consult,
-            participant,
-        }
-        | MediaCommand::Answer {
-            consult,
-            participant,
-            ..
-        }
-        | MediaCommand::Candidate {
-            consult,
-            participant,
-            ..
-        }
-        | MediaCommand::IceRestart {
-            consult,
-            participant,
-        }
-        | MediaCommand::Leave {
-            consult,
-            participant,
-        }
-        | MediaCommand::Preferences {
-            consult,
-            participant,
-            ..
-        } => (consult, participant),
-    }
-}
-
 impl Router {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         while let Some(msg) = rx.recv().await {
@@ -193,7 +161,7 @@ impl Router {
     }
 
     fn command(&mut self, command: MediaCommand) {
-        let (consult, participant) = target(&command);
+        let (consult, participant) = command.target();
         let (consult, participant) = (consult.clone(), participant.clone());
         let is_join = matches!(command, MediaCommand::Join { .. });
         let route = self.consults.entry(consult.clone()).or_default();

@@ -13,6 +13,7 @@
 
 import crypto from 'node:crypto';
 import { assert, scenario, waitUntil } from './lib/index.mjs';
+import { tileColour } from './lib/checks.mjs';
 
 const SERVER_ARGS = ['--consult-grace', '100ms'];
 const TIMEOUT = 45_000;
@@ -21,22 +22,6 @@ const summaryTrust = (p) => p.evaluate(() => document.getElementById('e2ee-summa
 
 const tileTrust = (p, id) =>
   p.evaluate((pid) => document.querySelector(`.tile[data-participant-id="${pid}"]`)?.dataset.e2eeTrust || null, id);
-
-/** Mean colour of the video tile of `id`, drawn from the decoded frame (null: no frame). */
-const tileColour = (p, id) =>
-  p.evaluate((pid) => {
-    const v = document.querySelector(`.tile[data-participant-id="${pid}"] video`);
-    if (!v || !v.videoWidth) return null;
-    const c = document.createElement('canvas');
-    c.width = 32;
-    c.height = 24;
-    const g = c.getContext('2d');
-    g.drawImage(v, 0, 0, 32, 24);
-    const d = g.getImageData(0, 0, 32, 24).data;
-    const sum = [0, 0, 0];
-    for (let i = 0; i < d.length; i += 4) for (let k = 0; k < 3; k++) sum[k] += d[i + k];
-    return sum.map((x) => Math.round(x / (d.length / 4)));
-  }, id);
 
 /** Both decode each other, see colour (not a black or empty tile), and are link-bound. */
 async function inEncryptedCall(sc, a, b, label) {
