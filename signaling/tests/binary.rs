@@ -97,11 +97,44 @@ fn link_refuses_bad_values_clearly() {
 }
 
 #[test]
-fn split_subcommands_are_not_available_yet() {
-    for sub in ["signaling", "sfu"] {
-        let out = Command::new(BIN).arg(sub).output().expect("runs");
-        assert_eq!(out.status.code(), Some(2), "{sub}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("not yet available"));
+fn cluster_subcommands_refuse_a_missing_or_bad_configuration_clearly() {
+    // (Nothing listens on port 1: these must fail before Redis is needed.)
+    let cases: [(&[&str], &str); 5] = [
+        (&["signaling"], "--redis"),
+        (&["sfu"], "--redis"),
+        (
+            &["signaling", "--redis", "redis://127.0.0.1:1"],
+            "token key",
+        ),
+        (
+            &["sfu", "--redis", "redis://127.0.0.1:1"],
+            "--link-secret-file",
+        ),
+        (
+            &[
+                "sfu",
+                "--redis",
+                "redis://127.0.0.1:1",
+                "--link-secret",
+                "too-short",
+            ],
+            "--link-secret",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("SPREEKKAMER_JWT_SECRET")
+            .env_remove("SPREEKKAMER_LINK_SECRET")
+            .env_remove("SPREEKKAMER_REDIS")
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(says),
+            "{args:?} should mention {says}: {stderr}"
+        );
     }
 }
 
