@@ -240,13 +240,41 @@ impl std::fmt::Debug for JwtSecret {
     }
 }
 
-/// Read a secret file: the first line's worth, without the newline an
-/// editor or `echo` adds.
+/// Read a secret file (`flag` names it in errors): the first line's worth,
+/// without the newline an editor or `echo` adds.
+fn read_secret_line(flag: &str, path: &std::path::Path) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// The JWT secret from `--jwt-secret-file`, checked like the flag.
 fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--jwt-secret-file {}: {e}", path.display()))?;
-    parse_secret(text.trim_end_matches(['\n', '\r']))
+    parse_secret(&read_secret_line("--jwt-secret-file", path)?)
         .map_err(|e| format!("--jwt-secret-file {}: {e}", path.display()))
+}
+
+/// The media plane's configuration, as `serve` and `sfu` take it from
+/// their flags (`workers`: default the number of cores).
+fn media_config(
+    announce_ip: IpAddr,
+    bind_ip: Option<IpAddr>,
+    udp_port: u16,
+    tcp_port: u16,
+    no_ice_tcp: bool,
+    workers: Option<u16>,
+) -> SfuConfig {
+    SfuConfig {
+        bind_ip: bind_ip.unwrap_or(announce_ip),
+        announce_ip,
+        udp_port,
+        tcp_port: (!no_ice_tcp).then_some(tcp_port),
+        workers: workers.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -521,11 +549,6 @@ impl ServeArgs {
 
     /// The server configuration, with the secret to sign demo links with.
     pub fn to_config(&self, secret: &str) -> Result<ServeConfig, String> {
-        let workers = self.workers.map(usize::from).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
         let limits = Limits {
             max_participants: usize::from(self.max_participants),
             ..Limits::default()
@@ -538,13 +561,14 @@ impl ServeArgs {
             keys: self.keys(secret)?,
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
-            sfu: SfuConfig {
-                bind_ip: self.media_bind_ip.unwrap_or(self.announce_ip),
-                announce_ip: self.announce_ip,
-                udp_port: self.udp_port,
-                tcp_port: (!self.no_ice_tcp).then_some(self.tcp_port),
-                workers,
-            },
+            sfu: media_config(
+                self.announce_ip,
+                self.media_bind_ip,
+                self.udp_port,
+                self.tcp_port,
+                self.no_ice_tcp,
+                self.workers,
+            ),
             policy: ConsultPolicy {
                 max_participants: limits.max_participants,
                 waiting_room: self.waiting_room,
@@ -616,11 +640,7 @@ impl ClusterArgs {
     pub fn link_secret(&self) -> Result<crate::link::LinkSecret, String> {
         let secret = match (&self.link_secret, &self.link_secret_file) {
             (Some(s), _) => s.clone(),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("--link-secret-file {}: {e}", path.display()))?;
-                text.trim_end_matches(['\n', '\r']).to_string()
-            }
+            (None, Some(path)) => read_secret_line("--link-secret-file", path)?,
             (None, None) => {
                 return Err(
                     "a cluster needs --link-secret-file (or SPREEKKAMER_LINK_SECRET)".into(),
@@ -704,20 +724,16 @@ impl SfuArgs {
                 "--node-id {id:?}: use 1 to 64 letters, digits, '.', '_' or '-'"
             ));
         }
-        let workers = self.workers.map(usize::from).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
         Ok(crate::node::NodeConfig {
             id,
-            sfu: SfuConfig {
-                bind_ip: self.bind_ip.unwrap_or(self.announce_ip),
-                announce_ip: self.announce_ip,
-                udp_port: self.udp_port,
-                tcp_port: (!self.no_ice_tcp).then_some(self.tcp_port),
-                workers,
-            },
+            sfu: media_config(
+                self.announce_ip,
+                self.bind_ip,
+                self.udp_port,
+                self.tcp_port,
+                self.no_ice_tcp,
+                self.workers,
+            ),
             link_listen: self.link_listen,
             link_secret: self.cluster.link_secret()?,
             http_listen: self.listen,

@@ -79,7 +79,11 @@ pub(crate) async fn run(conn: &mut Connection, v: Option<u64>, token: Option<Str
 
     let peer = ProbePeer {
         media: ctx.media.clone(),
-        consult: format!("probe:{}", crate::token::random_hex_id()),
+        consult: format!(
+            "{}{}",
+            crate::token::PROBE_CONSULT_PREFIX,
+            crate::token::random_hex_id()
+        ),
         participant: crate::token::random_hex_id(),
     };
     let mut events = peer.media.attach(&peer.consult, &peer.participant);

@@ -240,11 +240,13 @@ impl Router {
                 // participant: any node with room, no placement to share
                 // with other edges, and no load estimate that would steer
                 // the next real consult away from an idle node.
-                None if consult.starts_with("probe:") => registry.nodes().await.and_then(|nodes| {
-                    crate::registry::choose(&nodes, None)
-                        .cloned()
-                        .ok_or(RegistryError::NoNode)
-                }),
+                None if crate::token::is_probe_consult(&consult) => {
+                    registry.nodes().await.and_then(|nodes| {
+                        crate::registry::choose(&nodes, None)
+                            .cloned()
+                            .ok_or(RegistryError::NoNode)
+                    })
+                }
                 None => registry.place(&consult).await,
                 Some((dead, failures)) => failover(&*registry, &consult, &dead, failures).await,
             };

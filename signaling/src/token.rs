@@ -347,6 +347,17 @@ fn select_key<'k>(
     Ok(key)
 }
 
+/// What a connectivity check's private consult id starts with (`probe.rs`):
+/// `:` is outside [`valid_consult_id`], so no real consult can meet it.
+pub const PROBE_CONSULT_PREFIX: &str = "probe:";
+
+/// A connectivity check's consult id: the prefix and 1–32 hex digits.
+pub fn is_probe_consult(id: &str) -> bool {
+    id.strip_prefix(PROBE_CONSULT_PREFIX).is_some_and(|hex| {
+        !hex.is_empty() && hex.len() <= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
 /// `[A-Za-z0-9._~-]{1,128}`: safe in URLs, logs and metrics without escaping.
 pub fn valid_consult_id(id: &str) -> bool {
     !id.is_empty()
@@ -515,6 +526,25 @@ pub fn valid_jti(jti: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn probe_consult_ids_are_their_own_kind() {
+        let probe = format!("{PROBE_CONSULT_PREFIX}{}", random_hex_id());
+        assert!(is_probe_consult(&probe));
+        assert!(
+            !valid_consult_id(&probe),
+            "no real consult can be named like a probe"
+        );
+        for not in [
+            "probe:",
+            "probe:xyz",
+            "probe-0123",
+            "c-4711",
+            "probe:0123456789abcdef0123456789abcdef0",
+        ] {
+            assert!(!is_probe_consult(not), "{not}");
+        }
+    }
     use super::*;
     use serde_json::json;
 

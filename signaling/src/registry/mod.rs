@@ -170,12 +170,8 @@ fn check_node_id(id: &str) -> Result<(), RegistryError> {
 }
 
 fn check_consult(consult: &str) -> Result<(), RegistryError> {
-    // A connectivity check's private consult (`probe.rs`): `probe:` and a
-    // random hex id, a name no real consult can have.
-    let probe = consult.strip_prefix("probe:").is_some_and(|id| {
-        !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
-    });
-    if probe || crate::token::valid_consult_id(consult) {
+    // (A connectivity check's private consult is placed and released too.)
+    if crate::token::is_probe_consult(consult) || crate::token::valid_consult_id(consult) {
         Ok(())
     } else {
         Err(RegistryError::Invalid("consult id".into()))
