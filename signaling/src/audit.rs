@@ -376,6 +376,15 @@ pub fn client_ip(
 /// A coarse browser family: enough for an access log, too little to
 /// fingerprint anyone. Order matters: Edge and Chrome both say "Chrome",
 /// Chrome says "Safari".
+/// The family named `name` as [`ua_family`] spells it (`"other"` for
+/// anything else): for an access point passed on by another edge.
+pub fn ua_family_named(name: &str) -> &'static str {
+    ["Edge", "Firefox", "Chrome", "Safari"]
+        .into_iter()
+        .find(|f| *f == name)
+        .unwrap_or("other")
+}
+
 pub fn ua_family(ua: &str) -> &'static str {
     if ua.contains("Edg/") || ua.contains("Edge/") || ua.contains("EdgA/") || ua.contains("EdgiOS/")
     {

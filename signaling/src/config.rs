@@ -657,8 +657,47 @@ impl ClusterArgs {
 pub struct SignalingArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// This edge's id in the edge directory (letters, digits, `.`, `_`,
+    /// `-`; at most 64). Default: the host name (a pod's name).
+    #[arg(long, env = "SPREEKKAMER_EDGE_ID")]
+    pub edge_id: Option<String>,
+    /// Where other edges pass a consult's participants on to this edge when
+    /// its room lives here (WebSockets proven with an HMAC from the link
+    /// secret; keep the port on the cluster network).
+    #[arg(
+        long,
+        env = "SPREEKKAMER_PEER_LISTEN",
+        default_value = "127.0.0.1:7001"
+    )]
+    pub peer_listen: SocketAddr,
+    /// How other edges reach --peer-listen (default: that address; needed
+    /// when it is 0.0.0.0, e.g. the pod's IP and the port).
+    #[arg(long, env = "SPREEKKAMER_PEER_ADVERTISE")]
+    pub peer_advertise: Option<SocketAddr>,
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+impl SignalingArgs {
+    pub fn edge_id(&self) -> Result<String, String> {
+        directory_id("--edge-id", self.edge_id.as_deref())
+    }
+}
+
+/// An id for the directory: the one given, else the host name.
+fn directory_id(flag: &str, given: Option<&str>) -> Result<String, String> {
+    let id = match given {
+        Some(id) => id.to_string(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+    };
+    if !crate::registry::valid_node_id(&id) {
+        return Err(format!(
+            "{flag} {id:?}: use 1 to 64 letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(id)
 }
 
 /// `spreekkamer sfu`: a media node.
@@ -713,17 +752,7 @@ pub struct SfuArgs {
 
 impl SfuArgs {
     pub fn to_config(&self) -> Result<crate::node::NodeConfig, String> {
-        let id = match &self.node_id {
-            Some(id) => id.clone(),
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default(),
-        };
-        if !crate::registry::valid_node_id(&id) {
-            return Err(format!(
-                "--node-id {id:?}: use 1 to 64 letters, digits, '.', '_' or '-'"
-            ));
-        }
+        let id = directory_id("--node-id", self.node_id.as_deref())?;
         Ok(crate::node::NodeConfig {
             id,
             sfu: media_config(

@@ -115,6 +115,11 @@ impl Connection {
             .await;
     }
 
+    /// One ping from the peer, under the ping-rate limit.
+    pub(crate) fn take_ping(&mut self) -> bool {
+        self.pings.try_take(1, Instant::now())
+    }
+
     /// Read one frame and apply the size and rate limits.
     pub(crate) async fn read(&mut self, frame: Option<Result<Message, warp::Error>>) -> Inbound {
         let msg = match frame {
@@ -137,7 +142,7 @@ impl Connection {
             return Inbound::Stop;
         }
         if msg.is_ping() {
-            if !self.pings.try_take(1, now) {
+            if !self.take_ping() {
                 self.close_for_policy("ping_flood").await;
                 return Inbound::Stop;
             }

@@ -81,6 +81,17 @@ pub struct ServeConfig {
 pub struct ClusterEdge {
     pub registry: Arc<dyn crate::registry::Registry>,
     pub link_secret: crate::link::LinkSecret,
+    /// The edges' own directory (where each consult's room lives, `peer.rs`).
+    pub edges: Arc<dyn crate::registry::Registry>,
+    /// This edge's id in it.
+    pub edge_id: String,
+    /// Where other edges pass participants on to this one: bound here...
+    pub peer_listen: SocketAddr,
+    /// ... and reached there (`None`: `peer_listen`, which must then not be
+    /// an unspecified address).
+    pub peer_advertise: Option<SocketAddr>,
+    /// The edge's directory entry expires this long after its last beat.
+    pub ttl: Duration,
 }
 
 impl ServeConfig {
@@ -159,6 +170,8 @@ pub struct Context {
     pub ws_idle_timeout: Duration,
     /// Open HTTP connections under their caps.
     pub connection_gate: Arc<ConnectionGate>,
+    /// A cluster edge's place among the edges (`None`: `serve`).
+    pub peers: Option<Arc<crate::peer::Peers>>,
 }
 
 impl Context {

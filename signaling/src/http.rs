@@ -13,7 +13,7 @@ use warp::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 /// Frames above this are refused by the WebSocket layer itself; frames
 /// between the protocol limit and this get a `message_too_large` error.
-const WS_HARD_LIMIT: usize = 1024 * 1024;
+pub(crate) const WS_HARD_LIMIT: usize = 1024 * 1024;
 
 /// Bytes queued for one WebSocket before a send waits (tungstenite's
 /// default), and the most it may ever hold: one more message of the largest
@@ -21,8 +21,8 @@ const WS_HARD_LIMIT: usize = 1024 * 1024;
 /// 1 MiB frame cap). Pongs the peer does not read wait in this buffer; past
 /// it, newer pongs replace the one not yet sent instead of piling up (a
 /// ping flood without reading once grew it without bound).
-const WS_WRITE_BUFFER: usize = 128 * 1024;
-const WS_MAX_WRITE_BUFFER: usize = WS_WRITE_BUFFER + WS_HARD_LIMIT;
+pub(crate) const WS_WRITE_BUFFER: usize = 128 * 1024;
+pub(crate) const WS_MAX_WRITE_BUFFER: usize = WS_WRITE_BUFFER + WS_HARD_LIMIT;
 
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
 img-src 'self' blob: data:; media-src 'self' blob:; worker-src 'self' blob:; connect-src 'self'; \
@@ -180,6 +180,48 @@ pub fn routes(
             Ok::<_, Infallible>(text(StatusCode::NOT_FOUND, "not found"))
         })
         .with(warp::reply::with::headers(security_headers()))
+}
+
+/// The peer port of a cluster edge (`peer.rs`): only `/peer`, a WebSocket
+/// from another edge passing a participant on, proven with the HMAC header.
+/// Anything else is 404; a missing or bad proof is 403.
+pub fn peer_routes(
+    ctx: Arc<Context>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static
+{
+    warp::path(crate::peer::PEER_PATH)
+        .and(warp::path::end())
+        .and(warp::ws())
+        .and(warp::header::optional::<String>(crate::peer::PEER_HEADER))
+        .map(move |ws: warp::ws::Ws, proof: Option<String>| {
+            let ctx = ctx.clone();
+            let access = ctx
+                .peers
+                .as_ref()
+                .and_then(|p| p.verify(proof.as_deref(), crate::token::unix_now()));
+            match access {
+                Some(access) => {
+                    let reply = ws
+                        .max_message_size(WS_HARD_LIMIT)
+                        .max_frame_size(WS_HARD_LIMIT)
+                        .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
+                        .on_upgrade(move |socket| {
+                            crate::session::run_passed_on(socket, ctx, access)
+                        });
+                    Box::new(reply) as Box<dyn warp::Reply>
+                }
+                None => {
+                    ctx.metrics.peer_refused.inc();
+                    Box::new(text(StatusCode::FORBIDDEN, "forbidden")) as Box<dyn warp::Reply>
+                }
+            }
+        })
+        .recover(|_rejection: warp::Rejection| async {
+            Ok::<_, Infallible>(
+                Box::new(text(StatusCode::NOT_FOUND, "not found")) as Box<dyn warp::Reply>
+            )
+        })
+        .unify()
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<&'static [u8]> {

@@ -112,6 +112,12 @@ impl LinkSecret {
     fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
         mac(&self.0, parts)
     }
+
+    /// A key for another use of the same secret (`label` names the use), so
+    /// that no MAC of one protocol is valid in another.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        mac(&self.0, &[b"spreekkamer derive\0", label])
+    }
 }
 
 impl std::fmt::Debug for LinkSecret {

@@ -46,12 +46,28 @@ pub async fn run(
     listener: TcpListener,
     ctx: Arc<crate::context::Context>,
     header_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let routes = crate::http::routes(ctx.clone());
     let gate = ctx.connection_gate.clone();
     let metrics = ctx.metrics.clone();
     drop(ctx);
+    serve(listener, routes, gate, metrics, header_timeout, stop).await;
+}
+
+/// The accept loop for any set of routes under `gate` (the public port, or a
+/// cluster edge's peer port).
+pub async fn serve<F>(
+    listener: TcpListener,
+    routes: F,
+    gate: Arc<crate::gate::ConnectionGate>,
+    metrics: Arc<crate::metrics::Metrics>,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) where
+    F: warp::Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
     let mut last_accept_error: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {

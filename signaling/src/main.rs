@@ -38,17 +38,11 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 
 /// Connect to the directory, trying for a while: in a cluster the edge or
 /// node may start before Redis does.
-async fn directory(cluster: &ClusterArgs) -> Option<Arc<dyn Registry>> {
+async fn directory(cluster: &ClusterArgs, prefix: &str) -> Option<Arc<dyn Registry>> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut warned = false;
     loop {
-        match RedisRegistry::connect(
-            &cluster.redis,
-            signaling::registry::DEFAULT_PREFIX,
-            cluster.redis_timeout,
-        )
-        .await
-        {
+        match RedisRegistry::connect(&cluster.redis, prefix, cluster.redis_timeout).await {
             Ok(r) => return Some(Arc::new(r)),
             Err(e) => {
                 if tokio::time::Instant::now() >= deadline {
@@ -80,7 +74,30 @@ fn signaling(args: SignalingArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    serve(args.serve, Some((args.cluster, secret)))
+    let edge_id = match args.edge_id() {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let edge = Edge {
+        cluster: args.cluster,
+        link_secret: secret,
+        edge_id,
+        peer_listen: args.peer_listen,
+        peer_advertise: args.peer_advertise,
+    };
+    serve(args.serve, Some(edge))
+}
+
+/// What `spreekkamer signaling` adds to `serve`.
+struct Edge {
+    cluster: ClusterArgs,
+    link_secret: signaling::link::LinkSecret,
+    edge_id: String,
+    peer_listen: std::net::SocketAddr,
+    peer_advertise: Option<std::net::SocketAddr>,
 }
 
 fn media_node(args: SfuArgs) -> ExitCode {
@@ -99,7 +116,8 @@ fn media_node(args: SfuArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
-        let Some(registry) = directory(&args.cluster).await else {
+        let Some(registry) = directory(&args.cluster, signaling::registry::DEFAULT_PREFIX).await
+        else {
             return ExitCode::FAILURE;
         };
         let node = match signaling::node::start(config, registry).await {
@@ -173,7 +191,7 @@ fn link(args: &LinkArgs) -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs, cluster: Option<(ClusterArgs, signaling::link::LinkSecret)>) -> ExitCode {
+fn serve(args: ServeArgs, edge: Option<Edge>) -> ExitCode {
     // Levels per crate, redaction and a per-call-site limit: logging.rs.
     if let Err(e) = signaling::logging::init(args.log_level) {
         eprintln!("error: cannot set up logging: {e}");
@@ -211,13 +229,23 @@ fn serve(args: ServeArgs, cluster: Option<(ClusterArgs, signaling::link::LinkSec
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
-        if let Some((cluster, link_secret)) = cluster {
-            let Some(registry) = directory(&cluster).await else {
+        if let Some(edge) = edge {
+            let Some(registry) =
+                directory(&edge.cluster, signaling::registry::DEFAULT_PREFIX).await
+            else {
+                return ExitCode::FAILURE;
+            };
+            let Some(edges) = directory(&edge.cluster, signaling::peer::EDGE_PREFIX).await else {
                 return ExitCode::FAILURE;
             };
             config.cluster = Some(signaling::context::ClusterEdge {
                 registry,
-                link_secret,
+                link_secret: edge.link_secret,
+                edges,
+                edge_id: edge.edge_id,
+                peer_listen: edge.peer_listen,
+                peer_advertise: edge.peer_advertise,
+                ttl: edge.cluster.node_ttl,
             });
         }
         let server = match signaling::serve(config).await {

@@ -47,6 +47,14 @@ pub struct Metrics {
     pub cluster_failovers: IntCounter,
     pub cluster_directory_errors: IntCounter,
     pub cluster_link_failures: IntCounter,
+    /// Cluster edge (`peer.rs`): WebSockets passed on to a consult's home
+    /// edge now, routing failures (directory down, home edge unreachable),
+    /// rooms moved off a dead edge, and peer-port requests refused for a
+    /// missing or bad proof.
+    pub peer_passed_on: IntGauge,
+    pub peer_route_failures: IntCounter,
+    pub peer_rooms_moved: IntCounter,
+    pub peer_refused: IntCounter,
     /// Operational log lines held back by the per-call-site limit
     /// (`logging.rs`), copied in at scrape time.
     log_suppressed: IntCounter,
@@ -171,6 +179,26 @@ impl Metrics {
                 &r,
                 "cluster_link_failures_total",
                 "Links to media nodes lost or not opened (each is followed by a reconnect or a move)",
+            )?,
+            peer_passed_on: gauge(
+                &r,
+                "edge_passed_on_connections",
+                "WebSockets this edge passes on to the consult's home edge now",
+            )?,
+            peer_route_failures: counter(
+                &r,
+                "edge_route_failures_total",
+                "Joins that could not reach their consult's home edge (directory down, home unreachable)",
+            )?,
+            peer_rooms_moved: counter(
+                &r,
+                "edge_rooms_moved_total",
+                "Rooms this edge moved off a home edge whose entry expired",
+            )?,
+            peer_refused: counter(
+                &r,
+                "edge_peer_refused_total",
+                "Requests on the peer port without a valid proof",
             )?,
             log_suppressed: counter(
                 &r,

@@ -28,6 +28,8 @@ pub enum ServeError {
     AuditLog(std::io::Error),
     Metrics(prometheus::Error),
     Jwks(String),
+    /// A cluster edge's peer address is unusable.
+    Peer(String),
 }
 
 impl std::fmt::Display for ServeError {
@@ -38,6 +40,7 @@ impl std::fmt::Display for ServeError {
             ServeError::AuditLog(e) => write!(f, "cannot open the audit log: {e}"),
             ServeError::Metrics(e) => write!(f, "cannot set up metrics: {e}"),
             ServeError::Jwks(e) => write!(f, "--jwks-url: {e}"),
+            ServeError::Peer(e) => write!(f, "{e}"),
         }
     }
 }
@@ -53,6 +56,10 @@ pub struct Server {
     http_task: JoinHandle<()>,
     sweeper: JoinHandle<()>,
     shutdown_grace: Duration,
+    /// A cluster edge: the peer port and the directory heartbeat (stopping
+    /// it deregisters the edge, so no new room comes here).
+    peer_task: Option<JoinHandle<()>>,
+    heartbeat: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 /// Bind and start everything. Returns once the listener is bound, so the
@@ -91,6 +98,33 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
             let sfu = SfuHandle::start(config.sfu.clone(), sink).map_err(ServeError::Media)?;
             (Media::new(Arc::new(sfu.clone()), events), Some(sfu))
         }
+    };
+    // A cluster edge's peer port: bound now, so a busy port fails the start.
+    let peer = match &config.cluster {
+        Some(cluster) => {
+            let listener = tokio::net::TcpListener::bind(cluster.peer_listen)
+                .await
+                .map_err(|e| ServeError::Bind(cluster.peer_listen, e))?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| ServeError::Bind(cluster.peer_listen, e))?;
+            let advertise = cluster.peer_advertise.unwrap_or(bound);
+            if advertise.ip().is_unspecified() || advertise.port() == 0 {
+                return Err(ServeError::Peer(format!(
+                    "--peer-listen {bound} is not an address other edges can reach: give --peer-advertise IP:PORT"
+                )));
+            }
+            let peers = crate::peer::Peers::new(
+                cluster.edges.clone(),
+                cluster.edge_id.clone(),
+                advertise,
+                &cluster.link_secret,
+                cluster.ttl,
+                metrics.clone(),
+            );
+            Some((listener, Arc::new(peers)))
+        }
+        None => None,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limits = config.connections;
@@ -148,6 +182,7 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         ws_heartbeat: config.ws_heartbeat,
         ws_idle_timeout: config.ws_idle_timeout,
         connection_gate,
+        peers: peer.as_ref().map(|(_, p)| p.clone()),
     });
     // The first fetch happens before we accept joins; a failure is not
     // fatal (the EHR may be down), the keys are fetched again on demand.
@@ -177,6 +212,45 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
             }
         })
     };
+    let (peer_task, heartbeat) = match (peer, &config.cluster) {
+        (Some((listener, peers)), Some(cluster)) => {
+            // Other edges are few and proven by HMAC; the cap only bounds
+            // strangers who reach the port.
+            let gate = ConnectionGate::new(max_total, max_total, Vec::new());
+            let task = tokio::spawn(crate::listener::serve(
+                listener,
+                crate::http::peer_routes(ctx.clone()),
+                gate,
+                ctx.metrics.clone(),
+                limits.header_timeout,
+                http_stop.subscribe(),
+            ));
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let beat = {
+                let ctx = ctx.clone();
+                let peers = peers.clone();
+                tokio::spawn(crate::registry::run_heartbeat(
+                    cluster.edges.clone(),
+                    move || {
+                        let load = u32::try_from(ctx.metrics.participants.get()).unwrap_or(0);
+                        let consults = u32::try_from(ctx.metrics.consults.get()).unwrap_or(0);
+                        peers.entry(load, consults, !ctx.ready.load(Ordering::SeqCst))
+                    },
+                    cluster.ttl / 3,
+                    cluster.ttl,
+                    stop_rx,
+                ))
+            };
+            log::info!(
+                "edge {}: peer port {}, reached at {}",
+                peers.id,
+                cluster.peer_listen,
+                peers.advertise
+            );
+            (Some(task), Some((stop_tx, beat)))
+        }
+        _ => (None, None),
+    };
     log::info!("listening on {addr}");
     Ok(Server {
         addr,
@@ -186,12 +260,19 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         http_task,
         sweeper,
         shutdown_grace: config.shutdown_grace,
+        peer_task,
+        heartbeat,
     })
 }
 
 impl Server {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A cluster edge's peer address (as other edges reach it).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.ctx.peers.as_ref().map(|p| p.advertise)
     }
 
     pub fn context(&self) -> &Arc<Context> {
@@ -219,6 +300,12 @@ impl Server {
     /// their sockets, stop the media plane, stop HTTP.
     pub async fn shutdown(mut self) {
         self.drain();
+        // Leave the edge directory first: rooms of this edge move to the
+        // edge each reconnecting browser reaches.
+        if let Some((stop, beat)) = self.heartbeat.take() {
+            let _ = stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(2), beat).await;
+        }
         let _ = self.shutdown_tx.send(true);
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;
         // Sessions close on their own once told; this only bounds the wait.
@@ -231,6 +318,9 @@ impl Server {
         self.sweeper.abort();
         let _ = self.http_stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.http_task).await;
+        if let Some(task) = self.peer_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
         log::info!("stopped");
     }
 }

@@ -24,9 +24,20 @@ use std::time::Instant;
 use warp::ws::{Message, WebSocket};
 
 pub async fn run(ws: WebSocket, ctx: Arc<Context>, access: AccessPoint) {
+    run_with(ws, ctx, access, true).await;
+}
+
+/// A connection another edge passed on to this one, the consult's home
+/// (`peer.rs`): handled here whatever the edge directory says now, so a
+/// join never travels in a circle.
+pub async fn run_passed_on(ws: WebSocket, ctx: Arc<Context>, access: AccessPoint) {
+    run_with(ws, ctx, access, false).await;
+}
+
+async fn run_with(ws: WebSocket, ctx: Arc<Context>, access: AccessPoint, may_pass_on: bool) {
     ctx.metrics.connections.inc();
     let mut conn = Connection::new(ws, ctx, access);
-    if let Some((ticket, grant)) = conn.await_join().await {
+    if let Some((ticket, grant)) = conn.await_join(may_pass_on).await {
         conn.joined(ticket, grant).await;
     }
     conn.ctx.metrics.connections.dec();
@@ -35,7 +46,7 @@ pub async fn run(ws: WebSocket, ctx: Arc<Context>, access: AccessPoint) {
 impl Connection {
     /// Wait for a valid `join`. Returns the ticket and who joined, or `None`
     /// when the connection ended (every refusal was answered with its code).
-    async fn await_join(&mut self) -> Option<(Ticket, Grant)> {
+    async fn await_join(&mut self, may_pass_on: bool) -> Option<(Ticket, Grant)> {
         let deadline = tokio::time::sleep(self.ctx.join_timeout);
         tokio::pin!(deadline);
         let mut shutdown = self.ctx.shutdown.clone();
@@ -55,6 +66,12 @@ impl Connection {
                 Inbound::Stop => return None,
                 Inbound::Handled => continue,
                 Inbound::Message(ClientMessage::Join { v, token, resume }) => {
+                    if may_pass_on
+                        && let Some(peers) = self.ctx.peers.clone()
+                        && self.pass_on(&peers, v, &token, &resume).await
+                    {
+                        return None;
+                    }
                     let (ctx, access) = (self.ctx.clone(), self.access.clone());
                     return match authorize(&ctx, &access, v, token, resume).await {
                         Ok(joined) => Some(joined),

@@ -15,6 +15,7 @@ use common::{Client, Frame, config, start_with, token};
 use serde_json::{Value, json};
 use signaling::context::ClusterEdge;
 use signaling::link::LinkSecret;
+use signaling::peer::EDGE_PREFIX;
 use signaling::protocol::Role;
 use signaling::registry::{DEFAULT_PREFIX, RedisRegistry, Registry};
 use std::net::SocketAddr;
@@ -129,16 +130,37 @@ impl Drop for Node {
 }
 
 async fn edge(redis: &RedisServer) -> (common::TestServer, Arc<dyn Registry>) {
-    let registry: Arc<dyn Registry> = Arc::new(
-        RedisRegistry::connect(&redis.url(), DEFAULT_PREFIX, Duration::from_millis(500))
+    edge_named(redis, "edge-1", LINK_SECRET).await
+}
+
+async fn connect(redis: &RedisServer, prefix: &str) -> Arc<dyn Registry> {
+    Arc::new(
+        RedisRegistry::connect(&redis.url(), prefix, Duration::from_millis(500))
             .await
             .expect("the edge reaches Redis"),
-    );
+    )
+}
+
+/// An edge (in this process) with its peer port on loopback and a 1 s
+/// directory entry.
+async fn edge_named(
+    redis: &RedisServer,
+    id: &str,
+    link_secret: &str,
+) -> (common::TestServer, Arc<dyn Registry>) {
+    let registry = connect(redis, DEFAULT_PREFIX).await;
     let mut cfg = config();
     cfg.policy.waiting_room = true;
+    // Tickets refreshed every 2.5 s, so a test can wait for a fresh one.
+    cfg.resume_ttl = Duration::from_secs(10);
     cfg.cluster = Some(ClusterEdge {
         registry: registry.clone(),
-        link_secret: LinkSecret::new(LINK_SECRET.as_bytes()).expect("secret"),
+        link_secret: LinkSecret::new(link_secret.as_bytes()).expect("secret"),
+        edges: connect(redis, EDGE_PREFIX).await,
+        edge_id: id.to_string(),
+        peer_listen: "127.0.0.1:0".parse().expect("addr"),
+        peer_advertise: None,
+        ttl: Duration::from_secs(1),
     });
     (start_with(cfg).await, registry)
 }
@@ -323,9 +345,11 @@ async fn with_the_directory_down_a_new_consult_is_refused_and_comes_back_with_it
 
     redis.kill();
     let started = Instant::now();
-    let (mut late, _) =
-        Client::joined(server.addr, &token("during", Role::Clinician, "Dr. Late")).await;
-    let error = until(&mut late, "error", &["offer"], common::WAIT).await;
+    // Refused before `welcome` (the room's home edge cannot be looked up).
+    let mut late = Client::connect(server.addr).await;
+    late.send(json!({"type":"join","v":1,"token":token("during", Role::Clinician, "Dr. Late")}))
+        .await;
+    let error = until(&mut late, "error", &["offer", "welcome"], common::WAIT).await;
     assert_eq!(error["code"], "service_unavailable", "{error}");
     assert!(
         started.elapsed() < Duration::from_secs(8),
@@ -394,4 +418,224 @@ async fn a_node_without_the_link_secret_is_not_hammered_and_not_used() {
         (1..=5).contains(&failures),
         "{failures} handshakes tried against a node without the secret"
     );
+}
+
+/// Wait until the edge directory lists `ids`.
+async fn wait_edges(edges: &Arc<dyn Registry>, ids: &[&str]) {
+    wait_registered(edges, ids).await;
+}
+
+/// The value of an unlabelled metric on `/metrics`.
+async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let text = common::get(addr, "/metrics").await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not on /metrics:\n{text}"))
+}
+
+/// Clinician through `first`, patient through `second`: they meet in one
+/// room (the waiting room, the admission, the roster and relayed messages
+/// all cross), wherever the room's home is.
+async fn meet_across_edges(
+    first: SocketAddr,
+    second: SocketAddr,
+    consult: &str,
+) -> (Client, Client, String, String) {
+    let (mut clinician, w) = Client::joined(first, &token(consult, Role::Clinician, "Dr. A")).await;
+    let clinician_id = w["you"]["id"].as_str().expect("own id").to_string();
+    until(&mut clinician, "offer", &["error"], common::WAIT).await;
+    let (mut patient, welcome) =
+        Client::joined(second, &token(consult, Role::Patient, "Mevr. B")).await;
+    assert_eq!(welcome["state"], "waiting", "{welcome}");
+    let patient_id = welcome["you"]["id"].as_str().expect("own id").to_string();
+    let lobby = until(&mut clinician, "lobby", &["error"], common::WAIT).await;
+    assert_eq!(lobby["waiting"][0]["id"], patient_id.as_str(), "{lobby}");
+    assert_eq!(lobby["waiting"][0]["name"], "Mevr. B", "{lobby}");
+    clinician
+        .send(json!({"type":"admit","id":patient_id}))
+        .await;
+    until(&mut patient, "admitted", &["error", "bye"], common::WAIT).await;
+    until(&mut patient, "offer", &["error", "bye"], common::WAIT).await;
+    let joined = until(
+        &mut clinician,
+        "participant-joined",
+        &["error"],
+        common::WAIT,
+    )
+    .await;
+    assert_eq!(joined["participant"]["id"], patient_id.as_str(), "{joined}");
+    // A relayed message (how E2EE keys travel) crosses too.
+    patient
+        .send(json!({"type":"relay","to":clinician_id,"kind":"chat","data":"hallo"}))
+        .await;
+    let relayed = until(&mut clinician, "relay", &["error"], common::WAIT).await;
+    assert_eq!(relayed["from"], patient_id.as_str(), "{relayed}");
+    assert_eq!(relayed["data"], "hallo", "{relayed}");
+    (clinician, patient, clinician_id, patient_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_on_two_edges_meet_in_one_room_on_its_home_edge() {
+    let redis = RedisServer::start().await;
+    let _node = Node::start(&redis, "node-a");
+    let (e1, registry) = edge_named(&redis, "edge-1", LINK_SECRET).await;
+    let (e2, _) = edge_named(&redis, "edge-2", LINK_SECRET).await;
+    let edges = connect(&redis, EDGE_PREFIX).await;
+    wait_registered(&registry, &["node-a"]).await;
+    wait_edges(&edges, &["edge-1", "edge-2"]).await;
+
+    for (n, (a, b)) in [(e1.addr, e2.addr), (e2.addr, e1.addr)]
+        .into_iter()
+        .enumerate()
+    {
+        let consult = format!("two-edges-{n}");
+        let (_c, _p, _, _) = meet_across_edges(a, b, &consult).await;
+        let home = placement(&edges, &consult).await;
+        let (home_srv, other) = if home == "edge-1" {
+            (&e1, &e2)
+        } else {
+            (&e2, &e1)
+        };
+        // The room and its audit trail are on the home edge only.
+        let joins = |s: &common::TestServer| {
+            s.audit_lines()
+                .into_iter()
+                .filter(|l| l["consult"] == consult.as_str())
+                .filter(|l| l["event"] == "join" || l["event"] == "waiting_room_entered")
+                .count()
+        };
+        assert_eq!(
+            joins(home_srv),
+            2,
+            "both joins audited on the home edge {home}"
+        );
+        assert_eq!(joins(other), 0, "no room on the other edge");
+        assert_eq!(
+            metric(other.addr, "spreekkamer_edge_passed_on_connections").await,
+            1.0,
+            "one WebSocket passed on by the other edge"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_home_edges_room_comes_back_on_the_other_edge_without_readmission() {
+    let redis = RedisServer::start().await;
+    let _node = Node::start(&redis, "node-a");
+    let (e1, registry) = edge_named(&redis, "edge-1", LINK_SECRET).await;
+    let (e2, _) = edge_named(&redis, "edge-2", LINK_SECRET).await;
+    let edges = connect(&redis, EDGE_PREFIX).await;
+    wait_registered(&registry, &["node-a"]).await;
+    wait_edges(&edges, &["edge-1", "edge-2"]).await;
+
+    let consult = "edge-restart";
+    let (mut clinician, mut patient, _, _) = meet_across_edges(e1.addr, e2.addr, consult).await;
+    let c_ticket = until(&mut clinician, "resume", &["error"], common::WAIT).await;
+    let p_ticket = until(&mut patient, "resume", &["error"], common::WAIT).await;
+    let home = placement(&edges, consult).await;
+    let (home_srv, survivor) = if home == "edge-1" { (e1, e2) } else { (e2, e1) };
+
+    home_srv.server.shutdown().await;
+    // Both connections end (the one passed on through the survivor too):
+    // `bye: shutdown` or a plain close, never an error.
+    for who in [&mut clinician, &mut patient] {
+        loop {
+            match tokio::time::timeout(common::WAIT, who.frame()).await {
+                Ok(Frame::Closed) => break,
+                Ok(Frame::Json(m)) => {
+                    assert_ne!(m["type"], "error", "{m}");
+                }
+                Err(_) => panic!("a connection of the stopped home edge stayed open"),
+            }
+        }
+    }
+    // Both come back through the survivor with their tickets: in the call
+    // at once, the clinician asked to admit no one.
+    let mut back = Vec::new();
+    for (name, role, ticket) in [
+        ("Dr. A", Role::Clinician, &c_ticket),
+        ("Mevr. B", Role::Patient, &p_ticket),
+    ] {
+        let mut c = Client::connect(survivor.addr).await;
+        c.send(json!({"type":"join","v":1,"token":token(consult, role, name),"resume":ticket["ticket"]}))
+            .await;
+        let w = until(&mut c, "welcome", &["error"], FAILOVER_BOUND).await;
+        assert_eq!(w["state"], "in-call", "{name} resumed: {w}");
+        back.push(c);
+    }
+    for c in &mut back {
+        until(c, "offer", &["error", "waiting", "bye"], common::WAIT).await;
+    }
+    for m in back[0].sync().await {
+        let waiting = m["waiting"].as_array().map_or(0, Vec::len);
+        assert_eq!(waiting, 0, "the clinician is asked to admit again: {m}");
+    }
+    assert_eq!(
+        placement(&edges, consult).await,
+        survivor.server.context().peers.as_ref().expect("edge").id,
+        "the room moved to the surviving edge"
+    );
+    let resumed = survivor
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "join_resumed")
+        .count();
+    assert_eq!(resumed, 2, "both resumed on the survivor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_port_refuses_anyone_without_a_proof_from_the_link_secret() {
+    let redis = RedisServer::start().await;
+    let (e1, _) = edge_named(&redis, "edge-1", LINK_SECRET).await;
+    let peer = e1.server.peer_addr().expect("peer port");
+    let url = format!("ws://{peer}/peer");
+    // No proof.
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 403),
+        "{refused:?}"
+    );
+    // A proof under another secret, and a replayed-late one under the right
+    // secret: both refused.
+    let other = signaling::peer::Peers::new(
+        connect(&redis, EDGE_PREFIX).await,
+        "mallory".into(),
+        "127.0.0.1:1".parse().expect("addr"),
+        &LinkSecret::new(b"another-secret-of-enough-length-0123456789").expect("secret"),
+        Duration::from_secs(1),
+        Arc::new(signaling::metrics::Metrics::new().expect("metrics")),
+    );
+    let same = signaling::peer::Peers::new(
+        connect(&redis, EDGE_PREFIX).await,
+        "edge-x".into(),
+        "127.0.0.1:1".parse().expect("addr"),
+        &LinkSecret::new(LINK_SECRET.as_bytes()).expect("secret"),
+        Duration::from_secs(1),
+        Arc::new(signaling::metrics::Metrics::new().expect("metrics")),
+    );
+    let access = signaling::audit::AccessPoint::new(Some("203.0.113.7".parse().expect("ip")), None);
+    let now = signaling::token::unix_now();
+    for (what, proof, status) in [
+        ("another secret", other.proof(&access, now), 403),
+        ("a stale proof", same.proof(&access, now - 120), 403),
+        ("a valid proof", same.proof(&access, now), 101),
+    ] {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.as_str().into_client_request().expect("request");
+        req.headers_mut()
+            .insert(signaling::peer::PEER_HEADER, proof.parse().expect("header"));
+        let got = match tokio_tungstenite::connect_async(req).await {
+            Ok((_, r)) => r.status().as_u16(),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+            Err(e) => panic!("{what}: {e}"),
+        };
+        assert_eq!(got, status, "{what}");
+    }
+    assert_eq!(
+        metric(e1.addr, "spreekkamer_edge_peer_refused_total").await,
+        3.0
+    );
+    // The public port has no peer route.
+    let public = tokio_tungstenite::connect_async(format!("ws://{}/peer", e1.addr)).await;
+    assert!(public.is_err(), "the public port must not serve /peer");
 }
