@@ -328,6 +328,74 @@ scenario('cluster: Redis stopped mid-call — the call keeps media, a new join g
 
 // ---------------------------------------------------------------------------------------------
 
+scenario("cluster: two edges — a clinician on one and a patient on the other meet in one room; kill -9 of the room's home edge → both back in the call through the other edge, no admit click", { timeout: 300_000 }, async (sc) => {
+  const cl = await startCluster(sc, { nodes: 1, edges: 2, nodeTtl: '3s' });
+  const node = cl.nodes[0];
+  const viewport = { width: 640, height: 480 };
+  const clin = await sc.chromium('K-clinician', { viewport });
+  const pat = await sc.chromium('K-patient', { viewport });
+  const consult = newConsult('K');
+  const wsFrom = (i) => cl.front.routed.slice(i).map((r) => r.edge);
+
+  // The clinician's WebSockets go to edge-0, the patient's to edge-1.
+  cl.front.wsTo = 0;
+  await clin.open(await cl.link({ consult, role: 'clinician', name: 'Dr. K' }));
+  let mark = cl.front.routed.length;
+  await clin.join({ timeout: 45_000 });
+  assert.deepEqual([...new Set(wsFrom(mark))], ['edge-0'], `the clinician's join went through ${JSON.stringify(wsFrom(mark))}`);
+  cl.front.wsTo = 1;
+  await pat.open(await cl.link({ consult, role: 'patient', name: 'Patiënt K' }));
+  mark = cl.front.routed.length;
+  await pat.join({ waitFor: 'waiting', timeout: 45_000 });
+  assert.deepEqual([...new Set(wsFrom(mark))], ['edge-1'], `the patient's join went through ${JSON.stringify(wsFrom(mark))}`);
+  // The clinician on edge-0 sees the patient who joined on edge-1 waiting, and admits.
+  const patWaitingId = await pat.youId();
+  const admit = `#lobby-list .lobby-entry[data-participant-id="${patWaitingId}"] .admit`;
+  await clin.waitFor(() => clin.evaluate((sel) => !!document.querySelector(sel), admit), { what: 'K-clinician: the admit button for the patient who joined on the other edge', timeout: 45_000 });
+  await clin.page.click(admit);
+  await pat.waitForState('in-call', { timeout: 45_000 });
+  const c = { consult, clin, pat, clinId: await clin.youId(), patId: await pat.youId() };
+  await bothSee(sc, c, node, 'K across two edges');
+  const home = await cl.edgePlacement(consult);
+  const homeEdge = cl.edges.find((e) => e.edgeId === home);
+  const other = cl.edges.find((e) => e.edgeId !== home);
+  assert.ok(homeEdge, `the room's home edge in Redis: ${JSON.stringify(home)}`);
+  sc.log(`room of ${consult} lives on ${home}; the other edge passes its participant on`);
+  assert.equal(audit(homeEdge, 'admit').length, 1, 'the admission is audited on the home edge');
+  assert.equal(audit(other, 'admit').length, 0, 'no room on the other edge');
+
+  // --- the home edge dies ------------------------------------------------------------------------
+  const rounds = [];
+  const tKill = await cl.killEdge(homeEdge);
+  mark = cl.front.routed.length;
+  const [clinNew, patNew] = await Promise.all(
+    [[clin, c.clinId], [pat, c.patId]].map(async ([p, oldId]) => {
+      let id;
+      await p.waitFor(
+        async () => {
+          id = await p.youId();
+          return id && id !== oldId && (await p.state()) === 'in-call';
+        },
+        { timeout: FAILOVER_BOUND_MS, what: `${p.name}: back in the call (new participant id) after ${home} was killed`, describe: () => `id ${id}` },
+      );
+      rounds.push({ who: p.name, ms: Date.now() - tKill });
+      return id;
+    }),
+  );
+  const c2 = { ...c, clinId: clinNew, patId: patNew };
+  await bothSee(sc, c2, node, `K after ${home} was killed`);
+  const took = Date.now() - tKill;
+  sc.log(`edge failover: kill -9 of ${home} → both back in the call ${JSON.stringify(rounds)}, both see colour ${took} ms after the kill (node ttl 3 s); WebSockets since: ${JSON.stringify(wsFrom(mark))}`);
+  assert.ok(wsFrom(mark).every((e) => e === other.edgeId), `reconnects went only to the live edge: ${JSON.stringify(wsFrom(mark))}`);
+  assert.equal(await cl.edgePlacement(consult), other.edgeId, 'the room moved to the surviving edge');
+  assert.equal(audit(other, 'admit').length, 0, 'nobody clicked admit after the edge died');
+  assert.equal(audit(other, 'waiting_room_entered').length, 0, 'nobody waited after the edge died');
+  assert.equal(audit(other, 'join_resumed').length, 2, 'both resumed on the surviving edge');
+  assert.equal((await probe(clin)).lobby, 0, 'the clinician has no one to admit');
+});
+
+// ---------------------------------------------------------------------------------------------
+
 scenario("cluster: the preview's connectivity check reaches a media node", { timeout: 180_000 }, async (sc) => {
   const cl = await startCluster(sc, { nodes: 2, nodeTtl: '3s' });
   const p = await sc.chromium('preview', { viewport: { width: 640, height: 480 } });

@@ -31,6 +31,7 @@ const execFileP = promisify(execFile);
 export const REDIS_SERVER = process.env.REDIS_SERVER || '/usr/bin/redis-server';
 export const REDIS_CLI = process.env.REDIS_CLI || '/usr/bin/redis-cli';
 export const KEY_PREFIX = 'spreekkamer:';
+export const EDGE_PREFIX = 'spreekkamer:edges:';
 
 // Every child this module started, for the last-resort kill when the test process exits.
 const children = new Set();
@@ -218,7 +219,7 @@ const nodeName = (i) => `node-${String.fromCharCode(97 + i)}`;
  * and one edge on 127.0.0.1. Options: `nodeArgs` (extra `sfu` flags, also per
  * node via `perNodeArgs[i]`), `edgeArgs`, `nodeTtl` ('3s'), `drainTimeout`.
  */
-export async function startCluster(sc, { nodes = 2, nodeArgs = [], perNodeArgs = [], edgeArgs = [], nodeTtl = '3s', drainTimeout = '30s' } = {}) {
+export async function startCluster(sc, { nodes = 2, edges = 1, nodeArgs = [], perNodeArgs = [], edgeArgs = [], nodeTtl = '3s', drainTimeout = '30s' } = {}) {
   // Fail early, with --help in the message, if this binary has no cluster subcommands yet.
   await requireSubcommand('sfu', ['--redis', '--node-id', '--announce-ip', '--link-listen', '--link-secret-file', '--drain-timeout']);
   await requireSubcommand('signaling', ['--redis', '--link-secret-file', '--listen', '--jwt-secret']);
@@ -238,7 +239,10 @@ export async function startCluster(sc, { nodes = 2, nodeArgs = [], perNodeArgs =
     await cl.addNode({ id: nodeName(i), ip: `127.0.0.${2 + i}`, args: perNodeArgs[i] || [] });
   }
   cl.edge = await cl.startEdge();
+  for (let i = 1; i < edges; i++) await cl.startEdge();
+  if (edges > 1) cl.front = await cl.startFront();
   await Promise.all(cl.nodes.map((n) => cl.waitRegistered(n)));
+  await Promise.all(cl.edges.map((e) => cl.waitEdgeRegistered(e)));
   return cl;
 }
 
@@ -343,7 +347,9 @@ export class Cluster {
 
   async startEdge({ args = [] } = {}) {
     const port = await freeTcpPort();
-    const edir = path.join(this.dir, `edge-${this.edges.length}`);
+    const peerPort = await freeTcpPort();
+    const edgeId = `edge-${this.edges.length}`;
+    const edir = path.join(this.dir, edgeId);
     fs.mkdirSync(edir);
     const auditLog = path.join(edir, 'audit.log');
     const fullArgs = [
@@ -351,6 +357,9 @@ export class Cluster {
       '--redis', this.redis.url,
       '--link-secret-file', this.linkSecretFile,
       '--listen', `127.0.0.1:${port}`,
+      '--edge-id', edgeId,
+      '--peer-listen', `127.0.0.1:${peerPort}`,
+      '--node-ttl', this.nodeTtl,
       '--jwt-secret', this.secret,
       '--audit-log', auditLog,
       '--log-level', process.env.SPREEKKAMER_TEST_LOG_LEVEL || 'info',
@@ -359,7 +368,8 @@ export class Cluster {
     ];
     const proc = spawnTracked(binPath, fullArgs, { cwd: edir, env: { RUST_LOG: process.env.RUST_LOG || 'info,signaling=debug,spreekkamer=debug' } });
     const s = new Server({ port, secret: this.secret, dir: edir, auditLog, logFile: path.join(edir, 'edge.log'), proc, args: [binPath, ...fullArgs] });
-    s.role = `edge-${this.edges.length}`;
+    s.role = edgeId;
+    s.edgeId = edgeId;
     this.sc.servers.push(s);
     this.sc.shutdownChecked.add(s);
     this.edges.push(s);
@@ -374,9 +384,99 @@ export class Cluster {
     return s;
   }
 
-  /** A join link minted by the real `spreekkamer link` for the edge. */
+  /**
+   * The one address browsers use when there are several edges, as a
+   * Kubernetes Service would be: a TCP proxy on 127.0.0.1 that sends each
+   * connection to a live edge. WebSocket upgrades (`GET /ws`) go to edge
+   * `front.wsTo` first (the test steers who lands where); everything else,
+   * and any connection whose edge refuses, goes to the next live edge.
+   * `front.routed` lists where each WebSocket went.
+   */
+  async startFront() {
+    const port = await freeTcpPort();
+    const front = { port, url: `http://127.0.0.1:${port}`, wsTo: 0, routed: [], sockets: new Set() };
+    const edges = this.edges;
+    const server = net.createServer((client) => {
+      front.sockets.add(client);
+      client.on('close', () => front.sockets.delete(client));
+      client.on('error', () => client.destroy());
+      client.once('data', (first) => {
+        client.pause();
+        const isWs = /^GET \/ws[ ?]/.test(first.toString('latin1', 0, Math.min(first.length, 64)));
+        const start = isWs ? front.wsTo : 0;
+        const order = edges.map((_, i) => (start + i) % edges.length);
+        const attempt = (k) => {
+          if (k >= order.length || client.destroyed) return client.destroy();
+          const e = edges[order[k]];
+          if (e.exit) return attempt(k + 1);
+          const up = net.connect(e.port, '127.0.0.1');
+          let connected = false;
+          up.once('connect', () => {
+            connected = true;
+            if (isWs) front.routed.push({ edge: e.edgeId, at: Date.now() });
+            up.write(first);
+            client.pipe(up);
+            up.pipe(client);
+            client.resume();
+          });
+          up.on('error', () => {
+            if (!connected) attempt(k + 1);
+            else client.destroy();
+          });
+          up.on('close', () => client.destroy());
+          client.on('close', () => up.destroy());
+        };
+        attempt(0);
+      });
+    });
+    await new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, '127.0.0.1', resolve);
+    });
+    front.close = () =>
+      new Promise((resolve) => {
+        for (const s of front.sockets) s.destroy();
+        server.close(() => resolve());
+      });
+    this.sc.defer(() => front.close());
+    this.note(`front proxy on ${front.url} for ${edges.map((e) => e.edgeId).join(', ')}`);
+    return front;
+  }
+
+  /** The edge entry in Redis (hash) or null. */
+  async edgeEntry(edge) {
+    const h = await this.redis.hgetall(`${EDGE_PREFIX}node:${edge.edgeId}`);
+    return Object.keys(h).length ? h : null;
+  }
+
+  async waitEdgeRegistered(edge, { timeout = 20_000 } = {}) {
+    let last;
+    await waitUntil(
+      async () => {
+        last = await this.edgeEntry(edge).catch((e) => ({ error: e.message }));
+        return last && !last.error && last.draining === '0';
+      },
+      { timeout, interval: 150, what: `edge ${edge.edgeId} registered in Redis`, describe: () => JSON.stringify(last) },
+    );
+  }
+
+  /** The id of the edge that holds `consult`'s room (null if none or Redis is down). */
+  async edgePlacement(consult) {
+    return this.redis.get(`${EDGE_PREFIX}placement:${consult}`).catch(() => null);
+  }
+
+  /** SIGKILL an edge (a crash); returns the kill time. */
+  async killEdge(edge) {
+    this.note(`SIGKILL ${edge.role}`);
+    const t = Date.now();
+    await edge.kill();
+    return t;
+  }
+
+  /** A join link minted by the real `spreekkamer link`, for the front proxy when there is one. */
   link({ consult, role, name, extraArgs = [] }) {
-    return mintLink({ baseUrl: this.edge.url, secret: this.secret, consult, role, name, extraArgs });
+    const baseUrl = this.front ? this.front.url : this.edge.url;
+    return mintLink({ baseUrl, secret: this.secret, consult, role, name, extraArgs });
   }
 
   /** The node id Redis says runs `consult` (null if none or Redis is down). */
