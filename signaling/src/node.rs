@@ -55,8 +55,23 @@ struct Table {
 }
 
 impl Table {
+    /// Participants of consults (connectivity checks left out: they last a
+    /// few seconds, and counted as load they made a node that had just
+    /// checked two browsers look as busy as one running a call).
+    fn participants(&self) -> usize {
+        self.owners
+            .keys()
+            .filter(|(c, _)| !crate::token::is_probe_consult(c))
+            .count()
+    }
+
     fn consults(&self) -> usize {
-        let mut ids: Vec<&ConsultId> = self.owners.keys().map(|(c, _)| c).collect();
+        let mut ids: Vec<&ConsultId> = self
+            .owners
+            .keys()
+            .map(|(c, _)| c)
+            .filter(|c| !crate::token::is_probe_consult(c))
+            .collect();
         ids.sort();
         ids.dedup();
         ids.len()
@@ -90,7 +105,7 @@ impl Node {
             announce_ip: self.config.sfu.announce_ip,
             link_addr: self.config.link_listen,
             capacity: self.config.capacity,
-            load: u32::try_from(t.owners.len()).unwrap_or(u32::MAX),
+            load: u32::try_from(t.participants()).unwrap_or(u32::MAX),
             consults: u32::try_from(t.consults()).unwrap_or(u32::MAX),
             draining: self.draining.load(Ordering::Relaxed),
         }
@@ -493,5 +508,22 @@ impl RunningNode {
         let sfu = node.sfu.clone();
         let _ = tokio::task::spawn_blocking(move || sfu.shutdown()).await;
         log::info!("media node stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connectivity_checks_are_not_load() {
+        let mut t = Table::default();
+        let probe = format!("{}0a1b2c", crate::token::PROBE_CONSULT_PREFIX);
+        t.owners.insert((probe.clone(), "p1".into()), 1);
+        t.owners.insert((probe, "p2".into()), 1);
+        assert_eq!((t.participants(), t.consults()), (0, 0));
+        t.owners.insert(("consult-a".into(), "c1".into()), 1);
+        t.owners.insert(("consult-a".into(), "c2".into()), 1);
+        assert_eq!((t.participants(), t.consults()), (2, 1));
     }
 }
