@@ -145,17 +145,100 @@ where
         .unwrap_or(Err(ErrorCode::BadMessage))
 }
 
-/// `POST /api/v1/invites`.
-pub async fn create_invite<S, B>(ctx: &Context, caller: Caller, body: S) -> Response<String>
+/// In a cluster, an invite request for a consult whose room lives on
+/// another edge is answered by that edge (`peer.rs`): the room decides
+/// whether the consult still runs, and a revocation there also ends the
+/// revoked person's connection. `None`: answer here (this edge is the home,
+/// `serve`, or the token is not valid — refused and audited here).
+async fn pass_on(
+    ctx: &Context,
+    caller: &Caller,
+    method: warp::http::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Option<Response<String>> {
+    let peers = ctx.peers.as_ref()?;
+    let token = bearer(caller.authorization.as_deref());
+    if token.is_empty() {
+        return None;
+    }
+    if ctx.jwks.is_some() && ctx.verifier.has_unknown_kid(token) {
+        ctx.refresh_jwks().await;
+    }
+    let claims = ctx.verifier.verify(token, crate::token::unix_now()).ok()?;
+    let reached = peers
+        .reach(&claims.consult, |home| {
+            let (method, body) = (method.clone(), body.clone());
+            async move {
+                peers
+                    .api_call(
+                        &home,
+                        &caller.access,
+                        method,
+                        path,
+                        caller.authorization.as_deref(),
+                        body,
+                    )
+                    .await
+            }
+        })
+        .await;
+    match reached {
+        Ok(None) => None,
+        Ok(Some(reply)) => {
+            let mut r = Response::builder()
+                .status(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY))
+                .header(header::CACHE_CONTROL, "no-store");
+            if !reply.body.is_empty() {
+                r = r.header(header::CONTENT_TYPE, "application/json");
+            }
+            if let Some(w) = reply.www_authenticate {
+                r = r.header(header::WWW_AUTHENTICATE, w);
+            }
+            Some(
+                r.body(reply.body)
+                    .unwrap_or_else(|_| Response::new(String::new())),
+            )
+        }
+        Err(e) => {
+            ctx.metrics.peer_route_failures.inc();
+            log::warn!("an invite request could not reach its consult's home edge: {e:?}");
+            Some(error_response(ErrorCode::ServiceUnavailable))
+        }
+    }
+}
+
+/// `POST /api/v1/invites`. `may_pass_on`: false for a request another edge
+/// passed on to this one.
+pub async fn create_invite<S, B>(
+    ctx: &Context,
+    caller: Caller,
+    body: S,
+    may_pass_on: bool,
+) -> Response<String>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
+    let body = read_body(body).await;
+    if may_pass_on
+        && let Ok(bytes) = &body
+        && let Some(reply) = pass_on(
+            ctx,
+            &caller,
+            warp::http::Method::POST,
+            "/api/v1/invites",
+            bytes.clone(),
+        )
+        .await
+    {
+        return reply;
+    }
     let host = match authenticate(ctx, &caller, "invite_created").await {
         Ok(h) => h,
         Err(code) => return error_response(code),
     };
-    let request = read_body(body).await.and_then(|bytes| {
+    let request = body.and_then(|bytes| {
         serde_json::from_slice::<CreateInvite>(&bytes).map_err(|_| ErrorCode::BadMessage)
     });
     let request = match request {
@@ -184,7 +267,25 @@ where
 }
 
 /// `DELETE /api/v1/invites/{jti}`.
-pub async fn revoke_invite(ctx: &Context, caller: Caller, jti: String) -> Response<String> {
+pub async fn revoke_invite(
+    ctx: &Context,
+    caller: Caller,
+    jti: String,
+    may_pass_on: bool,
+) -> Response<String> {
+    if may_pass_on
+        && crate::token::valid_jti(&jti)
+        && let Some(reply) = pass_on(
+            ctx,
+            &caller,
+            warp::http::Method::DELETE,
+            &format!("/api/v1/invites/{jti}"),
+            Vec::new(),
+        )
+        .await
+    {
+        return reply;
+    }
     let host = match authenticate(ctx, &caller, "invite_revoked").await {
         Ok(h) => h,
         Err(code) => return error_response(code),

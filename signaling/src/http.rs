@@ -116,7 +116,7 @@ pub fn routes(
         .and(warp::body::stream())
         .then(
             |ctx: Arc<Context>, caller: crate::api::Caller, body| async move {
-                crate::api::create_invite(&ctx, caller, body).await
+                crate::api::create_invite(&ctx, caller, body, true).await
             },
         );
     let revoke_invite = warp::delete()
@@ -124,7 +124,7 @@ pub fn routes(
         .and(caller)
         .then(
             |jti: String, ctx: Arc<Context>, caller: crate::api::Caller| async move {
-                crate::api::revoke_invite(&ctx, caller, jti).await
+                crate::api::revoke_invite(&ctx, caller, jti, true).await
             },
         );
     let api = create_invite.or(revoke_invite).unify();
@@ -189,7 +189,59 @@ pub fn peer_routes(
     ctx: Arc<Context>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static
 {
-    warp::path(crate::peer::PEER_PATH)
+    // The caller as the forwarding edge proved it, or a 403.
+    let proven = {
+        let ctx = ctx.clone();
+        warp::header::optional::<String>(crate::peer::PEER_HEADER)
+            .and(warp::header::optional::<String>("authorization"))
+            .and_then(
+                move |proof: Option<String>, authorization: Option<String>| {
+                    let ctx = ctx.clone();
+                    async move {
+                        let access = ctx
+                            .peers
+                            .as_ref()
+                            .and_then(|p| p.verify(proof.as_deref(), crate::token::unix_now()));
+                        match access {
+                            Some(access) => Ok((
+                                ctx,
+                                crate::api::Caller {
+                                    access,
+                                    authorization,
+                                },
+                            )),
+                            None => {
+                                ctx.metrics.peer_refused.inc();
+                                Err(warp::reject::custom(PeerRefused))
+                            }
+                        }
+                    }
+                },
+            )
+            .untuple_one()
+    };
+    let create_invite = warp::post()
+        .and(warp::path!("peer" / "api" / "v1" / "invites"))
+        .and(proven.clone())
+        .and(warp::body::stream())
+        .then(
+            |ctx: Arc<Context>, caller: crate::api::Caller, body| async move {
+                crate::api::create_invite(&ctx, caller, body, false).await
+            },
+        );
+    let revoke_invite = warp::delete()
+        .and(warp::path!("peer" / "api" / "v1" / "invites" / String))
+        .and(proven)
+        .then(
+            |jti: String, ctx: Arc<Context>, caller: crate::api::Caller| async move {
+                crate::api::revoke_invite(&ctx, caller, jti, false).await
+            },
+        );
+    let api = create_invite
+        .or(revoke_invite)
+        .unify()
+        .map(|r| Box::new(r) as Box<dyn warp::Reply>);
+    let ws = warp::path(crate::peer::PEER_PATH)
         .and(warp::path::end())
         .and(warp::ws())
         .and(warp::header::optional::<String>(crate::peer::PEER_HEADER))
@@ -215,14 +267,25 @@ pub fn peer_routes(
                     Box::new(text(StatusCode::FORBIDDEN, "forbidden")) as Box<dyn warp::Reply>
                 }
             }
-        })
-        .recover(|_rejection: warp::Rejection| async {
-            Ok::<_, Infallible>(
-                Box::new(text(StatusCode::NOT_FOUND, "not found")) as Box<dyn warp::Reply>
-            )
+        });
+    ws.or(api)
+        .unify()
+        .recover(|rejection: warp::Rejection| async move {
+            let reply = if rejection.find::<PeerRefused>().is_some() {
+                text(StatusCode::FORBIDDEN, "forbidden")
+            } else {
+                text(StatusCode::NOT_FOUND, "not found")
+            };
+            Ok::<_, Infallible>(Box::new(reply) as Box<dyn warp::Reply>)
         })
         .unify()
 }
+
+/// A peer-port request without a valid proof.
+#[derive(Debug)]
+struct PeerRefused;
+
+impl warp::reject::Reject for PeerRefused {}
 
 fn text(status: StatusCode, body: &'static str) -> Response<&'static [u8]> {
     Response::builder()

@@ -56,6 +56,19 @@ const RETRY_EVERY: Duration = Duration::from_millis(250);
 /// Most edges a cluster has: a placement beyond it is not ours.
 const LARGEST_EDGE_LOAD: u32 = crate::registry::MAX_CAPACITY;
 
+/// Longest wait for the home edge to answer an invite API request.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest reply to an invite API request (an invite with its link).
+const MAX_API_REPLY: usize = 64 * 1024;
+
+/// What the home edge answered to an invite API request.
+#[derive(Debug)]
+pub struct ApiReply {
+    pub status: u16,
+    pub www_authenticate: Option<String>,
+    pub body: String,
+}
+
 /// The upstream WebSocket to a home edge.
 pub type Upstream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -213,17 +226,39 @@ impl Peers {
     /// once its entry has expired the room moves (to the least-loaded live
     /// edge, often this one). Bounded by `3 × ttl + 5 s`.
     pub async fn route(&self, consult: &str, access: &AccessPoint) -> Result<Home, RouteError> {
+        let up = self
+            .reach(
+                consult,
+                |home| async move { self.connect(&home, access).await },
+            )
+            .await?;
+        Ok(up.map_or(Home::Here, |up| Home::There(Box::new(up))))
+    }
+
+    /// `None` when this edge is the consult's home; else what `call` got
+    /// from the home edge, under the same waiting and moving rules as
+    /// [`route`](Peers::route).
+    pub async fn reach<T, F, Fut>(
+        &self,
+        consult: &str,
+        mut call: F,
+    ) -> Result<Option<T>, RouteError>
+    where
+        F: FnMut(NodeInfo) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
         let deadline = tokio::time::Instant::now() + self.ttl * 3 + Duration::from_secs(5);
         loop {
             let home = self.place(consult).await?;
             if home.id == self.id {
-                return Ok(Home::Here);
+                return Ok(None);
             }
-            match self.connect(&home, access).await {
-                Ok(up) => return Ok(Home::There(Box::new(up))),
+            let id = home.id.clone();
+            match call(home).await {
+                Ok(got) => return Ok(Some(got)),
                 Err(why) => {
                     if tokio::time::Instant::now() >= deadline {
-                        return Err(RouteError::HomeUnreachable(format!("{}: {why}", home.id)));
+                        return Err(RouteError::HomeUnreachable(format!("{id}: {why}")));
                     }
                     let alive = self
                         .edges
@@ -231,17 +266,16 @@ impl Peers {
                         .await
                         .map_err(RouteError::Directory)?
                         .iter()
-                        .any(|n| n.id == home.id);
+                        .any(|n| n.id == id);
                     if alive {
                         tokio::time::sleep(RETRY_EVERY).await;
                     } else {
                         log::info!(
-                            "edge {}: home edge {} of a consult is gone; moving its room",
-                            self.id,
-                            home.id
+                            "edge {}: home edge {id} of a consult is gone; moving its room",
+                            self.id
                         );
                         self.edges
-                            .replace(consult, &home.id)
+                            .replace(consult, &id)
                             .await
                             .map_err(RouteError::Directory)?;
                         self.metrics.peer_rooms_moved.inc();
@@ -249,6 +283,67 @@ impl Peers {
                 }
             }
         }
+    }
+
+    /// Send an invite API request (`method`, `path` under `/peer`, the
+    /// caller's `Authorization` and body) to the home edge; its status,
+    /// content type and body.
+    pub async fn api_call(
+        &self,
+        home: &NodeInfo,
+        access: &AccessPoint,
+        method: hyper::Method,
+        path: &str,
+        authorization: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<ApiReply, String> {
+        use http_body_util::{BodyExt, Full, Limited};
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(home.link_addr))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("/{PEER_PATH}{path}"))
+            .header(hyper::header::HOST, home.link_addr.to_string())
+            .header(PEER_HEADER, self.proof(access, crate::token::unix_now()))
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(a) = authorization {
+            request = request.header(hyper::header::AUTHORIZATION, a);
+        }
+        let request = request
+            .body(Full::new(hyper::body::Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let driver = tokio::spawn(conn);
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = Limited::new(response.into_body(), MAX_API_REPLY)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            driver.abort();
+            Ok::<_, String>(ApiReply {
+                status,
+                www_authenticate: headers
+                    .get(hyper::header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        };
+        tokio::time::timeout(API_TIMEOUT, exchange)
+            .await
+            .map_err(|_| "timed out".to_string())?
     }
 
     async fn connect(&self, home: &NodeInfo, access: &AccessPoint) -> Result<Upstream, String> {

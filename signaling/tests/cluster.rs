@@ -639,3 +639,80 @@ async fn the_peer_port_refuses_anyone_without_a_proof_from_the_link_secret() {
     let public = tokio_tungstenite::connect_async(format!("ws://{}/peer", e1.addr)).await;
     assert!(public.is_err(), "the public port must not serve /peer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_created_and_revoked_through_either_edge_act_on_the_room() {
+    let redis = RedisServer::start().await;
+    let _node = Node::start(&redis, "node-a");
+    let (e1, registry) = edge_named(&redis, "edge-1", LINK_SECRET).await;
+    let (e2, _) = edge_named(&redis, "edge-2", LINK_SECRET).await;
+    let edges = connect(&redis, EDGE_PREFIX).await;
+    wait_registered(&registry, &["node-a"]).await;
+    wait_edges(&edges, &["edge-1", "edge-2"]).await;
+
+    let consult = "api-edges";
+    let clin_token = token(consult, Role::Clinician, "Dr. A");
+    let (mut clinician, _) = Client::joined(e1.addr, &clin_token).await;
+    until(&mut clinician, "offer", &["error"], common::WAIT).await;
+    let home = placement(&edges, consult).await;
+    let (home_srv, other) = if home == "edge-1" { (&e1, &e2) } else { (&e2, &e1) };
+
+    // Created through the edge that does not hold the room.
+    let created = common::post_invite(
+        other,
+        Some(&clin_token),
+        br#"{"role":"patient","name":"Mevr. C"}"#,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let invite = common::json_body(&created);
+    let (jti, invite_token) = (
+        invite["jti"].as_str().expect("jti").to_string(),
+        invite["token"].as_str().expect("token").to_string(),
+    );
+    let count = |s: &common::TestServer, event: &str| {
+        s.audit_lines()
+            .into_iter()
+            .filter(|l| l["event"] == event && l["consult"] == consult)
+            .count()
+    };
+    assert_eq!(count(home_srv, "invite_created"), 1, "audited by the room's edge");
+    assert_eq!(count(other, "invite_created"), 0);
+
+    // The invitee, also through the other edge, waits in the room.
+    let (mut invitee, w) = Client::joined(other.addr, &invite_token).await;
+    assert_eq!(w["state"], "waiting", "{w}");
+    let lobby = until(&mut clinician, "lobby", &["error"], common::WAIT).await;
+    assert_eq!(lobby["waiting"][0]["name"], "Mevr. C", "{lobby}");
+
+    // Revoked through the other edge: the invitee's connection ends, and
+    // the invite no longer joins through either edge.
+    let revoked = common::delete_invite(other, &clin_token, &jti).await;
+    assert_eq!(revoked.status, 204, "{}", revoked.text());
+    loop {
+        match tokio::time::timeout(common::WAIT, invitee.frame()).await {
+            Ok(Frame::Closed) => break,
+            Ok(Frame::Json(_)) => {}
+            Err(_) => panic!("the revoked invitee's connection stayed open"),
+        }
+    }
+    assert_eq!(count(home_srv, "invite_revoked"), 1);
+    for edge in [&e1, &e2] {
+        let mut again = Client::connect(edge.addr).await;
+        again
+            .send(json!({"type":"join","v":1,"token":invite_token}))
+            .await;
+        let e = until(&mut again, "error", &["welcome"], common::WAIT).await;
+        assert_eq!(e["code"], "token_revoked", "{e}");
+    }
+    // A stranger's proof-less request to the peer API is refused.
+    let r = common::request(
+        home_srv.server.peer_addr().expect("peer port"),
+        "DELETE",
+        &format!("/peer/api/v1/invites/{jti}"),
+        &[("Authorization", format!("Bearer {clin_token}").as_str())],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}
