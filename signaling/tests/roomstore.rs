@@ -2,7 +2,8 @@
 //! (in memory, and Redis with a real `redis-server` per test), what only
 //! Redis can do wrong, and then two edges on one Redis: what a clinician
 //! does on one edge holds on the other (revocation, removal, lock), and an
-//! unreadable store refuses joins instead of letting them in unchecked.
+//! unreadable store refuses joins instead of letting them in unchecked; and
+//! the `spreekkamer signaling` binary reads the store on its `--redis`.
 
 mod common;
 
@@ -485,4 +486,67 @@ async fn with_redis_down_a_join_is_refused_in_bounded_time_and_works_when_it_is_
     })
     .await;
     let _ = OP_TIMEOUT;
+}
+
+// ---- the binary ----
+
+/// Kills the child on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spreekkamer_signaling_reads_the_room_store_on_its_redis() {
+    let redis = RedisServer::start().await;
+    let dir = std::env::temp_dir().join(format!("spreekkamer-roomstore-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (jwt, link) = (dir.join("jwt.secret"), dir.join("link.secret"));
+    std::fs::write(&jwt, SECRET).unwrap();
+    std::fs::write(&link, "a link secret of at least thirty-two bytes!!").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let _edge = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_spreekkamer"))
+            .args([
+                "signaling",
+                "--redis",
+                &redis.url(),
+                "--listen",
+                &addr.to_string(),
+            ])
+            .arg("--jwt-secret-file")
+            .arg(&jwt)
+            .arg("--link-secret-file")
+            .arg(&link)
+            .args(["--audit-log", "/dev/null"])
+            .env_remove("SPREEKKAMER_JWT_SECRET")
+            .env_remove("SPREEKKAMER_LINK_SECRET")
+            .env_remove("SPREEKKAMER_REDIS")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("runs"),
+    );
+    eventually("the edge listens", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    // What another edge wrote: this consult is locked, this patient removed.
+    let store = redis.room_store().await;
+    store.set_locked(CONSULT, true).await.unwrap();
+    store.bar("edge-room-2", "sub-pat").await.unwrap();
+    refused(addr, &patient(), None, "consult_locked").await;
+    let other = token_with_sub("edge-room-2", Role::Patient, "Mw. P", "sub-pat");
+    refused(addr, &other, None, "token_revoked").await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
