@@ -452,7 +452,29 @@ async fn with_redis_down_a_join_is_refused_in_bounded_time_and_works_when_it_is_
     let mut e = edges().await;
     let (c, _) = Client::joined(e.two.addr, &doc()).await;
     drop(c);
+    let (mut d1, _) = Client::joined(e.one.addr, &doc()).await;
+
+    // A Redis that accepts and never answers: refused after the timeout.
+    e.redis.signal("-STOP");
+    let started = Instant::now();
+    refused(e.two.addr, &patient(), None, "service_unavailable").await;
+    let took = started.elapsed();
+    assert!(took >= OP_TIMEOUT && took < UNAVAILABLE_BOUND, "{took:?}");
+    e.redis.signal("-CONT");
+
     e.redis.kill();
+    // A clinician's lock is not held up by the store, and the lost write
+    // is counted.
+    d1.send(json!({"type":"lock","locked":true})).await;
+    d1.expect("locked").await;
+    d1.sync().await;
+    eventually("the failed write is counted", || async {
+        get(e.one.addr, "/metrics")
+            .await
+            .text()
+            .contains(r#"spreekkamer_room_store_errors_total{op="lock",reason="unavailable"} 1"#)
+    })
+    .await;
     for _ in 0..2 {
         let started = Instant::now();
         refused(e.two.addr, &patient(), None, "service_unavailable").await;
@@ -485,7 +507,6 @@ async fn with_redis_down_a_join_is_refused_in_bounded_time_and_works_when_it_is_
         c.next().await["type"] == "welcome"
     })
     .await;
-    let _ = OP_TIMEOUT;
 }
 
 // ---- the binary ----
