@@ -112,6 +112,20 @@ async fn authenticate(
     }
     let token = bearer(caller.authorization.as_deref());
     let claims = ctx.verify_token(&caller.access, token).await?;
+    // A cluster edge: revoked or removed on another edge counts too.
+    if ctx
+        .room_check(&caller.access, &claims, event)
+        .await?
+        .is_some_and(|v| v.refused())
+    {
+        ctx.audit.record(
+            crate::audit::AuditEvent::new(event, caller.access.clone())
+                .actor(&claims.sub, claims.role)
+                .consult(&claims.consult)
+                .failed(ErrorCode::TokenRevoked),
+        );
+        return Err(ErrorCode::TokenRevoked);
+    }
     ctx.directory
         .host_by_token(&claims, caller.access.clone(), event)
 }

@@ -600,6 +600,7 @@ impl ServeArgs {
             ws_heartbeat: self.ws_heartbeat,
             ws_idle_timeout: self.ws_idle_timeout,
             cluster: None,
+            room_store: None,
         })
     }
 }

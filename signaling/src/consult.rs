@@ -556,6 +556,13 @@ impl Consult {
         effects
     }
 
+    /// The lock as the shared room store remembers it (`roomstore`), for a
+    /// consult this edge creates: its clinician may have locked it on an
+    /// edge that has since died. No one to tell: nobody is in it yet.
+    pub fn restore_lock(&mut self, locked: bool) {
+        self.locked = locked;
+    }
+
     pub fn lock(&mut self, actor: &str, locked: bool) -> Result<Vec<Effect>, ErrorCode> {
         self.require_clinician(actor)?;
         self.locked = locked;

@@ -74,6 +74,11 @@ pub struct ServeConfig {
     /// An edge of a cluster: media on the directory's nodes, not in this
     /// process (`None`: the all-in-one `serve`).
     pub cluster: Option<ClusterEdge>,
+    /// The room state every edge shares (revocations, lock, removals;
+    /// `roomstore`): set for a cluster edge (`spreekkamer signaling` builds
+    /// it on the same Redis as the directory). `None` (the default, and
+    /// `serve`): this process's memory is the only record.
+    pub room_store: Option<Arc<dyn crate::roomstore::RoomStore>>,
 }
 
 /// The directory and the link secret of a cluster edge.
@@ -132,6 +137,7 @@ impl ServeConfig {
             ws_heartbeat: Duration::from_secs(20),
             ws_idle_timeout: Duration::from_secs(60),
             cluster: None,
+            room_store: None,
         }
     }
 }
@@ -172,6 +178,8 @@ pub struct Context {
     pub connection_gate: Arc<ConnectionGate>,
     /// A cluster edge's place among the edges (`None`: `serve`).
     pub peers: Option<Arc<crate::peer::Peers>>,
+    /// The shared room store of a cluster edge (see [`ServeConfig`]).
+    pub room_store: Option<Arc<dyn crate::roomstore::RoomStore>>,
 }
 
 impl Context {
@@ -208,6 +216,46 @@ impl Context {
                 Err(code)
             }
         }
+    }
+
+    /// What the shared room store says about a verified token (a cluster
+    /// edge; `Ok(None)` without a store): revoked, its holder barred, the
+    /// consult locked. A store that cannot be read within
+    /// [`READ_BOUND`](crate::roomstore::READ_BOUND) refuses with
+    /// `service_unavailable` (audited as `event`, counted): nobody gets in
+    /// unchecked. The caller refuses a [`JoinView::refused`] token.
+    ///
+    /// [`JoinView::refused`]: crate::roomstore::JoinView::refused
+    pub async fn room_check(
+        &self,
+        access: &AccessPoint,
+        claims: &crate::token::Claims,
+        event: &'static str,
+    ) -> Result<Option<crate::roomstore::JoinView>, ErrorCode> {
+        let Some(store) = &self.room_store else {
+            return Ok(None);
+        };
+        let read = store.join_view(
+            &claims.consult,
+            &claims.sub,
+            claims.jti.as_deref(),
+            claims.exp,
+            crate::token::unix_now(),
+        );
+        let error = match tokio::time::timeout(crate::roomstore::READ_BOUND, read).await {
+            Ok(Ok(view)) => return Ok(Some(view)),
+            Ok(Err(e)) => e,
+            Err(_) => crate::roomstore::RoomStoreError::Unavailable("no answer".into()),
+        };
+        self.metrics.room_store_error("read", error.reason());
+        log::warn!("room store: cannot check a token: {error}");
+        self.audit.record(
+            AuditEvent::new(event, access.clone())
+                .actor(&claims.sub, claims.role)
+                .consult(&claims.consult)
+                .failed(ErrorCode::ServiceUnavailable),
+        );
+        Err(ErrorCode::ServiceUnavailable)
     }
 
     /// Fetch the JWKS (if configured and not fetched too recently) and

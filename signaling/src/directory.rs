@@ -17,6 +17,7 @@ use crate::protocol::{
     VideoQuality,
 };
 use crate::revocation::{ClinicianLimiter, InviteIds, JtiKind, Refusal, Revocations, Revoked};
+use crate::roomstore::{JoinView, RoomWrite, RoomWriter};
 use crate::token::Claims;
 use sfu::{MediaCommand, MediaEvent};
 use std::collections::{BTreeMap, HashMap};
@@ -136,6 +137,9 @@ pub struct Directory {
     invite_ids: InviteIds,
     /// Revocations per clinician `sub`, whatever connection they come from.
     revoke_limiter: ClinicianLimiter,
+    /// A cluster edge: where locks, removals and revocations are written
+    /// through to the shared room store (`roomstore`). `None`: `serve`.
+    room: Option<RoomWriter>,
 }
 
 impl Directory {
@@ -156,6 +160,22 @@ impl Directory {
             audit,
             invite_ids: InviteIds::new(invite_secret),
             revoke_limiter: ClinicianLimiter::default(),
+            room: None,
+        }
+    }
+
+    /// Write locks, removals, denials and revocations through to a shared
+    /// room store (a cluster edge).
+    pub fn with_room_writer(mut self, writer: RoomWriter) -> Directory {
+        self.room = Some(writer);
+        self
+    }
+
+    fn write_room(&self, writes: Vec<RoomWrite>) {
+        if let Some(room) = &self.room {
+            for w in writes {
+                room.send(w);
+            }
         }
     }
 
@@ -178,8 +198,22 @@ impl Directory {
         access: AccessPoint,
         resumed: bool,
     ) -> Result<Ticket, ErrorCode> {
+        self.join_seeded(claims, access, resumed, None)
+    }
+
+    /// [`join`](Directory::join) with what the shared room store says
+    /// (a cluster edge, `roomstore`): a token revoked or a person barred on
+    /// any edge is refused with `token_revoked` (a resume ticket does not
+    /// help), and a consult this edge creates starts locked if it was.
+    pub fn join_seeded(
+        &self,
+        claims: &Claims,
+        access: AccessPoint,
+        resumed: bool,
+        view: Option<JoinView>,
+    ) -> Result<Ticket, ErrorCode> {
         let mut audit = Vec::new();
-        let result = self.join_locked(claims, access.clone(), resumed, &mut audit);
+        let result = self.join_locked(claims, access.clone(), resumed, view, &mut audit);
         if let Err(code) = result {
             let responsible = self.responsible_clinician(claims);
             audit.push(
@@ -199,6 +233,7 @@ impl Directory {
         claims: &Claims,
         access: AccessPoint,
         resumed: bool,
+        view: Option<JoinView>,
         audit: &mut Vec<AuditEvent>,
     ) -> Result<Ticket, ErrorCode> {
         let mut guard = self.lock();
@@ -206,7 +241,7 @@ impl Directory {
         if state.draining {
             return Err(ErrorCode::ShuttingDown);
         }
-        if is_revoked(state, claims) {
+        if is_revoked(state, claims) || view.is_some_and(|v| v.refused()) {
             return Err(ErrorCode::TokenRevoked);
         }
         let invite_creator = invite_creator(state, claims);
@@ -231,6 +266,9 @@ impl Directory {
             .consults
             .entry(claims.consult.clone())
             .or_insert_with(|| Consult::new(claims.consult.clone(), self.policy));
+        if created && view.is_some_and(|v| v.locked) {
+            consult.restore_lock(true);
+        }
         let arrival = Arrival {
             id: id.clone(),
             sub: claims.sub.clone(),
@@ -392,6 +430,7 @@ impl Directory {
         let now = Instant::now();
         let name = action.audit_name();
         let mut context = None;
+        let mut write = None;
         let result = self.with_consult(id, |c, seat| {
             context = Some((
                 seat.access.clone(),
@@ -400,15 +439,42 @@ impl Directory {
                 seat.consult.clone(),
                 responsible(c, seat).map(str::to_string),
             ));
+            let consult = seat.consult.clone();
+            let barred = |c: &Consult, target: &str| {
+                c.member(target).map(|m| RoomWrite::Bar {
+                    consult: consult.clone(),
+                    sub: m.sub.clone(),
+                })
+            };
             let effects = match &action {
                 HostAction::Admit(target) => c.admit(id, target)?,
-                HostAction::Deny(target) => c.deny(id, target, now)?,
-                HostAction::Remove(target) => c.remove(id, target, now)?,
-                HostAction::Lock(locked) => c.lock(id, *locked)?,
+                HostAction::Deny(target) => {
+                    let bar = barred(c, target);
+                    let effects = c.deny(id, target, now)?;
+                    write = bar;
+                    effects
+                }
+                HostAction::Remove(target) => {
+                    let bar = barred(c, target);
+                    let effects = c.remove(id, target, now)?;
+                    write = bar;
+                    effects
+                }
+                HostAction::Lock(locked) => {
+                    let effects = c.lock(id, *locked)?;
+                    write = Some(RoomWrite::Lock {
+                        consult: consult.clone(),
+                        locked: *locked,
+                    });
+                    effects
+                }
                 HostAction::End => c.end(id, now)?,
             };
             Ok((effects, ()))
         });
+        if result.is_ok() {
+            self.write_room(write.into_iter().collect());
+        }
         if let Some((access, sub, role, consult, responsible)) = context {
             let mut event = AuditEvent::new(name, access)
                 .actor(&sub, role)
@@ -700,11 +766,13 @@ impl Directory {
         let mut event = host
             .event("invite_revoked")
             .detail(serde_json::json!({ "jti": jti }));
+        let mut writes = Vec::new();
         let outcome = if self.revoke_limiter.allow(&host.sub, Instant::now()) {
-            self.revoke_locked(host, jti)
+            self.revoke_locked(host, jti, &mut writes)
         } else {
             Err(("rate_limited", ErrorCode::RateLimited))
         };
+        self.write_room(writes);
         let result = match outcome {
             Ok(label) => {
                 self.metrics.revocation(label);
@@ -723,11 +791,13 @@ impl Directory {
         result
     }
 
-    /// The revocation itself; `Ok` and `Err` carry the metric label.
+    /// The revocation itself; `Ok` and `Err` carry the metric label. What
+    /// the room store must learn goes into `writes`.
     fn revoke_locked(
         &self,
         host: &Host,
         jti: &str,
+        writes: &mut Vec<RoomWrite>,
     ) -> Result<&'static str, (&'static str, ErrorCode)> {
         let mut guard = self.lock();
         let state = &mut *guard;
@@ -750,10 +820,18 @@ impl Directory {
         } else {
             0
         };
-        let label = match state
+        let revoked = state
             .revocations
-            .revoke(&host.consult, jti, kind, horizon, unix)
-        {
+            .revoke(&host.consult, jti, kind, horizon, unix);
+        if let Ok(Revoked::Kept { until }) = revoked {
+            writes.push(RoomWrite::Revoke {
+                consult: host.consult.clone(),
+                jti: jti.to_string(),
+                foreign: kind == JtiKind::Foreign,
+                until,
+            });
+        }
+        let label = match revoked {
             Ok(Revoked::AlreadyExpired) => "expired",
             Ok(Revoked::Kept { .. }) if kind == JtiKind::Foreign => "token",
             Ok(Revoked::Kept { .. }) => "invite",
@@ -782,8 +860,15 @@ impl Directory {
         let mut effects = Vec::new();
         if let Some(consult) = state.consults.get_mut(&host.consult) {
             for holder in holders {
+                let sub = consult.member(&holder).map(|m| m.sub.clone());
                 if let Ok(e) = consult.expel(&holder, now) {
                     effects.extend(e);
+                    if let Some(sub) = sub {
+                        writes.push(RoomWrite::Bar {
+                            consult: host.consult.clone(),
+                            sub,
+                        });
+                    }
                 }
             }
         }

@@ -24,6 +24,8 @@
 //! * [`node`] — `spreekkamer sfu`: a media node (link listener, heartbeat,
 //!   drain);
 //! * [`registry`] — media nodes and consult placement (in memory or Redis);
+//! * [`roomstore`] — what of a room every edge must know: revocations, the
+//!   lock, removals (in memory or Redis);
 //! * [`http`] — routes, health, metrics, the embedded web client;
 //! * [`gate`] — connection caps per address and in total;
 //! * [`listener`] — the accept loop: the gate, then hyper with a header
@@ -70,6 +72,7 @@ pub mod registry;
 pub mod remote;
 pub mod resume;
 pub mod revocation;
+pub mod roomstore;
 pub mod server;
 pub mod session;
 pub mod token;

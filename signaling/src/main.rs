@@ -59,6 +59,25 @@ async fn directory(cluster: &ClusterArgs, prefix: &str) -> Option<Arc<dyn Regist
     }
 }
 
+/// The shared room state (revocations, lock, removals) on the directory's
+/// Redis, with its timeout. Called once the directory answered, so Redis is
+/// up.
+async fn room_store(cluster: &ClusterArgs) -> Option<Arc<dyn signaling::roomstore::RoomStore>> {
+    match signaling::roomstore::RedisRoomStore::connect(
+        &cluster.redis,
+        signaling::registry::DEFAULT_PREFIX,
+        cluster.redis_timeout,
+    )
+    .await
+    {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            eprintln!("error: the room store (Redis) is not reachable: {e}");
+            None
+        }
+    }
+}
+
 fn signaling(args: SignalingArgs) -> ExitCode {
     if !args.serve.key_configured() {
         eprintln!(
@@ -238,6 +257,10 @@ fn serve(args: ServeArgs, edge: Option<Edge>) -> ExitCode {
             let Some(edges) = directory(&edge.cluster, signaling::peer::EDGE_PREFIX).await else {
                 return ExitCode::FAILURE;
             };
+            let Some(store) = room_store(&edge.cluster).await else {
+                return ExitCode::FAILURE;
+            };
+            config.room_store = Some(store);
             config.cluster = Some(signaling::context::ClusterEdge {
                 registry,
                 link_secret: edge.link_secret,

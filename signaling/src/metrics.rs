@@ -55,6 +55,10 @@ pub struct Metrics {
     pub peer_route_failures: IntCounter,
     pub peer_rooms_moved: IntCounter,
     pub peer_refused: IntCounter,
+    /// Room store (`roomstore`) calls that failed, by `op` (`read`,
+    /// `revoke`, `bar`, `lock`) and `reason` (`unavailable`, `invalid`,
+    /// `full`, `queue_full`).
+    room_store_errors: IntCounterVec,
     /// Operational log lines held back by the per-call-site limit
     /// (`logging.rs`), copied in at scrape time.
     log_suppressed: IntCounter,
@@ -120,6 +124,14 @@ impl Metrics {
             &["outcome"],
         )?;
         r.register(Box::new(revocations.clone()))?;
+        let room_store_errors = IntCounterVec::new(
+            Opts::new(
+                "room_store_errors_total",
+                "Room store reads and writes that failed, by operation and reason",
+            ),
+            &["op", "reason"],
+        )?;
+        r.register(Box::new(room_store_errors.clone()))?;
         Ok(Metrics {
             consults: gauge(
                 &r,
@@ -200,6 +212,7 @@ impl Metrics {
                 "edge_peer_refused_total",
                 "Requests on the peer port without a valid proof",
             )?,
+            room_store_errors,
             log_suppressed: counter(
                 &r,
                 "log_lines_suppressed_total",
@@ -219,6 +232,12 @@ impl Metrics {
     /// Bring the audit log's suppressed-lines total in (before `render`).
     pub fn audit_suppressed(&self, total: u64) {
         catch_up(&self.audit_suppressed, total);
+    }
+
+    pub fn room_store_error(&self, op: &str, reason: &str) {
+        self.room_store_errors
+            .with_label_values(&[op, reason])
+            .inc();
     }
 
     pub fn revocation(&self, outcome: &str) {

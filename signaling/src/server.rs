@@ -145,15 +145,22 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
     {
         log::warn!("--max-connections {max_total} is above the open-file limit {n}");
     }
-    let ctx = Arc::new(Context {
-        directory: Directory::new(
-            media.clone(),
-            config.policy,
-            config.limits,
+    let mut directory = Directory::new(
+        media.clone(),
+        config.policy,
+        config.limits,
+        metrics.clone(),
+        audit.clone(),
+        &config.invite_secret,
+    );
+    if let Some(store) = &config.room_store {
+        directory = directory.with_room_writer(crate::roomstore::RoomWriter::start(
+            store.clone(),
             metrics.clone(),
-            audit.clone(),
-            &config.invite_secret,
-        ),
+        ));
+    }
+    let ctx = Arc::new(Context {
+        directory,
         verifier: TokenVerifier::new(config.keys, config.issuer, config.audience),
         metrics,
         audit,
@@ -183,6 +190,7 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         ws_idle_timeout: config.ws_idle_timeout,
         connection_gate,
         peers: peer.as_ref().map(|(_, p)| p.clone()),
+        room_store: config.room_store,
     });
     // The first fetch happens before we accept joins; a failure is not
     // fatal (the EHR may be down), the keys are fetched again on demand.

@@ -414,7 +414,16 @@ async fn authorize(
         }
         checked.is_ok()
     });
-    match ctx.directory.join(&claims, access.clone(), resumed) {
+    // A cluster edge asks the shared room store first (revoked, removed,
+    // locked on any edge); unreadable is `service_unavailable`.
+    let view = match ctx.room_check(access, &claims, "join").await {
+        Ok(view) => view,
+        Err(code) => return Err(refuse(code)),
+    };
+    match ctx
+        .directory
+        .join_seeded(&claims, access.clone(), resumed, view)
+    {
         Ok(ticket) => {
             ctx.metrics.joins_accepted.inc();
             log::info!(

@@ -153,6 +153,9 @@ async fn edge_named(
     cfg.policy.waiting_room = true;
     // Tickets refreshed every 2.5 s, so a test can wait for a fresh one.
     cfg.resume_ttl = Duration::from_secs(10);
+    // As `spreekkamer signaling` does: the shared room store on the same
+    // Redis.
+    cfg.room_store = Some(Arc::new(redis.room_store().await));
     cfg.cluster = Some(ClusterEdge {
         registry: registry.clone(),
         link_secret: LinkSecret::new(link_secret.as_bytes()).expect("secret"),
@@ -581,6 +584,64 @@ async fn a_stopped_home_edges_room_comes_back_on_the_other_edge_without_readmiss
         .filter(|l| l["event"] == "join_resumed")
         .count();
     assert_eq!(resumed, 2, "both resumed on the survivor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_and_the_lock_outlive_the_home_edge() {
+    use signaling::roomstore::RoomStore;
+    let redis = RedisServer::start().await;
+    let _node = Node::start(&redis, "node-a");
+    let (e1, registry) = edge_named(&redis, "edge-1", LINK_SECRET).await;
+    let (e2, _) = edge_named(&redis, "edge-2", LINK_SECRET).await;
+    let edges = connect(&redis, EDGE_PREFIX).await;
+    wait_registered(&registry, &["node-a"]).await;
+    wait_edges(&edges, &["edge-1", "edge-2"]).await;
+
+    let consult = "edge-removal";
+    let (mut clinician, mut patient, _, patient_id) =
+        meet_across_edges(e1.addr, e2.addr, consult).await;
+    let p_ticket = until(&mut patient, "resume", &["error"], common::WAIT).await;
+    clinician.send(json!({"type":"lock","locked":true})).await;
+    until(&mut clinician, "locked", &["error"], common::WAIT).await;
+    clinician
+        .send(json!({"type":"remove","id":patient_id}))
+        .await;
+    let bye = until(&mut patient, "bye", &["error"], common::WAIT).await;
+    assert_eq!(bye["reason"], "removed", "{bye}");
+    let store = redis.room_store().await;
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let now = signaling::token::unix_now();
+        let v = store
+            .join_view(consult, "sub-Mevr. B", None, now, now)
+            .await
+            .expect("store");
+        if v.barred && v.locked {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "written to the room store: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let home = placement(&edges, consult).await;
+    let (home_srv, survivor) = if home == "edge-1" { (e1, e2) } else { (e2, e1) };
+    home_srv.server.shutdown().await;
+    drop(clinician);
+
+    // On the edge that takes the room over: the removed patient stays out,
+    // resume ticket or not, and the consult is still locked for newcomers.
+    let mut c = Client::connect(survivor.addr).await;
+    c.send(json!({"type":"join","v":1,"token":token(consult, Role::Patient, "Mevr. B"),"resume":p_ticket["ticket"]}))
+        .await;
+    let e = until(&mut c, "error", &["welcome"], FAILOVER_BOUND).await;
+    assert_eq!(e["code"], "token_revoked", "{e}");
+    let mut g = Client::connect(survivor.addr).await;
+    g.send(json!({"type":"join","v":1,"token":token(consult, Role::Guest, "Gast")}))
+        .await;
+    let e = until(&mut g, "error", &["welcome"], FAILOVER_BOUND).await;
+    assert_eq!(e["code"], "consult_locked", "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

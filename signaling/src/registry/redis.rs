@@ -229,29 +229,13 @@ impl RedisRegistry {
         prefix: &str,
         op_timeout: Duration,
     ) -> Result<RedisRegistry, RegistryError> {
-        if prefix.len() > MAX_PREFIX_LEN
-            || !prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
-        {
+        if !valid_prefix(prefix) {
             return Err(RegistryError::Invalid("key prefix".into()));
         }
         if op_timeout.is_zero() {
             return Err(RegistryError::Invalid("operation timeout".into()));
         }
-        // The parse error may quote the URL, password included: not passed on.
-        let client = Client::open(url)
-            .map_err(|_| RegistryError::Invalid("Redis URL does not parse".into()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(op_timeout))
-            .set_response_timeout(Some(op_timeout))
-            // A reconnect that fails is tried again by the next operation;
-            // retries inside one would only outlast its timeout.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(op_timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| RegistryError::Invalid(error_text(&e)))?;
+        let conn = connection_manager(url, op_timeout)?;
         let registry = RedisRegistry {
             conn,
             prefix: prefix.to_string(),
@@ -481,8 +465,39 @@ impl Registry for RedisRegistry {
     }
 }
 
+/// A lazily connecting, self-reconnecting connection to `url`, every
+/// connect and reply bounded by `op_timeout` (shared with the room store,
+/// `roomstore/redis.rs`). The URL (and a password in it) never goes into an
+/// error.
+pub(crate) fn connection_manager(
+    url: &str,
+    op_timeout: Duration,
+) -> Result<ConnectionManager, RegistryError> {
+    // The parse error may quote the URL, password included: not passed on.
+    let client =
+        Client::open(url).map_err(|_| RegistryError::Invalid("Redis URL does not parse".into()))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(op_timeout))
+        .set_response_timeout(Some(op_timeout))
+        // A reconnect that fails is tried again by the next operation;
+        // retries inside one would only outlast its timeout.
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(op_timeout);
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|e| RegistryError::Invalid(error_text(&e)))
+}
+
+/// A key prefix both Redis users accept: short, and plain.
+pub(crate) fn valid_prefix(prefix: &str) -> bool {
+    prefix.len() <= MAX_PREFIX_LEN
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+}
+
 /// Which errors mean "try again later" and which "this is not our data".
-fn classify(e: &RedisError) -> RegistryError {
+pub(crate) fn classify(e: &RedisError) -> RegistryError {
     match e.kind() {
         ErrorKind::Parse
         | ErrorKind::UnexpectedReturnType

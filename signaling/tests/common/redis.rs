@@ -2,6 +2,7 @@
 //! tests: a free loopback port, no persistence, killed on drop.
 
 use signaling::registry::{DEFAULT_PREFIX, RedisRegistry};
+use signaling::roomstore::RedisRoomStore;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,6 +104,12 @@ impl RedisServer {
 
     pub async fn registry(&self) -> RedisRegistry {
         RedisRegistry::connect(&self.url(), DEFAULT_PREFIX, OP_TIMEOUT)
+            .await
+            .expect("connect")
+    }
+
+    pub async fn room_store(&self) -> RedisRoomStore {
+        RedisRoomStore::connect(&self.url(), DEFAULT_PREFIX, OP_TIMEOUT)
             .await
             .expect("connect")
     }
