@@ -2,7 +2,7 @@
 # Runs all of Spreekkamer's tests, installing what they need first.
 #
 #   scripts/test.sh            # everything (what CI runs via .ci/run)
-#   scripts/test.sh browser    # only some steps: deps fmt clippy unit fuzz build crypto web loadtest browser attack soak
+#   scripts/test.sh browser    # only some steps: deps fmt k8s clippy unit fuzz build crypto web loadtest browser attack soak
 #
 # Made for a fresh Debian 12 machine with Rust and Node.js 20 installed, run as
 # root (or with passwordless sudo): it apt-installs Chromium, Firefox ESR and
@@ -27,7 +27,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export NO_UPDATE_NOTIFIER=1 npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
 
-ALL_STEPS=(deps fmt clippy unit fuzz build crypto web loadtest browser attack soak)
+ALL_STEPS=(deps fmt k8s clippy unit fuzz build crypto web loadtest browser attack soak)
 if [[ $# -gt 0 ]]; then STEPS=("$@"); else STEPS=("${ALL_STEPS[@]}"); fi
 for s in "${STEPS[@]}"; do
   [[ " ${ALL_STEPS[*]} " == *" $s "* ]] || { echo "test.sh: unknown step '$s' (steps: ${ALL_STEPS[*]})" >&2; exit 2; }
@@ -166,6 +166,7 @@ echo "Spreekkamer tests in $ROOT (steps: ${STEPS[*]}); $(nproc) cores"
 
 if wants deps; then step deps "install Chromium, Firefox ESR, iproute2, nftables, iptables, redis-server (apt) and browser-test packages (npm ci)" deps; fi
 if wants fmt; then step fmt "cargo fmt --check" cargo fmt --all -- --check; fi
+if wants k8s; then step k8s "k8s/: kustomize render, yamllint, kubernetes-validate, checkov, property tests (scripts/k8s-check.sh)" scripts/k8s-check.sh; fi
 if wants clippy; then
   step clippy "cargo clippy (all targets, release, warnings are errors)" \
     cargo clippy --workspace --all-targets --release -- -D warnings

@@ -1,0 +1,164 @@
+"""Properties of the rendered Kubernetes manifests (k8s/overlays/example),
+so that a later edit cannot silently drop them. Run by scripts/k8s-check.sh
+with the rendered YAML in SPREEKKAMER_K8S_RENDERED."""
+
+import json
+import os
+import re
+import unittest
+
+import yaml
+
+RENDERED = os.environ.get("SPREEKKAMER_K8S_RENDERED", "/tmp/spreekkamer-k8s.yaml")
+SECRET_WORDS = re.compile(r"secret|password|passwd|token|private|credential|redis_url|key$", re.I)
+
+
+def load():
+    with open(RENDERED, encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs, kind, name):
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def workloads(docs):
+    return [d for d in docs if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet")]
+
+
+def seconds(duration):
+    m = re.fullmatch(r"(\d+)(s|m|h)", duration)
+    assert m, duration
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+class Manifests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.docs = load()
+        cls.config = one(cls.docs, "ConfigMap", "spreekkamer-config")["data"]
+
+    def test_everything_is_in_the_namespace(self):
+        for d in self.docs:
+            if d["kind"] == "Namespace":
+                continue
+            self.assertEqual(d["metadata"].get("namespace"), "spreekkamer", f"{d['kind']}/{d['metadata']['name']}")
+
+    def test_media_nodes_use_the_host_network_and_drain_before_kubernetes_kills_them(self):
+        ds = one(self.docs, "DaemonSet", "spreekkamer-media")
+        pod = ds["spec"]["template"]["spec"]
+        self.assertTrue(pod.get("hostNetwork"), "media nodes need hostNetwork")
+        self.assertEqual(pod.get("dnsPolicy"), "ClusterFirstWithHostNet")
+        c = pod["containers"][0]
+        self.assertEqual(c["args"][0], "sfu")
+        self.assertIn("--announce-ip=$(HOST_IP)", c["args"])
+        host_ip = [e for e in c["env"] if e["name"] == "HOST_IP"][0]
+        self.assertEqual(host_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP")
+        drain = seconds(self.config["SPREEKKAMER_DRAIN_TIMEOUT"])
+        self.assertGreater(pod["terminationGracePeriodSeconds"], drain, "grace must outlast --drain-timeout")
+        self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/readyz")
+        ports = {(p["containerPort"], p["protocol"]) for p in c["ports"]}
+        self.assertIn((int(self.config["SPREEKKAMER_UDP_PORT"]), "UDP"), ports)
+        self.assertIn((int(self.config["SPREEKKAMER_TCP_PORT"]), "TCP"), ports)
+
+    def test_edges_are_a_deployment_behind_service_ingress_hpa_and_pdb(self):
+        dep = one(self.docs, "Deployment", "spreekkamer-edge")
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        self.assertEqual(c["args"][0], "signaling")
+        self.assertIn("--peer-advertise=$(POD_IP):7001", c["args"])
+        svc = one(self.docs, "Service", "spreekkamer-edge")
+        self.assertTrue(all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()))
+        ing = one(self.docs, "Ingress", "spreekkamer")
+        backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+        self.assertEqual(backend["name"], "spreekkamer-edge")
+        self.assertTrue(ing["spec"].get("tls"), "the Ingress terminates TLS")
+        hpa = one(self.docs, "HorizontalPodAutoscaler", "spreekkamer-edge")
+        self.assertEqual(hpa["spec"]["scaleTargetRef"]["name"], "spreekkamer-edge")
+        self.assertGreaterEqual(hpa["spec"]["minReplicas"], 2)
+        pdb = one(self.docs, "PodDisruptionBudget", "spreekkamer-edge")
+        self.assertTrue(all(labels.get(k) == v for k, v in pdb["spec"]["selector"]["matchLabels"].items()))
+
+    def test_every_container_is_locked_down_sized_and_probed(self):
+        for w in workloads(self.docs):
+            name = f"{w['kind']}/{w['metadata']['name']}"
+            pod = w["spec"]["template"]["spec"]
+            self.assertIs(pod.get("automountServiceAccountToken"), False, name)
+            self.assertTrue(pod["securityContext"].get("runAsNonRoot"), name)
+            self.assertEqual(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", name)
+            for c in pod["containers"]:
+                sc = c["securityContext"]
+                self.assertIs(sc.get("readOnlyRootFilesystem"), True, name)
+                self.assertIs(sc.get("allowPrivilegeEscalation"), False, name)
+                self.assertEqual(sc["capabilities"]["drop"], ["ALL"], name)
+                self.assertNotIn("add", sc["capabilities"], name)
+                for kind in ("requests", "limits"):
+                    self.assertIn("cpu", c["resources"][kind], name)
+                    self.assertIn("memory", c["resources"][kind], name)
+                self.assertIn("readinessProbe", c, name)
+                self.assertIn("livenessProbe", c, name)
+
+    def test_no_secret_in_a_configmap_or_a_literal_env_value(self):
+        for cm in by_kind(self.docs, "ConfigMap"):
+            for key in cm.get("data", {}):
+                self.assertNotRegex(key, SECRET_WORDS, f"ConfigMap {cm['metadata']['name']} key {key}")
+        for w in workloads(self.docs):
+            for c in w["spec"]["template"]["spec"]["containers"]:
+                for e in c.get("env", []):
+                    if SECRET_WORDS.search(e["name"]) or e["name"] == "SPREEKKAMER_REDIS":
+                        self.assertIn("secretKeyRef", e.get("valueFrom", {}), f"{w['metadata']['name']}: {e['name']}")
+                for a in c.get("args", []):
+                    self.assertNotRegex(a, r"--(jwt|link|turn)-secret=", "a secret on the command line")
+        self.assertEqual(by_kind(self.docs, "Secret"), [], "Secrets are created by the operator, never rendered from git")
+
+    def test_network_policies_deny_by_default_and_open_only_what_is_needed(self):
+        pols = {p["metadata"]["name"]: p for p in by_kind(self.docs, "NetworkPolicy")}
+        deny = pols["default-deny-ingress"]
+        self.assertEqual(deny["spec"]["podSelector"], {})
+        self.assertNotIn("ingress", deny["spec"])
+        redis = pols["redis"]["spec"]
+        self.assertEqual(redis["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "spreekkamer-redis")
+        sources = {f["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for f in redis["ingress"][0]["from"]}
+        self.assertEqual(sources, {"spreekkamer-edge", "spreekkamer-media"})
+        peer = pols["edge-peer"]["spec"]["ingress"][0]
+        self.assertEqual([f["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for f in peer["from"]], ["spreekkamer-edge"])
+        self.assertEqual([p["port"] for p in peer["ports"]], [7001])
+        http = pols["edge-http"]["spec"]["ingress"][0]
+        namespaces = {f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for f in http["from"]}
+        self.assertEqual(namespaces, {"ingress-nginx", "monitoring"})
+
+    def test_monitoring_selects_real_services_and_alerts_are_complete(self):
+        services = by_kind(self.docs, "Service")
+        for sm in by_kind(self.docs, "ServiceMonitor"):
+            sel = sm["spec"]["selector"]["matchLabels"]
+            port = sm["spec"]["endpoints"][0]["port"]
+            matching = [s for s in services if all(s["metadata"].get("labels", {}).get(k) == v for k, v in sel.items())]
+            self.assertTrue(matching, f"ServiceMonitor {sm['metadata']['name']} selects no Service")
+            self.assertTrue(any(p.get("name") == port for s in matching for p in s["spec"]["ports"]), sm["metadata"]["name"])
+        rules = one(self.docs, "PrometheusRule", "spreekkamer")["spec"]["groups"][0]["rules"]
+        names = {r["alert"] for r in rules}
+        for needed in ("SpreekkamerMediaNodeDown", "SpreekkamerJoinsFailing", "SpreekkamerDirectoryErrors", "SpreekkamerPacketLoss"):
+            self.assertIn(needed, names)
+        for r in rules:
+            self.assertTrue(r["expr"].strip(), r["alert"])
+            self.assertIn(r["labels"]["severity"], ("warning", "critical"), r["alert"])
+
+    def test_the_grafana_dashboard_is_valid_json_with_queries(self):
+        cm = one(self.docs, "ConfigMap", "spreekkamer-grafana-dashboard")
+        self.assertEqual(cm["metadata"]["labels"].get("grafana_dashboard"), "1")
+        dash = json.loads(cm["data"]["spreekkamer.json"])
+        self.assertGreaterEqual(len(dash["panels"]), 6)
+        for p in dash["panels"]:
+            self.assertTrue(p["targets"], p["title"])
+            for t in p["targets"]:
+                self.assertIn("spreekkamer_", t["expr"], p["title"])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
