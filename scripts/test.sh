@@ -2,7 +2,7 @@
 # Runs all of Spreekkamer's tests, installing what they need first.
 #
 #   scripts/test.sh            # everything (what CI runs via .ci/run)
-#   scripts/test.sh browser    # only some steps: deps fmt k8s clippy unit fuzz build crypto web loadtest browser attack soak
+#   scripts/test.sh browser    # only some steps: deps fmt k8s clippy unit fuzz build image crypto web loadtest browser attack soak
 #
 # Made for a fresh Debian 12 machine with Rust and Node.js 20 installed, run as
 # root (or with passwordless sudo): it apt-installs Chromium, Firefox ESR and
@@ -27,7 +27,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export NO_UPDATE_NOTIFIER=1 npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
 
-ALL_STEPS=(deps fmt k8s clippy unit fuzz build crypto web loadtest browser attack soak)
+ALL_STEPS=(deps fmt k8s clippy unit fuzz build image crypto web loadtest browser attack soak)
 if [[ $# -gt 0 ]]; then STEPS=("$@"); else STEPS=("${ALL_STEPS[@]}"); fi
 for s in "${STEPS[@]}"; do
   [[ " ${ALL_STEPS[*]} " == *" $s "* ]] || { echo "test.sh: unknown step '$s' (steps: ${ALL_STEPS[*]})" >&2; exit 2; }
@@ -90,8 +90,11 @@ install_system_packages() {
   [[ -x /usr/bin/python3 ]] || missing+=(python3)
   # The cluster's directory (issue 11): registry and cluster tests start their own redis-server.
   [[ -x /usr/bin/redis-server ]] || missing+=(redis-server)
+  # The k8s step puts its pinned Python tools into a venv; the image step builds with podman.
+  python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+  command -v podman >/dev/null || missing+=(podman)
   if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "chromium, firefox-esr, iproute2, nftables, iptables, python3, redis-server already installed"
+    echo "chromium, firefox-esr, iproute2, nftables, iptables, python3, redis-server, podman already installed"
   else
     echo "installing: ${missing[*]}"
     as_root apt-get update -q || return
@@ -164,7 +167,7 @@ run_browser_tests() {
 
 echo "Spreekkamer tests in $ROOT (steps: ${STEPS[*]}); $(nproc) cores"
 
-if wants deps; then step deps "install Chromium, Firefox ESR, iproute2, nftables, iptables, redis-server (apt) and browser-test packages (npm ci)" deps; fi
+if wants deps; then step deps "install Chromium, Firefox ESR, iproute2, nftables, iptables, redis-server, podman (apt) and browser-test packages (npm ci)" deps; fi
 if wants fmt; then step fmt "cargo fmt --check" cargo fmt --all -- --check; fi
 if wants k8s; then step k8s "k8s/: kustomize render, yamllint, kubernetes-validate, checkov, property tests (scripts/k8s-check.sh)" scripts/k8s-check.sh; fi
 if wants clippy; then
@@ -174,6 +177,7 @@ fi
 if wants unit; then step unit "cargo test --workspace --release" cargo test --workspace --release; fi
 if wants fuzz; then step fuzz "fuzz targets, 10 s each, unoptimised build (scripts/fuzz.sh)" env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" FUZZ_DEV=1 scripts/fuzz.sh; fi
 if wants build; then step build "cargo build --release (spreekkamer and loadtest)" cargo build --release --workspace --bins; fi
+if wants image; then step image "container image: podman build (no registry), then --version and serve + /healthz from it (scripts/image.sh)" scripts/image.sh; fi
 if wants crypto; then
   if [[ -d tests/crypto ]]; then step crypto "node --test tests/crypto/" run_crypto_tests
   else skip crypto "tests/crypto/ does not exist"; fi
