@@ -133,6 +133,19 @@ pub struct ServeArgs {
     /// Log level for operational logs on stderr (error, warn, info, debug, trace).
     #[arg(long, env = "SPREEKKAMER_LOG_LEVEL", default_value = "info", value_parser = parse_level)]
     pub log_level: log::LevelFilter,
+    /// Operational log lines as text or as one JSON object per line.
+    #[arg(
+        long,
+        env = "SPREEKKAMER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: crate::logging::LogFormat,
+    /// Serve `/metrics` on this address only (e.g. 0.0.0.0:9100 on the pod
+    /// network), so it need not be reachable from the public port. Default:
+    /// on the main port, as before.
+    #[arg(long, env = "SPREEKKAMER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Time a new connection has to send `join` (e.g. 10s).
     #[arg(long, env = "SPREEKKAMER_JOIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub join_timeout: Duration,
@@ -599,6 +612,7 @@ impl ServeArgs {
             },
             ws_heartbeat: self.ws_heartbeat,
             ws_idle_timeout: self.ws_idle_timeout,
+            metrics_listen: self.metrics_listen,
             cluster: None,
             room_store: None,
         })
@@ -749,6 +763,14 @@ pub struct SfuArgs {
     /// Log level for operational logs on stderr.
     #[arg(long, env = "SPREEKKAMER_LOG_LEVEL", default_value = "info", value_parser = parse_level)]
     pub log_level: log::LevelFilter,
+    /// Operational log lines as text or as one JSON object per line.
+    #[arg(
+        long,
+        env = "SPREEKKAMER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: crate::logging::LogFormat,
 }
 
 impl SfuArgs {

@@ -71,6 +71,8 @@ pub struct ServeConfig {
     /// A joined WebSocket silent this long (no answer to the pings) is
     /// closed.
     pub ws_idle_timeout: Duration,
+    /// Serve `/metrics` on this address instead of the main port.
+    pub metrics_listen: Option<SocketAddr>,
     /// An edge of a cluster: media on the directory's nodes, not in this
     /// process (`None`: the all-in-one `serve`).
     pub cluster: Option<ClusterEdge>,
@@ -136,6 +138,7 @@ impl ServeConfig {
             connections: ConnectionLimits::default(),
             ws_heartbeat: Duration::from_secs(20),
             ws_idle_timeout: Duration::from_secs(60),
+            metrics_listen: None,
             cluster: None,
             room_store: None,
         }
@@ -176,6 +179,8 @@ pub struct Context {
     pub ws_idle_timeout: Duration,
     /// Open HTTP connections under their caps.
     pub connection_gate: Arc<ConnectionGate>,
+    /// `/metrics` is on the main port (false with `--metrics-listen`).
+    pub metrics_on_main_port: bool,
     /// A cluster edge's place among the edges (`None`: `serve`).
     pub peers: Option<Arc<crate::peer::Peers>>,
     /// The shared room store of a cluster edge (see [`ServeConfig`]).

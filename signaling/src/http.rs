@@ -144,26 +144,17 @@ pub fn routes(
             }
         });
 
+    // With --metrics-listen, /metrics is not on this port (404 like any
+    // unknown path).
     let metrics = warp::path("metrics")
         .and(warp::path::end())
         .and(with_ctx.clone())
-        .map(|ctx: Arc<Context>| {
-            ctx.metrics.audit_suppressed(ctx.audit.suppressed_total());
-            let mut body = ctx
-                .metrics
-                .render(ctx.sfu.as_ref().map(|sfu| sfu.stats()).unwrap_or_default());
-            if let Some(sfu) = &ctx.sfu {
-                body.push_str(&sfu.quality_stats().prometheus_text());
-                body.push_str(&sfu.limit_stats().prometheus_text());
+        .and_then(|ctx: Arc<Context>| async move {
+            if ctx.metrics_on_main_port {
+                Ok(metrics_reply(&ctx))
+            } else {
+                Err(warp::reject::not_found())
             }
-            Response::builder()
-                .header(
-                    header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )
-                .header(header::CACHE_CONTROL, "no-store")
-                .body(body)
-                .unwrap_or_else(|_| Response::new(String::new()))
         });
 
     let assets = warp::path::full()
@@ -180,6 +171,51 @@ pub fn routes(
             Ok::<_, Infallible>(text(StatusCode::NOT_FOUND, "not found"))
         })
         .with(warp::reply::with::headers(security_headers()))
+}
+
+/// The `/metrics` text: the edge's registry plus, with an in-process media
+/// plane, its counters.
+fn metrics_reply(ctx: &Context) -> Response<String> {
+    ctx.metrics.audit_suppressed(ctx.audit.suppressed_total());
+    let mut body = ctx
+        .metrics
+        .render(ctx.sfu.as_ref().map(|sfu| sfu.stats()).unwrap_or_default());
+    if let Some(sfu) = &ctx.sfu {
+        body.push_str(&sfu.quality_stats().prometheus_text());
+        body.push_str(&sfu.limit_stats().prometheus_text());
+    }
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(String::new()))
+}
+
+/// The `--metrics-listen` port: `/metrics` and `/healthz` only.
+pub fn metrics_routes(
+    ctx: Arc<Context>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static
+{
+    let metrics = {
+        let ctx = ctx.clone();
+        warp::path("metrics")
+            .and(warp::path::end())
+            .map(move || Box::new(metrics_reply(&ctx)) as Box<dyn warp::Reply>)
+    };
+    let healthz = warp::path("healthz")
+        .and(warp::path::end())
+        .map(|| Box::new(text(StatusCode::OK, "ok")) as Box<dyn warp::Reply>);
+    warp::get()
+        .and(metrics.or(healthz).unify())
+        .recover(|_rejection: warp::Rejection| async {
+            Ok::<_, Infallible>(
+                Box::new(text(StatusCode::NOT_FOUND, "not found")) as Box<dyn warp::Reply>
+            )
+        })
+        .unify()
 }
 
 /// The peer port of a cluster edge (`peer.rs`): only `/peer`, a WebSocket

@@ -42,12 +42,52 @@ pub fn suppressed_total() -> u64 {
     SUPPRESSED.load(Ordering::Relaxed)
 }
 
+/// How operational log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `[time LEVEL target] message`, for people.
+    #[default]
+    Text,
+    /// One JSON object per line (`time`, `level`, `target`, `message`), for
+    /// log collectors. The message is redacted first, as in text.
+    Json,
+}
+
+/// One JSON log line (without the newline).
+pub fn json_line(time: std::time::SystemTime, level: Level, target: &str, message: &str) -> String {
+    serde_json::json!({
+        "time": humantime::format_rfc3339_millis(time).to_string(),
+        "level": level.as_str(),
+        "target": target,
+        "message": message,
+    })
+    .to_string()
+}
+
 /// Install the operational logger for `level` (once per process).
 pub fn init(level: LevelFilter) -> Result<(), SetLoggerError> {
-    let inner = env_logger::Builder::new()
+    init_with(level, LogFormat::Text)
+}
+
+/// [`init`] with a choice of line format.
+pub fn init_with(level: LevelFilter, format: LogFormat) -> Result<(), SetLoggerError> {
+    let mut builder = env_logger::Builder::new();
+    builder
         .filter_level(LevelFilter::Trace)
-        .target(env_logger::Target::Stderr)
-        .build();
+        .target(env_logger::Target::Stderr);
+    if format == LogFormat::Json {
+        builder.format(|buf, record| {
+            use std::io::Write;
+            let line = json_line(
+                std::time::SystemTime::now(),
+                record.level(),
+                record.target(),
+                &record.args().to_string(),
+            );
+            writeln!(buf, "{line}")
+        });
+    }
+    let inner = builder.build();
     log::set_boxed_logger(Box::new(SafeLogger {
         level,
         inner,
@@ -460,6 +500,27 @@ fn high_entropy(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_lines_are_one_object_with_the_redacted_message() {
+        let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl";
+        let raw = format!("join with {token} and \"quote\"\nnewline");
+        let safe = redact(&raw);
+        let line = json_line(
+            std::time::UNIX_EPOCH,
+            Level::Warn,
+            "signaling::session",
+            &safe,
+        );
+        assert!(!line.contains('\n'), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["target"], "signaling::session");
+        assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        let message = v["message"].as_str().expect("message");
+        assert!(!message.contains(token), "{message}");
+        assert!(message.contains(REDACTED), "{message}");
+    }
 
     const JWT: &str =
         "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJkci0xIn0.c2lnbmF0dXJlX2J5dGVzX2hlcmU";

@@ -120,7 +120,7 @@ struct Edge {
 }
 
 fn media_node(args: SfuArgs) -> ExitCode {
-    if let Err(e) = signaling::logging::init(args.log_level) {
+    if let Err(e) = signaling::logging::init_with(args.log_level, args.log_format) {
         eprintln!("error: cannot set up logging: {e}");
         return ExitCode::FAILURE;
     }
@@ -212,7 +212,7 @@ fn link(args: &LinkArgs) -> ExitCode {
 
 fn serve(args: ServeArgs, edge: Option<Edge>) -> ExitCode {
     // Levels per crate, redaction and a per-call-site limit: logging.rs.
-    if let Err(e) = signaling::logging::init(args.log_level) {
+    if let Err(e) = signaling::logging::init_with(args.log_level, args.log_format) {
         eprintln!("error: cannot set up logging: {e}");
         return ExitCode::FAILURE;
     }

@@ -81,6 +81,17 @@ fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<In
 impl Metrics {
     pub fn new() -> prometheus::Result<Metrics> {
         let r = Registry::new_custom(Some("spreekkamer".into()), None)?;
+        // Which build runs (a constant 1 with the version as a label), and
+        // the process's CPU, memory and open files.
+        let build = prometheus::IntGaugeVec::new(
+            Opts::new("build_info", "The running build (always 1)"),
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(build))?;
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let join_to_media = Histogram::with_opts(
             HistogramOpts::new(
                 "join_to_media_seconds",

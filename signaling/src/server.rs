@@ -60,6 +60,9 @@ pub struct Server {
     /// it deregisters the edge, so no new room comes here).
     peer_task: Option<JoinHandle<()>>,
     heartbeat: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// `--metrics-listen`: where `/metrics` is served instead.
+    metrics_addr: Option<SocketAddr>,
+    metrics_task: Option<JoinHandle<()>>,
 }
 
 /// Bind and start everything. Returns once the listener is bound, so the
@@ -126,6 +129,14 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         }
         None => None,
     };
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServeError::Bind(addr, e))?,
+        ),
+        None => None,
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limits = config.connections;
     let open_files = crate::gate::open_file_limit();
@@ -189,6 +200,7 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         ws_heartbeat: config.ws_heartbeat,
         ws_idle_timeout: config.ws_idle_timeout,
         connection_gate,
+        metrics_on_main_port: config.metrics_listen.is_none(),
         peers: peer.as_ref().map(|(_, p)| p.clone()),
         room_store: config.room_store,
     });
@@ -259,6 +271,22 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         }
         _ => (None, None),
     };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let metrics_task = metrics_listener.map(|listener| {
+        // Scrapers are few; the cap only bounds strangers.
+        let gate = ConnectionGate::new(64, 64, Vec::new());
+        tokio::spawn(crate::listener::serve(
+            listener,
+            crate::http::metrics_routes(ctx.clone()),
+            gate,
+            ctx.metrics.clone(),
+            limits.header_timeout,
+            http_stop.subscribe(),
+        ))
+    });
+    if let Some(a) = metrics_addr {
+        log::info!("/metrics on {a} only");
+    }
     log::info!("listening on {addr}");
     Ok(Server {
         addr,
@@ -270,12 +298,19 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         shutdown_grace: config.shutdown_grace,
         peer_task,
         heartbeat,
+        metrics_addr,
+        metrics_task,
     })
 }
 
 impl Server {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The `--metrics-listen` address, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// A cluster edge's peer address (as other edges reach it).
@@ -326,7 +361,10 @@ impl Server {
         self.sweeper.abort();
         let _ = self.http_stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.http_task).await;
-        if let Some(task) = self.peer_task.take() {
+        for task in [self.peer_task.take(), self.metrics_task.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
         log::info!("stopped");

@@ -716,7 +716,11 @@ async fn invites_created_and_revoked_through_either_edge_act_on_the_room() {
     let (mut clinician, _) = Client::joined(e1.addr, &clin_token).await;
     until(&mut clinician, "offer", &["error"], common::WAIT).await;
     let home = placement(&edges, consult).await;
-    let (home_srv, other) = if home == "edge-1" { (&e1, &e2) } else { (&e2, &e1) };
+    let (home_srv, other) = if home == "edge-1" {
+        (&e1, &e2)
+    } else {
+        (&e2, &e1)
+    };
 
     // Created through the edge that does not hold the room.
     let created = common::post_invite(
@@ -737,7 +741,11 @@ async fn invites_created_and_revoked_through_either_edge_act_on_the_room() {
             .filter(|l| l["event"] == event && l["consult"] == consult)
             .count()
     };
-    assert_eq!(count(home_srv, "invite_created"), 1, "audited by the room's edge");
+    assert_eq!(
+        count(home_srv, "invite_created"),
+        1,
+        "audited by the room's edge"
+    );
     assert_eq!(count(other, "invite_created"), 0);
 
     // The invitee, also through the other edge, waits in the room.

@@ -191,3 +191,35 @@ async fn head_is_answered_like_get_without_a_body() {
     let put = request(s.addr, "PUT", "/c", &[], Some(b"x")).await;
     assert_eq!(put.status, 404);
 }
+
+#[tokio::test]
+async fn with_metrics_listen_metrics_leave_the_public_port() {
+    let mut cfg = common::config();
+    cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let s = common::start_with(cfg).await;
+    let metrics_addr = s.server.metrics_addr().expect("metrics address");
+    assert_ne!(metrics_addr, s.addr);
+    let public = common::get(s.addr, "/metrics").await;
+    assert_eq!(public.status, 404, "no /metrics on the public port");
+    let private = common::get(metrics_addr, "/metrics").await;
+    assert_eq!(private.status, 200);
+    let text = private.text();
+    assert!(text.contains("spreekkamer_joins_accepted_total"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "spreekkamer_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    assert!(text.contains("process_resident_memory_bytes"), "{text}");
+    assert_eq!(common::get(metrics_addr, "/healthz").await.status, 200);
+    assert_eq!(
+        common::get(metrics_addr, "/").await.status,
+        404,
+        "nothing else there"
+    );
+    // Without the flag: on the public port, as before.
+    let default = common::start().await;
+    assert_eq!(common::get(default.addr, "/metrics").await.status, 200);
+}
