@@ -98,6 +98,11 @@ impl Connection {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.ctx.shutdown.clone();
+        // When the home edge last sent anything (it pings us as it pings a
+        // browser, and we ping it): a home that vanished without closing
+        // (power loss, a cut network) ends the connection after the idle
+        // limit, so the page reconnects to wherever the room is then.
+        let mut up_heard = std::time::Instant::now();
         let ended = loop {
             tokio::select! {
                 frame = self.ws.next() => {
@@ -115,6 +120,7 @@ impl Connection {
                     }
                 }
                 msg = up.next() => {
+                    up_heard = std::time::Instant::now();
                     let out = match msg {
                         Some(Ok(Up::Text(t))) => Message::text(t.as_str()),
                         Some(Ok(Up::Binary(b))) => Message::binary(b.to_vec()),
@@ -138,6 +144,13 @@ impl Connection {
                     }
                 }
                 _ = tick.tick() => {
+                    if up_heard.elapsed() >= idle_limit {
+                        self.ctx.metrics.peer_route_failures.inc();
+                        break Ended::Home;
+                    }
+                    if tokio::time::timeout(SEND_TIMEOUT, up.send(Up::Ping(Vec::new().into()))).await.is_err() {
+                        break Ended::Home;
+                    }
                     if self.last_heard.elapsed() >= idle_limit {
                         let _ = tokio::time::timeout(SEND_TIMEOUT, up.close(None)).await;
                         self.close().await;

@@ -248,8 +248,15 @@ impl Peers {
         Fut: std::future::Future<Output = Result<T, String>>,
     {
         let deadline = tokio::time::Instant::now() + self.ttl * 3 + Duration::from_secs(5);
+        // Where the room was before this join (one read; joins are rare), so
+        // a move to a new home is counted however it happened.
+        let mut before = self.edges.placement(consult).await.ok().flatten();
         loop {
             let home = self.place(consult).await?;
+            if before.as_deref().is_some_and(|b| b != home.id) {
+                self.metrics.peer_rooms_moved.inc();
+                before = None;
+            }
             if home.id == self.id {
                 return Ok(None);
             }
@@ -278,7 +285,6 @@ impl Peers {
                             .replace(consult, &id)
                             .await
                             .map_err(RouteError::Directory)?;
-                        self.metrics.peer_rooms_moved.inc();
                     }
                 }
             }

@@ -584,6 +584,11 @@ async fn a_stopped_home_edges_room_comes_back_on_the_other_edge_without_readmiss
         .filter(|l| l["event"] == "join_resumed")
         .count();
     assert_eq!(resumed, 2, "both resumed on the survivor");
+    assert_eq!(
+        metric(survivor.addr, "spreekkamer_edge_rooms_moved_total").await,
+        1.0,
+        "the move is counted once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
