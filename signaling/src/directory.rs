@@ -599,6 +599,16 @@ impl Directory {
         self.update_gauges(&guard);
     }
 
+    /// The consults someone is connected to on this edge (a cluster edge
+    /// re-claims their rooms in the edge directory).
+    pub fn occupied_consults(&self) -> Vec<String> {
+        let guard = self.lock();
+        let mut ids: Vec<String> = guard.seats.values().map(|s| s.consult.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// The responsible clinician for the holder of `claims` (see
     /// [`AuditEvent::responsible_clinician`]), if known yet.
     pub fn responsible_clinician(&self, claims: &Claims) -> Option<String> {

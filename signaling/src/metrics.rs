@@ -55,6 +55,9 @@ pub struct Metrics {
     pub peer_route_failures: IntCounter,
     pub peer_rooms_moved: IntCounter,
     pub peer_refused: IntCounter,
+    /// Rooms this edge holds that the edge directory places on another
+    /// live edge (a split room: see docs/SCALING.md).
+    pub peer_split_rooms: IntCounter,
     /// Room store (`roomstore`) calls that failed, by `op` (`read`,
     /// `revoke`, `bar`, `lock`) and `reason` (`unavailable`, `invalid`,
     /// `full`, `queue_full`).
@@ -224,6 +227,11 @@ impl Metrics {
                 "Requests on the peer port without a valid proof",
             )?,
             room_store_errors,
+            peer_split_rooms: counter(
+                &r,
+                "edge_split_rooms_total",
+                "Re-claims that found a room of this edge placed on another live edge",
+            )?,
             log_suppressed: counter(
                 &r,
                 "log_lines_suppressed_total",

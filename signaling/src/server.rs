@@ -59,7 +59,7 @@ pub struct Server {
     /// A cluster edge: the peer port and the directory heartbeat (stopping
     /// it deregisters the edge, so no new room comes here).
     peer_task: Option<JoinHandle<()>>,
-    heartbeat: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    heartbeat: Option<(watch::Sender<bool>, JoinHandle<()>, JoinHandle<()>)>,
     /// `--metrics-listen`: where `/metrics` is served instead.
     metrics_addr: Option<SocketAddr>,
     metrics_task: Option<JoinHandle<()>>,
@@ -261,13 +261,44 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
                     stop_rx,
                 ))
             };
+            // The rooms this edge holds stay placed here even if the
+            // directory lost them (Redis restarted empty, a missed beat):
+            // re-claimed every ttl, so a join through another edge finds
+            // them here instead of opening a second room elsewhere.
+            let reclaim = {
+                let ctx = ctx.clone();
+                let peers = peers.clone();
+                let every = cluster.ttl;
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tick.tick().await;
+                        for consult in ctx.directory.occupied_consults() {
+                            match peers.edges.claim(&consult, &peers.id).await {
+                                Ok(holder) if holder != peers.id => {
+                                    ctx.metrics.peer_split_rooms.inc();
+                                    log::warn!(
+                                        "edge {}: a room held here is placed on edge {holder} (split room)",
+                                        peers.id
+                                    );
+                                }
+                                Ok(_) => {}
+                                // Not registered yet, or the directory is
+                                // down: the next tick tries again.
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                })
+            };
             log::info!(
                 "edge {}: peer port {}, reached at {}",
                 peers.id,
                 cluster.peer_listen,
                 peers.advertise
             );
-            (Some(task), Some((stop_tx, beat)))
+            (Some(task), Some((stop_tx, beat, reclaim)))
         }
         _ => (None, None),
     };
@@ -345,7 +376,8 @@ impl Server {
         self.drain();
         // Leave the edge directory first: rooms of this edge move to the
         // edge each reconnecting browser reaches.
-        if let Some((stop, beat)) = self.heartbeat.take() {
+        if let Some((stop, beat, reclaim)) = self.heartbeat.take() {
+            reclaim.abort();
             let _ = stop.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(2), beat).await;
         }

@@ -790,3 +790,35 @@ async fn invites_created_and_revoked_through_either_edge_act_on_the_room() {
     .await;
     assert_eq!(r.status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_the_directory_lost_is_reclaimed_by_its_home_edge() {
+    let redis = RedisServer::start().await;
+    let _node = Node::start(&redis, "node-a");
+    let (e1, registry) = edge_named(&redis, "edge-1", LINK_SECRET).await;
+    let (e2, _) = edge_named(&redis, "edge-2", LINK_SECRET).await;
+    let edges = connect(&redis, EDGE_PREFIX).await;
+    wait_registered(&registry, &["node-a"]).await;
+    wait_edges(&edges, &["edge-1", "edge-2"]).await;
+
+    let consult = "lost-room";
+    let (mut clinician, _) = Client::joined(e1.addr, &token(consult, Role::Clinician, "Dr. A")).await;
+    until(&mut clinician, "offer", &["error"], common::WAIT).await;
+    let home = placement(&edges, consult).await;
+    // The directory forgets the placement (as a Redis restarted without
+    // persistence would).
+    edges.release(consult, &home).await.expect("release");
+    assert_eq!(edges.placement(consult).await.expect("read"), None);
+    // Within a ttl or two the home edge has it back...
+    let deadline = Instant::now() + common::WAIT;
+    while edges.placement(consult).await.expect("read").as_deref() != Some(home.as_str()) {
+        assert!(Instant::now() < deadline, "the room was not re-claimed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...so a patient through either edge joins the same room.
+    let other = if home == "edge-1" { &e2 } else { &e1 };
+    let (_patient, w) = Client::joined(other.addr, &token(consult, Role::Patient, "Mevr. B")).await;
+    assert_eq!(w["state"], "waiting", "{w}");
+    let lobby = until(&mut clinician, "lobby", &["error"], common::WAIT).await;
+    assert_eq!(lobby["waiting"][0]["name"], "Mevr. B", "{lobby}");
+}

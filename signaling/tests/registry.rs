@@ -190,6 +190,24 @@ async fn release_forgets_only_its_own_placement(r: Arc<dyn Registry>) {
     r.release("never-placed", "a").await.unwrap();
 }
 
+async fn claim_keeps_a_live_holder_and_takes_a_lost_or_dead_placement(r: Arc<dyn Registry>) {
+    beat(&r, &[node("a", 0, 100), node("b", 50, 100)]).await;
+    // No placement (the directory lost it): the claimer takes it.
+    assert_eq!(r.claim("c1", "b").await.unwrap(), "b");
+    assert_eq!(r.placement("c1").await.unwrap().as_deref(), Some("b"));
+    assert_eq!(placed_on(&r, "c1").await, "b", "place now agrees");
+    // A live holder stays; the other claimer learns who holds it.
+    assert_eq!(r.claim("c1", "a").await.unwrap(), "b");
+    assert_eq!(r.placement("c1").await.unwrap().as_deref(), Some("b"));
+    // A claimer that is not alive takes nothing.
+    assert_eq!(r.claim("c2", "ghost").await, Err(RegistryError::NoNode));
+    assert_eq!(r.placement("c2").await.unwrap(), None);
+    // The holder's entry is gone: the claim moves it.
+    r.deregister("b").await.unwrap();
+    assert_eq!(r.claim("c1", "a").await.unwrap(), "a");
+    assert!(r.claim("c1", "!bad").await.is_err());
+}
+
 async fn no_node_when_nothing_is_alive(r: Arc<dyn Registry>) {
     assert_eq!(r.nodes().await.unwrap(), vec![]);
     assert_eq!(r.place("c1").await, Err(RegistryError::NoNode));
@@ -264,6 +282,7 @@ against_both!(
     an_expired_node_disappears_and_its_consults_move,
     replace_is_a_compare_and_set_on_the_dead_node,
     release_forgets_only_its_own_placement,
+    claim_keeps_a_live_holder_and_takes_a_lost_or_dead_placement,
     no_node_when_nothing_is_alive,
     bad_ids_and_values_are_refused,
 );
@@ -365,6 +384,7 @@ async fn every_operation(
     op!("replace", r.replace("c1", "a"));
     op!("release", r.release("c1", "a"));
     op!("placement", r.placement("c1"));
+    op!("claim", r.claim("c1", "a"));
     op!("deregister", r.deregister("a"));
     out
 }

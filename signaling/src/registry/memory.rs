@@ -125,6 +125,32 @@ impl Registry for MemoryRegistry {
         Ok(())
     }
 
+    async fn claim(&self, consult: &str, node: &str) -> Result<String, RegistryError> {
+        check_consult(consult)?;
+        check_node_id(node)?;
+        let now = Instant::now();
+        let mut state = self.state();
+        let alive = |state: &State, id: &str| state.nodes.get(id).is_some_and(|(_, e)| *e > now);
+        if let Some((holder, expires)) = state.placements.get(consult).cloned()
+            && expires > now
+            && alive(&state, &holder)
+        {
+            if holder == node {
+                state
+                    .placements
+                    .insert(consult.to_string(), (holder.clone(), now + PLACEMENT_TTL));
+            }
+            return Ok(holder);
+        }
+        if !alive(&state, node) {
+            return Err(RegistryError::NoNode);
+        }
+        state
+            .placements
+            .insert(consult.to_string(), (node.to_string(), now + PLACEMENT_TTL));
+        Ok(node.to_string())
+    }
+
     async fn placement(&self, consult: &str) -> Result<Option<String>, RegistryError> {
         check_consult(consult)?;
         let now = Instant::now();

@@ -151,6 +151,14 @@ pub trait Registry: Send + Sync + 'static {
     /// Where a consult is placed now, if anywhere (no side effects; the node
     /// may have expired).
     async fn placement(&self, consult: &str) -> Result<Option<String>, RegistryError>;
+
+    /// `node` holds the consult: place it there unless a live node holds it
+    /// already (refreshing the placement if that is `node`). Returns the
+    /// holder: `node`, or the other live node — two holders of one consult,
+    /// which the caller reports. `NoNode` if `node` itself is not alive.
+    /// (An edge re-claims its rooms with this after the directory lost
+    /// them, e.g. a Redis restart without persistence.)
+    async fn claim(&self, consult: &str, node: &str) -> Result<String, RegistryError>;
 }
 
 /// `[A-Za-z0-9._-]{1,64}`.

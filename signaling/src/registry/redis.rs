@@ -160,6 +160,20 @@ end
 return 0
 "#;
 
+/// KEYS: placement. ARGV: node prefix, placement ttl (ms), the claiming
+/// node. The live holder (refreshed if it is the claimer), else the claimer
+/// if it is alive (SET), else false.
+const CLAIM_LUA: &str = r#"
+local current = redis.pcall('GET', KEYS[1])
+if type(current) == 'string' and record(current) then
+  if current == ARGV[3] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  return current
+end
+if not record(ARGV[3]) then return false end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
+return ARGV[3]
+"#;
+
 /// KEYS: node, nodes. ARGV: id.
 const DEREGISTER_LUA: &str = r#"
 redis.call('DEL', KEYS[1])
@@ -173,6 +187,7 @@ struct Scripts {
     heartbeat: Script,
     release: Script,
     deregister: Script,
+    claim: Script,
 }
 
 impl Scripts {
@@ -186,6 +201,7 @@ impl Scripts {
             heartbeat: Script::new(HEARTBEAT_LUA),
             release: Script::new(RELEASE_LUA),
             deregister: Script::new(DEREGISTER_LUA),
+            claim: Script::new(&format!("{COMMON_LUA}{CLAIM_LUA}")),
         }
     }
 }
@@ -438,6 +454,27 @@ impl Registry for RedisRegistry {
         )
         .await?;
         Ok(())
+    }
+
+    async fn claim(&self, consult: &str, node: &str) -> Result<String, RegistryError> {
+        check_consult(consult)?;
+        check_node_id(node)?;
+        let ttl = PLACEMENT_TTL.as_millis().to_string();
+        let reply = self
+            .eval(
+                &self.scripts.claim,
+                &[&self.placement_key(consult)],
+                &[&self.node_prefix(), &ttl, node],
+            )
+            .await?;
+        match reply {
+            Value::Nil => Err(RegistryError::NoNode),
+            Value::BulkString(b) => match std::str::from_utf8(&b) {
+                Ok(id) if valid_node_id(id) => Ok(id.to_string()),
+                _ => Err(self.invalid("claim: not a node id")),
+            },
+            _ => Err(self.invalid("claim: unexpected reply")),
+        }
     }
 
     async fn placement(&self, consult: &str) -> Result<Option<String>, RegistryError> {
