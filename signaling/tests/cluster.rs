@@ -423,9 +423,31 @@ async fn a_node_without_the_link_secret_is_not_hammered_and_not_used() {
     );
 }
 
-/// Wait until the edge directory lists `ids`.
-async fn wait_edges(edges: &Arc<dyn Registry>, ids: &[&str]) {
-    wait_registered(edges, ids).await;
+/// Redis, one media node and two edges (`edge-1`, `edge-2`), all
+/// registered; `edges` reads the edge directory.
+struct TwoEdges {
+    redis: RedisServer,
+    node: Node,
+    e1: common::TestServer,
+    e2: common::TestServer,
+    edges: Arc<dyn Registry>,
+}
+
+async fn two_edges() -> TwoEdges {
+    let redis = RedisServer::start().await;
+    let node = Node::start(&redis, "node-a");
+    let (e1, registry) = edge_named(&redis, "edge-1", LINK_SECRET).await;
+    let (e2, _) = edge_named(&redis, "edge-2", LINK_SECRET).await;
+    let edges = connect(&redis, EDGE_PREFIX).await;
+    wait_registered(&registry, &["node-a"]).await;
+    wait_registered(&edges, &["edge-1", "edge-2"]).await;
+    TwoEdges {
+        redis,
+        node,
+        e1,
+        e2,
+        edges,
+    }
 }
 
 /// The value of an unlabelled metric on `/metrics`.
@@ -479,13 +501,13 @@ async fn meet_across_edges(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participants_on_two_edges_meet_in_one_room_on_its_home_edge() {
-    let redis = RedisServer::start().await;
-    let _node = Node::start(&redis, "node-a");
-    let (e1, registry) = edge_named(&redis, "edge-1", LINK_SECRET).await;
-    let (e2, _) = edge_named(&redis, "edge-2", LINK_SECRET).await;
-    let edges = connect(&redis, EDGE_PREFIX).await;
-    wait_registered(&registry, &["node-a"]).await;
-    wait_edges(&edges, &["edge-1", "edge-2"]).await;
+    let TwoEdges {
+        redis: _redis,
+        node: _node,
+        e1,
+        e2,
+        edges,
+    } = two_edges().await;
 
     for (n, (a, b)) in [(e1.addr, e2.addr), (e2.addr, e1.addr)]
         .into_iter()
@@ -523,13 +545,13 @@ async fn participants_on_two_edges_meet_in_one_room_on_its_home_edge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_home_edges_room_comes_back_on_the_other_edge_without_readmission() {
-    let redis = RedisServer::start().await;
-    let _node = Node::start(&redis, "node-a");
-    let (e1, registry) = edge_named(&redis, "edge-1", LINK_SECRET).await;
-    let (e2, _) = edge_named(&redis, "edge-2", LINK_SECRET).await;
-    let edges = connect(&redis, EDGE_PREFIX).await;
-    wait_registered(&registry, &["node-a"]).await;
-    wait_edges(&edges, &["edge-1", "edge-2"]).await;
+    let TwoEdges {
+        redis: _redis,
+        node: _node,
+        e1,
+        e2,
+        edges,
+    } = two_edges().await;
 
     let consult = "edge-restart";
     let (mut clinician, mut patient, _, _) = meet_across_edges(e1.addr, e2.addr, consult).await;
@@ -594,13 +616,13 @@ async fn a_stopped_home_edges_room_comes_back_on_the_other_edge_without_readmiss
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_and_the_lock_outlive_the_home_edge() {
     use signaling::roomstore::RoomStore;
-    let redis = RedisServer::start().await;
-    let _node = Node::start(&redis, "node-a");
-    let (e1, registry) = edge_named(&redis, "edge-1", LINK_SECRET).await;
-    let (e2, _) = edge_named(&redis, "edge-2", LINK_SECRET).await;
-    let edges = connect(&redis, EDGE_PREFIX).await;
-    wait_registered(&registry, &["node-a"]).await;
-    wait_edges(&edges, &["edge-1", "edge-2"]).await;
+    let TwoEdges {
+        redis,
+        node: _node,
+        e1,
+        e2,
+        edges,
+    } = two_edges().await;
 
     let consult = "edge-removal";
     let (mut clinician, mut patient, _, patient_id) =
@@ -708,13 +730,13 @@ async fn the_peer_port_refuses_anyone_without_a_proof_from_the_link_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invites_created_and_revoked_through_either_edge_act_on_the_room() {
-    let redis = RedisServer::start().await;
-    let _node = Node::start(&redis, "node-a");
-    let (e1, registry) = edge_named(&redis, "edge-1", LINK_SECRET).await;
-    let (e2, _) = edge_named(&redis, "edge-2", LINK_SECRET).await;
-    let edges = connect(&redis, EDGE_PREFIX).await;
-    wait_registered(&registry, &["node-a"]).await;
-    wait_edges(&edges, &["edge-1", "edge-2"]).await;
+    let TwoEdges {
+        redis: _redis,
+        node: _node,
+        e1,
+        e2,
+        edges,
+    } = two_edges().await;
 
     let consult = "api-edges";
     let clin_token = token(consult, Role::Clinician, "Dr. A");
@@ -793,16 +815,17 @@ async fn invites_created_and_revoked_through_either_edge_act_on_the_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_the_directory_lost_is_reclaimed_by_its_home_edge() {
-    let redis = RedisServer::start().await;
-    let _node = Node::start(&redis, "node-a");
-    let (e1, registry) = edge_named(&redis, "edge-1", LINK_SECRET).await;
-    let (e2, _) = edge_named(&redis, "edge-2", LINK_SECRET).await;
-    let edges = connect(&redis, EDGE_PREFIX).await;
-    wait_registered(&registry, &["node-a"]).await;
-    wait_edges(&edges, &["edge-1", "edge-2"]).await;
+    let TwoEdges {
+        redis: _redis,
+        node: _node,
+        e1,
+        e2,
+        edges,
+    } = two_edges().await;
 
     let consult = "lost-room";
-    let (mut clinician, _) = Client::joined(e1.addr, &token(consult, Role::Clinician, "Dr. A")).await;
+    let (mut clinician, _) =
+        Client::joined(e1.addr, &token(consult, Role::Clinician, "Dr. A")).await;
     until(&mut clinician, "offer", &["error"], common::WAIT).await;
     let home = placement(&edges, consult).await;
     // The directory forgets the placement (as a Redis restarted without

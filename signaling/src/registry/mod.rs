@@ -32,7 +32,7 @@ mod redis;
 
 pub use memory::MemoryRegistry;
 pub use redis::{DEFAULT_PREFIX, ErrorCounts, RedisRegistry};
-pub(crate) use redis::{classify, connection_manager, valid_prefix};
+pub(crate) use redis::{classify, connection_manager, eval_retrying, query_retrying, valid_prefix};
 
 use async_trait::async_trait;
 use std::fmt;

@@ -321,27 +321,14 @@ impl RedisRegistry {
         keys: &[&str],
         args: &[&str],
     ) -> Result<Value, RegistryError> {
-        let mut invocation = script.prepare_invoke();
-        for key in keys {
-            invocation.key(*key);
+        let result = eval_retrying(&self.conn, self.op_timeout, script, keys, args).await;
+        if let Err(e) = &result {
+            match e {
+                RegistryError::Invalid(_) => self.invalid.fetch_add(1, Ordering::Relaxed),
+                _ => self.unavailable.fetch_add(1, Ordering::Relaxed),
+            };
         }
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        let mut conn = self.conn.clone();
-        let started = std::time::Instant::now();
-        match self.bounded(invocation.invoke_async(&mut conn)).await {
-            // The connection manager hands the first caller after an outage
-            // the error of its last failed reconnect (measured: the first
-            // join after Redis came back was refused). A quick refusal is
-            // tried once more on the fresh connection, within the same
-            // time budget.
-            Err(RegistryError::Unavailable(_)) if started.elapsed() < self.op_timeout / 2 => {
-                let mut conn = self.conn.clone();
-                self.bounded(invocation.invoke_async(&mut conn)).await
-            }
-            other => other,
-        }
+        result
     }
 
     /// The reply of the place script: a record, or nil for "no node".
@@ -499,6 +486,68 @@ impl Registry for RedisRegistry {
             },
             _ => Err(self.invalid("placement: unexpected reply")),
         }
+    }
+}
+
+/// One Redis operation within `timeout`, its error classified.
+async fn bounded_op<T>(
+    timeout: Duration,
+    op: impl Future<Output = Result<T, RedisError>>,
+) -> Result<T, RegistryError> {
+    match tokio::time::timeout(timeout, op).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(classify(&e)),
+        Err(_) => Err(RegistryError::Unavailable(format!(
+            "no answer within {timeout:?}"
+        ))),
+    }
+}
+
+/// Run a command on `conn` within `timeout`, once more if it failed fast.
+/// The connection manager hands the first caller after an outage the error
+/// of its last failed reconnect (measured: the first join after Redis came
+/// back was refused); a quick refusal is tried again on the fresh
+/// connection, within the same time budget. Shared by the registry and the
+/// room store.
+pub(crate) async fn query_retrying(
+    conn: &ConnectionManager,
+    timeout: Duration,
+    cmd: &::redis::Cmd,
+) -> Result<Value, RegistryError> {
+    let started = std::time::Instant::now();
+    let mut c = conn.clone();
+    match bounded_op(timeout, cmd.query_async(&mut c)).await {
+        Err(RegistryError::Unavailable(_)) if started.elapsed() < timeout / 2 => {
+            let mut c = conn.clone();
+            bounded_op(timeout, cmd.query_async(&mut c)).await
+        }
+        other => other,
+    }
+}
+
+/// [`query_retrying`] for a Lua script.
+pub(crate) async fn eval_retrying(
+    conn: &ConnectionManager,
+    timeout: Duration,
+    script: &Script,
+    keys: &[&str],
+    args: &[&str],
+) -> Result<Value, RegistryError> {
+    let mut invocation = script.prepare_invoke();
+    for key in keys {
+        invocation.key(*key);
+    }
+    for arg in args {
+        invocation.arg(*arg);
+    }
+    let started = std::time::Instant::now();
+    let mut c = conn.clone();
+    match bounded_op(timeout, invocation.invoke_async(&mut c)).await {
+        Err(RegistryError::Unavailable(_)) if started.elapsed() < timeout / 2 => {
+            let mut c = conn.clone();
+            bounded_op(timeout, invocation.invoke_async(&mut c)).await
+        }
+        other => other,
     }
 }
 

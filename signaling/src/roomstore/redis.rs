@@ -219,34 +219,15 @@ impl RedisRoomStore {
         keys: &[&str],
         args: &[&str],
     ) -> Result<Value, RoomStoreError> {
-        let mut invocation = script.prepare_invoke();
-        for key in keys {
-            invocation.key(*key);
-        }
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        let mut conn = self.conn.clone();
-        let started = std::time::Instant::now();
-        match self.bounded(invocation.invoke_async(&mut conn)).await {
-            Err(RoomStoreError::Unavailable(_)) if started.elapsed() < self.op_timeout / 2 => {
-                let mut conn = self.conn.clone();
-                self.bounded(invocation.invoke_async(&mut conn)).await
-            }
-            other => other,
-        }
+        crate::registry::eval_retrying(&self.conn, self.op_timeout, script, keys, args)
+            .await
+            .map_err(from_registry)
     }
 
     async fn command(&self, cmd: &::redis::Cmd) -> Result<Value, RoomStoreError> {
-        let mut conn = self.conn.clone();
-        let started = std::time::Instant::now();
-        match self.bounded(cmd.query_async(&mut conn)).await {
-            Err(RoomStoreError::Unavailable(_)) if started.elapsed() < self.op_timeout / 2 => {
-                let mut conn = self.conn.clone();
-                self.bounded(cmd.query_async(&mut conn)).await
-            }
-            other => other,
-        }
+        crate::registry::query_retrying(&self.conn, self.op_timeout, cmd)
+            .await
+            .map_err(from_registry)
     }
 }
 
