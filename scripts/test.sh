@@ -93,8 +93,11 @@ install_system_packages() {
   # The k8s step puts its pinned Python tools into a venv; the image step builds with podman.
   python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
   command -v podman >/dev/null || missing+=(podman)
+  # TURN (issue 12): tests/browser/turn.test.mjs starts its own coturn.
+  [[ -x /usr/bin/turnserver ]] || missing+=(coturn)
+  command -v openssl >/dev/null || missing+=(openssl)
   if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "chromium, firefox-esr, iproute2, nftables, iptables, python3, redis-server, podman already installed"
+    echo "chromium, firefox-esr, iproute2, nftables, iptables, python3, redis-server, podman, coturn already installed"
   else
     echo "installing: ${missing[*]}"
     as_root apt-get update -q || return
@@ -167,7 +170,7 @@ run_browser_tests() {
 
 echo "Spreekkamer tests in $ROOT (steps: ${STEPS[*]}); $(nproc) cores"
 
-if wants deps; then step deps "install Chromium, Firefox ESR, iproute2, nftables, iptables, redis-server, podman (apt) and browser-test packages (npm ci)" deps; fi
+if wants deps; then step deps "install Chromium, Firefox ESR, iproute2, nftables, iptables, redis-server, podman, coturn (apt) and browser-test packages (npm ci)" deps; fi
 if wants fmt; then step fmt "cargo fmt --check" cargo fmt --all -- --check; fi
 if wants k8s; then step k8s "k8s/: kustomize render, yamllint, kubernetes-validate, checkov, property tests (scripts/k8s-check.sh)" scripts/k8s-check.sh; fi
 if wants clippy; then

@@ -7,7 +7,7 @@
 // `document.body.dataset.state` always says which (see the UI contract).
 
 import { initI18n, t, getLanguage, onLanguageChange } from './i18n.js';
-import { Signaling, probeConnectivity } from './protocol.js';
+import { Signaling, iceConfig, probeConnectivity } from './protocol.js';
 import { Call } from './call.js';
 import * as media from './media.js';
 import { ReceivePreferences } from './prefs.js';
@@ -412,7 +412,8 @@ async function runConnectivityCheck() {
   const udp = await probe('udp', UDP_PROBE_TIMEOUT_MS);
   if (controller.signal.aborted) return;
   if (udp.outcome === 'connected') {
-    finishConnectivity(controller, { result: 'udp', ports: udp.ports });
+    // With relay forced by the server, the UDP check already went through TURN.
+    finishConnectivity(controller, { result: udp.relay ? 'relay' : 'udp', ports: udp.ports });
     return;
   }
   if (udp.outcome === 'error') {
@@ -421,15 +422,31 @@ async function runConnectivityCheck() {
     finishConnectivity(controller, { result: 'unknown', ports: udp.ports });
     return;
   }
-  const tcp = await probe('tcp', TCP_PROBE_TIMEOUT_MS);
+  // Relay forced: TCP to the media server cannot be relayed; the TURN check was the one.
+  const tcp = udp.relay ? { outcome: 'not-connected', reason: 'failed', ports: udp.ports } : await probe('tcp', TCP_PROBE_TIMEOUT_MS);
   if (controller.signal.aborted) return;
   const ports = {
     udp: udp.ports.udp.length ? udp.ports.udp : tcp.ports.udp,
     tcp: tcp.ports.tcp.length ? tcp.ports.tcp : udp.ports.tcp,
   };
-  if (tcp.outcome === 'connected') finishConnectivity(controller, { result: 'tcp', ports });
-  else if (tcp.outcome === 'error') finishConnectivity(controller, { result: 'unknown', ports });
-  else finishConnectivity(controller, { result: 'failed', ports });
+  if (tcp.outcome === 'connected') {
+    finishConnectivity(controller, { result: 'tcp', ports });
+    return;
+  }
+  if (tcp.outcome === 'error') {
+    finishConnectivity(controller, { result: 'unknown', ports });
+    return;
+  }
+  // Neither direct route: through the TURN server, if the server has one.
+  if (udp.turn && !udp.relay) {
+    const relay = await probe('relay', TCP_PROBE_TIMEOUT_MS);
+    if (controller.signal.aborted) return;
+    if (relay.outcome === 'connected') {
+      finishConnectivity(controller, { result: 'relay', ports });
+      return;
+    }
+  }
+  finishConnectivity(controller, { result: 'failed', ports });
 }
 
 function finishConnectivity(controller, state) {
@@ -560,6 +577,10 @@ function onWelcome(msg) {
   hideNotice();
   // From now on a reload goes straight back in (see readFragment).
   if (app.token) saveLink(app, true);
+  // TURN servers (with fresh credentials on every welcome) and relay-only.
+  app.iceConfig = iceConfig(msg);
+  hook.iceConfig = app.iceConfig;
+  if (app.call) app.call.setIceConfig(app.iceConfig);
   app.you = msg.you || null;
   hook.you = app.you;
   app.consult = msg.consult || null;
@@ -590,6 +611,7 @@ function enterCall() {
   if (mod && app.e2eeSupport !== 'none' && typeof mod.peerConnectionConfig === 'function') {
     config = mod.peerConnectionConfig() || {};
   }
+  config = { ...config, ...(app.iceConfig || {}) };
   const call = new Call({
     signaling: sig,
     config,

@@ -87,9 +87,25 @@ export class Call extends EventTarget {
     this.open();
   }
 
+  /**
+   * New TURN servers / transport policy (a `welcome` after a reconnect
+   * brings fresh credentials): used by this peer connection from its next
+   * ICE gathering (restart) on, and by every later one.
+   */
+  setIceConfig(ice) {
+    this.config = { ...this.config, ...ice };
+    try {
+      this.pc.setConfiguration({ ...this.pc.getConfiguration(), ...ice });
+    } catch (err) {
+      console.warn('spreekkamer: could not update ICE servers', err);
+    }
+  }
+
   /** A fresh peer connection, with nothing negotiated yet. */
   open() {
-    // No STUN/TURN: the server is ICE-lite with public candidates in its offer.
+    // No STUN: the server is ICE-lite with public candidates in its offer.
+    // TURN only when the server hands out credentials (`welcome.ice_servers`,
+    // passed in `config` by app.js).
     const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle', ...this.config });
     this.pc = pc;
     this.mids = { audio: null, video: null };

@@ -260,6 +260,24 @@ export class Signaling extends EventTarget {
 // and if not whether TCP does, the client keeps only one transport's
 // candidates in the offer, so the browser can only try that route.
 
+/**
+ * The RTCConfiguration part a `welcome` (or a probe's `ice-servers`) asks
+ * for: `{iceServers, iceTransportPolicy}`. Only well-formed `turn:`/`turns:`
+ * entries with a username and credential are kept; relay-only
+ * (`force_relay: true`) is honoured only when at least one server is left,
+ * since relay without a server cannot connect. Pure, for tests.
+ */
+export function iceConfig(msg) {
+  const servers = [];
+  for (const s of Array.isArray(msg && msg.ice_servers) ? msg.ice_servers : []) {
+    if (!s || typeof s.username !== 'string' || typeof s.credential !== 'string') continue;
+    const urls = (Array.isArray(s.urls) ? s.urls : []).filter((u) => typeof u === 'string' && /^turns?:/.test(u));
+    if (urls.length) servers.push({ urls, username: s.username, credential: s.credential });
+  }
+  const relay = servers.length > 0 && msg.force_relay === true;
+  return { iceServers: servers, iceTransportPolicy: relay ? 'relay' : 'all' };
+}
+
 /** The server gives up after 15 s; a client timeout is never longer than this plus a margin. */
 export const PROBE_SERVER_TIMEOUT_MS = 15000;
 
@@ -300,7 +318,12 @@ export function candidatePorts(sdp) {
 }
 
 /**
- * One connectivity check over one transport. Resolves (never rejects) to
+ * One connectivity check over one transport ('udp' | 'tcp' | 'relay': the
+ * last through the TURN servers the server names in `ice-servers`, relayed
+ * candidates only). 'udp' and 'tcp' use direct candidates only, unless the
+ * server forces relay: then every check is a relay check. Every result also
+ * carries `turn` (the server offered TURN) and `relay` (relay was used).
+ * Resolves (never rejects) to
  *   {outcome: 'connected', ms, ports}
  *   {outcome: 'not-connected', reason: 'timeout'|'failed'|'refused'|'closed', ports}
  *        the media route did not work (`closed`: the server could not be reached
@@ -313,6 +336,8 @@ export function candidatePorts(sdp) {
 export function probeConnectivity({ token, transport, timeoutMs = PROBE_SERVER_TIMEOUT_MS, url = signalingUrl(), signal = null }) {
   return new Promise((resolve) => {
     let ports = { udp: [], tcp: [] };
+    let turn = false;
+    let forced = false;
     let ws = null;
     let pc = null;
     let timer = null;
@@ -331,12 +356,12 @@ export function probeConnectivity({ token, transport, timeoutMs = PROBE_SERVER_T
           ws.close(1000);
         } catch { /* already closing */ }
       }
-      resolve({ ports, ...result });
+      resolve({ ports, turn, relay: transport === 'relay' || forced, ...result });
     };
     const onAbort = () => finish({ outcome: 'aborted' });
     if (signal) {
       if (signal.aborted) {
-        resolve({ outcome: 'aborted', ports });
+        resolve({ outcome: 'aborted', ports, turn, relay: false });
         return;
       }
       signal.addEventListener('abort', onAbort);
@@ -360,13 +385,20 @@ export function probeConnectivity({ token, transport, timeoutMs = PROBE_SERVER_T
       // Only our own candidates of the transport under test: a TCP check
       // must not quietly succeed over UDP.
       const fields = c.candidate.replace(/^candidate:/, '').split(/\s+/);
-      if ((fields[2] || '').toLowerCase() !== transport) return;
+      const relayed = / typ relay(\s|$)/.test(c.candidate);
+      if (transport === 'relay' || forced) {
+        if (!relayed) return;
+      } else if (relayed || (fields[2] || '').toLowerCase() !== transport) {
+        return;
+      }
       send({ type: 'candidate', candidate: { candidate: c.candidate, sdpMid: c.sdpMid ?? null, sdpMLineIndex: c.sdpMLineIndex ?? null } });
     });
     let chain = Promise.resolve();
     const answerOffer = async (sdp) => {
       ports = candidatePorts(sdp);
-      await pc.setRemoteDescription({ type: 'offer', sdp: filterCandidates(sdp, transport) });
+      // A relay reaches the media server over UDP (TURN allocations are UDP).
+      const via = transport === 'relay' || forced ? 'udp' : transport;
+      await pc.setRemoteDescription({ type: 'offer', sdp: filterCandidates(sdp, via) });
       const answer = await pc.createAnswer();
       await pc.setLocalDescription(answer);
       send({ type: 'answer', sdp: pc.localDescription.sdp });
@@ -377,7 +409,19 @@ export function probeConnectivity({ token, transport, timeoutMs = PROBE_SERVER_T
       let msg;
       try { msg = JSON.parse(ev.data); } catch { return; }
       if (!msg || typeof msg.type !== 'string') return;
-      if (msg.type === 'offer' && typeof msg.sdp === 'string') {
+      if (msg.type === 'ice-servers') {
+        const ice = iceConfig(msg);
+        if (!ice.iceServers.length) return;
+        turn = true;
+        forced = ice.iceTransportPolicy === 'relay';
+        // A direct check must not get the TURN servers at all: the media
+        // server is ICE-lite and answers checks from any candidate, signalled
+        // or not, so a relay would quietly make 'udp' look like it works.
+        if (transport !== 'relay' && !forced) return;
+        try {
+          pc.setConfiguration({ ...pc.getConfiguration(), iceServers: ice.iceServers, iceTransportPolicy: 'relay' });
+        } catch { /* keeps the direct-only configuration: the check fails */ }
+      } else if (msg.type === 'offer' && typeof msg.sdp === 'string') {
         chain = chain.then(() => answerOffer(msg.sdp)).catch(() => finish({ outcome: 'not-connected', reason: 'failed' }));
       } else if (msg.type === 'probe-result') {
         if (msg.connected === true) finish({ outcome: 'connected', ms: Number(msg.ms) || null });

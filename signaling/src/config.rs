@@ -185,6 +185,38 @@ pub struct ServeArgs {
     /// without a second admission (10s to 1h; never past their token).
     #[arg(long, env = "SPREEKKAMER_RESUME_TTL", default_value = "120s", value_parser = parse_resume_ttl)]
     pub resume_ttl: Duration,
+    /// TURN server for browsers whose network blocks direct media:
+    /// `turn:HOST:PORT?transport=udp`, `turn:HOST:PORT?transport=tcp` or
+    /// `turns:HOST:PORT?transport=tcp` (TLS). Repeatable; in the
+    /// environment, comma-separated. Needs the coturn secret
+    /// (--turn-secret-file or SPREEKKAMER_TURN_SECRET); see docs/TURN.md.
+    #[arg(long = "turn-uri", env = "SPREEKKAMER_TURN_URIS", value_delimiter = ',', value_parser = crate::turn::parse_uri)]
+    pub turn_uris: Vec<crate::turn::TurnUri>,
+    /// coturn's `static-auth-secret` (prefer --turn-secret-file; a flag is
+    /// visible to every local user).
+    #[arg(
+        long,
+        env = "SPREEKKAMER_TURN_SECRET",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub turn_secret: Option<String>,
+    /// File holding coturn's `static-auth-secret` (a trailing newline is
+    /// ignored). It stays on the server: browsers get HMAC'd credentials.
+    #[arg(
+        long,
+        env = "SPREEKKAMER_TURN_SECRET_FILE",
+        conflicts_with = "turn_secret"
+    )]
+    pub turn_secret_file: Option<PathBuf>,
+    /// Lifetime of the TURN credentials handed out (at most 24h; never
+    /// past the join token's `exp`).
+    #[arg(long, env = "SPREEKKAMER_TURN_TTL", default_value = "1h", value_parser = parse_turn_ttl)]
+    pub turn_ttl: Duration,
+    /// Tell every browser to send media through TURN only
+    /// (`iceTransportPolicy: 'relay'`), for networks that need it.
+    #[arg(long, env = "SPREEKKAMER_TURN_FORCE_RELAY")]
+    pub turn_force_relay: bool,
     /// Print a clinician and a patient link for a random demo consult to
     /// stderr at start. Only in demo mode (no --jwt-secret, --jwt-secret-file,
     /// --jwt-key or --jwks-*), where it is the default; with a configured key
@@ -466,6 +498,14 @@ fn parse_resume_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_turn_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > crate::turn::MAX_TTL {
+        return Err("must be at most 24h".into());
+    }
+    Ok(d)
+}
+
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
     s.parse::<log::LevelFilter>()
         .map_err(|_| "must be one of off, error, warn, info, debug, trace".into())
@@ -560,6 +600,44 @@ impl ServeArgs {
         Ok(keys)
     }
 
+    /// The TURN configuration, if `--turn-uri` was given (the secret read
+    /// from its file now, so a missing one stops the start).
+    pub fn turn(&self) -> Result<Option<crate::turn::TurnConfig>, String> {
+        let secret = match (&self.turn_secret, &self.turn_secret_file) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(path)) => Some(read_secret_line("--turn-secret-file", path)?),
+            (None, None) => None,
+        };
+        if self.turn_uris.is_empty() {
+            if secret.is_some() {
+                return Err(
+                    "--turn-secret-file / SPREEKKAMER_TURN_SECRET without --turn-uri".into(),
+                );
+            }
+            if self.turn_force_relay {
+                return Err(
+                    "--turn-force-relay needs --turn-uri (relay is only possible through TURN)"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        }
+        let Some(secret) = secret else {
+            return Err(
+                "--turn-uri needs coturn's static-auth-secret: --turn-secret-file or SPREEKKAMER_TURN_SECRET"
+                    .into(),
+            );
+        };
+        let secret = crate::turn::TurnSecret::new(&secret)
+            .map_err(|e| format!("--turn-secret-file / SPREEKKAMER_TURN_SECRET: {e}"))?;
+        Ok(Some(crate::turn::TurnConfig {
+            uris: self.turn_uris.clone(),
+            secret,
+            ttl: self.turn_ttl,
+            force_relay: self.turn_force_relay,
+        }))
+    }
+
     /// The server configuration, with the secret to sign demo links with.
     pub fn to_config(&self, secret: &str) -> Result<ServeConfig, String> {
         let limits = Limits {
@@ -615,6 +693,7 @@ impl ServeArgs {
             metrics_listen: self.metrics_listen,
             cluster: None,
             room_store: None,
+            turn: self.turn()?,
         })
     }
 }
@@ -954,6 +1033,99 @@ mod tests {
         assert!(parse(&["--header-timeout", "0s"]).is_err());
         let cli = parse(&["--ws-heartbeat", "30s", "--ws-idle-timeout", "30s"]).unwrap();
         assert!(cli.serve.to_config(&"s".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn turn_flags_are_checked_and_make_a_turn_config() {
+        let s32 = "s".repeat(32);
+        // Without TURN flags nothing changes.
+        let cfg = parse(&[]).unwrap().serve.to_config(&s32).unwrap();
+        assert!(cfg.turn.is_none());
+
+        let dir = std::env::temp_dir().join(format!("spreekkamer-turn-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("turn.secret");
+        std::fs::write(&file, "0123456789abcdef0123\n").unwrap();
+        let path = file.to_str().unwrap();
+        let udp = "turn:turn.example.nl:3478?transport=udp";
+        let tls = "turns:turn.example.nl:443?transport=tcp";
+        let cli = parse(&[
+            "--turn-uri",
+            udp,
+            "--turn-uri",
+            tls,
+            "--turn-secret-file",
+            path,
+            "--turn-ttl",
+            "30m",
+            "--turn-force-relay",
+        ])
+        .unwrap();
+        let turn = cli.serve.to_config(&s32).unwrap().turn.expect("turn");
+        let uris: Vec<&str> = turn.uris.iter().map(|u| u.as_str()).collect();
+        assert_eq!(uris, [udp, tls]);
+        assert_eq!(turn.ttl, Duration::from_secs(1800));
+        assert!(turn.force_relay);
+        assert!(!format!("{turn:?}").contains("0123456789abcdef0123"));
+        // The edge of a cluster takes the same flags.
+        let cli = parse(&[
+            "signaling",
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--turn-uri",
+            udp,
+            "--turn-secret-file",
+            path,
+        ])
+        .unwrap();
+        let Some(Command::Signaling(args)) = cli.command else {
+            panic!("signaling")
+        };
+        let turn = args.serve.turn().unwrap().expect("turn");
+        assert_eq!(turn.ttl, crate::turn::DEFAULT_TTL);
+        assert!(!turn.force_relay);
+
+        // Refused at parse time (clap exits 2 with the message).
+        for bad in [
+            vec!["--turn-uri", "stun:turn.example.nl:3478"],
+            vec!["--turn-uri", "turns:turn.example.nl:5349?transport=udp"],
+            vec!["--turn-uri", "turn:turn.example.nl?transport=udp"],
+            vec!["--turn-ttl", "25h"],
+            vec!["--turn-ttl", "0s"],
+        ] {
+            let e = parse(&bad).expect_err(&format!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+        // Refused at start (exit 2 in main): half a configuration.
+        for bad in [
+            vec!["--turn-uri", udp],
+            vec!["--turn-secret-file", path],
+            vec!["--turn-force-relay"],
+        ] {
+            let err = parse(&bad).unwrap().serve.to_config(&s32).err();
+            assert!(err.is_some(), "{bad:?} accepted");
+        }
+        std::fs::write(&file, "short\n").unwrap();
+        let err = parse(&["--turn-uri", udp, "--turn-secret-file", path])
+            .unwrap()
+            .serve
+            .to_config(&s32)
+            .err()
+            .unwrap();
+        assert!(err.contains("at least 16 bytes"), "{err}");
+        let missing = parse(&[
+            "--turn-uri",
+            udp,
+            "--turn-secret-file",
+            "/nonexistent/turn.secret",
+        ])
+        .unwrap()
+        .serve
+        .to_config(&s32)
+        .err()
+        .unwrap();
+        assert!(missing.contains("--turn-secret-file"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

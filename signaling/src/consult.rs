@@ -325,6 +325,9 @@ impl Consult {
             limits,
             lobby: is_clinician.then(|| self.lobby()),
             locked: is_clinician.then_some(self.locked),
+            // Filled in by the session, which knows the token's `exp`.
+            ice_servers: None,
+            force_relay: None,
         };
         Ok(Joined {
             welcome,

@@ -81,6 +81,9 @@ pub struct ServeConfig {
     /// it on the same Redis as the directory). `None` (the default, and
     /// `serve`): this process's memory is the only record.
     pub room_store: Option<Arc<dyn crate::roomstore::RoomStore>>,
+    /// TURN servers and the secret for their credentials (`turn.rs`;
+    /// `None`: browsers get no `ice_servers`).
+    pub turn: Option<crate::turn::TurnConfig>,
 }
 
 /// The directory and the link secret of a cluster edge.
@@ -141,6 +144,7 @@ impl ServeConfig {
             metrics_listen: None,
             cluster: None,
             room_store: None,
+            turn: None,
         }
     }
 }
@@ -185,6 +189,8 @@ pub struct Context {
     pub peers: Option<Arc<crate::peer::Peers>>,
     /// The shared room store of a cluster edge (see [`ServeConfig`]).
     pub room_store: Option<Arc<dyn crate::roomstore::RoomStore>>,
+    /// TURN credentials for `welcome` and the connectivity check.
+    pub turn: Option<crate::turn::TurnConfig>,
 }
 
 impl Context {

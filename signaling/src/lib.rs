@@ -76,6 +76,7 @@ pub mod roomstore;
 pub mod server;
 pub mod session;
 pub mod token;
+pub mod turn;
 
 pub use context::ServeConfig;
 pub use server::{ServeError, Server, serve};

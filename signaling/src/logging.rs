@@ -327,6 +327,7 @@ const SECRET_PARAMS: &[&str] = &[
     "name",
     "resume",
     "ticket",
+    "credential",
 ];
 /// JSON fields whose string value is a token, a name or relayed content.
 const SECRET_FIELDS: &[&str] = &[
@@ -343,6 +344,7 @@ const SECRET_FIELDS: &[&str] = &[
     "authorization",
     "resume",
     "ticket",
+    "credential",
 ];
 
 /// `text` with every secret it recognisably holds replaced by

@@ -86,6 +86,17 @@ pub(crate) async fn run(conn: &mut Connection, v: Option<u64>, token: Option<Str
         ),
         participant: crate::token::random_hex_id(),
     };
+    // TURN credentials first, so the page can configure its peer
+    // connection before the offer: the check then tests TURN too.
+    if let Some(turn) = &ctx.turn {
+        let msg = ServerMessage::IceServers {
+            ice_servers: turn.ice_servers(&peer.participant, crate::token::unix_now(), claims.exp),
+            force_relay: turn.force_relay.then_some(true),
+        };
+        if conn.send(&msg).await.is_err() {
+            return;
+        }
+    }
     let mut events = peer.media.attach(&peer.consult, &peer.participant);
     let started = Instant::now();
     peer.media.send(MediaCommand::Join {

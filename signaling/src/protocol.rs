@@ -305,6 +305,14 @@ pub enum ServerMessage {
         lobby: Option<Vec<LobbyEntry>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         locked: Option<bool>,
+        /// Only when the edge has TURN configured: short-lived TURN
+        /// credentials for `RTCConfiguration.iceServers` (`turn.rs`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ice_servers: Option<Vec<crate::turn::IceServer>>,
+        /// Only with `--turn-force-relay`: `true`, use relayed candidates
+        /// only (`iceTransportPolicy: 'relay'`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        force_relay: Option<bool>,
     },
     Offer {
         sdp: String,
@@ -385,6 +393,13 @@ pub enum ServerMessage {
         ticket: String,
         /// Seconds since the UNIX epoch.
         expires: u64,
+    },
+    /// Connectivity check only, before its `offer`, when the edge has TURN
+    /// configured: the same credentials a `welcome` carries.
+    IceServers {
+        ice_servers: Vec<crate::turn::IceServer>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        force_relay: Option<bool>,
     },
     /// The end of a connectivity check (`probe`): whether ICE and DTLS to
     /// the media server came up, and how long that took.
@@ -773,6 +788,28 @@ mod tests {
                 limits: Limits::default(),
                 lobby: None,
                 locked: None,
+                ice_servers: None,
+                force_relay: None,
+            },
+            ServerMessage::Welcome {
+                v: 1,
+                you: p.clone(),
+                consult: "c1".into(),
+                state: JoinState::InCall,
+                participants: vec![],
+                limits: Limits::default(),
+                lobby: None,
+                locked: None,
+                ice_servers: Some(vec![crate::turn::IceServer {
+                    urls: vec!["turn:t.example:3478?transport=udp".into()],
+                    username: "1:x".into(),
+                    credential: "c".into(),
+                }]),
+                force_relay: Some(true),
+            },
+            ServerMessage::IceServers {
+                ice_servers: vec![],
+                force_relay: None,
             },
             ServerMessage::Offer { sdp: "v=0".into() },
             ServerMessage::ParticipantJoined {

@@ -203,6 +203,7 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         metrics_on_main_port: config.metrics_listen.is_none(),
         peers: peer.as_ref().map(|(_, p)| p.clone()),
         room_store: config.room_store,
+        turn: config.turn,
     });
     // The first fetch happens before we accept joins; a failure is not
     // fatal (the EHR may be down), the keys are fetched again on demand.

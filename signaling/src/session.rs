@@ -122,6 +122,16 @@ impl Connection {
     }
 
     async fn joined_loop(&mut self, t: &mut Ticket, grant: &Grant) -> Result<LeftReason, End> {
+        if let Some(turn) = &self.ctx.turn
+            && let ServerMessage::Welcome {
+                ice_servers,
+                force_relay,
+                ..
+            } = &mut t.welcome
+        {
+            *ice_servers = Some(turn.ice_servers(&t.id, crate::token::unix_now(), grant.token_exp));
+            *force_relay = turn.force_relay.then_some(true);
+        }
         self.send(&t.welcome).await?;
         self.send_resume(&t.id, grant).await?;
         let refresh = self.ctx.resume.refresh();

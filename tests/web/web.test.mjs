@@ -5,7 +5,7 @@ import fs from 'node:fs';
 const WEB = process.env.WEB_DIR || new URL('../../web/', import.meta.url).pathname;
 globalThis.navigator = { languages: ['nl-NL'] };
 const { DICTIONARIES, detectLanguage, t } = await import(WEB + 'i18n.js');
-const { ERROR_CODES, errorOutcome, filterCandidates, candidatePorts } = await import(WEB + 'protocol.js');
+const { ERROR_CODES, errorOutcome, filterCandidates, candidatePorts, iceConfig } = await import(WEB + 'protocol.js');
 const { ownMids } = await import(WEB + 'call.js');
 
 test('dutch and english have exactly the same keys', () => {
@@ -255,4 +255,15 @@ test('simulcast through one E2EE sender: counters never repeat, a subscriber swi
   }
   // A frame replayed by the server is still refused.
   await assert.rejects(ring.unprotect(forwarded[5].kind, forwarded[5].data), /replayed/);
+});
+
+test('iceConfig takes TURN servers from welcome and relay-only only with a server', () => {
+  assert.deepEqual(iceConfig({ type: 'welcome' }), { iceServers: [], iceTransportPolicy: 'all' });
+  const entry = { urls: ['turn:t.example:3478?transport=udp', 'turns:t.example:443?transport=tcp'], username: '1767229200:abc', credential: 'c2VjcmV0' };
+  assert.deepEqual(iceConfig({ ice_servers: [entry] }), { iceServers: [entry], iceTransportPolicy: 'all' });
+  assert.deepEqual(iceConfig({ ice_servers: [entry], force_relay: true }), { iceServers: [entry], iceTransportPolicy: 'relay' });
+  // Malformed entries are dropped; relay without a server would never connect.
+  const bad = [null, { urls: ['turn:x:1?transport=udp'] }, { urls: ['https://evil.example/'], username: 'u', credential: 'c' }, { urls: 'turn:x', username: 'u', credential: 'c' }];
+  assert.deepEqual(iceConfig({ ice_servers: bad, force_relay: true }), { iceServers: [], iceTransportPolicy: 'all' });
+  assert.deepEqual(iceConfig({ ice_servers: [{ ...entry, urls: ['stun:x:1', entry.urls[0]] }] }).iceServers[0].urls, [entry.urls[0]]);
 });
