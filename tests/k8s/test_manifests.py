@@ -73,6 +73,11 @@ class Manifests(unittest.TestCase):
         c = dep["spec"]["template"]["spec"]["containers"][0]
         self.assertEqual(c["args"][0], "signaling")
         self.assertIn("--peer-advertise=$(POD_IP):7001", c["args"])
+        # TURN: URIs from the ConfigMap, the secret as a mounted file.
+        self.assertIn("--turn-secret-file=/run/secrets/spreekkamer/turn-secret", c["args"])
+        self.assertTrue(self.config["SPREEKKAMER_TURN_URIS"].startswith("turn:"))
+        items = {i["key"] for v in dep["spec"]["template"]["spec"]["volumes"] for i in v.get("secret", {}).get("items", [])}
+        self.assertIn("turn-secret", items)
         svc = one(self.docs, "Service", "spreekkamer-edge")
         self.assertTrue(all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()))
         ing = one(self.docs, "Ingress", "spreekkamer")
