@@ -44,6 +44,12 @@ async fn directory(cluster: &ClusterArgs, prefix: &str) -> Option<Arc<dyn Regist
     loop {
         match RedisRegistry::connect(&cluster.redis, prefix, cluster.redis_timeout).await {
             Ok(r) => return Some(Arc::new(r)),
+            // A URL that does not parse (or a bad prefix) will not get
+            // better by waiting.
+            Err(e @ signaling::registry::RegistryError::Invalid(_)) => {
+                eprintln!("error: --redis: {e}");
+                return None;
+            }
             Err(e) => {
                 if tokio::time::Instant::now() >= deadline {
                     eprintln!("error: the directory (Redis) is not reachable: {e}");

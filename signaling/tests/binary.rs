@@ -379,3 +379,30 @@ async fn the_secret_comes_from_a_file_and_a_command_line_secret_is_warned_about(
     assert_eq!(out.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_unparsable_redis_url_fails_at_once_instead_of_waiting_for_redis() {
+    let started = std::time::Instant::now();
+    let out = Command::new(BIN)
+        .args(["sfu", "--redis", "not a url", "--node-id", "n1"])
+        .args([
+            "--link-secret",
+            "0123456789abcdef0123456789abcdef-long-enough",
+        ])
+        .args(["--link-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .env_remove("SPREEKKAMER_REDIS")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("--redis"), "{stderr}");
+    assert!(
+        !stderr.contains("not a url"),
+        "the URL (maybe with a password) is not echoed: {stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}: it waited for a Redis that can never be reached",
+        started.elapsed()
+    );
+}
