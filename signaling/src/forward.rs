@@ -145,7 +145,6 @@ impl Connection {
                 }
                 _ = tick.tick() => {
                     if up_heard.elapsed() >= idle_limit {
-                        self.ctx.metrics.peer_route_failures.inc();
                         break Ended::Home;
                     }
                     if tokio::time::timeout(SEND_TIMEOUT, up.send(Up::Ping(Vec::new().into()))).await.is_err() {

@@ -53,7 +53,9 @@ const PROOF_WINDOW_SECS: u64 = 30;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a join waiting for a dead home edge to expire looks again.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
-/// Most edges a cluster has: a placement beyond it is not ours.
+/// The capacity an edge registers with: edges are not placed by a capacity
+/// (their load is the participants they hold); the registry's largest
+/// accepted value keeps every edge eligible.
 const LARGEST_EDGE_LOAD: u32 = crate::registry::MAX_CAPACITY;
 
 /// Longest wait for the home edge to answer an invite API request.

@@ -4,8 +4,8 @@
 
 use super::{
     JoinView, MAX_BARRED_PER_CONSULT, MAX_FOREIGN_PER_CONSULT, MAX_INVITES_REVOKED_PER_CONSULT,
-    MAX_UNTIL, ROOM_TTL, RoomStore, RoomStoreError, check_consult, check_jti, check_sub,
-    revoked_until,
+    MAX_UNTIL, ROOM_TTL, RoomStore, RoomStoreError, check_consult, check_join, check_jti,
+    check_sub, revoked_until,
 };
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
@@ -148,11 +148,7 @@ impl RoomStore for MemoryRoomStore {
         exp: u64,
         now: u64,
     ) -> Result<JoinView, RoomStoreError> {
-        check_consult(consult)?;
-        check_sub(sub)?;
-        if let Some(j) = jti {
-            check_jti(j)?;
-        }
+        check_join(consult, sub, jti)?;
         let mut rooms = self.lock();
         let Some(room) = rooms.get_mut(consult) else {
             return Ok(JoinView::default());

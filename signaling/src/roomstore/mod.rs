@@ -188,6 +188,13 @@ fn check_sub(sub: &str) -> Result<(), RoomStoreError> {
     }
 }
 
+/// The ids a `join_view` reads by: the consult, the `sub` and the `jti`.
+fn check_join(consult: &str, sub: &str, jti: Option<&str>) -> Result<(), RoomStoreError> {
+    check_consult(consult)?;
+    check_sub(sub)?;
+    jti.map_or(Ok(()), check_jti)
+}
+
 /// A revocation's expiry for a token expiring at `exp`.
 fn revoked_until(exp: u64) -> u64 {
     exp.saturating_add(crate::token::LEEWAY_SECS).min(MAX_UNTIL)

@@ -24,8 +24,8 @@
 
 use super::{
     JoinView, MAX_BARRED_PER_CONSULT, MAX_FOREIGN_PER_CONSULT, MAX_INVITES_REVOKED_PER_CONSULT,
-    MAX_UNTIL, ROOM_TTL, RoomStore, RoomStoreError, check_consult, check_jti, check_sub,
-    revoked_until,
+    MAX_UNTIL, ROOM_TTL, RoomStore, RoomStoreError, check_consult, check_join, check_jti,
+    check_sub, revoked_until,
 };
 use crate::registry::RegistryError;
 use ::redis::aio::ConnectionManager;
@@ -339,11 +339,7 @@ impl RoomStore for RedisRoomStore {
         exp: u64,
         now: u64,
     ) -> Result<JoinView, RoomStoreError> {
-        check_consult(consult)?;
-        check_sub(sub)?;
-        if let Some(j) = jti {
-            check_jti(j)?;
-        }
+        check_join(consult, sub, jti)?;
         let field = jti.map_or_else(String::new, |j| hashed("jti", consult, j));
         let reply = self
             .eval(
