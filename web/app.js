@@ -7,12 +7,14 @@
 // `document.body.dataset.state` always says which (see the UI contract).
 
 import { initI18n, t, getLanguage, onLanguageChange } from './i18n.js';
-import { Signaling, iceConfig, probeConnectivity } from './protocol.js';
+import { Signaling, iceConfig, probeConnectivity, checkLink, signalingUrl } from './protocol.js';
 import { Call } from './call.js';
 import * as media from './media.js';
 import { ReceivePreferences } from './prefs.js';
 import { badgeState, summaryKey, tileTrustKey, weakestTrust } from './trust.js';
 import { Reconnector, signalingUrls } from './reconnect.js';
+import { initials, fitFor, qualityFrom, formatDuration, durationMinutes } from './present.js';
+import * as cues from './cues.js';
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -29,6 +31,12 @@ const UDP_PROBE_TIMEOUT_MS = 10000;
 const TCP_PROBE_TIMEOUT_MS = 15000;
 // Where this tab keeps its link across a reload (see saveLink).
 const LINK_STORAGE_KEY = 'spreekkamer.link';
+// How often the connection quality per tile is measured.
+const QUALITY_INTERVAL_MS = 2000;
+// Phones and narrow windows: the layout in style.css switches at the same width.
+const NARROW = '(max-width: 45rem)';
+// Error codes of a link that will not work now (the link check and join): the page says why at once.
+const LINK_REFUSALS = new Set(['consult_ended', 'removed', 'denied', 'consult_locked', 'consult_full']);
 
 const app = {
   token: null,
@@ -77,13 +85,27 @@ const app = {
   audioOnly: false, // "Audio only": receive no video (kept across reconnects)
   activeSpeaker: null, // id of the participant the server says is speaking
   prefs: null, // ReceivePreferences: layer per tile and audio-only → video-prefs
+  // The link check before Join: {status: 'checking'|'ok'|'refused'|'unknown', ...} (protocol.js checkLink)
+  check: null,
+  contact: null, // the care provider's contact line, as the server gives it
+  hostName: null, // the clinician's name, from the link check or the welcome
+  callStart: null, // Date.now() when this person first entered the call (kept across reconnects)
+  timerId: null,
+  qualityTimer: null,
+  quality: new Map(), // id → {quality, last: {received, lost}}
+  receivers: new Map(), // participant id → {audio, video} RTCRtpReceiver
+  unread: 0, // chat messages not seen (the chat sheet closed)
+  titleNote: null, // a short-lived tab title (admitted)
+  titleTimer: null,
+  leftReason: 'left',
+  leftDuration: null,
 };
 
 // Test hook (see the UI contract). Harmless: it only exposes what the page
 // itself already holds.
 // `timings` holds performance.now() milestones of the current session
 // (join, welcome, in-call, first offer, ICE connected, first remote frame).
-const hook = { pc: null, call: null, you: null, participants: app.participants, e2ee: null, timings: {}, prefs: null, activeSpeaker: null };
+const hook = { pc: null, call: null, you: null, participants: app.participants, e2ee: null, timings: {}, prefs: null, activeSpeaker: null, cues: cues.played, quality: {}, check: null };
 // `dropSignaling()` closes the WebSocket the way a network failure would (tests).
 hook.dropSignaling = () => { if (app.signaling) app.signaling.drop(); };
 hook.resumeTicketKnown = () => !!app.resumeTicket;
@@ -100,6 +122,7 @@ async function start() {
   });
   hook.prefs = app.prefs;
   wireControls();
+  renderAudioOnly();
   const { token, linkSecret, linkLabel, joined } = readFragment();
   app.token = token;
   app.linkSecret = linkSecret;
@@ -130,9 +153,34 @@ async function start() {
     // its grace period (docs/PROTOCOL.md, "Same person, again").
     join();
   } else {
-    runConnectivityCheck();
+    checkLinkFirst();
   }
   await mediaReady;
+}
+
+/**
+ * Ask the server whether this link works now (docs/PROTOCOL.md, `check`),
+ * before the person presses Join: a bad link is explained at once, with the
+ * care provider's contact line; nothing is joined or used up. The greeting
+ * waits for the server's word, and so does the connectivity check.
+ */
+async function checkLinkFirst() {
+  app.check = { status: 'checking' };
+  hook.check = app.check;
+  renderGreeting();
+  const result = await checkLink({ token: app.token, url: signalingUrl() });
+  if (app.phase !== 'preview' || !app.check || app.check.status !== 'checking') return;
+  app.check = result;
+  hook.check = result;
+  if (result.contact) app.contact = result.contact;
+  if (result.host) app.hostName = result.host;
+  if (result.status === 'refused') {
+    if (result.code.startsWith('token_') || LINK_REFUSALS.has(result.code)) forgetLink();
+    showFatal(result.code);
+    return;
+  }
+  renderGreeting();
+  runConnectivityCheck();
 }
 
 /**
@@ -252,6 +300,14 @@ function setState(phase) {
   const devicesSlot = phase === 'in-call' ? '#call-devices' : '#preview-devices';
   if ($('#devices').parentElement !== $(devicesSlot)) $(devicesSlot).appendChild($('#devices'));
   $('#e2ee-summary').hidden = phase !== 'in-call';
+  $('#call-timer').hidden = phase !== 'in-call';
+  if (phase !== 'in-call') {
+    closeMenu();
+    setSheet('');
+    closeDialogs();
+  }
+  renderWaitingBanner();
+  renderTitle();
   if (changed && phase !== 'preview') {
     // Tell screen-reader users where they are now.
     const heading = VIEWS[phase] && $(`${VIEWS[phase]} h1`);
@@ -360,6 +416,7 @@ async function fillDeviceLists() {
   const devices = await media.listDevices();
   fillSelect($('#camera-select'), devices.videoinput, localTrack('video'), 'devices.cameraN');
   fillSelect($('#mic-select'), devices.audioinput, localTrack('audio'), 'devices.micN');
+  $('#flip-camera').hidden = devices.videoinput.length < 2;
   const canSpeaker = media.canChooseSpeaker() && devices.audiooutput.length > 0;
   $('#speaker-field').hidden = !canSpeaker;
   if (canSpeaker) fillSelect($('#speaker-select'), devices.audiooutput, null, 'devices.speakerN', app.speakerId);
@@ -503,6 +560,10 @@ function formatPorts(ports) {
 // Joining and the signaling session
 
 async function join() {
+  // This click may start sound later (the admitted chime, a waiting patient's).
+  cues.unlockAudio();
+  if (isClinicianLink()) cues.askNotificationPermission();
+  if (app.check && app.check.status === 'checking') app.check = { status: 'unknown' };
   hideError();
   hideNotice();
   $('#media-help').hidden = true;
@@ -546,6 +607,9 @@ function connect() {
     for (const p of Array.isArray(m.participants) ? m.participants : []) {
       if (!app.you || p.id !== app.you.id) addParticipant(p, false);
     }
+    // Let in: a sound and the tab title, for someone who looked away while waiting.
+    cues.chime();
+    flashTitle(t('title.admitted'));
     enterCall();
   });
   on('lobby', (m) => setLobby(Array.isArray(m.waiting) ? m.waiting : []));
@@ -584,9 +648,13 @@ function onWelcome(msg) {
   app.you = msg.you || null;
   hook.you = app.you;
   app.consult = msg.consult || null;
+  if (typeof msg.host === 'string' && msg.host) app.hostName = msg.host.slice(0, 200);
+  if (typeof msg.contact === 'string' && msg.contact) app.contact = msg.contact.slice(0, 200);
+  renderWaiting();
   const host = app.you && app.you.role === 'clinician';
   $('#lobby-panel').hidden = !host;
   $('#end-consult').hidden = !host;
+  $('#lobby-open').hidden = !host;
   if (Array.isArray(msg.lobby)) setLobby(msg.lobby);
   if (typeof msg.locked === 'boolean') setLocked(msg.locked);
   for (const p of Array.isArray(msg.participants) ? msg.participants : []) {
@@ -638,6 +706,8 @@ function enterCall() {
   });
   sig.sendMute(app.micOn && !!localTrack('audio'), app.camOn && !!localTrack('video'));
   mark('inCall');
+  startCallClock();
+  startQualityWatch();
   setState('in-call');
   renderTiles();
   // Admitted: from now on the server takes our preferences.
@@ -691,12 +761,8 @@ function onBye(msg) {
   if (msg.reason === 'ended' || msg.reason === 'removed' || msg.reason === 'denied') forgetLink();
   switch (msg.reason) {
     case 'ended':
-      if (app.endedByMe) {
-        teardown();
-        setState('left');
-      } else {
-        showFatal('consult_ended');
-      }
+      // Not an error: the consult is over. A calm page, with how long it took.
+      showEnded(app.endedByMe ? 'ended-by-me' : 'ended');
       break;
     case 'removed':
       showFatal('removed');
@@ -744,15 +810,44 @@ function leave() {
   app.resumeTicket = null;
   app.phase = 'left'; // so the coming close is not taken for a lost connection
   if (sig) sig.leave();
+  showEnded('left');
+}
+
+/** The end page: left on purpose, or the consult ended (by us or the clinician). */
+function showEnded(reason) {
+  app.leftReason = reason;
+  app.leftDuration = app.callStart ? Date.now() - app.callStart : null;
+  app.resumeTicket = null;
+  app.phase = 'left';
   teardown();
   hideError();
   hideNotice();
+  renderLeft();
   setState('left');
+}
+
+function renderLeft() {
+  const reason = app.leftReason;
+  const view = $('#left-view');
+  view.dataset.reason = reason;
+  const key = reason === 'ended' ? 'ended' : reason === 'ended-by-me' ? 'endedByMe' : 'left';
+  $('#left-title').textContent = t(`left.${key}Title`);
+  $('#left-text').textContent = t(`left.${key}Text`);
+  const duration = $('#left-duration');
+  duration.hidden = app.leftDuration === null;
+  if (app.leftDuration !== null) duration.textContent = t('left.duration', { minutes: durationMinutes(app.leftDuration) });
+  const contact = $('#left-contact');
+  contact.hidden = !(app.contact && reason === 'ended');
+  contact.textContent = app.contact ? t('contact.line', { contact: app.contact }) : '';
+  // Ended is ended: the link will not get anyone back in.
+  $('#rejoin').hidden = reason !== 'left';
 }
 
 /** End the session: peer connection, E2EE, tiles, chat. Keeps local media. */
 function teardownSession() {
   clearTimeout(app.welcomeTimer);
+  stopQualityWatch();
+  app.receivers.clear();
   if (app.e2ee) {
     try { app.e2ee.stop(); } catch { /* already stopped */ }
   }
@@ -791,6 +886,7 @@ function teardown() {
   // Chat survives a reconnect, but not the end of the call; nor do the
   // E2EE alerts and the list of people removed from it.
   clearChat();
+  stopCallClock();
   app.removedIds.clear();
   app.refusedIds.clear();
   $('#e2ee-alerts').replaceChildren();
@@ -833,6 +929,9 @@ function removeParticipant(id, reason) {
 /** Drops the participant's tile and everything the page knew about them. */
 function forgetParticipant(id) {
   app.participants.delete(id);
+  app.receivers.delete(id);
+  app.quality.delete(id);
+  delete hook.quality[id];
   app.pendingTracks.delete(id);
   const tile = tileFor(id);
   if (tile) tile.remove();
@@ -885,7 +984,6 @@ function ensureTile(id) {
   if (tile) return tile;
   tile = $('#tile-template').content.firstElementChild.cloneNode(true);
   tile.dataset.participantId = id;
-  tile.querySelector('.verify').addEventListener('click', () => verifyPeer(id));
   tile.querySelector('.accept-unencrypted').addEventListener('click', () => {
     app.acceptedUnencrypted.add(id);
     if (app.e2ee && typeof app.e2ee.allowUnencrypted === 'function') safeCall(() => app.e2ee.allowUnencrypted(id));
@@ -894,7 +992,7 @@ function ensureTile(id) {
   for (const button of tile.querySelectorAll('[data-action]')) button.dataset.participantId = id;
   tile.querySelector('[data-action="accept-unbound"]').addEventListener('click', () => acceptUnbound(id));
   tile.querySelector('[data-action="reject-unbound"]').addEventListener('click', () => removeFromConsult(id));
-  tile.querySelector('.remove').addEventListener('click', () => removeFromConsult(id));
+  tile.querySelector('.remove').addEventListener('click', () => confirmRemove(id));
   if (app.speakerId) media.setSpeaker(tile.querySelector('.tile-audio'), app.speakerId);
   $('#tiles').appendChild(tile);
   // The picture's size on screen decides which video layer is worth asking for.
@@ -903,6 +1001,11 @@ function ensureTile(id) {
 }
 
 function onRemoteTrack({ participantId, kind, track, receiver }) {
+  if (receiver && typeof participantId === 'string') {
+    const held = app.receivers.get(participantId) || {};
+    held[kind] = receiver;
+    app.receivers.set(participantId, held);
+  }
   if (app.e2ee && app.e2eeSupport !== 'none') {
     try { app.e2ee.attachReceiver(receiver, participantId, kind); } catch (err) { console.warn('spreekkamer: e2ee receiver', err); }
   }
@@ -931,6 +1034,10 @@ function showTrack(participantId, kind, track) {
   if (kind === 'video') {
     mark('remoteVideo');
     el.addEventListener('loadeddata', () => mark('firstFrame'), { once: true });
+    if (!el.dataset.fitWatched) {
+      el.dataset.fitWatched = '1';
+      el.addEventListener('resize', () => renderFit(tile));
+    }
   }
   el.play().catch(() => { /* autoplay: the join click normally allows it */ });
   tile.dataset[kind] = 'live';
@@ -968,7 +1075,9 @@ function setAudioOnly(on) {
 }
 
 function renderAudioOnly() {
-  $('#audio-only').setAttribute('aria-pressed', String(app.audioOnly));
+  const button = $('#audio-only');
+  button.dataset.on = String(app.audioOnly);
+  button.textContent = t(app.audioOnly ? 'control.audioOnlyIsOn' : 'control.audioOnlyIsOff');
   $('#tiles').classList.toggle('audio-only', app.audioOnly);
   $('#audio-only-note').hidden = !app.audioOnly;
 }
@@ -977,6 +1086,7 @@ function renderTiles() {
   $('#alone-note').hidden = app.participants.size > 0;
   $('#tiles').dataset.count = String(app.participants.size);
   for (const id of app.participants.keys()) renderTile(id);
+  renderSafety();
 }
 
 function roleLabel(role) {
@@ -1023,24 +1133,8 @@ function renderTile(id) {
   badge.dataset.e2eeTrust = trust;
   badge.textContent = t(tileTrustKey(trust, { host }));
 
-  // The safety code, wherever the pair has keys: comparing it is how anyone
-  // can check a participant, and marking it equal admits them.
-  const verified = app.verified.has(id);
-  const keyed = trust !== 'unencrypted' && trust !== 'failed' && trust !== 'pending';
-  const code = keyed && app.e2ee && typeof app.e2ee.safetyCode === 'function' ? safeCall(() => app.e2ee.safetyCode(id)) : null;
-  const security = tile.querySelector('.tile-security');
-  security.hidden = !code;
-  if (code) {
-    tile.querySelector('.safety-label').textContent = t('e2ee.safetyLabel', { name });
-    tile.querySelector('.safety-code').textContent = code.digits || '';
-    const words = code.words && code.words[getLanguage()];
-    const wordsEl = tile.querySelector('.safety-words');
-    wordsEl.textContent = Array.isArray(words) ? words.join(' · ') : '';
-    wordsEl.hidden = !wordsEl.textContent;
-    const verify = tile.querySelector('.verify');
-    verify.textContent = verified ? t('e2ee.verifiedButton') : t('e2ee.verifyButton');
-    verify.setAttribute('aria-pressed', String(verified));
-  }
+  renderQuality(id);
+  renderFit(tile);
 
   // No silent downgrade: the link could not be checked for this person, so
   // they get no key until the clinician decides (or the codes are compared).
@@ -1071,11 +1165,9 @@ function renderTile(id) {
   // While the decision box is open, its "do not admit" is the remove button.
   const remove = tile.querySelector('.remove');
   remove.hidden = !host || trust === 'needs-decision';
-  remove.textContent = t('host.remove', { name });
-}
-
-function initials(name) {
-  return name.split(/\s+/).filter(Boolean).slice(0, 2).map((w) => w[0].toUpperCase()).join('');
+  remove.textContent = t('host.removeShort');
+  remove.setAttribute('aria-label', t('host.remove', { name }));
+  renderSafety();
 }
 
 function safeCall(fn) {
@@ -1089,12 +1181,26 @@ function safeCall(fn) {
 function setLobby(list) {
   const before = new Set(app.lobby.keys());
   app.lobby.clear();
+  const arrived = [];
   for (const p of list) {
     if (!p || typeof p.id !== 'string') continue;
     app.lobby.set(p.id, { ...p, since: p.since || Date.now() / 1000 });
-    if (!before.has(p.id)) showNotice(t('notice.waiting', { name: p.name || '' }));
+    if (!before.has(p.id)) arrived.push(p);
   }
   renderLobby();
+  if (arrived.length && isClinicianLink()) announceWaiting(arrived);
+}
+
+/**
+ * Someone started waiting: the clinician hears it, sees it in the tab title
+ * and the banner over the video, and (if allowed, when looking elsewhere)
+ * gets a desktop notification.
+ */
+function announceWaiting(arrived) {
+  const name = arrived[0].name || roleLabel(arrived[0].role);
+  showNotice(t('notice.waiting', { name }));
+  cues.chime();
+  cues.notify(t('notify.waitingTitle'), arrived.length === 1 ? t('notify.waitingOne', { name }) : t('notify.waitingMany', { n: arrived.length }));
 }
 
 function removeLobby(id) {
@@ -1122,6 +1228,27 @@ function renderLobby() {
     li.querySelector('.deny').textContent = t('lobby.deny', { name });
   }
   $('#lobby-empty').hidden = app.lobby.size > 0;
+  renderWaitingBanner();
+  renderTitle();
+}
+
+/** Over the video: who is waiting, with "let in" right there (on a phone too). */
+function renderWaitingBanner() {
+  const banner = $('#waiting-banner');
+  const show = isClinicianLink() && app.phase === 'in-call' && app.lobby.size > 0;
+  banner.hidden = !show;
+  const badge = $('#more-badge');
+  badge.hidden = !show;
+  badge.textContent = show ? String(app.lobby.size) : '';
+  if (!show) return;
+  const [first] = app.lobby.values();
+  const name = first.name || roleLabel(first.role);
+  const one = app.lobby.size === 1;
+  $('#waiting-banner-text').textContent = one ? t('banner.waitingOne', { name }) : t('banner.waitingMany', { n: app.lobby.size });
+  const admit = $('#waiting-banner-admit');
+  admit.hidden = !one;
+  admit.dataset.participantId = first.id;
+  admit.textContent = t('lobby.admit', { name });
 }
 
 function renderInvite() {
@@ -1414,6 +1541,10 @@ function addChatPhoto({ from, blob, time }) {
 function appendChat(li) {
   const log = $('#chat-log');
   log.appendChild(li);
+  if (!li.classList.contains('own') && !chatInView()) {
+    app.unread += 1;
+    renderUnread();
+  }
   while (log.children.length > MAX_CHAT_ITEMS) dropChatItem(log.firstElementChild);
   log.scrollTop = log.scrollHeight;
 }
@@ -1427,6 +1558,8 @@ function dropChatItem(li) {
 }
 
 function clearChat() {
+  app.unread = 0;
+  renderUnread();
   const log = $('#chat-log');
   while (log.firstElementChild) dropChatItem(log.firstElementChild);
   for (const url of app.objectUrls) URL.revokeObjectURL(url);
@@ -1492,19 +1625,29 @@ function wireControls() {
   });
   $('#test-sound').addEventListener('click', () => media.playTestSound(app.speakerId));
   $('#devices-toggle').addEventListener('click', () => {
+    closeMenu();
     const panel = $('#call-devices');
-    panel.hidden = !panel.hidden;
-    $('#devices-toggle').setAttribute('aria-expanded', String(!panel.hidden));
-    if (!panel.hidden) {
+    const open = narrow() ? true : panel.hidden;
+    panel.hidden = !open;
+    $('#devices-toggle').setAttribute('aria-expanded', String(open));
+    if (narrow()) setSheet('devices');
+    if (open) {
       fillDeviceLists();
       $('#camera-select').focus();
     }
   });
+  wireCallScreen();
   $('#chat-form').addEventListener('submit', sendChat);
   $('#photo-input').addEventListener('change', sendPhoto);
   $('#lock').addEventListener('click', () => app.signaling && app.signaling.lock(!app.locked));
-  $('#end-consult').addEventListener('click', () => {
-    if (!app.signaling) return;
+  $('#end-consult').addEventListener('click', async () => {
+    closeMenu();
+    const ok = await confirmAction({
+      title: t('confirm.endTitle'),
+      text: t('confirm.endText'),
+      ok: t('confirm.endOk'),
+    });
+    if (!ok || !app.signaling) return;
     app.endedByMe = true;
     app.signaling.end();
   });
@@ -1558,12 +1701,389 @@ function renderSelf() {
   const hasCam = !!localTrack('video');
   const micOff = !app.micOn || !hasMic;
   const camOff = !app.camOn || !hasCam;
-  $('#mute-mic').setAttribute('aria-pressed', String(micOff));
-  $('#camera-off').setAttribute('aria-pressed', String(camOff));
+  // The words say the state now and what pressing does (not colour alone).
+  setControl($('#mute-mic'), !micOff, micOff ? 'control.micIsOff' : 'control.micIsOn', micOff ? 'control.turnOn' : 'control.turnOff');
+  setControl($('#camera-off'), !camOff, camOff ? 'control.camIsOff' : 'control.camIsOn', camOff ? 'control.turnOn' : 'control.turnOff');
   $('#self-camera-off').hidden = !camOff;
   $('#self-mic-off').hidden = !micOff;
   $('#self-view').classList.toggle('camera-off', camOff);
   $('#self-view').classList.toggle('mic-off', micOff);
+}
+
+// ---------------------------------------------------------------------------
+// The call screen: control bar, menu, sheets, dialogs, clock, quality
+
+function narrow() {
+  return window.matchMedia(NARROW).matches;
+}
+
+/** A toggle in the control bar: its state in words and what pressing does. */
+function setControl(button, on, stateKey, actionKey) {
+  button.dataset.on = String(on);
+  button.dataset.stateKey = stateKey;
+  button.dataset.actionKey = actionKey;
+  button.querySelector('.control-state').textContent = t(stateKey);
+  button.querySelector('.control-action').textContent = t(actionKey);
+}
+
+function renderMenuLabels() {
+  renderAudioOnly();
+  renderUnread();
+}
+
+function wireCallScreen() {
+  $('#more-toggle').addEventListener('click', () => ($('#more-menu').hidden ? openMenu() : closeMenu()));
+  $('#chat-toggle').addEventListener('click', () => setSheet($('#call-view').dataset.sheet === 'chat' ? '' : 'chat'));
+  $('#sheet-close').addEventListener('click', () => setSheet(''));
+  $('#lobby-open').addEventListener('click', () => {
+    closeMenu();
+    setSheet('lobby');
+  });
+  $('#safety-open').addEventListener('click', () => {
+    closeMenu();
+    openSafety();
+  });
+  $('#e2ee-summary').addEventListener('click', openSafety);
+  $('#safety-close').addEventListener('click', () => $('#safety-dialog').close());
+  $('#flip-camera').addEventListener('click', () => {
+    closeMenu();
+    flipCamera();
+  });
+  $('#audio-only').addEventListener('click', () => closeMenu());
+  $('#waiting-banner-admit').addEventListener('click', (ev) => {
+    const id = ev.currentTarget.dataset.participantId;
+    if (id && app.signaling) app.signaling.admit(id);
+  });
+  $('#waiting-banner-open').addEventListener('click', () => {
+    if (narrow()) setSheet('lobby');
+    else $('#lobby-title').scrollIntoView({ block: 'start' });
+  });
+  $('#confirm-ok').addEventListener('click', () => $('#confirm-dialog').close('ok'));
+  $('#confirm-cancel').addEventListener('click', () => $('#confirm-dialog').close('cancel'));
+  document.addEventListener('keydown', (ev) => {
+    if (ev.key !== 'Escape') return;
+    if (!$('#more-menu').hidden) {
+      closeMenu();
+      $('#more-toggle').focus();
+    } else if ($('#call-view').dataset.sheet) {
+      setSheet('');
+    }
+  });
+  document.addEventListener('pointerdown', (ev) => {
+    if ($('#more-menu').hidden) return;
+    if (!ev.target.closest('#more-menu') && !ev.target.closest('#more-toggle')) closeMenu();
+  });
+  window.matchMedia(NARROW).addEventListener('change', () => {
+    setSheet('');
+    renderUnread();
+  });
+  window.addEventListener('resize', () => {
+    for (const tile of $('#tiles').children) renderFit(tile);
+  });
+  wireSelfDrag();
+}
+
+function openMenu() {
+  $('#more-menu').hidden = false;
+  $('#more-toggle').setAttribute('aria-expanded', 'true');
+  const first = [...$('#more-menu').children].find((b) => !b.hidden);
+  if (first) first.focus();
+}
+
+function closeMenu() {
+  $('#more-menu').hidden = true;
+  $('#more-toggle').setAttribute('aria-expanded', 'false');
+}
+
+/** On a phone, one sheet over the video at a time: 'chat', 'lobby', 'devices' or none. */
+function setSheet(name) {
+  const view = $('#call-view');
+  const before = view.dataset.sheet;
+  view.dataset.sheet = name || '';
+  $('#chat-toggle').setAttribute('aria-expanded', String(name === 'chat'));
+  if (name === 'chat') {
+    app.unread = 0;
+    renderUnread();
+  }
+  if (name && name !== before) {
+    const heading = { chat: '#chat-title', lobby: '#lobby-title', devices: '#call-devices-title' }[name];
+    if (heading) {
+      $(heading).tabIndex = -1;
+      $(heading).focus();
+    }
+  } else if (!name && before) {
+    const back = before === 'chat' ? '#chat-toggle' : '#more-toggle';
+    if (!$('#call-view').hidden) $(back).focus();
+  }
+}
+
+/** Is the chat on screen (its column on a desktop, its sheet on a phone)? */
+function chatInView() {
+  if (app.phase !== 'in-call') return false;
+  return !narrow() || $('#call-view').dataset.sheet === 'chat';
+}
+
+function renderUnread() {
+  const badge = $('#chat-unread');
+  const n = chatInView() ? 0 : app.unread;
+  if (chatInView()) app.unread = 0;
+  badge.hidden = n === 0;
+  badge.textContent = n > 9 ? '9+' : String(n);
+  $('#chat-toggle').setAttribute('aria-label', n ? t('control.chatUnread', { n }) : t('control.chat'));
+}
+
+function closeDialogs() {
+  for (const d of document.querySelectorAll('dialog[open]')) d.close();
+}
+
+/**
+ * "Are you sure?" for what cannot be undone. Resolves true only for the
+ * confirm button; Escape and "back" are no. The safe choice has the focus.
+ */
+function confirmAction({ title, text, ok }) {
+  const dialog = $('#confirm-dialog');
+  if (dialog.open) dialog.close('cancel');
+  $('#confirm-title').textContent = title;
+  $('#confirm-text').textContent = text;
+  $('#confirm-ok').textContent = ok;
+  $('#confirm-cancel').textContent = t('confirm.cancel');
+  dialog.returnValue = '';
+  return new Promise((resolve) => {
+    dialog.addEventListener('close', () => resolve(dialog.returnValue === 'ok'), { once: true });
+    dialog.showModal();
+    $('#confirm-cancel').focus();
+  });
+}
+
+async function confirmRemove(id) {
+  const p = app.participants.get(id);
+  if (!p || !isHost()) return;
+  const name = p.name || roleLabel(p.role);
+  const ok = await confirmAction({
+    title: t('confirm.removeTitle', { name }),
+    text: t('confirm.removeText', { name }),
+    ok: t('confirm.removeOk'),
+  });
+  if (ok && app.participants.has(id)) removeFromConsult(id);
+}
+
+/** The safety codes: one row per person the pair has keys with. */
+function renderSafety() {
+  const list = $('#safety-list');
+  const rows = [];
+  for (const [id, p] of app.participants) {
+    const trust = trustFor(id);
+    const keyed = trust !== 'unencrypted' && trust !== 'failed' && trust !== 'pending';
+    const code = keyed && app.e2ee && typeof app.e2ee.safetyCode === 'function' ? safeCall(() => app.e2ee.safetyCode(id)) : null;
+    if (!code) continue;
+    let row = [...list.children].find((li) => li.dataset.participantId === id);
+    if (!row) {
+      row = $('#safety-row-template').content.firstElementChild.cloneNode(true);
+      row.dataset.participantId = id;
+      row.querySelector('.verify').addEventListener('click', () => verifyPeer(id));
+    }
+    const name = p.name || roleLabel(p.role);
+    row.querySelector('.safety-label').textContent = t('safety.with', { name });
+    row.querySelector('.safety-code').textContent = code.digits || '';
+    const words = code.words && code.words[getLanguage()];
+    const wordsEl = row.querySelector('.safety-words');
+    wordsEl.textContent = Array.isArray(words) ? words.join(' · ') : '';
+    wordsEl.hidden = !wordsEl.textContent;
+    const verified = app.verified.has(id);
+    const verify = row.querySelector('.verify');
+    verify.textContent = verified ? t('e2ee.verifiedButton') : t('e2ee.verifyButton');
+    verify.setAttribute('aria-pressed', String(verified));
+    rows.push(row);
+  }
+  list.replaceChildren(...rows);
+  $('#safety-empty').hidden = rows.length > 0;
+}
+
+function openSafety() {
+  renderSafety();
+  const dialog = $('#safety-dialog');
+  if (!dialog.open) dialog.showModal();
+}
+
+// The call clock: from the first moment in the call, kept across reconnects.
+function startCallClock() {
+  if (!app.callStart) app.callStart = Date.now();
+  clearInterval(app.timerId);
+  app.timerId = setInterval(renderClock, 1000);
+  renderClock();
+}
+
+function stopCallClock() {
+  clearInterval(app.timerId);
+  app.timerId = null;
+  app.callStart = null;
+}
+
+function renderClock() {
+  const el = $('#call-timer');
+  if (!app.callStart) {
+    el.textContent = '';
+    return;
+  }
+  const text = formatDuration(Date.now() - app.callStart);
+  el.textContent = text;
+  el.setAttribute('aria-label', t('call.timer', { time: text }));
+}
+
+/** The tab title: who is waiting (clinician), or a short note (let in). */
+function renderTitle() {
+  const base = t('page.title');
+  let title = base;
+  if (app.titleNote) title = `${app.titleNote} – ${base}`;
+  else if (isClinicianLink() && app.lobby.size > 0 && app.phase === 'in-call') title = `(${app.lobby.size}) ${t('title.waiting', { n: app.lobby.size })} – ${base}`;
+  if (document.title !== title) document.title = title;
+}
+
+function flashTitle(text, ms = 15000) {
+  app.titleNote = text;
+  clearTimeout(app.titleTimer);
+  app.titleTimer = setTimeout(() => {
+    app.titleNote = null;
+    renderTitle();
+  }, ms);
+  renderTitle();
+}
+
+// Connection quality per tile, from the receivers' statistics.
+function startQualityWatch() {
+  stopQualityWatch();
+  app.qualityTimer = setInterval(measureQuality, QUALITY_INTERVAL_MS);
+}
+
+function stopQualityWatch() {
+  clearInterval(app.qualityTimer);
+  app.qualityTimer = null;
+  app.quality.clear();
+  hook.quality = {};
+}
+
+async function measureQuality() {
+  const call = app.call;
+  if (!call || !call.pc) return;
+  let rtt = null;
+  try {
+    const stats = await call.pc.getStats();
+    stats.forEach((s) => {
+      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded' && typeof s.currentRoundTripTime === 'number') rtt = s.currentRoundTripTime;
+    });
+  } catch { return; }
+  for (const [id, receivers] of app.receivers) {
+    const p = app.participants.get(id);
+    if (!p || app.call !== call) continue;
+    // Video tells most; without it (camera off, audio only) the sound does.
+    const useVideo = receivers.video && p.video !== false && !app.audioOnly;
+    const receiver = useVideo ? receivers.video : receivers.audio;
+    if (!receiver) continue;
+    let received = 0;
+    let lost = 0;
+    try {
+      const stats = await receiver.getStats();
+      stats.forEach((s) => {
+        if (s.type === 'inbound-rtp') {
+          received += s.packetsReceived || 0;
+          lost += s.packetsLost || 0;
+        }
+      });
+    } catch { continue; }
+    const kind = useVideo ? 'video' : 'audio';
+    const prev = app.quality.get(id);
+    const sample = { kind, received, lost };
+    let quality = prev ? prev.quality : 'unknown';
+    if (prev && prev.last.kind === kind) {
+      const expected = kind === 'video' ? p.video !== false : p.audio !== false;
+      quality = qualityFrom({ received: received - prev.last.received, lost: lost - prev.last.lost, rtt, expected });
+    }
+    app.quality.set(id, { quality, last: sample });
+    hook.quality[id] = quality;
+    renderQuality(id);
+  }
+}
+
+function renderQuality(id) {
+  const tile = tileFor(id);
+  if (!tile) return;
+  const q = app.quality.get(id);
+  const quality = q ? q.quality : 'unknown';
+  const el = tile.querySelector('.tile-quality');
+  el.dataset.quality = quality;
+  el.hidden = quality === 'unknown';
+  el.textContent = t(`quality.${quality}`);
+}
+
+/** Fill the tile, unless that would cut off an upright picture (see present.js). */
+function renderFit(tile) {
+  const video = tile.querySelector('.tile-video');
+  const box = tile.getBoundingClientRect();
+  tile.dataset.fit = fitFor(video.videoWidth, video.videoHeight, box.width, box.height);
+}
+
+/** Phones: front and back camera; elsewhere the next camera in the list. */
+async function flipCamera() {
+  const current = localTrack('video');
+  const settings = current && current.getSettings ? current.getSettings() : {};
+  const devices = await media.listDevices();
+  let constraints;
+  if (settings.facingMode === 'user' || settings.facingMode === 'environment') {
+    constraints = { facingMode: { exact: settings.facingMode === 'user' ? 'environment' : 'user' } };
+  } else {
+    const cams = devices.videoinput;
+    if (cams.length < 2) return;
+    const i = cams.findIndex((d) => d.deviceId === settings.deviceId);
+    constraints = { deviceId: { exact: cams[(i + 1) % cams.length].deviceId } };
+  }
+  let fresh;
+  try {
+    if (current) current.stop(); // phones often cannot open both cameras at once
+    fresh = await navigator.mediaDevices.getUserMedia({ video: { ...constraints, width: { ideal: 1280 }, height: { ideal: 720 } } });
+  } catch (err) {
+    showNotice(t(mediaHelpKey(err)));
+    try {
+      fresh = await navigator.mediaDevices.getUserMedia({ video: true });
+    } catch {
+      return;
+    }
+  }
+  const track = fresh.getVideoTracks()[0];
+  if (!track) return;
+  const facing = track.getSettings ? track.getSettings().facingMode : undefined;
+  $('#self-view').classList.toggle('rear', facing === 'environment');
+  const others = app.stream.getTracks().filter((tr) => tr.kind !== 'video');
+  setLocalStream(new MediaStream([...others, track]));
+  fillDeviceLists();
+}
+
+/** The self view can be dragged to any corner of the video. */
+function wireSelfDrag() {
+  const pip = $('#call-self');
+  let start = null;
+  pip.addEventListener('pointerdown', (ev) => {
+    if (app.phase !== 'in-call') return;
+    start = { x: ev.clientX, y: ev.clientY, id: ev.pointerId };
+    pip.setPointerCapture(ev.pointerId);
+    pip.classList.add('dragging');
+  });
+  pip.addEventListener('pointermove', (ev) => {
+    if (!start || ev.pointerId !== start.id) return;
+    pip.style.translate = `${ev.clientX - start.x}px ${ev.clientY - start.y}px`;
+  });
+  const drop = (ev) => {
+    if (!start || ev.pointerId !== start.id) return;
+    start = null;
+    pip.classList.remove('dragging');
+    const stage = $('#stage').getBoundingClientRect();
+    const box = pip.getBoundingClientRect();
+    const cx = box.left + box.width / 2 - stage.left;
+    const cy = box.top + box.height / 2 - stage.top;
+    pip.style.translate = '';
+    pip.dataset.corner = `${cy < stage.height / 2 ? 't' : 'b'}${cx < stage.width / 2 ? 'l' : 'r'}`;
+  };
+  pip.addEventListener('pointerup', drop);
+  pip.addEventListener('pointercancel', drop);
 }
 
 // ---------------------------------------------------------------------------
@@ -1579,15 +2099,35 @@ function formatDateTime(date) {
   return date.toLocaleString(getLanguage() === 'nl' ? 'nl-NL' : 'en-GB', { day: 'numeric', month: 'long', hour: '2-digit', minute: '2-digit' });
 }
 
+/**
+ * Under the heading: "checking your link", then the greeting with the
+ * server's word for the name (never the unchecked token's), and who the
+ * appointment is with.
+ */
 function renderGreeting() {
-  const g = $('#greeting');
-  const c = app.claims;
-  if (c && typeof c.name === 'string' && c.name) {
-    g.textContent = t('preview.greeting', { name: c.name, role: roleLabel(c.role) });
-    g.hidden = false;
-  } else {
-    g.hidden = true;
+  const el = $('#link-status');
+  const c = app.check;
+  if (!c || c.status === 'unknown' || c.status === 'refused') {
+    el.textContent = '';
+    return;
   }
+  if (c.status === 'checking') {
+    el.textContent = t('check.checking');
+    return;
+  }
+  const parts = [];
+  if (c.name) parts.push(t('preview.greeting', { name: c.name, role: roleLabel(c.role) }));
+  if (app.hostName && c.role !== 'clinician') parts.push(t('preview.host', { host: app.hostName }));
+  parts.push(t('check.ok'));
+  el.textContent = parts.join(' ');
+}
+
+/** The waiting room names the clinician when the consult says who it is. */
+function renderWaiting() {
+  $('#waiting-text').textContent = app.hostName ? t('waiting.textHost', { host: app.hostName }) : t('waiting.text');
+  const contact = $('#waiting-contact');
+  contact.hidden = !app.contact;
+  contact.textContent = app.contact ? t('contact.line', { contact: app.contact }) : '';
 }
 
 function renderError() {
@@ -1601,11 +2141,19 @@ function renderError() {
   const help = $('#error-help');
   help.hidden = !app.errorHelp;
   help.textContent = app.errorHelp ? t(app.errorHelp) : '';
+  // Whom to ask: the care provider's own line, when the server has one.
+  const contact = $('#error-contact');
+  contact.hidden = !app.contact;
+  contact.textContent = app.contact ? t('contact.line', { contact: app.contact }) : '';
 }
 
 /** Re-render everything built from strings in code (data-i18n is done by i18n.js). */
 function renderLanguage() {
   renderGreeting();
+  renderWaiting();
+  renderLeft();
+  renderMenuLabels();
+  renderTitle();
   renderConnectivity();
   renderError();
   renderPrivacyE2ee();
@@ -1617,6 +2165,7 @@ function renderLanguage() {
   renderTiles();
   renderLobby();
   renderInvite();
+  renderClock();
   fillDeviceLists();
 }
 

@@ -121,8 +121,12 @@ export async function playTestSound(speakerId) {
   setTimeout(() => { audio.srcObject = null; ctx.close().catch(() => {}); }, 1000);
 }
 
-/** Which browser family's help text fits: 'firefox' | 'safari' | 'chrome' | 'other'. */
-export function browserFamily(ua = navigator.userAgent) {
+/** Which help text on camera permission fits: 'ios' | 'android' | 'firefox' | 'safari' | 'chrome' | 'other'. */
+export function browserFamily(ua = navigator.userAgent, touchPoints = typeof navigator !== 'undefined' ? navigator.maxTouchPoints || 0 : 0) {
+  // Every browser on an iPhone or iPad is Safari underneath, with Safari's settings
+  // (an iPad may say it is a Mac: it has a touch screen, a Mac does not).
+  if (/iPhone|iPad|iPod/.test(ua) || (/Macintosh/.test(ua) && touchPoints > 1)) return 'ios';
+  if (/Android/.test(ua) && /Chrome\/|SamsungBrowser\//.test(ua) && !/Firefox\//.test(ua)) return 'android';
   if (/Firefox\//.test(ua)) return 'firefox';
   if (/Edg\/|Chrome\/|Chromium\/|CriOS\//.test(ua)) return 'chrome';
   if (/Safari\//.test(ua)) return 'safari';

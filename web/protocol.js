@@ -434,3 +434,66 @@ export function probeConnectivity({ token, transport, timeoutMs = PROBE_SERVER_T
     ws.addEventListener('close', () => finish({ outcome: 'not-connected', reason: 'closed' }));
   });
 }
+
+/** How long the link check may take before the page stops waiting for it. */
+export const CHECK_TIMEOUT_MS = 8000;
+
+/**
+ * The link check before Join (docs/PROTOCOL.md, `check`): the server says
+ * whether `join` would accept this token now, without joining anything.
+ * Resolves to one of
+ *   {status: 'ok', role, name, expires, host, contact}
+ *   {status: 'refused', code, contact}   the server refused the link
+ *   {status: 'unknown'}                   no answer (network, timeout, an
+ *                                         older server): Join will tell.
+ * Never rejects. Only strings and numbers of the expected shape are kept.
+ */
+export function checkLink({ token, url = signalingUrl(), timeoutMs = CHECK_TIMEOUT_MS }) {
+  return new Promise((resolve) => {
+    let ws = null;
+    let done = false;
+    const str = (v, max = 200) => (typeof v === 'string' && v.length <= max ? v : null);
+    const finish = (result) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      if (ws) {
+        try { ws.close(1000); } catch { /* already closing */ }
+      }
+      resolve(result);
+    };
+    const timer = setTimeout(() => finish({ status: 'unknown' }), timeoutMs);
+    try {
+      ws = new WebSocket(url);
+    } catch {
+      finish({ status: 'unknown' });
+      return;
+    }
+    ws.addEventListener('open', () => ws.send(JSON.stringify({ type: 'check', v: PROTOCOL_VERSION, token })));
+    ws.addEventListener('message', (ev) => {
+      if (typeof ev.data !== 'string') return;
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch { return; }
+      if (!msg || typeof msg !== 'object') return;
+      if (msg.type === 'link-check' && msg.ok === true) {
+        finish({
+          status: 'ok',
+          role: str(msg.role, 20),
+          name: str(msg.name),
+          host: str(msg.host),
+          expires: Number.isFinite(msg.expires) ? msg.expires : null,
+          contact: str(msg.contact),
+        });
+      } else if (msg.type === 'link-check' && msg.ok === false && typeof msg.code === 'string') {
+        // Busy or unavailable says nothing about the link itself.
+        if (msg.code === 'rate_limited' || msg.code === 'service_unavailable' || msg.code === 'shutting_down') finish({ status: 'unknown', contact: str(msg.contact) });
+        else finish({ status: 'refused', code: str(msg.code, 64) || 'unknown', contact: str(msg.contact) });
+      } else if (msg.type === 'error') {
+        // A server without the check answers bad_message: nothing learnt.
+        finish({ status: 'unknown' });
+      }
+    });
+    ws.addEventListener('error', () => finish({ status: 'unknown' }));
+    ws.addEventListener('close', () => finish({ status: 'unknown' }));
+  });
+}

@@ -85,9 +85,10 @@ scenario('clinician and patient see and hear each other; a guest joins and leave
       const x = window.__spreekkamer.participants.get(pid);
       return x ? { audio: x.audio, video: x.video } : null;
     }, id);
-  const pressed = (p, sel) => p.evaluate((s) => document.querySelector(s)?.getAttribute('aria-pressed'), sel);
+  // The toggle's own state (its words say it; data-on is what they are rendered from).
+  const isOn = (p, sel) => p.evaluate((s) => document.querySelector(s)?.dataset.on, sel);
   await clin.page.click('#mute-mic');
-  await clin.waitFor(async () => (await pressed(clin, '#mute-mic')) === 'true', { what: 'clinician: #mute-mic aria-pressed=true', timeout: 10_000 });
+  await clin.waitFor(async () => (await isOn(clin, '#mute-mic')) === 'false', { what: 'clinician: #mute-mic data-on=false', timeout: 10_000 });
   await pat.waitFor(async () => (await remoteFlags(pat, clinId))?.audio === false, {
     what: "patient: the clinician's participant.audio === false after #mute-mic",
     timeout: 15_000,

@@ -249,7 +249,7 @@ scenario('a subscriber with a 350 kbit/s downlink gets the lowest simulcast laye
   // Only the clinician's camera matters here; the others' off spares the 2 CPU cores two simulcast encoders.
   for (const p of [pat, guest]) {
     await p.page.click('#camera-off');
-    await p.waitFor(async () => (await p.evaluate(() => document.querySelector('#camera-off')?.getAttribute('aria-pressed'))) === 'true', {
+    await p.waitFor(async () => (await p.evaluate(() => document.querySelector('#camera-off')?.dataset.on)) === 'false', {
       what: `${p.name}: #camera-off pressed`,
       timeout: 10_000,
     });

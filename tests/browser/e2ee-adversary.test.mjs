@@ -70,7 +70,8 @@ const shown = (p, selector) =>
 
 const text = (p, selector) => p.evaluate((sel) => (document.querySelector(sel) || {}).textContent?.trim() || null, selector);
 
-const tileCode = (p, id) => text(p, `.tile[data-participant-id="${id}"] .safety-code`);
+// The safety codes live in the "check who you are talking to" dialog, a row per person.
+const tileCode = (p, id) => text(p, `#safety-list .safety-row[data-participant-id="${id}"] .safety-code`);
 
 const senderEpoch = (p) =>
   p.evaluate(() => {
@@ -152,7 +153,7 @@ scenario('adversary: an invented participant never gets a key and the page says 
   await a.waitFor(() => nep.pair, { what: 'the clinician completed a handshake with the listed fake' });
   await waitTrust(a, nepId, 'needs-decision', { check: () => assert.equal(nep.boxes.length, 0, 'a box went to the roster fake') });
   assert.ok(await shown(a, `[data-action="accept-unbound"][data-participant-id="${nepId}"]`), 'the clinician is asked to decide');
-  assert.ok(await shown(a, `.tile[data-participant-id="${nepId}"] .safety-code`), 'the fake has a safety code to compare');
+  assert.ok(await tileCode(a, nepId), 'the fake has a safety code to compare');
   assert.equal(await summaryTrust(a), 'needs-decision', 'the summary follows the weakest pair');
   await sleep(3000); // a commit retry period: nothing may follow
   assert.equal(nep.boxes.length, 0, `the roster fake got ${nep.boxes.length} box(es) without the clinician's decision`);
@@ -269,7 +270,10 @@ scenario('adversary: a removed guest stops decoding at the rekey although the se
   tamper.keepInRoster(idG);
   const epochA = await senderEpoch(a);
   const epochB = await senderEpoch(b);
-  await a.evaluate((gid) => document.querySelector(`.tile[data-participant-id="${gid}"] .remove`).click(), idG);
+  await a.evaluate((gid) => {
+    document.querySelector(`.tile[data-participant-id="${gid}"] .remove`).click();
+    document.getElementById('confirm-ok').click(); // removing is confirmed
+  }, idG);
   await a.waitFor(async () => (await senderEpoch(a)).active > epochA.epoch, { what: 'the clinician switched to a fresh sender key' });
   // The clinician's sealed word reaches the patient past the server.
   await b.waitFor(async () => (await senderEpoch(b)).active > epochB.epoch, { what: 'the patient switched to a fresh sender key' });
@@ -329,7 +333,7 @@ scenario('e2ee honest call: Chromium clinician ↔ Firefox patient (invited from
   assert.equal(await tileCode(b, idA), codeB.digits);
   // Both read the code aloud and mark it: verified, on the tiles and in the summary.
   for (const [p, id] of [[a, idB], [b, idA]]) {
-    await p.evaluate((pid) => document.querySelector(`.tile[data-participant-id="${pid}"] .verify`).click(), id);
+    await p.evaluate((pid) => document.querySelector(`#safety-list .safety-row[data-participant-id="${pid}"] .verify`).click(), id);
     await waitTrust(p, id, 'verified');
     assert.equal(await summaryTrust(p), 'verified');
   }

@@ -159,7 +159,7 @@ const badge = (p, id) =>
 
 const tileCode = (p, id) =>
   p.evaluate((pid) => {
-    const c = document.querySelector(`.tile[data-participant-id="${pid}"] .safety-code`);
+    const c = document.querySelector(`#safety-list .safety-row[data-participant-id="${pid}"] .safety-code`);
     return c ? c.textContent.trim() : null;
   }, id);
 

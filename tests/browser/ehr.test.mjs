@@ -114,6 +114,7 @@ scenario('EHR launch (RS256 via JWKS): invite in the UI, waiting room, admit, bo
 
   // Removal: the patient is out, and the same invite does not work again.
   await clinician.page.click(`.tile[data-participant-id="${patientId}"] .remove`);
+  await clinician.page.click('#confirm-ok'); // removing is confirmed
   assert.equal(await patient.waitForError(), 'removed', 'the removed patient is told so');
   await waitForTiles(clinician, {});
   await waitForAudit(server, (e) => e.event === 'remove' && e.target === patientId && e.outcome === 'success', { what: 'remove audited' });

@@ -166,7 +166,7 @@ scenario('(c) audio only stops the video but not the sound, and turning it off b
   await sub.page.focus('#audio-only');
   await sub.page.keyboard.press('Enter');
   const ui = await sub.evaluate(() => ({
-    pressed: document.getElementById('audio-only').getAttribute('aria-pressed'),
+    pressed: document.getElementById('audio-only').dataset.on,
     note: !document.getElementById('audio-only-note').hidden,
     noteText: document.getElementById('audio-only-note').textContent,
     avatar: [...document.querySelectorAll('.tile .tile-placeholder')].every((e) => getComputedStyle(e).display !== 'none'),
@@ -193,7 +193,7 @@ scenario('(c) audio only stops the video but not the sound, and turning it off b
 
   // Turned off: the video comes back.
   await sub.page.keyboard.press('Enter');
-  assert.equal(await sub.evaluate(() => document.getElementById('audio-only').getAttribute('aria-pressed')), 'false');
+  assert.equal(await sub.evaluate(() => document.getElementById('audio-only').dataset.on), 'false');
   assert.equal(await sub.evaluate(() => document.getElementById('audio-only-note').hidden), true);
   await sub.waitForRising([pubId], await sub.media(), { minFrameRise: 10, timeout: 60_000 });
 });
@@ -209,7 +209,7 @@ scenario('(d) the participant who speaks is named and their tile marked', { time
   for (const [p, role] of [[quiet1, 'patient'], [quiet2, 'guest']]) {
     await joinAs(p, await linkFor(server, consult, role, role));
     await p.page.click('#mute-mic');
-    assert.equal(await p.evaluate(() => document.getElementById('mute-mic').getAttribute('aria-pressed')), 'true');
+    assert.equal(await p.evaluate(() => document.getElementById('mute-mic').dataset.on), 'false');
   }
   await Promise.all([quiet1.waitForMediaFrom([speakerId]), quiet2.waitForMediaFrom([speakerId])]);
 

@@ -69,8 +69,11 @@ scenario('a full consult leaves no file behind but the audit log (strace + empty
   });
 
   // The consult ends for everyone; the server then stops.
+  await clinician.page.click('#more-toggle');
   await clinician.page.click('#end-consult');
-  assert.equal(await patient.waitForError(), 'consult_ended');
+  await clinician.page.click('#confirm-ok'); // ending for everyone is confirmed
+  await patient.waitForState('left');
+  assert.equal(await patient.evaluate(() => document.getElementById('left-view').dataset.reason), 'ended');
   await clinician.waitForState('left');
   const stopped = await sc.stopServer(server);
   assert.equal(stopped.code, 0, `server exit ${JSON.stringify(stopped)}`);

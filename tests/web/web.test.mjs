@@ -216,17 +216,63 @@ test('a sender without three known layers is left alone', () => {
   assert.equal(simulcastEncodings(undefined), null);
 });
 
-test('the call controls have an audio-only toggle and tiles a speaking label', () => {
-  const html = fs.readFileSync(WEB + 'index.html', 'utf8');
-  assert.match(html, /<button id="audio-only" type="button"[^>]*aria-pressed="false"[^>]*data-i18n="control.audioOnly"/);
-  assert.match(html, /id="audio-only-note"[^>]*hidden/);
-  assert.match(html, /class="tile-speaking" hidden/);
-  for (const lang of ['nl', 'en']) {
-    assert.ok(DICTIONARIES[lang]['control.audioOnly']);
-    assert.ok(DICTIONARIES[lang]['tile.speaking']);
+const { initials, fitFor, qualityFrom, formatDuration, durationMinutes } = await import(WEB + 'present.js');
+const { browserFamily } = await import(WEB + 'media.js');
+
+test('initials skip titles and name particles', () => {
+  assert.equal(initials('Mevr. de Vries'), 'V');
+  assert.equal(initials('Dr. Jan van der Berg'), 'JB');
+  assert.equal(initials('dhr. P. Jansen'), 'PJ');
+  assert.equal(initials('Mw Ayşe Yılmaz'), 'AY');
+  assert.equal(initials('Prof. dr. ir. Smit'), 'S');
+  assert.equal(initials('anna'), 'A');
+  assert.equal(initials('  '), '');
+  assert.equal(initials('Dr.'), '', 'a title alone is no name');
+  assert.equal(initials('Éva Ørsted'), 'ÉØ');
+});
+
+test('an upright picture is never cropped into a wide tile; otherwise the video fills it', () => {
+  assert.equal(fitFor(1280, 720, 390, 700), 'cover', 'a landscape camera fills a phone held upright');
+  assert.equal(fitFor(720, 1280, 1000, 560), 'contain', 'a phone held upright is shown whole on a desktop');
+  assert.equal(fitFor(720, 1280, 390, 700), 'cover');
+  assert.equal(fitFor(640, 480, 1000, 560), 'cover');
+  assert.equal(fitFor(0, 0, 1000, 560), 'cover', 'no size known yet');
+});
+
+test('connection quality: loss and delay in words; silence where media is expected is poor', () => {
+  assert.equal(qualityFrom({ received: 100, lost: 0, rtt: 0.02 }), 'good');
+  assert.equal(qualityFrom({ received: 95, lost: 5, rtt: 0.02 }), 'fair');
+  assert.equal(qualityFrom({ received: 80, lost: 20, rtt: 0.02 }), 'poor');
+  assert.equal(qualityFrom({ received: 100, lost: 0, rtt: 0.5 }), 'fair');
+  assert.equal(qualityFrom({ received: 100, lost: 0, rtt: 1.2 }), 'poor');
+  assert.equal(qualityFrom({ received: 0, lost: 0, expected: true }), 'poor');
+  assert.equal(qualityFrom({ received: 0, lost: 0, expected: false }), 'unknown', 'camera off: nothing to judge');
+  assert.equal(qualityFrom({ received: 100, lost: -3, rtt: null }), 'good', 'duplicates (negative loss) are no loss');
+});
+
+test('call clock and duration', () => {
+  assert.equal(formatDuration(0), '0:00');
+  assert.equal(formatDuration(65_400), '1:05');
+  assert.equal(formatDuration(3_600_000 + 61_000), '1:01:01');
+  assert.equal(durationMinutes(10_000), 1, 'a short call is "1 min", not 0');
+  assert.equal(durationMinutes(12.6 * 60_000), 13);
+});
+
+test('camera permission help picks the platform a patient is on', () => {
+  const android = 'Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Mobile Safari/537.36';
+  const iphoneChrome = 'Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/131.0 Mobile/15E148 Safari/604.1';
+  const ipadAsMac = 'Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15';
+  const desktopChrome = 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36';
+  const firefoxAndroid = 'Mozilla/5.0 (Android 14; Mobile; rv:133.0) Gecko/133.0 Firefox/133.0';
+  assert.equal(browserFamily(android, 5), 'android');
+  assert.equal(browserFamily(iphoneChrome, 5), 'ios');
+  assert.equal(browserFamily(ipadAsMac, 5), 'ios');
+  assert.equal(browserFamily(ipadAsMac, 0), 'safari', 'a real Mac');
+  assert.equal(browserFamily(desktopChrome, 0), 'chrome');
+  assert.equal(browserFamily(firefoxAndroid, 5), 'firefox');
+  for (const family of ['ios', 'android', 'firefox', 'safari', 'chrome', 'other']) {
+    for (const lang of ['nl', 'en']) assert.ok(DICTIONARIES[lang][`mediaHelp.${family}`], `${lang} mediaHelp.${family}`);
   }
-  assert.equal(DICTIONARIES.nl['control.audioOnly'], 'Alleen geluid');
-  assert.equal(DICTIONARIES.en['tile.speaking'], 'speaking');
 });
 
 test('simulcast through one E2EE sender: counters never repeat, a subscriber switching layers decrypts every frame', async () => {

@@ -125,9 +125,11 @@ export class Browsers {
    * A participant in a fresh Chromium context. `lang` sets navigator.languages;
    * `netns` runs it in a Chromium inside that network namespace.
    */
-  async newChromium({ name = 'chromium', lang = 'en-US', netns = null, viewport = { width: 1000, height: 700 }, deviceScaleFactor = 1 } = {}) {
+  async newChromium({ name = 'chromium', lang = 'en-US', netns = null, viewport = { width: 1000, height: 700 }, deviceScaleFactor = 1, phone = false } = {}) {
     const browser = netns ? await this.#nsChromium(netns) : await this.#chromium();
-    const context = await browser.newContext({ locale: lang, viewport, deviceScaleFactor });
+    // `phone`: a touch screen that reports itself as mobile (meta viewport honoured).
+    const mobile = phone ? { isMobile: true, hasTouch: true } : {};
+    const context = await browser.newContext({ locale: lang, viewport, deviceScaleFactor, ...mobile });
     const page = await context.newPage();
     const p = new Participant({ page, name, kind: 'chromium', close: () => context.close() });
     this.participants.push(p);
