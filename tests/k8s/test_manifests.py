@@ -153,9 +153,23 @@ class Manifests(unittest.TestCase):
         peer = pols["edge-peer"]["spec"]["ingress"][0]
         self.assertEqual([f["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for f in peer["from"]], ["spreekkamer-edge"])
         self.assertEqual([p["port"] for p in peer["ports"]], [7001])
-        http = pols["edge-http"]["spec"]["ingress"][0]
-        namespaces = {f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for f in http["from"]}
-        self.assertEqual(namespaces, {"ingress-nginx", "monitoring"})
+        # The Ingress controller reaches 8080 only, monitoring 9100 only.
+        rules = {
+            f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]: sorted(p["port"] for p in r["ports"])
+            for r in pols["edge-http"]["spec"]["ingress"]
+            for f in r["from"]
+        }
+        self.assertEqual(rules, {"ingress-nginx": [8080], "monitoring": [9100]})
+
+    def test_edge_metrics_are_not_on_the_port_the_ingress_publishes(self):
+        dep = one(self.docs, "Deployment", "spreekkamer-edge")
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        self.assertIn("--metrics-listen=0.0.0.0:9100", c["args"])
+        sm = one(self.docs, "ServiceMonitor", "spreekkamer-edge")
+        self.assertEqual(sm["spec"]["endpoints"][0]["port"], "metrics")
+        ing = one(self.docs, "Ingress", "spreekkamer")
+        for path in ing["spec"]["rules"][0]["http"]["paths"]:
+            self.assertEqual(path["backend"]["service"]["port"]["name"], "http")
 
     def test_monitoring_selects_real_services_and_alerts_are_complete(self):
         services = by_kind(self.docs, "Service")
