@@ -34,6 +34,9 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Parsed once at start and moved into its handler: the size difference
+// between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the edge and the media server in one process (the default).
@@ -85,6 +88,12 @@ pub struct ServeArgs {
     /// start, every 10 minutes, and when a token names an unknown `kid`.
     #[arg(long, env = "SPREEKKAMER_JWKS_URL", value_parser = parse_jwks_url)]
     pub jwks_url: Option<String>,
+    /// PEM file of the CA certificates the JWKS URL's TLS certificate must
+    /// chain to, instead of the Mozilla roots (an internal CA, or the one a
+    /// TLS-inspecting proxy signs with). The proxy itself comes from
+    /// HTTPS_PROXY / NO_PROXY.
+    #[arg(long, env = "SPREEKKAMER_JWKS_CA_FILE", requires = "jwks_url")]
+    pub jwks_ca_file: Option<PathBuf>,
     /// Required `iss` claim.
     #[arg(long, env = "SPREEKKAMER_JWT_ISSUER", default_value = "spreekkamer", value_parser = parse_nonempty)]
     pub jwt_issuer: String,
@@ -638,6 +647,17 @@ impl ServeArgs {
         }))
     }
 
+    /// How the JWKS URL is reached: `--jwks-ca-file` (read now) and the
+    /// egress proxy from `HTTPS_PROXY` / `NO_PROXY` (read now, once; ignored
+    /// without `--jwks-url`, the only request the edge makes).
+    pub fn jwks_fetch(&self) -> Result<crate::jwks::FetchConfig, String> {
+        if self.jwks_url.is_none() {
+            return Ok(crate::jwks::FetchConfig::default());
+        }
+        let proxy = crate::egress::ProxySettings::from_env()?;
+        crate::jwks::FetchConfig::new(self.jwks_ca_file.as_deref(), proxy)
+    }
+
     /// The server configuration, with the secret to sign demo links with.
     pub fn to_config(&self, secret: &str) -> Result<ServeConfig, String> {
         let limits = Limits {
@@ -680,6 +700,7 @@ impl ServeArgs {
             invite_ttl: self.invite_ttl,
             resume_ttl: self.resume_ttl,
             jwks_url: self.jwks_url.clone(),
+            jwks_fetch: self.jwks_fetch()?,
             jwks_min_refresh: Duration::from_secs(30),
             trusted_proxies: self.trusted_proxies.clone(),
             public_url: self.public_url.clone(),
@@ -704,10 +725,19 @@ impl ServeArgs {
 pub struct ClusterArgs {
     /// The cluster's directory, `redis://HOST:PORT` (plain TCP: keep Redis
     /// on the cluster network; TLS to Redis is not built in). A password
-    /// belongs in the URL (`redis://:PASSWORD@HOST:PORT`); prefer the
-    /// environment then.
-    #[arg(long, env = "SPREEKKAMER_REDIS", hide_env_values = true)]
-    pub redis: String,
+    /// belongs in the URL (`redis://:PASSWORD@HOST:PORT`); then prefer
+    /// --redis-file: a flag is visible to every local user.
+    #[arg(
+        long,
+        env = "SPREEKKAMER_REDIS",
+        hide_env_values = true,
+        required_unless_present = "redis_file"
+    )]
+    pub redis: Option<String>,
+    /// File holding the Redis URL (surrounding whitespace ignored), e.g. a
+    /// mounted Kubernetes Secret: the password stays out of argv and env.
+    #[arg(long, env = "SPREEKKAMER_REDIS_FILE", conflicts_with = "redis")]
+    pub redis_file: Option<PathBuf>,
     /// Shared secret of the edge↔node link (at least 32 bytes). Prefer
     /// --link-secret-file or the environment: a flag is visible to every
     /// local user.
@@ -731,6 +761,23 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
+    /// The Redis URL, from `--redis` or read now from `--redis-file`. An
+    /// error names the file, never its content (the URL holds a password).
+    pub fn redis_url(&self) -> Result<String, String> {
+        let url = match (&self.redis, &self.redis_file) {
+            (Some(url), _) => url.trim().to_string(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("--redis-file {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => return Err("a cluster needs --redis-file (or --redis)".into()),
+        };
+        if url.is_empty() {
+            return Err("--redis / --redis-file: the Redis URL is empty".into());
+        }
+        Ok(url)
+    }
+
     pub fn link_secret(&self) -> Result<crate::link::LinkSecret, String> {
         let secret = match (&self.link_secret, &self.link_secret_file) {
             (Some(s), _) => s.clone(),

@@ -57,6 +57,9 @@ pub struct ServeConfig {
     pub resume_ttl: Duration,
     /// The EHR's JWKS URL, if its keys are fetched rather than configured.
     pub jwks_url: Option<String>,
+    /// How the JWKS URL is reached: trust anchors (`--jwks-ca-file`) and the
+    /// egress proxy (`HTTPS_PROXY`, `NO_PROXY`, read once at start).
+    pub jwks_fetch: crate::jwks::FetchConfig,
     /// Minimum time between two JWKS fetches (unknown `kid`s trigger one).
     pub jwks_min_refresh: Duration,
     /// Reverse proxies whose `X-Forwarded-For` is believed (audit IPs).
@@ -135,6 +138,7 @@ impl ServeConfig {
             invite_ttl: Duration::from_secs(4 * 3600),
             resume_ttl: crate::resume::DEFAULT_TTL,
             jwks_url: None,
+            jwks_fetch: crate::jwks::FetchConfig::default(),
             jwks_min_refresh: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
             public_url: None,
@@ -277,11 +281,16 @@ impl Context {
         };
         match jwks.refresh().await {
             Ok(Some(keys)) => {
-                log::info!("JWKS from {}: {} keys", jwks.url(), keys.len());
+                log::info!(
+                    "JWKS from {} ({}): {} keys",
+                    jwks.url(),
+                    jwks.route(),
+                    keys.len()
+                );
                 self.verifier.set_remote_keys(keys);
             }
             Ok(None) => {}
-            Err(e) => log::warn!("JWKS from {}: {e}", jwks.url()),
+            Err(e) => log::warn!("JWKS from {} ({}): {e}", jwks.url(), jwks.route()),
         }
     }
 }

@@ -6,6 +6,8 @@
 //! * [`protocol`] — the wire messages and error codes of docs/PROTOCOL.md;
 //! * [`token`] — join tokens (verify on every join, mint for `link`);
 //! * [`jwks`] — the EHR's public keys from a JWKS URL;
+//! * [`egress`] — the way out: the hospital's HTTPS proxy (`HTTPS_PROXY`,
+//!   `NO_PROXY`) and its `CONNECT` tunnel;
 //! * [`consult`] — the roster and waiting room as pure logic that returns
 //!   effects;
 //! * [`media`] — the seam to the media plane: a typed command/event pair
@@ -53,6 +55,7 @@ pub mod connection;
 pub mod consult;
 pub mod context;
 pub mod directory;
+pub mod egress;
 pub mod forward;
 pub mod gate;
 pub mod http;

@@ -38,16 +38,20 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 
 /// Connect to the directory, trying for a while: in a cluster the edge or
 /// node may start before Redis does.
-async fn directory(cluster: &ClusterArgs, prefix: &str) -> Option<Arc<dyn Registry>> {
+async fn directory(
+    cluster: &ClusterArgs,
+    redis_url: &str,
+    prefix: &str,
+) -> Option<Arc<dyn Registry>> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut warned = false;
     loop {
-        match RedisRegistry::connect(&cluster.redis, prefix, cluster.redis_timeout).await {
+        match RedisRegistry::connect(redis_url, prefix, cluster.redis_timeout).await {
             Ok(r) => return Some(Arc::new(r)),
             // A URL that does not parse (or a bad prefix) will not get
             // better by waiting.
             Err(e @ signaling::registry::RegistryError::Invalid(_)) => {
-                eprintln!("error: --redis: {e}");
+                eprintln!("error: --redis / --redis-file: {e}");
                 return None;
             }
             Err(e) => {
@@ -68,9 +72,12 @@ async fn directory(cluster: &ClusterArgs, prefix: &str) -> Option<Arc<dyn Regist
 /// The shared room state (revocations, lock, removals) on the directory's
 /// Redis, with its timeout. Called once the directory answered, so Redis is
 /// up.
-async fn room_store(cluster: &ClusterArgs) -> Option<Arc<dyn signaling::roomstore::RoomStore>> {
+async fn room_store(
+    cluster: &ClusterArgs,
+    redis_url: &str,
+) -> Option<Arc<dyn signaling::roomstore::RoomStore>> {
     match signaling::roomstore::RedisRoomStore::connect(
-        &cluster.redis,
+        redis_url,
         signaling::registry::DEFAULT_PREFIX,
         cluster.redis_timeout,
     )
@@ -99,6 +106,13 @@ fn signaling(args: SignalingArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let redis_url = match args.cluster.redis_url() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let edge_id = match args.edge_id() {
         Ok(id) => id,
         Err(e) => {
@@ -108,6 +122,7 @@ fn signaling(args: SignalingArgs) -> ExitCode {
     };
     let edge = Edge {
         cluster: args.cluster,
+        redis_url,
         link_secret: secret,
         edge_id,
         peer_listen: args.peer_listen,
@@ -119,6 +134,8 @@ fn signaling(args: SignalingArgs) -> ExitCode {
 /// What `spreekkamer signaling` adds to `serve`.
 struct Edge {
     cluster: ClusterArgs,
+    /// From `--redis` or `--redis-file`.
+    redis_url: String,
     link_secret: signaling::link::LinkSecret,
     edge_id: String,
     peer_listen: std::net::SocketAddr,
@@ -137,11 +154,23 @@ fn media_node(args: SfuArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let redis_url = match args.cluster.redis_url() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
-        let Some(registry) = directory(&args.cluster, signaling::registry::DEFAULT_PREFIX).await
+        let Some(registry) = directory(
+            &args.cluster,
+            &redis_url,
+            signaling::registry::DEFAULT_PREFIX,
+        )
+        .await
         else {
             return ExitCode::FAILURE;
         };
@@ -255,15 +284,21 @@ fn serve(args: ServeArgs, edge: Option<Edge>) -> ExitCode {
     };
     runtime.block_on(async move {
         if let Some(edge) = edge {
-            let Some(registry) =
-                directory(&edge.cluster, signaling::registry::DEFAULT_PREFIX).await
+            let Some(registry) = directory(
+                &edge.cluster,
+                &edge.redis_url,
+                signaling::registry::DEFAULT_PREFIX,
+            )
+            .await
             else {
                 return ExitCode::FAILURE;
             };
-            let Some(edges) = directory(&edge.cluster, signaling::peer::EDGE_PREFIX).await else {
+            let Some(edges) =
+                directory(&edge.cluster, &edge.redis_url, signaling::peer::EDGE_PREFIX).await
+            else {
                 return ExitCode::FAILURE;
             };
-            let Some(store) = room_store(&edge.cluster).await else {
+            let Some(store) = room_store(&edge.cluster, &edge.redis_url).await else {
                 return ExitCode::FAILURE;
             };
             config.room_store = Some(store);

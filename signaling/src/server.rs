@@ -77,7 +77,10 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
     let jwks = config
         .jwks_url
         .as_deref()
-        .map(|url| crate::jwks::JwksSource::new(url, config.jwks_min_refresh))
+        .map(|url| {
+            crate::jwks::JwksSource::new(url, config.jwks_min_refresh)
+                .map(|source| source.with_fetch(config.jwks_fetch.clone()))
+        })
         .transpose()
         .map_err(ServeError::Jwks)?;
     let audit = Arc::new(

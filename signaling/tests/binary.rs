@@ -406,3 +406,177 @@ fn an_unparsable_redis_url_fails_at_once_instead_of_waiting_for_redis() {
         started.elapsed()
     );
 }
+
+/// A `redis-server` with a password on a free loopback port, killed on drop.
+struct PasswordRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PasswordRedis {
+    fn start(password: &str) -> PasswordRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new("/usr/bin/redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                password,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run /usr/bin/redis-server (Debian package redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PasswordRedis { child, port }
+    }
+}
+
+impl Drop for PasswordRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `spreekkamer sfu` with the Redis URL in a file until its stderr has
+/// a line containing `until` (or 20 s pass); the whole stderr.
+fn media_node_stderr(redis_file: &std::path::Path, until: &str) -> String {
+    let mut child = Command::new(BIN)
+        .args(["sfu", "--node-id", "n-redis-file", "--workers", "1"])
+        .args(["--announce-ip", "127.0.0.1"])
+        .args(["--link-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .args([
+            "--link-secret",
+            "0123456789abcdef0123456789abcdef-long-enough",
+        ])
+        .arg("--redis-file")
+        .arg(redis_file)
+        .env_remove("SPREEKKAMER_REDIS")
+        .env_remove("SPREEKKAMER_REDIS_FILE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(until) {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    seen
+}
+
+#[test]
+fn the_redis_url_with_its_password_comes_from_a_file_and_is_never_shown() {
+    const PASSWORD: &str = "r3dis-Passw0rd-from-a-secret";
+    let redis = PasswordRedis::start(PASSWORD);
+    let dir = std::env::temp_dir().join(format!("spreekkamer-redis-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // As a mounted Secret or `echo` writes it: surrounding whitespace.
+    let good = dir.join("redis-url");
+    std::fs::write(
+        &good,
+        format!("  redis://:{PASSWORD}@127.0.0.1:{}/\n", redis.port),
+    )
+    .unwrap();
+    let log = media_node_stderr(&good, "media node n-redis-file");
+    assert!(
+        log.contains("media node n-redis-file"),
+        "connected and started: {log}"
+    );
+    assert!(!log.contains(PASSWORD), "{log}");
+
+    // A wrong password: the wait for Redis is logged, without the URL.
+    let wrong = dir.join("wrong-redis-url");
+    std::fs::write(
+        &wrong,
+        format!("redis://:not-{PASSWORD}@127.0.0.1:{}/", redis.port),
+    )
+    .unwrap();
+    let log = media_node_stderr(&wrong, "waiting for the directory");
+    assert!(log.contains("waiting for the directory"), "{log}");
+    assert!(!log.contains(PASSWORD), "{log}");
+
+    // An unparsable URL fails at once, without echoing it.
+    let bad = dir.join("bad-redis-url");
+    std::fs::write(&bad, format!("redis://:{PASSWORD}@127.0.0.1:notaport/")).unwrap();
+    let out = Command::new(BIN)
+        .args(["sfu", "--node-id", "n1", "--redis-file"])
+        .arg(&bad)
+        .args([
+            "--link-secret",
+            "0123456789abcdef0123456789abcdef-long-enough",
+        ])
+        .args(["--link-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .env_remove("SPREEKKAMER_REDIS")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("--redis-file"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+
+    // A missing file, an empty one, and both options at once are refused
+    // before anything starts (exit 2), naming the option.
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    for (args, says) in [
+        (
+            vec!["--redis-file", dir.join("missing").to_str().unwrap()],
+            "--redis-file",
+        ),
+        (vec!["--redis-file", empty.to_str().unwrap()], "empty"),
+        (
+            vec![
+                "--redis-file",
+                good.to_str().unwrap(),
+                "--redis",
+                "redis://127.0.0.1:1",
+            ],
+            "--redis",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["sfu", "--node-id", "n1"])
+            .args(&args)
+            .args([
+                "--link-secret",
+                "0123456789abcdef0123456789abcdef-long-enough",
+            ])
+            .env_remove("SPREEKKAMER_REDIS")
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains(PASSWORD), "{stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -63,6 +63,7 @@ class Manifests(unittest.TestCase):
         drain = seconds(self.config["SPREEKKAMER_DRAIN_TIMEOUT"])
         self.assertGreater(pod["terminationGracePeriodSeconds"], drain, "grace must outlast --drain-timeout")
         self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/readyz")
+        self.assertIn("--redis-file=/run/secrets/spreekkamer/redis-url", c["args"])
         ports = {(p["containerPort"], p["protocol"]) for p in c["ports"]}
         self.assertIn((int(self.config["SPREEKKAMER_UDP_PORT"]), "UDP"), ports)
         self.assertIn((int(self.config["SPREEKKAMER_TCP_PORT"]), "TCP"), ports)
@@ -109,6 +110,20 @@ class Manifests(unittest.TestCase):
                 self.assertIn("readinessProbe", c, name)
                 self.assertIn("livenessProbe", c, name)
 
+    def test_the_redis_url_is_a_mounted_secret_file_on_edges_and_media_nodes(self):
+        for kind, name in (("Deployment", "spreekkamer-edge"), ("DaemonSet", "spreekkamer-media")):
+            pod = one(self.docs, kind, name)["spec"]["template"]["spec"]
+            self.assertIn("--redis-file=/run/secrets/spreekkamer/redis-url", pod["containers"][0]["args"], name)
+            mounted = {
+                (v["secret"]["secretName"], i["key"], i["path"])
+                for v in pod["volumes"]
+                if "secret" in v
+                for i in v["secret"].get("items", [])
+            }
+            self.assertIn(("spreekkamer-secrets", "redis-url", "redis-url"), mounted, name)
+            mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+            self.assertIn("/run/secrets/spreekkamer", mounts, name)
+
     def test_no_secret_in_a_configmap_or_a_literal_env_value(self):
         for cm in by_kind(self.docs, "ConfigMap"):
             for key in cm.get("data", {}):
@@ -116,10 +131,14 @@ class Manifests(unittest.TestCase):
         for w in workloads(self.docs):
             for c in w["spec"]["template"]["spec"]["containers"]:
                 for e in c.get("env", []):
-                    if SECRET_WORDS.search(e["name"]) or e["name"] == "SPREEKKAMER_REDIS":
+                    if SECRET_WORDS.search(e["name"]):
                         self.assertIn("secretKeyRef", e.get("valueFrom", {}), f"{w['metadata']['name']}: {e['name']}")
+                    if w["metadata"]["name"] in ("spreekkamer-edge", "spreekkamer-media"):
+                        # The Redis URL holds Redis's password: a mounted file
+                        # (--redis-file), not the environment.
+                        self.assertNotEqual(e["name"], "SPREEKKAMER_REDIS", w["metadata"]["name"])
                 for a in c.get("args", []):
-                    self.assertNotRegex(a, r"--(jwt|link|turn)-secret=", "a secret on the command line")
+                    self.assertNotRegex(a, r"--(jwt|link|turn)-secret=|--redis=", "a secret on the command line")
         self.assertEqual(by_kind(self.docs, "Secret"), [], "Secrets are created by the operator, never rendered from git")
 
     def test_network_policies_deny_by_default_and_open_only_what_is_needed(self):
@@ -134,9 +153,23 @@ class Manifests(unittest.TestCase):
         peer = pols["edge-peer"]["spec"]["ingress"][0]
         self.assertEqual([f["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for f in peer["from"]], ["spreekkamer-edge"])
         self.assertEqual([p["port"] for p in peer["ports"]], [7001])
-        http = pols["edge-http"]["spec"]["ingress"][0]
-        namespaces = {f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for f in http["from"]}
-        self.assertEqual(namespaces, {"ingress-nginx", "monitoring"})
+        # The Ingress controller reaches 8080 only, monitoring 9100 only.
+        rules = {
+            f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]: sorted(p["port"] for p in r["ports"])
+            for r in pols["edge-http"]["spec"]["ingress"]
+            for f in r["from"]
+        }
+        self.assertEqual(rules, {"ingress-nginx": [8080], "monitoring": [9100]})
+
+    def test_edge_metrics_are_not_on_the_port_the_ingress_publishes(self):
+        dep = one(self.docs, "Deployment", "spreekkamer-edge")
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        self.assertIn("--metrics-listen=0.0.0.0:9100", c["args"])
+        sm = one(self.docs, "ServiceMonitor", "spreekkamer-edge")
+        self.assertEqual(sm["spec"]["endpoints"][0]["port"], "metrics")
+        ing = one(self.docs, "Ingress", "spreekkamer")
+        for path in ing["spec"]["rules"][0]["http"]["paths"]:
+            self.assertEqual(path["backend"]["service"]["port"]["name"], "http")
 
     def test_monitoring_selects_real_services_and_alerts_are_complete(self):
         services = by_kind(self.docs, "Service")
