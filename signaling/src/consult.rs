@@ -303,7 +303,7 @@ impl Consult {
         let is_clinician = a.role == Role::Clinician;
         let welcome = ServerMessage::Welcome {
             v: crate::protocol::PROTOCOL_VERSION,
-            you: participant,
+            you: Box::new(participant),
             consult: self.id.clone(),
             state,
             participants,

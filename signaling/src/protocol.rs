@@ -305,7 +305,9 @@ pub struct LobbyEntry {
 pub enum ServerMessage {
     Welcome {
         v: u32,
-        you: Participant,
+        /// Boxed: it keeps `ServerMessage` (and every queue of them) small,
+        /// now that `welcome` also carries `host` and `contact`.
+        you: Box<Participant>,
         consult: String,
         state: JoinState,
         participants: Vec<Participant>,
@@ -823,7 +825,7 @@ mod tests {
         let messages = vec![
             ServerMessage::Welcome {
                 v: 1,
-                you: p.clone(),
+                you: Box::new(p.clone()),
                 consult: "c1".into(),
                 state: JoinState::InCall,
                 participants: vec![p.clone()],
@@ -837,7 +839,7 @@ mod tests {
             },
             ServerMessage::Welcome {
                 v: 1,
-                you: p.clone(),
+                you: Box::new(p.clone()),
                 consult: "c1".into(),
                 state: JoinState::InCall,
                 participants: vec![],

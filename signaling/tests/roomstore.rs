@@ -188,7 +188,8 @@ async fn a_peek_sees_what_a_join_sees(s: Arc<dyn RoomStore>) {
     for (sub, jti) in [("barred", Some("j1")), ("p", None), ("barred", None)] {
         assert_eq!(
             s.peek_view("c1", sub, jti, now).await.unwrap(),
-            s.join_view("c1", sub, jti, now + 100, now).await.unwrap(),
+            // A token expiring before `until`: the join read extends nothing.
+            s.join_view("c1", sub, jti, now, now).await.unwrap(),
             "{sub} {jti:?}"
         );
     }
@@ -590,6 +591,81 @@ async fn with_redis_down_a_join_is_refused_in_bounded_time_and_works_when_it_is_
         c.next().await["type"] == "welcome"
     })
     .await;
+}
+
+/// A link check on an edge: its one `link-check` reply.
+async fn link_check(addr: std::net::SocketAddr, token: &str) -> serde_json::Value {
+    let mut c = Client::connect(addr).await;
+    c.send(json!({"type":"check","v":1,"token":token})).await;
+    let reply = c.next().await;
+    assert_eq!(reply["type"], "link-check", "{reply}");
+    c.expect_closed().await;
+    reply
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_check_on_another_edge_reads_the_shared_room_store_and_refuses_when_it_cannot() {
+    let e = edges().await;
+    let created = post_invite(&e.one, Some(&doc()), br#"{"role":"patient"}"#).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let invite = json_body(&created);
+    let (jti, token) = (
+        invite["jti"].as_str().unwrap().to_string(),
+        invite["token"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(link_check(e.two.addr, &token).await["ok"], true);
+    assert_eq!(delete_invite(&e.one, &doc(), &jti).await.status, 204);
+    let sub = format!("invite-{jti}");
+    eventually("the revocation reaches Redis", || async {
+        e.store
+            .peek_view(CONSULT, &sub, Some(&jti), unix_now())
+            .await
+            .unwrap()
+            .revoked
+    })
+    .await;
+    // Edge two never held the consult: only the store can tell it.
+    let reply = link_check(e.two.addr, &token).await;
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["code"], "token_revoked");
+
+    // A lock set on edge one is seen by a check on edge two.
+    let (mut d, _) = Client::joined(e.one.addr, &doc()).await;
+    d.send(json!({"type":"lock","locked":true})).await;
+    d.expect("locked").await;
+    eventually("the lock reaches Redis", || async {
+        e.store
+            .peek_view(CONSULT, "x", None, unix_now())
+            .await
+            .unwrap()
+            .locked
+    })
+    .await;
+    assert_eq!(
+        link_check(e.two.addr, &patient()).await["code"],
+        "consult_locked"
+    );
+
+    // An unreadable store: `service_unavailable`, audited as the check.
+    e.redis.signal("-STOP");
+    let reply = link_check(e.two.addr, &patient()).await;
+    e.redis.signal("-CONT");
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["code"], "service_unavailable");
+    let lines = e.two.audit_lines();
+    let line = lines
+        .iter()
+        .find(|l| l["event"] == "link_checked" && l["reason"] == "service_unavailable")
+        .expect("audited");
+    assert_eq!(line["consult"], CONSULT);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["event"] == "link_checked")
+            .count(),
+        3,
+        "revoked, locked, unavailable: one line each"
+    );
 }
 
 // ---- the binary ----
