@@ -226,6 +226,12 @@ pub struct ServeArgs {
     /// (`iceTransportPolicy: 'relay'`), for networks that need it.
     #[arg(long, env = "SPREEKKAMER_TURN_FORCE_RELAY")]
     pub turn_force_relay: bool,
+    /// The care provider's contact line, shown with every link check and
+    /// in the waiting room, e.g. "Vragen? Bel de polikliniek: 020 123 45
+    /// 67" (at most 200 characters, no control characters). Free text:
+    /// never put personal data in it, every visitor of a link sees it.
+    #[arg(long, env = "SPREEKKAMER_CONTACT", value_parser = parse_contact)]
+    pub contact: Option<String>,
     /// Print a clinician and a patient link for a random demo consult to
     /// stderr at start. Only in demo mode (no --jwt-secret, --jwt-secret-file,
     /// --jwt-key or --jwks-*), where it is the default; with a configured key
@@ -374,6 +380,11 @@ pub struct LinkArgs {
     /// Token id (for revocation).
     #[arg(long)]
     pub jti: Option<String>,
+    /// The clinician the link's holder will meet (the `host` claim, 1–80
+    /// characters): the page shows it before and after Join. For patient
+    /// and guest links; the token payload is readable by the link holder.
+    #[arg(long, value_parser = parse_name)]
+    pub host: Option<String>,
     #[arg(long, env = "SPREEKKAMER_JWT_ISSUER", default_value = "spreekkamer", value_parser = parse_nonempty)]
     pub issuer: String,
     #[arg(long, env = "SPREEKKAMER_JWT_AUDIENCE", default_value = "spreekkamer", value_parser = parse_nonempty)]
@@ -469,6 +480,28 @@ fn parse_consult(s: &str) -> Result<String, String> {
     } else {
         Err("must be 1–128 characters of A-Z a-z 0-9 . _ ~ -".into())
     }
+}
+
+/// Longest `--contact` line, in characters.
+pub const MAX_CONTACT_CHARS: usize = 200;
+
+/// `--contact`: trimmed, 1–200 characters, no control characters (it is
+/// shown on a web page as one line).
+pub fn parse_contact(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("must not be empty (leave the option out instead)".into());
+    }
+    if t.chars().any(char::is_control) {
+        return Err("must not contain control characters (newlines, tabs, ...)".into());
+    }
+    let n = t.chars().count();
+    if n > MAX_CONTACT_CHARS {
+        return Err(format!(
+            "must be at most {MAX_CONTACT_CHARS} characters (got {n})"
+        ));
+    }
+    Ok(t.to_string())
 }
 
 fn parse_name(s: &str) -> Result<String, String> {
@@ -715,6 +748,7 @@ impl ServeArgs {
             cluster: None,
             room_store: None,
             turn: self.turn()?,
+            contact: self.contact.clone(),
         })
     }
 }
@@ -1278,6 +1312,78 @@ mod tests {
             &crate::token::random_secret(),
         ]);
         assert!(both.is_err());
+    }
+
+    #[test]
+    fn contact_is_optional_trimmed_and_reaches_the_server_config() {
+        let cfg = parse(&[])
+            .unwrap()
+            .serve
+            .to_config(&"s".repeat(32))
+            .unwrap();
+        assert_eq!(cfg.contact, None);
+        let line = "  Vragen? Bel de polikliniek: 020 123 45 67 ";
+        let cli = parse(&["--contact", line]).unwrap();
+        let cfg = cli.serve.to_config(&"s".repeat(32)).unwrap();
+        assert_eq!(
+            cfg.contact.as_deref(),
+            Some("Vragen? Bel de polikliniek: 020 123 45 67")
+        );
+        let longest = "é".repeat(MAX_CONTACT_CHARS);
+        assert!(parse(&["--contact", &longest]).is_ok(), "200 characters");
+    }
+
+    #[test]
+    fn a_bad_contact_line_stops_the_start_with_a_clear_message() {
+        let too_long = "x".repeat(MAX_CONTACT_CHARS + 1);
+        for (bad, why) in [
+            (too_long.as_str(), "at most 200 characters"),
+            ("Bel ons\n020 123", "control characters"),
+            ("Bel\tons", "control characters"),
+            ("Bel \u{1b}[31mons", "control characters"),
+            ("   ", "must not be empty"),
+        ] {
+            let err = parse(&["--contact", bad]).unwrap_err().to_string();
+            assert!(err.contains("--contact"), "{bad:?}: {err}");
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn link_takes_an_optional_host_validated_like_a_name() {
+        let secret = "k".repeat(32);
+        let link = |host: Option<&str>| {
+            let mut args = vec![
+                "link",
+                "--base-url",
+                "http://h:1",
+                "--jwt-secret",
+                &secret,
+                "--consult",
+                "c1",
+                "--role",
+                "patient",
+                "--name",
+                "Jan",
+            ];
+            if let Some(h) = host {
+                args.extend(["--host", h]);
+            }
+            parse(&args)
+        };
+        let Some(Command::Link(l)) = link(None).unwrap().command else {
+            panic!("link subcommand expected");
+        };
+        assert_eq!(l.host, None);
+        let Some(Command::Link(l)) = link(Some(" Dr. Jansen ")).unwrap().command else {
+            panic!("link subcommand expected");
+        };
+        assert_eq!(l.host.as_deref(), Some("Dr. Jansen"));
+        let long = "x".repeat(81);
+        for bad in ["", "a\u{7}b", long.as_str()] {
+            let err = link(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains("--host"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

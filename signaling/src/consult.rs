@@ -230,12 +230,7 @@ impl Consult {
         a: Arrival,
         limits: crate::protocol::Limits,
     ) -> Result<Joined, ErrorCode> {
-        if self.ended {
-            return Err(ErrorCode::ConsultEnded);
-        }
-        if self.barred.contains(&a.sub) {
-            return Err(ErrorCode::TokenRevoked);
-        }
+        let returning = self.entry(&a.sub, a.role, a.resumed, a.now)?;
         let grace = self.policy.grace;
         self.recently_admitted
             .retain(|(_, at)| a.now.saturating_duration_since(*at) < grace);
@@ -244,16 +239,6 @@ impl Consult {
             .iter()
             .find(|m| m.sub == a.sub && m.participant.role == a.role)
             .map(|m| (m.participant.id.clone(), m.admission));
-        let returning = previous
-            .as_ref()
-            .is_some_and(|(_, adm)| *adm == Admission::Admitted)
-            || self.recently_admitted.iter().any(|(sub, _)| *sub == a.sub)
-            || a.resumed;
-        // A clinician can always enter their own locked consult; the lock
-        // keeps new patients and guests out (not those who were let in).
-        if self.locked && a.role != Role::Clinician && !returning {
-            return Err(ErrorCode::ConsultLocked);
-        }
         let others = self.members.len() - usize::from(previous.is_some());
         if others >= self.policy.max_participants {
             return Err(ErrorCode::ConsultFull);
@@ -318,16 +303,19 @@ impl Consult {
         let is_clinician = a.role == Role::Clinician;
         let welcome = ServerMessage::Welcome {
             v: crate::protocol::PROTOCOL_VERSION,
-            you: participant,
+            you: Box::new(participant),
             consult: self.id.clone(),
             state,
             participants,
             limits,
             lobby: is_clinician.then(|| self.lobby()),
             locked: is_clinician.then_some(self.locked),
-            // Filled in by the session, which knows the token's `exp`.
+            // Filled in by the session, which knows the token's `exp`,
+            // its `host` and the configured contact line.
             ice_servers: None,
             force_relay: None,
+            host: None,
+            contact: None,
         };
         Ok(Joined {
             welcome,
@@ -532,6 +520,39 @@ impl Consult {
             return Err(ErrorCode::UnknownParticipant);
         }
         Ok(self.bar(id, LeftReason::Removed, ByeReason::Removed, now))
+    }
+
+    /// Whether the holder of `sub` with `role` may enter at `now`, apart
+    /// from capacity: not if the consult ended, they were removed or
+    /// denied, or it is locked and they are a new patient or guest. `Ok`
+    /// says whether they are *returning* (admitted before: in the call now,
+    /// back within the grace period, or `resumed`), who skip the lock and
+    /// the waiting room. Pure: `join` asks it first, and the link check
+    /// (`link_check.rs`) asks it without joining.
+    pub fn entry(
+        &self,
+        sub: &str,
+        role: Role,
+        resumed: bool,
+        now: Instant,
+    ) -> Result<bool, ErrorCode> {
+        if let Some(code) = self.refusal(sub) {
+            return Err(code);
+        }
+        let grace = self.policy.grace;
+        let returning = self.members.iter().any(|m| {
+            m.sub == sub && m.participant.role == role && m.admission == Admission::Admitted
+        }) || self
+            .recently_admitted
+            .iter()
+            .any(|(s, at)| s == sub && now.saturating_duration_since(*at) < grace)
+            || resumed;
+        // A clinician can always enter their own locked consult; the lock
+        // keeps new patients and guests out (not those who were let in).
+        if self.locked && role != Role::Clinician && !returning {
+            return Err(ErrorCode::ConsultLocked);
+        }
+        Ok(returning)
     }
 
     /// Why a token holder with `sub` could not join right now regardless of

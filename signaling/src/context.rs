@@ -87,6 +87,10 @@ pub struct ServeConfig {
     /// TURN servers and the secret for their credentials (`turn.rs`;
     /// `None`: browsers get no `ice_servers`).
     pub turn: Option<crate::turn::TurnConfig>,
+    /// The care provider's contact line (`--contact`, validated by
+    /// [`crate::config::parse_contact`]): in every `link-check` and
+    /// `welcome`.
+    pub contact: Option<String>,
 }
 
 /// The directory and the link secret of a cluster edge.
@@ -149,6 +153,7 @@ impl ServeConfig {
             cluster: None,
             room_store: None,
             turn: None,
+            contact: None,
         }
     }
 }
@@ -195,6 +200,10 @@ pub struct Context {
     pub room_store: Option<Arc<dyn crate::roomstore::RoomStore>>,
     /// TURN credentials for `welcome` and the connectivity check.
     pub turn: Option<crate::turn::TurnConfig>,
+    /// Link checks per client IP (`link_check.rs`).
+    pub check_limiter: IpLimiter,
+    /// The care provider's contact line (see [`ServeConfig`]).
+    pub contact: Option<String>,
 }
 
 impl Context {
@@ -207,11 +216,7 @@ impl Context {
         token: &str,
     ) -> Result<crate::token::Claims, ErrorCode> {
         let ctx = self;
-        if ctx.jwks.is_some() && ctx.verifier.has_unknown_kid(token) {
-            // Possibly a rotated EHR key (rate-limited inside).
-            ctx.refresh_jwks().await;
-        }
-        match ctx.verifier.verify(token, crate::token::unix_now()) {
+        match ctx.verify_unaudited(token).await {
             Ok(claims) => {
                 // The `jti` lets an EHR find its own launch token in the log; it
                 // is an id, not the token.
@@ -233,6 +238,18 @@ impl Context {
         }
     }
 
+    /// [`verify_token`](Context::verify_token) without its audit line: the
+    /// same keys, claims checks and JWKS refresh. For the link check
+    /// (`link_check.rs`), which audits its refusals under its own name and
+    /// its successes not at all.
+    pub async fn verify_unaudited(&self, token: &str) -> Result<crate::token::Claims, ErrorCode> {
+        if self.jwks.is_some() && self.verifier.has_unknown_kid(token) {
+            // Possibly a rotated EHR key (rate-limited inside).
+            self.refresh_jwks().await;
+        }
+        self.verifier.verify(token, crate::token::unix_now())
+    }
+
     /// What the shared room store says about a verified token (a cluster
     /// edge; `Ok(None)` without a store): revoked, its holder barred, the
     /// consult locked. A store that cannot be read within
@@ -247,16 +264,42 @@ impl Context {
         claims: &crate::token::Claims,
         event: &'static str,
     ) -> Result<Option<crate::roomstore::JoinView>, ErrorCode> {
+        self.room_read(access, claims, event, true).await
+    }
+
+    /// [`room_check`](Context::room_check) for the link check: the same
+    /// read and the same refusal when the store cannot be read, but it
+    /// extends nothing in the store ([`RoomStore::peek_view`]).
+    ///
+    /// [`RoomStore::peek_view`]: crate::roomstore::RoomStore::peek_view
+    pub async fn room_peek(
+        &self,
+        access: &AccessPoint,
+        claims: &crate::token::Claims,
+        event: &'static str,
+    ) -> Result<Option<crate::roomstore::JoinView>, ErrorCode> {
+        self.room_read(access, claims, event, false).await
+    }
+
+    async fn room_read(
+        &self,
+        access: &AccessPoint,
+        claims: &crate::token::Claims,
+        event: &'static str,
+        extend: bool,
+    ) -> Result<Option<crate::roomstore::JoinView>, ErrorCode> {
         let Some(store) = &self.room_store else {
             return Ok(None);
         };
-        let read = store.join_view(
-            &claims.consult,
-            &claims.sub,
-            claims.jti.as_deref(),
-            claims.exp,
-            crate::token::unix_now(),
-        );
+        let (consult, sub, jti) = (&claims.consult, &claims.sub, claims.jti.as_deref());
+        let now = crate::token::unix_now();
+        let read = async {
+            if extend {
+                store.join_view(consult, sub, jti, claims.exp, now).await
+            } else {
+                store.peek_view(consult, sub, jti, now).await
+            }
+        };
         let error = match tokio::time::timeout(crate::roomstore::READ_BOUND, read).await {
             Ok(Ok(view)) => return Ok(Some(view)),
             Ok(Err(e)) => e,

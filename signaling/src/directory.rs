@@ -74,6 +74,9 @@ pub struct Ticket {
 #[derive(Debug, Clone)]
 pub struct Host {
     pub sub: String,
+    /// Their display name (the token's `name`): the `host` claim of the
+    /// invites they mint.
+    pub name: String,
     pub consult: String,
     /// Their participant id when they act from inside the consult.
     pub participant: Option<ParticipantId>,
@@ -238,11 +241,8 @@ impl Directory {
     ) -> Result<Ticket, ErrorCode> {
         let mut guard = self.lock();
         let state = &mut *guard;
-        if state.draining {
-            return Err(ErrorCode::ShuttingDown);
-        }
-        if is_revoked(state, claims) || view.is_some_and(|v| v.refused()) {
-            return Err(ErrorCode::TokenRevoked);
+        if let Some(code) = refuse_joining(state, claims, view) {
+            return Err(code);
         }
         let invite_creator = invite_creator(state, claims);
         let now = Instant::now();
@@ -627,17 +627,41 @@ impl Directory {
     /// connectivity check accept exactly the tokens a join would.
     pub fn check_token(&self, claims: &Claims) -> Result<(), ErrorCode> {
         let mut guard = self.lock();
-        if guard.draining {
-            return Err(ErrorCode::ShuttingDown);
-        }
-        if is_revoked(&mut guard, claims) {
-            return Err(ErrorCode::TokenRevoked);
+        if let Some(code) = refuse_joining(&mut guard, claims, None) {
+            return Err(code);
         }
         let now = Instant::now();
         match guard.consults.get(&claims.consult) {
             Some(c) if !c.expired(now) => c.refusal(&claims.sub).map_or(Ok(()), Err),
             _ => Ok(()),
         }
+    }
+
+    /// What a `join` of the holder of `claims` would be refused with now,
+    /// if anything, without joining (the link check, `link_check.rs`): the
+    /// same rules as [`join_seeded`](Directory::join_seeded) (draining,
+    /// revoked, removed or denied, ended, locked), minus the capacity (it
+    /// depends on who else is there, which a link check does not reveal)
+    /// and minus a resume ticket (a page that checks its link has none).
+    /// Only reads: no roster entry, no lobby message, no audit line, and a
+    /// revocation entry keeps its keep time.
+    pub fn check(&self, claims: &Claims, view: Option<JoinView>) -> Result<(), ErrorCode> {
+        let guard = self.lock();
+        if let Some(code) = refusal(&guard, claims, view) {
+            return Err(code);
+        }
+        let now = Instant::now();
+        match guard.consults.get(&claims.consult) {
+            Some(c) if !c.expired(now) => c.entry(&claims.sub, claims.role, false, now),
+            // What a join would create: a fresh consult, locked if the
+            // shared room store says so.
+            _ => {
+                let mut fresh = Consult::new(claims.consult.clone(), self.policy);
+                fresh.restore_lock(view.is_some_and(|v| v.locked));
+                fresh.entry(&claims.sub, claims.role, false, now)
+            }
+        }
+        .map(|_returning| ())
     }
 
     /// A clinician token holder acting through the HTTP API. Refusals are
@@ -666,6 +690,7 @@ impl Directory {
         }
         Ok(Host {
             sub: claims.sub.clone(),
+            name: claims.name.clone(),
             consult: claims.consult.clone(),
             participant: None,
             access,
@@ -689,6 +714,10 @@ impl Directory {
                 Ok(()) => (
                     Ok(Host {
                         sub: seat.sub.clone(),
+                        name: consult
+                            .and_then(|c| c.member(id))
+                            .map(|m| m.participant.name.clone())
+                            .unwrap_or_default(),
                         consult: seat.consult.clone(),
                         participant: Some(id.to_string()),
                         access: seat.access.clone(),
@@ -952,11 +981,30 @@ impl Directory {
     }
 }
 
-fn is_revoked(state: &mut State, claims: &Claims) -> bool {
-    claims
+/// Why the holder of `claims` may not join whatever the consult says:
+/// the server is draining, or the token is revoked here or (`view`) in the
+/// shared room store, or its holder barred there. Only reads.
+fn refusal(state: &State, claims: &Claims, view: Option<JoinView>) -> Option<ErrorCode> {
+    if state.draining {
+        return Some(ErrorCode::ShuttingDown);
+    }
+    let revoked = claims
         .jti
         .as_ref()
-        .is_some_and(|j| state.revocations.is_revoked(&claims.consult, j, claims.exp))
+        .is_some_and(|j| state.revocations.revoked(&claims.consult, j));
+    (revoked || view.is_some_and(|v| v.refused())).then_some(ErrorCode::TokenRevoked)
+}
+
+/// [`refusal`] for a token presented to get in (a join, the HTTP API, the
+/// connectivity check): a revoked token that turns up keeps its entry at
+/// least until its own `exp` (`revocation.rs`). The link check does not
+/// come through here: it only looks.
+fn refuse_joining(state: &mut State, claims: &Claims, view: Option<JoinView>) -> Option<ErrorCode> {
+    let code = refusal(state, claims, view)?;
+    if let Some(j) = &claims.jti {
+        state.revocations.is_revoked(&claims.consult, j, claims.exp);
+    }
+    Some(code)
 }
 
 /// The latest expiry of any token known for `host`'s consult: the

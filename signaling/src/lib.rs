@@ -15,7 +15,8 @@
 //! * [`directory`] — every consult of this edge plus a mailbox per connected
 //!   participant; carries out the effects;
 //! * [`connection`] — one WebSocket's transport rules (send timeout, size,
-//!   message and ping rates), shared by [`session`] and [`probe`];
+//!   message and ping rates), shared by [`session`], [`probe`] and
+//!   [`link_check`];
 //! * [`session`] — a participant's WebSocket session, from `join` to close;
 //! * [`resume`] — resume tickets: back into the call after a lost
 //!   connection or a restart, without a second admission;
@@ -36,6 +37,7 @@
 //! * [`invite`] — minting patient and guest invites (WebSocket and API);
 //! * [`revocation`] — revoked invites and tokens, per consult and bounded;
 //! * [`probe`] — the connectivity check of the device check page;
+//! * [`link_check`] — the side-effect-free link check before Join;
 //! * [`audit`] — the NEN 7513 access log, the only record of a consult;
 //! * [`metrics`] — Prometheus;
 //! * [`logging`] — the operational log: levels per crate, redaction, and a
@@ -62,6 +64,7 @@ pub mod http;
 pub mod invite;
 pub mod jwks;
 pub mod link;
+pub mod link_check;
 pub mod listener;
 pub mod logging;
 pub mod media;

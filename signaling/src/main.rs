@@ -227,6 +227,7 @@ fn link(args: &LinkArgs) -> ExitCode {
         role: args.role.into(),
         consult: args.consult.clone(),
         name: args.name.clone(),
+        host: args.host.clone(),
         ttl_secs: args.ttl.as_secs().max(1),
         jti: args.jti.clone(),
     };
@@ -344,8 +345,9 @@ fn print_demo_links(args: &ServeArgs, secret: &str, bound: std::net::SocketAddr)
     let link_secret = random_secret();
     let now = unix_now();
     let mut lines = Vec::new();
+    let clinician = "Dr. Demo";
     for (role, name, label) in [
-        (Role::Clinician, "Dr. Demo", "Clinician"),
+        (Role::Clinician, clinician, "Clinician"),
         (Role::Patient, "Demo Patient", "Patient"),
     ] {
         let request = MintRequest {
@@ -355,6 +357,7 @@ fn print_demo_links(args: &ServeArgs, secret: &str, bound: std::net::SocketAddr)
             role,
             consult: consult.clone(),
             name: name.into(),
+            host: (role == Role::Patient).then(|| clinician.to_string()),
             ttl_secs: 12 * 3600,
             jti: None,
         };

@@ -194,6 +194,15 @@ pub enum ClientMessage {
         #[serde(default)]
         token: Option<String>,
     },
+    /// Link check (first message instead of `join`, `link_check.rs`): would
+    /// this token be let in now? Answered with one `link-check`, then the
+    /// close; joins nothing. Optional fields as in `join`.
+    Check {
+        #[serde(default)]
+        v: Option<u64>,
+        #[serde(default)]
+        token: Option<String>,
+    },
 }
 
 impl ClientMessage {
@@ -218,6 +227,7 @@ impl ClientMessage {
             ClientMessage::Invite { .. } => "invite",
             ClientMessage::RevokeInvite { .. } => "revoke-invite",
             ClientMessage::Probe { .. } => "probe",
+            ClientMessage::Check { .. } => "check",
         }
     }
 }
@@ -295,7 +305,9 @@ pub struct LobbyEntry {
 pub enum ServerMessage {
     Welcome {
         v: u32,
-        you: Participant,
+        /// Boxed: it keeps `ServerMessage` (and every queue of them) small,
+        /// now that `welcome` also carries `host` and `contact`.
+        you: Box<Participant>,
         consult: String,
         state: JoinState,
         participants: Vec<Participant>,
@@ -313,6 +325,13 @@ pub enum ServerMessage {
         /// only (`iceTransportPolicy: 'relay'`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         force_relay: Option<bool>,
+        /// The token's `host` claim, when it has one: the clinician who
+        /// will let a waiting patient in.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+        /// The care provider's contact line (`--contact`), when configured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contact: Option<String>,
     },
     Offer {
         sdp: String,
@@ -411,6 +430,27 @@ pub enum ServerMessage {
         /// Why not (`timeout`, `failed`, `refused`), when not connected.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+    },
+    /// The answer to `check`, followed by the close: would a `join` with
+    /// this token be let in now? `ok: true` carries only what the token
+    /// itself says (`role`, `name`, `expires`, `host`); `ok: false` only the
+    /// `code` a join would get. Both carry the operator's `contact` line
+    /// when one is configured.
+    LinkCheck {
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Role>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// The token's `exp`, seconds since the UNIX epoch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<ErrorCode>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contact: Option<String>,
     },
 }
 
@@ -664,6 +704,10 @@ mod tests {
                 v: Some(1),
                 token: Some("a.b.c".into()),
             },
+            ClientMessage::Check {
+                v: Some(1),
+                token: Some("a.b.c".into()),
+            },
         ];
         for m in messages {
             let text = serde_json::to_string(&m).expect("serializes");
@@ -781,7 +825,7 @@ mod tests {
         let messages = vec![
             ServerMessage::Welcome {
                 v: 1,
-                you: p.clone(),
+                you: Box::new(p.clone()),
                 consult: "c1".into(),
                 state: JoinState::InCall,
                 participants: vec![p.clone()],
@@ -790,10 +834,12 @@ mod tests {
                 locked: None,
                 ice_servers: None,
                 force_relay: None,
+                host: None,
+                contact: None,
             },
             ServerMessage::Welcome {
                 v: 1,
-                you: p.clone(),
+                you: Box::new(p.clone()),
                 consult: "c1".into(),
                 state: JoinState::InCall,
                 participants: vec![],
@@ -806,6 +852,8 @@ mod tests {
                     credential: "c".into(),
                 }]),
                 force_relay: Some(true),
+                host: Some("Dr. Jansen".into()),
+                contact: Some("Bel 020 123 45 67".into()),
             },
             ServerMessage::IceServers {
                 ice_servers: vec![],
@@ -880,6 +928,24 @@ mod tests {
                 ms: None,
                 reason: Some("timeout".into()),
             },
+            ServerMessage::LinkCheck {
+                ok: true,
+                role: Some(Role::Patient),
+                name: Some("Patient".into()),
+                expires: Some(5),
+                host: Some("Dr. Jansen".into()),
+                code: None,
+                contact: Some("Bel 020 123 45 67".into()),
+            },
+            ServerMessage::LinkCheck {
+                ok: false,
+                role: None,
+                name: None,
+                expires: None,
+                host: None,
+                code: Some(ErrorCode::TokenRevoked),
+                contact: None,
+            },
         ];
         for m in messages {
             let text = m.to_json();
@@ -911,6 +977,59 @@ mod tests {
             serde_json::from_str(&ServerMessage::MediaFailed { reason: "r".into() }.to_json())
                 .unwrap();
         assert_eq!(v["type"], "media-failed");
+    }
+
+    #[test]
+    fn link_check_replies_use_the_documented_shapes() {
+        assert_eq!(
+            parse(json!({"type":"check","v":1,"token":"a.b.c"})),
+            ClientMessage::Check {
+                v: Some(1),
+                token: Some("a.b.c".into())
+            }
+        );
+        assert_eq!(
+            parse(json!({"type":"check"})),
+            ClientMessage::Check {
+                v: None,
+                token: None
+            }
+        );
+        let ok: serde_json::Value = serde_json::from_str(
+            &ServerMessage::LinkCheck {
+                ok: true,
+                role: Some(Role::Guest),
+                name: Some("Tolk".into()),
+                expires: Some(1_800_000_000),
+                host: None,
+                code: None,
+                contact: Some("Bel ons".into()),
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            json!({"type":"link-check","ok":true,"role":"guest","name":"Tolk",
+                   "expires":1_800_000_000u64,"contact":"Bel ons"})
+        );
+        let refused: serde_json::Value = serde_json::from_str(
+            &ServerMessage::LinkCheck {
+                ok: false,
+                role: None,
+                name: None,
+                expires: None,
+                host: None,
+                code: Some(ErrorCode::TokenExpired),
+                contact: None,
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            refused,
+            json!({"type":"link-check","ok":false,"code":"token_expired"})
+        );
     }
 
     #[test]

@@ -277,6 +277,14 @@ impl Revocations {
         }
     }
 
+    /// Whether `jti` is revoked for `consult`, only looking: the link
+    /// check asks this, and must leave every entry as it was.
+    pub fn revoked(&self, consult: &str, jti: &str) -> bool {
+        self.consults
+            .get(consult)
+            .is_some_and(|c| c.ids.contains_key(jti))
+    }
+
     /// Forget entries whose token can no longer join anyway.
     pub fn sweep(&mut self, now: u64) {
         let (mut removed, mut removed_foreign) = (0, 0);
@@ -459,6 +467,20 @@ mod tests {
         r.sweep(NOW + 5 * DAY);
         assert!(r.is_revoked("c", "a", 0), "kept for the token's own exp");
         assert!(!r.is_revoked("c", "b", 0));
+    }
+
+    #[test]
+    fn looking_at_a_revocation_leaves_its_keep_time_alone() {
+        let mut r = Revocations::default();
+        r.revoke("c", "a", JtiKind::Foreign, 0, NOW).unwrap();
+        assert!(r.revoked("c", "a"));
+        assert!(!r.revoked("c", "b"));
+        assert!(!r.revoked("other", "a"), "scoped to the consult");
+        // Only looking does not extend the entry to a later token's exp:
+        // after the guessed keep time it is gone.
+        r.sweep(NOW + DAY + crate::token::LEEWAY_SECS + 1);
+        assert!(!r.revoked("c", "a"));
+        assert!(r.is_empty());
     }
 
     #[test]

@@ -207,6 +207,11 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
         peers: peer.as_ref().map(|(_, p)| p.clone()),
         room_store: config.room_store,
         turn: config.turn,
+        check_limiter: IpLimiter::new(
+            crate::link_check::CHECKS_PER_MINUTE,
+            crate::link_check::CHECK_BURST,
+        ),
+        contact: config.contact,
     });
     // The first fetch happens before we accept joins; a failure is not
     // fatal (the EHR may be down), the keys are fetched again on demand.

@@ -1,8 +1,8 @@
 //! One WebSocket connection, from the first frame to the close.
 //!
 //! Before `join`: only `join` (or `probe`, the connectivity check of
-//! `probe.rs`, which ends the connection when done) is accepted, within the
-//! join timeout. After it:
+//! `probe.rs`, or `check`, the link check of `link_check.rs`, each of which
+//! ends the connection when done) is accepted, within the join timeout. After it:
 //! the participant's messages go to the directory or the media plane, and
 //! what the directory, the media plane and the shutdown signal produce goes
 //! back out. Every bad input gets an `error` with its code; fatal ones are
@@ -83,6 +83,12 @@ impl Connection {
                 }
                 Inbound::Message(ClientMessage::Probe { v, token }) => {
                     crate::probe::run(self, v, token).await;
+                    return None;
+                }
+                // Answered here, on any edge: never passed on to the
+                // consult's home (`link_check.rs`).
+                Inbound::Message(ClientMessage::Check { v, token }) => {
+                    crate::link_check::run(self, v, token).await;
                     return None;
                 }
                 Inbound::Message(_) => {
@@ -365,7 +371,7 @@ impl Connection {
                         .and_then(|host| dir.revoke(&host, &jti))
                 }
             }
-            ClientMessage::Probe { .. } => Err(ErrorCode::BadMessage),
+            ClientMessage::Probe { .. } | ClientMessage::Check { .. } => Err(ErrorCode::BadMessage),
         };
         if let Err(code) = result {
             self.error(code).await?;
@@ -434,8 +440,12 @@ async fn authorize(
         .directory
         .join_seeded(&claims, access.clone(), resumed, view)
     {
-        Ok(ticket) => {
+        Ok(mut ticket) => {
             ctx.metrics.joins_accepted.inc();
+            if let ServerMessage::Welcome { host, contact, .. } = &mut ticket.welcome {
+                host.clone_from(&claims.host);
+                contact.clone_from(&ctx.contact);
+            }
             log::info!(
                 "participant {} joined ({:?}{})",
                 ticket.id,

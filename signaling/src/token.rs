@@ -77,6 +77,9 @@ pub struct Claims {
     pub role: Role,
     pub consult: String,
     pub name: String,
+    /// The clinician the holder will meet (`host` claim, optional): shown
+    /// on the page before and after joining ("Dr. X will let you in").
+    pub host: Option<String>,
     pub jti: Option<String>,
     pub exp: u64,
 }
@@ -216,9 +219,10 @@ impl TokenVerifier {
         if name.is_empty() {
             return Err(ErrorCode::TokenMissingClaim);
         }
-        if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        if !valid_display_name(name) {
             return Err(ErrorCode::TokenBadClaim);
         }
+        let host = host_claim(c.get("host"))?;
         let jti = match c.get("jti") {
             None | Some(Value::Null) => None,
             Some(Value::String(j)) if !j.is_empty() && j.len() <= 128 => Some(j.clone()),
@@ -229,6 +233,7 @@ impl TokenVerifier {
             role,
             consult: consult.to_string(),
             name: name.to_string(),
+            host,
             jti,
             exp,
         })
@@ -367,6 +372,27 @@ pub fn valid_consult_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
 }
 
+/// A display name as `name` and `host` allow it, already trimmed: 1–80
+/// characters ([`MAX_NAME_CHARS`]), no control characters.
+pub fn valid_display_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().count() <= MAX_NAME_CHARS
+        && !name.chars().any(char::is_control)
+}
+
+/// The optional `host` claim: absent, `null` or blank is no host; a string
+/// is trimmed and must be a valid display name; anything else is a bad
+/// claim (like a bad `name`: a token that carries it wrongly is refused,
+/// so the issuer learns at once instead of the page showing nothing).
+fn host_claim(v: Option<&Value>) -> Result<Option<String>, ErrorCode> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) if valid_display_name(s.trim()) => Ok(Some(s.trim().to_string())),
+        Some(_) => Err(ErrorCode::TokenBadClaim),
+    }
+}
+
 fn required_string<'a>(c: &'a Map<String, Value>, name: &str) -> Result<&'a str, ErrorCode> {
     match c.get(name) {
         None | Some(Value::Null) => Err(ErrorCode::TokenMissingClaim),
@@ -456,6 +482,8 @@ pub struct MintRequest {
     pub role: Role,
     pub consult: String,
     pub name: String,
+    /// The clinician's display name for the `host` claim (optional).
+    pub host: Option<String>,
     pub ttl_secs: u64,
     pub jti: Option<String>,
 }
@@ -467,10 +495,11 @@ pub fn mint_hs256(secret: &[u8], req: &MintRequest, now: u64) -> Result<String, 
         return Err(ErrorCode::TokenBadClaim);
     }
     let name = req.name.trim();
-    if name.is_empty()
-        || name.chars().count() > MAX_NAME_CHARS
-        || name.chars().any(char::is_control)
-    {
+    if !valid_display_name(name) {
+        return Err(ErrorCode::TokenBadClaim);
+    }
+    let host = req.host.as_deref().map(str::trim);
+    if host.is_some_and(|h| !valid_display_name(h)) {
         return Err(ErrorCode::TokenBadClaim);
     }
     if req.sub.is_empty() || req.sub.len() > 256 || req.sub.chars().any(char::is_control) {
@@ -489,6 +518,9 @@ pub fn mint_hs256(secret: &[u8], req: &MintRequest, now: u64) -> Result<String, 
     });
     if let Some(jti) = &req.jti {
         claims["jti"] = Value::String(jti.clone());
+    }
+    if let Some(host) = host {
+        claims["host"] = Value::String(host.to_string());
     }
     let mut header = Header::new(Algorithm::HS256);
     header.typ = Some("JWT".into());
@@ -596,6 +628,7 @@ mod tests {
                 role: Role::Patient,
                 consult: "consult-1".into(),
                 name: "Mw. De Vries".into(),
+                host: None,
                 jti: Some("abc".into()),
                 exp: NOW + 3600,
             }
@@ -763,6 +796,59 @@ mod tests {
     }
 
     #[test]
+    fn the_host_claim_is_optional_trimmed_and_bounded_like_name() {
+        let mut c = good_claims();
+        c["host"] = json!("  Dr. Jansen ");
+        assert_eq!(
+            check(&sign(&c)).unwrap().host.as_deref(),
+            Some("Dr. Jansen")
+        );
+        assert_eq!(check(&sign(&good_claims())).unwrap().host, None, "absent");
+        for blank in [json!(null), json!(""), json!("   ")] {
+            let mut c = good_claims();
+            c["host"] = blank.clone();
+            assert_eq!(check(&sign(&c)).unwrap().host, None, "{blank}");
+        }
+        let mut c = good_claims();
+        c["host"] = json!("é".repeat(80));
+        assert!(check(&sign(&c)).is_ok(), "80 characters");
+        for bad in [
+            json!("x".repeat(81)),
+            json!("Dr.\u{7} X"),
+            json!("Dr.\nX"),
+            json!(42),
+            json!(["Dr. X"]),
+            json!({"name": "Dr. X"}),
+        ] {
+            let mut c = good_claims();
+            c["host"] = bad.clone();
+            assert_eq!(check(&sign(&c)), Err(ErrorCode::TokenBadClaim), "{bad}");
+        }
+    }
+
+    #[test]
+    fn minted_tokens_carry_a_valid_host_and_refuse_a_bad_one() {
+        let mut req = MintRequest {
+            issuer: "spreekkamer".into(),
+            audience: "spreekkamer".into(),
+            sub: "p-1".into(),
+            role: Role::Patient,
+            consult: "c-42".into(),
+            name: "Patient".into(),
+            host: Some(" Dr. Bakker ".into()),
+            ttl_secs: 600,
+            jti: None,
+        };
+        let token = mint_hs256(SECRET, &req, NOW).unwrap();
+        let claims = verifier().verify(&token, NOW).unwrap();
+        assert_eq!(claims.host.as_deref(), Some("Dr. Bakker"));
+        req.host = Some("x".repeat(81));
+        assert_eq!(mint_hs256(SECRET, &req, NOW), Err(ErrorCode::TokenBadClaim));
+        req.host = Some("a\u{1b}b".into());
+        assert_eq!(mint_hs256(SECRET, &req, NOW), Err(ErrorCode::TokenBadClaim));
+    }
+
+    #[test]
     fn bad_time_claims_are_refused() {
         let mut c = good_claims();
         c["exp"] = json!("tomorrow");
@@ -835,6 +921,7 @@ mod tests {
             role: Role::Clinician,
             consult: "c-42".into(),
             name: "Dr. Bakker".into(),
+            host: None,
             ttl_secs: 7200,
             jti: None,
         };

@@ -158,6 +158,7 @@ async fn missing_or_bad_tokens_are_401_with_their_code() {
             role: Role::Clinician,
             consult: "api4".into(),
             name: "Dr. X".into(),
+            host: None,
             ttl_secs: 600,
             jti: None,
         },

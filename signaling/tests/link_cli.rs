@@ -93,3 +93,39 @@ fn a_generated_master_goes_to_stderr_and_the_link_derives_from_it() {
         )
     );
 }
+
+/// The token of a printed link, verified with the secret it was minted with.
+fn claims_of(out: &Output) -> signaling::token::Claims {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout.clone()).expect("utf-8");
+    let url = stdout.lines().last().expect("a line");
+    let fragment = url.split_once('#').expect("fragment").1;
+    let token = fragment
+        .split('&')
+        .find_map(|p| p.strip_prefix("t="))
+        .expect("a token");
+    signaling::token::TokenVerifier::new(
+        vec![signaling::token::VerifyKey::hs256(SECRET.as_bytes())],
+        "spreekkamer",
+        "spreekkamer",
+    )
+    .verify(token, signaling::token::unix_now())
+    .expect("the server accepts it")
+}
+
+#[test]
+fn link_puts_the_host_into_the_token_only_when_asked() {
+    assert_eq!(claims_of(&link("patient", &[])).host, None);
+    let claims = claims_of(&link("patient", &["--host", "Dr. Jansen"]));
+    assert_eq!(claims.host.as_deref(), Some("Dr. Jansen"));
+    assert_eq!(claims.name, "N");
+    // A host the server would refuse is refused here, naming the flag.
+    let out = link("patient", &["--host", &"x".repeat(81)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--host"));
+}

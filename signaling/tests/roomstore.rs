@@ -180,6 +180,34 @@ async fn ids_that_cannot_be_ours_are_refused(s: Arc<dyn RoomStore>) {
     assert!(s.join_view("c", "p", Some(""), now, now).await.is_err());
 }
 
+async fn a_peek_sees_what_a_join_sees(s: Arc<dyn RoomStore>) {
+    let now = unix_now();
+    s.revoke("c1", "j1", false, now + 100, now).await.unwrap();
+    s.bar("c1", "barred").await.unwrap();
+    s.set_locked("c1", true).await.unwrap();
+    for (sub, jti) in [("barred", Some("j1")), ("p", None), ("barred", None)] {
+        assert_eq!(
+            s.peek_view("c1", sub, jti, now).await.unwrap(),
+            // A token expiring before `until`: the join read extends nothing.
+            s.join_view("c1", sub, jti, now, now).await.unwrap(),
+            "{sub} {jti:?}"
+        );
+    }
+    assert_eq!(
+        s.peek_view("c2", "barred", Some("j1"), now).await.unwrap(),
+        JoinView::default(),
+        "another consult"
+    );
+    assert!(
+        !s.peek_view("c1", "p", Some("j1"), now + 101)
+            .await
+            .unwrap()
+            .revoked,
+        "past until"
+    );
+    assert!(s.peek_view("c", "a\u{7}", None, now).await.is_err());
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -212,7 +240,63 @@ suite!(
     the_barred_list_is_bounded,
     lock_and_unlock,
     ids_that_cannot_be_ours_are_refused,
+    a_peek_sees_what_a_join_sees,
 );
+
+/// The link check reads the store with `peek_view`: unlike a join's read,
+/// it must not push back the expiry of the lock, the barred list or a
+/// revoked id.
+#[tokio::test]
+async fn a_peek_extends_nothing_in_redis_and_a_join_read_does() {
+    let server = RedisServer::start().await;
+    let s = server.room_store().await;
+    let mut raw = server.raw().await;
+    let now = unix_now();
+    s.revoke("c1", "j1", true, now + 100, now).await.unwrap();
+    s.bar("c1", "barred").await.unwrap();
+    s.set_locked("c1", true).await.unwrap();
+    let keys = [
+        "spreekkamer:room:c1:locked",
+        "spreekkamer:room:c1:barred",
+        "spreekkamer:room:c1:revoked",
+    ];
+    let mut ttls = Vec::new();
+    for k in keys {
+        let t: i64 = raw.pttl(k).await.unwrap();
+        assert!(t > 0, "{k}: {t}");
+        ttls.push(t);
+    }
+    let revoked: Vec<String> = raw.hgetall(keys[2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let v = s.peek_view("c1", "barred", Some("j1"), now).await.unwrap();
+    assert!(v.revoked && v.barred && v.locked, "{v:?}");
+    let mut peeked = Vec::new();
+    for (k, before) in keys.iter().zip(&ttls) {
+        let t: i64 = raw.pttl(*k).await.unwrap();
+        assert!(
+            t < *before,
+            "{k}: the peek kept its expiry ({t} < {before})"
+        );
+        peeked.push(t);
+    }
+    let after: Vec<String> = raw.hgetall(keys[2]).await.unwrap();
+    assert_eq!(after, revoked, "the revoked entry is as it was");
+    // A join's read does extend them (what the test above would miss if
+    // the keys had no expiry to compare).
+    s.join_view("c1", "barred", Some("j1"), now + 10_000, now)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for (k, peeked) in keys[..2].iter().zip(&peeked) {
+        let t: i64 = raw.pttl(*k).await.unwrap();
+        assert!(
+            t > *peeked,
+            "{k}: a join's read extends it ({t} > {peeked})"
+        );
+    }
+    let joined: Vec<String> = raw.hgetall(keys[2]).await.unwrap();
+    assert_ne!(joined, revoked, "a join's read extends the revoked entry");
+}
 
 // ---- Redis only ----
 
@@ -507,6 +591,81 @@ async fn with_redis_down_a_join_is_refused_in_bounded_time_and_works_when_it_is_
         c.next().await["type"] == "welcome"
     })
     .await;
+}
+
+/// A link check on an edge: its one `link-check` reply.
+async fn link_check(addr: std::net::SocketAddr, token: &str) -> serde_json::Value {
+    let mut c = Client::connect(addr).await;
+    c.send(json!({"type":"check","v":1,"token":token})).await;
+    let reply = c.next().await;
+    assert_eq!(reply["type"], "link-check", "{reply}");
+    c.expect_closed().await;
+    reply
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_check_on_another_edge_reads_the_shared_room_store_and_refuses_when_it_cannot() {
+    let e = edges().await;
+    let created = post_invite(&e.one, Some(&doc()), br#"{"role":"patient"}"#).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let invite = json_body(&created);
+    let (jti, token) = (
+        invite["jti"].as_str().unwrap().to_string(),
+        invite["token"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(link_check(e.two.addr, &token).await["ok"], true);
+    assert_eq!(delete_invite(&e.one, &doc(), &jti).await.status, 204);
+    let sub = format!("invite-{jti}");
+    eventually("the revocation reaches Redis", || async {
+        e.store
+            .peek_view(CONSULT, &sub, Some(&jti), unix_now())
+            .await
+            .unwrap()
+            .revoked
+    })
+    .await;
+    // Edge two never held the consult: only the store can tell it.
+    let reply = link_check(e.two.addr, &token).await;
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["code"], "token_revoked");
+
+    // A lock set on edge one is seen by a check on edge two.
+    let (mut d, _) = Client::joined(e.one.addr, &doc()).await;
+    d.send(json!({"type":"lock","locked":true})).await;
+    d.expect("locked").await;
+    eventually("the lock reaches Redis", || async {
+        e.store
+            .peek_view(CONSULT, "x", None, unix_now())
+            .await
+            .unwrap()
+            .locked
+    })
+    .await;
+    assert_eq!(
+        link_check(e.two.addr, &patient()).await["code"],
+        "consult_locked"
+    );
+
+    // An unreadable store: `service_unavailable`, audited as the check.
+    e.redis.signal("-STOP");
+    let reply = link_check(e.two.addr, &patient()).await;
+    e.redis.signal("-CONT");
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["code"], "service_unavailable");
+    let lines = e.two.audit_lines();
+    let line = lines
+        .iter()
+        .find(|l| l["event"] == "link_checked" && l["reason"] == "service_unavailable")
+        .expect("audited");
+    assert_eq!(line["consult"], CONSULT);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["event"] == "link_checked")
+            .count(),
+        3,
+        "revoked, locked, unavailable: one line each"
+    );
 }
 
 // ---- the binary ----

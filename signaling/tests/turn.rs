@@ -37,6 +37,7 @@ fn token_ttl(consult: &str, role: Role, ttl_secs: u64) -> String {
             role,
             consult: consult.into(),
             name: "Naam Onbekend".into(),
+            host: None,
             ttl_secs,
             jti: None,
         },

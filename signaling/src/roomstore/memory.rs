@@ -140,6 +140,27 @@ impl RoomStore for MemoryRoomStore {
         Ok(())
     }
 
+    async fn peek_view(
+        &self,
+        consult: &str,
+        sub: &str,
+        jti: Option<&str>,
+        now: u64,
+    ) -> Result<JoinView, RoomStoreError> {
+        check_join(consult, sub, jti)?;
+        let rooms = self.lock();
+        let Some(room) = rooms.get(consult) else {
+            return Ok(JoinView::default());
+        };
+        Ok(JoinView {
+            revoked: jti
+                .and_then(|j| room.revoked.get(j))
+                .is_some_and(|(until, _)| *until >= now),
+            barred: room.barred_until >= now && room.barred.contains(sub),
+            locked: room.locked_until.is_some_and(|u| u >= now),
+        })
+    }
+
     async fn join_view(
         &self,
         consult: &str,

@@ -11,7 +11,8 @@
 //! * **Reads** happen once per join and per HTTP API call of a cluster edge,
 //!   before the directory is asked ([`Context::room_check`]). A store that
 //!   cannot be read refuses the join with `service_unavailable`: nobody gets
-//!   in unchecked.
+//!   in unchecked. A link check reads the same without extending anything
+//!   ([`RoomStore::peek_view`]).
 //! * **Writes** ([`RoomWriter`]) follow a successful lock, unlock, remove,
 //!   deny or revoke on this edge: queued without waiting (the directory's
 //!   lock is never held across a network call), written by one task in
@@ -156,6 +157,17 @@ pub trait RoomStore: Send + Sync + 'static {
         sub: &str,
         jti: Option<&str>,
         exp: u64,
+        now: u64,
+    ) -> Result<JoinView, RoomStoreError>;
+
+    /// [`join_view`](RoomStore::join_view) that only reads: nothing is
+    /// extended, no key's expiry changes (the link check, which joins
+    /// nothing, must leave the store as it found it).
+    async fn peek_view(
+        &self,
+        consult: &str,
+        sub: &str,
+        jti: Option<&str>,
         now: u64,
     ) -> Result<JoinView, RoomStoreError>;
 }

@@ -96,7 +96,8 @@ return 1
 "#;
 
 /// KEYS: revoked, locked, barred. ARGV: jti field (`""`: none), the
-/// token's exp + leeway, now, sub member, ttl (ms).
+/// token's exp + leeway, now, sub member, ttl (ms), `1` to extend what was
+/// found (a join) or `0` to only read (a link check).
 /// `{revoked, barred, locked}`; an error for what this code did not write.
 const JOIN_LUA: &str = r#"
 local revoked = 0
@@ -108,7 +109,7 @@ if ARGV[1] ~= '' then
     if u >= tonumber(ARGV[3]) then
       revoked = 1
       local exp = tonumber(ARGV[2])
-      if exp > u then
+      if ARGV[6] == '1' and exp > u then
         redis.call('HSET', KEYS[1], ARGV[1], string.format('%d:%s', exp, k))
         raise_max(KEYS[1], exp)
       end
@@ -117,9 +118,11 @@ if ARGV[1] ~= '' then
 end
 local locked = redis.call('GET', KEYS[2])
 if locked and locked ~= '1' then return redis.error_reply('lock not ours') end
-if locked then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
+if locked and ARGV[6] == '1' then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
 local barred = redis.call('SISMEMBER', KEYS[3], ARGV[4])
-if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
+if ARGV[6] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
 return {revoked, barred, locked and 1 or 0}
 "#;
 
@@ -339,7 +342,33 @@ impl RoomStore for RedisRoomStore {
         exp: u64,
         now: u64,
     ) -> Result<JoinView, RoomStoreError> {
+        self.view(consult, sub, jti, Some(exp), now).await
+    }
+
+    async fn peek_view(
+        &self,
+        consult: &str,
+        sub: &str,
+        jti: Option<&str>,
+        now: u64,
+    ) -> Result<JoinView, RoomStoreError> {
+        self.view(consult, sub, jti, None, now).await
+    }
+}
+
+impl RedisRoomStore {
+    /// The join read; `extend_to`: the token's `exp` for a join (what was
+    /// found is extended), `None` for a link check (only read).
+    async fn view(
+        &self,
+        consult: &str,
+        sub: &str,
+        jti: Option<&str>,
+        extend_to: Option<u64>,
+        now: u64,
+    ) -> Result<JoinView, RoomStoreError> {
         check_join(consult, sub, jti)?;
+        let exp = extend_to.unwrap_or(0);
         let field = jti.map_or_else(String::new, |j| hashed("jti", consult, j));
         let reply = self
             .eval(
@@ -355,6 +384,7 @@ impl RoomStore for RedisRoomStore {
                     &now.min(MAX_UNTIL).to_string(),
                     &hashed("sub", consult, sub),
                     &ttl_ms(),
+                    if extend_to.is_some() { "1" } else { "0" },
                 ],
             )
             .await?;

@@ -79,6 +79,7 @@ pub fn token_with_sub(consult: &str, role: Role, name: &str, sub: &str) -> Strin
             role,
             consult: consult.into(),
             name: name.into(),
+            host: None,
             ttl_secs: 3600,
             jti: None,
         },
