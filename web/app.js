@@ -174,12 +174,12 @@ async function checkLinkFirst() {
   hook.check = result;
   if (result.contact) app.contact = result.contact;
   if (result.host) app.hostName = result.host;
+  renderGreeting();
   if (result.status === 'refused') {
     if (result.code.startsWith('token_') || LINK_REFUSALS.has(result.code)) forgetLink();
     showFatal(result.code);
     return;
   }
-  renderGreeting();
   runConnectivityCheck();
 }
 
@@ -367,6 +367,11 @@ function hideNotice() {
 
 async function openMedia() {
   const { stream, error } = await media.openLocalMedia();
+  // The link was refused (or the call ended) while the browser asked: let the camera go.
+  if (app.phase === 'error' || app.phase === 'left') {
+    for (const track of stream.getTracks()) track.stop();
+    return;
+  }
   setLocalStream(stream);
   app.mediaError = error;
   if (error) {
@@ -2116,9 +2121,10 @@ function renderGreeting() {
     return;
   }
   const parts = [];
-  if (c.name) parts.push(t('preview.greeting', { name: c.name, role: roleLabel(c.role) }));
+  if (c.name) parts.push(t('preview.greeting', { name: c.name }));
   if (app.hostName && c.role !== 'clinician') parts.push(t('preview.host', { host: app.hostName }));
-  parts.push(t('check.ok'));
+  if (c.role === 'guest') parts.push(t('preview.guest'));
+  if (!parts.length) parts.push(t('check.ok'));
   el.textContent = parts.join(' ');
 }
 

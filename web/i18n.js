@@ -23,7 +23,7 @@ const nl = {
   'landing.help': 'Werkt de link niet? Neem contact op met uw zorgverlener en vraag om een nieuwe link.',
 
   'preview.title': 'Klaar voor uw videoconsult',
-  'preview.greeting': 'Hallo {name}. U doet mee als {role}.',
+  'preview.greeting': 'Hallo {name}.',
   'self.label': 'U',
   'self.cameraOff': 'Uw camera staat uit',
   'self.micOff': 'microfoon uit',
@@ -69,7 +69,7 @@ const nl = {
   'clinician.checkNothingStored': "Vertel dat er niets wordt opgenomen en dat chat en foto's na het gesprek weg zijn.",
   'clinician.checkPhotos': 'Deel alleen foto\'s als dat helpt bij de zorg. Bewaart u een foto, zet die dan in het dossier en verwijder hem daarna van uw apparaat.',
 
-  'consent.text': 'Als u op ‘Deelnemen aan het consult’ drukt, gaat u akkoord met het videogesprek. Wat er met uw gegevens gebeurt, leest u onder ‘Uw privacy’.',
+  'consent.text': 'Met ‘Deelnemen aan het consult’ gaat u akkoord met dit videogesprek. Wat wij verwerken, staat onder ‘Uw privacy’.',
   'join.button': 'Deelnemen aan het consult',
   'joining.title': 'Verbinden…',
   'joining.text': 'Een moment geduld. We maken verbinding.',
@@ -228,7 +228,8 @@ const nl = {
   'error.media_error': 'Beeld en geluid konden niet worden gestart. We proberen het opnieuw.',
   'error.shutting_down': 'De server wordt opnieuw gestart. We proberen zo opnieuw te verbinden.',
   'error.service_unavailable': 'De dienst is even niet bereikbaar. Probeer het over een minuut opnieuw. Lukt het dan nog niet, bel dan de praktijk.',
-  'preview.host': 'U heeft een afspraak met {host}.',
+  'preview.host': 'Uw afspraak is met {host}.',
+  'preview.guest': 'U doet mee als gast.',
   'check.checking': 'Uw link wordt gecontroleerd…',
   'check.ok': 'Uw link werkt.',
   'privacy.short': 'Alleen de mensen in dit consult zien en horen u. Er wordt niets opgenomen.',
@@ -301,7 +302,7 @@ const en = {
   'landing.help': 'Does the link not work? Contact your care provider and ask for a new link.',
 
   'preview.title': 'Ready for your video consult',
-  'preview.greeting': 'Hello {name}. You are joining as {role}.',
+  'preview.greeting': 'Hello {name}.',
   'self.label': 'You',
   'self.cameraOff': 'Your camera is off',
   'self.micOff': 'microphone off',
@@ -347,7 +348,7 @@ const en = {
   'clinician.checkNothingStored': 'Tell them nothing is recorded and that chat and photos are gone after the call.',
   'clinician.checkPhotos': "Only share photos when it helps care. If you save a photo, put it in the patient's record and then delete it from your device.",
 
-  'consent.text': 'By pressing ‘Join the consult’ you agree to the video call. What happens to your data is explained under ‘Your privacy’.',
+  'consent.text': 'By pressing ‘Join the consult’ you agree to this video call. What we process is under ‘Your privacy’.',
   'join.button': 'Join the consult',
   'joining.title': 'Connecting…',
   'joining.text': 'One moment please. We are connecting.',
@@ -507,6 +508,7 @@ const en = {
   'error.shutting_down': 'The server is restarting. We will try to reconnect shortly.',
   'error.service_unavailable': 'The service cannot be reached right now. Please try again in a minute. If it still does not work, call the practice.',
   'preview.host': 'Your appointment is with {host}.',
+  'preview.guest': 'You take part as a guest.',
   'check.checking': 'Checking your link…',
   'check.ok': 'Your link works.',
   'privacy.short': 'Only the people in this consult see and hear you. Nothing is recorded.',
