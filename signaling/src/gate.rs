@@ -309,6 +309,7 @@ mod tests {
             "10.244.0.7",
             "10.244.9.1",
             "::ffff:10.244.0.7",
+            "::ffff:10.244.0.7",
         ]
         .iter()
         .map(|a| gate.admit(ip(a)).expect(a))
