@@ -346,32 +346,9 @@ fn take_summary(ip: Option<IpAddr>, source: &mut Source, now: Instant) -> AuditE
     }
 }
 
-/// The client's address for the audit log. Behind a reverse proxy the TCP
-/// peer is the proxy; only when it is one of `trusted` is `X-Forwarded-For`
-/// believed, and then the rightmost address not itself a trusted proxy is
-/// the client (the leftmost entries can be forged by anyone).
-pub fn client_ip(
-    peer: Option<IpAddr>,
-    forwarded_for: Option<&str>,
-    trusted: &[IpAddr],
-) -> Option<IpAddr> {
-    let peer = peer?;
-    if !trusted.contains(&peer) {
-        return Some(peer);
-    }
-    let Some(header) = forwarded_for else {
-        return Some(peer);
-    };
-    let mut client = peer;
-    for hop in header.rsplit(',') {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) if trusted.contains(&ip) => client = ip,
-            Ok(ip) => return Some(ip),
-            Err(_) => break,
-        }
-    }
-    Some(client)
-}
+/// The client's address for the audit log and the per-client limits
+/// (proxy-aware: see [`crate::client_addr`]).
+pub use crate::client_addr::client_ip;
 
 /// A coarse browser family: enough for an access log, too little to
 /// fingerprint anyone. Order matters: Edge and Chrome both say "Chrome",
@@ -403,37 +380,6 @@ pub fn ua_family(ua: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
-        let client: IpAddr = "198.51.100.9".parse().unwrap();
-        let trusted = [proxy];
-        assert_eq!(
-            client_ip(Some(proxy), Some("198.51.100.9"), &trusted),
-            Some(client)
-        );
-        assert_eq!(
-            client_ip(
-                Some(proxy),
-                Some("6.6.6.6, 198.51.100.9, 10.0.0.2"),
-                &trusted
-            ),
-            Some(client),
-            "rightmost untrusted hop; forged left entries ignored"
-        );
-        assert_eq!(
-            client_ip(Some(client), Some("6.6.6.6"), &trusted),
-            Some(client),
-            "untrusted peer"
-        );
-        assert_eq!(client_ip(Some(proxy), None, &trusted), Some(proxy));
-        assert_eq!(
-            client_ip(Some(proxy), Some("garbage"), &trusted),
-            Some(proxy)
-        );
-        assert_eq!(client_ip(None, Some("1.2.3.4"), &trusted), None);
-    }
 
     #[test]
     fn user_agents_map_to_coarse_families() {

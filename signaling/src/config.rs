@@ -129,13 +129,17 @@ pub struct ServeArgs {
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub waiting_room: bool,
     /// Reverse proxy whose X-Forwarded-For header is believed for the client
-    /// IP in the audit log. Repeatable; in the environment, comma-separated.
+    /// IP (audit log, per-client limits): an address or a CIDR range
+    /// (10.244.0.0/16, fd00::/8; nothing broader than /8 or /7).
+    /// Repeatable; in the environment, comma-separated.
     #[arg(
         long = "trusted-proxy",
         env = "SPREEKKAMER_TRUSTED_PROXIES",
-        value_delimiter = ','
+        value_name = "IP|CIDR",
+        value_delimiter = ',',
+        value_parser = crate::client_addr::parse_trusted_proxy
     )]
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<crate::client_addr::TrustedProxy>,
     /// NEN 7513 audit log: `-` for stdout, or a file path (appended to).
     #[arg(long, env = "SPREEKKAMER_AUDIT_LOG", default_value = "-")]
     pub audit_log: String,
@@ -1569,5 +1573,33 @@ mod tests {
         assert!(parse(&["--waiting-room"]).unwrap().serve.waiting_room);
         assert!(parse(&["--waiting-room=true"]).unwrap().serve.waiting_room);
         assert!(parse(&["--waiting-room=maybe"]).is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges_and_broad_ranges_are_refused() {
+        let s32 = "s".repeat(32);
+        let cli = parse(&[
+            "--trusted-proxy",
+            "10.244.0.0/16",
+            "--trusted-proxy",
+            "192.0.2.7,fd00::/8",
+        ])
+        .unwrap();
+        let cfg = cli.serve.to_config(&s32).unwrap();
+        let listed: Vec<String> = cfg.trusted_proxies.iter().map(|t| t.to_string()).collect();
+        assert_eq!(listed, ["10.244.0.0/16", "192.0.2.7", "fd00::/8"]);
+        assert!(parse(&[]).unwrap().serve.trusted_proxies.is_empty());
+        for (bad, says) in [
+            ("0.0.0.0/0", "every address"),
+            ("::/0", "every address"),
+            ("10.0.0.0/8,0.0.0.0/1", "broader than /8"),
+            ("10.0.0.0/8,proxy.internal", "\"proxy.internal\""),
+            ("10.0.0.9/8", "host bits"),
+        ] {
+            let e = parse(&["--trusted-proxy", bad]).expect_err(bad);
+            assert_eq!(e.exit_code(), 2, "{bad}");
+            let text = e.to_string();
+            assert!(text.contains(says), "{bad}: {text}");
+        }
     }
 }

@@ -62,8 +62,9 @@ pub struct ServeConfig {
     pub jwks_fetch: crate::jwks::FetchConfig,
     /// Minimum time between two JWKS fetches (unknown `kid`s trigger one).
     pub jwks_min_refresh: Duration,
-    /// Reverse proxies whose `X-Forwarded-For` is believed (audit IPs).
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Reverse proxies (addresses or ranges) whose `X-Forwarded-For` is
+    /// believed for the client address (`client_addr.rs`).
+    pub trusted_proxies: Vec<crate::client_addr::TrustedProxy>,
     /// Base URL of links the API returns (`None`: `http://` + the bound
     /// address).
     pub public_url: Option<String>,
@@ -180,7 +181,7 @@ pub struct Context {
     /// Mints and checks resume tickets.
     pub resume: crate::resume::ResumeKeys,
     pub jwks: Option<crate::jwks::JwksSource>,
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: Vec<crate::client_addr::TrustedProxy>,
     /// Base URL for links (no trailing slash).
     pub public_url: String,
     /// Per-IP limits of the HTTP API and of connectivity checks.

@@ -11,6 +11,7 @@
 //! so a connection upgraded to a WebSocket keeps counting until the socket
 //! is dropped.
 
+use crate::client_addr::{TrustedProxy, is_trusted};
 use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::io;
@@ -111,14 +112,19 @@ struct Open {
 pub struct ConnectionGate {
     max_total: usize,
     max_per_ip: usize,
-    /// Trusted proxies: every client behind one shares its address, so only
-    /// the total cap applies to them (the proxy limits per client).
-    exempt: Vec<IpAddr>,
+    /// Trusted proxies (addresses or ranges): every client behind one shares
+    /// its address, so only the total cap applies to them (the proxy limits
+    /// per client).
+    exempt: Vec<TrustedProxy>,
     open: Mutex<Open>,
 }
 
 impl ConnectionGate {
-    pub fn new(max_total: usize, max_per_ip: usize, exempt: Vec<IpAddr>) -> Arc<ConnectionGate> {
+    pub fn new(
+        max_total: usize,
+        max_per_ip: usize,
+        exempt: Vec<TrustedProxy>,
+    ) -> Arc<ConnectionGate> {
         Arc::new(ConnectionGate {
             max_total,
             max_per_ip,
@@ -133,7 +139,7 @@ impl ConnectionGate {
         if open.total >= self.max_total {
             return Err(Refusal::Total);
         }
-        let counted = !self.exempt.contains(&ip);
+        let counted = !is_trusted(&self.exempt, ip);
         if counted {
             let n = open.per_ip.entry(ip).or_insert(0);
             if *n >= self.max_per_ip {
@@ -288,11 +294,32 @@ mod tests {
     #[test]
     fn trusted_proxy_is_held_to_the_total_cap_only() {
         let proxy = ip("10.0.0.2");
-        let gate = ConnectionGate::new(5, 1, vec![proxy]);
+        let gate = ConnectionGate::new(5, 1, vec!["10.0.0.2".parse().unwrap()]);
         let slots: Vec<Slot> = (0..5).map(|_| gate.admit(proxy).unwrap()).collect();
         assert_eq!(gate.admit(proxy).err(), Some(Refusal::Total));
         drop(slots);
         assert_eq!(gate.open(), 0);
+    }
+
+    #[test]
+    fn every_address_of_a_trusted_range_is_exempt_from_the_per_address_cap() {
+        let gate = ConnectionGate::new(10, 1, vec!["10.244.0.0/16".parse().unwrap()]);
+        let _slots: Vec<Slot> = [
+            "10.244.0.7",
+            "10.244.0.7",
+            "10.244.9.1",
+            "::ffff:10.244.0.7",
+            "::ffff:10.244.0.7",
+        ]
+        .iter()
+        .map(|a| gate.admit(ip(a)).expect(a))
+        .collect();
+        let _one = gate.admit(ip("10.245.0.1")).unwrap();
+        assert_eq!(
+            gate.admit(ip("10.245.0.1")).err(),
+            Some(Refusal::PerAddress),
+            "outside the range the cap applies"
+        );
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub fn routes(
         .and(warp::ws())
         .and(crate::gate::peer())
         .and(warp::header::optional::<String>("user-agent"))
-        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(crate::client_addr::forwarded_for())
         .and(with_ctx.clone())
         .map(
             |ws: warp::ws::Ws,
@@ -88,7 +88,7 @@ pub fn routes(
     // and the Authorization header.
     let caller = crate::gate::peer()
         .and(warp::header::optional::<String>("user-agent"))
-        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(crate::client_addr::forwarded_for())
         .and(warp::header::optional::<String>("authorization"))
         .and(with_ctx.clone())
         .map(

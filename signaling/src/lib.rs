@@ -52,6 +52,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod client_addr;
 pub mod config;
 pub mod connection;
 pub mod consult;

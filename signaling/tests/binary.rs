@@ -139,6 +139,26 @@ fn cluster_subcommands_refuse_a_missing_or_bad_configuration_clearly() {
 }
 
 #[test]
+fn a_trusted_proxy_range_of_the_whole_internet_is_refused_at_start() {
+    for (value, says) in [
+        ("10.244.0.0/16, ::/0", "refusing to trust \"::/0\""),
+        (
+            "10.244.0.0/16,10.244.0.1/16",
+            "\"10.244.0.1/16\" has host bits set",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .env("SPREEKKAMER_TRUSTED_PROXIES", value)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{value}: {stderr}");
+        assert!(stderr.contains(says), "{value}: {stderr}");
+        assert!(stderr.contains("--trusted-proxy"), "{stderr}");
+    }
+}
+
+#[test]
 fn bad_environment_values_are_refused() {
     let out = Command::new(BIN)
         .env("SPREEKKAMER_MAX_PARTICIPANTS", "100")

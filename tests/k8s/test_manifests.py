@@ -2,6 +2,7 @@
 so that a later edit cannot silently drop them. Run by scripts/k8s-check.sh
 with the rendered YAML in SPREEKKAMER_K8S_RENDERED."""
 
+import ipaddress
 import json
 import os
 import re
@@ -160,6 +161,24 @@ class Manifests(unittest.TestCase):
             for f in r["from"]
         }
         self.assertEqual(rules, {"ingress-nginx": [8080], "monitoring": [9100]})
+
+    def test_edges_trust_the_ingress_pod_network_for_x_forwarded_for(self):
+        # Without trusted proxies every browser is the ingress-nginx pod's
+        # address: in the audit log and in the per-address limits.
+        dep = one(self.docs, "Deployment", "spreekkamer-edge")
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        refs = [e["configMapRef"]["name"] for e in c.get("envFrom", []) if "configMapRef" in e]
+        self.assertIn("spreekkamer-config", refs, "the edges read the ConfigMap")
+        self.assertFalse(any(a.startswith("--trusted-proxy") for a in c["args"]), "one place: the ConfigMap")
+        self.assertNotIn("SPREEKKAMER_TRUSTED_PROXIES", {e["name"] for e in c.get("env", [])})
+        value = self.config.get("SPREEKKAMER_TRUSTED_PROXIES", "")
+        entries = [e.strip() for e in value.split(",")]
+        self.assertTrue(value and all(entries), f"trusted proxies configured: {value!r}")
+        for entry in entries:
+            net = ipaddress.ip_network(entry, strict=True)
+            # The edge refuses anything broader (anyone could then forge
+            # X-Forwarded-For): keep the manifest startable.
+            self.assertGreaterEqual(net.prefixlen, 8 if net.version == 4 else 7, entry)
 
     def test_edge_metrics_are_not_on_the_port_the_ingress_publishes(self):
         dep = one(self.docs, "Deployment", "spreekkamer-edge")
