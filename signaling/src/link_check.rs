@@ -76,6 +76,7 @@ pub(crate) async fn run(conn: &mut Connection, v: Option<u64>, token: Option<Str
     let reply = match check(&ctx, &access, v, token).await {
         Ok(claims) => {
             log::info!("link check: ok");
+            ctx.metrics.link_checked(None);
             ServerMessage::LinkCheck {
                 ok: true,
                 role: Some(claims.role),
@@ -88,6 +89,7 @@ pub(crate) async fn run(conn: &mut Connection, v: Option<u64>, token: Option<Str
         }
         Err(refused) => {
             log::info!("link check: refused ({})", refused.code);
+            ctx.metrics.link_checked(Some(refused.code));
             if !refused.audited {
                 let mut event = AuditEvent::new(AUDIT_EVENT, access).failed(refused.code);
                 if let Some(c) = &refused.claims {

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub join_to_media: Histogram,
     pub joins_accepted: IntCounter,
     pub joins_rejected: IntCounterVec,
+    /// Link checks before Join (`link_check.rs`) by outcome: `ok` or the
+    /// error code a join would have got.
+    link_checks: IntCounterVec,
     pub ws_messages: IntCounterVec,
     // Edge bounds (`listener.rs`, `session.rs`, `audit.rs`).
     pub http_connections: IntGauge,
@@ -110,6 +113,14 @@ impl Metrics {
             &["reason"],
         )?;
         r.register(Box::new(joins_rejected.clone()))?;
+        let link_checks = IntCounterVec::new(
+            Opts::new(
+                "link_checks_total",
+                "Link checks before Join, by outcome (ok or the join's error code)",
+            ),
+            &["outcome"],
+        )?;
+        r.register(Box::new(link_checks.clone()))?;
         let ws_messages = IntCounterVec::new(
             Opts::new("ws_messages_total", "WebSocket messages received, by type"),
             &["type"],
@@ -165,6 +176,7 @@ impl Metrics {
             join_to_media,
             joins_accepted: counter(&r, "joins_accepted_total", "Joins with a valid token")?,
             joins_rejected,
+            link_checks,
             ws_messages,
             http_connections: gauge(
                 &r,
@@ -240,6 +252,12 @@ impl Metrics {
             registry: r,
             scrape: Mutex::new(()),
         })
+    }
+
+    /// One link check answered: `None` is ok, else the refusal's code.
+    pub fn link_checked(&self, refused: Option<ErrorCode>) {
+        let outcome = refused.map_or("ok", |c| c.as_str());
+        self.link_checks.with_label_values(&[outcome]).inc();
     }
 
     pub fn rejected(&self, code: ErrorCode) {
@@ -325,6 +343,14 @@ mod tests {
         assert!(text.contains("spreekkamer_media_bytes_out_total 2000"));
         assert!(text.contains("spreekkamer_media_tracks 4"));
         assert!(text.contains("spreekkamer_joins_rejected_total{reason=\"token_expired\"} 2"));
+        m.link_checked(None);
+        m.link_checked(Some(ErrorCode::TokenRevoked));
+        let text = m.render(stats);
+        assert!(
+            text.contains("spreekkamer_link_checks_total{outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("spreekkamer_link_checks_total{outcome=\"token_revoked\"} 1"));
         let text = m.render(MediaStats {
             packets_in: 15,
             ..stats

@@ -25,7 +25,7 @@
 
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { assert, isColour, repoRoot, scenario, sleep, slowdown, tileColour, waitUntil } from './lib/index.mjs';
+import { assert, clickLobbyButton, isColour, repoRoot, scenario, sleep, slowdown, tileColour, waitUntil } from './lib/index.mjs';
 import { bothSee, framesFrom, KEY_PREFIX, leaveConsult, markPcs, newConsult, probe, startCluster, startConsult, untouched } from './lib/cluster.mjs';
 
 const ROUNDS = Number(process.env.SPREEKKAMER_TEST_FAILOVER_ROUNDS || 5);
@@ -352,7 +352,7 @@ scenario("cluster: two edges — a clinician on one and a patient on the other m
   const patWaitingId = await pat.youId();
   const admit = `#lobby-list .lobby-entry[data-participant-id="${patWaitingId}"] .admit`;
   await clin.waitFor(() => clin.evaluate((sel) => !!document.querySelector(sel), admit), { what: 'K-clinician: the admit button for the patient who joined on the other edge', timeout: 45_000 });
-  await clin.page.click(admit);
+  await clickLobbyButton(clin, patWaitingId);
   await pat.waitForState('in-call', { timeout: 45_000 });
   const c = { consult, clin, pat, clinId: await clin.youId(), patId: await pat.youId() };
   await bothSee(sc, c, node, 'K across two edges');

@@ -13,7 +13,7 @@
 
 import crypto from 'node:crypto';
 import { assert, scenario, waitUntil } from './lib/index.mjs';
-import { tileColour } from './lib/checks.mjs';
+import { clickLobbyButton, tileColour } from './lib/checks.mjs';
 
 const SERVER_ARGS = ['--consult-grace', '100ms'];
 const TIMEOUT = 45_000;
@@ -81,7 +81,7 @@ scenario('resume: after a server crash and after a dropped WebSocket, clinician 
   const patWaitingId = await pat.youId();
   const admit = `#lobby-list .lobby-entry[data-participant-id="${patWaitingId}"] .admit`;
   await clin.waitFor(() => clin.evaluate((sel) => !!document.querySelector(sel), admit), { what: 'clinician: the admit button' });
-  await clin.page.click(admit);
+  await clickLobbyButton(clin, patWaitingId);
   await pat.waitForState('in-call', { timeout: TIMEOUT });
   const [clinId0, patId0] = await inEncryptedCall(sc, clin, pat, 'before');
   assert.equal(audit(server, 'admit').length, 1, 'one admission');

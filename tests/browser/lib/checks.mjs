@@ -138,3 +138,18 @@ export function tileColour(p, id) {
 
 /** A colour from `tileColour` that is a picture, not a black or empty tile. */
 export const isColour = (rgb) => !!rgb && rgb[0] + rgb[1] + rgb[2] > 60;
+
+/**
+ * Click a waiting person's admit (or deny) button in the clinician's waiting
+ * list. On a narrow window the list lives in a sheet over the video: open it
+ * the way a clinician would (More → Waiting room and invites) first.
+ */
+export async function clickLobbyButton(clin, id, action = 'admit') {
+  const sel = `#lobby-list .lobby-entry[data-participant-id="${id}"] .${action}`;
+  const shown = await clin.evaluate((s) => {
+    const el = document.querySelector(s);
+    return !!el && el.getClientRects().length > 0;
+  }, sel);
+  if (!shown) await clin.evaluate(() => document.getElementById('lobby-open').click());
+  await clin.page.click(sel);
+}

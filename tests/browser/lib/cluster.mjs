@@ -21,7 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import assert from 'node:assert/strict';
-import { isColour, tileColour } from './checks.mjs';
+import { clickLobbyButton, isColour, tileColour } from './checks.mjs';
 import { randomSecret } from './jwt.mjs';
 import { binPath, mintLink, Server } from './server.mjs';
 import { waitUntil } from './wait.mjs';
@@ -682,7 +682,7 @@ export async function startConsult(sc, cl, label, clin, pat) {
   const patWaitingId = await pat.youId();
   const admit = `#lobby-list .lobby-entry[data-participant-id="${patWaitingId}"] .admit`;
   await clin.waitFor(() => clin.evaluate((sel) => !!document.querySelector(sel), admit), { what: `${clin.name}: the admit button for ${patWaitingId}`, timeout: TIMEOUT });
-  await clin.page.click(admit);
+  await clickLobbyButton(clin, patWaitingId);
   await pat.waitForState('in-call', { timeout: TIMEOUT });
   return { consult, label, clin, pat, clinId: await clin.youId(), patId: await pat.youId() };
 }

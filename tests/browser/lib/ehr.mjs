@@ -15,6 +15,7 @@ import WebSocket from 'ws';
 import { claims, signAsym, signHs } from './jwt.mjs';
 import { Server, binPath, freePort, tail } from './server.mjs';
 import { sleep, waitUntil } from './wait.mjs';
+import { clickLobbyButton } from './checks.mjs';
 
 export const EHR_ISSUER = 'https://ehr.test.example/';
 export const EHR_AUDIENCE = 'spreekkamer-test';
@@ -258,7 +259,7 @@ export async function waitForLobbyEntry(clinician, id, { timeout = 30_000 } = {}
 }
 
 export async function clickLobby(clinician, id, action) {
-  await clinician.page.click(`#lobby-list .lobby-entry[data-participant-id="${id}"] .${action}`);
+  await clickLobbyButton(clinician, id, action);
 }
 
 /** The participant's own id once the server has welcomed them (waiting or in the call). */
