@@ -1796,7 +1796,10 @@ function openMenu() {
 }
 
 function closeMenu() {
+  // A chosen item goes away with the menu: keyboard focus returns to "More", not to the page's start.
+  const hadFocus = $('#more-menu').contains(document.activeElement);
   $('#more-menu').hidden = true;
+  if (hadFocus) $('#more-toggle').focus();
   $('#more-toggle').setAttribute('aria-expanded', 'false');
 }
 

@@ -301,6 +301,15 @@ impl Consult {
             }
         };
         let is_clinician = a.role == Role::Clinician;
+        // Whoever is let in or waits learns the name of a clinician in the
+        // consult (the one they will see), never more of the roster.
+        let clinician_name = (!is_clinician)
+            .then(|| {
+                self.admitted()
+                    .find(|m| m.participant.role == Role::Clinician && m.participant.id != a.id)
+                    .map(|m| m.participant.name.clone())
+            })
+            .flatten();
         let welcome = ServerMessage::Welcome {
             v: crate::protocol::PROTOCOL_VERSION,
             you: Box::new(participant),
@@ -311,10 +320,11 @@ impl Consult {
             lobby: is_clinician.then(|| self.lobby()),
             locked: is_clinician.then_some(self.locked),
             // Filled in by the session, which knows the token's `exp`,
-            // its `host` and the configured contact line.
+            // its `host` and the configured contact line; `host` here is
+            // the clinician present, if any.
             ice_servers: None,
             force_relay: None,
-            host: None,
+            host: clinician_name,
             contact: None,
         };
         Ok(Joined {

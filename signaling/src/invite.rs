@@ -25,8 +25,11 @@ pub struct Invite {
 
 /// Mint an invite for `host`'s consult. The invite's `sub` is derived from
 /// its `jti`; its name is a role label unless the clinician gave one (the
-/// token payload is readable by whoever holds the link); its `host` claim
-/// is the clinician's own display name. Audited, refusals included.
+/// token payload is readable by whoever holds the link). It carries no
+/// `host`: a link that travels by mail or text message must not say which
+/// clinician (and so which speciality) the patient sees; the waiting room
+/// learns the clinician's name from `welcome` instead. Audited, refusals
+/// included.
 pub fn create(
     ctx: &Context,
     host: &Host,
@@ -69,10 +72,7 @@ pub fn create(
             role,
             consult: host.consult.clone(),
             name,
-            // The inviting clinician, so the invitee's page can say who
-            // will let them in. A name the verifier would refuse as a
-            // `host` (it was a valid `name`, so only blank) is left out.
-            host: Some(host.name.clone()).filter(|n| crate::token::valid_display_name(n)),
+            host: None,
             ttl_secs: ttl,
             jti: Some(jti.clone()),
         },

@@ -443,7 +443,11 @@ async fn authorize(
         Ok(mut ticket) => {
             ctx.metrics.joins_accepted.inc();
             if let ServerMessage::Welcome { host, contact, .. } = &mut ticket.welcome {
-                host.clone_from(&claims.host);
+                // The token's own `host` (an EHR may name the clinician) wins
+                // over the consult's word for who is there.
+                if claims.host.is_some() {
+                    host.clone_from(&claims.host);
+                }
                 contact.clone_from(&ctx.contact);
             }
             log::info!(

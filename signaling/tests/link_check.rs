@@ -275,9 +275,9 @@ async fn a_revoked_invite_is_refused_and_another_invite_of_the_consult_is_not() 
     assert_eq!(reply["ok"], true, "{reply}");
     assert_eq!(reply["role"], "patient");
     assert_eq!(reply["name"], "Patient");
-    assert_eq!(
-        reply["host"], "Dr. Jansen",
-        "an invite names the inviting clinician"
+    assert!(
+        reply.get("host").is_none(),
+        "an invite link does not name the clinician (it travels by mail): {reply}"
     );
     assert_eq!(reply["expires"], kept["expires"]);
     assert_eq!(
@@ -426,4 +426,23 @@ async fn a_check_after_join_is_a_bad_message_and_a_check_ends_its_connection() {
         Ok(_) => {}
         Err(_) => panic!("the connection stayed open"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_patient_learns_the_clinicians_name_from_welcome_not_from_the_link() {
+    let s = server(true).await;
+    // Before any clinician is there: nobody to name.
+    let (_early, we) = Client::joined(s.addr, &token("lc9", Role::Patient, "Mw. Vroeg")).await;
+    assert_eq!(we["state"], "waiting");
+    assert!(we.get("host").is_none(), "{we}");
+    let (mut doc, wd) = Client::joined(s.addr, &token("lc9", Role::Clinician, "Dr. Jansen")).await;
+    assert!(wd.get("host").is_none(), "a clinician is not told their own name");
+    doc.send(json!({"type":"invite","role":"patient"})).await;
+    let invite = doc.expect("invite-created").await;
+    let link = invite["token"].as_str().unwrap();
+    let check_reply = check(&s, link).await;
+    assert!(check_reply.get("host").is_none(), "{check_reply}");
+    let (_pat, wp) = Client::joined(s.addr, link).await;
+    assert_eq!(wp["state"], "waiting");
+    assert_eq!(wp["host"], "Dr. Jansen", "{wp}");
 }

@@ -116,7 +116,8 @@ scenario('(b) a subscriber with a small tile gets a smaller picture than one wit
   const large = await sc.chromium('large-tile', { viewport: { width: 1600, height: 1000 }, deviceScaleFactor: 2 });
   // Under 60rem the page is one column: a ~420 px wide window gives a tile
   // under 240 px high.
-  await small.page.setViewportSize({ width: 420, height: 800 });
+  // The video fills what is left of a short phone-sized window: two tiles stacked, each under 240 px high.
+  await small.page.setViewportSize({ width: 420, height: 480 });
   const pubId = await joinAs(pub, await linkFor(server, consult, 'clinician', 'Dr. Jansen'));
   await joinAs(small, await linkFor(server, consult, 'patient', 'P'));
   await joinAs(large, await linkFor(server, consult, 'guest', 'G'));
@@ -160,11 +161,18 @@ scenario('(c) audio only stops the video but not the sound, and turning it off b
   await joinAs(sub, await linkFor(server, consult, 'patient', 'P'));
   await sub.waitForMediaFrom([pubId]);
 
-  // By keyboard: focus the toggle, press Enter.
+  // By keyboard: "More" (Enter opens the menu and focuses its first item), then the toggle, Enter.
+  const choose = async () => {
+    await sub.page.focus('#more-toggle');
+    await sub.page.keyboard.press('Enter');
+    await sub.page.focus('#audio-only');
+    await sub.page.keyboard.press('Enter');
+  };
   const name = await sub.evaluate(() => document.getElementById('audio-only').textContent.trim());
-  assert.equal(name, 'Alleen geluid');
-  await sub.page.focus('#audio-only');
-  await sub.page.keyboard.press('Enter');
+  assert.match(name, /^Alleen geluid: zet het beeld/, 'the item says what pressing does');
+  await choose();
+  assert.equal(await sub.evaluate(() => document.activeElement.id), 'more-toggle', 'focus returns to More');
+  assert.match(await sub.evaluate(() => document.getElementById('audio-only').textContent), /zet het beeld weer aan/, 'and now says how to undo it');
   const ui = await sub.evaluate(() => ({
     pressed: document.getElementById('audio-only').dataset.on,
     note: !document.getElementById('audio-only-note').hidden,
@@ -192,7 +200,7 @@ scenario('(c) audio only stops the video but not the sound, and turning it off b
   });
 
   // Turned off: the video comes back.
-  await sub.page.keyboard.press('Enter');
+  await choose();
   assert.equal(await sub.evaluate(() => document.getElementById('audio-only').dataset.on), 'false');
   assert.equal(await sub.evaluate(() => document.getElementById('audio-only-note').hidden), true);
   await sub.waitForRising([pubId], await sub.media(), { minFrameRise: 10, timeout: 60_000 });
