@@ -749,6 +749,7 @@ impl ServeArgs {
             room_store: None,
             turn: self.turn()?,
             contact: self.contact.clone(),
+            anonymous_probes: crate::probe::AnonymousProbeLimits::default(),
         })
     }
 }
