@@ -132,3 +132,15 @@ export function browserFamily(ua = navigator.userAgent, touchPoints = typeof nav
   if (/Safari\//.test(ua)) return 'safari';
   return 'other';
 }
+
+/**
+ * The help text key (`mediaHelp.*`) for why the camera or microphone did not
+ * start: a refusal gets the steps for this browser and platform.
+ */
+export function mediaHelpKey(error, family = browserFamily()) {
+  const name = error && error.name;
+  if (name === 'NotAllowedError' || name === 'SecurityError') return `mediaHelp.${family}`;
+  if (name === 'NotReadableError' || name === 'AbortError') return 'mediaHelp.inUse';
+  if (name === 'NotFoundError' || name === 'OverconstrainedError') return 'mediaHelp.notFound';
+  return 'mediaHelp.other';
+}

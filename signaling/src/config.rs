@@ -753,6 +753,7 @@ impl ServeArgs {
             room_store: None,
             turn: self.turn()?,
             contact: self.contact.clone(),
+            anonymous_probes: crate::probe::AnonymousProbeLimits::default(),
         })
     }
 }

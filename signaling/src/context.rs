@@ -92,6 +92,8 @@ pub struct ServeConfig {
     /// [`crate::config::parse_contact`]): in every `link-check` and
     /// `welcome`.
     pub contact: Option<String>,
+    /// Bounds of connectivity checks without a token (the test page `/test`).
+    pub anonymous_probes: crate::probe::AnonymousProbeLimits,
 }
 
 /// The directory and the link secret of a cluster edge.
@@ -155,6 +157,7 @@ impl ServeConfig {
             room_store: None,
             turn: None,
             contact: None,
+            anonymous_probes: crate::probe::AnonymousProbeLimits::default(),
         }
     }
 }
@@ -187,6 +190,8 @@ pub struct Context {
     /// Per-IP limits of the HTTP API and of connectivity checks.
     pub api_limiter: IpLimiter,
     pub probe_limiter: IpLimiter,
+    /// Connectivity checks without a token: per IP and in progress.
+    pub anonymous_probes: crate::probe::AnonymousProbes,
     /// Failed joins per client IP (see `session.rs`).
     pub join_failures: IpLimiter,
     pub ws_heartbeat: Duration,

@@ -333,11 +333,13 @@ fn text(status: StatusCode, body: &'static str) -> Response<&'static [u8]> {
 }
 
 /// Serve one embedded file. `/` is the landing page, `/c` the join page
-/// (the token stays in the fragment, which never reaches the server).
+/// (the token stays in the fragment, which never reaches the server), `/test`
+/// the test-your-setup page (no link needed: an anonymous `probe`).
 fn asset(dir: &'static include_dir::Dir<'static>, path: &str) -> Response<&'static [u8]> {
     let relative = match path {
         "/" => "landing.html",
         "/c" | "/c/" => "index.html",
+        "/test" | "/test/" => "test.html",
         p => p.trim_start_matches('/'),
     };
     if relative.is_empty() || relative.split('/').any(|seg| seg.is_empty() || seg == "..") {

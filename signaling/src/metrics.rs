@@ -65,6 +65,13 @@ pub struct Metrics {
     /// `revoke`, `bar`, `lock`) and `reason` (`unavailable`, `invalid`,
     /// `full`, `queue_full`).
     room_store_errors: IntCounterVec,
+    /// Connectivity checks (`probe.rs`) by `kind` (`token`, `anonymous`)
+    /// and `outcome`: `connected`, `timeout`, `failed`, `refused` (the
+    /// result), `abandoned` (the browser left first), `rate_limited`,
+    /// `at_capacity` (not started: the anonymous cap).
+    connectivity_checks: IntCounterVec,
+    /// Anonymous connectivity checks in progress (at most the cap).
+    pub anonymous_checks: IntGauge,
     /// Operational log lines held back by the per-call-site limit
     /// (`logging.rs`), copied in at scrape time.
     log_suppressed: IntCounter,
@@ -157,6 +164,14 @@ impl Metrics {
             &["op", "reason"],
         )?;
         r.register(Box::new(room_store_errors.clone()))?;
+        let connectivity_checks = IntCounterVec::new(
+            Opts::new(
+                "connectivity_checks_total",
+                "Connectivity checks (probe), by kind (token, anonymous) and outcome",
+            ),
+            &["kind", "outcome"],
+        )?;
+        r.register(Box::new(connectivity_checks.clone()))?;
         Ok(Metrics {
             consults: gauge(
                 &r,
@@ -244,6 +259,12 @@ impl Metrics {
                 "edge_split_rooms_total",
                 "Re-claims that found a room of this edge placed on another live edge",
             )?,
+            connectivity_checks,
+            anonymous_checks: gauge(
+                &r,
+                "anonymous_connectivity_checks",
+                "Anonymous connectivity checks (probe without a token) in progress",
+            )?,
             log_suppressed: counter(
                 &r,
                 "log_lines_suppressed_total",
@@ -274,6 +295,12 @@ impl Metrics {
     pub fn room_store_error(&self, op: &str, reason: &str) {
         self.room_store_errors
             .with_label_values(&[op, reason])
+            .inc();
+    }
+
+    pub fn connectivity_check(&self, kind: &str, outcome: &str) {
+        self.connectivity_checks
+            .with_label_values(&[kind, outcome])
             .inc();
     }
 

@@ -173,6 +173,10 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
             metrics.clone(),
         ));
     }
+    let anonymous_probes = crate::probe::AnonymousProbes::new(
+        config.anonymous_probes,
+        metrics.anonymous_checks.clone(),
+    );
     let ctx = Arc::new(Context {
         directory,
         verifier: TokenVerifier::new(config.keys, config.issuer, config.audience),
@@ -196,6 +200,7 @@ pub async fn serve(config: ServeConfig) -> Result<Server, ServeError> {
             .unwrap_or_else(|| format!("http://{}", crate::config::default_public_host(addr))),
         api_limiter: IpLimiter::new(crate::api::API_REQUESTS_PER_MINUTE, crate::api::API_BURST),
         probe_limiter: IpLimiter::new(crate::probe::PROBES_PER_MINUTE, crate::probe::PROBE_BURST),
+        anonymous_probes,
         join_failures: IpLimiter::new(
             crate::context::JOIN_FAILURES_PER_MINUTE,
             config.join_failure_burst,

@@ -141,6 +141,14 @@ async fn embedded_web_client_has_the_pages_the_contract_names() {
     assert_eq!(page.status, 200);
     assert!(page.text().to_ascii_lowercase().contains("<html"));
     assert_security_headers(&page);
+    // The test-your-setup page, reached without a link.
+    for path in ["/test", "/test/"] {
+        let page = get(s.addr, path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert!(page.text().contains("/test.js"), "{path}");
+        assert_eq!(page.header("cache-control"), Some("no-store"));
+        assert_security_headers(&page);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
