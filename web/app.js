@@ -7,7 +7,8 @@
 // `document.body.dataset.state` always says which (see the UI contract).
 
 import { initI18n, t, getLanguage, onLanguageChange } from './i18n.js';
-import { Signaling, iceConfig, probeConnectivity, checkLink, signalingUrl } from './protocol.js';
+import { Signaling, iceConfig, checkLink, signalingUrl } from './protocol.js';
+import { checkConnection, failedText } from './connectivity.js';
 import { Call } from './call.js';
 import * as media from './media.js';
 import { ReceivePreferences } from './prefs.js';
@@ -25,10 +26,6 @@ const $ = (sel) => document.querySelector(sel);
 const WELCOME_TIMEOUT_MS = 15000;
 // Chat and photos stay in page memory only; keep that memory bounded.
 const MAX_CHAT_ITEMS = 200;
-// Connectivity check: UDP normally connects within a second or two; a
-// network that drops UDP gives no answer at all, so do not wait long for it.
-const UDP_PROBE_TIMEOUT_MS = 10000;
-const TCP_PROBE_TIMEOUT_MS = 15000;
 // Where this tab keeps its link across a reload (see saveLink).
 const LINK_STORAGE_KEY = 'spreekkamer.link';
 // How often the connection quality per tile is measured.
@@ -376,7 +373,7 @@ async function openMedia() {
   app.mediaError = error;
   if (error) {
     showError(error.name === 'NotAllowedError' || error.name === 'SecurityError' ? 'media_denied' : 'media_unavailable', {
-      help: mediaHelpKey(error),
+      help: media.mediaHelpKey(error),
     });
     $('#media-help').hidden = false;
   } else if (app.errorCode === 'media_denied' || app.errorCode === 'media_unavailable') {
@@ -386,12 +383,6 @@ async function openMedia() {
   await fillDeviceLists();
 }
 
-function mediaHelpKey(error) {
-  if (error.name === 'NotAllowedError' || error.name === 'SecurityError') return `mediaHelp.${media.browserFamily()}`;
-  if (error.name === 'NotReadableError' || error.name === 'AbortError') return 'mediaHelp.inUse';
-  if (error.name === 'NotFoundError' || error.name === 'OverconstrainedError') return 'mediaHelp.notFound';
-  return 'mediaHelp.other';
-}
 
 function setLocalStream(stream) {
   for (const old of app.stream.getTracks()) {
@@ -453,7 +444,7 @@ async function switchDevice(kind, deviceId) {
   try {
     fresh = await navigator.mediaDevices.getUserMedia(constraints);
   } catch (err) {
-    showNotice(t(mediaHelpKey(err)));
+    showNotice(t(media.mediaHelpKey(err)));
     return;
   }
   const track = fresh.getTracks()[0];
@@ -470,45 +461,12 @@ async function runConnectivityCheck() {
   const controller = new AbortController();
   app.connectivityAbort = controller;
   setConnectivity({ result: 'checking' });
-  const probe = (transport, timeoutMs) => probeConnectivity({ token: app.token, transport, timeoutMs, signal: controller.signal });
-  const udp = await probe('udp', UDP_PROBE_TIMEOUT_MS);
-  if (controller.signal.aborted) return;
-  if (udp.outcome === 'connected') {
-    // With relay forced by the server, the UDP check already went through TURN.
-    finishConnectivity(controller, { result: udp.relay ? 'relay' : 'udp', ports: udp.ports });
-    return;
-  }
-  if (udp.outcome === 'error') {
-    // The server refused the check (link, rate limit): it says nothing about
-    // the network, and joining will explain a bad link itself.
-    finishConnectivity(controller, { result: 'unknown', ports: udp.ports });
-    return;
-  }
-  // Relay forced: TCP to the media server cannot be relayed; the TURN check was the one.
-  const tcp = udp.relay ? { outcome: 'not-connected', reason: 'failed', ports: udp.ports } : await probe('tcp', TCP_PROBE_TIMEOUT_MS);
-  if (controller.signal.aborted) return;
-  const ports = {
-    udp: udp.ports.udp.length ? udp.ports.udp : tcp.ports.udp,
-    tcp: tcp.ports.tcp.length ? tcp.ports.tcp : udp.ports.tcp,
-  };
-  if (tcp.outcome === 'connected') {
-    finishConnectivity(controller, { result: 'tcp', ports });
-    return;
-  }
-  if (tcp.outcome === 'error') {
-    finishConnectivity(controller, { result: 'unknown', ports });
-    return;
-  }
-  // Neither direct route: through the TURN server, if the server has one.
-  if (udp.turn && !udp.relay) {
-    const relay = await probe('relay', TCP_PROBE_TIMEOUT_MS);
-    if (controller.signal.aborted) return;
-    if (relay.outcome === 'connected') {
-      finishConnectivity(controller, { result: 'relay', ports });
-      return;
-    }
-  }
-  finishConnectivity(controller, { result: 'failed', ports });
+  // UDP, then TCP, then TURN (web/connectivity.js, shared with /test). A
+  // refusal of the check itself (link, rate limit) says nothing about the
+  // network, and joining will explain a bad link itself: 'unknown'.
+  const state = await checkConnection({ token: app.token, signal: controller.signal });
+  if (state.result === 'aborted' || controller.signal.aborted) return;
+  finishConnectivity(controller, state);
 }
 
 function finishConnectivity(controller, state) {
@@ -544,22 +502,12 @@ function renderConnectivity() {
   el.dataset.result = state.result;
   again.disabled = state.result === 'checking';
   if (state.result === 'failed') {
-    const udp = formatPorts(state.ports && state.ports.udp);
-    const tcp = formatPorts(state.ports && state.ports.tcp);
-    const key = udp && tcp ? 'connectivity.ports' : udp ? 'connectivity.portsUdp' : tcp ? 'connectivity.portsTcp' : null;
-    el.textContent = key ? t('connectivity.failed', { ports: t(key, { udp, tcp }) }) : t('connectivity.failedNoPorts');
+    el.textContent = failedText(t, state.ports);
   } else {
     el.textContent = t(`connectivity.${state.result}`);
   }
 }
 
-/** Ports for people: "3478", "50000–50001", "443, 3478". */
-function formatPorts(ports) {
-  if (!Array.isArray(ports) || ports.length === 0) return '';
-  const contiguous = ports.every((p, i) => i === 0 || p === ports[i - 1] + 1);
-  if (ports.length > 2 && contiguous) return `${ports[0]}–${ports[ports.length - 1]}`;
-  return ports.join(', ');
-}
 
 // ---------------------------------------------------------------------------
 // Joining and the signaling session
@@ -1687,7 +1635,7 @@ async function toggleLocal(kind) {
       const fresh = await navigator.mediaDevices.getUserMedia(kind === 'audio' ? { audio: true } : { video: true });
       track = fresh.getTracks()[0] || null;
     } catch (err) {
-      showNotice(t(mediaHelpKey(err)));
+      showNotice(t(media.mediaHelpKey(err)));
       return;
     }
     if (!track) return;
@@ -2049,7 +1997,7 @@ async function flipCamera() {
     if (current) current.stop(); // phones often cannot open both cameras at once
     fresh = await navigator.mediaDevices.getUserMedia({ video: { ...constraints, width: { ideal: 1280 }, height: { ideal: 720 } } });
   } catch (err) {
-    showNotice(t(mediaHelpKey(err)));
+    showNotice(t(media.mediaHelpKey(err)));
     try {
       fresh = await navigator.mediaDevices.getUserMedia({ video: true });
     } catch {
