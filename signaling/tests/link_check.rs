@@ -436,7 +436,10 @@ async fn a_waiting_patient_learns_the_clinicians_name_from_welcome_not_from_the_
     assert_eq!(we["state"], "waiting");
     assert!(we.get("host").is_none(), "{we}");
     let (mut doc, wd) = Client::joined(s.addr, &token("lc9", Role::Clinician, "Dr. Jansen")).await;
-    assert!(wd.get("host").is_none(), "a clinician is not told their own name");
+    assert!(
+        wd.get("host").is_none(),
+        "a clinician is not told their own name"
+    );
     doc.send(json!({"type":"invite","role":"patient"})).await;
     let invite = doc.expect("invite-created").await;
     let link = invite["token"].as_str().unwrap();
