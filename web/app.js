@@ -33,7 +33,8 @@ const QUALITY_INTERVAL_MS = 2000;
 // Phones and narrow windows: the layout in style.css switches at the same width.
 const NARROW = '(max-width: 45rem)';
 // Error codes of a link that will not work now (the link check and join): the page says why at once.
-const LINK_REFUSALS = new Set(['consult_ended', 'removed', 'denied', 'consult_locked', 'consult_full']);
+// Only what will never work again forgets the link (as at join): a locked consult may open again.
+const LINK_REFUSALS = new Set(['consult_ended']);
 
 const app = {
   token: null,
@@ -601,7 +602,8 @@ function onWelcome(msg) {
   app.you = msg.you || null;
   hook.you = app.you;
   app.consult = msg.consult || null;
-  if (typeof msg.host === 'string' && msg.host) app.hostName = msg.host.slice(0, 200);
+  // Who lets this person in: this welcome's word (it may be nobody now, after a reconnect).
+  app.hostName = typeof msg.host === 'string' && msg.host ? msg.host.slice(0, 200) : (app.check && app.check.host) || null;
   if (typeof msg.contact === 'string' && msg.contact) app.contact = msg.contact.slice(0, 200);
   renderWaiting();
   const host = app.you && app.you.role === 'clinician';
@@ -1153,7 +1155,8 @@ function announceWaiting(arrived) {
   const name = arrived[0].name || roleLabel(arrived[0].role);
   showNotice(t('notice.waiting', { name }));
   cues.chime();
-  cues.notify(t('notify.waitingTitle'), arrived.length === 1 ? t('notify.waitingOne', { name }) : t('notify.waitingMany', { n: arrived.length }));
+  // The desktop notification outlives the page (notification centre, lock screen): no name in it.
+  cues.notify(t('notify.waitingTitle'), arrived.length === 1 ? t('notify.waitingOne') : t('notify.waitingMany', { n: arrived.length }));
 }
 
 function removeLobby(id) {
@@ -1181,6 +1184,7 @@ function renderLobby() {
     li.querySelector('.deny').textContent = t('lobby.deny', { name });
   }
   $('#lobby-empty').hidden = app.lobby.size > 0;
+  if (app.lobby.size === 0) cues.clearNotification();
   renderWaitingBanner();
   renderTitle();
 }

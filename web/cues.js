@@ -4,6 +4,7 @@
 // waiting, with the name the clinician's own page already shows.
 
 let audio = null;
+let shown = null; // the notification on screen, closed once nobody waits
 export const played = { chimes: 0, notifications: 0 };
 
 /** Create or resume the audio context; call from a click (browsers require a gesture). */
@@ -59,9 +60,18 @@ export function notify(title, body) {
     if (document.visibilityState === 'visible' && document.hasFocus()) return false;
     const n = new Notification(title, { body, tag: 'spreekkamer-waiting', silent: false });
     n.addEventListener('click', () => { window.focus(); n.close(); });
+    shown = n;
     played.notifications += 1;
     return true;
   } catch {
     return false;
   }
+}
+
+/** Take the notification away (everyone let in, or gone). */
+export function clearNotification() {
+  try {
+    if (shown) shown.close();
+  } catch { /* already gone */ }
+  shown = null;
 }

@@ -261,13 +261,16 @@ fn join_forwarded_for<'a>(
 ) -> Option<String> {
     // From the right, until the window is full: lines further left are
     // never read.
-    let mut kept: Vec<&str> = Vec::new();
+    let mut kept: Vec<std::borrow::Cow<'a, str>> = Vec::new();
     let mut len = 0;
     for line in lines.rev() {
         if len > MAX_FORWARDED_FOR_BYTES {
             break;
         }
-        let text = line.to_str().unwrap_or("?");
+        // Byte by byte, not the whole line or nothing: a client's stray
+        // non-ASCII byte spoils only its own entry, never the address a
+        // trusted proxy appended to the same line.
+        let text = String::from_utf8_lossy(line.as_bytes());
         len += text.len() + 1;
         kept.push(text);
     }
@@ -584,6 +587,15 @@ mod tests {
             client_ip(Some(ip("10.0.0.1")), Some(&joined), &t),
             Some(ip("10.0.0.3")),
             "a line that is not text stops the walk"
+        );
+        // A client's stray byte on the same line as the address a trusted
+        // proxy appended (compute-full-forwarded-for) spoils only its own
+        // entry: the appended address is still found.
+        let mixed = [HeaderValue::from_bytes(b"\x80, 198.51.100.7").unwrap()];
+        let joined = join_forwarded_for(mixed.iter()).unwrap();
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.1")), Some(&joined), &t),
+            Some(ip("198.51.100.7"))
         );
         // Lines far left of the window are not even kept.
         let many: Vec<HeaderValue> = (0..1000)

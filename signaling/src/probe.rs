@@ -256,16 +256,16 @@ pub(crate) async fn run(conn: &mut Connection, v: Option<u64>, token: Option<Str
         participant: crate::token::random_hex_id(),
     };
     // TURN credentials first, so the page can configure its peer
-    // connection before the offer: the check then tests TURN too.
-    if let Some(turn) = &ctx.turn {
+    // connection before the offer: the check then tests TURN too. Only for
+    // a probe with a link: a TURN credential is good for many allocations
+    // for as long as it lives, whatever happens to this connection, so an
+    // anonymous probe (anyone, no link) gets none and tests the direct
+    // routes only (docs/TURN.md).
+    if let Some(turn) = &ctx.turn
+        && let Prober::Token(claims) = &prober
+    {
         let now = crate::token::unix_now();
-        // An anonymous probe's credential expires with the probe, so it
-        // cannot start a relay allocation after the check is over (one
-        // started in time lives out its lifetime: docs/TURN.md).
-        let exp = match &prober {
-            Prober::Token(claims) => claims.exp,
-            Prober::Anonymous { .. } => now + PROBE_TIMEOUT.as_secs(),
-        };
+        let exp = claims.exp;
         let msg = ServerMessage::IceServers {
             ice_servers: turn.ice_servers(&peer.participant, now, exp),
             force_relay: turn.force_relay.then_some(true),

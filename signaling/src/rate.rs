@@ -65,6 +65,19 @@ impl TokenBucket {
     }
 }
 
+/// The bucket an address counts against: itself for IPv4, its /64 for
+/// IPv6 (one subscriber line gets a whole /64: counting single addresses
+/// would give anyone with one an unlimited supply of fresh buckets).
+fn bucket_key(ip: Option<IpAddr>) -> Option<IpAddr> {
+    match ip {
+        Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            Some(IpAddr::V6(std::net::Ipv6Addr::from(prefix)))
+        }
+        other => other,
+    }
+}
+
 /// Most client addresses tracked at once; beyond it full buckets are
 /// forgotten, and if none is full the request is refused (a flood of
 /// distinct addresses must not grow memory without bound).
@@ -90,12 +103,14 @@ impl IpLimiter {
     /// limits that only count failures, checked before the attempt and
     /// charged with [`allow`](IpLimiter::allow) after it failed.
     pub fn exhausted(&self, ip: Option<IpAddr>, now: Instant) -> bool {
+        let ip = bucket_key(ip);
         let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         buckets.get(&ip).is_some_and(|b| !b.has_token(now))
     }
 
     /// Whether `ip` may make one more request at `now`.
     pub fn allow(&self, ip: Option<IpAddr>, now: Instant) -> bool {
+        let ip = bucket_key(ip);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if !buckets.contains_key(&ip) && buckets.len() >= MAX_TRACKED_IPS {
             buckets.retain(|_, b| !b.full_at(now));
@@ -114,6 +129,31 @@ impl IpLimiter {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn an_ipv6_64_is_one_client_and_ipv4_addresses_are_each_their_own() {
+        let t0 = Instant::now();
+        let l = IpLimiter::new(60, 2);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(l.allow(Some(a), t0));
+        assert!(l.allow(Some(b), t0));
+        assert!(
+            !l.allow(Some(a), t0),
+            "a fresh address in the same /64 is the same client"
+        );
+        assert!(l.exhausted(Some(b), t0));
+        assert!(l.allow(Some(other), t0), "the next /64 is another client");
+        let v4a: IpAddr = "192.0.2.1".parse().unwrap();
+        let v4b: IpAddr = "192.0.2.2".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.3".parse().unwrap();
+        for ip in [v4a, v4b, mapped] {
+            assert!(l.allow(Some(ip), t0));
+            assert!(l.allow(Some(ip), t0));
+        }
+        assert!(!l.allow(Some(v4a), t0));
+    }
 
     #[test]
     fn burst_is_allowed_then_refused() {

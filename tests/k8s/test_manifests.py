@@ -86,6 +86,9 @@ class Manifests(unittest.TestCase):
         backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
         self.assertEqual(backend["name"], "spreekkamer-edge")
         self.assertTrue(ing["spec"].get("tls"), "the Ingress terminates TLS")
+        # The edges cannot cap connections per browser behind the controller: the Ingress must.
+        limit = ing["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/limit-connections")
+        self.assertTrue(limit and int(limit) > 0, "the Ingress bounds connections per client address")
         hpa = one(self.docs, "HorizontalPodAutoscaler", "spreekkamer-edge")
         self.assertEqual(hpa["spec"]["scaleTargetRef"]["name"], "spreekkamer-edge")
         self.assertGreaterEqual(hpa["spec"]["minReplicas"], 2)
