@@ -135,6 +135,21 @@ async fn force_relay_is_told_and_the_probe_gets_credentials_before_its_offer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_probe_gets_no_turn_credential_only_its_offer() {
+    let mut cfg = config();
+    cfg.turn = Some(turn(600, false));
+    let s = start_with(cfg).await;
+    let mut c = Client::connect(s.addr).await;
+    c.send(json!({"type":"probe","v":1})).await;
+    let Frame::Json(first) = c.frame().await else {
+        panic!("closed")
+    };
+    // Anyone may send this: a TURN credential would be an open relay for its lifetime.
+    assert_eq!(first["type"], "offer", "{first}");
+    assert!(first.get("ice_servers").is_none(), "{first}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_turn_secret_is_in_no_log_or_audit_line() {
     let dir = std::env::temp_dir().join(format!(
         "spreekkamer-turn-{}",
