@@ -1677,15 +1677,8 @@ function narrow() {
 /** A toggle in the control bar: its state in words and what pressing does. */
 function setControl(button, on, stateKey, actionKey) {
   button.dataset.on = String(on);
-  button.dataset.stateKey = stateKey;
-  button.dataset.actionKey = actionKey;
   button.querySelector('.control-state').textContent = t(stateKey);
   button.querySelector('.control-action').textContent = t(actionKey);
-}
-
-function renderMenuLabels() {
-  renderAudioOnly();
-  renderUnread();
 }
 
 function wireCallScreen() {
@@ -2113,7 +2106,7 @@ function renderLanguage() {
   renderGreeting();
   renderWaiting();
   renderLeft();
-  renderMenuLabels();
+  renderUnread();
   renderTitle();
   renderConnectivity();
   renderError();
