@@ -6,22 +6,30 @@
 
 use crate::ParticipantId;
 
-/// Audio or video: the two tracks a participant can publish.
+/// The tracks a participant can publish: microphone, camera and a shared
+/// screen (a second video track, single layer, forwarded only while the
+/// edge says the participant shares: [`crate::MediaCommand::Screen`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kind {
     Audio = 0,
     Video = 1,
+    Screen = 2,
 }
 
 impl Kind {
-    pub(crate) const BOTH: [Kind; 2] = [Kind::Audio, Kind::Video];
+    pub(crate) const ALL: [Kind; 3] = [Kind::Audio, Kind::Video, Kind::Screen];
+
+    /// Camera or screen: VP8, layer-forwarded, paced.
+    pub(crate) fn is_video(self) -> bool {
+        self != Kind::Audio
+    }
 }
 
 #[derive(Debug)]
 struct Member<K> {
     peer: K,
     participant: ParticipantId,
-    published: [bool; 2],
+    published: [bool; 3],
 }
 
 /// One track a member should receive.
@@ -58,7 +66,7 @@ impl<K: Copy + Eq> Consult<K> {
             .members
             .iter()
             .flat_map(|m| {
-                Kind::BOTH
+                Kind::ALL
                     .into_iter()
                     .filter(|k| m.published[*k as usize])
                     .map(|kind| Subscription {
@@ -71,7 +79,7 @@ impl<K: Copy + Eq> Consult<K> {
         self.members.push(Member {
             peer,
             participant,
-            published: [false; 2],
+            published: [false; 3],
         });
         self.peers.push(peer);
         existing

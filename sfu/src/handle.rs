@@ -83,9 +83,8 @@ impl Placement {
             MediaCommand::Answer { consult, .. }
             | MediaCommand::Candidate { consult, .. }
             | MediaCommand::IceRestart { consult, .. }
-            | MediaCommand::Preferences { consult, .. } => {
-                self.consults.get(consult).map(|(w, _)| *w)
-            }
+            | MediaCommand::Preferences { consult, .. }
+            | MediaCommand::Screen { consult, .. } => self.consults.get(consult).map(|(w, _)| *w),
         }
     }
 }

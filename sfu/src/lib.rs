@@ -162,6 +162,15 @@ pub enum MediaCommand {
         audio_only: bool,
         max_quality: Vec<(ParticipantId, VideoQuality)>,
     },
+    /// Whether this participant shares their screen now. The edge decides
+    /// who may (a clinician, or a patient the clinician allowed); the media
+    /// plane forwards the participant's screen track only while `on`, and
+    /// asks their browser for a fresh picture each time it turns on.
+    Screen {
+        consult: ConsultId,
+        participant: ParticipantId,
+        on: bool,
+    },
 }
 
 impl MediaCommand {
@@ -191,6 +200,11 @@ impl MediaCommand {
                 participant,
             }
             | MediaCommand::Preferences {
+                consult,
+                participant,
+                ..
+            }
+            | MediaCommand::Screen {
                 consult,
                 participant,
                 ..
@@ -320,6 +334,14 @@ mod tests {
                     participant: "p".into(),
                 },
                 json!({"cmd":"ice-restart","consult":"c","participant":"p"}),
+            ),
+            (
+                MediaCommand::Screen {
+                    consult: "c".into(),
+                    participant: "p".into(),
+                    on: true,
+                },
+                json!({"cmd":"screen","consult":"c","participant":"p","on":true}),
             ),
         ];
         for (command, wire) in commands {

@@ -125,12 +125,29 @@ impl Incoming {
     }
 }
 
-/// What a subscriber needs to know about a publisher's video to choose a
-/// layer; the worker builds one per peer once a second.
+/// What a subscriber needs to know about one of a publisher's video
+/// tracks to choose a layer.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PublisherView {
+pub(crate) struct TrackView {
     pub active: u8,
     pub rates: [u64; LAYERS],
+}
+
+/// A publisher's camera and screen; the worker builds one per peer once a
+/// second.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PublisherView {
+    pub camera: TrackView,
+    pub screen: TrackView,
+}
+
+impl PublisherView {
+    fn of(&self, kind: Kind) -> TrackView {
+        match kind {
+            Kind::Screen => self.screen,
+            _ => self.camera,
+        }
+    }
 }
 
 /// Quality counters a peer accumulated, taken by the worker.
@@ -224,7 +241,14 @@ pub(crate) struct Peer {
     ice: Option<(String, Box<dyn rtc::crypto::Mac>)>,
     offer_pending: bool,
     renegotiate: bool,
-    incoming: [Option<Incoming>; 2],
+    incoming: [Option<Incoming>; 3],
+    /// The receiver of the second video slot of our offer: the screen.
+    screen_receiver: Option<RTCRtpReceiverId>,
+    /// The edge says this participant shares their screen now (and may):
+    /// only then is their screen track published and forwarded.
+    screen_on: bool,
+    /// Subscribers were told about the screen track (published once).
+    screen_published: bool,
     outgoing: Vec<Outgoing>,
     tracks_created: u32,
     connected: bool,
@@ -296,7 +320,7 @@ fn vp8() -> RTCRtpCodecParameters {
 fn rtc_kind(kind: Kind) -> RtpCodecKind {
     match kind {
         Kind::Audio => RtpCodecKind::Audio,
-        Kind::Video => RtpCodecKind::Video,
+        Kind::Video | Kind::Screen => RtpCodecKind::Video,
     }
 }
 
@@ -304,6 +328,7 @@ fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Audio => "audio",
         Kind::Video => "video",
+        Kind::Screen => "screen",
     }
 }
 
@@ -412,13 +437,24 @@ impl Peer {
             .with_interceptor_registry(registry)
             .build(now)
             .map_err(|e| e.to_string())?;
-        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+        // Microphone, camera, screen: three receive slots, in this order
+        // (docs/PROTOCOL.md, "Offers"). The screen slot stays silent until
+        // the browser puts a shared screen on it (`replaceTrack`, no
+        // renegotiation); only the camera's slot asks for simulcast.
+        let mut screen_receiver = None;
+        for kind in [
+            RtpCodecKind::Audio,
+            RtpCodecKind::Video,
+            RtpCodecKind::Video,
+        ] {
             let init = RTCRtpTransceiverInit {
                 direction: RTCRtpTransceiverDirection::Recvonly,
                 ..Default::default()
             };
-            pc.add_transceiver_from_kind(kind, Some(init))
+            let id = pc
+                .add_transceiver_from_kind(kind, Some(init))
                 .map_err(|e| e.to_string())?;
+            screen_receiver = Some(RTCRtpReceiverId::from(id));
         }
         pc.add_local_candidate(host_candidate(
             "udp",
@@ -441,7 +477,10 @@ impl Peer {
             ice: None,
             offer_pending: false,
             renegotiate: false,
-            incoming: [None, None],
+            incoming: [None, None, None],
+            screen_receiver,
+            screen_on: false,
+            screen_published: false,
             outgoing: Vec::new(),
             tracks_created: 0,
             connected: false,
@@ -500,7 +539,7 @@ impl Peer {
         let ssrc = rand::random::<u32>();
         let codec = match kind {
             Kind::Audio => opus(),
-            Kind::Video => vp8(),
+            Kind::Video | Kind::Screen => vp8(),
         };
         // Stream id = the publishing participant's id: the browser's
         // `ontrack` event.streams[0].id names the sender.
@@ -543,7 +582,10 @@ impl Peer {
         } else {
             VIDEO_TS_STEP
         };
-        let desired = self.desired_layer(source_participant);
+        let desired = match kind {
+            Kind::Screen => (!self.audio_only).then_some(TOP),
+            _ => self.desired_layer(source_participant),
+        };
         self.outgoing.push(Outgoing {
             source,
             source_participant: source_participant.to_string(),
@@ -754,7 +796,7 @@ impl Peer {
         let video = rtp_ssrc(&msg.message).and_then(|ssrc| {
             self.outgoing
                 .iter_mut()
-                .find(|o| o.kind == Kind::Video && o.rewriter.ssrc() == ssrc)
+                .find(|o| o.kind.is_video() && o.rewriter.ssrc() == ssrc)
         });
         let Some(o) = video else {
             self.pacer.spend(len, now);
@@ -804,11 +846,13 @@ impl Peer {
                     _ => {}
                 },
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                    let screen = self.screen_receiver == Some(init.receiver_id);
                     let Some(kind) =
                         self.pc
                             .rtp_receiver(init.receiver_id)
                             .map(|r| match r.track().kind() {
                                 RtpCodecKind::Audio => Kind::Audio,
+                                _ if screen => Kind::Screen,
                                 _ => Kind::Video,
                             })
                     else {
@@ -817,6 +861,8 @@ impl Peer {
                     // A stream without rid is the only one: file it as the
                     // top layer. An rid we did not offer is ignored.
                     let layer = match init.rid.as_deref() {
+                        // The screen slot offers no layers.
+                        Some(rid) if !rid.is_empty() && kind == Kind::Screen => None,
                         Some(rid) if !rid.is_empty() => {
                             self.rid_layers |= kind == Kind::Video;
                             simulcast::layer_of_rid(rid)
@@ -835,7 +881,13 @@ impl Peer {
                     incoming.receiver = init.receiver_id;
                     incoming.track_id = init.track_id;
                     incoming.layers[layer as usize].ssrc = Some(init.ssrc);
-                    if first {
+                    if first && kind == Kind::Screen {
+                        // Subscribers learn of it once the edge lets it on.
+                        if self.screen_on {
+                            self.screen_published = true;
+                            out.push(PeerOutput::Published(kind));
+                        }
+                    } else if first {
                         out.push(PeerOutput::Published(kind));
                     }
                 }
@@ -846,12 +898,16 @@ impl Peer {
             let now = msg.now;
             match msg.message {
                 RTCMessage::RtpPacket(track_id, packet) => {
-                    for kind in Kind::BOTH {
+                    for kind in Kind::ALL {
                         let Some(incoming) = self.incoming[kind as usize].as_mut() else {
                             continue;
                         };
                         if incoming.track_id != track_id {
                             continue;
+                        }
+                        if kind == Kind::Screen && !self.screen_on {
+                            // Not shared (or not allowed): goes nowhere.
+                            break;
                         }
                         let Some(layer) = incoming.layer_of(packet.header.ssrc) else {
                             break;
@@ -864,7 +920,7 @@ impl Peer {
                                 .audio_level_ext
                                 .and_then(|id| packet.header.get_extension(id))
                                 .and_then(|b| b.first().map(|v| v & 0x7f)),
-                            Kind::Video => None,
+                            Kind::Video | Kind::Screen => None,
                         };
                         out.push(PeerOutput::Rtp {
                             kind,
@@ -967,36 +1023,55 @@ impl Peer {
     /// is not reached yet (a new subscriber, a switch, a resume). The
     /// publisher side rate-limits them per layer, so asking on every drive
     /// until the keyframe arrives is cheap and survives a lost keyframe.
-    pub(crate) fn take_keyframe_wants(&mut self, out: &mut Vec<(PeerKey, Layer)>) {
+    pub(crate) fn take_keyframe_wants(&mut self, out: &mut Vec<(PeerKey, Kind, Layer)>) {
         if !self.connected || self.offer_pending {
             return;
         }
         for o in &self.outgoing {
-            if o.kind == Kind::Video
+            if o.kind.is_video()
                 && let Some(layer) = o.layers.wants_keyframe()
             {
-                out.push((o.source, layer));
+                out.push((o.source, o.kind, layer));
             }
         }
     }
 
     /// What this participant publishes, for subscribers choosing layers.
     pub(crate) fn publisher_view(&self, now: Instant) -> PublisherView {
-        let mut view = PublisherView::default();
-        if let Some(incoming) = self.incoming[Kind::Video as usize].as_ref() {
-            for (i, l) in incoming.layers.iter().enumerate() {
-                if l.last_seen
-                    .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE)
-                {
-                    view.active |= 1 << i;
+        let track = |kind: Kind| {
+            let mut view = TrackView::default();
+            if let Some(incoming) = self.incoming[kind as usize].as_ref() {
+                for (i, l) in incoming.layers.iter().enumerate() {
+                    if l.last_seen
+                        .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE)
+                    {
+                        view.active |= 1 << i;
+                    }
+                    view.rates[i] = l.rate;
                 }
-                view.rates[i] = l.rate;
             }
+            view
+        };
+        PublisherView {
+            camera: track(Kind::Video),
+            screen: track(Kind::Screen),
         }
-        view
     }
 
-    /// The subscriber's wish for `source_participant`'s video.
+    /// The edge says whether this participant shares their screen now
+    /// (it checked they may). Returns whether the screen track must now be
+    /// published to the consult (it arrived before it was let on).
+    pub(crate) fn set_screen(&mut self, on: bool) -> bool {
+        self.screen_on = on;
+        if on && !self.screen_published && self.incoming[Kind::Screen as usize].is_some() {
+            self.screen_published = true;
+            return true;
+        }
+        false
+    }
+
+    /// The subscriber's wish for `source_participant`'s camera (a screen
+    /// is always wanted whole: it has one layer, and small text matters).
     fn desired_layer(&self, source_participant: &str) -> Option<Layer> {
         if self.audio_only {
             return None;
@@ -1030,9 +1105,13 @@ impl Peer {
                 audio += 1;
                 continue;
             }
-            let view = views.get(o.source).copied().unwrap_or_default();
+            let view = views.get(o.source).copied().unwrap_or_default().of(o.kind);
+            let desired = match o.kind {
+                Kind::Screen => (!self.audio_only).then_some(TOP),
+                _ => self.desired_layer(&o.source_participant),
+            };
             self.wants.push(Want {
-                desired: self.desired_layer(&o.source_participant),
+                desired,
                 active: view.active,
                 rates: view.rates,
                 current: o.layers.target(),
@@ -1076,7 +1155,7 @@ impl Peer {
         let mut i = 0;
         let mut changed = false;
         for o in &mut self.outgoing {
-            if o.kind == Kind::Video {
+            if o.kind.is_video() {
                 if let Some(layer) = self.chosen.get(i) {
                     changed |= o.layers.target() != *layer;
                     o.layers.set_target(*layer);
@@ -1139,7 +1218,7 @@ impl Peer {
         };
         match kind {
             Kind::Audio => o.rewriter.rewrite(&mut p.header),
-            Kind::Video => {
+            Kind::Video | Kind::Screen => {
                 let vp8 = simulcast::parse_vp8(&packet.payload);
                 let h = &packet.header;
                 let verdict = o.layers.on_packet(

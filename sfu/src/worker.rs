@@ -16,7 +16,7 @@ use crate::junk::{Dropped, Summary};
 use crate::metrics::MediaCounters;
 use crate::peer::{Candidates, Peer, PeerKey, PeerOutput, PublisherView};
 use crate::rx;
-use crate::simulcast::Layer;
+use crate::simulcast::{Layer, TOP};
 use crate::speaker::SpeakerDetector;
 use crate::tcp::{self, Frame, FrameReader};
 use crate::{ConsultId, EventSink, MediaCommand, MediaEnvelope, MediaEvent};
@@ -202,7 +202,7 @@ pub(crate) struct Worker {
     junk: Summary,
     /// Reused buffers: the hot path allocates none of its own.
     outputs: Vec<PeerOutput>,
-    keyframe_wants: Vec<(PeerKey, Layer)>,
+    keyframe_wants: Vec<(PeerKey, Kind, Layer)>,
     /// Per peer key, refreshed once a second for layer allocation.
     views: Vec<PublisherView>,
     buf: Vec<u8>,
@@ -668,8 +668,8 @@ impl Worker {
             self.outputs = outputs;
             // Rate-limited per publisher layer; a request that went out may
             // have released something to flush, so only then drive again.
-            while let Some((source, layer)) = self.keyframe_wants.pop() {
-                again |= self.keyframe(source, Kind::Video, layer, now);
+            while let Some((source, kind, layer)) = self.keyframe_wants.pop() {
+                again |= self.keyframe(source, kind, layer, now);
             }
             if !again {
                 return;
@@ -927,6 +927,25 @@ impl Worker {
                         p.allocate(&views, now);
                     }
                     self.views = views;
+                    self.drive(key, now);
+                }
+            }
+            MediaCommand::Screen {
+                consult,
+                participant,
+                on,
+            } => {
+                if let Some(key) = self.find(&consult, &participant) {
+                    let publish = self.peers[key].as_mut().map(|p| p.set_screen(on));
+                    if publish == Some(true)
+                        && let Some(c) = self.peers[key].as_ref().map(|p| p.consult)
+                    {
+                        self.published(key, c, Kind::Screen);
+                    }
+                    if on {
+                        // Subscribers saw nothing of it while it was off.
+                        self.keyframe(key, Kind::Screen, TOP, now);
+                    }
                     self.drive(key, now);
                 }
             }

@@ -85,6 +85,11 @@ pub enum Effect {
     MediaJoin { participant: ParticipantId },
     /// Take the participant out of the media session.
     MediaLeave { participant: ParticipantId },
+    /// Forward the participant's screen track (or stop).
+    MediaScreen {
+        participant: ParticipantId,
+        on: bool,
+    },
     /// Say `bye` to the participant and close their connection. They are
     /// already off the roster when this is emitted.
     Disconnect {
@@ -107,6 +112,8 @@ pub struct Consult {
     policy: ConsultPolicy,
     members: Vec<Member>,
     locked: bool,
+    /// Patients and guests may share their screen (a clinician allowed it).
+    screen_allowed: bool,
     ended: bool,
     /// `sub`s a clinician removed or denied: their link no longer works
     /// for this consult (as long as the consult is remembered).
@@ -128,6 +135,7 @@ impl Consult {
             policy,
             members: Vec::new(),
             locked: false,
+            screen_allowed: false,
             ended: false,
             barred: Vec::new(),
             recently_admitted: Vec::new(),
@@ -263,6 +271,7 @@ impl Consult {
             role: a.role,
             audio: true,
             video: true,
+            screen: false,
         };
         if a.role == Role::Clinician && self.first_clinician.is_none() {
             self.first_clinician = Some(a.sub.clone());
@@ -288,6 +297,7 @@ impl Consult {
                 effects.push(Effect::MediaJoin {
                     participant: a.id.clone(),
                 });
+                self.tell_screen_allowed(&a.id, &mut effects);
                 let others = self
                     .admitted()
                     .filter(|m| m.participant.id != a.id)
@@ -490,7 +500,96 @@ impl Consult {
         effects.push(Effect::MediaJoin {
             participant: id.to_string(),
         });
+        self.tell_screen_allowed(id, &mut effects);
         self.lobby_to_clinicians(&mut effects);
+        Ok(effects)
+    }
+
+    /// Whoever is let in while patients may share learns so.
+    fn tell_screen_allowed(&self, id: &str, effects: &mut Vec<Effect>) {
+        if self.screen_allowed {
+            effects.push(Effect::Send {
+                to: id.to_string(),
+                message: ServerMessage::ScreenAllowed { allowed: true },
+            });
+        }
+    }
+
+    /// `id` starts or stops sharing their screen. A clinician always may;
+    /// a patient or guest only while a clinician allows it. One share at a
+    /// time: whoever shared before is stopped (and told so). Repeating the
+    /// current state changes nothing.
+    pub fn screen(&mut self, id: &str, on: bool) -> Result<Vec<Effect>, ErrorCode> {
+        let Some(m) = self
+            .members
+            .iter()
+            .find(|m| m.participant.id == id && m.admission == Admission::Admitted)
+        else {
+            return Err(ErrorCode::Forbidden);
+        };
+        if on && m.participant.role != Role::Clinician && !self.screen_allowed {
+            return Err(ErrorCode::Forbidden);
+        }
+        if m.participant.screen == on {
+            return Ok(Vec::new());
+        }
+        let mut effects = Vec::new();
+        if on {
+            let others: Vec<String> = self
+                .admitted()
+                .filter(|m| m.participant.screen && m.participant.id != id)
+                .map(|m| m.participant.id.clone())
+                .collect();
+            for other in others {
+                self.set_screen(&other, false, &mut effects);
+            }
+        }
+        self.set_screen(id, on, &mut effects);
+        Ok(effects)
+    }
+
+    fn set_screen(&mut self, id: &str, on: bool, effects: &mut Vec<Effect>) {
+        let Some(m) = self.members.iter_mut().find(|m| m.participant.id == id) else {
+            return;
+        };
+        m.participant.screen = on;
+        effects.push(Effect::MediaScreen {
+            participant: id.to_string(),
+            on,
+        });
+        for m in self.admitted() {
+            effects.push(Effect::Send {
+                to: m.participant.id.clone(),
+                message: ServerMessage::Screen {
+                    id: id.to_string(),
+                    on,
+                },
+            });
+        }
+    }
+
+    /// A clinician allows (or no longer allows) patients and guests to
+    /// share their screen; withdrawing it stops a share of theirs.
+    pub fn allow_screen(&mut self, actor: &str, allowed: bool) -> Result<Vec<Effect>, ErrorCode> {
+        self.require_clinician(actor)?;
+        self.screen_allowed = allowed;
+        let mut effects = Vec::new();
+        for m in self.admitted() {
+            effects.push(Effect::Send {
+                to: m.participant.id.clone(),
+                message: ServerMessage::ScreenAllowed { allowed },
+            });
+        }
+        if !allowed {
+            let sharing: Vec<String> = self
+                .admitted()
+                .filter(|m| m.participant.screen && m.participant.role != Role::Clinician)
+                .map(|m| m.participant.id.clone())
+                .collect();
+            for id in sharing {
+                self.set_screen(&id, false, &mut effects);
+            }
+        }
         Ok(effects)
     }
 
@@ -1000,6 +1099,108 @@ mod tests {
             c.join(arrival("pat", Role::Patient), Limits::default())
                 .is_ok()
         );
+    }
+
+    fn media_screen(effects: &[Effect]) -> Vec<(String, bool)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::MediaScreen { participant, on } => Some((participant.clone(), *on)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn clinician_shares_a_screen_and_everyone_hears_of_it() {
+        let mut c = lobby_consult();
+        join(&mut c, "doc", Role::Clinician);
+        join(&mut c, "pat", Role::Patient);
+        c.admit("doc", "pat").unwrap();
+        join(&mut c, "late", Role::Patient);
+        let effects = c.screen("doc", true).unwrap();
+        assert_eq!(media_screen(&effects), vec![("doc".to_string(), true)]);
+        let told = ServerMessage::Screen {
+            id: "doc".into(),
+            on: true,
+        };
+        assert_eq!(sends_to(&effects, "pat"), vec![&told]);
+        assert_eq!(sends_to(&effects, "doc"), vec![&told], "the sharer too");
+        assert!(
+            sends_to(&effects, "late").is_empty(),
+            "the waiting room learns nothing"
+        );
+        assert!(c.screen("doc", true).unwrap().is_empty(), "no news twice");
+        // Whoever is let in later sees who shares in the roster.
+        let admitted = c.admit("doc", "late").unwrap();
+        match sends_to(&admitted, "late").first() {
+            Some(ServerMessage::Admitted { participants }) => assert!(
+                participants.iter().any(|p| p.id == "doc" && p.screen),
+                "{participants:?}"
+            ),
+            other => panic!("not admitted: {other:?}"),
+        }
+        let effects = c.screen("doc", false).unwrap();
+        assert_eq!(media_screen(&effects), vec![("doc".to_string(), false)]);
+    }
+
+    #[test]
+    fn patient_shares_only_while_a_clinician_allows_it() {
+        let mut c = open_consult();
+        join(&mut c, "doc", Role::Clinician);
+        join(&mut c, "pat", Role::Patient);
+        assert_eq!(c.screen("pat", true).err(), Some(ErrorCode::Forbidden));
+        assert_eq!(
+            c.allow_screen("pat", true).err(),
+            Some(ErrorCode::Forbidden),
+            "a patient cannot allow themselves"
+        );
+        let effects = c.allow_screen("doc", true).unwrap();
+        assert_eq!(
+            sends_to(&effects, "pat"),
+            vec![&ServerMessage::ScreenAllowed { allowed: true }]
+        );
+        // A guest arriving now is told at once.
+        let j = join(&mut c, "guest", Role::Guest);
+        assert_eq!(
+            sends_to(&j.effects, "guest"),
+            vec![&ServerMessage::ScreenAllowed { allowed: true }]
+        );
+        assert_eq!(
+            media_screen(&c.screen("pat", true).unwrap()),
+            vec![("pat".to_string(), true)]
+        );
+        // Withdrawing the permission stops the patient's share.
+        let effects = c.allow_screen("doc", false).unwrap();
+        assert_eq!(media_screen(&effects), vec![("pat".to_string(), false)]);
+        assert!(sends_to(&effects, "pat").contains(&&ServerMessage::Screen {
+            id: "pat".into(),
+            on: false
+        }));
+        assert_eq!(c.screen("pat", true).err(), Some(ErrorCode::Forbidden));
+        // Stopping is always allowed (and harmless when not sharing).
+        assert!(c.screen("pat", false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_share_at_a_time_and_waiting_people_cannot_share() {
+        let mut c = lobby_consult();
+        join(&mut c, "doc", Role::Clinician);
+        join(&mut c, "doc2", Role::Clinician);
+        join(&mut c, "pat", Role::Patient);
+        assert_eq!(
+            c.screen("pat", false).err(),
+            Some(ErrorCode::Forbidden),
+            "waiting"
+        );
+        c.screen("doc", true).unwrap();
+        let effects = c.screen("doc2", true).unwrap();
+        assert_eq!(
+            media_screen(&effects),
+            vec![("doc".to_string(), false), ("doc2".to_string(), true)]
+        );
+        assert!(!c.member("doc").unwrap().participant.screen);
+        assert!(c.member("doc2").unwrap().participant.screen);
     }
 
     #[test]

@@ -395,6 +395,31 @@ impl Directory {
         self.with_consult(id, |c, _| Ok((c.mute(id, audio, video), ())))
     }
 
+    /// `id` starts or stops sharing their screen (`Consult::screen` says
+    /// who may). Audited, refusals too: what was shown stays unknown to the
+    /// server, that it was shown and by whom does not.
+    pub fn screen(&self, id: &str, on: bool) -> Result<(), ErrorCode> {
+        let mut event = None;
+        let result = self.with_consult(id, |c, seat| {
+            let mut e = AuditEvent::new("screen_share", seat.access.clone())
+                .actor(&seat.sub, seat.role)
+                .consult(&seat.consult)
+                .responsible(responsible(c, seat))
+                .participant(id)
+                .detail(serde_json::json!({ "on": on }));
+            let outcome = c.screen(id, on);
+            if let Err(code) = &outcome {
+                e = e.failed(*code);
+            }
+            event = Some(e);
+            outcome.map(|effects| (effects, ()))
+        });
+        if let Some(e) = event {
+            self.write_audit(vec![e]);
+        }
+        result
+    }
+
     pub fn relay(
         &self,
         id: &str,
@@ -468,6 +493,7 @@ impl Directory {
                     });
                     effects
                 }
+                HostAction::ScreenAllow(allowed) => c.allow_screen(id, *allowed)?,
                 HostAction::End => c.end(id, now)?,
             };
             Ok((effects, ()))
@@ -487,6 +513,9 @@ impl Directory {
                 }
                 HostAction::Lock(locked) => {
                     event = event.detail(serde_json::json!({ "locked": locked }))
+                }
+                HostAction::ScreenAllow(allowed) => {
+                    event = event.detail(serde_json::json!({ "allowed": allowed }))
                 }
                 HostAction::End => {}
             }
@@ -955,6 +984,11 @@ impl Directory {
                     consult: consult.to_string(),
                     participant,
                 }),
+                Effect::MediaScreen { participant, on } => self.media.send(MediaCommand::Screen {
+                    consult: consult.to_string(),
+                    participant,
+                    on,
+                }),
             }
         }
     }
@@ -1058,6 +1092,8 @@ pub enum HostAction {
     Deny(ParticipantId),
     Remove(ParticipantId),
     Lock(bool),
+    /// Patients and guests may share their screen.
+    ScreenAllow(bool),
     End,
 }
 
@@ -1068,6 +1104,7 @@ impl HostAction {
             HostAction::Deny(_) => "deny",
             HostAction::Remove(_) => "remove",
             HostAction::Lock(_) => "lock",
+            HostAction::ScreenAllow(_) => "screen_allow",
             HostAction::End => "end",
         }
     }

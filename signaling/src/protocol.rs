@@ -49,6 +49,9 @@ pub struct Participant {
     pub audio: bool,
     /// Camera on.
     pub video: bool,
+    /// Sharing their screen now (at most one participant per consult).
+    #[serde(default)]
+    pub screen: bool,
 }
 
 /// The `RTCIceCandidateInit` a browser trickles.
@@ -160,6 +163,11 @@ pub enum ClientMessage {
         #[serde(default)]
         quality: BTreeMap<String, VideoQuality>,
     },
+    /// Start or stop sharing the screen: a clinician always may, anyone
+    /// else only while the clinician allows it (`screen-allow`).
+    Screen {
+        on: bool,
+    },
     Leave,
     Ping,
     // Lobby and host actions (clinician only).
@@ -174,6 +182,11 @@ pub enum ClientMessage {
     },
     Lock {
         locked: bool,
+    },
+    /// Whether patients and guests may share their screen (off at the start
+    /// of every consult; turning it off stops a share of theirs).
+    ScreenAllow {
+        allowed: bool,
     },
     End,
     Invite {
@@ -217,6 +230,8 @@ impl ClientMessage {
             ClientMessage::Relay { .. } => "relay",
             ClientMessage::E2ee { .. } => "e2ee",
             ClientMessage::VideoPrefs { .. } => "video-prefs",
+            ClientMessage::Screen { .. } => "screen",
+            ClientMessage::ScreenAllow { .. } => "screen-allow",
             ClientMessage::Leave => "leave",
             ClientMessage::Ping => "ping",
             ClientMessage::Admit { .. } => "admit",
@@ -391,6 +406,19 @@ pub enum ServerMessage {
     /// To everyone in the call: the consult was (un)locked.
     Locked {
         locked: bool,
+    },
+    /// To everyone in the call, the sharer too: `id` started or stopped
+    /// sharing their screen. `on: false` for yourself means stop (the
+    /// clinician withdrew the permission, or someone else started).
+    Screen {
+        id: String,
+        on: bool,
+    },
+    /// To everyone in the call: whether patients and guests may share their
+    /// screen now. Sent when it changes, and to whoever is let in while it
+    /// is allowed.
+    ScreenAllowed {
+        allowed: bool,
     },
     /// To the clinician who asked: a signed invite token. The page builds
     /// the link `{origin}/c#t={token}&k={link secret}` itself, so the E2EE
@@ -687,6 +715,8 @@ mod tests {
                 audio_only: true,
                 quality: BTreeMap::from([("p1".to_string(), VideoQuality::Medium)]),
             },
+            ClientMessage::Screen { on: true },
+            ClientMessage::ScreenAllow { allowed: true },
             ClientMessage::Leave,
             ClientMessage::Ping,
             ClientMessage::Admit { id: "a".into() },
@@ -821,6 +851,7 @@ mod tests {
             role: Role::Clinician,
             audio: true,
             video: true,
+            screen: false,
         };
         let messages = vec![
             ServerMessage::Welcome {
@@ -907,6 +938,11 @@ mod tests {
                 participants: vec![p.clone()],
             },
             ServerMessage::Locked { locked: true },
+            ServerMessage::Screen {
+                id: "0011223344556677".into(),
+                on: true,
+            },
+            ServerMessage::ScreenAllowed { allowed: false },
             ServerMessage::InviteCreated {
                 jti: "j".into(),
                 role: Role::Guest,

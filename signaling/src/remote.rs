@@ -97,14 +97,21 @@ enum Msg {
     },
 }
 
+/// What a fresh media session needs again after its join.
+#[derive(Default)]
+struct Replay {
+    preferences: Option<MediaCommand>,
+    screen: Option<MediaCommand>,
+}
+
 #[derive(Default)]
 struct ConsultRoute {
     node: Option<String>,
     /// A placement (or a failover) is in flight.
     placing: bool,
     /// Participants of this consult on this edge, with their last
-    /// preferences.
-    members: BTreeMap<ParticipantId, Option<MediaCommand>>,
+    /// preferences and screen state (replayed on a new node).
+    members: BTreeMap<ParticipantId, Replay>,
     /// Commands waiting for the placement or the link, in order.
     queue: Vec<MediaCommand>,
 }
@@ -174,14 +181,19 @@ impl Router {
         }
         match &command {
             MediaCommand::Join { .. } => {
-                route.members.insert(participant.clone(), None);
+                route.members.insert(participant.clone(), Replay::default());
             }
             MediaCommand::Leave { .. } => {
                 route.members.remove(&participant);
             }
             MediaCommand::Preferences { .. } => {
                 if let Some(p) = route.members.get_mut(&participant) {
-                    *p = Some(command.clone());
+                    p.preferences = Some(command.clone());
+                }
+            }
+            MediaCommand::Screen { .. } => {
+                if let Some(p) = route.members.get_mut(&participant) {
+                    p.screen = Some(command.clone());
                 }
             }
             _ => {}
@@ -197,14 +209,15 @@ impl Router {
             }
             _ => {
                 // Answers and candidates for a session that is being moved
-                // belong to the old peer connection: only joins, leaves and
-                // preferences matter until the fresh offer.
+                // belong to the old peer connection: only joins, leaves,
+                // preferences and screen state matter until the fresh offer.
                 let keep = route.node.is_none()
                     || matches!(
                         command,
                         MediaCommand::Join { .. }
                             | MediaCommand::Leave { .. }
                             | MediaCommand::Preferences { .. }
+                            | MediaCommand::Screen { .. }
                     );
                 if keep && route.queue.len() < 64 {
                     route.queue.push(command);
@@ -283,9 +296,14 @@ impl Router {
                             participant: participant.clone(),
                         });
                     }
-                    let prefs: Vec<MediaCommand> =
-                        route.members.values().flatten().cloned().collect();
-                    route.queue.extend(prefs);
+                    let replay: Vec<MediaCommand> = route
+                        .members
+                        .values()
+                        .flat_map(|r| [&r.preferences, &r.screen])
+                        .flatten()
+                        .cloned()
+                        .collect();
+                    route.queue.extend(replay);
                 }
                 route.node = Some(info.id.clone());
                 self.ensure_link(&info);

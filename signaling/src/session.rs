@@ -312,6 +312,7 @@ impl Connection {
                 })
             }
             ClientMessage::Mute { audio, video } => dir.mute(id, audio, video),
+            ClientMessage::Screen { on } => dir.screen(id, on),
             ClientMessage::Relay { to, kind, data } => {
                 if self.relay_bytes.try_take(data.len() as u64, Instant::now()) {
                     dir.relay(id, &to, kind, data)
@@ -340,6 +341,9 @@ impl Connection {
             ClientMessage::Deny { id: target } => dir.host_action(id, HostAction::Deny(target)),
             ClientMessage::Remove { id: target } => dir.host_action(id, HostAction::Remove(target)),
             ClientMessage::Lock { locked } => dir.host_action(id, HostAction::Lock(locked)),
+            ClientMessage::ScreenAllow { allowed } => {
+                dir.host_action(id, HostAction::ScreenAllow(allowed))
+            }
             ClientMessage::End => dir.host_action(id, HostAction::End),
             ClientMessage::Invite {
                 role,
