@@ -16,6 +16,7 @@ import { badgeState, summaryKey, tileTrustKey, weakestTrust } from './trust.js';
 import { Reconnector, signalingUrls } from './reconnect.js';
 import { initials, fitFor, qualityFrom, formatDuration, durationMinutes } from './present.js';
 import * as cues from './cues.js';
+import { ScreenShare } from './screen.js';
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -568,6 +569,8 @@ function connect() {
   });
   on('lobby', (m) => setLobby(Array.isArray(m.waiting) ? m.waiting : []));
   on('locked', (m) => setLocked(!!m.locked));
+  on('screen', (m) => app.screen.onScreen(m, app.you && app.you.id));
+  on('screen-allowed', (m) => app.screen.onAllowed(m.allowed === true));
   on('invite-created', onInviteCreated);
   on('invite-revoked', (m) => {
     if (app.invite && m.jti === app.invite.jti) {
@@ -612,6 +615,7 @@ function onWelcome(msg) {
   $('#lobby-open').hidden = !host;
   if (Array.isArray(msg.lobby)) setLobby(msg.lobby);
   if (typeof msg.locked === 'boolean') setLocked(msg.locked);
+  app.screen.render();
   for (const p of Array.isArray(msg.participants) ? msg.participants : []) {
     if (!app.you || p.id !== app.you.id) addParticipant(p, false);
   }
@@ -638,7 +642,7 @@ function enterCall() {
   const call = new Call({
     signaling: sig,
     config,
-    localTracks: { audio: localTrack('audio'), video: localTrack('video') },
+    localTracks: { audio: localTrack('audio'), video: localTrack('video'), screen: app.screen.mine },
   });
   app.call = call;
   hook.pc = call.pc;
@@ -703,6 +707,11 @@ function onServerError(msg) {
       if (msg.fatal) app.reconnectAfterClose = true;
       break;
     case 'notice':
+      // A share the server would not take (the permission went away on the way) stops here too.
+      if (code === 'forbidden' && app.screen.mine && !isHost()) {
+        app.screen.refused();
+        break;
+      }
       showNotice(t(`error.${code}`, {}, t('error.unknown', { code })));
       if (code === 'media_error' && app.call) app.call.restartIce();
       break;
@@ -809,6 +818,8 @@ function teardownSession() {
   app.e2ee = null;
   app.e2eeReady = null;
   hook.e2ee = null;
+  // A share belongs to this session: after a reconnect the server knows nothing of it.
+  app.screen.end();
   if (app.call) app.call.close();
   app.call = null;
   hook.pc = null;
@@ -872,6 +883,7 @@ function addParticipant(p, announce) {
   }
   renderTiles();
   renderSecurity();
+  app.screen.render();
 }
 
 function removeParticipant(id, reason) {
@@ -884,6 +896,7 @@ function removeParticipant(id, reason) {
 /** Drops the participant's tile and everything the page knew about them. */
 function forgetParticipant(id) {
   app.participants.delete(id);
+  app.screen.forget(id);
   app.receivers.delete(id);
   app.quality.delete(id);
   delete hook.quality[id];
@@ -956,6 +969,14 @@ function ensureTile(id) {
 }
 
 function onRemoteTrack({ participantId, kind, track, receiver }) {
+  if (kind === 'screen') {
+    // Decrypted like the camera (under the screen's own tag); shown on the stage, not in a tile.
+    if (app.e2ee && app.e2eeSupport !== 'none') {
+      try { app.e2ee.attachReceiver(receiver, participantId, kind); } catch (err) { console.warn('spreekkamer: e2ee receiver', err); }
+    }
+    app.screen.addTrack(participantId, track);
+    return;
+  }
   if (receiver && typeof participantId === 'string') {
     const held = app.receivers.get(participantId) || {};
     held[kind] = receiver;
@@ -1000,6 +1021,7 @@ function showTrack(participantId, kind, track) {
 }
 
 function onRemoteTrackEnded({ participantId, kind, track }) {
+  if (kind === 'screen') return app.screen.removeTrack(participantId, track);
   const held = app.pendingTracks.get(participantId);
   if (held && held[kind] === track) delete held[kind];
   const tile = tileFor(participantId);
@@ -1700,6 +1722,8 @@ function wireCallScreen() {
     flipCamera();
   });
   $('#audio-only').addEventListener('click', () => closeMenu());
+  $('#screen-share').addEventListener('click', () => closeMenu());
+  $('#screen-allow').addEventListener('click', () => closeMenu());
   $('#waiting-banner-admit').addEventListener('click', (ev) => {
     const id = ev.currentTarget.dataset.participantId;
     if (id && app.signaling) app.signaling.admit(id);
@@ -2117,6 +2141,7 @@ function renderLanguage() {
   setLocked(app.locked);
   renderAudioOnly();
   renderTiles();
+  app.screen.render();
   renderLobby();
   renderInvite();
   renderClock();
@@ -2124,6 +2149,17 @@ function renderLanguage() {
 }
 
 // ---------------------------------------------------------------------------
+
+app.screen = new ScreenShare({
+  t,
+  send: (on) => app.signaling && app.signaling.send({ type: 'screen', on }),
+  sendAllow: (allowed) => isHost() && app.signaling && app.signaling.send({ type: 'screen-allow', allowed }),
+  setTrack: (track) => (app.call ? app.call.setLocalTrack('screen', track) : Promise.resolve()),
+  participants: () => app.participants,
+  role: () => (app.you ? app.you.role : null),
+  notice: (text) => showNotice(text),
+});
+hook.screen = app.screen;
 
 initI18n();
 onLanguageChange(renderLanguage);

@@ -1,13 +1,17 @@
 // The RTCPeerConnection side of a consult.
 //
 // The server is always the offerer (docs/PROTOCOL.md, "Offers"): its offer
-// starts with two `a=recvonly` m-sections (our microphone and camera), then
-// one `a=sendonly` m-section per track of every other participant, whose
-// stream id is that participant's id. We answer every offer; our own
-// transceivers stay the same across renegotiations.
+// starts with three `a=recvonly` m-sections (our microphone, camera and
+// shared screen), then one `a=sendonly` m-section per track of every other
+// participant, whose stream id is that participant's id and whose track id
+// ends in `-audio-N`, `-video-N` or `-screen-N`. We answer every offer; our
+// own transceivers stay the same across renegotiations. The screen's sender
+// carries no track until we share (`setLocalTrack('screen', track)`: no
+// renegotiation).
 //
 // Events (CustomEvent detail):
 //   'track'       {participantId, kind, track, receiver}  a remote track arrived
+//                                                         (kind: 'audio', 'video' or 'screen')
 //   'track-ended' {participantId, kind, track}            it went away
 //   'sender'      {kind, sender}                          our sender for kind is known (E2EE attaches here)
 //   'connection'  {state}                                 the ICE connection state changed
@@ -50,23 +54,40 @@ const RESTART_AFTER_DISCONNECT_MS = 4000;
 const MIN_RESTART_INTERVAL_MS = 5000;
 
 /**
- * The mids of the m-sections the server marked `a=recvonly`, first audio and
- * first video. Pure, so it is easy to test without a browser.
- * @returns {{audio: string|null, video: string|null}}
+ * The mids of the m-sections the server marked `a=recvonly`: the first audio
+ * (microphone), the first video (camera) and the second video (screen).
+ * Pure, so it is easy to test without a browser.
+ * @returns {{audio: string|null, video: string|null, screen: string|null}}
  */
 export function ownMids(sdp) {
-  const found = { audio: null, video: null };
-  const sections = sdp.split(/\r?\n(?=m=)/);
-  for (const section of sections) {
+  const found = { audio: null, video: null, screen: null };
+  for (const section of sdp.split(/\r?\n(?=m=)/)) {
     const m = /^m=(audio|video) /.exec(section);
     if (!m) continue;
-    const kind = m[1];
-    if (found[kind] !== null) continue;
     if (!/\r?\na=recvonly\b/.test(section)) continue;
     const mid = /\r?\na=mid:([^\r\n]+)/.exec(section);
-    if (mid) found[kind] = mid[1].trim();
+    if (!mid) continue;
+    let kind = m[1];
+    if (kind === 'video' && found.video !== null) kind = 'screen';
+    if (found[kind] === null) found[kind] = mid[1].trim();
   }
   return found;
+}
+
+/**
+ * The mids of the server's `a=sendonly` m-sections that carry someone's
+ * shared screen (track id `<participant>-screen-<n>`). Pure.
+ * @returns {Set<string>}
+ */
+export function screenMids(sdp) {
+  const mids = new Set();
+  for (const section of sdp.split(/\r?\n(?=m=)/)) {
+    if (!/^m=video /.test(section) || !/\r?\na=sendonly\b/.test(section)) continue;
+    if (!/\r?\na=msid:\S+ \S+-screen-\d+\s*(\r?\n|$)/.test(section)) continue;
+    const mid = /\r?\na=mid:([^\r\n]+)/.exec(section);
+    if (mid) mids.add(mid[1].trim());
+  }
+  return mids;
 }
 
 export class Call extends EventTarget {
@@ -78,7 +99,11 @@ export class Call extends EventTarget {
   constructor({ signaling, config = {}, localTracks }) {
     super();
     this.signaling = signaling;
-    this.localTracks = { audio: localTracks.audio || null, video: localTracks.video || null };
+    this.localTracks = {
+      audio: localTracks.audio || null,
+      video: localTracks.video || null,
+      screen: localTracks.screen || null,
+    };
     this.config = config;
     this.closed = false;
     this.lastRestart = 0;
@@ -108,7 +133,9 @@ export class Call extends EventTarget {
     // passed in `config` by app.js).
     const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle', ...this.config });
     this.pc = pc;
-    this.mids = { audio: null, video: null };
+    this.mids = { audio: null, video: null, screen: null };
+    // Mids of the server's m-sections that carry a shared screen (from its latest offer).
+    this.screenMids = new Set();
     this.announcedSenders = new Set();
     this.chain = Promise.resolve();
     // Whether our camera is sent as three simulcast layers (for tests and diagnostics).
@@ -151,9 +178,11 @@ export class Call extends EventTarget {
 
   async answer(sdp) {
     if (this.closed) return;
+    // Before applying it: `track` events fire while the offer is applied.
+    for (const mid of screenMids(sdp)) this.screenMids.add(mid);
     await this.pc.setRemoteDescription({ type: 'offer', sdp });
     const mids = ownMids(sdp);
-    for (const kind of ['audio', 'video']) {
+    for (const kind of ['audio', 'video', 'screen']) {
       // Keep the transceiver we already use; only adopt one the first time
       // (or if the server dropped ours, which it promises not to).
       const keep = this.mids[kind] !== null && this.transceiverByMid(this.mids[kind]);
@@ -209,8 +238,10 @@ export class Call extends EventTarget {
     if (!stream) return; // every server track carries its participant's stream id
     const participantId = stream.id;
     const { track, receiver } = ev;
-    this.emit('track', { participantId, kind: track.kind, track, receiver });
-    const gone = () => this.emit('track-ended', { participantId, kind: track.kind, track });
+    const mid = ev.transceiver && ev.transceiver.mid;
+    const kind = track.kind === 'video' && mid !== null && this.screenMids.has(mid) ? 'screen' : track.kind;
+    this.emit('track', { participantId, kind, track, receiver });
+    const gone = () => this.emit('track-ended', { participantId, kind, track });
     stream.addEventListener('removetrack', (e) => { if (e.track === track) gone(); });
     track.addEventListener('ended', gone, { once: true });
   }
@@ -238,12 +269,29 @@ export class Call extends EventTarget {
     this.signaling.sendIceRestart();
   }
 
-  /** Use another local track (device switch, camera back on). */
+  /**
+   * Use another local track (device switch, camera back on, a screen shared
+   * or no longer). A screen keeps its full size when the line is short: the
+   * encoder lowers the frame rate instead, so small text stays readable.
+   */
   async setLocalTrack(kind, track) {
     this.localTracks[kind] = track || null;
     const mid = this.mids[kind];
     const tr = mid !== null ? this.transceiverByMid(mid) : null;
-    if (tr) await tr.sender.replaceTrack(track || null);
+    if (!tr) return;
+    await tr.sender.replaceTrack(track || null);
+    if (kind === 'screen' && track) {
+      try {
+        const params = tr.sender.getParameters();
+        if (params && Array.isArray(params.encodings) && params.encodings.length > 0) {
+          params.degradationPreference = 'maintain-resolution';
+          params.encodings = params.encodings.map((e) => ({ ...e, maxBitrate: 1_500_000 }));
+          await tr.sender.setParameters(params);
+        }
+      } catch (err) {
+        console.warn('spreekkamer: screen parameters refused', err && err.name);
+      }
+    }
   }
 
   /** Inbound and outbound RTP stats, for the page's diagnostics and tests. */

@@ -107,6 +107,22 @@ test('VP8 keyframe, VP8 delta and Opus frames round trip with the right clear pr
   }
 });
 
+test('a shared screen and the camera cannot be passed off as each other', async () => {
+  // Same sender, same key, same counter space: only the screen tag in the metadata tells them
+  // apart, so a server moving frames between the two slots makes them fail.
+  const base = randomBytes(32);
+  const sender = await SendKey.create(2, base);
+  const frame = Uint8Array.from({ length: 200 }, (_, i) => (i === 0 ? 0x10 : (i * 5) & 255));
+  const screen = await sender.protect('screen', frame);
+  const camera = await sender.protect('video', frame);
+  assert.deepEqual(screen.subarray(0, 10), frame.subarray(0, 10), 'a screen keeps the VP8 clear prefix');
+  await assert.rejects((await ring(2, base)).unprotect('video', screen), /auth_failed/, 'screen shown as camera');
+  await assert.rejects((await ring(2, base)).unprotect('screen', camera), /auth_failed/, 'camera shown as screen');
+  const r = await ring(2, base);
+  assert.deepEqual(await r.unprotect('screen', screen), frame);
+  assert.deepEqual(await r.unprotect('video', camera), frame);
+});
+
 test('flipping any ciphertext, tag, header or clear-prefix bit is rejected', async () => {
   const base = randomBytes(32);
   const sender = await SendKey.create(1, base);

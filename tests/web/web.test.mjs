@@ -6,7 +6,7 @@ const WEB = process.env.WEB_DIR || new URL('../../web/', import.meta.url).pathna
 globalThis.navigator = { languages: ['nl-NL'] };
 const { DICTIONARIES, detectLanguage, t } = await import(WEB + 'i18n.js');
 const { ERROR_CODES, errorOutcome, filterCandidates, candidatePorts, iceConfig } = await import(WEB + 'protocol.js');
-const { ownMids } = await import(WEB + 'call.js');
+const { ownMids, screenMids } = await import(WEB + 'call.js');
 
 test('dutch and english have exactly the same keys', () => {
   assert.deepEqual(Object.keys(DICTIONARIES.nl).sort(), Object.keys(DICTIONARIES.en).sort());
@@ -59,20 +59,24 @@ test('pages have no inline script or style (the CSP forbids them)', () => {
   }
 });
 
-test('ownMids picks the first recvonly audio and video sections', () => {
+test('ownMids picks the recvonly microphone, camera and screen sections', () => {
   const sdp = [
-    'v=0', 'o=- 1 2 IN IP4 127.0.0.1', 's=-', 't=0 0', 'a=group:BUNDLE 0 1 2 3',
+    'v=0', 'o=- 1 2 IN IP4 127.0.0.1', 's=-', 't=0 0', 'a=group:BUNDLE 0 1 2 3 4 5',
     'm=audio 9 UDP/TLS/RTP/SAVPF 111', 'a=mid:0', 'a=recvonly',
     'm=video 9 UDP/TLS/RTP/SAVPF 96', 'a=mid:1', 'a=recvonly',
-    'm=audio 9 UDP/TLS/RTP/SAVPF 111', 'a=mid:2', 'a=sendonly', 'a=msid:abcdef0123456789 a1',
-    'm=video 9 UDP/TLS/RTP/SAVPF 96', 'a=mid:3', 'a=sendonly', 'a=msid:abcdef0123456789 v1', '',
+    'm=video 9 UDP/TLS/RTP/SAVPF 96', 'a=mid:2', 'a=recvonly',
+    'm=audio 9 UDP/TLS/RTP/SAVPF 111', 'a=mid:3', 'a=sendonly', 'a=msid:abcdef0123456789 abcdef0123456789-audio-1',
+    'm=video 9 UDP/TLS/RTP/SAVPF 96', 'a=mid:4', 'a=sendonly', 'a=msid:abcdef0123456789 abcdef0123456789-video-2',
+    'm=video 9 UDP/TLS/RTP/SAVPF 96', 'a=mid:5', 'a=sendonly', 'a=msid:abcdef0123456789 abcdef0123456789-screen-3', '',
   ].join('\r\n');
-  assert.deepEqual(ownMids(sdp), { audio: '0', video: '1' });
+  assert.deepEqual(ownMids(sdp), { audio: '0', video: '1', screen: '2' });
+  assert.deepEqual([...screenMids(sdp)], ['5'], 'only the other person\'s screen, not their camera');
 });
 
 test('ownMids ignores sendonly and inactive sections', () => {
   const sdp = 'v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:a\r\na=inactive\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v\r\na=sendonly\r\n';
-  assert.deepEqual(ownMids(sdp), { audio: null, video: null });
+  assert.deepEqual(ownMids(sdp), { audio: null, video: null, screen: null });
+  assert.equal(screenMids(sdp).size, 0);
 });
 
 // A server offer as the probe gets it: UDP host candidates on two workers'

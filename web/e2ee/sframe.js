@@ -141,13 +141,24 @@ export function isVp8Keyframe(frame) {
   return frame.length > 0 && (frame[0] & 0x01) === 0;
 }
 
+// A shared screen is a second VP8 track of the same sender under the same key. Its frames carry
+// this tag in their authenticated metadata, so a server that moves camera frames into the screen
+// slot (or a screen into the camera's) makes them fail authentication instead of presenting one
+// as the other. Camera and microphone frames keep the plain prefix as metadata.
+const SCREEN_TAG = utf8('Spreekkamer screen');
+
+/** What a frame's clear prefix is authenticated with: the prefix, plus the tag for a screen. */
+function metadataFor(kind, prefix) {
+  return kind === 'screen' ? concat(prefix, SCREEN_TAG) : prefix;
+}
+
 /** Encrypts one encoded frame: clear prefix || SFrame(header || ct || tag), prefix authenticated as metadata. */
 export async function protectFrame(ctx, kid, ctr, kind, frame) {
   if (frame.length === 0) throw new Error('frame_empty');
   const p = clearPrefixLength(kind, frame[0]);
   if (frame.length < p) throw new Error('frame_too_short');
   const prefix = frame.subarray(0, p);
-  const sframe = await sframeEncrypt(ctx, kid, ctr, prefix, frame.subarray(p));
+  const sframe = await sframeEncrypt(ctx, kid, ctr, metadataFor(kind, prefix), frame.subarray(p));
   return concat(prefix, sframe);
 }
 
@@ -159,11 +170,11 @@ export function parseProtectedFrame(kind, data) {
   const sframe = data.subarray(p);
   const header = decodeHeader(sframe);
   if (sframe.length < header.length + NT) throw new Error('frame_too_short');
-  return { prefix: data.subarray(0, p), sframe, header };
+  return { prefix: data.subarray(0, p), sframe, header, metadata: metadataFor(kind, data.subarray(0, p)) };
 }
 
 export async function unprotectFrame(ctx, parsed) {
-  const body = await sframeDecrypt(ctx, parsed.sframe, parsed.prefix, parsed.header);
+  const body = await sframeDecrypt(ctx, parsed.sframe, parsed.metadata || parsed.prefix, parsed.header);
   return concat(parsed.prefix, body);
 }
 

@@ -16,6 +16,8 @@ const stats = {
   passedPlain: 0,
   transforms: { send: 0, recv: 0 },
   dropped: { noSendKey: 0, noKey: 0, auth: 0, replayed: 0, malformed: 0, codec: 0 },
+  // Shared screens on their own (also counted above): frames encrypted, decrypted, refused.
+  screen: { encrypted: 0, decrypted: 0, auth: 0 },
 };
 
 // Diagnostics for tests (tests/browser/e2ee.test.mjs): a copy of the last protected video frame
@@ -55,6 +57,7 @@ function senderTransform(kind) {
         return void stats.dropped.malformed++;
       }
       stats.encrypted++;
+      if (kind === 'screen') stats.screen.encrypted++;
       controller.enqueue(frame);
     },
   });
@@ -68,7 +71,7 @@ function receiverTransform(kind, participantId) {
         return controller.enqueue(frame);
       }
       if (!codecAllowed(frame)) return void stats.dropped.codec++;
-      if (kind === 'video' && sampling.has(participantId)) samples.set(participantId, new Uint8Array(frame.data).slice());
+      if (kind !== 'audio' && sampling.has(participantId)) samples.set(participantId, new Uint8Array(frame.data).slice());
       const ring = keyrings.get(participantId);
       if (!ring) return void stats.dropped.noKey++;
       try {
@@ -76,19 +79,23 @@ function receiverTransform(kind, participantId) {
       } catch (e) {
         const reason = e && e.message;
         if (reason === 'unknown_key') stats.dropped.noKey++;
-        else if (reason === 'auth_failed') stats.dropped.auth++;
+        else if (reason === 'auth_failed') {
+          stats.dropped.auth++;
+          if (kind === 'screen') stats.screen.auth++;
+        }
         else if (reason === 'replayed') stats.dropped.replayed++;
         else stats.dropped.malformed++;
         return;
       }
       stats.decrypted++;
+      if (kind === 'screen') stats.screen.decrypted++;
       controller.enqueue(frame);
     },
   });
 }
 
 function attach(side, kind, participantId, readable, writable, transformer) {
-  if (kind !== 'audio' && kind !== 'video') return;
+  if (kind !== 'audio' && kind !== 'video' && kind !== 'screen') return;
   const entry = { side, kind, participantId, transformer };
   stats.transforms[side === 'send' ? 'send' : 'recv']++;
   transformers.add(entry);
@@ -102,7 +109,7 @@ function attach(side, kind, participantId, readable, writable, transformer) {
 
 function requestKeyframes(side, participantId) {
   for (const e of transformers) {
-    if (e.kind !== 'video' || e.side !== side || !e.transformer) continue;
+    if (e.kind === 'audio' || e.side !== side || !e.transformer) continue;
     if (side === 'recv' && e.participantId !== participantId) continue;
     try {
       if (side === 'recv' && typeof e.transformer.sendKeyFrameRequest === 'function') {
