@@ -194,6 +194,7 @@ export class Call extends EventTarget {
         await tr.sender.replaceTrack(this.localTracks[kind]);
       }
       if (kind === 'video') await this.configureSimulcast(tr.sender);
+      if (kind === 'screen' && this.localTracks.screen) await this.configureScreen(tr.sender);
       if (!this.announcedSenders.has(tr.sender)) {
         this.announcedSenders.add(tr.sender);
         // Before createAnswer, so an encoded transform sees the first frame.
@@ -280,17 +281,20 @@ export class Call extends EventTarget {
     const tr = mid !== null ? this.transceiverByMid(mid) : null;
     if (!tr) return;
     await tr.sender.replaceTrack(track || null);
-    if (kind === 'screen' && track) {
-      try {
-        const params = tr.sender.getParameters();
-        if (params && Array.isArray(params.encodings) && params.encodings.length > 0) {
-          params.degradationPreference = 'maintain-resolution';
-          params.encodings = params.encodings.map((e) => ({ ...e, maxBitrate: 1_500_000 }));
-          await tr.sender.setParameters(params);
-        }
-      } catch (err) {
-        console.warn('spreekkamer: screen parameters refused', err && err.name);
+    if (kind === 'screen' && track) await this.configureScreen(tr.sender);
+  }
+
+  /** A screen keeps its size and stays under 1.5 Mbit/s (also on a fresh peer connection). */
+  async configureScreen(sender) {
+    try {
+      const params = sender.getParameters();
+      if (params && Array.isArray(params.encodings) && params.encodings.length > 0) {
+        params.degradationPreference = 'maintain-resolution';
+        params.encodings = params.encodings.map((e) => ({ ...e, maxBitrate: 1_500_000 }));
+        await sender.setParameters(params);
       }
+    } catch (err) {
+      console.warn('spreekkamer: screen parameters refused', err && err.name);
     }
   }
 

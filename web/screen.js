@@ -54,7 +54,9 @@ export class ScreenShare {
     this.starting = false;
     /** participant id -> their screen track (kept while they are in the call) */
     this.tracks = new Map();
-    this.shown = null;
+    this.shown = null; // the track on the stage
+    // Bumped by end(): a picker answered after the call ended must not start a share.
+    this.session = 0;
     const $ = (id) => this.doc.getElementById(id);
     this.el = {
       stage: $('stage'),
@@ -77,11 +79,15 @@ export class ScreenShare {
     if (this.mine || this.starting || !canCaptureScreen()) return;
     if (!mayShare(this.o.role(), this.allowed)) return;
     this.starting = true;
+    const session = this.session;
     let track = null;
     try {
       const stream = await navigator.mediaDevices.getDisplayMedia({
-        video: { frameRate: { ideal: 15, max: 30 } },
+        // Full HD at most: enough for text, not more than an old phone can decode.
+        video: { frameRate: { ideal: 15, max: 30 }, width: { max: 1920 }, height: { max: 1080 } },
         audio: false,
+        // Not this tab (the others would see themselves, mirrored without end).
+        selfBrowserSurface: 'exclude',
       });
       track = stream.getVideoTracks()[0] || null;
       for (const other of stream.getTracks()) if (other !== track) other.stop();
@@ -92,8 +98,8 @@ export class ScreenShare {
       this.starting = false;
     }
     if (!track) return this.render();
-    // Picked after the permission went away (or someone left): do not send it.
-    if (!mayShare(this.o.role(), this.allowed)) {
+    // Picked after the permission went away, or after the call ended or reconnected: do not send it.
+    if (session !== this.session || !mayShare(this.o.role(), this.allowed)) {
       track.stop();
       return this.render();
     }
@@ -175,6 +181,7 @@ export class ScreenShare {
 
   /** The call is over (left, ended, removed): let the screen go. */
   end() {
+    this.session += 1;
     if (this.mine) {
       this.mine.stop();
       this.mine = null;
@@ -191,10 +198,12 @@ export class ScreenShare {
     const el = this.el;
     el.stage.dataset.screen = sharer ? 'remote' : '';
     el.box.hidden = !sharer;
-    if (sharer !== this.shown) {
-      this.shown = sharer;
-      el.video.srcObject = sharer ? new MediaStream([this.tracks.get(sharer)]) : null;
-      if (sharer) el.video.play().catch(() => { /* autoplay: the join click allows it */ });
+    // By track, not by person: after a media reset the same sharer's screen comes on a new track.
+    const track = sharer ? this.tracks.get(sharer) : null;
+    if (track !== this.shown) {
+      this.shown = track;
+      el.video.srcObject = track ? new MediaStream([track]) : null;
+      if (track) el.video.play().catch(() => { /* autoplay: the join click allows it */ });
     }
     if (sharer) {
       const name = (participants.get(sharer) || {}).name || '';
@@ -205,7 +214,10 @@ export class ScreenShare {
     el.selfText.textContent = t('screen.youShare');
     el.selfStop.textContent = t('screen.stop');
     const role = this.o.role();
-    el.share.hidden = !this.mine && !(canCaptureScreen() && mayShare(role, this.allowed));
+    // A patient or guest does not take over a clinician's share (the server refuses it too).
+    const clinicianShares = [...participants.values()].some((p) => p && p.screen === true && p.role === 'clinician');
+    const offer = canCaptureScreen() && mayShare(role, this.allowed) && (role === 'clinician' || !clinicianShares);
+    el.share.hidden = !this.mine && !offer;
     el.share.textContent = t(this.mine ? 'screen.stop' : 'screen.start');
     el.allow.hidden = role !== 'clinician';
     el.allow.dataset.on = String(this.allowed);

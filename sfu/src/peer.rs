@@ -1269,6 +1269,11 @@ impl Peer {
     /// `kind` track (rate-limited per layer). A layer it does not send
     /// falls back to one it does. Returns whether a request went out.
     pub(crate) fn request_keyframe(&mut self, kind: Kind, layer: Layer, now: Instant) -> bool {
+        // A screen nobody shares now sends nothing to key (a subscriber
+        // that joined after the share still waits for its first picture).
+        if kind == Kind::Screen && !self.screen_on {
+            return false;
+        }
         let Some(incoming) = self.incoming[kind as usize].as_mut() else {
             return false;
         };

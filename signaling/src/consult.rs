@@ -516,9 +516,9 @@ impl Consult {
     }
 
     /// `id` starts or stops sharing their screen. A clinician always may;
-    /// a patient or guest only while a clinician allows it. One share at a
-    /// time: whoever shared before is stopped (and told so). Repeating the
-    /// current state changes nothing.
+    /// a patient or guest only while a clinician allows it, and not over a
+    /// clinician's share. One share at a time: whoever shared before is
+    /// stopped (and told so). Repeating the current state changes nothing.
     pub fn screen(&mut self, id: &str, on: bool) -> Result<Vec<Effect>, ErrorCode> {
         let Some(m) = self
             .members
@@ -527,8 +527,13 @@ impl Consult {
         else {
             return Err(ErrorCode::Forbidden);
         };
-        if on && m.participant.role != Role::Clinician && !self.screen_allowed {
-            return Err(ErrorCode::Forbidden);
+        if on && m.participant.role != Role::Clinician {
+            let clinician_shares = self
+                .admitted()
+                .any(|m| m.participant.screen && m.participant.role == Role::Clinician);
+            if !self.screen_allowed || clinician_shares {
+                return Err(ErrorCode::Forbidden);
+            }
         }
         if m.participant.screen == on {
             return Ok(Vec::new());
@@ -1194,6 +1199,13 @@ mod tests {
             "waiting"
         );
         c.screen("doc", true).unwrap();
+        c.admit("doc", "pat").unwrap();
+        c.allow_screen("doc", true).unwrap();
+        assert_eq!(
+            c.screen("pat", true).err(),
+            Some(ErrorCode::Forbidden),
+            "a patient does not take over a clinician's share"
+        );
         let effects = c.screen("doc2", true).unwrap();
         assert_eq!(
             media_screen(&effects),

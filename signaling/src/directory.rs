@@ -396,26 +396,40 @@ impl Directory {
     }
 
     /// `id` starts or stops sharing their screen (`Consult::screen` says
-    /// who may). Audited, refusals too: what was shown stays unknown to the
-    /// server, that it was shown and by whom does not.
+    /// who may). Audited when something changes, and refusals: what was
+    /// shown stays unknown to the server, that it was shown and by whom
+    /// does not. A share this one stopped (one at a time) gets its own line,
+    /// with the person stopped as `target`. Repeating the current state
+    /// writes nothing.
     pub fn screen(&self, id: &str, on: bool) -> Result<(), ErrorCode> {
-        let mut event = None;
-        let result = self.with_consult(id, |c, seat| {
-            let mut e = AuditEvent::new("screen_share", seat.access.clone())
-                .actor(&seat.sub, seat.role)
-                .consult(&seat.consult)
-                .responsible(responsible(c, seat))
-                .participant(id)
-                .detail(serde_json::json!({ "on": on }));
-            let outcome = c.screen(id, on);
-            if let Err(code) = &outcome {
-                e = e.failed(*code);
-            }
-            event = Some(e);
-            outcome.map(|effects| (effects, ()))
-        });
-        if let Some(e) = event {
-            self.write_audit(vec![e]);
+        let mut events = Vec::new();
+        let result =
+            self.with_consult(id, |c, seat| {
+                let e = AuditEvent::new("screen_share", seat.access.clone())
+                    .actor(&seat.sub, seat.role)
+                    .consult(&seat.consult)
+                    .responsible(responsible(c, seat))
+                    .participant(id);
+                match c.screen(id, on) {
+                    Err(code) => {
+                        events.push(e.detail(serde_json::json!({ "on": on })).failed(code));
+                        Err(code)
+                    }
+                    Ok(effects) => {
+                        for stopped in screens_stopped(&effects, id) {
+                            events.push(e.clone().target(&stopped).detail(
+                                serde_json::json!({ "on": false, "reason": "taken_over" }),
+                            ));
+                        }
+                        if !effects.is_empty() {
+                            events.push(e.detail(serde_json::json!({ "on": on })));
+                        }
+                        Ok((effects, ()))
+                    }
+                }
+            });
+        if !events.is_empty() {
+            self.write_audit(events);
         }
         result
     }
@@ -456,6 +470,7 @@ impl Directory {
         let name = action.audit_name();
         let mut context = None;
         let mut write = None;
+        let mut stopped = Vec::new();
         let result = self.with_consult(id, |c, seat| {
             context = Some((
                 seat.access.clone(),
@@ -493,7 +508,11 @@ impl Directory {
                     });
                     effects
                 }
-                HostAction::ScreenAllow(allowed) => c.allow_screen(id, *allowed)?,
+                HostAction::ScreenAllow(allowed) => {
+                    let effects = c.allow_screen(id, *allowed)?;
+                    stopped = screens_stopped(&effects, id);
+                    effects
+                }
                 HostAction::End => c.end(id, now)?,
             };
             Ok((effects, ()))
@@ -502,7 +521,7 @@ impl Directory {
             self.write_room(write.into_iter().collect());
         }
         if let Some((access, sub, role, consult, responsible)) = context {
-            let mut event = AuditEvent::new(name, access)
+            let mut event = AuditEvent::new(name, access.clone())
                 .actor(&sub, role)
                 .consult(&consult)
                 .responsible(responsible.as_deref())
@@ -522,7 +541,21 @@ impl Directory {
             if let Err(code) = result {
                 event = event.failed(code);
             }
-            self.write_audit(vec![event]);
+            // Shares the withdrawn permission stopped: one line each.
+            let mut events: Vec<AuditEvent> = stopped
+                .iter()
+                .map(|target| {
+                    AuditEvent::new("screen_share", access.clone())
+                        .actor(&sub, role)
+                        .consult(&consult)
+                        .responsible(responsible.as_deref())
+                        .participant(id)
+                        .target(target)
+                        .detail(serde_json::json!({ "on": false, "reason": "not_allowed" }))
+                })
+                .collect();
+            events.insert(0, event);
+            self.write_audit(events);
         }
         result
     }
@@ -1086,6 +1119,19 @@ fn deliver(state: &State, to: &str, item: Outgoing) {
 }
 
 /// Clinician-only actions.
+/// Participants other than `actor` whose screen share these effects stop.
+fn screens_stopped(effects: &[Effect], actor: &str) -> Vec<ParticipantId> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::MediaScreen { participant, on } if !on && participant != actor => {
+                Some(participant.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostAction {
     Admit(ParticipantId),

@@ -157,7 +157,22 @@ struct NodeHello {
     v: String,
     node: String,
     nonce: String,
+    /// What this node can do beyond the protocol version (absent from
+    /// nodes older than the feature): an edge sends a node no command it
+    /// did not announce, so a rolling upgrade never breaks a link. Not
+    /// covered by the proofs: someone on the path who strips it can only
+    /// switch the feature off for that link.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    features: Vec<String>,
 }
+
+/// Features a node of this version announces (see [`NodeHello`]).
+/// `screen`: it takes `MediaCommand::Screen`.
+pub const NODE_FEATURES: &[&str] = &["screen"];
+
+/// At most this many features, each this long, are kept from a hello.
+const MAX_FEATURES: usize = 16;
+const MAX_FEATURE_LEN: usize = 32;
 
 #[derive(Serialize, Deserialize)]
 struct EdgeProof {
@@ -197,13 +212,22 @@ fn keys(secret: &LinkSecret, node_nonce: &[u8], edge_nonce: &[u8]) -> ([u8; 32],
     (mac(&k, &[b"e2n"]), mac(&k, &[b"n2e"]))
 }
 
+/// A link to a node, as the edge's handshake left it.
+pub struct Connected {
+    pub tx: Sender<ToNode>,
+    pub rx: Receiver<ToEdge>,
+    /// The node's id as it introduced itself.
+    pub node: String,
+    /// What it announced it can do ([`NODE_FEATURES`] of its version).
+    pub features: Vec<String>,
+}
+
 /// Edge side: connect to a node's link address and prove we hold the
-/// secret (and check that the node does). Returns the node's id as it
-/// introduced itself.
+/// secret (and check that the node does).
 pub async fn connect(
     addr: std::net::SocketAddr,
     secret: &LinkSecret,
-) -> Result<(Sender<ToNode>, Receiver<ToEdge>, String), LinkError> {
+) -> Result<Connected, LinkError> {
     let handshake = async {
         let stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
@@ -234,7 +258,18 @@ pub async fn connect(
             return Err(LinkError::Unauthenticated);
         }
         let (e2n, n2e) = keys(secret, &node_nonce, &edge_nonce);
-        Ok((Sender::new(w, e2n), Receiver::new(r, n2e), hello.node))
+        let features = hello
+            .features
+            .into_iter()
+            .filter(|f| f.len() <= MAX_FEATURE_LEN)
+            .take(MAX_FEATURES)
+            .collect();
+        Ok(Connected {
+            tx: Sender::new(w, e2n),
+            rx: Receiver::new(r, n2e),
+            node: hello.node,
+            features,
+        })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
@@ -259,6 +294,7 @@ pub async fn accept(
                 v: PROTOCOL.into(),
                 node: node_id.into(),
                 nonce: hex(&node_nonce),
+                features: NODE_FEATURES.iter().map(|f| f.to_string()).collect(),
             },
         )
         .await?;
@@ -404,11 +440,20 @@ mod tests {
             tx.send(&ToEdge::Pong).await.unwrap();
             got
         });
-        let (mut tx, mut rx, id) =
-            connect(addr, &secret("0123456789abcdef0123456789abcdef-cluster"))
-                .await
-                .unwrap();
+        let Connected {
+            mut tx,
+            mut rx,
+            node: id,
+            features,
+        } = connect(addr, &secret("0123456789abcdef0123456789abcdef-cluster"))
+            .await
+            .unwrap();
         assert_eq!(id, "node-1");
+        assert_eq!(
+            features,
+            vec!["screen".to_string()],
+            "a node says it takes screen commands"
+        );
         let cmd = ToNode::Command {
             command: MediaCommand::Join {
                 consult: "c".into(),
@@ -418,6 +463,14 @@ mod tests {
         tx.send(&cmd).await.unwrap();
         assert_eq!(rx.recv().await.unwrap(), Some(ToEdge::Pong));
         assert_eq!(node.await.unwrap(), Some(cmd));
+    }
+
+    #[test]
+    fn a_hello_from_an_older_node_parses_without_features() {
+        // What a node before screen sharing says: no `features` field.
+        let old: NodeHello =
+            serde_json::from_str(r#"{"v":"1","node":"n","nonce":"00"}"#).expect("parses");
+        assert!(old.features.is_empty());
     }
 
     #[tokio::test]
@@ -456,6 +509,7 @@ mod tests {
                     v: PROTOCOL.into(),
                     node: "evil".into(),
                     nonce: hex(&[7; 32]),
+                    features: Vec::new(),
                 },
             )
             .await
@@ -539,7 +593,7 @@ mod tests {
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             });
-            let (mut tx, _rx, _) = connect(
+            let Connected { mut tx, .. } = connect(
                 proxy_addr,
                 &secret("0123456789abcdef0123456789abcdef-cluster"),
             )

@@ -523,7 +523,12 @@ async fn run_link(
         node: node.clone(),
         generation,
     };
-    let (mut sender, mut receiver, id) = match link::connect(addr, &secret).await {
+    let link::Connected {
+        tx: mut sender,
+        rx: mut receiver,
+        node: id,
+        features,
+    } = match link::connect(addr, &secret).await {
         Ok(l) => l,
         Err(e) => {
             log::warn!("link to media node {node} at {addr}: {e}");
@@ -551,8 +556,24 @@ async fn run_link(
             }
         }
     });
+    // A node older than screen sharing would break the link on a command
+    // it cannot parse: it gets none (its consults' shares show nothing).
+    let screen = features.iter().any(|f| f == "screen");
+    if !screen {
+        log::warn!("media node {node} does not announce screen sharing: none is sent to it");
+    }
     let writer = tokio::spawn(async move {
         while let Some(m) = outbox.recv().await {
+            if !screen
+                && matches!(
+                    m,
+                    ToNode::Command {
+                        command: MediaCommand::Screen { .. }
+                    }
+                )
+            {
+                continue;
+            }
             if sender.send(&m).await.is_err() {
                 break;
             }

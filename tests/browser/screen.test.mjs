@@ -1,15 +1,20 @@
-// Issue 14: screen sharing. A clinician (1280×800) and a patient on a phone (390×844, touch,
-// scale 3), in Dutch, behind the tampering signaling proxy (tests/browser/lib/tamper.mjs) so the
-// last part can play a malicious server. Asserted as behaviour:
+// Issue 14: screen sharing, and the phone's other camera. A clinician (1280×800) and a patient on
+// a phone (390×844, touch, scale 3, two cameras), in Dutch, behind the tampering signaling proxy
+// (tests/browser/lib/tamper.mjs) so the last part can play a malicious server. Asserted as
+// behaviour:
+//   - "other camera" appears on a phone with two cameras and switches what the clinician receives
+//     (the sent track's camera changes; the clinician keeps decoding), the self view follows;
 //   - the clinician shares (the browser's picker is Chromium's fake screen): the patient sees it
 //     large and whole on the phone, decoded through the E2EE transform (screen frames encrypted
 //     on one side and decrypted on the other), with the clinician's camera kept as a small tile
 //     that still plays, below the screen and not covered by it;
 //   - a patient may not share until the clinician allows it: no button, and a modified page that
 //     sends anyway gets `forbidden` while the SFU forwards none of its screen;
-//   - allowed, the patient shares from the phone's menu; that stops the clinician's share (one at
-//     a time); withdrawing the permission stops the patient's; the browser's own "stop sharing"
-//     (the track ending) stops a share on the other side too;
+//   - allowed, the patient gets no button while the clinician shares; the clinician stops with the
+//     banner's button, the patient shares from the phone's menu (large on the clinician's desktop);
+//     the clinician takes over (one at a time: the patient's stops, and says so); withdrawing the
+//     permission stops the patient's; the browser's own "stop sharing" (the track ending) stops a
+//     share on the other side too;
 //   - a server that relabels the clinician's camera as a screen (and claims a share) gets no
 //     picture on the screen stage: the frames fail authentication (camera and screen carry
 //     different authenticated tags);
@@ -95,9 +100,35 @@ scenario('screen sharing: large and end-to-end encrypted on a phone, patients on
   const shot = (p, name) => p.page.screenshot({ path: path.join(shots, `${name}.png`) });
 
   const clin = await sc.chromium('clinician', { lang: 'nl-NL', viewport: DESKTOP });
-  const pat = await sc.chromium('patient', { lang: 'nl-NL', viewport: PHONE, deviceScaleFactor: 3, phone: true });
+  const pat = await sc.chromium('patient', { lang: 'nl-NL', viewport: PHONE, deviceScaleFactor: 3, phone: true, cameras: 2 });
   await Promise.all([clin.open(links.clin), pat.open(links.pat)]);
   const [clinId, patId] = await joinOneToOne(clin, pat);
+
+  // --- the other camera (fake cameras have no facing mode: the next camera is taken) ------------
+  // Chromium's second fake camera delivers Y16 frames, which no encoder takes (measured: 0 frames
+  // encoded through a plain loopback connection, any --use-fake-device-for-media-stream option).
+  // So the flip is asserted as: the other camera is sent and shown, and flipping back brings the
+  // picture back to the clinician; both directions run the same code.
+  const sentCamera = () => pat.evaluate(() => {
+    const sender = window.__spreekkamer.pc.getSenders().find((x) => x.track && x.track.kind === 'video' && x.track.label.startsWith('fake_device'));
+    const self = document.getElementById('local-video');
+    const selfTrack = self && self.srcObject ? self.srcObject.getVideoTracks()[0] : null;
+    return { sent: sender ? sender.track.label : null, self: selfTrack ? selfTrack.label : null, flipHidden: document.getElementById('flip-camera').hidden };
+  });
+  const before = await sentCamera();
+  assert.equal(before.flipHidden, false, 'a phone with two cameras offers "other camera"');
+  assert.equal(before.sent, 'fake_device_0');
+  await openMenuItem(pat, 'flip-camera');
+  const flipped = await pat.waitFor(async () => {
+    const s = await sentCamera();
+    return s.sent === 'fake_device_1' && s;
+  }, { what: 'patient: the other camera is sent' });
+  assert.equal(flipped.self, 'fake_device_1', 'the self view shows the camera being sent');
+  await openMenuItem(pat, 'flip-camera');
+  await pat.waitFor(async () => (await sentCamera()).sent === 'fake_device_0', { what: 'patient: back to the first camera' });
+  const fromPatFrames = async () => (await clin.media()).inbound.filter((i) => i.participant === patId && i.kind === 'video').reduce((n, i) => n + i.framesDecoded, 0);
+  const f0 = await fromPatFrames();
+  await clin.waitFor(async () => (await fromPatFrames()) >= f0 + 10, { what: 'clinician: the patient\'s picture is back after flipping twice', timeout: 30_000 });
 
   // --- not allowed: no button for the patient, and a page that sends anyway gets nothing through
   let p = await state(pat, clinId);
@@ -105,7 +136,7 @@ scenario('screen sharing: large and end-to-end encrypted on a phone, patients on
   assert.equal(p.allowHidden, true, 'only a clinician decides');
   let c = await state(clin, patId);
   assert.equal(c.shareHidden, false, 'a clinician may always share');
-  assert.equal(c.allowText, 'Patiënt mag scherm niet delen: sta het toe');
+  assert.equal(c.allowText, 'Patiënt en gasten mogen hun scherm niet delen: sta het toe');
 
   await pat.evaluate(async () => {
     // A modified page: a red canvas on the screen sender, and `screen {on: true}`.
@@ -175,29 +206,45 @@ scenario('screen sharing: large and end-to-end encrypted on a phone, patients on
   await shot(clin, 'clinician-sharing');
   sc.log(`clinician shares: patient screen ${p.videoWidth}×${p.videoHeight}, stage ${Math.round(p.screen.w)}×${Math.round(p.screen.h)} of ${p.vw}×${p.vh}, camera tile ${Math.round(p.tile.w)}×${Math.round(p.tile.h)}; e2ee screen frames: clinician encrypted ${clinE2ee.screen.encrypted}, patient decrypted ${patE2ee.screen.decrypted}`);
 
-  // --- allowed: the patient shares from the phone; that stops the clinician's share ----------------
+  // --- allowed: not over the clinician's share; the clinician stops with the banner's button ------
   await openMenuItem(clin, 'screen-allow');
   await pat.waitFor(async () => (await state(pat)).notice === 'U mag nu uw scherm delen (via Meer).', { what: 'patient: told sharing is allowed' });
   c = await state(clin);
-  assert.equal(c.allowText, 'Patiënt mag scherm delen: zet het uit');
+  assert.equal(c.allowText, 'Patiënt en gasten mogen hun scherm delen: zet het uit');
   p = await state(pat);
-  assert.equal(p.shareHidden, false, 'the patient now has the button');
+  assert.equal(p.shareHidden, true, 'no "share" for the patient while the clinician shares');
+  await clin.page.click('#screen-self-stop');
+  await pat.waitFor(async () => {
+    const s = await state(pat);
+    return s.screen === null && !s.shareHidden;
+  }, { what: 'patient: the clinician\'s screen gone (stop button), and now a "share" button' });
+  assert.equal((await state(clin)).self, false, 'clinician: no longer sharing');
+
+  // --- the patient shares from the phone ----------------------------------------------------------
   await openMenuItem(pat, 'screen-share');
   await pat.waitFor(async () => (await state(pat)).self, { what: 'patient: sharing' });
-  await clin.waitFor(async () => {
-    const s = await state(clin);
-    return !s.self && !s.mine && s.notice === 'Uw scherm wordt niet meer gedeeld.';
-  }, { what: 'clinician: own share stopped, and told so' });
   c = await waitForScreen(clin, patId, 'clinician');
   assert.equal(c.caption, 'Mevr. de Vries deelt het scherm');
   assert.ok(c.screen.w * c.screen.h >= 0.5 * c.stage.w * c.stage.h, `desktop: the screen takes most of the stage: ${JSON.stringify(c.screen)} in ${JSON.stringify(c.stage)}`);
   assert.ok(c.tile && c.tile.y >= c.screen.bottom - 1, `desktop: the patient's camera below the screen: ${JSON.stringify(c.tile)}`);
   assert.ok(c.tileName && c.tileName.h <= 30 && c.tileName.w >= Math.min(120, c.tile.w - 16) && c.tileName.right <= c.tile.right + 0.5, `desktop: one-line name in the small tile: ${JSON.stringify(c.tileName)}`);
   await shot(clin, 'clinician-desktop-sees-patient-screen');
-  p = await state(pat, clinId);
-  assert.equal(p.screen, null, 'the patient no longer shows the clinician\'s screen');
+
+  // --- one at a time: the clinician takes over ----------------------------------------------------
+  await openMenuItem(clin, 'screen-share');
+  await pat.waitFor(async () => {
+    const s = await state(pat);
+    return !s.self && !s.mine && s.notice === 'Uw scherm wordt niet meer gedeeld.';
+  }, { what: 'patient: own share stopped, and told so' });
+  p = await waitForScreen(pat, clinId, 'patient (the clinician took over)');
+  await clin.waitFor(async () => (await state(clin)).screen === null, { what: 'clinician: the patient\'s screen is gone' });
+  await clin.page.click('#screen-self-stop');
+  await pat.waitFor(async () => (await state(pat)).screen === null, { what: 'patient: the clinician stopped again' });
 
   // --- withdrawn: the patient's share stops ---------------------------------------------------
+  await pat.waitFor(async () => !(await state(pat)).shareHidden, { what: 'patient: "share" back' });
+  await openMenuItem(pat, 'screen-share');
+  await waitForScreen(clin, patId, 'clinician (patient shares again)');
   await openMenuItem(clin, 'screen-allow');
   await pat.waitFor(async () => {
     const s = await state(pat);
@@ -251,6 +298,8 @@ scenario('screen sharing: large and end-to-end encrypted on a phone, patients on
   assert.ok(shares.some((e) => e.outcome === 'failure' && e.reason === 'forbidden' && e.participant === patId), 'the refused share is audited');
   assert.ok(shares.some((e) => e.outcome === 'success' && e.participant === clinId && e.detail.on === true), 'the clinician\'s share is audited');
   assert.ok(shares.some((e) => e.outcome === 'success' && e.participant === patId && e.detail.on === true), 'the patient\'s share is audited');
+  assert.ok(shares.some((e) => e.participant === clinId && e.target === patId && e.detail.reason === 'taken_over'), 'the take-over is audited');
+  assert.ok(shares.some((e) => e.participant === clinId && e.target === patId && e.detail.reason === 'not_allowed'), 'the stop by withdrawal is audited');
   const allows = events.filter((e) => e.event === 'screen_allow');
   assert.deepEqual(allows.map((e) => e.detail.allowed), [true, false], 'allowed, then withdrawn');
   assertTokensNotLogged(server, Object.fromEntries(Object.entries(links).map(([who, l]) => [who, tokenFromLink(l)])));

@@ -82,6 +82,8 @@ export class Browsers {
     this.chromium = null;
     // netns name → a Chromium launched inside that network namespace (see newChromium's `netns`).
     this.nsChromiums = new Map();
+    // Chromiums with a camera setup of their own (see newChromium's `cameras`).
+    this.ownChromiums = [];
     this.firefoxes = [];
     this.participants = [];
     this.tmpDirs = [];
@@ -121,12 +123,25 @@ export class Browsers {
     return browser;
   }
 
+  /** A Chromium of its own whose fake capture offers `cameras` cameras (fake_device_0, _1, ...). */
+  async #camerasChromium(cameras) {
+    if (!Number.isInteger(cameras) || cameras < 1 || cameras > 4) throw new Error(`bad camera count ${cameras}`);
+    const args = CHROMIUM_ARGS.map((a) => (a === '--use-fake-device-for-media-stream' ? `${a}=device-count=${cameras}` : a));
+    const browser = await pwChromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args, timeout: 60_000 });
+    this.ownChromiums.push(browser);
+    return browser;
+  }
+
   /**
    * A participant in a fresh Chromium context. `lang` sets navigator.languages;
-   * `netns` runs it in a Chromium inside that network namespace.
+   * `netns` runs it in a Chromium inside that network namespace; `cameras`
+   * (other than 1) in a Chromium of its own with that many fake cameras.
    */
-  async newChromium({ name = 'chromium', lang = 'en-US', netns = null, viewport = { width: 1000, height: 700 }, deviceScaleFactor = 1, phone = false } = {}) {
-    const browser = netns ? await this.#nsChromium(netns) : await this.#chromium();
+  async newChromium({ name = 'chromium', lang = 'en-US', netns = null, viewport = { width: 1000, height: 700 }, deviceScaleFactor = 1, phone = false, cameras = 1 } = {}) {
+    let browser;
+    if (netns) browser = await this.#nsChromium(netns);
+    else if (cameras !== 1) browser = await this.#camerasChromium(cameras);
+    else browser = await this.#chromium();
     // `phone`: a touch screen that reports itself as mobile (meta viewport honoured).
     const mobile = phone ? { isMobile: true, hasTouch: true } : {};
     const context = await browser.newContext({ locale: lang, viewport, deviceScaleFactor, ...mobile });
@@ -173,6 +188,8 @@ export class Browsers {
     if (this.chromium) await this.chromium.close().catch((e) => errs.push(e));
     for (const b of this.nsChromiums.values()) await b.close().catch((e) => errs.push(e));
     this.nsChromiums.clear();
+    for (const b of this.ownChromiums) await b.close().catch((e) => errs.push(e));
+    this.ownChromiums = [];
     for (const d of this.tmpDirs) fs.rmSync(d, { recursive: true, force: true });
     this.participants = [];
     this.firefoxes = [];
