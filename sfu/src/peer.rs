@@ -175,6 +175,13 @@ struct Outgoing {
     /// Highest sequence number that left for the network: anything not
     /// newer is a retransmission (rtc emits new packets in order).
     wire_high: Option<u16>,
+    /// In an offer we sent, and in the browser's answer to it: only then is
+    /// anything forwarded (and a keyframe asked for). Packets for an
+    /// m-section the browser has not applied yet are lost to it, and
+    /// Firefox then never takes that SSRC (measured: a shared screen whose
+    /// first packets overtook the offer never played).
+    offered: bool,
+    live: bool,
 }
 
 /// The peer connection with its next timer deadline cached.
@@ -595,6 +602,8 @@ impl Peer {
             rewriter: StreamRewriter::new(ssrc, codec.payload_type, step),
             layers: LayerForwarder::new(desired),
             wire_high: None,
+            offered: false,
+            live: false,
         });
         Ok(())
     }
@@ -671,6 +680,9 @@ impl Peer {
                     self.ice = ice_mac(pwd).map(|mac| (ufrag.to_string(), mac));
                 }
                 self.offer_pending = true;
+                for o in &mut self.outgoing {
+                    o.offered = true;
+                }
                 self.emit(MediaEvent::Offer { sdp });
             }
             Err(e) => {
@@ -711,6 +723,9 @@ impl Peer {
             return;
         }
         self.offer_pending = false;
+        for o in &mut self.outgoing {
+            o.live |= o.offered;
+        }
         if self.audio_level_ext != level_ext {
             log::debug!("audio level extension id {level_ext:?}");
         }
@@ -1029,6 +1044,7 @@ impl Peer {
         }
         for o in &self.outgoing {
             if o.kind.is_video()
+                && o.live
                 && let Some(layer) = o.layers.wants_keyframe()
             {
                 out.push((o.source, o.kind, layer));
@@ -1208,7 +1224,7 @@ impl Peer {
         let Some(o) = self
             .outgoing
             .iter_mut()
-            .find(|o| o.source == source && o.kind == kind)
+            .find(|o| o.source == source && o.kind == kind && o.live)
         else {
             return 0;
         };
