@@ -1,57 +1,116 @@
 #!/usr/bin/env bash
 # Benchmarks for the Spreekkamer SFU (docs/BENCHMARKS.md).
 #
-#   loadtest/run-bench.sh            full run: consults, group, ramp vs the SFU
-#                                    and vs a plain UDP relay; results in
-#                                    loadtest/results/
-#   loadtest/run-bench.sh --smoke    CI: 2 consults for 5 s; fails unless media
-#                                    was forwarded and latency measured; then
-#                                    1 consult for 3 s against Janus (skipped,
-#                                    saying why, when Janus cannot be installed)
-#   loadtest/run-bench.sh --compare  consults and group of 6 against Spreekkamer
-#                                    and Janus VideoRoom, then the same ramp
-#                                    against both and the plain UDP relay;
-#                                    prints the ratios (compare-ratios.txt);
-#                                    results/compare-*,
-#                                    results/compare.svg
+#   loadtest/run-bench.sh              full run: consults, group, ramp vs the SFU
+#                                      and vs a plain UDP relay; results in
+#                                      loadtest/results/
+#   loadtest/run-bench.sh --smoke      CI: 2 consults for 5 s; fails unless media
+#                                      was forwarded, latency measured and the
+#                                      peers' TWCC feedback, padding and NACKs
+#                                      really went out (and feedback came back);
+#                                      then 1 consult for 3 s against Janus
+#                                      (skipped, saying why, when Janus cannot
+#                                      be installed)
+#   loadtest/run-bench.sh --compare    consults and group of 6 against
+#                                      Spreekkamer and Janus VideoRoom, then the
+#                                      same ramp against both and the plain UDP
+#                                      relay, each RUNS times (interleaved) and
+#                                      reduced to the median with its range;
+#                                      then the callgrind step; prints the
+#                                      ratios (compare-ratios.txt);
+#                                      results/compare-*, results/compare.svg
+#   loadtest/run-bench.sh --callgrind  only the callgrind step: instructions per
+#                                      forwarded packet of Spreekkamer, the
+#                                      relay and Janus (results/callgrind-*)
+#
+# Fair by construction: the server under test (Spreekkamer with --workers 1,
+# Janus with event_loops = 1, the relay with one thread) is pinned to core
+# SERVER_CPU with taskset, the load generator to GEN_CPU; every figure is
+# printed with the load average before and after its window and with what
+# else ran on the server's core (/proc/stat). Machines with fewer than two
+# cores run unpinned (said so).
 #
 # Everything runs inside a private network namespace (needs root for
-# `ip netns`) with loopback and a veth pair jan0/jan1 holding 10.77.0.1/32:
-# Janus never gathers loopback candidates, so its media (and the generator's
-# peers talking to it) use that address. Janus is installed from Debian
-# (apt-get install janus) when missing; the config is loadtest/janus/.
-# Environment: RAMP_START, RAMP_STEP, RAMP_MAX, DURATION, CONSULTS, OUT
-# (results directory), NO_BUILD=1 (use the binaries already in
-# target/release), NO_JANUS=1 (skip Janus in --smoke).
+# `ip netns`) with loopback and a veth pair jan0/jan1 holding 127.0.0.2/32:
+# Janus never gathers candidates on an interface flagged loopback, so its
+# media (and the generator's peers talking to it) use that address on jan0.
+# No address outside 127.0.0.0/8 is used. Janus and valgrind are installed
+# from Debian (apt-get install) when missing; the Janus config is
+# loadtest/janus/.
+#
+# Environment: RUNS (runs per figure; 3 for --compare, else 1), DURATION,
+# CONSULTS, RAMP_START, RAMP_STEP, RAMP_MAX, MAX_LOSS, MAX_P99_MS, OUT
+# (results directory), SERVER_CPU [0], GEN_CPU [1], NO_PIN=1 (no taskset),
+# GEN_THREADS [1] (generator media threads), PROBE_PACKETS [20] and
+# PROBE_EVERY (padding probe clusters: every 5 s, 1 s for --smoke), RX_DROP
+# (received video dropped before SRTP so the peers NACK: 0.002, 0.01 for
+# --smoke), CG_CONSULTS [1], CG_DURATION [20], CG_JANUS [1] (callgrind
+# Janus too), NO_CALLGRIND=1 (skip the callgrind step in --compare),
+# NO_BUILD=1 (use the binaries already in target/release), NO_JANUS=1 (skip
+# Janus in --smoke).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-SMOKE=0
-COMPARE=0
+MODE=full
 case "${1:-}" in
-    --smoke) SMOKE=1 ;;
-    --compare) COMPARE=1 ;;
+    --smoke) MODE=smoke ;;
+    --compare) MODE=compare ;;
+    --callgrind) MODE=callgrind ;;
     "") ;;
-    *) echo "usage: $0 [--smoke|--compare]" >&2; exit 1 ;;
+    *) echo "usage: $0 [--smoke|--compare|--callgrind]" >&2; exit 1 ;;
 esac
 
 OUT=${OUT:-$ROOT/loadtest/results}
-[[ $SMOKE == 1 ]] && OUT=$(mktemp -d)
+[[ $MODE == smoke ]] && OUT=$(mktemp -d)
 mkdir -p "$OUT"
 NS="ltbench-$$"
 PORT=18080
+RELAY_PORT=40000
 JANUS_PORT=8188
-JANUS_IP=10.77.0.1
+JANUS_IP=127.0.0.2
 JANUS_PLUGINS=/usr/lib/x86_64-linux-gnu/janus/plugins
-JANUS_LOG="${TMPDIR:-/tmp}/ltbench-janus-$$.log"
-JANUS_PID=
+LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/ltbench-$$.XXXX")
+JANUS_LOG="$LOGDIR/janus.log"
+SERVER_LOG="$LOGDIR/server.log"
+RELAY_LOG="$LOGDIR/relay.log"
 SECRET="loadtest-secret-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 SERVER_PID=
+JANUS_PID=
+RELAY_PID=
+
+if [[ $MODE == compare ]]; then RUNS=${RUNS:-3}; else RUNS=${RUNS:-1}; fi
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "RUNS must be a positive integer" >&2; exit 1; }
+# The smoke's windows are 3-5 s: a probe cluster every second (not every
+# 5 s) so that every window has padding in it, and 1 % loss so it has NACKs.
+if [[ $MODE == smoke ]]; then
+    RX_DROP=${RX_DROP:-0.01}
+    PROBE_EVERY=${PROBE_EVERY:-1}
+else
+    RX_DROP=${RX_DROP:-0.002}
+    PROBE_EVERY=${PROBE_EVERY:-5}
+fi
+GEN_ARGS=(--threads "${GEN_THREADS:-1}" --probe-packets "${PROBE_PACKETS:-20}"
+    --probe-every "$PROBE_EVERY" --rx-drop "$RX_DROP")
+
+# Pinning: the server under test on one core, the generator on another.
+SERVER_CPU=${SERVER_CPU:-0}
+GEN_CPU=${GEN_CPU:-1}
+PIN_SERVER=()
+PIN_GEN=()
+if [[ -n "${NO_PIN:-}" ]]; then
+    echo "note: NO_PIN set: server and generator are not pinned" >&2
+elif ! command -v taskset >/dev/null; then
+    echo "note: taskset missing: server and generator are not pinned" >&2
+elif [[ $(nproc --all) -lt 2 ]]; then
+    echo "note: fewer than 2 cores: server and generator are not pinned" >&2
+else
+    PIN_SERVER=(taskset -c "$SERVER_CPU")
+    PIN_GEN=(taskset -c "$GEN_CPU")
+fi
 
 cleanup() {
-    # SERVER_PID is the backgrounded shell, not necessarily the server itself:
-    # end everything still running in our namespace before removing it.
+    # End everything still running in our namespace before removing it.
     local pids
     pids=$(ip netns pids "$NS" 2>/dev/null || true)
     if [[ -n "$pids" ]]; then
@@ -62,11 +121,13 @@ cleanup() {
             sleep 0.1
         done
     fi
-    if [[ -n "$SERVER_PID" ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    for pid in "$SERVER_PID" "$JANUS_PID" "$RELAY_PID"; do
+        [[ -n "$pid" ]] || continue
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     ip netns del "$NS" 2>/dev/null || true
+    rm -rf "$LOGDIR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -79,32 +140,45 @@ BIN=$ROOT/target/release
 
 ip netns add "$NS"
 ip -n "$NS" link set lo up
-# An address that is not loopback, for Janus (libnice skips loopback).
+# A loopback-range address on an interface not flagged loopback, for Janus
+# (it never gathers on loopback interfaces).
 ip -n "$NS" link add jan0 type veth peer name jan1
 ip -n "$NS" addr add "$JANUS_IP/32" dev jan0
 ip -n "$NS" link set jan0 up
 ip -n "$NS" link set jan1 up
 in_ns() { ip netns exec "$NS" "$@"; }
+# Servers are started with `ip netns exec … &` directly (not through the
+# in_ns function, which would fork a subshell): `ip netns exec`, taskset,
+# the fd-limit shell and valgrind all exec, so $! is the server's own pid,
+# which is what stop_* kill and what callgrind_control talks to.
+# shellcheck disable=SC2016
+WITH_FDS=(bash -c 'ulimit -n 65536 2>/dev/null || ulimit -n 4096 || true; exec "$@"' _)
 
-# Janus from Debian, installed quietly when missing. Prints why not on
-# failure. A freshly installed package's service (which would listen on all
-# interfaces with the stock config) is disabled again: we only ever run
-# Janus ourselves, inside the namespace, with loadtest/janus/.
+# Install a Debian package quietly when its command is missing. Prints why
+# not on failure.
+apt_install() {
+    local pkg=$1
+    if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+        echo "$pkg: not installed, and cannot install it here (needs root and apt-get)" >&2
+        return 1
+    fi
+    echo "installing $pkg (apt-get install $pkg)..." >&2
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null 2>&1 &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null 2>&1; }; }; then
+        echo "$pkg: apt-get install $pkg failed (no package repository reachable?)" >&2
+        return 1
+    fi
+}
+
+# Janus from Debian. A freshly installed package's service (which would
+# listen on all interfaces with the stock config) is disabled again: we
+# only ever run Janus ourselves, inside the namespace, with loadtest/janus/.
 ensure_janus() {
     if command -v janus >/dev/null && [[ -e "$JANUS_PLUGINS/libjanus_videoroom.so" ]]; then
         return 0
     fi
-    if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
-        echo "janus: not installed, and cannot install it here (needs root and apt-get)" >&2
-        return 1
-    fi
-    echo "installing janus (apt-get install janus)..." >&2
-    if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus >/dev/null 2>&1 ||
-        { apt-get update -qq >/dev/null 2>&1 &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus >/dev/null 2>&1; }; }; then
-        echo "janus: apt-get install janus failed (no package repository reachable?)" >&2
-        return 1
-    fi
+    apt_install janus || return 1
     if command -v systemctl >/dev/null; then
         systemctl disable --now janus >/dev/null 2>&1 || true
     fi
@@ -114,69 +188,219 @@ ensure_janus() {
     fi
 }
 
-start_janus() {
-    in_ns bash -c 'ulimit -n 65536 2>/dev/null || ulimit -n 4096 || true; exec "$@"' _ \
-        janus -C "$ROOT/loadtest/janus/janus.jcfg" -F "$ROOT/loadtest/janus" -o \
-        >"$JANUS_LOG" 2>&1 &
-    JANUS_PID=$!
-    for _ in $(seq 1 100); do
-        if in_ns bash -c "exec 3<>/dev/tcp/127.0.0.1/$JANUS_PORT" 2>/dev/null; then
+ensure_valgrind() {
+    if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; then
+        return 0
+    fi
+    apt_install valgrind
+}
+
+# VALGRIND is empty, or the callgrind command line the next server starts under.
+VALGRIND=()
+CG_TMP=
+use_callgrind() {
+    CG_TMP=${CG_TMP:-$(mktemp -d "$LOGDIR/cg.XXXX")}
+    VALGRIND=(valgrind --tool=callgrind --instr-atstart=no
+        "--callgrind-out-file=$CG_TMP/callgrind.out.%p")
+}
+no_callgrind() { VALGRIND=(); }
+
+# Wait until something in the namespace listens on TCP $1 (up to $2 s).
+wait_tcp() {
+    local i
+    for i in $(seq 1 $(($2 * 10))); do
+        if in_ns bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; then
             return 0
         fi
         sleep 0.1
     done
-    echo "error: Janus did not start; log:" >&2
-    cat "$JANUS_LOG" >&2
     return 1
 }
 
-stop_janus() {
-    local pid
-    pid=$(in_ns ss -Hltnp "sport = :$JANUS_PORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
-    [[ -n "$pid" ]] && kill "$pid" 2>/dev/null
-    [[ -n "$JANUS_PID" ]] && wait "$JANUS_PID" 2>/dev/null
-    JANUS_PID=
-    return 0
-}
-
 start_server() {
-    # shellcheck disable=SC2016
-    in_ns bash -c 'ulimit -n 65536 2>/dev/null || ulimit -n 4096 || true; exec "$@"' _ \
+    ip netns exec "$NS" "${PIN_SERVER[@]}" "${WITH_FDS[@]}" "${VALGRIND[@]}" \
         "$BIN/spreekkamer" serve --listen "127.0.0.1:$PORT" --jwt-secret "$SECRET" \
         --announce-ip 127.0.0.1 --audit-log /dev/null --log-level error --demo-links false \
-        --consult-grace 1s --waiting-room=false >"${TMPDIR:-/tmp}/ltbench-server-$$.log" 2>&1 &
+        --consult-grace 1s --waiting-room=false --workers 1 >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
-    for _ in $(seq 1 100); do
-        if in_ns bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT" 2>/dev/null; then
+    if ! wait_tcp "$PORT" $((${#VALGRIND[@]} ? 120 : 10)); then
+        echo "error: the server did not start; log:" >&2
+        cat "$SERVER_LOG" >&2
+        exit 1
+    fi
+}
+
+stop_server() {
+    [[ -n "$SERVER_PID" ]] || return 0
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
+
+start_janus() {
+    ip netns exec "$NS" "${PIN_SERVER[@]}" "${WITH_FDS[@]}" "${VALGRIND[@]}" \
+        janus -C "$ROOT/loadtest/janus/janus.jcfg" -F "$ROOT/loadtest/janus" -o \
+        >"$JANUS_LOG" 2>&1 &
+    JANUS_PID=$!
+    if ! wait_tcp "$JANUS_PORT" $((${#VALGRIND[@]} ? 120 : 10)); then
+        echo "error: Janus did not start; log:" >&2
+        cat "$JANUS_LOG" >&2
+        return 1
+    fi
+}
+
+stop_janus() {
+    [[ -n "$JANUS_PID" ]] || return 0
+    kill "$JANUS_PID" 2>/dev/null || true
+    wait "$JANUS_PID" 2>/dev/null || true
+    JANUS_PID=
+}
+
+# The plain UDP relay, one thread, started here (not by the generator) so
+# that it is pinned (and under callgrind) like the servers.
+start_relay() {
+    ip netns exec "$NS" "${PIN_SERVER[@]}" "${VALGRIND[@]}" "$BIN/loadtest" relay-server \
+        --bind 127.0.0.1 --port "$RELAY_PORT" --threads 1 >"$RELAY_LOG" 2>&1 &
+    RELAY_PID=$!
+    local i
+    for i in $(seq 1 $((${#VALGRIND[@]} ? 600 : 100))); do
+        if in_ns ss -Hlun "sport = :$RELAY_PORT" | grep -q .; then
             return 0
         fi
         sleep 0.1
     done
-    echo "error: the server did not start; log:" >&2
-    cat "${TMPDIR:-/tmp}/ltbench-server-$$.log" >&2
+    echo "error: the relay did not start; log:" >&2
+    cat "$RELAY_LOG" >&2
     exit 1
 }
 
-lt() {
-    in_ns bash -c 'ulimit -n 65536 2>/dev/null || ulimit -n 4096 || true; exec "$@"' _ \
-        env SPREEKKAMER_JWT_SECRET="$SECRET" "$BIN/loadtest" "$@"
+stop_relay() {
+    [[ -n "$RELAY_PID" ]] || return 0
+    kill "$RELAY_PID" 2>/dev/null || true
+    wait "$RELAY_PID" 2>/dev/null || true
+    RELAY_PID=
 }
 
-start_server
+lt() {
+    in_ns "${PIN_GEN[@]}" "${WITH_FDS[@]}" \
+        env SPREEKKAMER_JWT_SECRET="$SECRET" "$BIN/loadtest" "$@" "${GEN_ARGS[@]}"
+}
+
 TARGET="ws://127.0.0.1:$PORT/ws"
 JANUS_URL="ws://127.0.0.1:$JANUS_PORT/"
-lt_janus() {
-    lt "$@" --janus "$JANUS_URL" --local-ip "$JANUS_IP"
+
+# run_one KIND JSON ARGS...: one loadtest run against a freshly started
+# server of KIND (spreekkamer, janus or relay), its table on stdout. A
+# failed run is reported and leaves no JSON; the caller goes on.
+run_one() {
+    local kind=$1 json=$2 rc=0
+    shift 2
+    case $kind in
+        spreekkamer)
+            start_server
+            lt "$@" --target "$TARGET" --json "$json" || rc=$?
+            stop_server
+            ;;
+        janus)
+            if ! start_janus; then
+                echo "warning: Janus did not start: $json not written" >&2
+                return 0
+            fi
+            lt "$@" --janus "$JANUS_URL" --local-ip "$JANUS_IP" --json "$json" || rc=$?
+            stop_janus
+            ;;
+        relay)
+            start_relay
+            lt "$@" --relay --relay-running --relay-port "$RELAY_PORT" --relay-threads 1 \
+                --json "$json" || rc=$?
+            stop_relay
+            ;;
+    esac
+    if [[ $rc != 0 ]]; then
+        echo "warning: $kind run failed (exit $rc): $json not written" >&2
+        rm -f "$json"
+    fi
+    return 0
 }
 
-if [[ $SMOKE == 1 ]]; then
-    lt consults -n 2 --duration 5 --target "$TARGET" --quiet --json "$OUT/smoke.json"
-    echo "loadtest smoke: ok ($OUT/smoke.json)"
+# series NAME "KINDS" ARGS...: RUNS runs of `loadtest ARGS` against each
+# kind, interleaved (run 1 of every kind, then run 2, ...: a drift in the
+# machine's load hits all alike); per kind the runs' JSON in
+# $OUT/NAME-KIND-rN.json and their median (with the range) in
+# $OUT/NAME-KIND.json and .txt.
+series() {
+    local name=$1 kinds=$2 r kind
+    shift 2
+    for r in $(seq 1 "$RUNS"); do
+        for kind in $kinds; do
+            echo "== $name vs $kind, run $r of $RUNS (load $(cut -d' ' -f1-3 /proc/loadavg)) ==" >&2
+            run_one "$kind" "$OUT/$name-$kind-r$r.json" "$@" | tee "$OUT/$name-$kind-r$r.txt"
+        done
+    done
+    for kind in $kinds; do
+        local files=()
+        for r in $(seq 1 "$RUNS"); do
+            [[ -e "$OUT/$name-$kind-r$r.json" ]] && files+=("$OUT/$name-$kind-r$r.json")
+        done
+        if [[ ${#files[@]} == 0 ]]; then
+            echo "warning: no run of $name against $kind succeeded" >&2
+            continue
+        fi
+        echo "== $name vs $kind: median of ${#files[@]} ==" >&2
+        "$BIN/loadtest" median --out "$OUT/$name-$kind.json" "${files[@]}" |
+            tee "$OUT/$name-$kind.txt"
+    done
+}
+
+# The callgrind step: each server alone on its core under callgrind, a
+# light fixed load (valgrind runs the server ~50× slower: one 1:1 consult
+# at full bitrate keeps up on a shared core, two often do not, and the
+# report then says CALLGRIND FELL BEHIND), instrumentation on only for the
+# window; Ir (user-space instructions, all threads) / forwarded packets.
+callgrind_step() {
+    ensure_valgrind || { echo "callgrind step skipped (no valgrind)" >&2; return 0; }
+    local cg=(consults -n "${CG_CONSULTS:-1}" --duration "${CG_DURATION:-20}" --callgrind --quiet)
+    local kinds="spreekkamer relay"
+    if [[ "${CG_JANUS:-1}" == 1 ]] && ensure_janus; then kinds="spreekkamer relay janus"; fi
+    use_callgrind
+    local kind
+    for kind in $kinds; do
+        echo "== callgrind: ${CG_CONSULTS:-1} consults vs $kind (load $(cut -d' ' -f1-3 /proc/loadavg)) ==" >&2
+        run_one "$kind" "$OUT/callgrind-$kind.json" "${cg[@]}" | tee "$OUT/callgrind-$kind.txt"
+    done
+    no_callgrind
+    rm -rf "$CG_TMP"
+    CG_TMP=
+    {
+        echo "callgrind, ${CG_CONSULTS:-1} consults, ${CG_DURATION:-20} s window (instructions per forwarded packet):"
+        for kind in janus relay; do
+            if [[ -e "$OUT/callgrind-spreekkamer.json" && -e "$OUT/callgrind-$kind.json" ]]; then
+                "$BIN/loadtest" compare "$OUT/callgrind-spreekkamer.json" "$OUT/callgrind-$kind.json" || true
+            fi
+        done
+    } | tee "$OUT/callgrind-ratios.txt"
+}
+
+pinning_note() {
+    if [[ ${#PIN_SERVER[@]} -gt 0 ]]; then
+        echo "server under test pinned to cpu $SERVER_CPU, generator to cpu $GEN_CPU"
+    else
+        echo "not pinned"
+    fi
+}
+
+if [[ $MODE == smoke ]]; then
+    start_server
+    lt consults -n 2 --duration 5 --target "$TARGET" --quiet --require-feedback \
+        --json "$OUT/smoke.json"
+    stop_server
+    echo "loadtest smoke: ok ($OUT/smoke.json; $(pinning_note))"
     if [[ -n "${NO_JANUS:-}" ]]; then
         echo "loadtest smoke: Janus skipped (NO_JANUS set)"
     elif ensure_janus; then
         start_janus
-        lt_janus consults -n 1 --duration 3 --quiet --json "$OUT/smoke-janus.json"
+        lt consults -n 1 --duration 3 --janus "$JANUS_URL" --local-ip "$JANUS_IP" --quiet \
+            --require-feedback --json "$OUT/smoke-janus.json"
         stop_janus
         echo "loadtest smoke: Janus ok ($OUT/smoke-janus.json)"
     else
@@ -185,81 +409,71 @@ if [[ $SMOKE == 1 ]]; then
     exit 0
 fi
 
-if [[ $COMPARE == 1 ]]; then
-    DURATION=${DURATION:-10}
-    RAMP_START=${RAMP_START:-25}
-    RAMP_STEP=${RAMP_STEP:-25}
-    RAMP_MAX=${RAMP_MAX:-200}
-    # The ramp's stop thresholds (the tool's defaults: 0.5 % loss, p99 50 ms).
-    # On a shared machine they may end every ramp at its first step; raise
-    # them to compare CPU per packet at higher loads (capacity figures are
-    # then only valid for the thresholds used, which the reports record).
-    MAX_LOSS=${MAX_LOSS:-0.005}
-    MAX_P99_MS=${MAX_P99_MS:-50}
-    ensure_janus || exit 1
-    RAMP=(ramp --start "$RAMP_START" --step "$RAMP_STEP" --max-consults "$RAMP_MAX"
-        --duration "$DURATION" --max-loss "$MAX_LOSS" --max-p99-ms "$MAX_P99_MS")
-    CONSULTS=${CONSULTS:-20}
-    echo "== $CONSULTS consults vs Spreekkamer ==" >&2
-    lt consults -n "$CONSULTS" --duration "$DURATION" --target "$TARGET" \
-        --json "$OUT/compare-consults-spreekkamer.json" | tee "$OUT/compare-consults-spreekkamer.txt"
-    echo "== $CONSULTS consults vs Janus VideoRoom ==" >&2
-    start_janus
-    lt_janus consults -n "$CONSULTS" --duration "$DURATION" \
-        --json "$OUT/compare-consults-janus.json" | tee "$OUT/compare-consults-janus.txt"
-    stop_janus
-    echo "== group of 6 vs Spreekkamer ==" >&2
-    lt group --size 6 --duration "$DURATION" --target "$TARGET" \
-        --json "$OUT/compare-group-spreekkamer.json" | tee "$OUT/compare-group-spreekkamer.txt"
-    echo "== group of 6 vs Janus VideoRoom ==" >&2
-    start_janus
-    lt_janus group --size 6 --duration "$DURATION" \
-        --json "$OUT/compare-group-janus.json" | tee "$OUT/compare-group-janus.txt"
-    stop_janus
-    echo "== ramp vs Spreekkamer ==" >&2
-    lt "${RAMP[@]}" --target "$TARGET" --json "$OUT/compare-spreekkamer.json" |
-        tee "$OUT/compare-spreekkamer.txt"
-    echo "== ramp vs Janus VideoRoom ==" >&2
-    start_janus
-    lt_janus "${RAMP[@]}" --json "$OUT/compare-janus.json" | tee "$OUT/compare-janus.txt"
-    stop_janus
-    echo "== ramp vs a plain UDP relay ==" >&2
-    lt "${RAMP[@]}" --relay --json "$OUT/compare-relay.json" | tee "$OUT/compare-relay.txt"
-    "$BIN/loadtest" plot --out "$OUT/compare.svg" "$OUT/compare-spreekkamer.json" \
-        "$OUT/compare-janus.json" "$OUT/compare-relay.json"
-    {
-        echo "load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
-        echo "$CONSULTS consults:"
-        "$BIN/loadtest" compare "$OUT/compare-consults-spreekkamer.json" "$OUT/compare-consults-janus.json" || true
-        echo "group of 6:"
-        "$BIN/loadtest" compare "$OUT/compare-group-spreekkamer.json" "$OUT/compare-group-janus.json" || true
-        echo "ramp (1:1 consults):"
-        "$BIN/loadtest" compare "$OUT/compare-spreekkamer.json" "$OUT/compare-janus.json" || true
-        "$BIN/loadtest" compare "$OUT/compare-spreekkamer.json" "$OUT/compare-relay.json" || true
-        "$BIN/loadtest" compare "$OUT/compare-janus.json" "$OUT/compare-relay.json" || true
-    } | tee "$OUT/compare-ratios.txt"
+echo "$(pinning_note); $RUNS run(s) per figure; load now $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+if [[ $MODE == callgrind ]]; then
+    callgrind_step
     echo "results in $OUT" >&2
     exit 0
 fi
 
 DURATION=${DURATION:-10}
-CONSULTS=${CONSULTS:-50}
 RAMP_START=${RAMP_START:-25}
 RAMP_STEP=${RAMP_STEP:-25}
-RAMP_MAX=${RAMP_MAX:-400}
+# The ramp's stop thresholds (the tool's defaults: 0.5 % loss, p99 50 ms).
+MAX_LOSS=${MAX_LOSS:-0.005}
+MAX_P99_MS=${MAX_P99_MS:-50}
 
-echo "== consults ($CONSULTS 1:1) ==" >&2
-lt consults -n "$CONSULTS" --duration "$DURATION" --target "$TARGET" \
-    --json "$OUT/consults.json" | tee "$OUT/consults.txt"
-echo "== group (6) ==" >&2
-lt group --size 6 --duration "$DURATION" --target "$TARGET" \
-    --json "$OUT/group.json" | tee "$OUT/group.txt"
-echo "== ramp vs the SFU ==" >&2
-lt ramp --start "$RAMP_START" --step "$RAMP_STEP" --max-consults "$RAMP_MAX" \
-    --duration "$DURATION" --target "$TARGET" --json "$OUT/ramp-sfu.json" | tee "$OUT/ramp-sfu.txt"
-echo "== ramp vs a plain UDP relay ==" >&2
-lt ramp --relay --start "$RAMP_START" --step "$RAMP_STEP" --max-consults "$RAMP_MAX" \
-    --duration "$DURATION" --json "$OUT/ramp-relay.json" | tee "$OUT/ramp-relay.txt"
-"$BIN/loadtest" plot --out "$OUT/ramp.svg" "$OUT/ramp-sfu.json" "$OUT/ramp-relay.json"
-"$BIN/loadtest" compare "$OUT/ramp-sfu.json" "$OUT/ramp-relay.json" | tee "$OUT/compare.txt" || true
+if [[ $MODE == compare ]]; then
+    RAMP_MAX=${RAMP_MAX:-200}
+    CONSULTS=${CONSULTS:-20}
+    ensure_janus || exit 1
+    RAMP=(ramp --start "$RAMP_START" --step "$RAMP_STEP" --max-consults "$RAMP_MAX"
+        --duration "$DURATION" --max-loss "$MAX_LOSS" --max-p99-ms "$MAX_P99_MS" --quiet)
+    series compare-consults "spreekkamer janus" consults -n "$CONSULTS" --duration "$DURATION" --quiet
+    series compare-group "spreekkamer janus" group --size 6 --duration "$DURATION" --quiet
+    series compare-ramp "spreekkamer janus relay" "${RAMP[@]}"
+    plots=()
+    for kind in spreekkamer janus relay; do
+        [[ -e "$OUT/compare-ramp-$kind.json" ]] && plots+=("$OUT/compare-ramp-$kind.json")
+    done
+    [[ ${#plots[@]} -gt 0 ]] && "$BIN/loadtest" plot --out "$OUT/compare.svg" "${plots[@]}"
+    if [[ -z "${NO_CALLGRIND:-}" ]]; then
+        callgrind_step
+    fi
+    pair() {
+        if [[ -e "$1" && -e "$2" ]]; then
+            "$BIN/loadtest" compare "$1" "$2" || true
+        else
+            echo "(missing: $(basename "$1") or $(basename "$2"))"
+        fi
+    }
+    {
+        echo "$(pinning_note); medians of $RUNS runs; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "$CONSULTS consults:"
+        pair "$OUT/compare-consults-spreekkamer.json" "$OUT/compare-consults-janus.json"
+        echo "group of 6:"
+        pair "$OUT/compare-group-spreekkamer.json" "$OUT/compare-group-janus.json"
+        echo "ramp (1:1 consults):"
+        pair "$OUT/compare-ramp-spreekkamer.json" "$OUT/compare-ramp-janus.json"
+        pair "$OUT/compare-ramp-spreekkamer.json" "$OUT/compare-ramp-relay.json"
+        pair "$OUT/compare-ramp-janus.json" "$OUT/compare-ramp-relay.json"
+        if [[ -e "$OUT/callgrind-ratios.txt" ]]; then cat "$OUT/callgrind-ratios.txt"; fi
+    } | tee "$OUT/compare-ratios.txt"
+    echo "results in $OUT" >&2
+    exit 0
+fi
+
+CONSULTS=${CONSULTS:-50}
+RAMP_MAX=${RAMP_MAX:-400}
+series consults "spreekkamer" consults -n "$CONSULTS" --duration "$DURATION" --quiet
+series group "spreekkamer" group --size 6 --duration "$DURATION" --quiet
+series ramp "spreekkamer relay" ramp --start "$RAMP_START" --step "$RAMP_STEP" \
+    --max-consults "$RAMP_MAX" --duration "$DURATION" --max-loss "$MAX_LOSS" \
+    --max-p99-ms "$MAX_P99_MS" --quiet
+if [[ -e "$OUT/ramp-spreekkamer.json" && -e "$OUT/ramp-relay.json" ]]; then
+    "$BIN/loadtest" plot --out "$OUT/ramp.svg" "$OUT/ramp-spreekkamer.json" "$OUT/ramp-relay.json"
+    "$BIN/loadtest" compare "$OUT/ramp-spreekkamer.json" "$OUT/ramp-relay.json" |
+        tee "$OUT/compare.txt" || true
+fi
 echo "results in $OUT" >&2

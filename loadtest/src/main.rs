@@ -5,6 +5,7 @@
 //! Exit codes: 0 ok, 1 bad usage or I/O, 2 target unreachable or a token
 //! refused, 3 the run forwarded no media or measured no latency.
 
+mod callgrind;
 mod janus;
 mod media;
 mod media_model;
@@ -17,6 +18,7 @@ mod stats;
 mod svg;
 
 use clap::{Args, Parser, Subcommand};
+use media::Behaviour;
 use media_model::VideoParams;
 use report::Report;
 use run::{Options, Runner, Target};
@@ -77,8 +79,17 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
-    /// CPU per forwarded packet of run A as a multiple of run B's.
+    /// CPU (and callgrind instructions) per forwarded packet of run A as a
+    /// multiple of run B's.
     Compare { a: PathBuf, b: PathBuf },
+    /// The median of repeated runs (same scenario and target), each figure
+    /// with its range over the runs; written as a report like the runs.
+    Median {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
     /// One SVG plot from several JSON reports.
     Plot {
         #[arg(long)]
@@ -100,8 +111,9 @@ struct Common {
     #[arg(long, default_value = "spreekkamer")]
     audience: String,
     /// Measure a Janus VideoRoom at this WebSocket URL instead (the
-    /// baseline), e.g. ws://127.0.0.1:8188/. Janus never offers loopback
-    /// candidates: give --local-ip an address Janus gathers on.
+    /// baseline), e.g. ws://127.0.0.1:8188/. Janus never gathers candidates
+    /// on an interface flagged loopback: give --local-ip an address on
+    /// another interface (run-bench.sh: 127.0.0.2 on the veth jan0).
     #[arg(long, conflicts_with = "relay")]
     janus: Option<String>,
     /// Measure the built-in plain UDP relay instead (physical limit).
@@ -112,6 +124,37 @@ struct Common {
     relay_port: u16,
     #[arg(long, default_value_t = 2)]
     relay_threads: usize,
+    /// The relay is already running (`loadtest relay-server`, started
+    /// pinned or under callgrind by run-bench.sh): do not start one; its
+    /// pid is --sfu-pid or the process with --relay-port bound.
+    #[arg(long, requires = "relay")]
+    relay_running: bool,
+    /// The server runs under `valgrind --tool=callgrind
+    /// --instr-atstart=no`: count its instructions in each window with
+    /// callgrind_control and report them per forwarded packet.
+    #[arg(long)]
+    callgrind: bool,
+    /// Padding-only RTP packets per probe cluster and publisher, like
+    /// libwebrtc's bandwidth probes (0 = none).
+    #[arg(long, default_value_t = 20)]
+    probe_packets: u32,
+    /// Seconds between a publisher's probe clusters.
+    #[arg(long, default_value_t = 5.0)]
+    probe_every: f64,
+    /// Fraction of received video to drop before SRTP, like network loss,
+    /// so the peers NACK and the server retransmits (0.002 = 0.2 %).
+    #[arg(long, default_value_t = 0.0)]
+    rx_drop: f64,
+    /// Peers as the generator made them before issue 13, for A/B runs:
+    /// no transport-wide sequence numbers on what they send (so no TWCC
+    /// feedback from the server to publishers), no padding, no drops.
+    #[arg(long)]
+    legacy_peers: bool,
+    /// Exit 3 unless the peers sent TWCC feedback, received TWCC feedback
+    /// and sent padding in the window (CI: the browser-like behaviour
+    /// really happened).
+    #[arg(long)]
+    require_feedback: bool,
     /// The measured server's pid (default: the process listening on the
     /// target's port, or on the --janus URL's port).
     #[arg(long)]
@@ -165,6 +208,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Compare { a, b } => compare(&a, &b),
+        Cmd::Median { out, reports } => median(&out, &reports),
         Cmd::Plot { out, reports } => plot(&out, &reports),
         Cmd::Consults { consults, common } => scenario(common, Scenario::Consults(consults)),
         Cmd::Group { size, common } => scenario(common, Scenario::Group(size)),
@@ -201,27 +245,82 @@ fn compare(a: &PathBuf, b: &PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match report::compare(&a, &b) {
-        Some(c) => {
-            println!(
-                "at {} consults: {} {:.2} µs/packet, {} {:.2} µs/packet: CPU per packet {:.2}×; \
-                 packets/s per core {:.0} vs {:.0}: {:.2}×",
-                c.consults,
-                a.target,
-                c.a_us_per_packet,
-                b.target,
-                c.b_us_per_packet,
-                c.cpu_ratio,
-                c.a_packets_per_core_s,
-                c.b_packets_per_core_s,
-                c.throughput_ratio
-            );
+    match report::comparison_lines(&a, &b) {
+        Some(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
             ExitCode::SUCCESS
         }
         None => {
-            eprintln!("error: the two reports share no load level with CPU figures");
+            eprintln!("error: the two reports share no load level with CPU or instruction figures");
             ExitCode::from(1)
         }
+    }
+}
+
+fn median(out: &PathBuf, paths: &[PathBuf]) -> ExitCode {
+    let mut runs = Vec::new();
+    for p in paths {
+        match read_report(p) {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let m = match report::median_of(&runs) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    print!("{}", m.table());
+    if let Err(e) = std::fs::write(out, m.to_json()) {
+        eprintln!("error: {}: {e}", out.display());
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Is `ip` assigned to an interface flagged IFF_LOOPBACK (where Janus
+/// never gathers)? `None` when it is on no interface at all.
+fn on_loopback_interface(ip: IpAddr) -> Option<bool> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below and
+    // only read in between; every pointer is checked for null.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return None;
+        }
+        let mut found = None;
+        let mut cur = list;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() {
+                continue;
+            }
+            let addr = match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes())
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    IpAddr::from(sin6.sin6_addr.s6_addr)
+                }
+                _ => continue,
+            };
+            if addr == ip {
+                found = Some(ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0);
+                break;
+            }
+        }
+        libc::freeifaddrs(list);
+        found
     }
 }
 
@@ -291,7 +390,19 @@ fn scenario(c: Common, s: Scenario) -> ExitCode {
         }
     };
     let mut relay_child = None;
-    let (target, target_pid) = if c.relay {
+    let (target, target_pid) = if c.relay && c.relay_running {
+        let pid = c.sfu_pid.or_else(|| procstat::pid_bound_udp(c.relay_port));
+        if pid.is_none() {
+            eprintln!("warning: relay process not found (give --sfu-pid): no CPU or RSS figures");
+        }
+        (
+            Target::Relay {
+                addr: SocketAddr::new(c.local_ip, c.relay_port),
+                threads: c.relay_threads.max(1),
+            },
+            pid,
+        )
+    } else if c.relay {
         let exe = match std::env::current_exe() {
             Ok(e) => e,
             Err(e) => {
@@ -334,11 +445,15 @@ fn scenario(c: Common, s: Scenario) -> ExitCode {
         if pid.is_none() {
             eprintln!("warning: Janus process not found (give --sfu-pid): no CPU or RSS figures");
         }
-        if c.local_ip.is_loopback() {
-            eprintln!(
-                "warning: Janus never gathers loopback candidates; --local-ip {} will not connect",
+        match on_loopback_interface(c.local_ip) {
+            Some(true) => eprintln!(
+                "warning: {} is on a loopback interface, where Janus never gathers \
+                 candidates: the peers will not connect (put an address on another \
+                 interface, e.g. 127.0.0.2/32 on a veth, as run-bench.sh does)",
                 c.local_ip
-            );
+            ),
+            None => eprintln!("warning: --local-ip {} is on no interface here", c.local_ip),
+            Some(false) => {}
         }
         (
             Target::Janus {
@@ -386,6 +501,22 @@ fn scenario(c: Common, s: Scenario) -> ExitCode {
         window: Duration::from_secs_f64(c.duration.max(1.0)),
         join_rate: c.join_rate,
         progress: !c.quiet,
+        behaviour: if c.legacy_peers {
+            Behaviour {
+                probe_packets: 0,
+                rx_drop: 0.0,
+                twcc_send: false,
+                ..Behaviour::default()
+            }
+        } else {
+            Behaviour {
+                probe_every: Duration::from_secs_f64(c.probe_every.clamp(0.01, 3600.0)),
+                probe_packets: c.probe_packets.min(1000),
+                rx_drop: c.rx_drop.clamp(0.0, 0.5),
+                twcc_send: true,
+            }
+        },
+        callgrind: c.callgrind,
     };
     let code = runtime.block_on(async move { drive(opts, s, &c).await });
     if let Some(mut ch) = relay_child {
@@ -442,6 +573,25 @@ async fn drive(opts: Options, s: Scenario, c: &Common) -> ExitCode {
     if last.forwarded_pps <= 0.0 || last.latency.count == 0 {
         eprintln!("error: no media was forwarded or no latency measured");
         return ExitCode::from(3);
+    }
+    if c.require_feedback {
+        let mut missing = Vec::new();
+        if last.twcc_sent_ps <= 0.0 {
+            missing.push("the peers sent no TWCC feedback");
+        }
+        if last.twcc_received_ps <= 0.0 {
+            missing.push("the server sent the publishers no TWCC feedback");
+        }
+        if c.probe_packets > 0 && last.padding_sent_ps <= 0.0 {
+            missing.push("no padding was sent");
+        }
+        if c.rx_drop > 0.0 && last.nacks_sent_ps <= 0.0 {
+            missing.push("no NACK was sent although received video was dropped");
+        }
+        if !missing.is_empty() {
+            eprintln!("error: {}", missing.join("; "));
+            return ExitCode::from(3);
+        }
     }
     ExitCode::SUCCESS
 }
@@ -509,4 +659,28 @@ async fn ramp(
     report.capacity_consults = capacity;
     report.stop_reason = Some(reason);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_interfaces_are_recognised_by_their_flag() {
+        // 127.0.0.1 sits on lo (IFF_LOOPBACK) wherever tests run.
+        assert_eq!(
+            on_loopback_interface("127.0.0.1".parse().unwrap()),
+            Some(true)
+        );
+        // Routed to lo, but not an interface's address (lo holds 127.0.0.1/8).
+        assert_eq!(on_loopback_interface("127.0.0.77".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn ports_come_from_websocket_urls() {
+        assert_eq!(port_of("ws://127.0.0.1:8188/"), Some(8188));
+        assert_eq!(port_of("ws://127.0.0.1:18080/ws"), Some(18080));
+        assert_eq!(port_of("ws://127.0.0.1/ws"), None);
+        assert_eq!(port_of("nonsense"), None);
+    }
 }

@@ -8,6 +8,15 @@
 //! subscribers read the stamp at the end of every payload and account
 //! latency, loss and jitter per stream. Statistics are kept thread-local
 //! and merged into a shared window every 200 ms.
+//!
+//! Where it changes the server's work, a peer behaves like a browser
+//! (libwebrtc): transport-wide sequence numbers on what it sends and
+//! transport-wide CC feedback (TWCC) for what it receives (so the server
+//! runs its congestion control and pacer), clusters of RTP padding-only
+//! packets on the video SSRC like libwebrtc's bandwidth probes, and, when
+//! asked (`rx_drop`), a network-like loss of received video before SRTP so
+//! the NACK generator asks for retransmissions. A wire-most interceptor
+//! ([`WireTap`]) counts the feedback that really left and arrived.
 
 use crate::media_model::{
     OPUS_TS_STEP, STAMP_LEN, Stamp, VideoParams, opus_payload, packetize_vp8,
@@ -16,9 +25,12 @@ use crate::stats::{Histogram, StreamRx, Window};
 use bytes::{Bytes, BytesMut};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc,
+    configure_twcc_receiver_only,
+};
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
@@ -31,6 +43,8 @@ use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -40,7 +54,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -57,7 +71,179 @@ const OPUS_PT: u8 = 111;
 const VP8_PT: u8 = 96;
 /// Bytes SRTP adds (the AEAD_AES_128_GCM tag rtc negotiates): the relay baseline pads by this
 /// much so it moves the same datagram sizes.
-const SRTP_OVERHEAD: usize = 16;
+pub const SRTP_OVERHEAD: usize = 16;
+/// Padding bytes in a padding-only packet: what rtc's RTP marshaller writes
+/// for an empty payload with the P bit (it pads to a 4-byte boundary only;
+/// libwebrtc's probes carry up to 224).
+pub const PADDING_LEN: usize = 4;
+/// Spacing of the packets of one probe cluster (libwebrtc spreads a cluster
+/// over >= 15 ms at the probing rate).
+const PROBE_GAP: Duration = Duration::from_millis(1);
+
+/// How peers behave beyond sending media (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Behaviour {
+    /// A probe cluster of `probe_packets` padding-only packets every this
+    /// long, per publisher (first one at a random phase).
+    pub probe_every: Duration,
+    /// Packets per probe cluster; 0 = no padding.
+    pub probe_packets: u32,
+    /// Fraction of received video datagrams dropped before SRTP (0..1).
+    pub rx_drop: f64,
+    /// Transport-wide sequence numbers on what the peers send (browsers
+    /// do; rtc's default registry does not, so the server then sends the
+    /// publishers no TWCC feedback). False only for A/B runs against the
+    /// generator as it was before (`--legacy-peers`).
+    pub twcc_send: bool,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            probe_every: Duration::from_secs(5),
+            probe_packets: 20,
+            rx_drop: 0.0,
+            twcc_send: true,
+        }
+    }
+}
+
+/// Counters a media thread's interceptors share with it.
+#[derive(Debug, Default)]
+pub struct WireCounters {
+    /// TWCC feedback packets we sent (for what we received).
+    pub twcc_sent: AtomicU64,
+    /// TWCC feedback packets the server sent us (for what we published).
+    pub twcc_received: AtomicU64,
+    /// NACK packets we sent.
+    pub nacks_sent: AtomicU64,
+    /// Padding-only RTP packets that left through the pipeline.
+    pub padding_sent: AtomicU64,
+}
+
+/// Wire-most interceptor (below the TWCC sender, so it sees what leaves
+/// last and what arrives first): counts TWCC feedback and NACKs both ways
+/// and padding-only packets, passes everything through unchanged.
+pub struct WireTap {
+    counters: Arc<WireCounters>,
+    reads: VecDeque<TaggedPacket>,
+    writes: VecDeque<TaggedPacket>,
+}
+
+impl WireTap {
+    pub fn new(counters: Arc<WireCounters>) -> WireTap {
+        WireTap {
+            counters,
+            reads: VecDeque::new(),
+            writes: VecDeque::new(),
+        }
+    }
+}
+
+fn count_twcc(packets: &[Box<dyn rtc::rtcp::Packet>]) -> u64 {
+    packets
+        .iter()
+        .filter(|p| p.as_any().is::<TransportLayerCc>())
+        .count() as u64
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for WireTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            self.counters
+                .twcc_received
+                .fetch_add(count_twcc(packets), Relaxed);
+        }
+        self.reads.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.reads.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        match &msg.message.packet {
+            Packet::Rtcp(packets) => {
+                self.counters
+                    .twcc_sent
+                    .fetch_add(count_twcc(packets), Relaxed);
+                let nacks = packets
+                    .iter()
+                    .filter(|p| p.as_any().is::<TransportLayerNack>())
+                    .count() as u64;
+                self.counters.nacks_sent.fetch_add(nacks, Relaxed);
+            }
+            Packet::Rtp(p) if p.header.padding && p.payload.is_empty() => {
+                self.counters.padding_sent.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
+        self.writes.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.writes.pop_front()
+    }
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+}
+
+impl Interceptor for WireTap {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}
+
+/// Is this datagram SRTP (not SRTCP, STUN or DTLS; RFC 7983 and 5761), and
+/// which payload type does its (clear) header carry?
+pub fn rtp_payload_type(d: &[u8]) -> Option<u8> {
+    let (&b0, &b1) = (d.first()?, d.get(1)?);
+    if d.len() < 12 || !(128..=191).contains(&b0) || (192..=223).contains(&b1) {
+        return None;
+    }
+    Some(b1 & 0x7f)
+}
+
+/// A random u64 as a uniform number in [0, 1).
+fn unit_interval(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The payload types of the `m=video` sections of an SDP.
+pub fn video_payload_types(sdp: &str) -> Vec<u8> {
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("m=video "))
+        .flat_map(|rest| rest.split_whitespace().skip(2))
+        .filter_map(|pt| pt.parse::<u8>().ok())
+        .filter(|pt| *pt < 128)
+        .collect()
+}
+
+/// A padding-only datagram for the plain relay: RTP header with the P bit,
+/// [`PADDING_LEN`] padding bytes (the last one their count) and room for the
+/// SRTP tag, the same size an SRTP padding probe has.
+pub fn plain_padding(pt: u8, seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
+    let mut d = Vec::with_capacity(12 + PADDING_LEN + SRTP_OVERHEAD);
+    d.push(0xa0);
+    d.push(pt & 0x7f);
+    d.extend_from_slice(&seq.to_be_bytes());
+    d.extend_from_slice(&ts.to_be_bytes());
+    d.extend_from_slice(&ssrc.to_be_bytes());
+    d.extend_from_slice(&[0; PADDING_LEN - 1]);
+    d.push(PADDING_LEN as u8);
+    d.extend_from_slice(&[0; SRTP_OVERHEAD]);
+    d
+}
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
@@ -127,6 +313,13 @@ pub struct Acc {
     pub bytes: u64,
     pub jitter_sum_us: f64,
     pub jitter_samples: u64,
+    /// What the peers did besides media (see [`WireCounters`]).
+    pub twcc_sent: u64,
+    pub twcc_received: u64,
+    pub nacks_sent: u64,
+    pub padding_sent: u64,
+    /// Received video datagrams dropped on purpose (`Behaviour::rx_drop`).
+    pub rx_dropped: u64,
 }
 
 impl Acc {
@@ -138,6 +331,11 @@ impl Acc {
         self.bytes += o.bytes;
         self.jitter_sum_us += o.jitter_sum_us;
         self.jitter_samples += o.jitter_samples;
+        self.twcc_sent += o.twcc_sent;
+        self.twcc_received += o.twcc_received;
+        self.nacks_sent += o.nacks_sent;
+        self.padding_sent += o.padding_sent;
+        self.rx_dropped += o.rx_dropped;
     }
 }
 
@@ -155,6 +353,7 @@ impl MediaThread {
     pub fn spawn(
         index: usize,
         video: VideoParams,
+        behaviour: Behaviour,
         status: UnboundedSender<Status>,
     ) -> std::io::Result<MediaThread> {
         let poll = Poll::new()?;
@@ -166,6 +365,8 @@ impl MediaThread {
             poll,
             commands: rx,
             video,
+            behaviour,
+            wire: Arc::new(WireCounters::default()),
             status,
             shared: window.clone(),
             packets: packets.clone(),
@@ -244,6 +445,8 @@ struct Outgoing {
     pt: u8,
     seq: u16,
     ts: u32,
+    /// Timestamp of the last packet sent (padding reuses it, as libwebrtc does).
+    last_ts: u32,
     counter: u32,
 }
 
@@ -255,6 +458,7 @@ impl Outgoing {
             pt,
             seq: rand::random(),
             ts: rand::random(),
+            last_ts: 0,
             counter: 0,
         }
     }
@@ -287,18 +491,26 @@ struct Peer {
     first_media: bool,
     failed: bool,
     streams: Vec<(u32, StreamRx)>,
+    /// Padding packets left in the current probe cluster.
+    probe_left: u32,
+    /// Payload types of the video we receive (from the remote SDP), for
+    /// `Behaviour::rx_drop`.
+    rx_video_pts: Vec<u8>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Audio,
     Video,
+    Probe,
 }
 
 struct Worker {
     poll: Poll,
     commands: Receiver<Command>,
     video: VideoParams,
+    behaviour: Behaviour,
+    wire: Arc<WireCounters>,
     status: UnboundedSender<Status>,
     shared: Arc<Mutex<Acc>>,
     packets: Arc<AtomicU64>,
@@ -326,8 +538,15 @@ fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str, pt: u8) -> RTCR
 
 /// A peer connection configured like a browser answering the SFU: full
 /// ICE agent (the SFU is ICE-lite, so we control), DTLS client, Opus +
-/// VP8, the default interceptors (NACK, RTCP reports, TWCC).
-fn new_pc(now: Instant) -> Result<RTCPeerConnection, String> {
+/// VP8, rtc's default interceptors (NACK generator and responder, RTCP
+/// reports, TWCC feedback for what we receive) plus, as browsers do,
+/// transport-wide sequence numbers on what we send (rtc's default is
+/// receiver-only TWCC), and the counting [`WireTap`].
+fn new_pc(
+    now: Instant,
+    wire: &Arc<WireCounters>,
+    twcc_send: bool,
+) -> Result<RTCPeerConnection, String> {
     let mut media = MediaEngine::default();
     media
         .register_codec(
@@ -347,8 +566,18 @@ fn new_pc(now: Instant) -> Result<RTCPeerConnection, String> {
             RtpCodecKind::Video,
         )
         .map_err(|e| e.to_string())?;
+    // What register_default_interceptors does, with configure_twcc (sender
+    // and receiver) instead of its receiver-only TWCC.
+    let registry = configure_nack(Registry::new(), &mut media);
+    configure_simulcast_extension_headers(&mut media).map_err(|e| e.to_string())?;
+    let registry = if twcc_send {
+        configure_twcc(registry, &mut media)
+    } else {
+        configure_twcc_receiver_only(registry, &mut media)
+    }
+    .map_err(|e| e.to_string())?;
     let registry =
-        register_default_interceptors(Registry::new(), &mut media).map_err(|e| e.to_string())?;
+        configure_rtcp_reports(registry).with(Slot::from(500), WireTap::new(wire.clone()));
     let settings = SettingEngineBuilder::new()
         .with_answering_dtls_role(RTCDtlsRole::Client)
         .build();
@@ -441,7 +670,8 @@ impl Worker {
                 } => self.add(id, socket, mode, publish, started),
                 Command::Offer { id, sdp } => self.offer(id, sdp),
                 Command::CreateOffer { id } => {
-                    self.negotiate(id, |p, now| p.create_offer(now));
+                    let (wire, twcc) = (self.wire.clone(), self.behaviour.twcc_send);
+                    self.negotiate(id, move |p, now| p.create_offer(now, &wire, twcc));
                 }
                 Command::Answer { id, sdp } => {
                     self.negotiate(id, move |p, now| p.apply_answer(sdp, now));
@@ -518,6 +748,8 @@ impl Worker {
             first_media: false,
             failed: false,
             streams: Vec::new(),
+            probe_left: 0,
+            rx_video_pts: Vec::new(),
         });
         self.by_id.insert(id, slot);
         if publish {
@@ -530,11 +762,19 @@ impl Worker {
                 .push(Reverse((now + vphase, slot, id, Kind::Video)));
             self.schedule
                 .push(Reverse((now + aphase, slot, id, Kind::Audio)));
+            let b = self.behaviour;
+            if b.probe_packets > 0 && !b.probe_every.is_zero() {
+                let every = b.probe_every.as_micros().max(1) as u64;
+                let pphase = Duration::from_micros(self.rand() % every);
+                self.schedule
+                    .push(Reverse((now + pphase, slot, id, Kind::Probe)));
+            }
         }
     }
 
     fn offer(&mut self, id: u64, sdp: String) {
-        self.negotiate(id, move |p, now| p.answer(sdp, now));
+        let (wire, twcc) = (self.wire.clone(), self.behaviour.twcc_send);
+        self.negotiate(id, move |p, now| p.answer(sdp, now, &wire, twcc));
     }
 
     /// One SDP step on a peer; a failure fails the peer.
@@ -590,6 +830,22 @@ impl Worker {
             let now = Instant::now();
             match &mut p.transport {
                 Transport::Rtc { pc: Some(pc), .. } => {
+                    // Network-like loss of received video, before SRTP (a
+                    // retransmission is then new to the replay window).
+                    if self.behaviour.rx_drop > 0.0
+                        && rtp_payload_type(&self.buf[..n])
+                            .is_some_and(|pt| p.rx_video_pts.contains(&pt))
+                    {
+                        let mut x = self.seed;
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        self.seed = x;
+                        if unit_interval(x) < self.behaviour.rx_drop {
+                            self.acc.rx_dropped += 1;
+                            continue;
+                        }
+                    }
                     let msg = TaggedBytesMut {
                         now,
                         transport: TransportContext {
@@ -739,11 +995,73 @@ impl Worker {
                     self.send_video(slot, now);
                     t + Duration::from_micros(1_000_000 / u64::from(self.video.fps.max(1)))
                 }
+                Kind::Probe => t + self.send_probe(slot, now),
             };
             // Fall behind rather than burst to catch up.
             let next = if next < now { now } else { next };
             self.schedule.push(Reverse((next, slot, id, kind)));
         }
+    }
+
+    /// One padding-only packet of the current probe cluster (starting one
+    /// if none is running); returns when the next is due.
+    fn send_probe(&mut self, slot: usize, now: Instant) -> Duration {
+        let b = self.behaviour;
+        let Some(p) = self.peers.get_mut(slot).and_then(Option::as_mut) else {
+            return b.probe_every;
+        };
+        if !p.ready() {
+            return b.probe_every;
+        }
+        if p.probe_left == 0 {
+            p.probe_left = b.probe_packets;
+        }
+        p.probe_left -= 1;
+        let next = if p.probe_left > 0 {
+            PROBE_GAP
+        } else {
+            b.probe_every
+                .saturating_sub(PROBE_GAP * b.probe_packets.saturating_sub(1))
+                .max(PROBE_GAP)
+        };
+        let out = &mut p.video;
+        let (seq, ts, ssrc, pt) = (out.seq, out.last_ts, out.ssrc, out.pt);
+        out.seq = out.seq.wrapping_add(1);
+        let sender = out.sender;
+        let sent = match &mut p.transport {
+            Transport::Rtc { pc: Some(pc), .. } => {
+                let Some(mut s) = sender.and_then(|id| pc.rtp_sender(id)) else {
+                    return next;
+                };
+                let packet = rtp::Packet {
+                    header: rtp::header::Header {
+                        version: 2,
+                        padding: true,
+                        payload_type: pt,
+                        sequence_number: seq,
+                        timestamp: ts,
+                        ssrc,
+                        ..Default::default()
+                    },
+                    payload: Bytes::new(),
+                };
+                let ok = s.write_rtp(now, packet).is_ok();
+                while let Some(m) = pc.poll_write() {
+                    let _ = p.socket.send_to(&m.message, m.transport.peer_addr);
+                }
+                ok
+            }
+            Transport::Plain { relay, .. } => {
+                let _ = p.socket.send_to(&plain_padding(pt, seq, ts, ssrc), *relay);
+                true
+            }
+            Transport::Rtc { pc: None, .. } => false,
+        };
+        // Rtc peers' padding is counted by the WireTap as it leaves.
+        if sent && matches!(p.transport, Transport::Plain { .. }) {
+            self.acc.padding_sent += 1;
+        }
+        next
     }
 
     fn send_audio(&mut self, slot: usize, now: Instant) {
@@ -795,7 +1113,8 @@ impl Worker {
         }
         let out = match kind {
             Kind::Audio => &mut p.audio,
-            Kind::Video => &mut p.video,
+            // (Probes are sent by send_probe, on the video stream.)
+            Kind::Video | Kind::Probe => &mut p.video,
         };
         let header = rtp::header::Header {
             version: 2,
@@ -807,6 +1126,7 @@ impl Worker {
             ..Default::default()
         };
         out.seq = out.seq.wrapping_add(1);
+        out.last_ts = out.ts;
         out.ts = out.ts.wrapping_add(ts_advance);
         let stamp = Stamp {
             counter: out.counter,
@@ -851,6 +1171,11 @@ impl Worker {
     /// Merge this thread's window into the shared one.
     fn flush(&mut self) {
         let mut acc = std::mem::take(&mut self.acc);
+        let w = &self.wire;
+        acc.twcc_sent += w.twcc_sent.swap(0, Relaxed);
+        acc.twcc_received += w.twcc_received.swap(0, Relaxed);
+        acc.nacks_sent += w.nacks_sent.swap(0, Relaxed);
+        acc.padding_sent += w.padding_sent.swap(0, Relaxed);
         for p in self.peers.iter_mut().flatten() {
             for (_, s) in &mut p.streams {
                 acc.rx.add(s.take_window());
@@ -879,7 +1204,13 @@ impl Peer {
 
     /// Apply the SFU's offer and send our answer: the first offer gets our
     /// microphone and camera attached to its two `recvonly` slots.
-    fn answer(&mut self, sdp: String, now: Instant) -> Result<(), String> {
+    fn answer(
+        &mut self,
+        sdp: String,
+        now: Instant,
+        wire: &Arc<WireCounters>,
+        twcc_send: bool,
+    ) -> Result<(), String> {
         let local = self.local;
         let id = self.id;
         let publish = self.publish;
@@ -888,11 +1219,12 @@ impl Peer {
         };
         let first = pc.is_none();
         if first {
-            *pc = Some(Box::new(new_pc(now)?));
+            *pc = Some(Box::new(new_pc(now, wire, twcc_send)?));
         }
         let Some(pc) = pc.as_mut() else {
             return Ok(());
         };
+        self.rx_video_pts = video_payload_types(&sdp);
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| format!("bad offer: {e}"))?;
         pc.set_remote_description(now, offer)
             .map_err(|e| format!("set_remote_description: {e}"))?;
@@ -910,7 +1242,12 @@ impl Peer {
 
     /// Janus publishers offer: a fresh connection with microphone and
     /// camera (sendrecv; Janus answers recvonly) and our host candidate.
-    fn create_offer(&mut self, now: Instant) -> Result<(), String> {
+    fn create_offer(
+        &mut self,
+        now: Instant,
+        wire: &Arc<WireCounters>,
+        twcc_send: bool,
+    ) -> Result<(), String> {
         let local = self.local;
         let id = self.id;
         let Transport::Rtc { pc, events, .. } = &mut self.transport else {
@@ -919,7 +1256,7 @@ impl Peer {
         if pc.is_some() {
             return Err("offer requested twice".into());
         }
-        let pc = pc.insert(Box::new(new_pc(now)?));
+        let pc = pc.insert(Box::new(new_pc(now, wire, twcc_send)?));
         prepare_local(pc, &mut self.audio, &mut self.video, id, local, true)?;
         let offer = pc
             .create_offer(None)
@@ -932,6 +1269,7 @@ impl Peer {
         let Transport::Rtc { pc: Some(pc), .. } = &mut self.transport else {
             return Err("answer without an offer".into());
         };
+        self.rx_video_pts = video_payload_types(&sdp);
         let answer = RTCSessionDescription::answer(sdp).map_err(|e| format!("bad answer: {e}"))?;
         pc.set_remote_description(now, answer)
             .map_err(|e| format!("set_remote_description: {e}"))?;
@@ -1088,5 +1426,112 @@ fn record_parts(
         acc.join
             .record(now.saturating_duration_since(started).as_micros() as u64);
         let _ = status.send(Status::FirstMedia);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::interceptor::AttributedPacket;
+
+    fn tagged(packet: Packet) -> TaggedPacket {
+        TaggedPacket {
+            now: Instant::now(),
+            transport: TransportContext::default(),
+            message: AttributedPacket::new(packet),
+        }
+    }
+
+    fn rtp_packet(padding: bool, payload: &'static [u8]) -> Packet {
+        Packet::Rtp(rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                padding,
+                payload_type: VP8_PT,
+                ..Default::default()
+            },
+            payload: Bytes::from_static(payload),
+        })
+    }
+
+    #[test]
+    fn wire_tap_counts_feedback_nacks_and_padding_and_passes_everything() {
+        let counters = Arc::new(WireCounters::default());
+        let mut tap = WireTap::new(counters.clone());
+        let twcc = || -> Box<dyn rtc::rtcp::Packet> { Box::new(TransportLayerCc::default()) };
+        let nack = || -> Box<dyn rtc::rtcp::Packet> { Box::new(TransportLayerNack::default()) };
+        tap.handle_write(tagged(Packet::Rtcp(vec![twcc(), nack()])))
+            .unwrap();
+        tap.handle_write(tagged(Packet::Rtcp(vec![twcc()])))
+            .unwrap();
+        tap.handle_write(tagged(rtp_packet(true, b""))).unwrap();
+        // Media with the P bit (padded to a 4-byte boundary) is not a probe.
+        tap.handle_write(tagged(rtp_packet(true, b"abc"))).unwrap();
+        tap.handle_write(tagged(rtp_packet(false, b"media")))
+            .unwrap();
+        tap.handle_read(tagged(Packet::Rtcp(vec![twcc(), twcc()])))
+            .unwrap();
+        tap.handle_read(tagged(Packet::Rtcp(vec![nack()]))).unwrap();
+        assert_eq!(counters.twcc_sent.load(Relaxed), 2);
+        assert_eq!(counters.nacks_sent.load(Relaxed), 1);
+        assert_eq!(counters.padding_sent.load(Relaxed), 1);
+        assert_eq!(counters.twcc_received.load(Relaxed), 2);
+        let mut writes = 0;
+        while tap.poll_write().is_some() {
+            writes += 1;
+        }
+        let mut reads = 0;
+        while tap.poll_read().is_some() {
+            reads += 1;
+        }
+        assert_eq!((writes, reads), (5, 2), "nothing held back or dropped");
+    }
+
+    #[test]
+    fn only_rtp_is_classified_as_rtp() {
+        let mut rtp_hdr = [0u8; 12];
+        rtp_hdr[0] = 0x80;
+        rtp_hdr[1] = 0x80 | VP8_PT; // marker set
+        assert_eq!(rtp_payload_type(&rtp_hdr), Some(VP8_PT));
+        let mut rtcp = rtp_hdr;
+        rtcp[1] = 205; // RTPFB
+        assert_eq!(rtp_payload_type(&rtcp), None);
+        let mut stun = rtp_hdr;
+        stun[0] = 0x00;
+        assert_eq!(rtp_payload_type(&stun), None);
+        let mut dtls = rtp_hdr;
+        dtls[0] = 22;
+        assert_eq!(rtp_payload_type(&dtls), None);
+        assert_eq!(rtp_payload_type(&rtp_hdr[..11]), None);
+        assert_eq!(rtp_payload_type(&[]), None);
+    }
+
+    #[test]
+    fn video_payload_types_come_from_video_sections_only() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=rtpmap:96 VP8/90000\r\n\
+                   m=video 0 UDP/TLS/RTP/SAVPF 98 x 300\r\n";
+        assert_eq!(video_payload_types(sdp), vec![96, 97, 98]);
+        assert!(video_payload_types("m=audio 9 RTP/AVP 0\n").is_empty());
+        assert!(video_payload_types("m=video").is_empty());
+    }
+
+    #[test]
+    fn random_draws_are_in_the_unit_interval() {
+        assert_eq!(unit_interval(0), 0.0);
+        assert!(unit_interval(u64::MAX) < 1.0);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut below = 0;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if unit_interval(x) < 0.01 {
+                below += 1;
+            }
+        }
+        // 1 % of draws, give or take (binomial sd ~31).
+        assert!((850..=1150).contains(&below), "{below}");
     }
 }

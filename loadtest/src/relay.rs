@@ -1,9 +1,12 @@
 //! The physical-limit baseline: a plain UDP relay (recv → table lookup →
 //! send), one thread and one socket per worker like the SFU. A sender
 //! first says `HELO<dest addr>`; afterwards every datagram from it goes to
-//! that destination unchanged. Run as its own process so its CPU time can
-//! be read from /proc like the SFU's.
+//! that destination unchanged, except padding-only RTP packets (the
+//! generator's bandwidth probes), which are dropped as the SFU drops them.
+//! Run as its own process so its CPU time can be read from /proc like the
+//! SFU's.
 
+use crate::media::SRTP_OVERHEAD;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
@@ -14,6 +17,33 @@ const MAX_ROUTES: usize = 64 * 1024;
 pub fn parse_hello(d: &[u8]) -> Option<SocketAddr> {
     let rest = d.strip_prefix(b"HELO")?;
     std::str::from_utf8(rest).ok()?.parse().ok()
+}
+
+/// Is this RTP datagram (with a `tag`-byte SRTP tag at its end) padding
+/// only: P bit set and the padding count equal to everything after the
+/// header?
+pub fn is_padding_only(d: &[u8], tag: usize) -> bool {
+    let Some(&b0) = d.first() else {
+        return false;
+    };
+    if b0 >> 6 != 2 || b0 & 0x20 == 0 {
+        return false;
+    }
+    let mut header = 12 + 4 * usize::from(b0 & 0x0f);
+    if b0 & 0x10 != 0 {
+        // Extension: 4-byte header whose second half is its length in words.
+        let Some(len) = d.get(header + 2..header + 4) else {
+            return false;
+        };
+        header += 4 + 4 * usize::from(u16::from_be_bytes([len[0], len[1]]));
+    }
+    let Some(end) = d.len().checked_sub(tag) else {
+        return false;
+    };
+    if end <= header {
+        return false;
+    }
+    usize::from(d[end - 1]) == end - header
 }
 
 pub fn serve(bind: IpAddr, port: u16, threads: usize) -> std::io::Result<()> {
@@ -35,6 +65,9 @@ fn relay(socket: UdpSocket) {
         let Ok((n, from)) = socket.recv_from(&mut buf) else {
             continue;
         };
+        if is_padding_only(&buf[..n], SRTP_OVERHEAD) {
+            continue;
+        }
         if let Some(to) = routes.get(&from) {
             let _ = socket.send_to(&buf[..n], to);
         } else if let Some(to) = parse_hello(&buf[..n])
@@ -57,6 +90,37 @@ mod tests {
         );
         assert_eq!(parse_hello(b"HELO"), None);
         assert_eq!(parse_hello(b"\x80\x60HELO127.0.0.1:1"), None);
+    }
+
+    #[test]
+    fn padding_only_packets_are_recognised() {
+        use crate::media::{PADDING_LEN, plain_padding};
+        let pad = plain_padding(96, 7, 1234, 42);
+        assert_eq!(pad.len(), 12 + PADDING_LEN + SRTP_OVERHEAD);
+        assert!(is_padding_only(&pad, SRTP_OVERHEAD));
+        // Media: no P bit.
+        let mut media = pad.clone();
+        media[0] = 0x80;
+        assert!(!is_padding_only(&media, SRTP_OVERHEAD));
+        // P bit but a payload before the padding: not padding only.
+        let mut padded_media = vec![
+            0xa0, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0x90, 0x11, 0, 0, 0, 4,
+        ];
+        padded_media.extend_from_slice(&[0; SRTP_OVERHEAD]);
+        assert!(!is_padding_only(&padded_media, SRTP_OVERHEAD));
+        // With a one-word header extension (transport-cc), padding only.
+        let mut ext = vec![
+            0xb0, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0xbe, 0xde, 0, 1, 0x31, 0, 5, 0,
+        ];
+        ext.extend_from_slice(&[0, 0, 0, 4]);
+        ext.extend_from_slice(&[0; SRTP_OVERHEAD]);
+        assert!(is_padding_only(&ext, SRTP_OVERHEAD));
+        // Truncated or garbage input is never padding.
+        for n in 0..pad.len() {
+            assert!(!is_padding_only(&pad[..n], SRTP_OVERHEAD), "{n}");
+        }
+        assert!(!is_padding_only(&ext[..14], SRTP_OVERHEAD));
+        assert!(!is_padding_only(b"HELO127.0.0.1:1", SRTP_OVERHEAD));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Scenario orchestration: add consults, wait for media, measure a window,
-//! turn the threads' accumulators and the target's /proc figures into a
-//! report point.
+//! turn the threads' accumulators, the target's /proc figures (and, under
+//! callgrind, its instruction count) into a report point.
 
+use crate::callgrind;
 use crate::janus;
-use crate::media::{Acc, Command, MediaThread, PeerMode, Status};
+use crate::media::{Acc, Behaviour, Command, MediaThread, PeerMode, Status};
 use crate::media_model::VideoParams;
 use crate::procstat;
 use crate::report::{Machine, Params, Point, Report};
@@ -37,6 +38,9 @@ pub struct Options {
     pub window: Duration,
     pub join_rate: f64,
     pub progress: bool,
+    pub behaviour: Behaviour,
+    /// The target runs under callgrind: count its instructions per window.
+    pub callgrind: bool,
 }
 
 /// A fatal problem: the run cannot go on (exit non-zero).
@@ -71,18 +75,22 @@ fn machine() -> Machine {
         })
         .unwrap_or_default();
     Machine {
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // The machine's cores, not this process's affinity (taskset).
+        cores: {
+            // SAFETY: sysconf has no preconditions.
+            let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+            if n > 0 {
+                n as usize
+            } else {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            }
+        },
         cpu_model,
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
             .to_string(),
-        loadavg_at_start: std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" "),
+        loadavg_at_start: procstat::loadavg(),
     }
 }
 
@@ -90,7 +98,9 @@ impl Runner {
     pub fn new(opts: Options) -> Result<Runner, Fatal> {
         let (status_tx, status) = mpsc::unbounded_channel();
         let media = (0..opts.threads.max(1))
-            .map(|i| MediaThread::spawn(i, opts.video, status_tx.clone()).map(Arc::new))
+            .map(|i| {
+                MediaThread::spawn(i, opts.video, opts.behaviour, status_tx.clone()).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Fatal(format!("cannot start media threads: {e}")))?;
         let (joined_tx, joined) = mpsc::unbounded_channel();
@@ -137,6 +147,11 @@ impl Runner {
                 group_size: group,
                 window_s: self.opts.window.as_secs_f64(),
                 generator_threads: self.media.len(),
+                probe_packets: self.opts.behaviour.probe_packets,
+                probe_every_s: self.opts.behaviour.probe_every.as_secs_f64(),
+                rx_drop: self.opts.behaviour.rx_drop,
+                twcc_send: self.opts.behaviour.twcc_send,
+                callgrind: self.opts.callgrind,
             },
             points,
             capacity_consults: None,
@@ -307,10 +322,24 @@ impl Runner {
         // Settle: renegotiations and keyframe requests after the last join.
         tokio::time::sleep(Duration::from_secs(1)).await;
         self.check_joins()?;
+        let pid = self.opts.target_pid;
+        if self.opts.callgrind {
+            let Some(pid) = pid else {
+                return Err(Fatal("callgrind: the server's pid is unknown".into()));
+            };
+            tokio::task::spawn_blocking(move || callgrind::start(pid))
+                .await
+                .map_err(|e| Fatal(e.to_string()))?
+                .map_err(Fatal)?;
+        }
         let join = self.take().join; // join times of this step's newcomers
+        let loadavg_before = procstat::loadavg();
+        let server_cpus = pid.and_then(procstat::allowed_cpus);
+        let generator_cpus = procstat::allowed_cpus(std::process::id());
         let own0 = procstat::usage(std::process::id());
         let start = Instant::now();
-        let u0 = self.opts.target_pid.and_then(procstat::usage);
+        let u0 = pid.and_then(procstat::usage);
+        let core0 = server_cpus.as_deref().and_then(procstat::core_ticks);
         let window = self.opts.window;
         let mut last_packets = self.packets();
         let mut last = Instant::now();
@@ -334,15 +363,30 @@ impl Runner {
                 last = Instant::now();
             }
         }
-        // Let the threads flush their last 200 ms.
+        // Let the threads flush their last 200 ms (they flush every 200 ms,
+        // so the packets counted lag the window by as much at both ends).
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let elapsed = start.elapsed().as_secs_f64();
-        let u1 = self.opts.target_pid.and_then(procstat::usage);
+        let instructions = match pid {
+            Some(pid) if self.opts.callgrind => Some(
+                tokio::task::spawn_blocking(move || callgrind::totals(pid))
+                    .await
+                    .map_err(|e| Fatal(e.to_string()))?
+                    .map_err(Fatal)?,
+            ),
+            _ => None,
+        };
+        let u1 = pid.and_then(procstat::usage);
+        let core1 = server_cpus.as_deref().and_then(procstat::core_ticks);
         let own1 = procstat::usage(std::process::id());
+        let loadavg_after = procstat::loadavg();
+        let elapsed = start.elapsed().as_secs_f64();
         if self.opts.progress {
             eprintln!();
         }
         let acc = self.take();
+        if let (Some(pid), true) = (pid, self.opts.callgrind) {
+            let _ = tokio::task::spawn_blocking(move || callgrind::off(pid)).await;
+        }
         let mut p = Point {
             consults: self.consults,
             participants: self.participants,
@@ -363,13 +407,38 @@ impl Runner {
                 j.summary()
             },
             join_failures: self.join_failures,
+            loadavg_before,
+            loadavg_after,
+            twcc_sent_ps: acc.twcc_sent as f64 / elapsed,
+            twcc_received_ps: acc.twcc_received as f64 / elapsed,
+            nacks_sent_ps: acc.nacks_sent as f64 / elapsed,
+            padding_sent_ps: acc.padding_sent as f64 / elapsed,
+            rx_dropped_ps: acc.rx_dropped as f64 / elapsed,
             ..Default::default()
         };
+        let cpu_list = |c: &Option<Vec<usize>>| {
+            c.as_ref().map_or(String::new(), |c| {
+                c.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+            })
+        };
+        p.server_cpus = cpu_list(&server_cpus);
+        p.generator_cpus = cpu_list(&generator_cpus);
         if let (Some(a), Some(b)) = (u0, u1) {
             p.set_cpu(b.cpu_s - a.cpu_s);
             p.target_rss_mb = b.rss_bytes as f64 / 1e6;
             p.rss_kb_per_participant =
                 b.rss_bytes as f64 / 1e3 / f64::from(self.participants.max(1));
+            if let (Some(c0), Some(c1)) = (core0, core1) {
+                p.set_core(
+                    procstat::ticks_s(c1.busy.saturating_sub(c0.busy)),
+                    procstat::ticks_s(c1.irq.saturating_sub(c0.irq)),
+                    procstat::ticks_s(c1.steal.saturating_sub(c0.steal)),
+                    b.cpu_s - a.cpu_s,
+                );
+            }
+        }
+        if let Some(ir) = instructions {
+            p.set_instructions(ir);
         }
         if let (Some(a), Some(b)) = (own0, own1) {
             p.generator_cores_busy = (b.cpu_s - a.cpu_s) / elapsed;
