@@ -214,6 +214,16 @@ impl Consult {
         }
     }
 
+    /// Send `message` to every admitted member, the one who caused it too.
+    fn to_everyone(&self, message: ServerMessage, effects: &mut Vec<Effect>) {
+        for m in self.admitted() {
+            effects.push(Effect::Send {
+                to: m.participant.id.clone(),
+                message: message.clone(),
+            });
+        }
+    }
+
     fn lobby_to_clinicians(&self, effects: &mut Vec<Effect>) {
         let waiting = self.lobby();
         for c in self.clinicians() {
@@ -562,15 +572,13 @@ impl Consult {
             participant: id.to_string(),
             on,
         });
-        for m in self.admitted() {
-            effects.push(Effect::Send {
-                to: m.participant.id.clone(),
-                message: ServerMessage::Screen {
-                    id: id.to_string(),
-                    on,
-                },
-            });
-        }
+        self.to_everyone(
+            ServerMessage::Screen {
+                id: id.to_string(),
+                on,
+            },
+            effects,
+        );
     }
 
     /// A clinician allows (or no longer allows) patients and guests to
@@ -579,12 +587,7 @@ impl Consult {
         self.require_clinician(actor)?;
         self.screen_allowed = allowed;
         let mut effects = Vec::new();
-        for m in self.admitted() {
-            effects.push(Effect::Send {
-                to: m.participant.id.clone(),
-                message: ServerMessage::ScreenAllowed { allowed },
-            });
-        }
+        self.to_everyone(ServerMessage::ScreenAllowed { allowed }, &mut effects);
         if !allowed {
             let sharing: Vec<String> = self
                 .admitted()
@@ -705,12 +708,7 @@ impl Consult {
         self.require_clinician(actor)?;
         self.locked = locked;
         let mut effects = Vec::new();
-        for m in self.admitted() {
-            effects.push(Effect::Send {
-                to: m.participant.id.clone(),
-                message: ServerMessage::Locked { locked },
-            });
-        }
+        self.to_everyone(ServerMessage::Locked { locked }, &mut effects);
         Ok(effects)
     }
 
