@@ -279,10 +279,18 @@ export async function openAndJoin(p, link, { state = 'in-call', timeout = 60_000
  */
 export async function openExpectingError(p, link, { timeout = 30_000 } = {}) {
   await p.open(link);
-  const s = await p.snapshot();
-  if (!s.error && s.state === 'preview') {
-    await p.join({ waitFor: null });
-  }
+  // The link check before Join may refuse it at any moment (and hide Join): so look for the error
+  // and for an enabled Join together, and click in the page, where looking and clicking are one step.
+  await p.waitFor(async () => {
+    const s = await p.snapshot();
+    if (s.error) return true;
+    return p.evaluate(() => {
+      const b = document.getElementById('join-button');
+      if (!b || b.disabled || b.closest('[hidden]')) return false;
+      b.click();
+      return true;
+    });
+  }, { timeout, what: `${p.name}: the error, or Join to press` });
   return p.waitForError({ timeout });
 }
 
