@@ -969,11 +969,12 @@ function ensureTile(id) {
 }
 
 function onRemoteTrack({ participantId, kind, track, receiver }) {
+  // Every remote track is decrypted (a screen under its own tag) before anything shows it.
+  if (app.e2ee && app.e2eeSupport !== 'none') {
+    try { app.e2ee.attachReceiver(receiver, participantId, kind); } catch (err) { console.warn('spreekkamer: e2ee receiver', err); }
+  }
   if (kind === 'screen') {
-    // Decrypted like the camera (under the screen's own tag); shown on the stage, not in a tile.
-    if (app.e2ee && app.e2eeSupport !== 'none') {
-      try { app.e2ee.attachReceiver(receiver, participantId, kind); } catch (err) { console.warn('spreekkamer: e2ee receiver', err); }
-    }
+    // Shown on the stage, not in a tile.
     app.screen.addTrack(participantId, track);
     return;
   }
@@ -981,9 +982,6 @@ function onRemoteTrack({ participantId, kind, track, receiver }) {
     const held = app.receivers.get(participantId) || {};
     held[kind] = receiver;
     app.receivers.set(participantId, held);
-  }
-  if (app.e2ee && app.e2eeSupport !== 'none') {
-    try { app.e2ee.attachReceiver(receiver, participantId, kind); } catch (err) { console.warn('spreekkamer: e2ee receiver', err); }
   }
   if (!app.participants.has(participantId)) {
     // Media may overtake `participant-joined`; it waits for the roster, never gets a tile of its own.

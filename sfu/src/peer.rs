@@ -589,10 +589,7 @@ impl Peer {
         } else {
             VIDEO_TS_STEP
         };
-        let desired = match kind {
-            Kind::Screen => (!self.audio_only).then_some(TOP),
-            _ => self.desired_layer(source_participant),
-        };
+        let desired = self.desired_layer(kind, source_participant);
         self.outgoing.push(Outgoing {
             source,
             source_participant: source_participant.to_string(),
@@ -1086,11 +1083,15 @@ impl Peer {
         false
     }
 
-    /// The subscriber's wish for `source_participant`'s camera (a screen
-    /// is always wanted whole: it has one layer, and small text matters).
-    fn desired_layer(&self, source_participant: &str) -> Option<Layer> {
+    /// The subscriber's wish for `source_participant`'s `kind` track: the
+    /// camera's layer from the preferences; a screen always whole (it has
+    /// one layer, and small text matters); nothing when audio only.
+    fn desired_layer(&self, kind: Kind, source_participant: &str) -> Option<Layer> {
         if self.audio_only {
             return None;
+        }
+        if kind == Kind::Screen {
+            return Some(TOP);
         }
         let q = self
             .max_quality
@@ -1122,12 +1123,8 @@ impl Peer {
                 continue;
             }
             let view = views.get(o.source).copied().unwrap_or_default().of(o.kind);
-            let desired = match o.kind {
-                Kind::Screen => (!self.audio_only).then_some(TOP),
-                _ => self.desired_layer(&o.source_participant),
-            };
             self.wants.push(Want {
-                desired,
+                desired: self.desired_layer(o.kind, &o.source_participant),
                 active: view.active,
                 rates: view.rates,
                 current: o.layers.target(),
