@@ -14,7 +14,9 @@
 //! subscriber wants) into one layer per publisher, or none: video pauses
 //! before audio suffers. Moving up needs [`UP_HEADROOM`] more than the
 //! layer costs and, after a downgrade for bandwidth, [`UPGRADE_HOLD`] of
-//! calm, so a link near a threshold does not flap between layers.
+//! calm, so a link near a threshold does not flap between layers; a step
+//! up that fails (a downgrade within [`UP_PROVEN`]) doubles that hold, up
+//! to [`UPGRADE_HOLD_MAX`]: GCC overshoots a link it has not been filling.
 
 use crate::simulcast::{LAYERS, Layer, choose};
 use rtc::interceptor::{BandwidthEstimator, EstimatorStats, Gcc, PacketReport};
@@ -37,6 +39,15 @@ pub(crate) const UP_HEADROOM: f64 = 1.3;
 pub(crate) const STAY_FACTOR: f64 = 0.75;
 /// No step up this soon after a bandwidth downgrade.
 pub(crate) const UPGRADE_HOLD: Duration = Duration::from_secs(8);
+/// A step up that is followed by a downgrade within this time failed: the
+/// next hold is twice as long. One that lasts this long resets the hold.
+/// (Measured behind a 350 kbit/s tbf on a busy machine: GCC read 602
+/// kbit/s while 241 kbit/s flowed, the step to the middle layer was taken,
+/// and 4 s later loss took it back down, pausing video for audio's sake;
+/// repeated every 8 s, the capped subscriber hardly ever saw a picture.)
+pub(crate) const UP_PROVEN: Duration = Duration::from_secs(20);
+/// The longest hold after repeated failed steps up.
+pub(crate) const UPGRADE_HOLD_MAX: Duration = Duration::from_secs(64);
 /// Video that is flowing pauses only after the estimate has been below the
 /// low layer this long: GCC dips hard on a burst of loss (measured behind
 /// a 350 kbit/s tbf: 106 kbit/s for a moment), and a pause costs a
@@ -182,6 +193,10 @@ fn cost(want: &Want, layer: Layer) -> u64 {
 #[derive(Debug, Default)]
 pub(crate) struct Allocator {
     last_down: Option<Instant>,
+    /// The hold after a downgrade; zero means [`UPGRADE_HOLD`].
+    hold: Duration,
+    /// When a layer last went up (until [`UP_PROVEN`] has passed).
+    last_up: Option<Instant>,
     /// Since when the estimate has not fit some flowing video's low layer.
     short_since: Option<Instant>,
 }
@@ -213,9 +228,17 @@ impl Allocator {
         out: &mut [Option<Layer>],
         now: Instant,
     ) -> Outcome {
+        if self
+            .last_up
+            .is_some_and(|t| now.saturating_duration_since(t) >= UP_PROVEN)
+        {
+            self.last_up = None;
+            self.hold = UPGRADE_HOLD;
+        }
+        let hold = self.hold.max(UPGRADE_HOLD);
         let may_go_up = self
             .last_down
-            .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD);
+            .is_none_or(|t| now.saturating_duration_since(t) >= hold);
         let mut budget = estimate.saturating_sub(AUDIO_RESERVE * audio_tracks as u64);
         for o in out.iter_mut() {
             *o = None;
@@ -277,6 +300,7 @@ impl Allocator {
             self.short_since = None;
         }
         let mut outcome = Outcome::default();
+        let mut raised = false;
         for (want, got) in wants.iter().zip(out.iter()) {
             let best = choose(want.desired, want.active);
             let lower = match (want.current, *got) {
@@ -284,6 +308,7 @@ impl Allocator {
                 (Some(_), None) => best.is_some(),
                 _ => false,
             };
+            raised |= matches!((want.current, *got), (Some(c), Some(g)) if g > c);
             outcome.downgraded |= lower;
             if best.is_some() && got.is_none() {
                 outcome.paused += 1;
@@ -291,6 +316,12 @@ impl Allocator {
         }
         if outcome.downgraded {
             self.last_down = Some(now);
+            if self.last_up.take().is_some() {
+                // The last step up did not hold: wait longer next time.
+                self.hold = (hold * 2).min(UPGRADE_HOLD_MAX);
+            }
+        } else if raised {
+            self.last_up = Some(now);
         }
         outcome
     }
@@ -467,6 +498,46 @@ mod tests {
             alloc(&mut a, 5_000_000, &[want(Some(2), Some(0))], t2),
             [Some(2)]
         );
+    }
+
+    #[test]
+    fn a_failed_step_up_doubles_the_hold_and_a_lasting_one_resets_it() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut a = Allocator::default();
+        let at = |a: &mut Allocator, est: u64, cur: Layer, t: Instant| {
+            alloc(a, est, &[want(Some(2), Some(cur))], t)[0]
+        };
+        // Down for bandwidth, then an overshooting estimate after the hold.
+        assert_eq!(at(&mut a, 300_000, 2, t0), Some(0));
+        assert_eq!(at(&mut a, 900_000, 0, t0 + UPGRADE_HOLD), Some(1));
+        // It did not hold: loss takes it down 4 s later...
+        let t1 = t0 + UPGRADE_HOLD + s(4);
+        assert_eq!(at(&mut a, 300_000, 1, t1), Some(0));
+        // ...and the next try waits twice as long.
+        assert_eq!(at(&mut a, 900_000, 0, t1 + UPGRADE_HOLD), Some(0));
+        let t2 = t1 + UPGRADE_HOLD * 2;
+        assert_eq!(at(&mut a, 900_000, 0, t2), Some(1));
+        // Failing again: four times, and never beyond the maximum.
+        let t3 = t2 + s(1);
+        assert_eq!(at(&mut a, 300_000, 1, t3), Some(0));
+        assert_eq!(at(&mut a, 900_000, 0, t3 + UPGRADE_HOLD * 3), Some(0));
+        let mut t = t3;
+        for _ in 0..6 {
+            t += UPGRADE_HOLD_MAX;
+            assert_eq!(at(&mut a, 900_000, 0, t), Some(1));
+            t += s(1);
+            assert_eq!(at(&mut a, 300_000, 1, t), Some(0));
+        }
+        assert_eq!(at(&mut a, 900_000, 0, t + UPGRADE_HOLD_MAX - s(1)), Some(0));
+        t += UPGRADE_HOLD_MAX;
+        assert_eq!(at(&mut a, 900_000, 0, t), Some(1));
+        // This step up holds for UP_PROVEN: the next downgrade's hold is the
+        // short one again.
+        t += UP_PROVEN;
+        assert_eq!(at(&mut a, 900_000, 1, t), Some(1));
+        assert_eq!(at(&mut a, 300_000, 1, t + s(1)), Some(0));
+        assert_eq!(at(&mut a, 900_000, 0, t + s(1) + UPGRADE_HOLD), Some(1));
     }
 
     #[test]
