@@ -54,6 +54,7 @@ const app = {
   call: null,
   e2ee: null,
   e2eeReady: null,
+  e2eeLoaded: false, // the import of e2ee/index.js settled (loaded or failed)
   you: null,
   consult: null,
   participants: new Map(),
@@ -103,7 +104,8 @@ const app = {
 // Test hook (see the UI contract). Harmless: it only exposes what the page
 // itself already holds.
 // `timings` holds performance.now() milestones of the current session
-// (join, welcome, in-call, first offer, ICE connected, first remote frame).
+// (join, welcome, in-call, first offer, ICE connected, E2EE paired and keyed,
+// first remote frame decoded and painted; loadtest/first-picture.sh prints them).
 const hook = { pc: null, call: null, you: null, participants: app.participants, e2ee: null, timings: {}, prefs: null, activeSpeaker: null, cues: cues.played, quality: {}, check: null };
 // `dropSignaling()` closes the WebSocket the way a network failure would (tests).
 hook.dropSignaling = () => { if (app.signaling) app.signaling.drop(); };
@@ -139,8 +141,11 @@ async function start() {
   }
   if (app.claims && app.claims.role === 'clinician') $('#clinician-check').hidden = false;
 
-  // Load the E2EE module while the person looks at the preview; joining waits for it.
+  // Load the E2EE module while the person looks at the preview. Joining does
+  // not wait for it, the server's messages do (see `connect`): the WebSocket
+  // and the token check overlap the load (loadtest/first-picture.sh).
   app.e2eeLoading = loadE2ee();
+  app.e2eeLoading.then(() => { app.e2eeLoaded = true; });
   app.e2eeLoading.then(renderPrivacyE2ee);
   // Joining does not wait for this: a person may press "join" while the
   // browser still asks for permission; the tracks reach the call later.
@@ -524,7 +529,6 @@ async function join() {
   $('#media-help').hidden = true;
   stopConnectivityCheck();
   setState('joining');
-  await app.e2eeLoading;
   const meta = document.querySelector('meta[name="spreekkamer-signaling"]');
   app.reconnector = new Reconnector({ urls: signalingUrls(meta && meta.content, window.location) });
   connect();
@@ -542,7 +546,13 @@ function connect() {
   app.reconnectAfterClose = false;
   const sig = new Signaling({ url: app.reconnector.url(), token: app.token, resume: app.resumeTicket });
   app.signaling = sig;
-  const on = (type, fn) => sig.addEventListener(type, (ev) => { if (app.signaling === sig) fn(ev.detail); });
+  // Until the E2EE module is loaded, messages queue behind it, in order (a
+  // call must never start without it); after that they run at once.
+  const on = (type, fn) => sig.addEventListener(type, (ev) => {
+    const run = () => { if (app.signaling === sig) fn(ev.detail); };
+    if (app.e2eeLoaded) run();
+    else app.e2eeLoading.then(run);
+  });
   on('welcome', onWelcome);
   on('offer', onOffer);
   on('participant-joined', (m) => m.participant && addParticipant(m.participant, true));
@@ -652,6 +662,7 @@ function enterCall() {
     if (!app.e2ee || app.e2eeSupport === 'none') return;
     try { app.e2ee.attachSender(ev.detail.sender, ev.detail.kind); } catch (err) { console.warn('spreekkamer: e2ee sender', err); }
   });
+  call.addEventListener('milestone', (ev) => mark(ev.detail.name));
   call.addEventListener('track', (ev) => onRemoteTrack(ev.detail));
   call.addEventListener('track-ended', (ev) => onRemoteTrackEnded(ev.detail));
   call.addEventListener('negotiation-failed', () => call.restartIce());
@@ -1008,6 +1019,8 @@ function showTrack(participantId, kind, track) {
   if (kind === 'video') {
     mark('remoteVideo');
     el.addEventListener('loadeddata', () => mark('firstFrame'), { once: true });
+    // The first frame composited on screen (where the browser can tell).
+    if (typeof el.requestVideoFrameCallback === 'function') el.requestVideoFrameCallback(() => mark('firstPaint'));
     if (!el.dataset.fitWatched) {
       el.dataset.fitWatched = '1';
       el.addEventListener('resize', () => renderFit(tile));
@@ -1355,10 +1368,14 @@ function startE2ee() {
     const detail = ev.detail || {};
     if (!detail.participantId || app.e2ee !== session) return;
     app.peerTrust.set(detail.participantId, detail);
+    if (detail.state === 'on') mark('e2eeKeyed');
     renderTile(detail.participantId);
     renderSecurity();
   });
-  session.addEventListener('safety-code', (ev) => ev.detail && renderTile(ev.detail.participantId));
+  session.addEventListener('safety-code', (ev) => {
+    mark('e2eePaired');
+    if (ev.detail) renderTile(ev.detail.participantId);
+  });
   session.addEventListener('refused', (ev) => ev.detail && app.e2ee === session && reportRefused(ev.detail.participantId));
   // The clinician removed this person (their sealed word, not the server's): gone for this call.
   session.addEventListener('removed', (ev) => {

@@ -148,6 +148,10 @@ export class Call extends EventTarget {
     }));
     pc.addEventListener('track', mine((ev) => this.onTrack(ev)));
     pc.addEventListener('iceconnectionstatechange', mine(() => this.onIceState()));
+    // Milestones for the first-picture breakdown (app.js `mark`).
+    pc.addEventListener('connectionstatechange', mine(() => {
+      if (pc.connectionState === 'connected') this.emit('milestone', { name: 'dtlsConnected' });
+    }));
   }
 
   /**
@@ -182,6 +186,7 @@ export class Call extends EventTarget {
     for (const mid of screenMids(sdp)) this.screenMids.add(mid);
     await this.pc.setRemoteDescription({ type: 'offer', sdp });
     const mids = ownMids(sdp);
+    const ours = [];
     for (const kind of ['audio', 'video', 'screen']) {
       // Keep the transceiver we already use; only adopt one the first time
       // (or if the server dropped ours, which it promises not to).
@@ -190,9 +195,12 @@ export class Call extends EventTarget {
       const tr = this.mids[kind] !== null ? this.transceiverByMid(this.mids[kind]) : null;
       if (!tr) continue;
       tr.direction = 'sendonly';
-      if (tr.sender.track !== this.localTracks[kind]) {
-        await tr.sender.replaceTrack(this.localTracks[kind]);
-      }
+      ours.push([kind, tr]);
+    }
+    // All at once: each waits for the browser's media thread (~40 ms each
+    // on a busy machine, loadtest/first-picture.sh).
+    await Promise.all(ours.map(([kind, tr]) => (tr.sender.track !== this.localTracks[kind] ? tr.sender.replaceTrack(this.localTracks[kind]) : null)));
+    for (const [kind, tr] of ours) {
       if (kind === 'video') await this.configureSimulcast(tr.sender);
       if (kind === 'screen' && this.localTracks.screen) await this.configureScreen(tr.sender);
       if (!this.announcedSenders.has(tr.sender)) {
@@ -204,6 +212,7 @@ export class Call extends EventTarget {
     const answer = await this.pc.createAnswer();
     await this.pc.setLocalDescription(answer);
     this.signaling.sendAnswer(this.pc.localDescription.sdp);
+    this.emit('milestone', { name: 'answered' });
     // Some browsers only settle the layers once the answer is applied.
     const video = this.mids.video !== null ? this.transceiverByMid(this.mids.video) : null;
     if (video) await this.configureSimulcast(video.sender);

@@ -97,6 +97,12 @@ pub(crate) enum PeerOutput {
     },
     /// This participant's `kind` track started arriving.
     Published(Kind),
+    /// A video layer of this participant's started (or came back after
+    /// [`LAYER_IDLE`]): its subscribers choose again now, not at the next
+    /// once-a-second allocation. A browser starts simulcast with the low
+    /// layer and adds the others as its estimate grows; a new subscriber
+    /// waiting for the top layer would get no picture meanwhile.
+    LayerAppeared,
 }
 
 /// One simulcast layer (or the only stream) of an incoming track.
@@ -723,6 +729,7 @@ impl Peer {
         for o in &mut self.outgoing {
             o.live |= o.offered;
         }
+        log::debug!("participant {}: answer applied", self.participant);
         if self.audio_level_ext != level_ext {
             log::debug!("audio level extension id {level_ext:?}");
         }
@@ -852,6 +859,7 @@ impl Peer {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
                     RTCPeerConnectionState::Connected if !self.connected => {
                         self.connected = true;
+                        log::debug!("participant {}: ICE and DTLS connected", self.participant);
                         self.emit(MediaEvent::Connected);
                     }
                     RTCPeerConnectionState::Failed => self.fail("ICE or DTLS failed"),
@@ -925,7 +933,15 @@ impl Peer {
                             break;
                         };
                         let l = &mut incoming.layers[layer as usize];
+                        let appeared = kind.is_video()
+                            && l.last_seen
+                                .is_none_or(|t| now.saturating_duration_since(t) >= LAYER_IDLE);
                         l.last_seen = Some(now);
+                        if appeared {
+                            // Before the packet itself: it may be the
+                            // keyframe a subscriber can start from.
+                            out.push(PeerOutput::LayerAppeared);
+                        }
                         l.bytes += packet.payload.len() as u64 + 12;
                         let level = match kind {
                             Kind::Audio => self
@@ -1242,11 +1258,20 @@ impl Peer {
                     vp8.as_ref(),
                     now,
                 );
-                match o.layers.take_switched() {
+                let switched = o.layers.take_switched();
+                match switched {
                     Some(Switched::Up) => self.quality.switches_up += 1,
                     Some(Switched::Down) => self.quality.switches_down += 1,
                     Some(Switched::Resumed) => self.quality.resumed += 1,
                     None => {}
+                }
+                if switched.is_some() {
+                    // Once per switch: where a first picture waits.
+                    log::debug!(
+                        "participant {}: {}'s {kind:?} now on layer {layer} ({switched:?})",
+                        self.participant,
+                        o.source_participant
+                    );
                 }
                 let Verdict::Forward(rewrite) = verdict else {
                     return 0;
@@ -1316,6 +1341,10 @@ impl Peer {
             log::debug!("keyframe request failed: {e}");
             return false;
         }
+        log::debug!(
+            "participant {}: keyframe asked for on {kind:?} layer {layer}",
+            self.participant
+        );
         true
     }
 

@@ -663,6 +663,7 @@ impl Worker {
                         again = true;
                         self.published(key, consult, kind)
                     }
+                    PeerOutput::LayerAppeared => self.reallocate_subscribers(key, consult, now),
                 }
             }
             self.outputs = outputs;
@@ -776,6 +777,25 @@ impl Worker {
                 .unwrap_or_default()
         }));
         views
+    }
+
+    /// A layer of `source`'s video appeared: its subscribers in `consult`
+    /// choose their layers again at once (allocation only; the quality
+    /// counters stay with the once-a-second round).
+    fn reallocate_subscribers(&mut self, source: PeerKey, consult: usize, now: Instant) {
+        let views = self.publisher_views(now);
+        let Some(slot) = self.consults.get(consult).and_then(|c| c.as_ref()) else {
+            self.views = views;
+            return;
+        };
+        for &sub in slot.consult.members() {
+            if sub != source
+                && let Some(p) = self.peers.get_mut(sub).and_then(|p| p.as_mut())
+            {
+                p.allocate(&views, now);
+            }
+        }
+        self.views = views;
     }
 
     /// Once a second: every subscriber's layers from its bandwidth
@@ -997,7 +1017,8 @@ impl Worker {
             .into_iter()
             .map(|s| (s.source, s.source_participant, s.kind))
             .collect();
-        match Peer::join(
+        let started = Instant::now();
+        let joined = Peer::join(
             participant.clone(),
             (c, consult.clone()),
             self.events.clone(),
@@ -1005,7 +1026,13 @@ impl Worker {
             &subscriptions,
             true,
             now,
-        ) {
+        );
+        log::debug!(
+            "media worker {}: participant {participant}'s peer connection and offer took {} µs",
+            self.index,
+            started.elapsed().as_micros()
+        );
+        match joined {
             Ok(peer) => {
                 // Speaker changes are announced as they happen; a newcomer
                 // learns the one in progress now.

@@ -74,7 +74,9 @@ pub fn init_with(level: LevelFilter, format: LogFormat) -> Result<(), SetLoggerE
     let mut builder = env_logger::Builder::new();
     builder
         .filter_level(LevelFilter::Trace)
-        .target(env_logger::Target::Stderr);
+        .target(env_logger::Target::Stderr)
+        // Milliseconds: a join takes a few hundred (loadtest/first-picture.sh).
+        .format_timestamp_millis();
     if format == LogFormat::Json {
         builder.format(|buf, record| {
             use std::io::Write;
