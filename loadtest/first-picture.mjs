@@ -11,7 +11,9 @@
 // painted. The same for the clinician seeing the patient.
 //
 // Run it through loadtest/first-picture.sh (it makes the loopback-only
-// namespace). Env: RUNS (default 9), SPREEKKAMER_BIN.
+// namespace). Env: RUNS (default 9), SPREEKKAMER_BIN, OUT (JSON), TARGETS
+// (`spreekkamer`, or `spreekkamer,janus` for Janus VideoRoom's own demo
+// page beside it, interleaved: loadtest/first-picture-janus.mjs).
 
 import { startServer } from '../tests/browser/lib/server.mjs';
 import { Browsers } from '../tests/browser/lib/browsers.mjs';
@@ -44,7 +46,6 @@ function pageTimes() {
     origin: performance.timeOrigin,
     load: nav ? Math.round(nav.loadEventEnd) : null,
     bench: window.__bench || null,
-    dbg: window.__dbg || null,
     timings: h ? { ...h.timings } : {},
   };
 }
@@ -94,7 +95,7 @@ async function oneRun(server, browsers, i) {
   const clinPaint = c.timings.firstPaint !== undefined ? c.origin + c.timings.firstPaint - p.origin : null;
   return {
     run: i,
-    dbg: p.dbg,
+    target: 'spreekkamer',
     wallMs: Date.now() - wallStart,
     pageLoad: p.load,
     joinEnabled: p.bench && Math.round(p.bench.enabled),
@@ -117,36 +118,63 @@ async function oneRun(server, browsers, i) {
   };
 }
 
-async function main() {
-  // No waiting room: admission waits for a person; this measures the machine.
-  const server = await startServer({ name: 'first-picture', args: ['--waiting-room=false'], env: { RUST_LOG: process.env.RUST_LOG || 'warn' } });
-  const browsers = new Browsers();
-  const runs = [];
-  try {
-    // One warm-up run (Chromium start, page cache), not counted.
-    await oneRun(server, browsers, 0);
-    for (let i = 1; i <= RUNS; i++) {
-      const r = await oneRun(server, browsers, i);
-      runs.push(r);
-      console.log(JSON.stringify(r.dbg)); console.log(`run ${i}: load→picture ${r.loadToPicture} ms, Join enabled at ${r.joinEnabled} ms, Join→picture ${r.joinToPicture} ms; after Join: ${JSON.stringify(r.steps)}`);
-    }
-  } finally {
-    await browsers.close();
-    await server.stop();
-  }
+function summarise(runs) {
   const keys = Object.keys(runs[0].steps);
-  const summary = {
+  return {
     runs: runs.length,
     loadToPicture: median(runs.map((r) => r.loadToPicture)),
     joinEnabled: median(runs.map((r) => r.joinEnabled)),
     joinToPicture: median(runs.map((r) => r.joinToPicture)),
     afterJoin: Object.fromEntries(keys.map((k) => [k, median(runs.map((r) => r.steps[k]))])),
   };
-  console.log('\nmedians (ms; steps are after the Join click, on the patient\'s page):');
-  console.log(`  page load → clinician's picture painted: ${summary.loadToPicture}`);
-  console.log(`  page load → Join enabled (link and device check): ${summary.joinEnabled}`);
-  console.log(`  Join click → clinician's picture painted: ${summary.joinToPicture}`);
-  for (const k of keys) console.log(`    ${k.padEnd(22)} ${summary.afterJoin[k]}`);
+}
+
+async function main() {
+  const targets = (process.env.TARGETS || 'spreekkamer').split(',').filter(Boolean);
+  for (const t of targets) if (t !== 'spreekkamer' && t !== 'janus') throw new Error(`unknown target ${t} (TARGETS=spreekkamer,janus)`);
+  const browsers = new Browsers();
+  let server = null;
+  let janus = null;
+  const runs = Object.fromEntries(targets.map((t) => [t, []]));
+  try {
+    if (targets.includes('spreekkamer')) {
+      // No waiting room: admission waits for a person; this measures the machine.
+      server = await startServer({ name: 'first-picture', args: ['--waiting-room=false'], env: { RUST_LOG: process.env.RUST_LOG || 'warn' } });
+    }
+    if (targets.includes('janus')) {
+      const { JanusTarget } = await import('./first-picture-janus.mjs');
+      janus = new JanusTarget();
+      await janus.start();
+    }
+    const once = (t, i) => (t === 'janus' ? janus.run(browsers, i) : oneRun(server, browsers, i));
+    // One warm-up run per target (Chromium start, page cache), not counted;
+    // then the targets interleaved, so a drift in the machine's load hits all alike.
+    for (const t of targets) await once(t, 0);
+    for (let i = 1; i <= RUNS; i++) {
+      for (const t of targets) {
+        const r = await once(t, i);
+        runs[t].push(r);
+        console.log(`${t} run ${i}: load→picture ${r.loadToPicture} ms, Join enabled at ${r.joinEnabled} ms, Join→picture ${r.joinToPicture} ms; ${JSON.stringify(r.steps)}`);
+      }
+    }
+  } finally {
+    await browsers.close();
+    if (server) await server.stop();
+    if (janus) await janus.stop();
+  }
+  const summary = Object.fromEntries(targets.map((t) => [t, summarise(runs[t])]));
+  for (const t of targets) {
+    const s = summary[t];
+    console.log(`\n${t}: medians of ${s.runs} runs (ms)`);
+    console.log(`  page load → the other's picture painted: ${s.loadToPicture}`);
+    console.log(`  page load → Join enabled${t === 'janus' ? ' (Start clicked)' : ' (link and device check)'}: ${s.joinEnabled}`);
+    console.log(`  Join click → the other's picture painted: ${s.joinToPicture}`);
+    for (const [k, v] of Object.entries(s.afterJoin)) console.log(`    ${k.padEnd(22)} ${v}`);
+  }
+  if (summary.spreekkamer && summary.janus) {
+    const ratio = (a, b) => (a && b ? (a / b).toFixed(2) : 'n/a');
+    console.log(`\npage load → picture, Spreekkamer / Janus: ${ratio(summary.spreekkamer.loadToPicture, summary.janus.loadToPicture)} (aim ≤ 0.6)`);
+  }
   if (process.env.OUT) {
     const fs = await import('node:fs');
     fs.writeFileSync(process.env.OUT, JSON.stringify({ summary, runs }, null, 2));
