@@ -10,8 +10,8 @@
 // sender key arrived), remote track, first frame decoded, first frame
 // painted. The same for the clinician seeing the patient.
 //
-// Run it through loadtest/first-picture.sh (it makes the loopback-only
-// namespace). Env: RUNS (default 9), SPREEKKAMER_BIN, OUT (JSON), TARGETS
+// Run it through loadtest/first-picture.sh (it makes the network namespace:
+// loopback only, plus a 127.0.0.2 veth when Janus is measured). Env: RUNS (default 9), SPREEKKAMER_BIN, OUT (JSON), TARGETS
 // (`spreekkamer`, or `spreekkamer,janus` for Janus VideoRoom's own demo
 // page beside it, interleaved: loadtest/first-picture-janus.mjs).
 
