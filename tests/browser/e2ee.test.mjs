@@ -256,6 +256,31 @@ scenario('e2ee call: Chromium ↔ Firefox decode each other, same safety code', 
   assert.deepEqual(await codeFor(call.a, call.idB), await codeFor(call.b, call.idA));
 });
 
+scenario('e2ee module slower than the server: the patient joins before it has loaded, the server\'s messages wait for it, the call is encrypted', { timeout: 240_000 }, async (sc) => {
+  const server = await sc.startServer();
+  const consult = CONSULT();
+  const a = await sc.participant('chromium', 'clinician');
+  const b = await sc.participant('chromium', 'patient-slow-e2ee');
+  // The page opens the WebSocket without waiting for the E2EE module (web/app.js `connect`);
+  // here the module takes 2.5 s, so the welcome and the offer arrive long before it.
+  const held = 2_500;
+  await b.page.route('**/e2ee/index.js', async (route) => {
+    await new Promise((r) => setTimeout(r, held));
+    await route.continue();
+  });
+  const idA = await enter(a, await link(server, consult, 'clinician', 'Dr. Jansen'));
+  const idB = await enter(b, await link(server, consult, 'patient', 'Mevr. de Vries'), { admitter: a });
+  // The race really happened: the WebSocket was opened (mark `join`) well before the module arrived.
+  const race = await b.waitFor(() => b.evaluate(() => {
+    const entry = performance.getEntriesByType('resource').find((e) => e.name.endsWith('/e2ee/index.js'));
+    return entry && entry.responseEnd > 0 ? { connect: window.__spreekkamer.timings.join, moduleEnd: entry.responseEnd } : null;
+  }), { what: 'patient: the E2EE module arrived', timeout: 30_000 });
+  assert.ok(race.connect < race.moduleEnd - 1_000, `the module was not slower than the WebSocket: ${JSON.stringify(race)}`);
+  await a.waitForMediaFrom([idB], { timeout: 90_000 });
+  await b.waitForMediaFrom([idA], { timeout: 90_000 });
+  await assertEncryptedBothWays({ a, b, idA, idB });
+});
+
 scenario('e2ee eavesdropper: a valid participant without E2EE receives media but decodes nothing', { timeout: 240_000 }, async (sc) => {
   const call = await twoWayCall(sc, 'chromium');
   const { a, b, idA, idB, server, consult } = call;
