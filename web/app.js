@@ -123,6 +123,14 @@ async function start() {
   });
   hook.prefs = app.prefs;
   wireControls();
+  // Join works from here on (boot.js watches for this mark; until it, the
+  // button is disabled in the page itself).
+  if ($('#error').dataset.code === 'page_load_failed') {
+    hideError();
+    setState('preview');
+  }
+  $('#join-button').disabled = false;
+  document.documentElement.dataset.app = 'ready';
   renderAudioOnly();
   const { token, linkSecret, linkLabel, joined } = readFragment();
   app.token = token;

@@ -153,6 +153,8 @@ async function pagePickPhoto({ name, color, segment }) {
 }
 
 const compact = (v) => JSON.stringify(v);
+/** A URL for a log line: the fragment (the join token) never goes into evidence files. */
+const redactUrl = (u) => String(u).replace(/#.*$/, '#…');
 
 export class Participant {
   constructor({ page, name, kind, close }) {
@@ -166,16 +168,38 @@ export class Participant {
     const log = (line) => this.consoleLines.push(`[+${((Date.now() - t0) / 1000).toFixed(1)}s] ${line}`);
     page.on('console', (m) => log(`${m.type()}: ${m.text()}`));
     page.on('pageerror', (e) => log(`PAGEERROR: ${e && e.message ? e.message : e}`));
+    // A request that failed or was refused: the evidence when a page never starts.
+    page.on('requestfailed', (r) => {
+      const f = typeof r.failure === 'function' ? r.failure() : null;
+      log(`REQUEST FAILED: ${r.method()} ${redactUrl(r.url())}: ${f && f.errorText ? f.errorText : 'failed'}`);
+    });
+    page.on('response', (r) => {
+      if (r.status() >= 400) log(`HTTP ${r.status()}: ${r.request().method()} ${redactUrl(r.url())}`);
+    });
   }
 
   evaluate(fn, arg) {
     return this.page.evaluate(fn, arg);
   }
 
-  /** Open a link; resolves once the page has set `body[data-state]` (preview, error, ...). */
+  /**
+   * Open a link; resolves once the application has started (`html[data-app=ready]`,
+   * set by app.js once Join works) or the page shows an error. The page's own
+   * `body[data-state]` is in the HTML, so it says nothing about the scripts.
+   */
   async open(link) {
     await this.page.goto(link, { waitUntil: 'load', timeout: 60_000 });
-    await this.waitFor(() => this.snapshot().then((s) => s.state), { what: `${this.name}: body[data-state] set`, timeout: 30_000 });
+    let last;
+    await this.waitFor(
+      async () => {
+        last = await this.evaluate(() => ({
+          app: document.documentElement.dataset.app || null,
+          state: document.body ? document.body.dataset.state || null : null,
+        }));
+        return last.app === 'ready' || last.state === 'error';
+      },
+      { what: `${this.name}: html[data-app=ready] (the application started) or an error`, timeout: 45_000, describe: () => compact(last) },
+    );
   }
 
   snapshot() {
