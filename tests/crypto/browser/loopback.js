@@ -16,8 +16,34 @@ const { E2eeSession, e2eeSupport, peerConnectionConfig } = await import('/e2ee/i
 const A = 'a000000000000001';
 const B = 'b000000000000002';
 
+/**
+ * A camera whose picture is known: the left half red, the right half blue,
+ * and a small box that moves (so the encoder keeps sending frames). The
+ * receiving side can then tell whether what it shows is the sent picture.
+ */
+function patternTrack() {
+  const canvas = document.createElement('canvas');
+  canvas.width = 320;
+  canvas.height = 240;
+  const ctx = canvas.getContext('2d');
+  let n = 0;
+  const draw = () => {
+    ctx.fillStyle = 'rgb(255,0,0)';
+    ctx.fillRect(0, 0, 160, 240);
+    ctx.fillStyle = 'rgb(0,0,255)';
+    ctx.fillRect(160, 0, 160, 240);
+    ctx.fillStyle = 'rgb(255,255,255)';
+    ctx.fillRect(150, (n * 4) % 220, 20, 20);
+    n += 1;
+  };
+  draw();
+  setInterval(draw, 33);
+  return canvas.captureStream(30).getVideoTracks()[0];
+}
+
 window.runLoopback = async ({ decrypt = true } = {}) => {
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });
+  const mic = await navigator.mediaDevices.getUserMedia({ audio: true });
+  const stream = new MediaStream([...mic.getAudioTracks(), patternTrack()]);
   const sessions = {};
   const relayLog = [];
   const make = (id) => {
@@ -80,6 +106,32 @@ window.runLoopback = async ({ decrypt = true } = {}) => {
   window.__lb = { a, b, pa, pb, relayLog, support: e2eeSupport() };
   return e2eeSupport();
 };
+
+/**
+ * What the receiving <video> shows now: the mean colour of its left and
+ * right quarters (the sent picture has red on the left, blue on the right).
+ */
+window.receivedPicture = () => {
+  const v = document.querySelector('video');
+  if (!v || !v.videoWidth) return null;
+  const c = document.createElement('canvas');
+  c.width = 32;
+  c.height = 24;
+  const ctx = c.getContext('2d', { willReadFrequently: true });
+  ctx.drawImage(v, 0, 0, 32, 24);
+  const mean = (x0) => {
+    const d = ctx.getImageData(x0, 2, 8, 20).data;
+    const m = [0, 0, 0];
+    for (let i = 0; i < d.length; i += 4) for (let k = 0; k < 3; k += 1) m[k] += d[i + k];
+    return m.map((x) => Math.round(x / (d.length / 4)));
+  };
+  return { width: v.videoWidth, left: mean(1), right: mean(23) };
+};
+
+/** Whether a picture shows the sent pattern (red left, blue right). */
+window.showsPattern = (p) => !!p
+  && p.left[0] > 150 && p.left[1] < 100 && p.left[2] < 100
+  && p.right[2] > 150 && p.right[0] < 100 && p.right[1] < 100;
 
 window.loopbackState = async () => {
   const { a, b, pb } = window.__lb;
