@@ -22,6 +22,14 @@
 #   loadtest/run-bench.sh --callgrind  only the callgrind step: instructions per
 #                                      forwarded packet of Spreekkamer, the
 #                                      relay and Janus (results/callgrind-*)
+#   BASE_BIN=path loadtest/run-bench.sh --ab
+#                                      A/B of a change: CONSULTS [20] 1:1
+#                                      consults against this build and against
+#                                      the spreekkamer binary BASE_BIN (built
+#                                      from the commit before), RUNS [5]
+#                                      interleaved runs each, medians and the
+#                                      ratio (results/ab-*); with CG=1 also
+#                                      callgrind instructions per packet of both
 #
 # Fair by construction: the server under test (Spreekkamer with --workers 1,
 # Janus with event_loops = 1, the relay with one thread) is pinned to core
@@ -57,8 +65,9 @@ case "${1:-}" in
     --smoke) MODE=smoke ;;
     --compare) MODE=compare ;;
     --callgrind) MODE=callgrind ;;
+    --ab) MODE=ab ;;
     "") ;;
-    *) echo "usage: $0 [--smoke|--compare|--callgrind]" >&2; exit 1 ;;
+    *) echo "usage: $0 [--smoke|--compare|--callgrind|--ab]" >&2; exit 1 ;;
 esac
 
 OUT=${OUT:-$ROOT/loadtest/results}
@@ -79,7 +88,7 @@ SERVER_PID=
 JANUS_PID=
 RELAY_PID=
 
-if [[ $MODE == compare ]]; then RUNS=${RUNS:-3}; else RUNS=${RUNS:-1}; fi
+if [[ $MODE == compare ]]; then RUNS=${RUNS:-3}; elif [[ $MODE == ab ]]; then RUNS=${RUNS:-5}; else RUNS=${RUNS:-1}; fi
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "RUNS must be a positive integer" >&2; exit 1; }
 # The smoke's windows are 3-5 s: a probe cluster every second (not every
 # 5 s) so that every window has padding in it, and 1 % loss so it has NACKs.
@@ -218,8 +227,9 @@ wait_tcp() {
 }
 
 start_server() {
+    local bin=${1:-$BIN/spreekkamer}
     ip netns exec "$NS" "${PIN_SERVER[@]}" "${WITH_FDS[@]}" "${VALGRIND[@]}" \
-        "$BIN/spreekkamer" serve --listen "127.0.0.1:$PORT" --jwt-secret "$SECRET" \
+        "$bin" serve --listen "127.0.0.1:$PORT" --jwt-secret "$SECRET" \
         --announce-ip 127.0.0.1 --audit-log /dev/null --log-level error --demo-links false \
         --consult-grace 1s --waiting-room=false --workers 1 >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
@@ -298,6 +308,11 @@ run_one() {
     case $kind in
         spreekkamer)
             start_server
+            lt "$@" --target "$TARGET" --json "$json" || rc=$?
+            stop_server
+            ;;
+        base)
+            start_server "$BASE_BIN"
             lt "$@" --target "$TARGET" --json "$json" || rc=$?
             stop_server
             ;;
@@ -413,6 +428,34 @@ echo "$(pinning_note); $RUNS run(s) per figure; load now $(cut -d' ' -f1-3 /proc
 
 if [[ $MODE == callgrind ]]; then
     callgrind_step
+    echo "results in $OUT" >&2
+    exit 0
+fi
+
+if [[ $MODE == ab ]]; then
+    [[ -x "${BASE_BIN:-}" ]] || { echo "--ab needs BASE_BIN: the spreekkamer binary to compare with" >&2; exit 1; }
+    CONSULTS=${CONSULTS:-20}
+    series ab-consults "spreekkamer base" consults -n "$CONSULTS" --duration "${DURATION:-10}" --quiet
+    if [[ "${CG:-0}" == 1 ]]; then
+        ensure_valgrind
+        use_callgrind
+        for kind in spreekkamer base; do
+            echo "== callgrind: ${CG_CONSULTS:-1} consults vs $kind ==" >&2
+            run_one "$kind" "$OUT/ab-callgrind-$kind.json" consults -n "${CG_CONSULTS:-1}" \
+                --duration "${CG_DURATION:-20}" --callgrind --quiet | tee "$OUT/ab-callgrind-$kind.txt"
+        done
+        no_callgrind
+        rm -rf "$CG_TMP"
+        CG_TMP=
+    fi
+    {
+        echo "A/B: this build vs $BASE_BIN; $(pinning_note); medians of $RUNS runs; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "$CONSULTS consults (this build vs base):"
+        "$BIN/loadtest" compare "$OUT/ab-consults-spreekkamer.json" "$OUT/ab-consults-base.json" || true
+        if [[ -e "$OUT/ab-callgrind-spreekkamer.json" && -e "$OUT/ab-callgrind-base.json" ]]; then
+            "$BIN/loadtest" compare "$OUT/ab-callgrind-spreekkamer.json" "$OUT/ab-callgrind-base.json" || true
+        fi
+    } | tee "$OUT/ab-ratios.txt"
     echo "results in $OUT" >&2
     exit 0
 fi

@@ -282,6 +282,7 @@ mod rx;
 mod simulcast;
 mod speaker;
 mod tcp;
+mod tx;
 mod worker;
 
 pub use handle::SfuHandle;

@@ -953,7 +953,12 @@ impl Peer {
                 _ => {}
             }
         }
-        while let Some(msg) = self.pc.poll_read() {
+        // One sweep of rtc's pipeline (`poll_read`) moves everything read
+        // so far to its media queue; the rest is taken from that queue
+        // without sweeping again per message (no data channels here).
+        let mut next = self.pc.poll_read();
+        while let Some(msg) = next.take() {
+            next = self.pc.poll_media_read();
             let now = msg.now;
             match msg.message {
                 RTCMessage::RtpPacket(track_id, packet) => {
@@ -1034,6 +1039,9 @@ impl Peer {
                 _ => {}
             }
         }
+        // Our offer has no data channel; should anything arrive there, it
+        // is dropped rather than kept.
+        while self.pc.poll_data_read().is_some() {}
         changed
     }
 

@@ -11,7 +11,6 @@
 //! (`SO_TIMESTAMPNS`) says when the packet arrived, whatever the worker was
 //! doing. Where that is not available, read time is used.
 
-use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const MAX_AGE: Duration = Duration::from_secs(1);
 
 /// One received datagram: its length in the buffer, sender, arrival time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Received {
     pub len: usize,
     pub from: SocketAddr,
@@ -48,7 +47,7 @@ pub(crate) fn arrival(now: Instant, wall_now: SystemTime, kernel: Option<Duratio
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod imp {
-    use super::{Received, arrival};
+    use super::{Received, SLOT, arrival};
     use std::io;
     use std::mem::{size_of, zeroed};
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -75,41 +74,119 @@ mod imp {
         r == 0
     }
 
-    pub(crate) fn recv(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Received> {
-        // SAFETY: all-zero is a valid sockaddr_storage / msghdr.
-        let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // Room for one cmsghdr and a timespec, 8-byte aligned.
-        let mut control = [0u64; 8];
-        // SAFETY: see above.
-        let mut msg: libc::msghdr = unsafe { zeroed() };
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of::<[u64; 8]>() as _;
-        // SAFETY: msg points at live buffers of the sizes it states.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+    /// Room for one cmsghdr and a timespec, 8-byte aligned.
+    type Control = [u64; 8];
+
+    /// Datagram buffers and the `recvmmsg` headers that point into them,
+    /// allocated once per worker: reading a batch allocates nothing.
+    pub(crate) struct Batch {
+        bufs: Vec<[u8; SLOT]>,
+        addrs: Vec<libc::sockaddr_storage>,
+        iovs: Vec<libc::iovec>,
+        controls: Vec<Control>,
+        hdrs: Vec<libc::mmsghdr>,
+        got: Vec<Result<Received, ()>>,
+    }
+
+    // SAFETY: the raw pointers in `iovs`/`hdrs` point only into this
+    // batch's own heap buffers and are rewritten before every call; nothing
+    // is shared with another thread.
+    unsafe impl Send for Batch {}
+
+    impl Batch {
+        pub(crate) fn new(n: usize) -> Self {
+            let n = n.max(1);
+            Self {
+                bufs: vec![[0; SLOT]; n],
+                // SAFETY: all-zero is a valid sockaddr_storage / iovec / mmsghdr.
+                addrs: vec![unsafe { zeroed() }; n],
+                iovs: vec![unsafe { zeroed() }; n],
+                controls: vec![[0; 8]; n],
+                hdrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
+                got: Vec::with_capacity(n),
+            }
         }
-        let now = Instant::now();
-        if msg.msg_flags & libc::MSG_TRUNC != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "datagram larger than the read buffer",
-            ));
+
+        pub(crate) fn capacity(&self) -> usize {
+            self.bufs.len()
         }
-        let from = socket_addr(&addr)?;
+
+        /// Read up to `capacity()` datagrams in one `recvmmsg` (the socket
+        /// is non-blocking: as many as are queued). `Ok(0)` never happens;
+        /// nothing queued is `WouldBlock`.
+        pub(crate) fn recv(&mut self, sock: &impl AsRawFd) -> io::Result<usize> {
+            self.got.clear();
+            let n = self.bufs.len();
+            for i in 0..n {
+                self.iovs[i] = libc::iovec {
+                    iov_base: self.bufs[i].as_mut_ptr().cast(),
+                    iov_len: SLOT,
+                };
+                let h = &mut self.hdrs[i];
+                h.msg_len = 0;
+                h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+                h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                h.msg_hdr.msg_iov = &mut self.iovs[i];
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_control = self.controls[i].as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = size_of::<Control>() as _;
+                h.msg_hdr.msg_flags = 0;
+            }
+            // SAFETY: every header points at live buffers of the sizes it
+            // states, all owned by `self` for the duration of the call.
+            let r = unsafe {
+                libc::recvmmsg(
+                    sock.as_raw_fd(),
+                    self.hdrs.as_mut_ptr(),
+                    n as libc::c_uint,
+                    0,
+                    std::ptr::null_mut(),
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let now = Instant::now();
+            let wall = SystemTime::now();
+            for i in 0..r as usize {
+                let h = &self.hdrs[i];
+                let got = if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                    // Larger than any datagram WebRTC sends: refused, not truncated.
+                    Err(())
+                } else {
+                    match socket_addr(&self.addrs[i]) {
+                        Ok(from) => Ok(Received {
+                            len: h.msg_len as usize,
+                            from,
+                            // SAFETY: the header as the kernel filled it.
+                            at: arrival(now, wall, unsafe { kernel_time(&h.msg_hdr) }),
+                        }),
+                        Err(_) => Err(()),
+                    }
+                };
+                self.got.push(got);
+            }
+            Ok(r as usize)
+        }
+
+        /// Datagram `i` of the last `recv`: its bytes and where and when it
+        /// came from; `None` if it was refused (too large, odd address).
+        pub(crate) fn get(&self, i: usize) -> Option<(&[u8], Received)> {
+            let r = (*self.got.get(i)?).ok()?;
+            Some((&self.bufs[i][..r.len], r))
+        }
+    }
+
+    /// The `SO_TIMESTAMPNS` arrival time in a received message's control data.
+    ///
+    /// # Safety
+    /// `msg` must be a header `recvmsg`/`recvmmsg` just filled.
+    unsafe fn kernel_time(msg: &libc::msghdr) -> Option<Duration> {
         let mut kernel = None;
         // SAFETY: the CMSG_* walk stays within msg_control/msg_controllen
         // as the kernel filled them; the payload is read unaligned.
         unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            let mut c = libc::CMSG_FIRSTHDR(msg);
             while !c.is_null() {
                 if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == SCM_TIMESTAMPNS {
                     let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
@@ -119,14 +196,10 @@ mod imp {
                         kernel = Some(Duration::new(s, ns));
                     }
                 }
-                c = libc::CMSG_NXTHDR(&msg, c);
+                c = libc::CMSG_NXTHDR(msg, c);
             }
         }
-        Ok(Received {
-            len: n as usize,
-            from,
-            at: arrival(now, SystemTime::now(), kernel),
-        })
+        kernel
     }
 
     fn socket_addr(addr: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
@@ -164,7 +237,7 @@ mod imp {
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
 mod imp {
-    use super::Received;
+    use super::{Received, SLOT};
     use std::io;
     use std::time::Instant;
 
@@ -172,13 +245,44 @@ mod imp {
         false
     }
 
-    pub(crate) fn recv(sock: &mio::net::UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
-        let (len, from) = sock.recv_from(buf)?;
-        Ok(Received {
-            len,
-            from,
-            at: Instant::now(),
-        })
+    /// One `recv_from` per datagram where `recvmmsg` is not available.
+    pub(crate) struct Batch {
+        bufs: Vec<[u8; SLOT]>,
+        got: Vec<Result<Received, ()>>,
+    }
+
+    impl Batch {
+        pub(crate) fn new(n: usize) -> Self {
+            Self {
+                bufs: vec![[0; SLOT]; n.max(1)],
+                got: Vec::with_capacity(n.max(1)),
+            }
+        }
+
+        pub(crate) fn capacity(&self) -> usize {
+            self.bufs.len()
+        }
+
+        pub(crate) fn recv(&mut self, sock: &mio::net::UdpSocket) -> io::Result<usize> {
+            self.got.clear();
+            for i in 0..self.bufs.len() {
+                match sock.recv_from(&mut self.bufs[i]) {
+                    Ok((len, from)) => self.got.push(Ok(Received {
+                        len,
+                        from,
+                        at: Instant::now(),
+                    })),
+                    Err(e) if self.got.is_empty() => return Err(e),
+                    Err(_) => break,
+                }
+            }
+            Ok(self.got.len())
+        }
+
+        pub(crate) fn get(&self, i: usize) -> Option<(&[u8], Received)> {
+            let r = (*self.got.get(i)?).ok()?;
+            Some((&self.bufs[i][..r.len], r))
+        }
     }
 }
 
@@ -188,14 +292,21 @@ pub(crate) fn enable_timestamps(sock: &mio::net::UdpSocket) -> bool {
     imp::enable_timestamps(sock)
 }
 
-/// Receive one datagram into `buf` (non-blocking as the socket is).
-pub(crate) fn recv(sock: &mio::net::UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
-    imp::recv(sock, buf)
-}
+/// Datagrams read per system call (`recvmmsg`): enough for a keyframe's
+/// burst, small enough that the first packet of a batch is not held long.
+pub(crate) const BATCH: usize = 32;
+
+/// A read buffer slot: larger than any datagram a browser sends (WebRTC
+/// keeps packets under the path MTU, ~1,200 bytes); a larger one is refused.
+pub(crate) const SLOT: usize = 2048;
+
+/// Datagrams received together, with their senders and arrival times.
+pub(crate) use imp::Batch;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
 
     #[test]
     fn arrival_is_the_kernel_time_translated_to_instant() {
@@ -213,15 +324,20 @@ mod tests {
         assert_eq!(arrival(now, wall, Some(ancient)), now);
     }
 
-    #[test]
-    fn a_datagram_that_waited_in_the_buffer_keeps_its_arrival_time() {
+    fn socket_pair() -> (mio::net::UdpSocket, std::net::UdpSocket, SocketAddr) {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         rx.set_nonblocking(true).expect("nonblocking");
         let rx = mio::net::UdpSocket::from_std(rx);
-        let timestamps = enable_timestamps(&rx);
         let to = rx.local_addr().expect("addr");
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let mut buf = [0u8; 64];
+        (rx, tx, to)
+    }
+
+    #[test]
+    fn a_datagram_that_waited_in_the_buffer_keeps_its_arrival_time() {
+        let (rx, tx, to) = socket_pair();
+        let timestamps = enable_timestamps(&rx);
+        let mut batch = Batch::new(4);
         // The kernel switches receive stamping on in deferred work and
         // stamps at read time until then (the SFU enables it at start-up,
         // long before media), so allow a few rounds on a busy machine.
@@ -230,8 +346,9 @@ mod tests {
             tx.send_to(b"hello", to).expect("send");
             // The worker is "busy" for 60 ms while the datagram waits.
             std::thread::sleep(Duration::from_millis(60));
-            let got = recv(&rx, &mut buf).expect("recv");
-            assert_eq!(&buf[..got.len], b"hello");
+            assert_eq!(batch.recv(&rx).expect("recv"), 1);
+            let (bytes, got) = batch.get(0).expect("datagram");
+            assert_eq!(bytes, b"hello");
             assert_eq!(got.from, tx.local_addr().expect("addr"));
             let age = Instant::now().duration_since(got.at);
             ages.push(age);
@@ -247,12 +364,57 @@ mod tests {
             );
         }
         // Nothing more queued: WouldBlock, not a stale datagram.
-        let again = recv(&rx, &mut buf).expect_err("empty socket");
+        let again = batch.recv(&rx).expect_err("empty socket");
         assert_eq!(again.kind(), io::ErrorKind::WouldBlock);
-        // A datagram larger than the buffer is refused, not truncated.
-        tx.send_to(&[7u8; 100], to).expect("send");
+    }
+
+    #[test]
+    fn one_call_reads_a_burst_in_order_with_each_sender_and_refuses_an_oversized_datagram() {
+        let (rx, tx, to) = socket_pair();
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut batch = Batch::new(8);
+        assert_eq!(batch.capacity(), 8);
+        // 11 datagrams of different sizes from two senders, one of them
+        // larger than a slot: read as 8 + 3, in order.
+        let mut sent = Vec::new();
+        for i in 0..11u8 {
+            let (sock, len) = match i {
+                5 => (&other, SLOT + 100),
+                _ if i % 2 == 0 => (&tx, 20 + usize::from(i) * 90),
+                _ => (&other, 1 + usize::from(i)),
+            };
+            let payload = vec![i; len];
+            sock.send_to(&payload, to).expect("send");
+            sent.push((payload, sock.local_addr().expect("addr")));
+        }
         std::thread::sleep(Duration::from_millis(20));
-        let big = recv(&rx, &mut buf).expect_err("truncated");
-        assert_eq!(big.kind(), io::ErrorKind::InvalidData);
+        let before = Instant::now();
+        let mut got = Vec::new();
+        for expected in [8, 3] {
+            assert_eq!(batch.recv(&rx).expect("recv"), expected);
+            for i in 0..expected {
+                got.push(batch.get(i).map(|(b, r)| (b.to_vec(), r)));
+            }
+        }
+        assert_eq!(got.len(), 11);
+        for (i, (g, (payload, from))) in got.iter().zip(&sent).enumerate() {
+            if i == 5 {
+                assert!(g.is_none(), "a datagram larger than a slot must be refused");
+                continue;
+            }
+            let (bytes, r) = g.as_ref().expect("datagram");
+            assert_eq!(bytes, payload, "datagram {i}");
+            assert_eq!(r.len, payload.len());
+            assert_eq!(r.from, *from, "sender of datagram {i}");
+            assert!(r.at <= Instant::now() && before.duration_since(r.at) < MAX_AGE);
+        }
+        assert!(
+            batch.get(2).is_some() && batch.get(3).is_none(),
+            "only the last call's datagrams"
+        );
+        assert_eq!(
+            batch.recv(&rx).expect_err("drained").kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 }

@@ -19,6 +19,7 @@ use crate::rx;
 use crate::simulcast::{Layer, TOP};
 use crate::speaker::SpeakerDetector;
 use crate::tcp::{self, Frame, FrameReader};
+use crate::tx::{Flushed, SendQueue};
 use crate::{ConsultId, EventSink, MediaCommand, MediaEnvelope, MediaEvent};
 use bytes::BytesMut;
 use mio::net::{TcpStream, UdpSocket};
@@ -101,6 +102,8 @@ struct Local {
 /// so a peer can be driven while the network is borrowed.
 struct Net {
     socket: UdpSocket,
+    /// UDP datagrams of this loop turn, sent together (`flush_udp`).
+    udp_out: SendQueue,
     tcp: Vec<Option<TcpConn>>,
     tcp_by_addr: HashMap<SocketAddr, usize>,
     local: Local,
@@ -111,18 +114,12 @@ impl Net {
         let len = msg.message.len() as u64;
         let sent = match msg.transport.transport_protocol {
             TransportProtocol::UDP => {
-                match self.socket.send_to(&msg.message, msg.transport.peer_addr) {
-                    Ok(_) => true,
-                    // A full socket buffer drops the packet, like a congested
-                    // link (counted: a metric for operators, see OPERATIONS.md).
-                    Err(e) => {
-                        if e.kind() == ErrorKind::WouldBlock {
-                            self.local.send_dropped += 1;
-                        }
-                        log::trace!("udp send: {e}");
-                        false
-                    }
-                }
+                // Counted when the batch goes (`flush_udp`).
+                let done = self
+                    .udp_out
+                    .push(&self.socket, msg.message, msg.transport.peer_addr);
+                self.count_flushed(done);
+                return;
             }
             TransportProtocol::TCP => {
                 let Some(conn) = self
@@ -140,6 +137,22 @@ impl Net {
             self.local.packets_out += 1;
             self.local.bytes_out += len;
         }
+    }
+
+    /// Send this turn's UDP datagrams (one `sendmmsg` per batch).
+    fn flush_udp(&mut self) {
+        if self.udp_out.len() > 0 {
+            let done = self.udp_out.flush(&self.socket);
+            self.count_flushed(done);
+        }
+    }
+
+    fn count_flushed(&mut self, done: Flushed) {
+        self.local.packets_out += done.sent;
+        self.local.bytes_out += done.bytes;
+        // A full socket buffer drops the packet, like a congested link
+        // (counted: a metric for operators, see OPERATIONS.md).
+        self.local.send_dropped += done.would_block;
     }
 
     fn flush_peer(&mut self, peer: &mut Peer) {
@@ -205,6 +218,9 @@ pub(crate) struct Worker {
     keyframe_wants: Vec<(PeerKey, Kind, Layer)>,
     /// Per peer key, refreshed once a second for layer allocation.
     views: Vec<PublisherView>,
+    /// Read buffers for one `recvmmsg`.
+    rx_batch: rx::Batch,
+    /// Read buffer for ICE-TCP connections.
     buf: Vec<u8>,
     /// Paused tracks this worker last added to the shared gauge.
     paused_reported: u64,
@@ -235,6 +251,7 @@ impl Worker {
             tcp_local: c.tcp_port.map(|p| SocketAddr::new(c.announce_ip, p)),
             net: Net {
                 socket: setup.socket,
+                udp_out: SendQueue::new(),
                 tcp: Vec::new(),
                 tcp_by_addr: HashMap::new(),
                 local: Local::default(),
@@ -249,6 +266,7 @@ impl Worker {
             outputs: Vec::with_capacity(64),
             keyframe_wants: Vec::with_capacity(16),
             views: Vec::new(),
+            rx_batch: rx::Batch::new(rx::BATCH),
             buf: vec![0; 2048],
             udp_more: false,
             paused_reported: 0,
@@ -301,6 +319,8 @@ impl Worker {
                 self.evaluate_speakers(now);
                 self.report_limits(now);
             }
+            // Before waiting again: what this turn produced leaves now.
+            self.net.flush_udp();
             self.publish_counters();
         }
         self.close_all();
@@ -372,74 +392,97 @@ impl Worker {
 
     fn read_udp(&mut self) {
         self.udp_more = true;
-        for _ in 0..READ_BUDGET {
-            let (n, from, now) = match rx::recv(&self.net.socket, &mut self.buf) {
-                Ok(r) => (r.len, r.from, r.at),
+        // Borrowed out of `self` while its datagrams are handled (each
+        // handling needs the whole worker); put back before returning.
+        let mut batch = std::mem::replace(&mut self.rx_batch, rx::Batch::new(0));
+        let mut read = 0;
+        while read < READ_BUDGET {
+            let n = match batch.recv(&self.net.socket) {
+                Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.udp_more = false;
-                    return;
+                    break;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // e.g. ICMP port unreachable surfacing as ECONNREFUSED.
                     log::trace!("udp recv: {e}");
+                    read += 1;
                     continue;
                 }
             };
-            self.net.local.packets_in += 1;
-            self.net.local.bytes_in += n as u64;
-            let packet = &self.buf[..n];
-            let dropped = &mut self.net.local.dropped;
-            // A binding request signed with a peer's current ICE password
-            // (re)binds its sender's address; anything else (media, DTLS,
-            // the browser's answers to rtc's own checks) must come from an
-            // address such a request already bound. Nothing unproven
-            // reaches rtc or takes a table slot.
-            let key = if demux::is_binding_request(packet) {
-                let Some(key) = checked_sender(&self.by_ufrag, &mut self.peers, packet) else {
-                    dropped.failed_check += 1;
-                    continue;
-                };
-                match self.addresses.learn(from, key, now) {
-                    Learned::Known | Learned::Added { evicted: None } => {}
-                    Learned::Added { evicted: Some(_) } => dropped.evicted += 1,
-                    Learned::Refused(Refusal::PeerBudget) => {
-                        dropped.refused_budget += 1;
-                        continue;
+            read += n;
+            for i in 0..n {
+                self.net.local.packets_in += 1;
+                match batch.get(i) {
+                    Some((packet, r)) => {
+                        self.net.local.bytes_in += packet.len() as u64;
+                        self.handle_udp(packet, r.from, r.at);
                     }
-                    Learned::Refused(Refusal::TableFull) => {
-                        dropped.refused_full += 1;
-                        continue;
-                    }
+                    None => self.net.local.dropped.not_webrtc += 1,
                 }
-                key
-            } else if !demux::is_webrtc(packet) {
-                dropped.not_webrtc += 1;
-                continue;
-            } else {
-                match self.addresses.route(&from, now) {
-                    Some(key) => key,
-                    None => {
-                        dropped.unknown_address += 1;
-                        continue;
-                    }
-                }
-            };
-            let msg = TaggedBytesMut {
-                now,
-                transport: TransportContext {
-                    local_addr: self.udp_local,
-                    peer_addr: from,
-                    ecn: None,
-                    transport_protocol: TransportProtocol::UDP,
-                },
-                // rtc takes ownership of each datagram: one copy per packet.
-                message: BytesMut::from(packet),
-            };
-            if let Some(peer) = self.peers.get_mut(key).and_then(|p| p.as_mut()) {
-                peer.handle_read(msg);
-                self.drive(key, now);
             }
+            if n < batch.capacity() {
+                // The socket is drained (a short batch); poll says when more comes.
+                self.udp_more = false;
+                break;
+            }
+        }
+        self.rx_batch = batch;
+    }
+
+    /// One datagram from `from`, received at `now`.
+    fn handle_udp(&mut self, packet: &[u8], from: SocketAddr, now: Instant) {
+        let dropped = &mut self.net.local.dropped;
+        // A binding request signed with a peer's current ICE password
+        // (re)binds its sender's address; anything else (media, DTLS,
+        // the browser's answers to rtc's own checks) must come from an
+        // address such a request already bound. Nothing unproven
+        // reaches rtc or takes a table slot.
+        let key = if demux::is_binding_request(packet) {
+            let Some(key) = checked_sender(&self.by_ufrag, &mut self.peers, packet) else {
+                dropped.failed_check += 1;
+                return;
+            };
+            match self.addresses.learn(from, key, now) {
+                Learned::Known | Learned::Added { evicted: None } => {}
+                Learned::Added { evicted: Some(_) } => dropped.evicted += 1,
+                Learned::Refused(Refusal::PeerBudget) => {
+                    dropped.refused_budget += 1;
+                    return;
+                }
+                Learned::Refused(Refusal::TableFull) => {
+                    dropped.refused_full += 1;
+                    return;
+                }
+            }
+            key
+        } else if !demux::is_webrtc(packet) {
+            dropped.not_webrtc += 1;
+            return;
+        } else {
+            match self.addresses.route(&from, now) {
+                Some(key) => key,
+                None => {
+                    dropped.unknown_address += 1;
+                    return;
+                }
+            }
+        };
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.udp_local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            // rtc takes ownership of each datagram: one copy per packet.
+            message: BytesMut::from(packet),
+        };
+        if let Some(peer) = self.peers.get_mut(key).and_then(|p| p.as_mut()) {
+            peer.handle_read(msg);
+            self.drive(key, now);
         }
     }
 
@@ -1146,6 +1189,8 @@ impl Worker {
         for key in 0..self.peers.len() {
             self.remove_peer(key);
         }
+        // The DTLS close_notify of every peer.
+        self.net.flush_udp();
         self.publish_counters();
     }
 }
