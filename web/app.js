@@ -1384,6 +1384,12 @@ function startE2ee() {
     mark('e2eePaired');
     if (ev.detail) renderTile(ev.detail.participantId);
   });
+  // The first key for someone arrived and this browser cannot ask for a keyframe itself: the
+  // frames before the key were undecryptable, so ask the server to get one now rather than wait
+  // for the decoder's own request (first picture sooner; loadtest/first-picture.sh).
+  session.addEventListener('keyframe-wanted', (ev) => {
+    if (ev.detail && app.e2ee === session && app.signaling) app.signaling.send({ type: 'keyframe', from: ev.detail.participantId });
+  });
   session.addEventListener('refused', (ev) => ev.detail && app.e2ee === session && reportRefused(ev.detail.participantId));
   // The clinician removed this person (their sealed word, not the server's): gone for this call.
   session.addEventListener('removed', (ev) => {

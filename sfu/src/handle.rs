@@ -84,7 +84,8 @@ impl Placement {
             | MediaCommand::Candidate { consult, .. }
             | MediaCommand::IceRestart { consult, .. }
             | MediaCommand::Preferences { consult, .. }
-            | MediaCommand::Screen { consult, .. } => self.consults.get(consult).map(|(w, _)| *w),
+            | MediaCommand::Screen { consult, .. }
+            | MediaCommand::Keyframe { consult, .. } => self.consults.get(consult).map(|(w, _)| *w),
         }
     }
 }

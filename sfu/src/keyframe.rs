@@ -93,6 +93,12 @@ pub(crate) struct KeyframeLimiter {
 }
 
 impl KeyframeLimiter {
+    /// Records a request sent now whatever the interval (a new
+    /// subscriber's first decodable picture, see `Peer::first_picture`).
+    pub(crate) fn force(&mut self, now: Instant) {
+        self.last = Some(now);
+    }
+
     /// `true` if a request may be sent now (and records it).
     pub(crate) fn allow(&mut self, now: Instant) -> bool {
         match self.last {
@@ -118,6 +124,17 @@ mod tests {
         assert!(!limiter.allow(t0 + Duration::from_millis(499)));
         assert!(limiter.allow(t0 + MIN_INTERVAL));
         assert!(!limiter.allow(t0 + MIN_INTERVAL + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_forced_request_counts_against_the_interval_of_the_next_one() {
+        let t0 = Instant::now();
+        let mut limiter = KeyframeLimiter::default();
+        assert!(limiter.allow(t0));
+        // Inside the interval: forced anyway, and the interval restarts.
+        limiter.force(t0 + Duration::from_millis(100));
+        assert!(!limiter.allow(t0 + MIN_INTERVAL));
+        assert!(limiter.allow(t0 + Duration::from_millis(100) + MIN_INTERVAL));
     }
 
     #[test]

@@ -171,6 +171,16 @@ pub enum MediaCommand {
         participant: ParticipantId,
         on: bool,
     },
+    /// This participant's decoder needs a keyframe of `source`'s video
+    /// (and screen): its end-to-end key for `source` has just arrived and
+    /// the frames before it could not be decrypted. Asked of `source`'s
+    /// browser for the layer this participant receives, rate-limited per
+    /// publisher layer like every keyframe request.
+    Keyframe {
+        consult: ConsultId,
+        participant: ParticipantId,
+        source: ParticipantId,
+    },
 }
 
 impl MediaCommand {
@@ -205,6 +215,11 @@ impl MediaCommand {
                 ..
             }
             | MediaCommand::Screen {
+                consult,
+                participant,
+                ..
+            }
+            | MediaCommand::Keyframe {
                 consult,
                 participant,
                 ..
@@ -343,6 +358,14 @@ mod tests {
                     on: true,
                 },
                 json!({"cmd":"screen","consult":"c","participant":"p","on":true}),
+            ),
+            (
+                MediaCommand::Keyframe {
+                    consult: "c".into(),
+                    participant: "p".into(),
+                    source: "q".into(),
+                },
+                json!({"cmd":"keyframe","consult":"c","participant":"p","source":"q"}),
             ),
         ];
         for (command, wire) in commands {

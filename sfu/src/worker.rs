@@ -748,9 +748,22 @@ impl Worker {
 
     /// Returns whether a request went out (not rate-limited).
     fn keyframe(&mut self, source: PeerKey, kind: Kind, layer: Layer, now: Instant) -> bool {
+        self.keyframe_from(source, kind, layer, false, now)
+    }
+
+    /// `force`: past the publisher layer's rate limit (once per
+    /// subscription, see `Peer::first_picture`).
+    fn keyframe_from(
+        &mut self,
+        source: PeerKey,
+        kind: Kind,
+        layer: Layer,
+        force: bool,
+        now: Instant,
+    ) -> bool {
         let mut sent = false;
         if let Some(peer) = self.peers.get_mut(source).and_then(|p| p.as_mut()) {
-            sent = peer.request_keyframe(kind, layer, now);
+            sent = peer.request_keyframe(kind, layer, force, now);
             if sent {
                 self.counters.keyframe_requests.fetch_add(1, Relaxed);
                 self.net.flush_peer(peer);
@@ -1010,6 +1023,29 @@ impl Worker {
                         self.keyframe(key, Kind::Screen, TOP, now);
                     }
                     self.drive(key, now);
+                }
+            }
+            MediaCommand::Keyframe {
+                consult,
+                participant,
+                source,
+            } => {
+                let (Some(sub), Some(src)) = (
+                    self.find(&consult, &participant),
+                    self.find(&consult, &source),
+                ) else {
+                    return;
+                };
+                if sub == src {
+                    return;
+                }
+                for kind in [Kind::Video, Kind::Screen] {
+                    let ask = self.peers[sub]
+                        .as_mut()
+                        .and_then(|p| p.first_picture(src, kind));
+                    if let Some((layer, force)) = ask {
+                        self.keyframe_from(src, kind, layer, force, now);
+                    }
                 }
             }
         }

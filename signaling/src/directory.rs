@@ -124,6 +124,20 @@ struct State {
     draining: bool,
 }
 
+impl State {
+    /// Participant `id`'s seat and consult, if `id` is in the call (not
+    /// the waiting room): `not_joined` / `forbidden` otherwise.
+    fn admitted(&self, id: &str) -> Result<(&Seat, &Consult), ErrorCode> {
+        let seat = self.seats.get(id).ok_or(ErrorCode::NotJoined)?;
+        let consult = self
+            .consults
+            .get(&seat.consult)
+            .filter(|c| c.is_admitted(id))
+            .ok_or(ErrorCode::Forbidden)?;
+        Ok((seat, consult))
+    }
+}
+
 /// Upper bound on remembered live invites, in total and per consult (a
 /// clinician token must not be able to fill the server's memory).
 const MAX_INVITES: usize = 100_000;
@@ -594,12 +608,7 @@ impl Directory {
             return Err(ErrorCode::BadMessage);
         }
         let guard = self.lock();
-        let seat = guard.seats.get(id).ok_or(ErrorCode::NotJoined)?;
-        let consult = guard
-            .consults
-            .get(&seat.consult)
-            .filter(|c| c.is_admitted(id))
-            .ok_or(ErrorCode::Forbidden)?;
+        let (seat, consult) = guard.admitted(id)?;
         let max_quality = quality
             .into_iter()
             .filter(|(publisher, _)| publisher != id && consult.is_admitted(publisher))
@@ -610,6 +619,27 @@ impl Directory {
             participant: id.to_string(),
             audio_only,
             max_quality,
+        });
+        Ok(())
+    }
+
+    /// Participant `id` needs a keyframe of `from`'s video (its end-to-end
+    /// key for `from` just arrived). Both must be admitted members of the
+    /// same consult; the media plane rate-limits what reaches `from`.
+    pub fn keyframe(&self, id: &str, from: &str) -> Result<(), ErrorCode> {
+        let guard = self.lock();
+        let (seat, consult) = guard.admitted(id)?;
+        if from == id {
+            return Err(ErrorCode::BadMessage);
+        }
+        if !consult.is_admitted(from) {
+            // Left a moment ago (or never was): nothing to ask for.
+            return Ok(());
+        }
+        self.media.send(MediaCommand::Keyframe {
+            consult: seat.consult.clone(),
+            participant: id.to_string(),
+            source: from.to_string(),
         });
         Ok(())
     }

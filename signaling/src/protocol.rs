@@ -168,6 +168,12 @@ pub enum ClientMessage {
     Screen {
         on: bool,
     },
+    /// This participant's end-to-end key for `from` has just arrived and
+    /// its browser cannot ask for a keyframe itself (Chromium's encoded
+    /// streams API has no such call): ask `from`'s browser for one.
+    Keyframe {
+        from: String,
+    },
     Leave,
     Ping,
     // Lobby and host actions (clinician only).
@@ -231,6 +237,7 @@ impl ClientMessage {
             ClientMessage::E2ee { .. } => "e2ee",
             ClientMessage::VideoPrefs { .. } => "video-prefs",
             ClientMessage::Screen { .. } => "screen",
+            ClientMessage::Keyframe { .. } => "keyframe",
             ClientMessage::ScreenAllow { .. } => "screen-allow",
             ClientMessage::Leave => "leave",
             ClientMessage::Ping => "ping",
@@ -716,6 +723,7 @@ mod tests {
                 quality: BTreeMap::from([("p1".to_string(), VideoQuality::Medium)]),
             },
             ClientMessage::Screen { on: true },
+            ClientMessage::Keyframe { from: "p1".into() },
             ClientMessage::ScreenAllow { allowed: true },
             ClientMessage::Leave,
             ClientMessage::Ping,

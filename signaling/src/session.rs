@@ -313,6 +313,7 @@ impl Connection {
             }
             ClientMessage::Mute { audio, video } => dir.mute(id, audio, video),
             ClientMessage::Screen { on } => dir.screen(id, on),
+            ClientMessage::Keyframe { from } => dir.keyframe(id, &from),
             ClientMessage::Relay { to, kind, data } => {
                 if self.relay_bytes.try_take(data.len() as u64, Instant::now()) {
                     dir.relay(id, &to, kind, data)

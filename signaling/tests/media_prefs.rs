@@ -133,3 +133,47 @@ async fn speaker_names_an_admitted_participant_or_nobody() {
         json!({"type":"speaker","participant":id(&wd)})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframe_requests_are_silent_for_members_and_refused_to_the_waiting_room() {
+    let s = lobby_server().await;
+    let (mut doc, wd) = Client::joined(s.addr, &token("kf", Role::Clinician, "Dr. A")).await;
+    let (mut pat, wp) = Client::joined(s.addr, &token("kf", Role::Patient, "P")).await;
+    assert_eq!(wp["state"], "waiting");
+    // In the waiting room: no media path, so no keyframe either.
+    pat.send(json!({"type":"keyframe","from":id(&wd)})).await;
+    let e = pat.expect("error").await;
+    assert_eq!(e["code"], "forbidden");
+    assert_eq!(e["fatal"], false);
+    doc.expect("lobby").await;
+    doc.send(json!({"type":"admit","id":id(&wp)})).await;
+    pat.expect("admitted").await;
+    // The clinician's roster and lobby updates, the patient's offer: not under test.
+    let _ = doc.sync().await;
+    let _ = pat.sync().await;
+    // A member asking for a member's keyframe: accepted silently, both ways.
+    pat.send(json!({"type":"keyframe","from":id(&wd)})).await;
+    doc.send(json!({"type":"keyframe","from":id(&wp)})).await;
+    // Someone who is not (or no longer) in the call: nothing to ask, silently.
+    doc.send(json!({"type":"keyframe","from":"0000000000000000"}))
+        .await;
+    assert!(pat.sync().await.is_empty(), "accepted silently");
+    // Oneself, or no `from`: a bad message, never fatal.
+    for bad in [
+        json!({"type":"keyframe","from":id(&wd)}),
+        json!({"type":"keyframe"}),
+        json!({"type":"keyframe","from":7}),
+    ] {
+        doc.send(bad.clone()).await;
+        let e = doc.expect("error").await;
+        assert_eq!(e["code"], "bad_message", "{bad}");
+        assert_eq!(e["fatal"], false, "{bad}");
+    }
+    assert!(doc.sync().await.is_empty(), "still in the call");
+    let metrics = get(s.addr, "/metrics").await.text();
+    // Counted by type: the five that parsed (the two malformed ones are parse errors).
+    assert!(
+        metrics.contains("spreekkamer_ws_messages_total{type=\"keyframe\"} 5"),
+        "counted by type: {metrics}"
+    );
+}

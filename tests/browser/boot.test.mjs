@@ -27,6 +27,16 @@ function bootView() {
   };
 }
 
+/** Wait until the page shows its page-load error; returns `bootView()`. */
+async function waitForLoadError(p) {
+  let view;
+  await p.waitFor(async () => {
+    view = await p.evaluate(bootView);
+    return view.error !== null;
+  }, { what: 'the page-load error', timeout: 30_000, describe: () => JSON.stringify(view) });
+  return view;
+}
+
 scenario('a script that fails to load: Join stays off, the page reloads once, then says so in the person\'s language and its button recovers', { timeout: 120_000 }, async (sc) => {
   const server = await sc.startServer({ args: ['--waiting-room=false'] });
   const link = await server.link({ consult: newConsult(), role: 'patient', name: 'Mevr. de Vries' });
@@ -44,11 +54,7 @@ scenario('a script that fails to load: Join stays off, the page reloads once, th
   assert.match(raw, /<button id="join-button"[^>]*\sdisabled[\s>]/, 'Join must be disabled in the page until the application enables it');
 
   await p.page.goto(link, { waitUntil: 'load' });
-  let view;
-  await p.waitFor(async () => {
-    view = await p.evaluate(bootView);
-    return view.error !== null;
-  }, { what: 'the page-load error', timeout: 30_000, describe: () => JSON.stringify(view) });
+  let view = await waitForLoadError(p);
   // Two attempts: the first load and the one automatic reload.
   assert.equal(attempts.length, 2, `present.js requested ${attempts.length} times (first load + one automatic reload expected)`);
   assert.equal(view.app, null, 'the application must not have started');
@@ -84,11 +90,7 @@ scenario('Dutch: a script that fails to load gives the message in Dutch', { time
   const p = await sc.chromium('patient', { lang: 'nl-NL' });
   await p.page.route(/\/i18n\.js(\?|$)/, (route) => route.abort('connectionreset'));
   await p.page.goto(link, { waitUntil: 'load' });
-  let view;
-  await p.waitFor(async () => {
-    view = await p.evaluate(bootView);
-    return view.error !== null;
-  }, { what: 'the page-load error', timeout: 30_000, describe: () => JSON.stringify(view) });
+  const view = await waitForLoadError(p);
   assert.equal(view.lang, 'nl');
   assert.equal(view.error.heading, 'De pagina is niet goed geladen');
   assert.equal(view.retry, 'Pagina opnieuw laden');

@@ -591,6 +591,12 @@ export class E2eeSession extends EventTarget {
           peer.code = this.worker ? 'peer_unsupported' : 'self_unsupported';
         }
         await this.afterChange(peer);
+        // Chromium's encoded streams API cannot ask the sender for a keyframe (the worker does it
+        // where RTCRtpScriptTransformer.sendKeyFrameRequest exists): the application asks the
+        // server instead, so the first picture does not wait for the decoder's own request.
+        if (peer.state === 'on' && this.support === 'legacy') {
+          this.dispatchEvent(new CustomEvent('keyframe-wanted', { detail: { participantId: peer.id } }));
+        }
       }
       return;
     }
