@@ -81,13 +81,18 @@ impl SendQueue {
         let mut at = 0;
         while at < self.packets.len() {
             match self.sys.send(sock, &self.packets[at..]) {
+                Ok(0) => {
+                    // Not expected for a non-empty batch: skip one, counted.
+                    done.failed += 1;
+                    at += 1;
+                }
                 Ok(n) => {
                     done.sent += n as u64;
                     done.bytes += self.packets[at..at + n]
                         .iter()
                         .map(|(p, _)| p.len() as u64)
                         .sum::<u64>();
-                    at += n.max(1);
+                    at += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

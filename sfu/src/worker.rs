@@ -218,8 +218,9 @@ pub(crate) struct Worker {
     keyframe_wants: Vec<(PeerKey, Kind, Layer)>,
     /// Per peer key, refreshed once a second for layer allocation.
     views: Vec<PublisherView>,
-    /// Read buffers for one `recvmmsg`.
-    rx_batch: rx::Batch,
+    /// Read buffers for one `recvmmsg` (`None` only while `read_udp`
+    /// hands its datagrams on).
+    rx_batch: Option<rx::Batch>,
     /// Read buffer for ICE-TCP connections.
     buf: Vec<u8>,
     /// Paused tracks this worker last added to the shared gauge.
@@ -266,7 +267,7 @@ impl Worker {
             outputs: Vec::with_capacity(64),
             keyframe_wants: Vec::with_capacity(16),
             views: Vec::new(),
-            rx_batch: rx::Batch::new(rx::BATCH),
+            rx_batch: Some(rx::Batch::new(rx::BATCH)),
             buf: vec![0; 2048],
             udp_more: false,
             paused_reported: 0,
@@ -392,9 +393,11 @@ impl Worker {
 
     fn read_udp(&mut self) {
         self.udp_more = true;
-        // Borrowed out of `self` while its datagrams are handled (each
+        // Taken out of `self` while its datagrams are handled (each
         // handling needs the whole worker); put back before returning.
-        let mut batch = std::mem::replace(&mut self.rx_batch, rx::Batch::new(0));
+        let Some(mut batch) = self.rx_batch.take() else {
+            return;
+        };
         let mut read = 0;
         while read < READ_BUDGET {
             let n = match batch.recv(&self.net.socket) {
@@ -428,7 +431,7 @@ impl Worker {
                 break;
             }
         }
-        self.rx_batch = batch;
+        self.rx_batch = Some(batch);
     }
 
     /// One datagram from `from`, received at `now`.
