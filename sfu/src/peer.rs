@@ -842,13 +842,13 @@ impl Peer {
     pub(crate) fn handle_read(&mut self, msg: TaggedBytesMut) {
         self.last_rx = msg.now;
         if !self.ice_connected && matches!(msg.message.first(), Some(20..=63)) {
-            // The browser's ICE can finish before ours (its check of our
-            // candidate answered, ours of its not yet): its DTLS
-            // ClientHello then reaches rtc before rtc has a selected pair,
-            // is dropped, and the browser sends it again only after ~1 s
-            // (seen in 4 of 12 first-picture runs: 1.6-1.9 s from ICE to
-            // DTLS instead of ~0.1 s). Held here instead, and handed to
-            // rtc the moment its ICE connects (`drain`).
+            // Chromium starts DTLS as soon as one of its checks is
+            // answered; our ICE-lite agent selects a pair only when its
+            // nominating check arrives. rtc drops anything but STUN until
+            // then, so the ClientHello of every Chromium join was lost and
+            // the handshake waited for its resend (usually ~50-100 ms,
+            // 1.1-2.5 s in some first-picture runs). Held here instead,
+            // and handed to rtc the moment its ICE connects (`drain`).
             if self.early_dtls.len() < EARLY_DTLS_MAX {
                 self.early_dtls.push(msg);
             }
