@@ -1,11 +1,10 @@
-//! First picture (issue 13): the browser's ICE can finish before ours. It
-//! answers our nominating check and at once sends its DTLS ClientHello;
-//! when that answer is lost or late (a busy machine: seen in 4 of 12
-//! first-picture runs), rtc has no selected candidate pair yet and drops
-//! the ClientHello, and the browser sends it again only after its DTLS
-//! retransmission timer (~1 s): 1.6-1.9 s from ICE to DTLS instead of
-//! ~0.1 s. The worker holds such early DTLS and hands it to rtc when its
-//! ICE connects.
+//! First picture (issue 13): Chromium starts DTLS as soon as one of its
+//! ICE checks is answered, but our ICE-lite agent selects a candidate pair
+//! only when Chromium's nominating check arrives, and rtc drops anything
+//! but STUN until then. Every Chromium join's first ClientHello was lost
+//! that way and the handshake waited for the resend (usually ~50-100 ms,
+//! 1.1-2.5 s in some first-picture runs). The worker now holds such early
+//! DTLS and hands it to rtc when its ICE connects.
 //!
 //! Here a real rtc client plays the browser. Chromium starts DTLS as soon
 //! as a check succeeds; rtc's client only once its nominating check is
