@@ -4,7 +4,8 @@
 // connection). Join stays disabled until the application has started; the
 // page reloads itself once; when the module fails again the person gets a
 // clear message in their language with a reload button, and that button
-// brings back a working page once the network does.
+// brings back a working page once the network does. With JavaScript off
+// altogether, the page says so in both languages and Join stays disabled.
 
 import crypto from 'node:crypto';
 import { assert, scenario } from './lib/index.mjs';
@@ -95,4 +96,20 @@ scenario('Dutch: a script that fails to load gives the message in Dutch', { time
   assert.equal(view.error.heading, 'De pagina is niet goed geladen');
   assert.equal(view.retry, 'Pagina opnieuw laden');
   assert.equal(view.joinEnabled, false);
+});
+
+scenario('JavaScript turned off: the page says the call needs it, in Dutch and English, and Join stays disabled', { timeout: 60_000 }, async (sc) => {
+  const server = await sc.startServer({ args: ['--waiting-room=false'] });
+  const link = await server.link({ consult: newConsult(), role: 'patient', name: 'Mevr. de Vries' });
+  const p = await sc.chromium('patient', { lang: 'nl-NL', javaScript: false });
+  await p.page.goto(link, { waitUntil: 'load' });
+  // No page.evaluate without scripts: read what is rendered through the accessibility-neutral DOM API.
+  const notice = p.page.locator('#noscript');
+  assert.equal(await notice.isVisible(), true, 'the no-JavaScript notice is shown');
+  const text = (await notice.innerText()).replace(/\s+/g, ' ');
+  assert.match(text, /Voor het videogesprek is JavaScript nodig/);
+  assert.match(text, /The video call needs JavaScript/);
+  assert.equal(await p.page.locator('#join-button').isDisabled(), true, 'Join must not look usable');
+  const box = await notice.boundingBox();
+  assert.ok(box && box.y < 700 && box.height > 20, `the notice is in the first screen: ${JSON.stringify(box)}`);
 });

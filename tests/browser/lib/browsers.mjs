@@ -134,17 +134,18 @@ export class Browsers {
 
   /**
    * A participant in a fresh Chromium context. `lang` sets navigator.languages;
+   * `javaScript: false` turns scripts off (what a locked-down browser does);
    * `netns` runs it in a Chromium inside that network namespace; `cameras`
    * (other than 1) in a Chromium of its own with that many fake cameras.
    */
-  async newChromium({ name = 'chromium', lang = 'en-US', netns = null, viewport = { width: 1000, height: 700 }, deviceScaleFactor = 1, phone = false, cameras = 1 } = {}) {
+  async newChromium({ name = 'chromium', lang = 'en-US', netns = null, viewport = { width: 1000, height: 700 }, deviceScaleFactor = 1, phone = false, cameras = 1, javaScript = true } = {}) {
     let browser;
     if (netns) browser = await this.#nsChromium(netns);
     else if (cameras !== 1) browser = await this.#camerasChromium(cameras);
     else browser = await this.#chromium();
     // `phone`: a touch screen that reports itself as mobile (meta viewport honoured).
     const mobile = phone ? { isMobile: true, hasTouch: true } : {};
-    const context = await browser.newContext({ locale: lang, viewport, deviceScaleFactor, ...mobile });
+    const context = await browser.newContext({ locale: lang, viewport, deviceScaleFactor, ...mobile, javaScriptEnabled: javaScript });
     const page = await context.newPage();
     const p = new Participant({ page, name, kind: 'chromium', close: () => context.close() });
     this.participants.push(p);
