@@ -2332,6 +2332,17 @@ impl RTCPeerConnection {
         }
     }
 
+    /// Spreekkamer patch: the SRTP master keys and salts exported by the DTLS
+    /// handshake, once it completed (`None` before).
+    ///
+    /// For an application that encrypts media on SSRCs of its own, below
+    /// rtc's RTP pipeline. It must never write RTP through rtc on those
+    /// SSRCs: with an AEAD profile a (key, SSRC, packet index) used twice
+    /// breaks the cipher. SRTCP stays rtc's (one sender per key).
+    pub fn srtp_session_keys(&self) -> Option<&crate::peer_connection::transport::SrtpSessionKeys> {
+        self.dtls_transport().srtp_session_keys.as_ref()
+    }
+
     /// The SCTP transport over which data channels are carried.
     ///
     /// `None` until SCTP has been negotiated — that is, until a description establishing an

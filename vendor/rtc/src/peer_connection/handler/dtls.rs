@@ -250,13 +250,15 @@ impl<'a>
                             // Save DTLS cipher suite for stats
                             dtls_cipher_for_stats = state.cipher_suite().map(|cs| cs.to_string());
 
-                            let (local_srtp_context, remote_srtp_context) =
+                            let (local_srtp_context, remote_srtp_context, keys) =
                                 DtlsHandler::update_srtp_contexts(
                                     state,
                                     &self.ctx.dtls_transport.replay_protection,
                                     &self.ctx.dtls_transport.crypto_provider,
                                 )?;
                             srtp_contexts = Some((local_srtp_context, remote_srtp_context));
+                            // Spreekkamer patch: kept for `srtp_session_keys`.
+                            self.ctx.dtls_transport.srtp_session_keys = Some(keys);
                         } else {
                             warn!(
                                 "Unable to find connection state for {}",
@@ -457,7 +459,11 @@ impl<'a> DtlsHandler<'a> {
         state: &State,
         replay_protection: &ReplayProtection,
         crypto_provider: &Arc<dyn RTCCryptoProvider>,
-    ) -> Result<(srtp::context::Context, srtp::context::Context)> {
+    ) -> Result<(
+        srtp::context::Context,
+        srtp::context::Context,
+        crate::peer_connection::transport::dtls::SrtpSessionKeys,
+    )> {
         let profile = match state.srtp_protection_profile() {
             SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
             SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm => ProtectionProfile::AeadAes256Gcm,
@@ -523,7 +529,16 @@ impl<'a> DtlsHandler<'a> {
             crypto_provider.crypto(),
         )?;
 
-        Ok((local_context, remote_context))
+        // Spreekkamer patch: the same keys, for the application.
+        let keys = crate::peer_connection::transport::dtls::SrtpSessionKeys {
+            profile: srtp_config.profile,
+            local_master_key: srtp_config.keys.local_master_key.clone(),
+            local_master_salt: srtp_config.keys.local_master_salt.clone(),
+            remote_master_key: srtp_config.keys.remote_master_key.clone(),
+            remote_master_salt: srtp_config.keys.remote_master_salt.clone(),
+        };
+
+        Ok((local_context, remote_context, keys))
     }
 }
 

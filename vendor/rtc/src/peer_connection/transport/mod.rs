@@ -156,6 +156,7 @@ pub(crate) mod dtls;
 pub(crate) mod ice;
 pub(crate) mod sctp;
 
+pub use dtls::SrtpSessionKeys;
 pub use dtls::fingerprint::RTCDtlsFingerprint;
 pub use dtls::parameters::RTCDtlsParameters;
 pub use dtls::role::RTCDtlsRole;

@@ -34,6 +34,33 @@ pub(crate) fn default_srtp_protection_profiles() -> Vec<SrtpProtectionProfile> {
 /// transport over which RTP and RTCP packets are sent and received by
 /// RTPSender and RTPReceiver, as well other data such as SCTP packets sent
 /// and received by data channels.
+/// Spreekkamer patch: the SRTP master keys and salts the DTLS handshake
+/// exported (RFC 5764 §4.2), by direction. The application that reads them
+/// takes over SRTP for SSRCs rtc never sends on: with AEAD ciphers two
+/// encryptors must never use one (key, SSRC, index).
+#[derive(Clone)]
+pub struct SrtpSessionKeys {
+    /// The negotiated protection profile.
+    pub profile: srtp::protection_profile::ProtectionProfile,
+    /// What this endpoint encrypts with.
+    pub local_master_key: Vec<u8>,
+    /// The salt that goes with `local_master_key`.
+    pub local_master_salt: Vec<u8>,
+    /// What the remote endpoint encrypts with.
+    pub remote_master_key: Vec<u8>,
+    /// The salt that goes with `remote_master_key`.
+    pub remote_master_salt: Vec<u8>,
+}
+
+impl std::fmt::Debug for SrtpSessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys themselves.
+        f.debug_struct("SrtpSessionKeys")
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
+    }
+}
+
 pub(crate) struct DtlsTransport {
     pub(crate) id: RTCTransportId,
     pub(crate) ice_transport_id: RTCTransportId,
@@ -52,6 +79,11 @@ pub(crate) struct DtlsTransport {
     // dropped; only the derived fingerprint id survived, which cannot be turned back into a
     // certificate.
     pub(crate) remote_certificates: Vec<Vec<u8>>,
+
+    // Spreekkamer patch: the SRTP master keys and salts of this association,
+    // kept at handshake completion for an application that encrypts some
+    // SSRCs itself (see `RTCPeerConnection::srtp_session_keys`).
+    pub(crate) srtp_session_keys: Option<SrtpSessionKeys>,
 
     // From SettingEngine
     pub(crate) answering_dtls_role: RTCDtlsRole,
@@ -118,6 +150,7 @@ impl DtlsTransport {
             state: RTCDtlsTransportState::New,
             certificates,
             remote_certificates: vec![],
+            srtp_session_keys: None,
 
             answering_dtls_role,
             srtp_protection_profiles,
