@@ -296,6 +296,7 @@ mod rewrite;
 mod rx;
 mod simulcast;
 mod speaker;
+mod srtp;
 mod tcp;
 mod tx;
 mod worker;

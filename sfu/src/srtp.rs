@@ -1,0 +1,383 @@
+//! SRTP for the media we forward, encrypted by us instead of rtc's RTP
+//! pipeline (the fast path, docs/DECISIONS.md §10).
+//!
+//! Keys: the master key and salt rtc's DTLS handshake exported
+//! (`RTCPeerConnection::srtp_session_keys`, a vendored patch; see
+//! vendor/README.md). Session keys are derived once (RFC 3711 §4.3, key
+//! derivation rate 0), then every packet is encrypted in place in the
+//! buffer it is sent from: no allocation, no map, one AEAD (or CTR + HMAC)
+//! call. Profiles: AEAD_AES_128_GCM (RFC 7714, what Chromium and Firefox
+//! choose) and AES_CM_128_HMAC_SHA1_80 (RFC 3711); the offer advertises
+//! only those two when the fast path is on.
+//!
+//! Safety rule (see `peer.rs`): an SSRC encrypted here is never written
+//! through rtc, so no (key, SSRC, index) is used twice. Retransmissions
+//! resend the same ciphertext rather than encrypting again.
+
+use rtc::crypto::{
+    AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, HmacAlgorithm, Mac, RTCCrypto,
+    StreamCipher, StreamCipherAlgorithm,
+};
+use rtc::srtp::protection_profile::ProtectionProfile;
+
+const LABEL_SRTP_ENCRYPTION: u8 = 0x00;
+const LABEL_SRTP_AUTH: u8 = 0x01;
+const LABEL_SRTP_SALT: u8 = 0x02;
+const GCM_TAG: usize = 16;
+const HMAC_TAG_80: usize = 10;
+
+enum Cipher {
+    Gcm {
+        aead: Box<dyn AeadCipher>,
+        salt: [u8; 12],
+    },
+    CmSha1 {
+        ctr: Box<dyn StreamCipher>,
+        mac: Box<dyn Mac>,
+        salt: [u8; 14],
+    },
+}
+
+/// One direction's SRTP encryption (ours towards one subscriber).
+pub(crate) struct SrtpOut {
+    cipher: Cipher,
+}
+
+/// Why a context could not be built.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SrtpError {
+    /// A profile the fast path does not implement (rtc keeps the media).
+    Profile,
+    /// Wrong key or salt length, or the crypto provider refused.
+    Key,
+    /// A packet too short for its own header.
+    Packet,
+}
+
+/// RFC 3711 §4.3.3 AES-CM PRF with key derivation rate 0: `out.len()`
+/// bytes of keystream for `label`.
+fn derive(
+    crypto: &dyn RTCCrypto,
+    label: u8,
+    master_key: &[u8],
+    master_salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), SrtpError> {
+    if master_key.len() != 16 || master_salt.len() > 14 {
+        return Err(SrtpError::Key);
+    }
+    let mut x = [0u8; 16];
+    x[..master_salt.len()].copy_from_slice(master_salt);
+    x[7] ^= label;
+    for (i, chunk) in out.chunks_mut(16).enumerate() {
+        let mut block = x;
+        block[14] = (i >> 8) as u8;
+        block[15] = i as u8;
+        crypto
+            .block_encrypt(BlockCipherAlgorithm::Aes128, master_key, &mut block)
+            .map_err(|_| SrtpError::Key)?;
+        chunk.copy_from_slice(&block[..chunk.len()]);
+    }
+    Ok(())
+}
+
+/// Length of an RTP header (fixed part, CSRCs, extension), or `None` if
+/// the packet is shorter than its header says.
+pub(crate) fn header_len(packet: &[u8]) -> Option<usize> {
+    if packet.len() < 12 || packet[0] >> 6 != 2 {
+        return None;
+    }
+    let mut len = 12 + 4 * (packet[0] & 0x0f) as usize;
+    if packet[0] & 0x10 != 0 {
+        let words = packet.get(len + 2..len + 4)?;
+        len += 4 + 4 * u16::from_be_bytes([words[0], words[1]]) as usize;
+    }
+    (len <= packet.len()).then_some(len)
+}
+
+impl SrtpOut {
+    pub(crate) fn new(
+        profile: ProtectionProfile,
+        master_key: &[u8],
+        master_salt: &[u8],
+        crypto: &dyn RTCCrypto,
+    ) -> Result<SrtpOut, SrtpError> {
+        let mut key = [0u8; 16];
+        derive(crypto, LABEL_SRTP_ENCRYPTION, master_key, master_salt, &mut key)?;
+        let cipher = match profile {
+            ProtectionProfile::AeadAes128Gcm => {
+                if master_salt.len() != 12 {
+                    return Err(SrtpError::Key);
+                }
+                let mut salt = [0u8; 12];
+                derive(crypto, LABEL_SRTP_SALT, master_key, master_salt, &mut salt)?;
+                let aead = crypto
+                    .new_aead(AeadAlgorithm::Aes128Gcm, &key)
+                    .map_err(|_| SrtpError::Key)?;
+                if aead.tag_len() != GCM_TAG {
+                    return Err(SrtpError::Key);
+                }
+                Cipher::Gcm { aead, salt }
+            }
+            ProtectionProfile::Aes128CmHmacSha1_80 => {
+                if master_salt.len() != 14 {
+                    return Err(SrtpError::Key);
+                }
+                let mut salt = [0u8; 14];
+                derive(crypto, LABEL_SRTP_SALT, master_key, master_salt, &mut salt)?;
+                let mut auth = [0u8; 20];
+                derive(crypto, LABEL_SRTP_AUTH, master_key, master_salt, &mut auth)?;
+                let ctr = crypto
+                    .new_stream_cipher(StreamCipherAlgorithm::Aes128Ctr, &key)
+                    .map_err(|_| SrtpError::Key)?;
+                let mac = crypto
+                    .new_hmac(HmacAlgorithm::Sha1, &auth)
+                    .map_err(|_| SrtpError::Key)?;
+                auth.fill(0);
+                Cipher::CmSha1 { ctr, mac, salt }
+            }
+            _ => return Err(SrtpError::Profile),
+        };
+        key.fill(0);
+        Ok(SrtpOut { cipher })
+    }
+
+    /// Bytes the authentication tag adds to each packet.
+    pub(crate) fn overhead(&self) -> usize {
+        match self.cipher {
+            Cipher::Gcm { .. } => GCM_TAG,
+            Cipher::CmSha1 { .. } => HMAC_TAG_80,
+        }
+    }
+
+    /// Encrypt the RTP packet in `packet[..len]` in place, with rollover
+    /// counter `roc`, and write the tag after it: `packet` must have
+    /// [`overhead`](Self::overhead) spare bytes at `len`. Returns the
+    /// protected length.
+    pub(crate) fn protect(
+        &mut self,
+        packet: &mut [u8],
+        len: usize,
+        roc: u32,
+    ) -> Result<usize, SrtpError> {
+        let tag_len = self.overhead();
+        if packet.len() < len + tag_len {
+            return Err(SrtpError::Packet);
+        }
+        let head = header_len(&packet[..len]).ok_or(SrtpError::Packet)?;
+        let seq = [packet[2], packet[3]];
+        let ssrc = [packet[8], packet[9], packet[10], packet[11]];
+        match &mut self.cipher {
+            Cipher::Gcm { aead, salt } => {
+                // RFC 7714 §8.1: 00 00 | SSRC | ROC | SEQ, XOR the salt.
+                let mut iv = *salt;
+                for (i, b) in ssrc.iter().enumerate() {
+                    iv[2 + i] ^= b;
+                }
+                for (i, b) in roc.to_be_bytes().iter().enumerate() {
+                    iv[6 + i] ^= b;
+                }
+                iv[10] ^= seq[0];
+                iv[11] ^= seq[1];
+                let (header, rest) = packet.split_at_mut(head);
+                let (payload, tail) = rest.split_at_mut(len - head);
+                aead.seal_in_place(&iv, header, payload, &mut tail[..GCM_TAG])
+                    .map_err(|_| SrtpError::Key)?;
+            }
+            Cipher::CmSha1 { ctr, mac, salt } => {
+                // RFC 3711 §4.1.1: salt·2^16 XOR SSRC·2^64 XOR index·2^16.
+                let mut iv = [0u8; 16];
+                iv[..14].copy_from_slice(salt);
+                for (i, b) in ssrc.iter().enumerate() {
+                    iv[4 + i] ^= b;
+                }
+                for (i, b) in roc.to_be_bytes().iter().enumerate() {
+                    iv[8 + i] ^= b;
+                }
+                iv[12] ^= seq[0];
+                iv[13] ^= seq[1];
+                ctr.apply_keystream(&iv, &mut packet[head..len])
+                    .map_err(|_| SrtpError::Key)?;
+                let mut tag = [0u8; 20];
+                mac.sign(&[&packet[..len], &roc.to_be_bytes()], &mut tag)
+                    .map_err(|_| SrtpError::Key)?;
+                packet[len..len + HMAC_TAG_80].copy_from_slice(&tag[..HMAC_TAG_80]);
+            }
+        }
+        Ok(len + tag_len)
+    }
+}
+
+/// The rollover counter of one SSRC we send on (RFC 3711 §3.3.1): the
+/// highest index sent, and the index of a sequence number near it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Rollover {
+    highest: Option<u64>,
+}
+
+impl Rollover {
+    /// The 48-bit index for `seq`, taken as the one closest to the
+    /// highest sent (a packet forwarded out of order lies behind it).
+    /// `None` for an index below zero or past 2^48 (never reached at
+    /// media rates; the key would be exhausted).
+    pub(crate) fn index(&mut self, seq: u16) -> Option<u64> {
+        let Some(high) = self.highest else {
+            self.highest = Some(seq as u64);
+            return Some(seq as u64);
+        };
+        let delta = seq.wrapping_sub(high as u16) as i16 as i64;
+        let index = high as i64 + delta;
+        if !(0..1 << 48).contains(&index) {
+            return None;
+        }
+        let index = index as u64;
+        if index > high {
+            self.highest = Some(index);
+        }
+        Some(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::srtp::context::Context;
+
+    fn crypto() -> &'static dyn RTCCrypto {
+        let provider = Box::leak(Box::new(rtc::crypto::default_provider().expect("provider")));
+        provider.crypto()
+    }
+
+    fn packet(ssrc: u32, seq: u16, ext: bool, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80 | if ext { 0x10 } else { 0 }, 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&1234u32.to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        if ext {
+            // One-byte header extension: transport-cc, id 3, two bytes.
+            p.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x31, 0x12, 0x34, 0]);
+        }
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// Our encryption, checked by rtc's own SRTP decryption (the same code
+    /// a browser's libsrtp agrees with in every call today), over a run of
+    /// packets that crosses a sequence number rollover.
+    fn rtc_decrypts_ours(profile: ProtectionProfile, salt_len: usize) {
+        let key: Vec<u8> = (0..16).map(|i| i * 7 + 1).collect();
+        let salt: Vec<u8> = (0..salt_len as u8).map(|i| i * 3 + 5).collect();
+        let mut ours = SrtpOut::new(profile, &key, &salt, crypto()).expect("ours");
+        let mut theirs = Context::new(&key, &salt, profile, None, None, crypto()).expect("rtc's");
+        let mut roll = Rollover::default();
+        for (n, seq) in (65_530u16..=65_535).chain(0..6).enumerate() {
+            let payload: Vec<u8> = (0..(100 + n)).map(|i| (i * 13 + n) as u8).collect();
+            let plain = packet(0x1122_3344, seq, n % 2 == 0, &payload);
+            let mut buf = plain.clone();
+            buf.resize(plain.len() + ours.overhead(), 0);
+            let roc = (roll.index(seq).expect("index") >> 16) as u32;
+            let len = ours.protect(&mut buf, plain.len(), roc).expect("protect");
+            assert_eq!(len, buf.len());
+            assert_ne!(buf[..plain.len()], plain[..], "the payload is encrypted");
+            let back = theirs.decrypt_rtp(&buf).expect("rtc decrypts our packet");
+            assert_eq!(&back[..], &plain[..], "packet {n} (seq {seq})");
+        }
+    }
+
+    #[test]
+    fn rtc_decrypts_our_aes_gcm_packets_across_a_rollover() {
+        rtc_decrypts_ours(ProtectionProfile::AeadAes128Gcm, 12);
+    }
+
+    #[test]
+    fn rtc_decrypts_our_aes_cm_hmac_sha1_packets_across_a_rollover() {
+        rtc_decrypts_ours(ProtectionProfile::Aes128CmHmacSha1_80, 14);
+    }
+
+    #[test]
+    fn a_changed_byte_or_a_wrong_rollover_counter_fails_authentication() {
+        let key = [9u8; 16];
+        let salt = [4u8; 12];
+        let profile = ProtectionProfile::AeadAes128Gcm;
+        let mut ours = SrtpOut::new(profile, &key, &salt, crypto()).expect("ours");
+        let plain = packet(7, 100, true, &[1, 2, 3, 4, 5]);
+        let mut buf = plain.clone();
+        buf.resize(plain.len() + 16, 0);
+        ours.protect(&mut buf, plain.len(), 0).expect("protect");
+        for flip in [1, 9, 14, buf.len() - 1] {
+            let mut theirs = Context::new(&key, &salt, profile, None, None, crypto()).unwrap();
+            let mut bad = buf.clone();
+            bad[flip] ^= 0x40;
+            assert!(theirs.decrypt_rtp(&bad).is_err(), "byte {flip} changed");
+        }
+        let mut wrong_roc = plain.clone();
+        wrong_roc.resize(plain.len() + 16, 0);
+        ours.protect(&mut wrong_roc, plain.len(), 1).expect("protect");
+        let mut theirs = Context::new(&key, &salt, profile, None, None, crypto()).unwrap();
+        assert!(theirs.decrypt_rtp(&wrong_roc).is_err(), "ROC 1 where 0 is due");
+    }
+
+    #[test]
+    fn short_truncated_and_lying_packets_are_refused_without_panicking() {
+        let mut ours =
+            SrtpOut::new(ProtectionProfile::AeadAes128Gcm, &[1; 16], &[2; 12], crypto()).unwrap();
+        let full = packet(7, 1, true, &[0; 40]);
+        for cut in 0..20 {
+            let mut buf = full[..cut].to_vec();
+            buf.resize(cut + 16, 0);
+            assert_eq!(ours.protect(&mut buf, cut, 0), Err(SrtpError::Packet), "{cut} bytes");
+        }
+        // No room for the tag.
+        let mut buf = full.clone();
+        assert_eq!(ours.protect(&mut buf, full.len(), 0), Err(SrtpError::Packet));
+        // An extension length past the end.
+        let mut lying = full.clone();
+        lying[14] = 0xff;
+        lying.resize(full.len() + 16, 0);
+        assert_eq!(ours.protect(&mut lying, full.len(), 0), Err(SrtpError::Packet));
+        // Random bytes: refused or protected, never a panic.
+        let mut x = 0x1234_5678u32;
+        for _ in 0..2_000 {
+            let len = (x % 64) as usize;
+            let mut buf: Vec<u8> = (0..len + 16)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let _ = ours.protect(&mut buf, len, 0);
+        }
+    }
+
+    #[test]
+    fn profiles_and_keys_the_fast_path_does_not_take_are_refused() {
+        let c = crypto();
+        assert!(matches!(
+            SrtpOut::new(ProtectionProfile::AeadAes256Gcm, &[0; 32], &[0; 12], c),
+            Err(SrtpError::Key | SrtpError::Profile)
+        ));
+        assert!(matches!(
+            SrtpOut::new(ProtectionProfile::Aes128CmHmacSha1_32, &[0; 16], &[0; 14], c),
+            Err(SrtpError::Profile)
+        ));
+        assert!(matches!(
+            SrtpOut::new(ProtectionProfile::AeadAes128Gcm, &[0; 16], &[0; 14], c),
+            Err(SrtpError::Key)
+        ));
+    }
+
+    #[test]
+    fn the_rollover_counter_follows_wraps_and_late_packets() {
+        let mut r = Rollover::default();
+        assert_eq!(r.index(65_534), Some(65_534));
+        assert_eq!(r.index(65_535), Some(65_535));
+        assert_eq!(r.index(1), Some(65_537), "wrapped: ROC 1");
+        assert_eq!(r.index(65_535), Some(65_535), "late, before the wrap: ROC 0");
+        assert_eq!(r.index(2), Some(65_538));
+        let mut fresh = Rollover::default();
+        assert_eq!(fresh.index(10), Some(10));
+        assert_eq!(fresh.index(65_000), None, "before index 0");
+    }
+}
