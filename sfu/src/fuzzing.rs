@@ -282,6 +282,7 @@ impl AnswerHarness {
             candidates,
             &subscriptions,
             true,
+            true,
             now,
         )?;
         let offer = match events.try_recv().map(|e| e.event) {

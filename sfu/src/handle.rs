@@ -161,6 +161,7 @@ impl SfuHandle {
                 ufrag_owners: ufrag_owners.clone(),
                 index,
                 events: events.clone(),
+                media_path: config.media_path,
                 candidates: Candidates {
                     announce_ip: config.announce_ip,
                     udp_port: local.port(),

@@ -112,6 +112,21 @@ pub struct SfuConfig {
     pub tcp_port: Option<u16>,
     /// Number of media worker threads (default: number of cores).
     pub workers: usize,
+    /// How forwarded media is encrypted and sent (default: our own path).
+    pub media_path: MediaPath,
+}
+
+/// The forwarding path (docs/DECISIONS.md §10).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MediaPath {
+    /// Our own: SRTP, retransmissions, transport-wide CC and sender
+    /// reports for forwarded media below rtc's RTP pipeline
+    /// (`media_out.rs`).
+    #[default]
+    Own,
+    /// Everything through rtc's RTP pipeline and interceptors (the path
+    /// before issue 13; kept for comparison and as a fallback).
+    Rtc,
 }
 
 /// What the edge asks of the media plane. Every command names its consult;
@@ -290,6 +305,7 @@ pub mod fuzzing;
 mod handle;
 mod junk;
 mod keyframe;
+mod media_out;
 mod pacer;
 mod peer;
 mod rewrite;

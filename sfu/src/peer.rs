@@ -12,14 +12,17 @@
 use crate::bwe::{Allocator, LOSS_HIGH, LossCap, NO_ESTIMATE, ReportingGcc, Want};
 use crate::consult::Kind;
 use crate::keyframe::{KeyframeLimiter, MarkKeyframeRequests, is_keyframe_request};
+use crate::media_out::{Outbound, OwnMedia, TrackOut, twcc_ext_id};
 use crate::pacer::{Pacer, RetransmitLimit, pace_rate, rtp_ssrc};
 use crate::rewrite::{AUDIO_TS_STEP, StreamRewriter, VIDEO_TS_STEP, seq_newer};
 use crate::simulcast::{self, LAYERS, Layer, LayerForwarder, Switched, TOP, Verdict};
+use crate::srtp::SrtpOut;
 use crate::{ConsultId, EventSink, MediaEnvelope, MediaEvent, ParticipantId, VideoQuality};
 use bytes::BytesMut;
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::interceptor::{
-    CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, Registry, Slot,
-    TwccSenderBuilder,
+    CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, ReceiverReportBuilder,
+    Registry, Slot, TwccSenderBuilder,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
@@ -40,6 +43,7 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpTransceiverDirection;
@@ -49,7 +53,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
-use rtc::shared::TaggedBytesMut;
+use rtc::shared::{TaggedBytesMut, TransportContext};
 use std::net::IpAddr;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -92,9 +96,14 @@ const EARLY_DTLS_AGE: Duration = Duration::from_secs(3);
 /// [`NACK_HISTORY`] packets: NACK generator and responder (and their
 /// `nack`/`nack pli` feedback), the mid/rid extensions, transport-wide CC
 /// feedback towards publishers and RTCP reports.
+///
+/// With our own media path (`own`) the outbound half is ours
+/// (`media_out.rs`): no NACK responder and no sender reports from rtc, as
+/// it never sees what we send on those SSRCs.
 fn default_interceptors(
     registry: Registry,
     media: &mut MediaEngine,
+    own: bool,
 ) -> rtc::shared::error::Result<Registry> {
     for parameter in ["", "pli"] {
         media.register_feedback(
@@ -105,14 +114,16 @@ fn default_interceptors(
             RtpCodecKind::Video,
         );
     }
-    let registry = registry
-        .with(
-            Slot::NackResponder,
-            NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
-        )
-        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+    let registry = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
     configure_simulcast_extension_headers(media)?;
     let registry = configure_twcc_receiver_only(registry, media)?;
+    if own {
+        return Ok(registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()));
+    }
+    let registry = registry.with(
+        Slot::NackResponder,
+        NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
+    );
     Ok(configure_rtcp_reports(registry))
 }
 
@@ -239,6 +250,8 @@ struct Outgoing {
     /// publisher's rate limit: the one its browser asks for when its
     /// end-to-end key for the publisher arrives (`first_picture`).
     first_picture_pending: bool,
+    /// Our own sending state of this SSRC (own media path only).
+    out: TrackOut,
 }
 
 /// The peer connection with its next timer deadline cached.
@@ -351,6 +364,18 @@ pub(crate) struct Peer {
     /// Video tracks paused for bandwidth at the last allocation.
     pub paused: usize,
     quality: QualityEvents,
+    /// Forward on our own media path (`media_out.rs`) rather than through
+    /// rtc's RTP pipeline; set at join, for the peer's life.
+    own_path: bool,
+    /// That path's state, from DTLS completion on.
+    own: Option<OwnMedia>,
+    /// The estimator it will feed (moved into `own` when it starts).
+    own_gcc: Option<ReportingGcc>,
+    /// Where rtc last sent DTLS or SRTCP: the selected candidate pair
+    /// (STUN answers go wherever a check came from, so they do not count).
+    media_to: Option<TransportContext>,
+    /// The transport-wide CC extension id of the last answer.
+    twcc_ext: Option<u8>,
     /// Spreads video bursts at a multiple of the estimate (pacer.rs).
     pacer: Pacer<TaggedBytesMut>,
     retransmit: RetransmitLimit,
@@ -458,6 +483,7 @@ impl Peer {
         candidates: Candidates,
         subscriptions: &[(PeerKey, ParticipantId, Kind)],
         simulcast: bool,
+        own_path: bool,
         now: Instant,
     ) -> Result<Peer, String> {
         let mut media = MediaEngine::default();
@@ -483,22 +509,39 @@ impl Peer {
         // extensions). Plus the keyframe marker, and send-side congestion
         // control towards this subscriber: TWCC sequence numbers on what we
         // send and GCC on the feedback, but no pacer (see bwe.rs).
+        // On our own media path the estimator is fed by `media_out.rs`
+        // instead of rtc's congestion control interceptor.
         let (estimator, estimate) = ReportingGcc::new();
-        let registry = Registry::new()
-            .with(Slot::from(14_000), MarkKeyframeRequests::default())
-            .with(
-                Slot::CongestionControl,
-                CongestionControlBuilder::new(estimator).build(),
-            )
-            .with(Slot::TwccSender, TwccSenderBuilder::new().build());
-        let registry = default_interceptors(registry, &mut media).map_err(|e| e.to_string())?;
+        let mut registry =
+            Registry::new().with(Slot::from(14_000), MarkKeyframeRequests::default());
+        let mut own_gcc = None;
+        if own_path {
+            own_gcc = Some(estimator);
+        } else {
+            registry = registry
+                .with(
+                    Slot::CongestionControl,
+                    CongestionControlBuilder::new(estimator).build(),
+                )
+                .with(Slot::TwccSender, TwccSenderBuilder::new().build());
+        }
+        let registry =
+            default_interceptors(registry, &mut media, own_path).map_err(|e| e.to_string())?;
         // As offerer we write `setup:actpass`; Chromium answers `active`, so
         // we are the DTLS server (the faster handshake the spike measured).
         // The answering role only matters if a client ever offers.
-        let settings = SettingEngineBuilder::new()
+        let mut settings = SettingEngineBuilder::new()
             .with_lite(true)
-            .with_answering_dtls_role(RTCDtlsRole::Server)
-            .build();
+            .with_answering_dtls_role(RTCDtlsRole::Server);
+        if own_path {
+            // The two profiles `srtp.rs` implements (GCM first: every
+            // current browser takes it).
+            settings = settings.with_srtp_protection_profiles(vec![
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            ]);
+        }
+        let settings = settings.build();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_setting_engine(settings)
             .with_media_engine(media)
@@ -570,6 +613,11 @@ impl Peer {
             sent_bytes: 0,
             sent_rate: 0,
             allocator: Allocator::default(),
+            own_path,
+            own: None,
+            own_gcc,
+            media_to: None,
+            twcc_ext: None,
             pacer: Pacer::default(),
             retransmit: RetransmitLimit::default(),
             wire: (0, 0, 0),
@@ -665,6 +713,10 @@ impl Peer {
             offered: false,
             live: false,
             first_picture_pending: true,
+            out: TrackOut::new(
+                codec.rtp_codec.clock_rate,
+                kind.is_video().then_some(NACK_HISTORY),
+            ),
         });
         Ok(())
     }
@@ -766,6 +818,7 @@ impl Peer {
             return;
         }
         let level_ext = audio_level_ext_id(&sdp);
+        let twcc_ext = twcc_ext_id(&sdp);
         let sdp = simulcast::drop_echoed_simulcast(&sdp).unwrap_or(sdp);
         let sdp = if self.rid_layers {
             simulcast::keep_rid_bindings(&sdp).unwrap_or(sdp)
@@ -792,6 +845,10 @@ impl Peer {
             log::debug!("audio level extension id {level_ext:?}");
         }
         self.audio_level_ext = level_ext;
+        self.twcc_ext = twcc_ext;
+        if let Some(own) = self.own.as_mut() {
+            own.set_twcc_ext(twcc_ext);
+        }
         // Payload types are fixed by our offer, but read back what was
         // negotiated rather than assume the browser echoed them.
         for o in &mut self.outgoing {
@@ -870,7 +927,62 @@ impl Peer {
     }
 
     pub(crate) fn poll_write(&mut self) -> Option<TaggedBytesMut> {
-        self.pc.poll_write()
+        let msg = self.pc.poll_write()?;
+        // DTLS (20..=63) and SRTCP (128..=191) go on the selected pair.
+        if matches!(msg.message.first(), Some(20..=63 | 128..=191)) {
+            self.media_to = Some(msg.transport);
+        }
+        Some(msg)
+    }
+
+    /// Forwarded media goes through our own path (`poll_own`).
+    pub(crate) fn owns_media(&self) -> bool {
+        self.own.is_some()
+    }
+
+    /// The next packet of our own media path (forwarded or resent media):
+    /// taken without a sweep of rtc's pipeline.
+    pub(crate) fn poll_own(&mut self) -> Option<TaggedBytesMut> {
+        self.own.as_mut()?.poll()
+    }
+
+    /// Start our own media path once DTLS is done: SRTP from the exported
+    /// keys. `false` (and the peer failed) if that is impossible, which
+    /// the offered profiles rule out; never falls back to rtc's pipeline,
+    /// whose interceptors for these SSRCs are not there.
+    fn start_own_media(&mut self) -> bool {
+        let keys = self.pc.srtp_session_keys().cloned();
+        let srtp = match (keys, rtc::crypto::default_provider()) {
+            (Some(k), Ok(provider)) => SrtpOut::new(
+                k.profile,
+                &k.local_master_key,
+                &k.local_master_salt,
+                provider.crypto(),
+            )
+            .map_err(|e| format!("{e:?} ({:?})", k.profile)),
+            (None, _) => Err("no keys".to_string()),
+            (_, Err(e)) => Err(e.to_string()),
+        };
+        match (srtp, self.own_gcc.take()) {
+            (Ok(srtp), Some(gcc)) => {
+                let mut own = OwnMedia::new(srtp, gcc);
+                own.set_twcc_ext(self.twcc_ext);
+                self.own = Some(own);
+                true
+            }
+            (Err(e), _) => {
+                log::warn!(
+                    "participant {}: own SRTP not started: {e}",
+                    self.participant
+                );
+                self.fail("SRTP keys unusable");
+                false
+            }
+            (Ok(_), None) => {
+                self.fail("SRTP started twice");
+                false
+            }
+        }
     }
 
     /// What rtc wrote, through the pacer: `Some` to send now. Video RTP
@@ -929,6 +1041,9 @@ impl Peer {
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
                     RTCPeerConnectionState::Connected if !self.connected => {
+                        if self.own_path && !self.start_own_media() {
+                            continue;
+                        }
                         self.connected = true;
                         log::debug!("participant {}: ICE and DTLS connected", self.participant);
                         self.emit(MediaEvent::Connected);
@@ -1056,6 +1171,25 @@ impl Peer {
                     }
                 }
                 RTCMessage::RtcpPacket(track_id, packets) => {
+                    if let Some(own) = self.own.as_mut() {
+                        for p in &packets {
+                            let any = p.as_any();
+                            if let Some(fb) = any.downcast_ref::<TransportLayerCc>() {
+                                own.feedback(fb, now);
+                            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>()
+                                && let Some(o) = self
+                                    .outgoing
+                                    .iter()
+                                    .find(|o| o.rewriter.ssrc() == nack.media_ssrc)
+                            {
+                                for pair in &nack.nacks {
+                                    for seq in *pair {
+                                        own.resend(&o.out, seq, self.media_to, now);
+                                    }
+                                }
+                            }
+                        }
+                    }
                     for p in &packets {
                         for r in reception_reports(p.as_ref()) {
                             // Only about streams we send to this subscriber.
@@ -1132,6 +1266,22 @@ impl Peer {
         for incoming in self.incoming.iter_mut().flatten() {
             for l in &mut incoming.layers {
                 l.rate = std::mem::take(&mut l.bytes) * 8 * 1000 / ms;
+            }
+        }
+        if let Some(own) = self.own.as_mut() {
+            own.tick(now);
+            // Sender reports for what we sent (rtc's are off on this
+            // path): lip sync and round-trip times in the browser.
+            let wall = std::time::SystemTime::now();
+            for o in &self.outgoing {
+                let Some(sr) = o.out.sender_report(o.rewriter.ssrc(), now, wall) else {
+                    continue;
+                };
+                if let Some(mut sender) = self.pc.rtp_sender(o.sender)
+                    && let Err(e) = sender.write_rtcp(now, vec![Box::new(sr)])
+                {
+                    log::debug!("sender report: {e}");
+                }
             }
         }
         if self.failed {
@@ -1387,13 +1537,36 @@ impl Peer {
                 }
             }
         }
-        let len = p.payload.len() + 12;
-        let Some(mut sender) = self.pc.rtp_sender(o.sender) else {
+        let mut len = p.payload.len() + 12;
+        if let Some(own) = self.own.as_mut() {
+            let h = &p.header;
+            let sent = own.send(
+                &mut o.out,
+                &Outbound {
+                    ssrc: h.ssrc,
+                    seq: h.sequence_number,
+                    timestamp: h.timestamp,
+                    marker: h.marker,
+                    payload_type: h.payload_type,
+                    payload: &p.payload,
+                },
+                self.media_to,
+                now,
+            );
+            if sent == 0 {
+                return 0;
+            }
+        } else if self.own_path {
             return 0;
-        };
-        if sender.write_rtp(now, p).is_err() {
-            return 0;
+        } else {
+            let Some(mut sender) = self.pc.rtp_sender(o.sender) else {
+                return 0;
+            };
+            if sender.write_rtp(now, p).is_err() {
+                return 0;
+            }
         }
+        len = len.max(1);
         self.sent_bytes += len as u64;
         if !self.first_forwarded {
             self.first_forwarded = true;
@@ -1532,12 +1705,26 @@ mod tests {
         use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
         let mut ours = MediaEngine::default();
         let mut theirs = MediaEngine::default();
-        let a = default_interceptors(Registry::new(), &mut ours).expect("ours");
+        let a = default_interceptors(Registry::new(), &mut ours, false).expect("ours");
         let b = register_default_interceptors(Registry::new(), &mut theirs).expect("rtc's");
         // The same interceptors in the same slots: if rtc's defaults ever
         // change, this says so (and `default_interceptors` follows).
         assert_eq!(a.slots(), b.slots());
         assert!(a.slots().iter().any(|(s, _)| *s == Slot::NackResponder));
+        // Our own media path: nothing of rtc's may touch what we send
+        // (no NACK responder, no sender reports), the inbound half stays.
+        let own = default_interceptors(Registry::new(), &mut MediaEngine::default(), true)
+            .expect("own path");
+        let slots: Vec<Slot> = own.slots().iter().map(|(s, _)| *s).collect();
+        assert!(!slots.contains(&Slot::NackResponder));
+        assert!(!slots.contains(&Slot::SenderReport));
+        for kept in [
+            Slot::NackGenerator,
+            Slot::ReceiverReport,
+            Slot::TwccReceiver,
+        ] {
+            assert!(slots.contains(&kept), "{kept:?}");
+        }
     }
 
     #[test]

@@ -15,8 +15,8 @@
 //! resend the same ciphertext rather than encrypting again.
 
 use rtc::crypto::{
-    AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, HmacAlgorithm, Mac, RTCCrypto,
-    StreamCipher, StreamCipherAlgorithm,
+    AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, HmacAlgorithm, Mac, RTCCrypto, StreamCipher,
+    StreamCipherAlgorithm,
 };
 use rtc::srtp::protection_profile::ProtectionProfile;
 
@@ -103,7 +103,13 @@ impl SrtpOut {
         crypto: &dyn RTCCrypto,
     ) -> Result<SrtpOut, SrtpError> {
         let mut key = [0u8; 16];
-        derive(crypto, LABEL_SRTP_ENCRYPTION, master_key, master_salt, &mut key)?;
+        derive(
+            crypto,
+            LABEL_SRTP_ENCRYPTION,
+            master_key,
+            master_salt,
+            &mut key,
+        )?;
         let cipher = match profile {
             ProtectionProfile::AeadAes128Gcm => {
                 if master_salt.len() != 12 {
@@ -312,29 +318,48 @@ mod tests {
         }
         let mut wrong_roc = plain.clone();
         wrong_roc.resize(plain.len() + 16, 0);
-        ours.protect(&mut wrong_roc, plain.len(), 1).expect("protect");
+        ours.protect(&mut wrong_roc, plain.len(), 1)
+            .expect("protect");
         let mut theirs = Context::new(&key, &salt, profile, None, None, crypto()).unwrap();
-        assert!(theirs.decrypt_rtp(&wrong_roc).is_err(), "ROC 1 where 0 is due");
+        assert!(
+            theirs.decrypt_rtp(&wrong_roc).is_err(),
+            "ROC 1 where 0 is due"
+        );
     }
 
     #[test]
     fn short_truncated_and_lying_packets_are_refused_without_panicking() {
-        let mut ours =
-            SrtpOut::new(ProtectionProfile::AeadAes128Gcm, &[1; 16], &[2; 12], crypto()).unwrap();
+        let mut ours = SrtpOut::new(
+            ProtectionProfile::AeadAes128Gcm,
+            &[1; 16],
+            &[2; 12],
+            crypto(),
+        )
+        .unwrap();
         let full = packet(7, 1, true, &[0; 40]);
         for cut in 0..20 {
             let mut buf = full[..cut].to_vec();
             buf.resize(cut + 16, 0);
-            assert_eq!(ours.protect(&mut buf, cut, 0), Err(SrtpError::Packet), "{cut} bytes");
+            assert_eq!(
+                ours.protect(&mut buf, cut, 0),
+                Err(SrtpError::Packet),
+                "{cut} bytes"
+            );
         }
         // No room for the tag.
         let mut buf = full.clone();
-        assert_eq!(ours.protect(&mut buf, full.len(), 0), Err(SrtpError::Packet));
+        assert_eq!(
+            ours.protect(&mut buf, full.len(), 0),
+            Err(SrtpError::Packet)
+        );
         // An extension length past the end.
         let mut lying = full.clone();
         lying[14] = 0xff;
         lying.resize(full.len() + 16, 0);
-        assert_eq!(ours.protect(&mut lying, full.len(), 0), Err(SrtpError::Packet));
+        assert_eq!(
+            ours.protect(&mut lying, full.len(), 0),
+            Err(SrtpError::Packet)
+        );
         // Random bytes: refused or protected, never a panic.
         let mut x = 0x1234_5678u32;
         for _ in 0..2_000 {
@@ -359,7 +384,12 @@ mod tests {
             Err(SrtpError::Key | SrtpError::Profile)
         ));
         assert!(matches!(
-            SrtpOut::new(ProtectionProfile::Aes128CmHmacSha1_32, &[0; 16], &[0; 14], c),
+            SrtpOut::new(
+                ProtectionProfile::Aes128CmHmacSha1_32,
+                &[0; 16],
+                &[0; 14],
+                c
+            ),
             Err(SrtpError::Profile)
         ));
         assert!(matches!(
@@ -374,7 +404,11 @@ mod tests {
         assert_eq!(r.index(65_534), Some(65_534));
         assert_eq!(r.index(65_535), Some(65_535));
         assert_eq!(r.index(1), Some(65_537), "wrapped: ROC 1");
-        assert_eq!(r.index(65_535), Some(65_535), "late, before the wrap: ROC 0");
+        assert_eq!(
+            r.index(65_535),
+            Some(65_535),
+            "late, before the wrap: ROC 0"
+        );
         assert_eq!(r.index(2), Some(65_538));
         let mut fresh = Rollover::default();
         assert_eq!(fresh.index(10), Some(10));

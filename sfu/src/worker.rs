@@ -71,6 +71,7 @@ pub(crate) struct WorkerSetup {
     pub index: usize,
     pub candidates: Candidates,
     pub events: EventSink,
+    pub media_path: crate::MediaPath,
 }
 
 struct TcpConn {
@@ -161,6 +162,17 @@ impl Net {
                 self.send(msg);
             }
         }
+        self.flush_own(peer);
+    }
+
+    /// Only what our own media path queued (forwarded media, resends):
+    /// no sweep of rtc's pipeline.
+    fn flush_own(&mut self, peer: &mut Peer) {
+        while let Some(msg) = peer.poll_own() {
+            if let Some(msg) = peer.pace(msg) {
+                self.send(msg);
+            }
+        }
     }
 
     /// Whatever the peer's pacer lets go by `now`.
@@ -201,6 +213,7 @@ pub(crate) struct Worker {
     counters: Arc<MediaCounters>,
     ufrag_owners: Arc<Mutex<HashMap<String, usize>>>,
     candidates: Candidates,
+    media_path: crate::MediaPath,
     udp_local: SocketAddr,
     tcp_local: Option<SocketAddr>,
     net: Net,
@@ -246,6 +259,7 @@ impl Worker {
             counters: setup.counters,
             ufrag_owners: setup.ufrag_owners,
             candidates: c,
+            media_path: setup.media_path,
             // rtc matches inbound packets to our candidates by local address,
             // so use the announced one (what the browser sends to).
             udp_local: SocketAddr::new(c.announce_ip, c.udp_port),
@@ -744,7 +758,11 @@ impl Worker {
             if let Some(peer) = self.peers.get_mut(sub).and_then(|p| p.as_mut())
                 && peer.forward(source, kind, layer, packet, now) > 0
             {
-                self.net.flush_peer(peer);
+                if peer.owns_media() {
+                    self.net.flush_own(peer);
+                } else {
+                    self.net.flush_peer(peer);
+                }
             }
         }
     }
@@ -1107,6 +1125,7 @@ impl Worker {
             self.candidates,
             &subscriptions,
             true,
+            self.media_path == crate::MediaPath::Own,
             now,
         );
         log::debug!(

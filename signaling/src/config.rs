@@ -11,7 +11,7 @@ use crate::token::VerifyKey;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use sfu::SfuConfig;
+use sfu::{MediaPath, SfuConfig};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -118,6 +118,11 @@ pub struct ServeArgs {
     /// Media worker threads (default: number of cores).
     #[arg(long, env = "SPREEKKAMER_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// How forwarded media is encrypted and sent: `own` (the SFU's own
+    /// SRTP and retransmissions, the fast path) or `rtc` (through the
+    /// WebRTC library's RTP pipeline; slower, kept for comparison).
+    #[arg(long, env = "SPREEKKAMER_MEDIA_PATH", value_enum, default_value_t = MediaPathArg::Own)]
+    pub media_path: MediaPathArg,
     /// Maximum participants per consult (waiting and admitted).
     #[arg(long, env = "SPREEKKAMER_MAX_PARTICIPANTS", default_value_t = 6,
           value_parser = clap::value_parser!(u16).range(2..=50))]
@@ -327,6 +332,7 @@ fn media_config(
     tcp_port: u16,
     no_ice_tcp: bool,
     workers: Option<u16>,
+    media_path: MediaPathArg,
 ) -> SfuConfig {
     SfuConfig {
         bind_ip: bind_ip.unwrap_or(announce_ip),
@@ -338,7 +344,18 @@ fn media_config(
                 .map(|n| n.get())
                 .unwrap_or(1)
         }),
+        media_path: match media_path {
+            MediaPathArg::Own => MediaPath::Own,
+            MediaPathArg::Rtc => MediaPath::Rtc,
+        },
     }
+}
+
+/// `--media-path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MediaPathArg {
+    Own,
+    Rtc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -716,6 +733,7 @@ impl ServeArgs {
                 self.tcp_port,
                 self.no_ice_tcp,
                 self.workers,
+                self.media_path,
             ),
             policy: ConsultPolicy {
                 max_participants: limits.max_participants,
@@ -907,6 +925,11 @@ pub struct SfuArgs {
     /// Media worker threads (default: number of cores).
     #[arg(long, env = "SPREEKKAMER_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// How forwarded media is encrypted and sent: `own` (the SFU's own
+    /// SRTP and retransmissions, the fast path) or `rtc` (through the
+    /// WebRTC library's RTP pipeline; slower, kept for comparison).
+    #[arg(long, env = "SPREEKKAMER_MEDIA_PATH", value_enum, default_value_t = MediaPathArg::Own)]
+    pub media_path: MediaPathArg,
     /// Where edges reach this node (the authenticated link).
     #[arg(
         long,
@@ -950,6 +973,7 @@ impl SfuArgs {
                 self.tcp_port,
                 self.no_ice_tcp,
                 self.workers,
+                self.media_path,
             ),
             link_listen: self.link_listen,
             link_secret: self.cluster.link_secret()?,

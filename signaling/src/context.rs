@@ -129,6 +129,7 @@ impl ServeConfig {
                 udp_port: 0,
                 tcp_port: Some(0),
                 workers: 1,
+                media_path: Default::default(),
             },
             policy: ConsultPolicy {
                 max_participants: limits.max_participants,

@@ -51,6 +51,7 @@ pub fn start_sfu() -> TestPlane {
             udp_port: 0,
             tcp_port: Some(0),
             workers: 1,
+            media_path: Default::default(),
         },
         sink,
     )

@@ -1,0 +1,476 @@
+//! The outbound fast path: media to one subscriber, built, encrypted and
+//! queued by us instead of rtc's RTP pipeline (docs/DECISIONS.md §10).
+//!
+//! Per forwarded packet: one buffer (header + transport-wide sequence
+//! number + payload + tag), our SRTP in place (`srtp.rs`), a copy of the
+//! ciphertext into the track's retransmission ring (video), one entry in
+//! the transport-wide send history. What rtc's interceptors did for these
+//! SSRCs is done here instead, because an SSRC must be wholly ours:
+//! - **NACK**: a subscriber's NACK resends the *same ciphertext* from the
+//!   ring (never a second encryption of one index); the pacer's
+//!   retransmission bound still applies (`Peer::pace`).
+//! - **Transport-wide CC**: our sequence numbers in the negotiated header
+//!   extension; the subscriber's feedback goes through rtc's `History`
+//!   into the same GCC (`bwe::ReportingGcc`) as before.
+//! - **Sender reports**: built from our counters once a second and sent
+//!   through rtc's SRTCP (`Peer::tick`); SRTCP stays rtc's alone.
+
+use crate::bwe::ReportingGcc;
+use crate::srtp::{Rollover, SrtpOut};
+use bytes::BytesMut;
+use rtc::interceptor::{BandwidthEstimator, History, convert_twcc};
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+use rtc::shared::{TaggedBytesMut, TransportContext};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Transport-wide CC extension URI (what our offer negotiates).
+pub(crate) const TWCC_URI: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+/// Send records older than this are dropped unanswered (feedback comes
+/// every ~50-100 ms; a subscriber that stopped sending it loses nothing).
+const HISTORY_HORIZON: Duration = Duration::from_secs(2);
+/// Packets queued but not yet taken by the worker (it takes them after
+/// every forward; bounded against a peer that is never flushed).
+const QUEUE_MAX: usize = 1024;
+
+/// A video track's ring of sent ciphertext, for NACKs: `slots` entries
+/// indexed by sequence number, buffers reused (no allocation once warm).
+pub(crate) struct Resend {
+    slots: Vec<(u16, Vec<u8>)>,
+}
+
+impl Resend {
+    pub(crate) fn new(slots: u16) -> Resend {
+        Resend {
+            slots: Vec::with_capacity(slots.max(1) as usize),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.slots.capacity()
+    }
+
+    fn store(&mut self, seq: u16, packet: &[u8]) {
+        let i = seq as usize % self.capacity();
+        if i >= self.slots.len() {
+            // Grows in order: the first lap fills slots 0, 1, 2, ...
+            // (sequence numbers start anywhere, so pad up to `i`).
+            self.slots
+                .resize_with(i + 1, || (seq.wrapping_add(1), Vec::new()));
+        }
+        let slot = &mut self.slots[i];
+        slot.0 = seq;
+        slot.1.clear();
+        slot.1.extend_from_slice(packet);
+    }
+
+    /// The ciphertext sent with `seq`, if still held.
+    pub(crate) fn get(&self, seq: u16) -> Option<&[u8]> {
+        let slot = self.slots.get(seq as usize % self.capacity())?;
+        (slot.0 == seq && !slot.1.is_empty()).then_some(&slot.1[..])
+    }
+}
+
+/// Our sending state of one outgoing SSRC.
+pub(crate) struct TrackOut {
+    rollover: Rollover,
+    packets: u32,
+    octets: u32,
+    clock_rate: u32,
+    /// RTP timestamp and time of the newest packet, for sender reports.
+    last: Option<(u32, Instant)>,
+    resend: Option<Resend>,
+}
+
+impl TrackOut {
+    pub(crate) fn new(clock_rate: u32, resend_slots: Option<u16>) -> TrackOut {
+        TrackOut {
+            rollover: Rollover::default(),
+            packets: 0,
+            octets: 0,
+            clock_rate,
+            last: None,
+            resend: resend_slots.map(Resend::new),
+        }
+    }
+
+    /// A sender report for `ssrc` as of `now`, if anything was sent.
+    pub(crate) fn sender_report(
+        &self,
+        ssrc: u32,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Option<SenderReport> {
+        let (ts, at) = self.last?;
+        let since = now.saturating_duration_since(at);
+        let ticks = (since.as_micros() as u64 * self.clock_rate as u64 / 1_000_000) as u32;
+        Some(SenderReport {
+            ssrc,
+            ntp_time: ntp(wall),
+            rtp_time: ts.wrapping_add(ticks),
+            packet_count: self.packets,
+            octet_count: self.octets,
+            ..Default::default()
+        })
+    }
+}
+
+/// NTP timestamp (RFC 3550 §4) of a wall-clock time.
+fn ntp(wall: SystemTime) -> u64 {
+    const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+    let d = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() + NTP_UNIX_OFFSET;
+    let frac = ((d.subsec_nanos() as u64) << 32) / 1_000_000_000;
+    (secs << 32) | frac
+}
+
+/// What `OwnMedia::send` needs of the rewritten packet.
+pub(crate) struct Outbound<'a> {
+    pub ssrc: u32,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub marker: bool,
+    pub payload_type: u8,
+    pub payload: &'a [u8],
+}
+
+/// One subscriber's outbound media state.
+pub(crate) struct OwnMedia {
+    srtp: SrtpOut,
+    twcc_ext: Option<u8>,
+    twcc_seq: u16,
+    history: History,
+    gcc: ReportingGcc,
+    queue: VecDeque<TaggedBytesMut>,
+    /// Packets refused (no path yet, SRTP index exhausted): counted.
+    pub dropped: u64,
+    /// Retransmissions queued from the ring, and NACKed packets no longer
+    /// (or never) in it.
+    pub resent: u64,
+    pub not_held: u64,
+}
+
+impl OwnMedia {
+    pub(crate) fn new(srtp: SrtpOut, gcc: ReportingGcc) -> OwnMedia {
+        OwnMedia {
+            srtp,
+            twcc_ext: None,
+            twcc_seq: 0,
+            history: History::new(),
+            gcc,
+            queue: VecDeque::new(),
+            dropped: 0,
+            resent: 0,
+            not_held: 0,
+        }
+    }
+
+    /// The transport-wide CC extension id the subscriber's answer agreed
+    /// to (`None`: no such feedback, no estimate; see `ReportingGcc`).
+    pub(crate) fn set_twcc_ext(&mut self, id: Option<u8>) {
+        self.twcc_ext = id.filter(|id| (1..=14).contains(id));
+    }
+
+    /// Build, encrypt and queue one packet on `path`. Returns the bytes
+    /// queued (0 if refused).
+    pub(crate) fn send(
+        &mut self,
+        track: &mut TrackOut,
+        p: &Outbound<'_>,
+        path: Option<TransportContext>,
+        now: Instant,
+    ) -> usize {
+        let Some(path) = path else {
+            self.dropped += 1;
+            return 0;
+        };
+        if self.queue.len() >= QUEUE_MAX {
+            self.dropped += 1;
+            return 0;
+        }
+        let Some(index) = track.rollover.index(p.seq) else {
+            self.dropped += 1;
+            return 0;
+        };
+        let ext = self.twcc_ext;
+        let head = 12 + if ext.is_some() { 8 } else { 0 };
+        let len = head + p.payload.len();
+        let mut buf = BytesMut::with_capacity(len + self.srtp.overhead());
+        buf.extend_from_slice(&[
+            0x80 | if ext.is_some() { 0x10 } else { 0 },
+            (p.marker as u8) << 7 | (p.payload_type & 0x7f),
+        ]);
+        buf.extend_from_slice(&p.seq.to_be_bytes());
+        buf.extend_from_slice(&p.timestamp.to_be_bytes());
+        buf.extend_from_slice(&p.ssrc.to_be_bytes());
+        let twcc = self.twcc_seq;
+        if let Some(id) = ext {
+            // RFC 8285 one-byte form: one element of two bytes, padded.
+            let [hi, lo] = twcc.to_be_bytes();
+            buf.extend_from_slice(&[0xbe, 0xde, 0, 1, id << 4 | 1, hi, lo, 0]);
+        }
+        buf.extend_from_slice(p.payload);
+        buf.resize(len + self.srtp.overhead(), 0);
+        let Ok(total) = self.srtp.protect(&mut buf, len, (index >> 16) as u32) else {
+            self.dropped += 1;
+            return 0;
+        };
+        buf.truncate(total);
+        if ext.is_some() {
+            self.twcc_seq = twcc.wrapping_add(1);
+            self.history
+                .add_outgoing(p.ssrc, p.seq, true, twcc, total, now);
+        }
+        track.packets = track.packets.wrapping_add(1);
+        track.octets = track.octets.wrapping_add(p.payload.len() as u32);
+        if track
+            .last
+            .is_none_or(|(ts, _)| seq_ts_newer(p.timestamp, ts))
+        {
+            track.last = Some((p.timestamp, now));
+        }
+        if let Some(ring) = track.resend.as_mut() {
+            ring.store(p.seq, &buf);
+        }
+        self.queue.push_back(TaggedBytesMut {
+            now,
+            transport: path,
+            message: buf,
+        });
+        total
+    }
+
+    /// A NACK for `seq` of a track: its ciphertext again, as sent.
+    pub(crate) fn resend(
+        &mut self,
+        track: &TrackOut,
+        seq: u16,
+        path: Option<TransportContext>,
+        now: Instant,
+    ) {
+        let (Some(path), Some(bytes)) = (path, track.resend.as_ref().and_then(|r| r.get(seq)))
+        else {
+            self.not_held += 1;
+            return;
+        };
+        if self.queue.len() >= QUEUE_MAX {
+            self.dropped += 1;
+            return;
+        }
+        self.resent += 1;
+        self.queue.push_back(TaggedBytesMut {
+            now,
+            transport: path,
+            message: BytesMut::from(bytes),
+        });
+    }
+
+    /// The subscriber's transport-wide CC feedback, into GCC.
+    pub(crate) fn feedback(&mut self, fb: &TransportLayerCc, now: Instant) {
+        for ack in convert_twcc(fb) {
+            self.history.on_twcc_feedback(now, ack);
+        }
+        let reports = self.history.take_reports();
+        self.gcc.on_reports(now, &reports);
+    }
+
+    /// Once a second: GCC's own timers, old send records.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        self.gcc.handle_timeout(now);
+        self.history
+            .prune_before(now.checked_sub(HISTORY_HORIZON).unwrap_or(now));
+    }
+
+    /// The next packet to send.
+    pub(crate) fn poll(&mut self) -> Option<TaggedBytesMut> {
+        self.queue.pop_front()
+    }
+}
+
+/// `a` is a later RTP timestamp than `b` (modulo 2^32).
+fn seq_ts_newer(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < 1 << 31
+}
+
+/// The transport-wide CC extension id in an SDP (`a=extmap:N <uri>`).
+pub(crate) fn twcc_ext_id(sdp: &str) -> Option<u8> {
+    sdp.lines().find_map(|line| {
+        let rest = line.strip_prefix("a=extmap:")?;
+        let (id, uri) = rest.split_once(' ')?;
+        let id = id.split('/').next()?;
+        (uri.trim() == TWCC_URI).then(|| id.parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::srtp::SrtpOut;
+    use rtc::srtp::context::Context;
+    use rtc::srtp::protection_profile::ProtectionProfile;
+    use std::net::SocketAddr;
+
+    fn path() -> TransportContext {
+        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        TransportContext {
+            local_addr: a,
+            peer_addr: b,
+            transport_protocol: rtc::shared::TransportProtocol::UDP,
+            ecn: None,
+        }
+    }
+
+    fn own(key: &[u8; 16], salt: &[u8; 12]) -> OwnMedia {
+        let provider = rtc::crypto::default_provider().unwrap();
+        let srtp = SrtpOut::new(
+            ProtectionProfile::AeadAes128Gcm,
+            key,
+            salt,
+            provider.crypto(),
+        )
+        .unwrap();
+        OwnMedia::new(srtp, ReportingGcc::new().0)
+    }
+
+    fn decryptor(key: &[u8; 16], salt: &[u8; 12]) -> Context {
+        let provider = rtc::crypto::default_provider().unwrap();
+        let replay = Some(rtc::srtp::option::srtp_replay_protection(64));
+        Context::new(
+            key,
+            salt,
+            ProtectionProfile::AeadAes128Gcm,
+            replay,
+            None,
+            provider.crypto(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_sent_packet_decrypts_to_the_rewritten_header_our_twcc_number_and_the_payload() {
+        let (key, salt) = ([3u8; 16], [5u8; 12]);
+        let mut own = own(&key, &salt);
+        own.set_twcc_ext(Some(5));
+        let mut track = TrackOut::new(90_000, Some(8));
+        let now = Instant::now();
+        for n in 0..3u16 {
+            let payload = [n as u8; 50];
+            let p = Outbound {
+                ssrc: 42,
+                seq: 1000 + n,
+                timestamp: 9000,
+                marker: n == 2,
+                payload_type: 96,
+                payload: &payload,
+            };
+            assert!(own.send(&mut track, &p, Some(path()), now) > 0);
+        }
+        let mut rx = decryptor(&key, &salt);
+        for n in 0..3u16 {
+            let out = own.poll().expect("queued");
+            assert_eq!(out.transport, path());
+            let plain = rx.decrypt_rtp(&out.message).expect("decrypts");
+            let mut b = &plain[..];
+            let pkt = <rtc::rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut b)
+                .expect("parses");
+            assert_eq!(pkt.header.ssrc, 42);
+            assert_eq!(pkt.header.sequence_number, 1000 + n);
+            assert_eq!(pkt.header.marker, n == 2);
+            assert_eq!(pkt.header.payload_type, 96);
+            let ext = pkt.header.get_extension(5).expect("transport-cc extension");
+            assert_eq!(
+                &ext[..],
+                &n.to_be_bytes(),
+                "transport-wide numbers count up"
+            );
+            assert_eq!(&pkt.payload[..], &[n as u8; 50]);
+        }
+        assert!(own.poll().is_none());
+        let sr = track
+            .sender_report(42, now + Duration::from_millis(100), SystemTime::now())
+            .expect("a report after sending");
+        assert_eq!(sr.packet_count, 3);
+        assert_eq!(sr.octet_count, 150);
+        assert_eq!(sr.rtp_time, 9000 + 9000, "100 ms later at 90 kHz");
+    }
+
+    #[test]
+    fn a_nack_resends_the_same_ciphertext_which_a_receiver_that_had_it_drops_as_a_replay() {
+        let (key, salt) = ([1u8; 16], [2u8; 12]);
+        let mut own = own(&key, &salt);
+        let mut track = TrackOut::new(90_000, Some(4));
+        let now = Instant::now();
+        for seq in 10..16u16 {
+            let p = Outbound {
+                ssrc: 7,
+                seq,
+                timestamp: 1,
+                marker: false,
+                payload_type: 96,
+                payload: &[seq as u8; 20],
+            };
+            own.send(&mut track, &p, Some(path()), now);
+        }
+        let sent: Vec<_> = std::iter::from_fn(|| own.poll())
+            .map(|m| m.message)
+            .collect();
+        own.resend(&track, 15, Some(path()), now);
+        own.resend(&track, 12, Some(path()), now);
+        own.resend(&track, 11, Some(path()), now); // overwritten (4 slots)
+        assert_eq!((own.resent, own.not_held), (2, 1));
+        assert_eq!(own.poll().unwrap().message, sent[5]);
+        let again = own.poll().unwrap().message;
+        assert_eq!(again, sent[2]);
+        assert!(own.poll().is_none());
+        // A receiver that lost seq 12 takes the resend; one that had it
+        // refuses it as a replay (RFC 3711 §3.3.2).
+        let mut lost = decryptor(&key, &salt);
+        let mut had = decryptor(&key, &salt);
+        for (i, p) in sent.iter().enumerate() {
+            if i != 2 {
+                lost.decrypt_rtp(p).unwrap();
+            }
+            had.decrypt_rtp(p).unwrap();
+        }
+        assert!(lost.decrypt_rtp(&again).is_ok(), "the lost packet arrives");
+        assert!(had.decrypt_rtp(&again).is_err(), "a duplicate is refused");
+    }
+
+    #[test]
+    fn nothing_is_sent_without_a_path_and_the_queue_is_bounded() {
+        let mut own = own(&[0; 16], &[0; 12]);
+        let mut track = TrackOut::new(48_000, None);
+        let now = Instant::now();
+        let p = |seq| Outbound {
+            ssrc: 1,
+            seq,
+            timestamp: 0,
+            marker: false,
+            payload_type: 111,
+            payload: &[0; 10],
+        };
+        assert_eq!(own.send(&mut track, &p(0), None, now), 0);
+        assert_eq!(own.dropped, 1);
+        for seq in 0..QUEUE_MAX as u16 + 10 {
+            own.send(&mut track, &p(seq), Some(path()), now);
+        }
+        assert_eq!(own.queue.len(), QUEUE_MAX);
+        assert_eq!(own.dropped, 11);
+        // Audio keeps no ring: a NACK for it is not held.
+        own.resend(&track, 3, Some(path()), now);
+        assert_eq!(own.not_held, 1);
+    }
+
+    #[test]
+    fn the_twcc_extension_id_is_read_from_the_answer() {
+        let sdp = format!("v=0\r\na=extmap:4 urn:x\r\na=extmap:7 {TWCC_URI}\r\n");
+        assert_eq!(twcc_ext_id(&sdp), Some(7));
+        assert_eq!(twcc_ext_id("a=extmap:4 urn:x\r\n"), None);
+        let mut own = own(&[0; 16], &[0; 12]);
+        own.set_twcc_ext(Some(15));
+        assert_eq!(own.twcc_ext, None, "15 is not a one-byte id");
+    }
+}
