@@ -13,7 +13,7 @@
 
 use crate::consult::Kind;
 use crate::keyframe::is_keyframe_request;
-use crate::peer::{Candidates, Peer, PeerOutput};
+use crate::peer::{Candidates, Peer, PeerOptions, PeerOutput};
 use crate::rewrite::{AUDIO_TS_STEP, StreamRewriter, VIDEO_TS_STEP};
 use crate::simulcast::{self, LAYERS, LayerForwarder, Verdict};
 use crate::speaker::SpeakerDetector;
@@ -281,8 +281,10 @@ impl AnswerHarness {
             tx,
             candidates,
             &subscriptions,
-            true,
-            true,
+            PeerOptions {
+                simulcast: true,
+                own_path: true,
+            },
             now,
         )?;
         let offer = match events.try_recv().map(|e| e.event) {

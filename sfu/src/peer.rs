@@ -135,6 +135,15 @@ pub(crate) struct Candidates {
     pub tcp_port: Option<u16>,
 }
 
+/// How a peer is set up (fixed for its life).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerOptions {
+    /// Offer `a=simulcast:recv` for the camera.
+    pub simulcast: bool,
+    /// Forward on our own media path (`media_out.rs`).
+    pub own_path: bool,
+}
+
 /// What draining a peer produced for the worker to act on.
 #[derive(Debug)]
 pub(crate) enum PeerOutput {
@@ -482,8 +491,10 @@ impl Peer {
         events: EventSink,
         candidates: Candidates,
         subscriptions: &[(PeerKey, ParticipantId, Kind)],
-        simulcast: bool,
-        own_path: bool,
+        PeerOptions {
+            simulcast,
+            own_path,
+        }: PeerOptions,
         now: Instant,
     ) -> Result<Peer, String> {
         let mut media = MediaEngine::default();

@@ -14,7 +14,7 @@ use crate::consult::{Consult, Kind};
 use crate::demux;
 use crate::junk::{Dropped, Summary};
 use crate::metrics::MediaCounters;
-use crate::peer::{Candidates, Peer, PeerKey, PeerOutput, PublisherView};
+use crate::peer::{Candidates, Peer, PeerKey, PeerOptions, PeerOutput, PublisherView};
 use crate::rx;
 use crate::simulcast::{Layer, TOP};
 use crate::speaker::SpeakerDetector;
@@ -1124,8 +1124,10 @@ impl Worker {
             self.events.clone(),
             self.candidates,
             &subscriptions,
-            true,
-            self.media_path == crate::MediaPath::Own,
+            PeerOptions {
+                simulcast: true,
+                own_path: self.media_path == crate::MediaPath::Own,
+            },
             now,
         );
         log::debug!(
