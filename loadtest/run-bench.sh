@@ -22,14 +22,18 @@
 #   loadtest/run-bench.sh --callgrind  only the callgrind step: instructions per
 #                                      forwarded packet of Spreekkamer, the
 #                                      relay and Janus (results/callgrind-*)
-#   BASE_BIN=path loadtest/run-bench.sh --ab
+#   BASE_BIN=path [BASE_ARGS=flags] loadtest/run-bench.sh --ab
 #                                      A/B of a change: CONSULTS [20] 1:1
 #                                      consults against this build and against
 #                                      the spreekkamer binary BASE_BIN (built
 #                                      from the commit before), RUNS [5]
 #                                      interleaved runs each, medians and the
 #                                      ratio (results/ab-*); with CG=1 also
-#                                      callgrind instructions per packet of both
+#                                      callgrind instructions per packet of both;
+#                                      BASE_ARGS: extra flags for the base server
+#                                      (e.g. BASE_BIN=target/release/spreekkamer
+#                                      BASE_ARGS='--media-path rtc': the media
+#                                      path before issue 13, same build)
 #
 # Fair by construction: the server under test (Spreekkamer with --workers 1,
 # Janus with event_loops = 1, the relay with one thread) is pinned to core
@@ -228,10 +232,11 @@ wait_tcp() {
 
 start_server() {
     local bin=${1:-$BIN/spreekkamer}
+    shift || true
     ip netns exec "$NS" "${PIN_SERVER[@]}" "${WITH_FDS[@]}" "${VALGRIND[@]}" \
         "$bin" serve --listen "127.0.0.1:$PORT" --jwt-secret "$SECRET" \
         --announce-ip 127.0.0.1 --audit-log /dev/null --log-level error --demo-links false \
-        --consult-grace 1s --waiting-room=false --workers 1 >"$SERVER_LOG" 2>&1 &
+        --consult-grace 1s --waiting-room=false --workers 1 "$@" >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
     if ! wait_tcp "$PORT" $((${#VALGRIND[@]} ? 120 : 10)); then
         echo "error: the server did not start; log:" >&2
@@ -312,7 +317,8 @@ run_one() {
             stop_server
             ;;
         base)
-            start_server "$BASE_BIN"
+            # shellcheck disable=SC2086
+            start_server "$BASE_BIN" ${BASE_ARGS:-}
             lt "$@" --target "$TARGET" --json "$json" || rc=$?
             stop_server
             ;;

@@ -9,7 +9,12 @@
 //! * [`MediaPlane`]: RTP/RTCP from a publisher or subscriber after SRTP
 //!   (`rewrite.rs`, `simulcast.rs`, `keyframe.rs`, `speaker.rs`, `rx.rs`);
 //! * [`AnswerHarness`]: a browser's SDP answer to a real offer of ours
-//!   (`peer.rs`'s answer path, `simulcast.rs`'s SDP edits, rtc's parser).
+//!   (`peer.rs`'s answer path, `simulcast.rs`'s SDP edits, rtc's parser);
+//! * [`OwnPath`]: our own outbound media path (`srtp.rs`, `media_out.rs`):
+//!   whatever is forwarded decrypts, with rtc's SRTP, to exactly what was
+//!   sent; resends are the same bytes and refused as replays by a receiver
+//!   that had them; random, truncated and replayed feedback (NACK, TWCC)
+//!   from a subscriber moves nothing it should not.
 
 use crate::consult::Kind;
 use crate::keyframe::is_keyframe_request;
@@ -355,9 +360,195 @@ impl AnswerHarness {
     }
 }
 
+/// Our own outbound media path towards one subscriber, checked by a
+/// receiver running rtc's SRTP with replay protection.
+pub struct OwnPath {
+    own: crate::media_out::OwnMedia,
+    track: crate::media_out::TrackOut,
+    receiver: rtc::srtp::context::Context,
+    /// What went out, by sequence number (the last of each), for resends.
+    sent: std::collections::HashMap<u16, Vec<u8>>,
+    packets: u32,
+    seq: u16,
+    now: Instant,
+}
+
+const OWN_SSRC: u32 = 0x5eed_0001;
+
+impl Default for OwnPath {
+    fn default() -> Self {
+        use rtc::srtp::protection_profile::ProtectionProfile;
+        let provider = rtc::crypto::default_provider().expect("crypto provider");
+        let (key, salt) = ([7u8; 16], [9u8; 12]);
+        let srtp = crate::srtp::SrtpOut::new(
+            ProtectionProfile::AeadAes128Gcm,
+            &key,
+            &salt,
+            provider.crypto(),
+        )
+        .expect("keys");
+        let mut own = crate::media_out::OwnMedia::new(srtp, crate::bwe::ReportingGcc::new().0);
+        own.set_twcc_ext(Some(3));
+        let receiver = rtc::srtp::context::Context::new(
+            &key,
+            &salt,
+            ProtectionProfile::AeadAes128Gcm,
+            Some(rtc::srtp::option::srtp_replay_protection(256)),
+            None,
+            provider.crypto(),
+        )
+        .expect("receiver");
+        OwnPath {
+            own,
+            track: crate::media_out::TrackOut::new(90_000, Some(64)),
+            receiver,
+            sent: Default::default(),
+            packets: 0,
+            seq: 40_000,
+            now: Instant::now(),
+        }
+    }
+}
+
+fn own_path_to() -> rtc::shared::TransportContext {
+    let addr = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 5004));
+    rtc::shared::TransportContext {
+        local_addr: addr,
+        peer_addr: addr,
+        transport_protocol: rtc::shared::TransportProtocol::UDP,
+        ecn: None,
+    }
+}
+
+impl OwnPath {
+    /// Forward one packet: `step` moves the sequence number (-8..=119, so
+    /// a run crosses rollovers and goes back a little, as the rewriter
+    /// can); the body is the payload. Everything queued must decrypt to
+    /// exactly the header we asked for and the payload.
+    pub fn send(&mut self, step: u8, marker: bool, payload: &[u8]) {
+        self.seq = self.seq.wrapping_add((step as i8 as i16 / 2 + 56) as u16);
+        let p = crate::media_out::Outbound {
+            ssrc: OWN_SSRC,
+            seq: self.seq,
+            timestamp: u32::from(self.seq) * 3000,
+            marker,
+            payload_type: 96,
+            payload,
+        };
+        let sent = self
+            .own
+            .send(&mut self.track, &p, Some(own_path_to()), self.now);
+        let Some(out) = self.own.poll() else {
+            assert_eq!(sent, 0);
+            return;
+        };
+        assert!(sent > 0 && self.own.poll().is_none());
+        let plain = self
+            .receiver
+            .decrypt_rtp(&out.message)
+            .expect("the receiver takes every packet we encrypt (an index is never used twice)");
+        let mut b = &plain[..];
+        let pkt = rtp::Packet::unmarshal(&mut b).expect("our packet parses");
+        assert_eq!(pkt.header.ssrc, OWN_SSRC);
+        assert_eq!(pkt.header.sequence_number, self.seq);
+        assert_eq!(pkt.header.marker, marker);
+        assert_eq!(&pkt.payload[..], payload);
+        assert!(
+            pkt.header.get_extension(3).is_some(),
+            "transport-wide number"
+        );
+        self.sent.insert(self.seq, out.message.to_vec());
+        self.packets += 1;
+    }
+
+    /// A NACK for the packets named in `body` (pairs of bytes: offsets
+    /// back from the newest): what is resent is byte for byte what was
+    /// sent, and a receiver that had it refuses it.
+    pub fn nack(&mut self, body: &[u8]) {
+        for back in body.chunks(2) {
+            let back = u16::from_be_bytes([back[0], *back.get(1).unwrap_or(&0)]) % 256;
+            let seq = self.seq.wrapping_sub(back);
+            self.own
+                .resend(&self.track, seq, Some(own_path_to()), self.now);
+            while let Some(out) = self.own.poll() {
+                let cipher = self.sent.get(&seq).expect("resent only what was sent");
+                assert_eq!(&out.message[..], &cipher[..], "a resend is the same bytes");
+                assert!(
+                    self.receiver.decrypt_rtp(&out.message).is_err(),
+                    "a receiver that had it takes it as a replay"
+                );
+            }
+        }
+    }
+
+    /// Raw RTCP from the subscriber (after SRTCP): transport-wide
+    /// feedback into the estimator, NACKs into resends. Returns whether it
+    /// parsed.
+    pub fn rtcp(&mut self, raw: &[u8]) -> bool {
+        use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+        use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        let mut buf = raw;
+        let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut buf) else {
+            return false;
+        };
+        for p in &packets {
+            if let Some(fb) = p.as_any().downcast_ref::<TransportLayerCc>() {
+                self.own.feedback(fb, self.now);
+            } else if let Some(n) = p.as_any().downcast_ref::<TransportLayerNack>() {
+                for pair in &n.nacks {
+                    for seq in *pair {
+                        self.own
+                            .resend(&self.track, seq, Some(own_path_to()), self.now);
+                    }
+                }
+                while let Some(out) = self.own.poll() {
+                    assert!(
+                        self.sent.values().any(|c| c[..] == out.message[..]),
+                        "a NACK resent something never sent"
+                    );
+                }
+            }
+        }
+        true
+    }
+
+    /// Time passing (ms), with the once-a-second housekeeping.
+    pub fn advance(&mut self, ms: u16) {
+        self.now += Duration::from_millis(u64::from(ms));
+        self.own.tick(self.now);
+        let report = self
+            .track
+            .sender_report(OWN_SSRC, self.now, SystemTime::now());
+        assert_eq!(
+            report.map(|r| r.packet_count),
+            (self.packets > 0).then_some(self.packets)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_path_harness_checks_what_it_claims() {
+        let mut h = OwnPath::default();
+        for i in 0..2_000u32 {
+            h.send((i * 37 % 256) as u8, i % 7 == 0, &[i as u8; 30]);
+            if i % 50 == 0 {
+                h.nack(&[0, (i % 5) as u8, 0, 3]);
+                h.advance(250);
+            }
+        }
+        assert!(h.sent.len() > 1_000);
+        // A NACK from the wire, and garbage.
+        let nack = [0x81, 205, 0, 3, 0, 0, 0, 1, 0x5e, 0xed, 0, 1, 0, 0, 0, 0];
+        let mut nack = nack.to_vec();
+        let newest = h.seq;
+        nack[12..14].copy_from_slice(&newest.to_be_bytes());
+        assert!(h.rtcp(&nack));
+        assert!(!h.rtcp(&[0x80, 1, 2]));
+    }
 
     #[test]
     fn answer_harness_accepts_a_real_chromium_answer_and_refuses_garbage() {

@@ -12,6 +12,7 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use std::collections::VecDeque;
@@ -31,8 +32,10 @@ pub(crate) fn is_keyframe_request(packets: &[Box<dyn rtc::rtcp::Packet>]) -> boo
 }
 
 /// Interceptor that lets PLI/FIR through to the application, NACKs (after
-/// rtc's responder has answered them) so they can be counted, and
-/// receiver/sender reports for their loss figures (`bwe::LossCap`).
+/// rtc's responder, if any, has answered them) so they can be counted and,
+/// on our own media path, answered, transport-wide CC feedback for that
+/// path's estimator (`media_out.rs`), and receiver/sender reports for
+/// their loss figures (`bwe::LossCap`).
 #[derive(Default)]
 pub(crate) struct MarkKeyframeRequests {
     reads: VecDeque<TaggedPacket>,
@@ -52,6 +55,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for MarkKeyframeRequests {
                 || packets.iter().any(|p| {
                     let any = p.as_any();
                     any.is::<TransportLayerNack>()
+                        || any.is::<TransportLayerCc>()
                         || any.is::<ReceiverReport>()
                         || any.is::<SenderReport>()
                 }))

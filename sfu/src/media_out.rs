@@ -150,6 +150,8 @@ pub(crate) struct OwnMedia {
     /// (or never) in it.
     pub resent: u64,
     pub not_held: u64,
+    /// Transport-wide CC feedback packets taken in.
+    pub feedbacks: u64,
 }
 
 impl OwnMedia {
@@ -164,6 +166,7 @@ impl OwnMedia {
             dropped: 0,
             resent: 0,
             not_held: 0,
+            feedbacks: 0,
         }
     }
 
@@ -190,7 +193,7 @@ impl OwnMedia {
             self.dropped += 1;
             return 0;
         }
-        let Some(index) = track.rollover.index(p.seq) else {
+        let Some(index) = track.rollover.claim(p.seq) else {
             self.dropped += 1;
             return 0;
         };
@@ -269,6 +272,7 @@ impl OwnMedia {
 
     /// The subscriber's transport-wide CC feedback, into GCC.
     pub(crate) fn feedback(&mut self, fb: &TransportLayerCc, now: Instant) {
+        self.feedbacks += 1;
         for ack in convert_twcc(fb) {
             self.history.on_twcc_feedback(now, ack);
         }

@@ -1281,6 +1281,15 @@ impl Peer {
         }
         if let Some(own) = self.own.as_mut() {
             own.tick(now);
+            log::trace!(
+                "participant {}: own media path: {} feedback packets, {} resent, {} NACKed \
+                 but not held, {} refused",
+                self.participant,
+                own.feedbacks,
+                own.resent,
+                own.not_held,
+                own.dropped
+            );
             // Sender reports for what we sent (rtc's are off on this
             // path): lip sync and round-trip times in the browser.
             let wall = std::time::SystemTime::now();

@@ -214,21 +214,28 @@ impl SrtpOut {
     }
 }
 
-/// The rollover counter of one SSRC we send on (RFC 3711 §3.3.1): the
-/// highest index sent, and the index of a sequence number near it.
+/// The rollover counter of one SSRC we send on (RFC 3711 §3.3.1), and the
+/// guard that no packet index is ever encrypted twice: with AES-GCM two
+/// packets under one (key, SSRC, index) would reveal the authentication
+/// key. The rewriter never repeats a sequence number and rtc's inbound
+/// replay check drops a publisher's duplicates, so a refusal here means a
+/// bug upstream, not a normal event.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Rollover {
     highest: Option<u64>,
+    /// Bit `i`: index `highest - i` was used.
+    used: u64,
 }
 
 impl Rollover {
     /// The 48-bit index for `seq`, taken as the one closest to the
-    /// highest sent (a packet forwarded out of order lies behind it).
-    /// `None` for an index below zero or past 2^48 (never reached at
-    /// media rates; the key would be exhausted).
-    pub(crate) fn index(&mut self, seq: u16) -> Option<u64> {
+    /// highest sent (a packet forwarded out of order lies behind it), and
+    /// marked used. `None` if it was used already, lies more than 63
+    /// behind the highest (unknown), below zero or past 2^48.
+    pub(crate) fn claim(&mut self, seq: u16) -> Option<u64> {
         let Some(high) = self.highest else {
             self.highest = Some(seq as u64);
+            self.used = 1;
             return Some(seq as u64);
         };
         let delta = seq.wrapping_sub(high as u16) as i16 as i64;
@@ -238,8 +245,16 @@ impl Rollover {
         }
         let index = index as u64;
         if index > high {
+            let shift = index - high;
+            self.used = if shift >= 64 { 0 } else { self.used << shift } | 1;
             self.highest = Some(index);
+            return Some(index);
         }
+        let back = high - index;
+        if back >= 64 || self.used & 1 << back != 0 {
+            return None;
+        }
+        self.used |= 1 << back;
         Some(index)
     }
 }
@@ -281,7 +296,7 @@ mod tests {
             let plain = packet(0x1122_3344, seq, n % 2 == 0, &payload);
             let mut buf = plain.clone();
             buf.resize(plain.len() + ours.overhead(), 0);
-            let roc = (roll.index(seq).expect("index") >> 16) as u32;
+            let roc = (roll.claim(seq).expect("index") >> 16) as u32;
             let len = ours.protect(&mut buf, plain.len(), roc).expect("protect");
             assert_eq!(len, buf.len());
             assert_ne!(buf[..plain.len()], plain[..], "the payload is encrypted");
@@ -399,19 +414,24 @@ mod tests {
     }
 
     #[test]
-    fn the_rollover_counter_follows_wraps_and_late_packets() {
+    fn the_rollover_counter_follows_wraps_and_late_packets_and_never_gives_an_index_twice() {
         let mut r = Rollover::default();
-        assert_eq!(r.index(65_534), Some(65_534));
-        assert_eq!(r.index(65_535), Some(65_535));
-        assert_eq!(r.index(1), Some(65_537), "wrapped: ROC 1");
+        assert_eq!(r.claim(65_534), Some(65_534));
+        assert_eq!(r.claim(1), Some(65_537), "wrapped: ROC 1");
         assert_eq!(
-            r.index(65_535),
+            r.claim(65_535),
             Some(65_535),
             "late, before the wrap: ROC 0"
         );
-        assert_eq!(r.index(2), Some(65_538));
+        assert_eq!(r.claim(65_535), None, "used");
+        assert_eq!(r.claim(1), None, "used");
+        assert_eq!(r.claim(0), Some(65_536), "the gap is still free");
+        assert_eq!(r.claim(2), Some(65_538));
+        assert_eq!(r.claim(200), Some(65_736));
+        assert_eq!(r.claim(100), None, "100 behind: too old to know");
+        assert_eq!(r.claim(199), Some(65_735));
         let mut fresh = Rollover::default();
-        assert_eq!(fresh.index(10), Some(10));
-        assert_eq!(fresh.index(65_000), None, "before index 0");
+        assert_eq!(fresh.claim(10), Some(10));
+        assert_eq!(fresh.claim(65_000), None, "before index 0");
     }
 }
