@@ -57,7 +57,8 @@
 # PROBE_EVERY (padding probe clusters: every 5 s, 1 s for --smoke), RX_DROP
 # (received video dropped before SRTP so the peers NACK: 0.002, 0.01 for
 # --smoke), CG_CONSULTS [1], CG_DURATION [20], CG_JANUS [1] (callgrind
-# Janus too), NO_CALLGRIND=1 (skip the callgrind step in --compare),
+# Janus too), KEEP_CG=1 (keep the callgrind files for callgrind_annotate),
+# NO_CALLGRIND=1 (skip the callgrind step in --compare),
 # NO_BUILD=1 (use the binaries already in target/release), NO_JANUS=1 (skip
 # Janus in --smoke).
 set -euo pipefail
@@ -212,6 +213,8 @@ ensure_valgrind() {
 VALGRIND=()
 CG_TMP=
 use_callgrind() {
+    # KEEP_CG: outside the log directory, which is removed on exit.
+    if [[ -n "${KEEP_CG:-}" ]]; then CG_TMP=${CG_TMP:-$(mktemp -d /tmp/spreekkamer-cg.XXXX)}; fi
     CG_TMP=${CG_TMP:-$(mktemp -d "$LOGDIR/cg.XXXX")}
     VALGRIND=(valgrind --tool=callgrind --instr-atstart=no
         "--callgrind-out-file=$CG_TMP/callgrind.out.%p")
@@ -390,7 +393,11 @@ callgrind_step() {
         run_one "$kind" "$OUT/callgrind-$kind.json" "${cg[@]}" | tee "$OUT/callgrind-$kind.txt"
     done
     no_callgrind
-    rm -rf "$CG_TMP"
+    if [[ -n "${KEEP_CG:-}" ]]; then
+        echo "callgrind files kept in $CG_TMP (callgrind_annotate --inclusive=yes FILE)" >&2
+    else
+        rm -rf "$CG_TMP"
+    fi
     CG_TMP=
     {
         echo "callgrind, ${CG_CONSULTS:-1} consults, ${CG_DURATION:-20} s window (instructions per forwarded packet):"

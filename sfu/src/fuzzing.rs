@@ -369,6 +369,7 @@ pub struct OwnPath {
     /// What went out, by sequence number (the last of each), for resends.
     sent: std::collections::HashMap<u16, Vec<u8>>,
     packets: u32,
+    pool: crate::tx::BufferPool,
     seq: u16,
     now: Instant,
 }
@@ -404,6 +405,7 @@ impl Default for OwnPath {
             receiver,
             sent: Default::default(),
             packets: 0,
+            pool: Default::default(),
             seq: 40_000,
             now: Instant::now(),
         }
@@ -435,9 +437,12 @@ impl OwnPath {
             payload_type: 96,
             payload,
         };
-        let sent = self
-            .own
-            .send(&mut self.track, &p, Some(own_path_to()), self.now);
+        let sent = self.own.send(
+            &mut self.track,
+            &p,
+            (Some(own_path_to()), &mut self.pool),
+            self.now,
+        );
         let Some(out) = self.own.poll() else {
             assert_eq!(sent, 0);
             return;
@@ -468,8 +473,12 @@ impl OwnPath {
         for back in body.chunks(2) {
             let back = u16::from_be_bytes([back[0], *back.get(1).unwrap_or(&0)]) % 256;
             let seq = self.seq.wrapping_sub(back);
-            self.own
-                .resend(&self.track, seq, Some(own_path_to()), self.now);
+            self.own.resend(
+                &self.track,
+                seq,
+                (Some(own_path_to()), &mut self.pool),
+                self.now,
+            );
             while let Some(out) = self.own.poll() {
                 let cipher = self.sent.get(&seq).expect("resent only what was sent");
                 assert_eq!(&out.message[..], &cipher[..], "a resend is the same bytes");
@@ -497,8 +506,12 @@ impl OwnPath {
             } else if let Some(n) = p.as_any().downcast_ref::<TransportLayerNack>() {
                 for pair in &n.nacks {
                     for seq in *pair {
-                        self.own
-                            .resend(&self.track, seq, Some(own_path_to()), self.now);
+                        self.own.resend(
+                            &self.track,
+                            seq,
+                            (Some(own_path_to()), &mut self.pool),
+                            self.now,
+                        );
                     }
                 }
                 while let Some(out) = self.own.poll() {

@@ -33,8 +33,12 @@
 //! apart from the estimator hook), `speaker.rs` (dominant speaker from
 //! audio levels: pure), `rewrite.rs` (RTP header rewriting: pure),
 //! `demux.rs` (STUN ufrag parsing and integrity check: pure), `tcp.rs` (RFC 4571 framing:
-//! pure), `keyframe.rs` (the interceptor that lets PLI/FIR/NACK reach us,
-//! and the rate limit for relaying keyframe requests). Pure parts carry
+//! pure), `keyframe.rs` (the interceptor that lets PLI/FIR/NACK/TWCC reach
+//! us, and the rate limit for relaying keyframe requests), `media_out.rs`
+//! and `srtp.rs` (the own outbound media path: packets to a subscriber
+//! built, SRTP-encrypted in place and queued by us, NACKs answered from a
+//! ciphertext ring, transport-wide CC and sender reports; docs/DECISIONS.md
+//! §10), `rx.rs`/`tx.rs` (batched UDP reads and writes). Pure parts carry
 //! their unit tests.
 //!
 //! Media quality, in one paragraph each:
@@ -54,9 +58,10 @@
 //! * **Layer choice** = min(the subscriber's `Preferences`, what its
 //!   bandwidth estimate fits), re-decided once a second; audio-only stops
 //!   video at a frame boundary and resumes it with a keyframe request.
-//! * **Congestion control.** rtc's TWCC sender numbers what we send to each
-//!   subscriber and its congestion-control interceptor feeds the browser's
-//!   transport-cc feedback to GCC; no pacer. A loss ceiling of our own from
+//! * **Congestion control.** We number what we send to each subscriber
+//!   (transport-wide CC, `media_out.rs`; rtc's TWCC sender on the `rtc`
+//!   media path) and feed the browser's transport-cc feedback to GCC
+//!   through rtc's send history. A loss ceiling of our own from
 //!   the subscriber's receiver reports backs it up (GCC alone was once
 //!   still at 4 Mbit/s 35 s into a 350 kbit/s cap). Layer costs are the
 //!   measured rates of each layer (nominal 150 k / 500 k / 1.2 Mbit/s

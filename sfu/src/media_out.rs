@@ -17,7 +17,7 @@
 
 use crate::bwe::ReportingGcc;
 use crate::srtp::{Rollover, SrtpOut};
-use bytes::BytesMut;
+use crate::tx::BufferPool;
 use rtc::interceptor::{BandwidthEstimator, History, convert_twcc};
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
@@ -182,7 +182,7 @@ impl OwnMedia {
         &mut self,
         track: &mut TrackOut,
         p: &Outbound<'_>,
-        path: Option<TransportContext>,
+        (path, pool): (Option<TransportContext>, &mut BufferPool),
         now: Instant,
     ) -> usize {
         let Some(path) = path else {
@@ -200,7 +200,7 @@ impl OwnMedia {
         let ext = self.twcc_ext;
         let head = 12 + if ext.is_some() { 8 } else { 0 };
         let len = head + p.payload.len();
-        let mut buf = BytesMut::with_capacity(len + self.srtp.overhead());
+        let mut buf = pool.take(len + self.srtp.overhead());
         buf.extend_from_slice(&[
             0x80 | if ext.is_some() { 0x10 } else { 0 },
             (p.marker as u8) << 7 | (p.payload_type & 0x7f),
@@ -250,7 +250,7 @@ impl OwnMedia {
         &mut self,
         track: &TrackOut,
         seq: u16,
-        path: Option<TransportContext>,
+        (path, pool): (Option<TransportContext>, &mut BufferPool),
         now: Instant,
     ) {
         let (Some(path), Some(bytes)) = (path, track.resend.as_ref().and_then(|r| r.get(seq)))
@@ -263,10 +263,12 @@ impl OwnMedia {
             return;
         }
         self.resent += 1;
+        let mut message = pool.take(bytes.len());
+        message.extend_from_slice(bytes);
         self.queue.push_back(TaggedBytesMut {
             now,
             transport: path,
-            message: BytesMut::from(bytes),
+            message,
         });
     }
 
@@ -359,6 +361,7 @@ mod tests {
         let mut own = own(&key, &salt);
         own.set_twcc_ext(Some(5));
         let mut track = TrackOut::new(90_000, Some(8));
+        let mut pool = BufferPool::default();
         let now = Instant::now();
         for n in 0..3u16 {
             let payload = [n as u8; 50];
@@ -370,7 +373,7 @@ mod tests {
                 payload_type: 96,
                 payload: &payload,
             };
-            assert!(own.send(&mut track, &p, Some(path()), now) > 0);
+            assert!(own.send(&mut track, &p, (Some(path()), &mut pool), now) > 0);
         }
         let mut rx = decryptor(&key, &salt);
         for n in 0..3u16 {
@@ -406,6 +409,7 @@ mod tests {
         let (key, salt) = ([1u8; 16], [2u8; 12]);
         let mut own = own(&key, &salt);
         let mut track = TrackOut::new(90_000, Some(4));
+        let mut pool = BufferPool::default();
         let now = Instant::now();
         for seq in 10..16u16 {
             let p = Outbound {
@@ -416,14 +420,14 @@ mod tests {
                 payload_type: 96,
                 payload: &[seq as u8; 20],
             };
-            own.send(&mut track, &p, Some(path()), now);
+            own.send(&mut track, &p, (Some(path()), &mut pool), now);
         }
         let sent: Vec<_> = std::iter::from_fn(|| own.poll())
             .map(|m| m.message)
             .collect();
-        own.resend(&track, 15, Some(path()), now);
-        own.resend(&track, 12, Some(path()), now);
-        own.resend(&track, 11, Some(path()), now); // overwritten (4 slots)
+        own.resend(&track, 15, (Some(path()), &mut pool), now);
+        own.resend(&track, 12, (Some(path()), &mut pool), now);
+        own.resend(&track, 11, (Some(path()), &mut pool), now); // overwritten (4 slots)
         assert_eq!((own.resent, own.not_held), (2, 1));
         assert_eq!(own.poll().unwrap().message, sent[5]);
         let again = own.poll().unwrap().message;
@@ -447,6 +451,7 @@ mod tests {
     fn nothing_is_sent_without_a_path_and_the_queue_is_bounded() {
         let mut own = own(&[0; 16], &[0; 12]);
         let mut track = TrackOut::new(48_000, None);
+        let mut pool = BufferPool::default();
         let now = Instant::now();
         let p = |seq| Outbound {
             ssrc: 1,
@@ -456,15 +461,15 @@ mod tests {
             payload_type: 111,
             payload: &[0; 10],
         };
-        assert_eq!(own.send(&mut track, &p(0), None, now), 0);
+        assert_eq!(own.send(&mut track, &p(0), (None, &mut pool), now), 0);
         assert_eq!(own.dropped, 1);
         for seq in 0..QUEUE_MAX as u16 + 10 {
-            own.send(&mut track, &p(seq), Some(path()), now);
+            own.send(&mut track, &p(seq), (Some(path()), &mut pool), now);
         }
         assert_eq!(own.queue.len(), QUEUE_MAX);
         assert_eq!(own.dropped, 11);
         // Audio keeps no ring: a NACK for it is not held.
-        own.resend(&track, 3, Some(path()), now);
+        own.resend(&track, 3, (Some(path()), &mut pool), now);
         assert_eq!(own.not_held, 1);
     }
 

@@ -17,6 +17,7 @@ use crate::pacer::{Pacer, RetransmitLimit, pace_rate, rtp_ssrc};
 use crate::rewrite::{AUDIO_TS_STEP, StreamRewriter, VIDEO_TS_STEP, seq_newer};
 use crate::simulcast::{self, LAYERS, Layer, LayerForwarder, Switched, TOP, Verdict};
 use crate::srtp::SrtpOut;
+use crate::tx::BufferPool;
 use crate::{ConsultId, EventSink, MediaEnvelope, MediaEvent, ParticipantId, VideoQuality};
 use bytes::BytesMut;
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
@@ -271,10 +272,19 @@ struct Outgoing {
 /// `&mut` access can move a deadline, so every mutable access (through
 /// `DerefMut`) marks the cache stale and the next `poll_timeout` asks rtc
 /// again; a peer nobody touched since costs a field read.
+///
+/// `poll_write` is the same kind of sweep, and the worker used to make it
+/// after every datagram. A read of RTP media queues nothing to write (no
+/// handler or interceptor of ours answers media with a write: checked for
+/// rtc 0.21.1's ICE, DTLS, SRTP, NACK generator, TWCC receiver and report
+/// interceptors), so such reads go through [`TimedPc::reading`], and
+/// [`TimedPc::writes`] says whether anything else touched the connection
+/// since `poll_write` last came back empty.
 struct TimedPc {
     pc: RTCPeerConnection,
     stale: bool,
     deadline: Option<Instant>,
+    writes: bool,
 }
 
 impl TimedPc {
@@ -283,7 +293,22 @@ impl TimedPc {
             pc,
             stale: true,
             deadline: None,
+            writes: true,
         }
+    }
+
+    /// For reads that cannot queue a write (RTP media in, events and
+    /// messages out).
+    fn reading(&mut self) -> &mut RTCPeerConnection {
+        self.stale = true;
+        &mut self.pc
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedBytesMut> {
+        self.stale = true;
+        let msg = self.pc.poll_write();
+        self.writes &= msg.is_some();
+        msg
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
@@ -305,6 +330,7 @@ impl Deref for TimedPc {
 impl DerefMut for TimedPc {
     fn deref_mut(&mut self) -> &mut RTCPeerConnection {
         self.stale = true;
+        self.writes = true;
         &mut self.pc
     }
 }
@@ -922,9 +948,20 @@ impl Peer {
             }
             return;
         }
-        if let Err(e) = self.pc.handle_read(msg) {
+        let media = matches!(msg.message[..], [128..=191, pt, ..] if !(192..=223).contains(&pt));
+        let pc = if media {
+            self.pc.reading()
+        } else {
+            &mut *self.pc
+        };
+        if let Err(e) = pc.handle_read(msg) {
             log::debug!("peer handle_read: {e}");
         }
+    }
+
+    /// Something may wait in rtc's write queue (see [`TimedPc`]).
+    pub(crate) fn writes_pending(&self) -> bool {
+        self.pc.writes
     }
 
     pub(crate) fn poll_timeout(&mut self) -> Option<Instant> {
@@ -1047,7 +1084,7 @@ impl Peer {
     /// whether any state change was seen (the caller drives again then).
     pub(crate) fn drain(&mut self, out: &mut Vec<PeerOutput>) -> bool {
         let mut changed = false;
-        while let Some(event) = self.pc.poll_event() {
+        while let Some(event) = self.pc.reading().poll_event() {
             changed = true;
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
@@ -1134,9 +1171,9 @@ impl Peer {
         // One sweep of rtc's pipeline (`poll_read`) moves everything read
         // so far to its media queue; the rest is taken from that queue
         // without sweeping again per message (no data channels here).
-        let mut next = self.pc.poll_read();
+        let mut next = self.pc.reading().poll_read();
         while let Some(msg) = next.take() {
-            next = self.pc.poll_media_read();
+            next = self.pc.reading().poll_media_read();
             let now = msg.now;
             match msg.message {
                 RTCMessage::RtpPacket(track_id, packet) => {
@@ -1195,7 +1232,9 @@ impl Peer {
                             {
                                 for pair in &nack.nacks {
                                     for seq in *pair {
-                                        own.resend(&o.out, seq, self.media_to, now);
+                                        // Rare: a fresh buffer each.
+                                        let pool = &mut BufferPool::default();
+                                        own.resend(&o.out, seq, (self.media_to, pool), now);
                                     }
                                 }
                             }
@@ -1238,7 +1277,7 @@ impl Peer {
         }
         // Our offer has no data channel; should anything arrive there, it
         // is dropped rather than kept.
-        while self.pc.poll_data_read().is_some() {}
+        while self.pc.reading().poll_data_read().is_some() {}
         changed
     }
 
@@ -1498,7 +1537,7 @@ impl Peer {
         kind: Kind,
         layer: Layer,
         packet: &rtp::Packet,
-        now: Instant,
+        (now, pool): (Instant, &mut BufferPool),
     ) -> usize {
         if !self.connected {
             return 0;
@@ -1570,7 +1609,7 @@ impl Peer {
                     payload_type: h.payload_type,
                     payload: &p.payload,
                 },
-                self.media_to,
+                (self.media_to, pool),
                 now,
             );
             if sent == 0 {

@@ -5,6 +5,15 @@
 //! The queue owns the packets rtc wrote (no copy) and is flushed when full
 //! and at the end of every loop turn, before the worker waits again, so a
 //! packet waits at most for the rest of the turn that produced it.
+//!
+//! **UDP GSO** (Linux `UDP_SEGMENT`): consecutive queued datagrams to one
+//! address, all of one size but the last (which may be shorter), leave as
+//! one message that the kernel cuts into those datagrams: a video frame's
+//! packets to one subscriber (libwebrtc and our forwarding keep a frame's
+//! packets equal-sized) cost one pass through the socket layer instead of
+//! one each. If the kernel refuses it (a device without segmentation
+//! support answers EIO), the socket falls back to one message per
+//! datagram for good.
 
 use bytes::BytesMut;
 use std::io;
@@ -35,11 +44,49 @@ impl Flushed {
     }
 }
 
+/// Buffers of datagrams already sent, for the next ones: the own media
+/// path builds every forwarded packet in one (`media_out.rs`), so in a
+/// steady state forwarding allocates nothing.
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    spare: Vec<BytesMut>,
+}
+
+/// Buffers kept at most (a burst's worth; more would only hold memory).
+const POOL_MAX: usize = 256;
+/// Capacity of a new buffer: a datagram that fits a 1,500-byte MTU.
+pub(crate) const BUFFER: usize = 1_500;
+
+impl BufferPool {
+    /// An empty buffer of at least `len` bytes.
+    pub(crate) fn take(&mut self, len: usize) -> BytesMut {
+        match self.spare.pop() {
+            Some(b) if b.capacity() >= len => b,
+            _ => BytesMut::with_capacity(len.max(BUFFER)),
+        }
+    }
+
+    /// Back for reuse (dropped if the pool is full or it is an odd size).
+    pub(crate) fn give(&mut self, mut b: BytesMut) {
+        if self.spare.len() < POOL_MAX && (BUFFER..=4 * BUFFER).contains(&b.capacity()) {
+            b.clear();
+            self.spare.push(b);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.spare.len()
+    }
+}
+
 /// Datagrams waiting to be sent, and the headers that describe them to
 /// the kernel, allocated once per worker.
 pub(crate) struct SendQueue {
     packets: Vec<(BytesMut, SocketAddr)>,
     sys: imp::Headers,
+    /// Where sent datagrams' buffers go.
+    pub(crate) pool: BufferPool,
 }
 
 impl Default for SendQueue {
@@ -53,6 +100,7 @@ impl SendQueue {
         Self {
             packets: Vec::with_capacity(BATCH),
             sys: imp::Headers::new(BATCH),
+            pool: BufferPool::default(),
         }
     }
 
@@ -109,7 +157,9 @@ impl SendQueue {
                 }
             }
         }
-        self.packets.clear();
+        for (b, _) in self.packets.drain(..) {
+            self.pool.give(b);
+        }
         done
     }
 }
@@ -122,11 +172,28 @@ mod imp {
     use std::net::SocketAddr;
     use std::os::fd::AsRawFd;
 
-    /// `sendmmsg` headers, one per queued datagram.
+    /// `SOL_UDP` option: the segment size of a GSO message.
+    const UDP_SEGMENT: libc::c_int = 103;
+    /// Segments per GSO message (the kernel's limit is 64).
+    const MAX_SEGMENTS: usize = 64;
+    /// Bytes per GSO message (the kernel's limit is 64 KiB of payload).
+    const MAX_GSO_BYTES: usize = 60_000;
+    /// Room for one `cmsghdr` carrying a `u16`.
+    const CMSG_ROOM: usize = 32;
+
+    /// `sendmmsg` headers: one message per datagram, or per run of
+    /// datagrams sent as one GSO message.
     pub(super) struct Headers {
         addrs: Vec<libc::sockaddr_storage>,
         iovs: Vec<libc::iovec>,
         hdrs: Vec<libc::mmsghdr>,
+        /// Per message: its control buffer and one past its last datagram.
+        cmsgs: Vec<[u64; CMSG_ROOM / 8]>,
+        ends: Vec<usize>,
+        /// Group runs into GSO messages (off after the kernel refused one).
+        pub(super) gso: bool,
+        /// Datagrams that left inside GSO messages (for tests and figures).
+        pub(super) grouped: u64,
     }
 
     // SAFETY: the raw pointers point only into this value's own heap
@@ -141,46 +208,124 @@ mod imp {
                 addrs: vec![unsafe { zeroed() }; n],
                 iovs: vec![unsafe { zeroed() }; n],
                 hdrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
+                cmsgs: vec![[0; CMSG_ROOM / 8]; n],
+                ends: vec![0; n],
+                gso: true,
+                grouped: 0,
             }
         }
 
-        /// One `sendmmsg` for up to `n` of `packets`; how many the kernel took.
+        /// One past the last datagram of the run that starts at `i`.
+        fn run_end(&self, packets: &[(BytesMut, SocketAddr)], i: usize) -> usize {
+            let (first, to) = &packets[i];
+            let seg = first.len();
+            let mut end = i + 1;
+            if !self.gso || seg == 0 || seg > u16::MAX as usize {
+                return end;
+            }
+            let mut bytes = seg;
+            while end < packets.len()
+                && end - i < MAX_SEGMENTS
+                && packets[end].1 == *to
+                && packets[end - 1].0.len() == seg
+                && (1..=seg).contains(&packets[end].0.len())
+                && bytes + packets[end].0.len() <= MAX_GSO_BYTES
+            {
+                bytes += packets[end].0.len();
+                end += 1;
+            }
+            end
+        }
+
+        /// One `sendmmsg` for up to `n` of `packets`; how many datagrams
+        /// the kernel took.
         pub(super) fn send(
             &mut self,
             sock: &mio::net::UdpSocket,
             packets: &[(BytesMut, SocketAddr)],
         ) -> io::Result<usize> {
-            let n = packets.len().min(self.hdrs.len());
-            for (i, (packet, to)) in packets.iter().take(n).enumerate() {
-                let len = write_addr(&mut self.addrs[i], to);
+            let n = packets.len().min(self.iovs.len());
+            let packets = &packets[..n];
+            for (i, (packet, _)) in packets.iter().enumerate() {
                 self.iovs[i] = libc::iovec {
                     iov_base: packet.as_ptr() as *mut libc::c_void,
                     iov_len: packet.len(),
                 };
-                let h = &mut self.hdrs[i];
+            }
+            let mut messages = 0;
+            let mut i = 0;
+            while i < n {
+                let end = self.run_end(packets, i);
+                let m = messages;
+                let len = write_addr(&mut self.addrs[m], &packets[i].1);
+                let h = &mut self.hdrs[m];
                 h.msg_len = 0;
-                h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+                h.msg_hdr.msg_name = (&mut self.addrs[m] as *mut libc::sockaddr_storage).cast();
                 h.msg_hdr.msg_namelen = len;
                 h.msg_hdr.msg_iov = &mut self.iovs[i];
-                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_iovlen = (end - i) as _;
                 h.msg_hdr.msg_control = std::ptr::null_mut();
                 h.msg_hdr.msg_controllen = 0;
                 h.msg_hdr.msg_flags = 0;
+                if end - i > 1 {
+                    let seg = packets[i].0.len() as u16;
+                    let buf = &mut self.cmsgs[m];
+                    h.msg_hdr.msg_control = buf.as_mut_ptr().cast();
+                    // SAFETY: CMSG_SPACE of two bytes fits CMSG_ROOM; the
+                    // header and data are written inside `buf`, which
+                    // lives as long as `self`.
+                    unsafe {
+                        h.msg_hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+                        let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                        (*c).cmsg_level = libc::SOL_UDP;
+                        (*c).cmsg_type = UDP_SEGMENT;
+                        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+                    }
+                }
+                self.ends[m] = end;
+                messages += 1;
+                i = end;
             }
-            // SAFETY: the first `n` headers point at live buffers (ours and
-            // the packets borrowed for this call) of the sizes they state.
+            // SAFETY: the first `messages` headers point at live buffers
+            // (ours and the packets borrowed for this call) of the sizes
+            // they state.
             let r = unsafe {
                 libc::sendmmsg(
                     sock.as_raw_fd(),
                     self.hdrs.as_mut_ptr(),
-                    n as libc::c_uint,
+                    messages as libc::c_uint,
                     0,
                 )
             };
             if r < 0 {
-                return Err(io::Error::last_os_error());
+                let e = io::Error::last_os_error();
+                let first_grouped = self.ends[0] > 1;
+                if first_grouped
+                    && self.gso
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+                    )
+                {
+                    // No segmentation here: one datagram per message from now on.
+                    log::info!("UDP GSO refused by the kernel ({e}): sending datagrams singly");
+                    self.gso = false;
+                    return self.send(sock, packets);
+                }
+                return Err(e);
             }
-            Ok(r as usize)
+            let taken = match r as usize {
+                0 => 0,
+                m => self.ends[m - 1],
+            };
+            for m in 0..r as usize {
+                let start = if m == 0 { 0 } else { self.ends[m - 1] };
+                if self.ends[m] - start > 1 {
+                    self.grouped += (self.ends[m] - start) as u64;
+                }
+            }
+            Ok(taken)
         }
     }
 
@@ -271,6 +416,60 @@ mod tests {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         s.set_nonblocking(true).expect("nonblocking");
         mio::net::UdpSocket::from_std(s)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_burst_to_one_address_leaves_as_one_gso_message_and_arrives_as_its_datagrams() {
+        let (a, a_addr) = receiver();
+        let (b, b_addr) = receiver();
+        let sock = sender();
+        let mut q = SendQueue::new();
+        // A frame: ten 1,200-byte packets and a shorter last one, to `a`;
+        // then one to `b`, then two of different sizes to `a` (no run).
+        let mut sizes = vec![(a_addr, 1_200usize); 10];
+        sizes.push((a_addr, 500));
+        sizes.extend([(b_addr, 1_200), (a_addr, 300), (a_addr, 400)]);
+        for (i, (to, len)) in sizes.iter().enumerate() {
+            let _ = q.push(&sock, BytesMut::from(&vec![i as u8; *len][..]), *to);
+        }
+        let done = q.flush(&sock);
+        assert_eq!(done.sent, 14);
+        assert_eq!(done.bytes, 10 * 1_200 + 500 + 1_200 + 300 + 400);
+        assert!(q.sys.gso, "this kernel takes UDP_SEGMENT on loopback");
+        assert_eq!(q.sys.grouped, 11, "the frame went as one GSO message");
+        let mut buf = [0u8; 2_000];
+        for (i, (to, len)) in sizes.iter().enumerate() {
+            let r = if *to == a_addr { &a } else { &b };
+            let n = r.recv(&mut buf).expect("datagram");
+            assert_eq!(n, *len, "datagram {i} keeps its size");
+            assert!(
+                buf[..n].iter().all(|&x| x == i as u8),
+                "datagram {i} keeps its bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn sent_buffers_come_back_empty_for_the_next_packets_and_odd_ones_do_not() {
+        let (_rx, to) = receiver();
+        let sock = sender();
+        let mut q = SendQueue::new();
+        for i in 0..5u8 {
+            let mut b = q.pool.take(1_200);
+            assert!(b.capacity() >= 1_200 && b.is_empty());
+            b.extend_from_slice(&[i; 1_200]);
+            let _ = q.push(&sock, b, to);
+        }
+        // Too small and too large to keep.
+        let _ = q.push(&sock, BytesMut::from(&[1u8; 10][..]), to);
+        let _ = q.push(&sock, BytesMut::with_capacity(70_000), to);
+        assert_eq!(q.pool.len(), 0);
+        assert_eq!(q.flush(&sock).sent, 7);
+        assert_eq!(q.pool.len(), 5, "the five pool-sized buffers came back");
+        let again = q.pool.take(1_300);
+        assert!(again.is_empty() && again.capacity() >= 1_300);
+        assert_eq!(q.pool.len(), 4);
     }
 
     #[test]

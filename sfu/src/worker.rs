@@ -691,8 +691,14 @@ impl Worker {
             };
             let mut again = peer.drain(&mut self.outputs);
             peer.take_keyframe_wants(&mut self.keyframe_wants);
-            // After draining: reads can queue writes (RTCP feedback, DTLS).
-            self.net.flush_peer(peer);
+            // After draining: reads can queue writes (RTCP feedback, DTLS),
+            // RTP media cannot (a sweep of rtc's write pipeline saved per
+            // media packet; see `TimedPc`).
+            if again || peer.writes_pending() {
+                self.net.flush_peer(peer);
+            } else {
+                self.net.flush_own(peer);
+            }
             let consult = peer.consult;
             if self.outputs.is_empty() && self.keyframe_wants.is_empty() && !again {
                 return;
@@ -756,7 +762,13 @@ impl Worker {
                 continue;
             }
             if let Some(peer) = self.peers.get_mut(sub).and_then(|p| p.as_mut())
-                && peer.forward(source, kind, layer, packet, now) > 0
+                && peer.forward(
+                    source,
+                    kind,
+                    layer,
+                    packet,
+                    (now, &mut self.net.udp_out.pool),
+                ) > 0
             {
                 if peer.owns_media() {
                     self.net.flush_own(peer);
