@@ -224,14 +224,19 @@ impl SrtpOut {
 pub(crate) struct Rollover {
     highest: Option<u64>,
     /// Bit `i`: index `highest - i` was used.
-    used: u64,
+    used: u128,
 }
+
+/// How far behind the newest index a packet may still be sent (a
+/// publisher's retransmission forwarded late): 128 packets, ~0.5 s of a
+/// 2.5 Mbit/s screen share.
+const WINDOW: u64 = 128;
 
 impl Rollover {
     /// The 48-bit index for `seq`, taken as the one closest to the
     /// highest sent (a packet forwarded out of order lies behind it), and
-    /// marked used. `None` if it was used already, lies more than 63
-    /// behind the highest (unknown), below zero or past 2^48.
+    /// marked used. `None` if it was used already, lies [`WINDOW`] or
+    /// more behind the highest (unknown), below zero or past 2^48.
     pub(crate) fn claim(&mut self, seq: u16) -> Option<u64> {
         let Some(high) = self.highest else {
             self.highest = Some(seq as u64);
@@ -246,12 +251,16 @@ impl Rollover {
         let index = index as u64;
         if index > high {
             let shift = index - high;
-            self.used = if shift >= 64 { 0 } else { self.used << shift } | 1;
+            self.used = if shift >= WINDOW {
+                0
+            } else {
+                self.used << shift
+            } | 1;
             self.highest = Some(index);
             return Some(index);
         }
         let back = high - index;
-        if back >= 64 || self.used & 1 << back != 0 {
+        if back >= WINDOW || self.used & 1 << back != 0 {
             return None;
         }
         self.used |= 1 << back;
@@ -427,9 +436,15 @@ mod tests {
         assert_eq!(r.claim(1), None, "used");
         assert_eq!(r.claim(0), Some(65_536), "the gap is still free");
         assert_eq!(r.claim(2), Some(65_538));
-        assert_eq!(r.claim(200), Some(65_736));
-        assert_eq!(r.claim(100), None, "100 behind: too old to know");
-        assert_eq!(r.claim(199), Some(65_735));
+        assert_eq!(r.claim(300), Some(65_836));
+        assert_eq!(r.claim(100), None, "200 behind: too old to know");
+        assert_eq!(r.claim(299), Some(65_835));
+        assert_eq!(
+            r.claim(173),
+            Some(65_709),
+            "127 behind: still known, unused"
+        );
+        assert_eq!(r.claim(173), None, "and now used");
         let mut fresh = Rollover::default();
         assert_eq!(fresh.claim(10), Some(10));
         assert_eq!(fresh.claim(65_000), None, "before index 0");
