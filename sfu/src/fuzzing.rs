@@ -473,12 +473,7 @@ impl OwnPath {
         for back in body.chunks(2) {
             let back = u16::from_be_bytes([back[0], *back.get(1).unwrap_or(&0)]) % 256;
             let seq = self.seq.wrapping_sub(back);
-            self.own.resend(
-                &self.track,
-                seq,
-                (Some(own_path_to()), &mut self.pool),
-                self.now,
-            );
+            self.resend(seq);
             while let Some(out) = self.own.poll() {
                 let cipher = self.sent.get(&seq).expect("resent only what was sent");
                 assert_eq!(&out.message[..], &cipher[..], "a resend is the same bytes");
@@ -488,6 +483,12 @@ impl OwnPath {
                 );
             }
         }
+    }
+
+    /// Queue a resend of `seq`, as a NACK for it would.
+    fn resend(&mut self, seq: u16) {
+        let path = (Some(own_path_to()), &mut self.pool);
+        self.own.resend(&self.track, seq, path, self.now);
     }
 
     /// Raw RTCP from the subscriber (after SRTCP): transport-wide
@@ -506,12 +507,7 @@ impl OwnPath {
             } else if let Some(n) = p.as_any().downcast_ref::<TransportLayerNack>() {
                 for pair in &n.nacks {
                     for seq in *pair {
-                        self.own.resend(
-                            &self.track,
-                            seq,
-                            (Some(own_path_to()), &mut self.pool),
-                            self.now,
-                        );
+                        self.resend(seq);
                     }
                 }
                 while let Some(out) = self.own.poll() {

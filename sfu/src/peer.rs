@@ -1230,10 +1230,10 @@ impl Peer {
                                     .iter()
                                     .find(|o| o.rewriter.ssrc() == nack.media_ssrc)
                             {
+                                // Rare: fresh buffers, not the worker's pool.
+                                let pool = &mut BufferPool::default();
                                 for pair in &nack.nacks {
                                     for seq in *pair {
-                                        // Rare: a fresh buffer each.
-                                        let pool = &mut BufferPool::default();
                                         own.resend(&o.out, seq, (self.media_to, pool), now);
                                     }
                                 }
@@ -1596,7 +1596,7 @@ impl Peer {
                 }
             }
         }
-        let mut len = p.payload.len() + 12;
+        let len = p.payload.len() + 12;
         if let Some(own) = self.own.as_mut() {
             let h = &p.header;
             let sent = own.send(
@@ -1625,7 +1625,6 @@ impl Peer {
                 return 0;
             }
         }
-        len = len.max(1);
         self.sent_bytes += len as u64;
         if !self.first_forwarded {
             self.first_forwarded = true;
