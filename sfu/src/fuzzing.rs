@@ -381,7 +381,7 @@ impl Default for OwnPath {
         use rtc::srtp::protection_profile::ProtectionProfile;
         let provider = rtc::crypto::default_provider().expect("crypto provider");
         let (key, salt) = ([7u8; 16], [9u8; 12]);
-        let srtp = crate::srtp::SrtpOut::new(
+        let srtp = crate::srtp::Srtp::new(
             ProtectionProfile::AeadAes128Gcm,
             &key,
             &salt,

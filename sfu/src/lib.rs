@@ -308,8 +308,10 @@ mod demux;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handle;
+mod inbound;
 mod junk;
 mod keyframe;
+mod media_in;
 mod media_out;
 mod pacer;
 mod peer;

@@ -16,7 +16,7 @@
 //!   through rtc's SRTCP (`Peer::tick`); SRTCP stays rtc's alone.
 
 use crate::bwe::ReportingGcc;
-use crate::srtp::{Rollover, SrtpOut};
+use crate::srtp::{Rollover, Srtp};
 use crate::tx::BufferPool;
 use rtc::interceptor::{BandwidthEstimator, History, convert_twcc};
 use rtc::rtcp::sender_report::SenderReport;
@@ -138,7 +138,7 @@ pub(crate) struct Outbound<'a> {
 
 /// One subscriber's outbound media state.
 pub(crate) struct OwnMedia {
-    srtp: SrtpOut,
+    srtp: Srtp,
     twcc_ext: Option<u8>,
     twcc_seq: u16,
     history: History,
@@ -155,7 +155,7 @@ pub(crate) struct OwnMedia {
 }
 
 impl OwnMedia {
-    pub(crate) fn new(srtp: SrtpOut, gcc: ReportingGcc) -> OwnMedia {
+    pub(crate) fn new(srtp: Srtp, gcc: ReportingGcc) -> OwnMedia {
         OwnMedia {
             srtp,
             twcc_ext: None,
@@ -313,7 +313,7 @@ pub(crate) fn twcc_ext_id(sdp: &str) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::srtp::SrtpOut;
+    use crate::srtp::Srtp;
     use rtc::srtp::context::Context;
     use rtc::srtp::protection_profile::ProtectionProfile;
     use std::net::SocketAddr;
@@ -331,7 +331,7 @@ mod tests {
 
     fn own(key: &[u8; 16], salt: &[u8; 12]) -> OwnMedia {
         let provider = rtc::crypto::default_provider().unwrap();
-        let srtp = SrtpOut::new(
+        let srtp = Srtp::new(
             ProtectionProfile::AeadAes128Gcm,
             key,
             salt,

@@ -11,19 +11,20 @@
 
 use crate::bwe::{Allocator, LOSS_HIGH, LossCap, NO_ESTIMATE, ReportingGcc, Want};
 use crate::consult::Kind;
+use crate::inbound::{Media, OwnInbound};
 use crate::keyframe::{KeyframeLimiter, MarkKeyframeRequests, is_keyframe_request};
 use crate::media_out::{Outbound, OwnMedia, TrackOut, twcc_ext_id};
 use crate::pacer::{Pacer, RetransmitLimit, pace_rate, rtp_ssrc};
 use crate::rewrite::{AUDIO_TS_STEP, StreamRewriter, VIDEO_TS_STEP, seq_newer};
 use crate::simulcast::{self, LAYERS, Layer, LayerForwarder, Switched, TOP, Verdict};
-use crate::srtp::SrtpOut;
+use crate::srtp::Srtp;
 use crate::tx::BufferPool;
 use crate::{ConsultId, EventSink, MediaEnvelope, MediaEvent, ParticipantId, VideoQuality};
 use bytes::BytesMut;
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::interceptor::{
-    CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, ReceiverReportBuilder,
-    Registry, Slot, TwccSenderBuilder,
+    CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, Registry, Slot,
+    TwccSenderBuilder,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
@@ -46,11 +47,11 @@ use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpTransceiverDirection;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind, TYPE_RTCP_FB_NACK,
+    TYPE_RTCP_FB_TRANSPORT_CC,
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
@@ -85,6 +86,17 @@ const LAYER_IDLE: Duration = Duration::from_millis(1500);
 /// per subscribed video for retransmissions no receiver still wants
 /// (older losses get a keyframe request instead).
 const NACK_HISTORY: u16 = 256;
+/// Decrypted packets waiting for `drain` (the worker drains after every
+/// read, so one is the norm; bounded against a caller that does not).
+const MEDIA_IN_MAX: usize = 64;
+
+/// RTP clock of our codecs: Opus 48 kHz, VP8 90 kHz.
+fn clock_rate(kind: Kind) -> u32 {
+    match kind {
+        Kind::Audio => 48_000,
+        Kind::Video | Kind::Screen => 90_000,
+    }
+}
 
 /// DTLS datagrams kept while rtc's ICE has no selected pair yet: a
 /// browser's first flight (ClientHello, perhaps fragmented) and a resend.
@@ -98,9 +110,10 @@ const EARLY_DTLS_AGE: Duration = Duration::from_secs(3);
 /// `nack`/`nack pli` feedback), the mid/rid extensions, transport-wide CC
 /// feedback towards publishers and RTCP reports.
 ///
-/// With our own media path (`own`) the outbound half is ours
-/// (`media_out.rs`): no NACK responder and no sender reports from rtc, as
-/// it never sees what we send on those SSRCs.
+/// With our own media path (`own`) both media directions are ours
+/// (`media_out.rs`, `inbound.rs`, `media_in.rs`): rtc runs none of these
+/// interceptors, as it never sees what we send or decrypt on those SSRCs;
+/// only the feedback and extensions are still negotiated.
 fn default_interceptors(
     registry: Registry,
     media: &mut MediaEngine,
@@ -115,12 +128,28 @@ fn default_interceptors(
             RtpCodecKind::Video,
         );
     }
-    let registry = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
     configure_simulcast_extension_headers(media)?;
-    let registry = configure_twcc_receiver_only(registry, media)?;
     if own {
-        return Ok(registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()));
+        for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+            media.register_feedback(
+                RTCPFeedback {
+                    typ: TYPE_RTCP_FB_TRANSPORT_CC.to_owned(),
+                    ..Default::default()
+                },
+                kind,
+            );
+            media.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: crate::media_out::TWCC_URI.to_owned(),
+                },
+                kind,
+                None,
+            )?;
+        }
+        return Ok(registry);
     }
+    let registry = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+    let registry = configure_twcc_receiver_only(registry, media)?;
     let registry = registry.with(
         Slot::NackResponder,
         NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
@@ -154,7 +183,7 @@ pub(crate) enum PeerOutput {
         kind: Kind,
         layer: Layer,
         level: Option<u8>,
-        packet: rtp::Packet,
+        packet: Media,
     },
     /// A subscriber asked for a keyframe of `source`'s `kind` track, on
     /// the layer it gets.
@@ -280,11 +309,17 @@ struct Outgoing {
 /// interceptors), so such reads go through [`TimedPc::reading`], and
 /// [`TimedPc::writes`] says whether anything else touched the connection
 /// since `poll_write` last came back empty.
+///
+/// `reads` is the same for `poll_read`: whether anything touched the
+/// connection since `drain` last swept it. Media we decrypt ourselves
+/// (`inbound.rs`) never does, so a peer whose streams are all ours is not
+/// swept per packet at all.
 struct TimedPc {
     pc: RTCPeerConnection,
     stale: bool,
     deadline: Option<Instant>,
     writes: bool,
+    reads: bool,
 }
 
 impl TimedPc {
@@ -294,12 +329,20 @@ impl TimedPc {
             stale: true,
             deadline: None,
             writes: true,
+            reads: true,
         }
     }
 
     /// For reads that cannot queue a write (RTP media in, events and
     /// messages out).
     fn reading(&mut self) -> &mut RTCPeerConnection {
+        self.stale = true;
+        self.reads = true;
+        &mut self.pc
+    }
+
+    /// For `drain`'s sweep, which clears `reads` when it is done.
+    fn sweeping(&mut self) -> &mut RTCPeerConnection {
         self.stale = true;
         &mut self.pc
     }
@@ -331,6 +374,7 @@ impl DerefMut for TimedPc {
     fn deref_mut(&mut self) -> &mut RTCPeerConnection {
         self.stale = true;
         self.writes = true;
+        self.reads = true;
         &mut self.pc
     }
 }
@@ -404,6 +448,12 @@ pub(crate) struct Peer {
     own_path: bool,
     /// That path's state, from DTLS completion on.
     own: Option<OwnMedia>,
+    /// Its inbound half: the publisher's streams we decrypt ourselves.
+    inbound: Option<OwnInbound>,
+    /// Media decrypted by `handle_read`, for the next `drain`.
+    media_in: Vec<(Media, Option<u8>, Instant)>,
+    /// RTCP for the publisher (`media_in.rs`), reused.
+    feedback_out: Vec<Box<dyn rtc::rtcp::Packet>>,
     /// The estimator it will feed (moved into `own` when it starts).
     own_gcc: Option<ReportingGcc>,
     /// Where rtc last sent DTLS or SRTCP: the selected candidate pair
@@ -652,6 +702,9 @@ impl Peer {
             allocator: Allocator::default(),
             own_path,
             own: None,
+            inbound: None,
+            media_in: Vec::new(),
+            feedback_out: Vec::new(),
             own_gcc,
             media_to: None,
             twcc_ext: None,
@@ -886,6 +939,9 @@ impl Peer {
         if let Some(own) = self.own.as_mut() {
             own.set_twcc_ext(twcc_ext);
         }
+        if let Some(inbound) = self.inbound.as_mut() {
+            inbound.set_twcc_ext(twcc_ext);
+        }
         // Payload types are fixed by our offer, but read back what was
         // negotiated rather than assume the browser echoed them.
         for o in &mut self.outgoing {
@@ -949,6 +1005,19 @@ impl Peer {
             return;
         }
         let media = matches!(msg.message[..], [128..=191, pt, ..] if !(192..=223).contains(&pt));
+        if media
+            && let Some(inbound) = self.inbound.as_mut()
+            && rtp_ssrc(&msg.message).is_some_and(|ssrc| inbound.knows(ssrc))
+        {
+            // Ours: decrypted here, forwarded at the next `drain` (which
+            // follows every read). Refusals are counted.
+            if self.media_in.len() < MEDIA_IN_MAX
+                && let Ok((media, level)) = inbound.read(msg.message, self.audio_level_ext, msg.now)
+            {
+                self.media_in.push((media, level, msg.now));
+            }
+            return;
+        }
         let pc = if media {
             self.pc.reading()
         } else {
@@ -965,12 +1034,41 @@ impl Peer {
     }
 
     pub(crate) fn poll_timeout(&mut self) -> Option<Instant> {
-        self.pc.poll_timeout()
+        let ours = self
+            .inbound
+            .as_ref()
+            .and_then(|i| i.feedback.poll_timeout());
+        match (self.pc.poll_timeout(), ours) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
-        if let Err(e) = self.pc.handle_timeout(now) {
+        if self.pc.poll_timeout().is_some_and(|t| t <= now)
+            && let Err(e) = self.pc.handle_timeout(now)
+        {
             log::debug!("peer handle_timeout: {e}");
+        }
+        let Some(inbound) = self.inbound.as_mut() else {
+            return;
+        };
+        if inbound.feedback.poll_timeout().is_none_or(|t| t > now) {
+            return;
+        }
+        inbound.feedback.handle_timeout(now, &mut self.feedback_out);
+        if self.feedback_out.is_empty() {
+            return;
+        }
+        // Through rtc's SRTCP (its only sender); any receiver of this
+        // connection will do, RTCP is bundled.
+        let receiver = self.incoming.iter().flatten().map(|i| i.receiver).next();
+        let packets = std::mem::take(&mut self.feedback_out);
+        if let Some(receiver) = receiver
+            && let Some(mut r) = self.pc.rtp_receiver(receiver)
+            && let Err(e) = r.write_rtcp(now, packets)
+        {
+            log::debug!("feedback to publisher failed: {e}");
         }
     }
 
@@ -1001,21 +1099,33 @@ impl Peer {
     fn start_own_media(&mut self) -> bool {
         let keys = self.pc.srtp_session_keys().cloned();
         let srtp = match (keys, rtc::crypto::default_provider()) {
-            (Some(k), Ok(provider)) => SrtpOut::new(
-                k.profile,
-                &k.local_master_key,
-                &k.local_master_salt,
-                provider.crypto(),
-            )
-            .map_err(|e| format!("{e:?} ({:?})", k.profile)),
+            (Some(k), Ok(provider)) => {
+                let new = |key: &[u8], salt: &[u8]| {
+                    Srtp::new(k.profile, key, salt, provider.crypto())
+                        .map_err(|e| format!("{e:?} ({:?})", k.profile))
+                };
+                new(&k.local_master_key, &k.local_master_salt)
+                    .and_then(|out| Ok((out, new(&k.remote_master_key, &k.remote_master_salt)?)))
+            }
             (None, _) => Err("no keys".to_string()),
             (_, Err(e)) => Err(e.to_string()),
         };
         match (srtp, self.own_gcc.take()) {
-            (Ok(srtp), Some(gcc)) => {
-                let mut own = OwnMedia::new(srtp, gcc);
+            (Ok((out, inb)), Some(gcc)) => {
+                let mut own = OwnMedia::new(out, gcc);
                 own.set_twcc_ext(self.twcc_ext);
                 self.own = Some(own);
+                let mut inbound = OwnInbound::new(inb, self.twcc_ext);
+                // Streams rtc identified before the handshake's event
+                // reached us are ours from their next packet.
+                for kind in Kind::ALL {
+                    for l in self.incoming[kind as usize].iter().flat_map(|i| &i.layers) {
+                        if let Some(ssrc) = l.ssrc {
+                            inbound.add(ssrc, clock_rate(kind), kind.is_video());
+                        }
+                    }
+                }
+                self.inbound = Some(inbound);
                 true
             }
             (Err(e), _) => {
@@ -1083,8 +1193,20 @@ impl Peer {
     /// Drain state changes and inbound media/RTCP into `out`. Returns
     /// whether any state change was seen (the caller drives again then).
     pub(crate) fn drain(&mut self, out: &mut Vec<PeerOutput>) -> bool {
+        let mut taken = std::mem::take(&mut self.media_in);
+        for (media, level, now) in taken.drain(..) {
+            self.file_media(media, level, now, out);
+        }
+        self.media_in = taken;
+        if !self.pc.reads {
+            // Only our own media since the last sweep: rtc has nothing.
+            return false;
+        }
+        // Cleared before the sweep: anything that touches the connection
+        // during it sets it again.
+        self.pc.reads = false;
         let mut changed = false;
-        while let Some(event) = self.pc.reading().poll_event() {
+        while let Some(event) = self.pc.sweeping().poll_event() {
             changed = true;
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
@@ -1155,6 +1277,10 @@ impl Peer {
                     incoming.receiver = init.receiver_id;
                     incoming.track_id = init.track_id;
                     incoming.layers[layer as usize].ssrc = Some(init.ssrc);
+                    if let Some(inbound) = self.inbound.as_mut() {
+                        // From its next packet on, decrypted by us.
+                        inbound.add(init.ssrc, clock_rate(kind), kind.is_video());
+                    }
                     if first && kind == Kind::Screen {
                         // Subscribers learn of it once the edge lets it on.
                         if self.screen_on {
@@ -1171,54 +1297,31 @@ impl Peer {
         // One sweep of rtc's pipeline (`poll_read`) moves everything read
         // so far to its media queue; the rest is taken from that queue
         // without sweeping again per message (no data channels here).
-        let mut next = self.pc.reading().poll_read();
+        let mut next = self.pc.sweeping().poll_read();
         while let Some(msg) = next.take() {
-            next = self.pc.reading().poll_media_read();
+            next = self.pc.sweeping().poll_media_read();
             let now = msg.now;
             match msg.message {
-                RTCMessage::RtpPacket(track_id, packet) => {
-                    for kind in Kind::ALL {
-                        let Some(incoming) = self.incoming[kind as usize].as_mut() else {
-                            continue;
-                        };
-                        if incoming.track_id != track_id {
-                            continue;
-                        }
-                        if kind == Kind::Screen && !self.screen_on {
-                            // Not shared (or not allowed): goes nowhere.
-                            break;
-                        }
-                        let Some(layer) = incoming.layer_of(packet.header.ssrc) else {
-                            break;
-                        };
-                        let l = &mut incoming.layers[layer as usize];
-                        let appeared = kind.is_video()
-                            && l.last_seen
-                                .is_none_or(|t| now.saturating_duration_since(t) >= LAYER_IDLE);
-                        l.last_seen = Some(now);
-                        if appeared {
-                            // Before the packet itself: it may be the
-                            // keyframe a subscriber can start from.
-                            out.push(PeerOutput::LayerAppeared);
-                        }
-                        l.bytes += packet.payload.len() as u64 + 12;
-                        let level = match kind {
-                            Kind::Audio => self
-                                .audio_level_ext
-                                .and_then(|id| packet.header.get_extension(id))
-                                .and_then(|b| b.first().map(|v| v & 0x7f)),
-                            Kind::Video | Kind::Screen => None,
-                        };
-                        out.push(PeerOutput::Rtp {
-                            kind,
-                            layer,
-                            level,
-                            packet,
-                        });
-                        break;
+                RTCMessage::RtpPacket(_, packet) => {
+                    let level = self
+                        .audio_level_ext
+                        .and_then(|id| packet.header.get_extension(id))
+                        .and_then(|b| b.first().map(|v| v & 0x7f));
+                    if let Some(inbound) = self.inbound.as_mut() {
+                        inbound.rtc_decrypted(&packet.header, now);
                     }
+                    self.file_media(Media::from_rtp(packet), level, now, out);
                 }
                 RTCMessage::RtcpPacket(track_id, packets) => {
+                    if let Some(inbound) = self.inbound.as_mut() {
+                        // The publisher's sender reports, for the LSR/DLSR
+                        // of our receiver reports (its round-trip time).
+                        for p in &packets {
+                            if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                                inbound.feedback.on_sender_report(sr.ssrc, sr.ntp_time, now);
+                            }
+                        }
+                    }
                     if let Some(own) = self.own.as_mut() {
                         for p in &packets {
                             let any = p.as_any();
@@ -1277,8 +1380,51 @@ impl Peer {
         }
         // Our offer has no data channel; should anything arrive there, it
         // is dropped rather than kept.
-        while self.pc.reading().poll_data_read().is_some() {}
+        while self.pc.sweeping().poll_data_read().is_some() {}
         changed
+    }
+
+    /// One media packet from this participant, to fan out: filed under
+    /// its track and layer by SSRC (a screen nobody may share and SSRCs
+    /// we did not see opened go nowhere). `level`: its audio level, if
+    /// audio.
+    fn file_media(
+        &mut self,
+        media: Media,
+        level: Option<u8>,
+        now: Instant,
+        out: &mut Vec<PeerOutput>,
+    ) {
+        for kind in Kind::ALL {
+            let Some(incoming) = self.incoming[kind as usize].as_mut() else {
+                continue;
+            };
+            let Some(layer) = incoming.layer_of(media.ssrc) else {
+                continue;
+            };
+            if kind == Kind::Screen && !self.screen_on {
+                // Not shared (or not allowed): goes nowhere.
+                return;
+            }
+            let l = &mut incoming.layers[layer as usize];
+            let appeared = kind.is_video()
+                && l.last_seen
+                    .is_none_or(|t| now.saturating_duration_since(t) >= LAYER_IDLE);
+            l.last_seen = Some(now);
+            if appeared {
+                // Before the packet itself: it may be the keyframe a
+                // subscriber can start from.
+                out.push(PeerOutput::LayerAppeared);
+            }
+            l.bytes += media.payload.len() as u64 + 12;
+            out.push(PeerOutput::Rtp {
+                kind,
+                layer,
+                level: if kind == Kind::Audio { level } else { None },
+                packet: media,
+            });
+            return;
+        }
     }
 
     fn fail(&mut self, reason: &str) {
@@ -1316,6 +1462,18 @@ impl Peer {
         for incoming in self.incoming.iter_mut().flatten() {
             for l in &mut incoming.layers {
                 l.rate = std::mem::take(&mut l.bytes) * 8 * 1000 / ms;
+            }
+        }
+        if let Some(inbound) = self.inbound.as_mut() {
+            let refused = inbound.take_refused();
+            if refused > 0 {
+                // Replays, forgeries, damaged packets: at most one line a
+                // second, never one per packet.
+                log::debug!(
+                    "participant {}: {refused} inbound media packets refused (replayed, \
+                     failed authentication or malformed)",
+                    self.participant
+                );
             }
         }
         if let Some(own) = self.own.as_mut() {
@@ -1536,7 +1694,7 @@ impl Peer {
         source: PeerKey,
         kind: Kind,
         layer: Layer,
-        packet: &rtp::Packet,
+        packet: &Media,
         (now, pool): (Instant, &mut BufferPool),
     ) -> usize {
         if !self.connected {
@@ -1549,20 +1707,21 @@ impl Peer {
         else {
             return 0;
         };
-        let mut p = rtp::Packet {
-            header: packet.header.clone(),
-            payload: packet.payload.clone(),
-        };
-        match kind {
-            Kind::Audio => o.rewriter.rewrite(&mut p.header),
+        // A copy of the payload only after a simulcast layer switch (to
+        // renumber the VP8 descriptor; the payload is shared with the
+        // other subscribers). The unswitched path forwards it as is.
+        let mut patched = None;
+        let (seq, timestamp) = match kind {
+            Kind::Audio => o
+                .rewriter
+                .numbers(packet.ssrc, packet.seq, packet.timestamp),
             Kind::Video | Kind::Screen => {
                 let vp8 = simulcast::parse_vp8(&packet.payload);
-                let h = &packet.header;
                 let verdict = o.layers.on_packet(
                     layer,
-                    h.ssrc,
-                    h.sequence_number,
-                    h.timestamp,
+                    packet.ssrc,
+                    packet.seq,
+                    packet.timestamp,
                     vp8.as_ref(),
                     now,
                 );
@@ -1584,30 +1743,26 @@ impl Peer {
                 let Verdict::Forward(rewrite) = verdict else {
                     return 0;
                 };
-                o.rewriter
-                    .rewrite_to(&mut p.header, rewrite.seq, rewrite.ts);
                 if rewrite.picture_id.is_some() || rewrite.tl0.is_some() {
-                    // Only after a layer switch: one copy to renumber the
-                    // VP8 descriptor (the payload is shared with the other
-                    // subscribers). The unswitched path forwards it as is.
                     let mut payload = BytesMut::from(&packet.payload[..]);
                     simulcast::patch_vp8(&mut payload, &rewrite);
-                    p.payload = payload.freeze();
+                    patched = Some(payload.freeze());
                 }
+                (rewrite.seq, rewrite.ts)
             }
-        }
-        let len = p.payload.len() + 12;
+        };
+        let payload = patched.as_ref().unwrap_or(&packet.payload);
+        let len = payload.len() + 12;
         if let Some(own) = self.own.as_mut() {
-            let h = &p.header;
             let sent = own.send(
                 &mut o.out,
                 &Outbound {
-                    ssrc: h.ssrc,
-                    seq: h.sequence_number,
-                    timestamp: h.timestamp,
-                    marker: h.marker,
-                    payload_type: h.payload_type,
-                    payload: &p.payload,
+                    ssrc: o.rewriter.ssrc(),
+                    seq,
+                    timestamp,
+                    marker: packet.marker,
+                    payload_type: o.rewriter.payload_type(),
+                    payload,
                 },
                 (self.media_to, pool),
                 now,
@@ -1621,6 +1776,9 @@ impl Peer {
             let Some(mut sender) = self.pc.rtp_sender(o.sender) else {
                 return 0;
             };
+            let mut p = packet.to_rtp();
+            p.payload = payload.clone();
+            o.rewriter.rewrite_to(&mut p.header, seq, timestamp);
             if sender.write_rtp(now, p).is_err() {
                 return 0;
             }
@@ -1759,7 +1917,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn our_interceptors_are_rtcs_defaults_with_a_shorter_nack_history() {
+    fn our_interceptors_are_rtcs_defaults_and_none_on_our_own_path() {
         use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
         let mut ours = MediaEngine::default();
         let mut theirs = MediaEngine::default();
@@ -1769,20 +1927,12 @@ mod tests {
         // change, this says so (and `default_interceptors` follows).
         assert_eq!(a.slots(), b.slots());
         assert!(a.slots().iter().any(|(s, _)| *s == Slot::NackResponder));
-        // Our own media path: nothing of rtc's may touch what we send
-        // (no NACK responder, no sender reports), the inbound half stays.
+        // Our own media path: both directions are ours, so none of rtc's
+        // interceptors may see those SSRCs (a NACK responder or probe of
+        // rtc's would reuse packet indices we encrypt).
         let own = default_interceptors(Registry::new(), &mut MediaEngine::default(), true)
             .expect("own path");
-        let slots: Vec<Slot> = own.slots().iter().map(|(s, _)| *s).collect();
-        assert!(!slots.contains(&Slot::NackResponder));
-        assert!(!slots.contains(&Slot::SenderReport));
-        for kept in [
-            Slot::NackGenerator,
-            Slot::ReceiverReport,
-            Slot::TwccReceiver,
-        ] {
-            assert!(slots.contains(&kept), "{kept:?}");
-        }
+        assert_eq!(own.slots(), Vec::new());
     }
 
     #[test]

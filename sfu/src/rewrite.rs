@@ -64,42 +64,47 @@ impl StreamRewriter {
 
     /// Rewrite `header` in place for this stream. Allocation-free.
     pub(crate) fn rewrite(&mut self, header: &mut Header) {
+        let (seq, ts) = self.numbers(header.ssrc, header.sequence_number, header.timestamp);
+        self.rewrite_to(header, seq, ts);
+    }
+
+    /// The outgoing sequence number and timestamp of a packet of `ssrc`
+    /// (a new source continues right after the last packet of the old).
+    pub(crate) fn numbers(&mut self, ssrc: u32, seq: u16, timestamp: u32) -> (u16, u32) {
         let source = match self.source {
-            Some(s) if s.ssrc == header.ssrc => s,
+            Some(s) if s.ssrc == ssrc => s,
             previous => {
                 let (seq_delta, ts_delta) = match previous {
                     // Continue right after the last packet of the old source.
                     Some(p) => (
-                        p.last_seq
-                            .wrapping_add(1)
-                            .wrapping_sub(header.sequence_number),
-                        p.last_ts
-                            .wrapping_add(self.ts_step)
-                            .wrapping_sub(header.timestamp),
+                        p.last_seq.wrapping_add(1).wrapping_sub(seq),
+                        p.last_ts.wrapping_add(self.ts_step).wrapping_sub(timestamp),
                     ),
                     None => (0, 0),
                 };
                 Source {
-                    ssrc: header.ssrc,
+                    ssrc,
                     seq_delta,
                     ts_delta,
-                    last_seq: header
-                        .sequence_number
-                        .wrapping_add(seq_delta)
-                        .wrapping_sub(1),
-                    last_ts: header.timestamp.wrapping_add(ts_delta),
+                    last_seq: seq.wrapping_add(seq_delta).wrapping_sub(1),
+                    last_ts: timestamp.wrapping_add(ts_delta),
                 }
             }
         };
-        let seq = header.sequence_number.wrapping_add(source.seq_delta);
-        let ts = header.timestamp.wrapping_add(source.ts_delta);
+        let seq = seq.wrapping_add(source.seq_delta);
+        let ts = timestamp.wrapping_add(source.ts_delta);
         let mut updated = source;
         if seq_newer(seq, source.last_seq) {
             updated.last_seq = seq;
             updated.last_ts = ts;
         }
         self.source = Some(updated);
-        self.rewrite_to(header, seq, ts);
+        (seq, ts)
+    }
+
+    /// The payload type this stream goes out with.
+    pub(crate) fn payload_type(&self) -> u8 {
+        self.payload_type
     }
 
     /// Put this stream's identity and the given numbers on `header` (the

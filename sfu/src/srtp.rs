@@ -1,18 +1,22 @@
-//! SRTP for the media we forward, encrypted by us instead of rtc's RTP
-//! pipeline (the fast path, docs/DECISIONS.md §10).
+//! SRTP for the media we forward, in both directions, done by us instead
+//! of rtc's RTP pipeline (the fast path, docs/DECISIONS.md §10).
 //!
-//! Keys: the master key and salt rtc's DTLS handshake exported
+//! Keys: the master keys and salts rtc's DTLS handshake exported
 //! (`RTCPeerConnection::srtp_session_keys`, a vendored patch; see
-//! vendor/README.md). Session keys are derived once (RFC 3711 §4.3, key
-//! derivation rate 0), then every packet is encrypted in place in the
-//! buffer it is sent from: no allocation, no map, one AEAD (or CTR + HMAC)
-//! call. Profiles: AEAD_AES_128_GCM (RFC 7714, what Chromium and Firefox
-//! choose) and AES_CM_128_HMAC_SHA1_80 (RFC 3711); the offer advertises
-//! only those two when the fast path is on.
+//! vendor/README.md): the local ones encrypt what we send a subscriber,
+//! the remote ones decrypt what a publisher sends us. Session keys are
+//! derived once (RFC 3711 §4.3, key derivation rate 0), then every packet
+//! is encrypted or decrypted in place in the buffer it travels in: no
+//! allocation, no map, one AEAD (or CTR + HMAC) call. Profiles:
+//! AEAD_AES_128_GCM (RFC 7714, what Chromium and Firefox choose) and
+//! AES_CM_128_HMAC_SHA1_80 (RFC 3711); the offer advertises only those
+//! two when the fast path is on.
 //!
 //! Safety rule (see `peer.rs`): an SSRC encrypted here is never written
 //! through rtc, so no (key, SSRC, index) is used twice. Retransmissions
-//! resend the same ciphertext rather than encrypting again.
+//! resend the same ciphertext rather than encrypting again. Received
+//! packets pass a replay window ([`Rollover::index_of`]) and are marked
+//! only after they authenticated.
 
 use rtc::crypto::{
     AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, HmacAlgorithm, Mac, RTCCrypto, StreamCipher,
@@ -38,8 +42,10 @@ enum Cipher {
     },
 }
 
-/// One direction's SRTP encryption (ours towards one subscriber).
-pub(crate) struct SrtpOut {
+/// One direction's SRTP keys: encryption towards a subscriber
+/// ([`protect`](Srtp::protect)) or decryption of a publisher's media
+/// ([`unprotect`](Srtp::unprotect)).
+pub(crate) struct Srtp {
     cipher: Cipher,
 }
 
@@ -52,6 +58,9 @@ pub(crate) enum SrtpError {
     Key,
     /// A packet too short for its own header.
     Packet,
+    /// The tag does not match (forged, damaged, or a wrong rollover
+    /// counter).
+    Auth,
 }
 
 /// RFC 3711 §4.3.3 AES-CM PRF with key derivation rate 0: `out.len()`
@@ -95,13 +104,13 @@ pub(crate) fn header_len(packet: &[u8]) -> Option<usize> {
     (len <= packet.len()).then_some(len)
 }
 
-impl SrtpOut {
+impl Srtp {
     pub(crate) fn new(
         profile: ProtectionProfile,
         master_key: &[u8],
         master_salt: &[u8],
         crypto: &dyn RTCCrypto,
-    ) -> Result<SrtpOut, SrtpError> {
+    ) -> Result<Srtp, SrtpError> {
         let mut key = [0u8; 16];
         derive(
             crypto,
@@ -145,7 +154,7 @@ impl SrtpOut {
             _ => return Err(SrtpError::Profile),
         };
         key.fill(0);
-        Ok(SrtpOut { cipher })
+        Ok(Srtp { cipher })
     }
 
     /// Bytes the authentication tag adds to each packet.
@@ -175,33 +184,14 @@ impl SrtpOut {
         let ssrc = [packet[8], packet[9], packet[10], packet[11]];
         match &mut self.cipher {
             Cipher::Gcm { aead, salt } => {
-                // RFC 7714 §8.1: 00 00 | SSRC | ROC | SEQ, XOR the salt.
-                let mut iv = *salt;
-                for (i, b) in ssrc.iter().enumerate() {
-                    iv[2 + i] ^= b;
-                }
-                for (i, b) in roc.to_be_bytes().iter().enumerate() {
-                    iv[6 + i] ^= b;
-                }
-                iv[10] ^= seq[0];
-                iv[11] ^= seq[1];
+                let iv = gcm_iv(salt, ssrc, roc, seq);
                 let (header, rest) = packet.split_at_mut(head);
                 let (payload, tail) = rest.split_at_mut(len - head);
                 aead.seal_in_place(&iv, header, payload, &mut tail[..GCM_TAG])
                     .map_err(|_| SrtpError::Key)?;
             }
             Cipher::CmSha1 { ctr, mac, salt } => {
-                // RFC 3711 §4.1.1: salt·2^16 XOR SSRC·2^64 XOR index·2^16.
-                let mut iv = [0u8; 16];
-                iv[..14].copy_from_slice(salt);
-                for (i, b) in ssrc.iter().enumerate() {
-                    iv[4 + i] ^= b;
-                }
-                for (i, b) in roc.to_be_bytes().iter().enumerate() {
-                    iv[8 + i] ^= b;
-                }
-                iv[12] ^= seq[0];
-                iv[13] ^= seq[1];
+                let iv = cm_iv(salt, ssrc, roc, seq);
                 ctr.apply_keystream(&iv, &mut packet[head..len])
                     .map_err(|_| SrtpError::Key)?;
                 let mut tag = [0u8; 20];
@@ -212,6 +202,73 @@ impl SrtpOut {
         }
         Ok(len + tag_len)
     }
+
+    /// Check and decrypt the SRTP packet `packet` in place with rollover
+    /// counter `roc`. Returns the plaintext RTP length (the tag cut off);
+    /// on any error the buffer's content is undefined and must be dropped.
+    pub(crate) fn unprotect(&mut self, packet: &mut [u8], roc: u32) -> Result<usize, SrtpError> {
+        let tag_len = self.overhead();
+        let len = packet.len().checked_sub(tag_len).ok_or(SrtpError::Packet)?;
+        let head = header_len(&packet[..len]).ok_or(SrtpError::Packet)?;
+        let seq = [packet[2], packet[3]];
+        let ssrc = [packet[8], packet[9], packet[10], packet[11]];
+        match &mut self.cipher {
+            Cipher::Gcm { aead, salt } => {
+                let iv = gcm_iv(salt, ssrc, roc, seq);
+                let (header, rest) = packet.split_at_mut(head);
+                let (payload, tag) = rest.split_at_mut(len - head);
+                aead.open_in_place(&iv, header, payload, tag)
+                    .map_err(|_| SrtpError::Auth)?;
+            }
+            Cipher::CmSha1 { ctr, mac, salt } => {
+                // Authenticate first (RFC 3711 §3.3 step 5), in constant
+                // time over the 80 bits sent.
+                let mut tag = [0u8; 20];
+                mac.sign(&[&packet[..len], &roc.to_be_bytes()], &mut tag)
+                    .map_err(|_| SrtpError::Key)?;
+                let diff = tag[..HMAC_TAG_80]
+                    .iter()
+                    .zip(&packet[len..])
+                    .fold(0u8, |d, (a, b)| d | (a ^ b));
+                if diff != 0 {
+                    return Err(SrtpError::Auth);
+                }
+                let iv = cm_iv(salt, ssrc, roc, seq);
+                ctr.apply_keystream(&iv, &mut packet[head..len])
+                    .map_err(|_| SrtpError::Key)?;
+            }
+        }
+        Ok(len)
+    }
+}
+
+/// RFC 7714 §8.1: 00 00 | SSRC | ROC | SEQ, XOR the session salt.
+fn gcm_iv(salt: &[u8; 12], ssrc: [u8; 4], roc: u32, seq: [u8; 2]) -> [u8; 12] {
+    let mut iv = *salt;
+    for (i, b) in ssrc.iter().enumerate() {
+        iv[2 + i] ^= b;
+    }
+    for (i, b) in roc.to_be_bytes().iter().enumerate() {
+        iv[6 + i] ^= b;
+    }
+    iv[10] ^= seq[0];
+    iv[11] ^= seq[1];
+    iv
+}
+
+/// RFC 3711 §4.1.1: salt·2^16 XOR SSRC·2^64 XOR index·2^16.
+fn cm_iv(salt: &[u8; 14], ssrc: [u8; 4], roc: u32, seq: [u8; 2]) -> [u8; 16] {
+    let mut iv = [0u8; 16];
+    iv[..14].copy_from_slice(salt);
+    for (i, b) in ssrc.iter().enumerate() {
+        iv[4 + i] ^= b;
+    }
+    for (i, b) in roc.to_be_bytes().iter().enumerate() {
+        iv[8 + i] ^= b;
+    }
+    iv[12] ^= seq[0];
+    iv[13] ^= seq[1];
+    iv
 }
 
 /// The rollover counter of one SSRC we send on (RFC 3711 §3.3.1), and the
@@ -238,9 +295,18 @@ impl Rollover {
     /// marked used. `None` if it was used already, lies [`WINDOW`] or
     /// more behind the highest (unknown), below zero or past 2^48.
     pub(crate) fn claim(&mut self, seq: u16) -> Option<u64> {
+        let index = self.index_of(seq)?;
+        self.mark(index);
+        Some(index)
+    }
+
+    /// The 48-bit index `seq` stands for, as [`claim`](Self::claim) takes
+    /// it, without marking it: for a received packet, which is marked
+    /// (`mark`) only once it has authenticated, so a forged packet cannot
+    /// make the genuine one a "replay". `None`: a replay, too old or out
+    /// of range.
+    pub(crate) fn index_of(&self, seq: u16) -> Option<u64> {
         let Some(high) = self.highest else {
-            self.highest = Some(seq as u64);
-            self.used = 1;
             return Some(seq as u64);
         };
         let delta = seq.wrapping_sub(high as u16) as i16 as i64;
@@ -250,21 +316,35 @@ impl Rollover {
         }
         let index = index as u64;
         if index > high {
-            let shift = index - high;
-            self.used = if shift >= WINDOW {
-                0
-            } else {
-                self.used << shift
-            } | 1;
-            self.highest = Some(index);
             return Some(index);
         }
         let back = high - index;
-        if back >= WINDOW || self.used & 1 << back != 0 {
-            return None;
+        (back < WINDOW && self.used & 1 << back == 0).then_some(index)
+    }
+
+    /// Record `index` (from [`index_of`](Self::index_of)) as used.
+    pub(crate) fn mark(&mut self, index: u64) {
+        match self.highest {
+            Some(high) if index <= high => {
+                let back = high - index;
+                if back < WINDOW {
+                    self.used |= 1 << back;
+                }
+            }
+            Some(high) => {
+                let shift = index - high;
+                self.used = if shift >= WINDOW {
+                    0
+                } else {
+                    self.used << shift
+                } | 1;
+                self.highest = Some(index);
+            }
+            None => {
+                self.highest = Some(index);
+                self.used = 1;
+            }
         }
-        self.used |= 1 << back;
-        Some(index)
     }
 }
 
@@ -297,7 +377,7 @@ mod tests {
     fn rtc_decrypts_ours(profile: ProtectionProfile, salt_len: usize) {
         let key: Vec<u8> = (0..16).map(|i| i * 7 + 1).collect();
         let salt: Vec<u8> = (0..salt_len as u8).map(|i| i * 3 + 5).collect();
-        let mut ours = SrtpOut::new(profile, &key, &salt, crypto()).expect("ours");
+        let mut ours = Srtp::new(profile, &key, &salt, crypto()).expect("ours");
         let mut theirs = Context::new(&key, &salt, profile, None, None, crypto()).expect("rtc's");
         let mut roll = Rollover::default();
         for (n, seq) in (65_530u16..=65_535).chain(0..6).enumerate() {
@@ -324,12 +404,74 @@ mod tests {
         rtc_decrypts_ours(ProtectionProfile::Aes128CmHmacSha1_80, 14);
     }
 
+    /// rtc's encryption (the browser's side), checked by our decryption
+    /// across a rollover; every changed byte and a wrong rollover counter
+    /// fail authentication, and the buffer is refused, not half-used.
+    fn we_decrypt_rtcs(profile: ProtectionProfile, salt_len: usize) {
+        let key: Vec<u8> = (0..16).map(|i| i * 5 + 2).collect();
+        let salt: Vec<u8> = (0..salt_len as u8).map(|i| i * 11 + 1).collect();
+        let mut ours = Srtp::new(profile, &key, &salt, crypto()).expect("ours");
+        let mut theirs = Context::new(&key, &salt, profile, None, None, crypto()).expect("rtc's");
+        let mut roll = Rollover::default();
+        for (n, seq) in (65_532u16..=65_535).chain(0..4).enumerate() {
+            let payload: Vec<u8> = (0..(60 + n)).map(|i| (i * 7 + n) as u8).collect();
+            let plain = packet(0x5566_7788, seq, n % 2 == 1, &payload);
+            let sealed = theirs.encrypt_rtp(&plain).expect("rtc encrypts");
+            let index = roll.index_of(seq).expect("new index");
+            let roc = (index >> 16) as u32;
+            for flip in [1, 8, plain.len() - 1, sealed.len() - 1] {
+                let mut bad = sealed.to_vec();
+                bad[flip] ^= 0x40;
+                assert_eq!(
+                    ours.unprotect(&mut bad, roc),
+                    Err(SrtpError::Auth),
+                    "byte {flip}"
+                );
+            }
+            let mut wrong = sealed.to_vec();
+            assert_eq!(ours.unprotect(&mut wrong, roc + 1), Err(SrtpError::Auth));
+            let mut buf = sealed.to_vec();
+            let len = ours
+                .unprotect(&mut buf, roc)
+                .expect("we decrypt rtc's packet");
+            roll.mark(index);
+            assert_eq!(&buf[..len], &plain[..], "packet {n} (seq {seq})");
+            assert_eq!(roll.index_of(seq), None, "a replay of {seq}");
+        }
+        let mut short = vec![0x80; 20];
+        assert_eq!(ours.unprotect(&mut short, 0), Err(SrtpError::Packet));
+    }
+
+    #[test]
+    fn we_decrypt_rtcs_aes_gcm_packets_and_refuse_changed_ones() {
+        we_decrypt_rtcs(ProtectionProfile::AeadAes128Gcm, 12);
+    }
+
+    #[test]
+    fn we_decrypt_rtcs_aes_cm_hmac_sha1_packets_and_refuse_changed_ones() {
+        we_decrypt_rtcs(ProtectionProfile::Aes128CmHmacSha1_80, 14);
+    }
+
+    #[test]
+    fn a_received_index_is_taken_only_once_it_is_marked() {
+        let mut r = Rollover::default();
+        assert_eq!(r.index_of(10), Some(10));
+        // Not marked (a forgery failed): the genuine packet still passes.
+        assert_eq!(r.index_of(10), Some(10));
+        r.mark(10);
+        assert_eq!(r.index_of(10), None);
+        r.mark(12);
+        assert_eq!(r.index_of(11), Some(11), "a late packet within the window");
+        r.mark(500);
+        assert_eq!(r.index_of(11), None, "too far behind");
+    }
+
     #[test]
     fn a_changed_byte_or_a_wrong_rollover_counter_fails_authentication() {
         let key = [9u8; 16];
         let salt = [4u8; 12];
         let profile = ProtectionProfile::AeadAes128Gcm;
-        let mut ours = SrtpOut::new(profile, &key, &salt, crypto()).expect("ours");
+        let mut ours = Srtp::new(profile, &key, &salt, crypto()).expect("ours");
         let plain = packet(7, 100, true, &[1, 2, 3, 4, 5]);
         let mut buf = plain.clone();
         buf.resize(plain.len() + 16, 0);
@@ -353,7 +495,7 @@ mod tests {
 
     #[test]
     fn short_truncated_and_lying_packets_are_refused_without_panicking() {
-        let mut ours = SrtpOut::new(
+        let mut ours = Srtp::new(
             ProtectionProfile::AeadAes128Gcm,
             &[1; 16],
             &[2; 12],
@@ -404,11 +546,11 @@ mod tests {
     fn profiles_and_keys_the_fast_path_does_not_take_are_refused() {
         let c = crypto();
         assert!(matches!(
-            SrtpOut::new(ProtectionProfile::AeadAes256Gcm, &[0; 32], &[0; 12], c),
+            Srtp::new(ProtectionProfile::AeadAes256Gcm, &[0; 32], &[0; 12], c),
             Err(SrtpError::Key | SrtpError::Profile)
         ));
         assert!(matches!(
-            SrtpOut::new(
+            Srtp::new(
                 ProtectionProfile::Aes128CmHmacSha1_32,
                 &[0; 16],
                 &[0; 14],
@@ -417,7 +559,7 @@ mod tests {
             Err(SrtpError::Profile)
         ));
         assert!(matches!(
-            SrtpOut::new(ProtectionProfile::AeadAes128Gcm, &[0; 16], &[0; 14], c),
+            Srtp::new(ProtectionProfile::AeadAes128Gcm, &[0; 16], &[0; 14], c),
             Err(SrtpError::Key)
         ));
     }

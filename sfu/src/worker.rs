@@ -751,7 +751,7 @@ impl Worker {
         consult: usize,
         kind: Kind,
         layer: Layer,
-        packet: &rtc::rtp::Packet,
+        packet: &crate::inbound::Media,
         now: Instant,
     ) {
         let Some(slot) = self.consults.get(consult).and_then(|c| c.as_ref()) else {
