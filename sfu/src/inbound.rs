@@ -172,8 +172,9 @@ pub(crate) struct OwnInbound {
     streams: Vec<Stream>,
     pub(crate) feedback: InboundFeedback,
     twcc_ext: Option<u8>,
-    /// Packets refused since the last `take_refused` (replays, forgeries).
-    refused: u64,
+    /// Packets refused since the last `take_refused`: replays, failed
+    /// authentication, malformed.
+    refused: [u64; 3],
 }
 
 impl OwnInbound {
@@ -183,7 +184,7 @@ impl OwnInbound {
             streams: Vec::with_capacity(MAX_STREAMS),
             feedback: InboundFeedback::new(twcc_ext),
             twcc_ext,
-            refused: 0,
+            refused: [0; 3],
         }
     }
 
@@ -213,8 +214,9 @@ impl OwnInbound {
         true
     }
 
-    /// Packets refused since the last call.
-    pub(crate) fn take_refused(&mut self) -> u64 {
+    /// Packets refused since the last call: replays, failed
+    /// authentication, malformed.
+    pub(crate) fn take_refused(&mut self) -> [u64; 3] {
         std::mem::take(&mut self.refused)
     }
 
@@ -228,11 +230,11 @@ impl OwnInbound {
         now: Instant,
     ) -> Result<(Media, Option<u8>), Refused> {
         let result = self.read_inner(&mut buf, level_ext, now);
-        if matches!(
-            result,
-            Err(Refused::Replay | Refused::Auth | Refused::Malformed)
-        ) {
-            self.refused += 1;
+        match result {
+            Err(Refused::Replay) => self.refused[0] += 1,
+            Err(Refused::Auth) => self.refused[1] += 1,
+            Err(Refused::Malformed) => self.refused[2] += 1,
+            _ => {}
         }
         let (head, level) = result?;
         let payload = buf.freeze().slice(head.payload);
@@ -388,7 +390,7 @@ mod tests {
             )
             .expect("after the wrap");
         assert_eq!((m.seq, &m.payload[..]), (0, &b"next"[..]));
-        assert_eq!(inb.take_refused(), 0);
+        assert_eq!(inb.take_refused(), [0; 3]);
     }
 
     #[test]
@@ -410,7 +412,7 @@ mod tests {
         assert!(inb.read(genuine, None, now).is_ok());
         let other = sealed(&mut rtc, &plain(2, 5, 3, b"x", 0));
         assert_eq!(inb.read(other, None, now).err(), Some(Refused::Unknown));
-        assert_eq!(inb.take_refused(), 2, "the replay and the forgery");
+        assert_eq!(inb.take_refused(), [1, 1, 0], "the replay and the forgery");
     }
 
     #[test]

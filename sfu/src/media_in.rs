@@ -31,11 +31,12 @@ use std::time::{Duration, Instant};
 const FEEDBACK_SSRC: u32 = 0x5350_4B52;
 /// TWCC feedback cadence: what libwebrtc's receiver uses by default.
 const TWCC_INTERVAL: Duration = Duration::from_millis(100);
-/// Arrivals held between feedbacks; ~16 s of a 2.5 Mbit/s publisher at
-/// 100 ms rounds is ~400, so this only bites a caller that stopped polling.
-const TWCC_PENDING_MAX: usize = 4096;
+/// Arrivals held between feedbacks (16 KB per peer): a publisher sends
+/// ~30-60 packets per 100 ms round, so this only bites a caller that
+/// stopped polling.
+const TWCC_PENDING_MAX: usize = 1024;
 /// This many waiting arrivals make feedback due at once.
-const TWCC_EARLY: usize = 1000;
+const TWCC_EARLY: usize = 256;
 /// Statuses per feedback packet (keeps it well under an MTU worst case).
 const TWCC_STATUSES_MAX: u64 = 1000;
 /// A longer hole between two arrivals starts a new packet instead of

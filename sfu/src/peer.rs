@@ -452,8 +452,10 @@ pub(crate) struct Peer {
     inbound: Option<OwnInbound>,
     /// Media decrypted by `handle_read`, for the next `drain`.
     media_in: Vec<(Media, Option<u8>, Instant)>,
-    /// RTCP for the publisher (`media_in.rs`), reused.
+    /// RTCP for the publisher (`media_in.rs`), reused, and how many of
+    /// each kind went since the last tick: TWCC feedback, NACK, reports.
     feedback_out: Vec<Box<dyn rtc::rtcp::Packet>>,
+    feedback_sent: [u64; 3],
     /// The estimator it will feed (moved into `own` when it starts).
     own_gcc: Option<ReportingGcc>,
     /// Where rtc last sent DTLS or SRTCP: the selected candidate pair
@@ -705,6 +707,7 @@ impl Peer {
             inbound: None,
             media_in: Vec::new(),
             feedback_out: Vec::new(),
+            feedback_sent: [0; 3],
             own_gcc,
             media_to: None,
             twcc_ext: None,
@@ -1059,6 +1062,17 @@ impl Peer {
         inbound.feedback.handle_timeout(now, &mut self.feedback_out);
         if self.feedback_out.is_empty() {
             return;
+        }
+        for p in &self.feedback_out {
+            let any = p.as_any();
+            let i = if any.is::<TransportLayerCc>() {
+                0
+            } else if any.is::<TransportLayerNack>() {
+                1
+            } else {
+                2
+            };
+            self.feedback_sent[i] += 1;
         }
         // Through rtc's SRTCP (its only sender); any receiver of this
         // connection will do, RTCP is bundled.
@@ -1465,13 +1479,18 @@ impl Peer {
             }
         }
         if let Some(inbound) = self.inbound.as_mut() {
-            let refused = inbound.take_refused();
-            if refused > 0 {
-                // Replays, forgeries, damaged packets: at most one line a
-                // second, never one per packet.
+            let [twcc, nacks, reports] = std::mem::take(&mut self.feedback_sent);
+            log::trace!(
+                "participant {}: to the publisher: {twcc} transport-wide feedback, {nacks} \
+                 NACK, {reports} report packets",
+                self.participant
+            );
+            let [replayed, forged, malformed] = inbound.take_refused();
+            if replayed + forged + malformed > 0 {
+                // At most one line a second, never one per packet.
                 log::debug!(
-                    "participant {}: {refused} inbound media packets refused (replayed, \
-                     failed authentication or malformed)",
+                    "participant {}: inbound media refused: {replayed} replayed or too late, \
+                     {forged} failed authentication, {malformed} malformed",
                     self.participant
                 );
             }
