@@ -15,6 +15,11 @@
 //!   sent; resends are the same bytes and refused as replays by a receiver
 //!   that had them; random, truncated and replayed feedback (NACK, TWCC)
 //!   from a subscriber moves nothing it should not.
+//! * [`InboundPath`]: our own inbound media path (`srtp.rs`, `inbound.rs`,
+//!   `media_in.rs`): a publisher's packets (encrypted by rtc's SRTP, as a
+//!   browser would) decrypt to exactly what was sent, once; replays,
+//!   changed, truncated and random datagrams are refused; the feedback
+//!   built from it is valid RTCP and NACKs only what never arrived.
 
 use crate::consult::Kind;
 use crate::keyframe::is_keyframe_request;
@@ -24,6 +29,7 @@ use crate::simulcast::{self, LAYERS, LayerForwarder, Verdict};
 use crate::speaker::SpeakerDetector;
 use crate::tcp::{Frame, FrameReader, MAX_FRAME, MAX_PENDING_WRITE, push_frame};
 use crate::{MediaEnvelope, MediaEvent, demux, rx};
+use bytes::BytesMut;
 use rtc::rtp;
 use rtc::shared::marshal::Unmarshal;
 use std::net::{IpAddr, Ipv4Addr};
@@ -535,6 +541,170 @@ impl OwnPath {
     }
 }
 
+/// Our own inbound media path from one publisher: a sender running rtc's
+/// SRTP (the browser's side) and [`crate::inbound::OwnInbound`].
+pub struct InboundPath {
+    inbound: crate::inbound::OwnInbound,
+    sender: rtc::srtp::context::Context,
+    /// Ciphertext and payload sent per (stream, sequence number), and
+    /// whether it was taken.
+    sent: std::collections::HashMap<(usize, u16), (Vec<u8>, Vec<u8>, bool)>,
+    seq: [u16; 2],
+    twcc: u16,
+    now: Instant,
+    rtcp: Vec<Box<dyn rtc::rtcp::Packet>>,
+}
+
+/// Audio (no NACKs) and one video stream.
+const IN_SSRC: [u32; 2] = [0x0a0d_1001, 0x0b1d_e002];
+
+impl Default for InboundPath {
+    fn default() -> Self {
+        use rtc::srtp::protection_profile::ProtectionProfile;
+        let provider = rtc::crypto::default_provider().expect("crypto provider");
+        let (key, salt) = ([3u8; 16], [5u8; 12]);
+        let srtp = crate::srtp::Srtp::new(
+            ProtectionProfile::AeadAes128Gcm,
+            &key,
+            &salt,
+            provider.crypto(),
+        )
+        .expect("keys");
+        let mut inbound = crate::inbound::OwnInbound::new(srtp, Some(3));
+        inbound.add(IN_SSRC[0], 48_000, false);
+        inbound.add(IN_SSRC[1], 90_000, true);
+        let sender = rtc::srtp::context::Context::new(
+            &key,
+            &salt,
+            ProtectionProfile::AeadAes128Gcm,
+            None,
+            None,
+            provider.crypto(),
+        )
+        .expect("sender");
+        InboundPath {
+            inbound,
+            sender,
+            sent: Default::default(),
+            seq: [65_000, 100],
+            twcc: 65_500,
+            now: Instant::now(),
+            rtcp: Vec::new(),
+        }
+    }
+}
+
+impl InboundPath {
+    /// The publisher sends a packet on stream `stream % 2`, `step`
+    /// (1..=64) numbers on; `deliver`: it arrives (else it is lost, for
+    /// now). What arrives must come out exactly as sent.
+    pub fn publish(&mut self, stream: u8, step: u8, deliver: bool, payload: &[u8]) {
+        let s = usize::from(stream % 2);
+        self.seq[s] = self.seq[s].wrapping_add(u16::from(step % 64) + 1);
+        self.twcc = self.twcc.wrapping_add(1);
+        let seq = self.seq[s];
+        let mut plain = vec![0x90, 111];
+        plain.extend_from_slice(&seq.to_be_bytes());
+        plain.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
+        plain.extend_from_slice(&IN_SSRC[s].to_be_bytes());
+        let t = self.twcc.to_be_bytes();
+        plain.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x31, t[0], t[1], 0]);
+        plain.extend_from_slice(payload);
+        let Ok(cipher) = self.sender.encrypt_rtp(&plain) else {
+            return;
+        };
+        self.sent
+            .insert((s, seq), (cipher.to_vec(), payload.to_vec(), false));
+        if deliver {
+            self.deliver(s, seq);
+        }
+    }
+
+    /// Deliver what was sent as (`stream`, `seq`) (a late arrival, a
+    /// resend or a replay): taken once, refused after.
+    fn deliver(&mut self, s: usize, seq: u16) {
+        let Some((cipher, payload, taken)) = self.sent.get(&(s, seq)).cloned() else {
+            return;
+        };
+        let result = self
+            .inbound
+            .read(BytesMut::from(&cipher[..]), Some(1), self.now);
+        match result {
+            Ok((m, _)) => {
+                assert!(!taken, "a replay of {seq} was taken");
+                assert_eq!((m.ssrc, m.seq), (IN_SSRC[s], seq));
+                assert_eq!(&m.payload[..], &payload[..]);
+                if let Some(e) = self.sent.get_mut(&(s, seq)) {
+                    e.2 = true;
+                }
+            }
+            // Taken before, or too far behind the newest to tell.
+            Err(crate::inbound::Refused::Replay) => {}
+            Err(e) => panic!("a genuine packet was refused: {e:?}"),
+        }
+    }
+
+    /// Send again something sent `back` packets ago on `stream` (lost
+    /// then, or a replay now).
+    pub fn again(&mut self, stream: u8, back: u8) {
+        let s = usize::from(stream % 2);
+        let seq = self.seq[s].wrapping_sub(u16::from(back));
+        self.deliver(s, seq);
+    }
+
+    /// A changed or cut copy of the last packet of `stream`, or bytes of
+    /// our own with a stream's SSRC: always refused.
+    pub fn hostile(&mut self, stream: u8, body: &[u8]) {
+        let s = usize::from(stream % 2);
+        let bytes = match (self.sent.get(&(s, self.seq[s])), body) {
+            (Some((cipher, ..)), [at, flip, cut, ..]) => {
+                let mut b = cipher.clone();
+                let i = usize::from(*at) % b.len();
+                b[i] ^= flip | 1;
+                b.truncate(b.len() - usize::from(*cut) % 8);
+                b
+            }
+            _ => {
+                let mut b = body.to_vec();
+                if b.len() >= 12 {
+                    b[8..12].copy_from_slice(&IN_SSRC[s].to_be_bytes());
+                }
+                b
+            }
+        };
+        let r = self
+            .inbound
+            .read(BytesMut::from(&bytes[..]), Some(1), self.now);
+        assert!(r.is_err(), "a changed or invented packet was taken");
+    }
+
+    /// Time passing (ms): the feedback due is valid RTCP, and NACKs name
+    /// only packets never taken.
+    pub fn advance(&mut self, ms: u16) {
+        use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        use rtc::shared::marshal::Marshal;
+        self.now += Duration::from_millis(u64::from(ms));
+        self.inbound
+            .feedback
+            .handle_timeout(self.now, &mut self.rtcp);
+        for p in self.rtcp.drain(..) {
+            let bytes = p.marshal().expect("our feedback marshals");
+            let back = rtc::rtcp::packet::unmarshal(&mut &bytes[..]).expect("and parses");
+            assert_eq!(back.len(), 1);
+            if let Some(n) = p.as_any().downcast_ref::<TransportLayerNack>() {
+                let s = IN_SSRC.iter().position(|x| *x == n.media_ssrc);
+                assert_eq!(s, Some(1), "NACKs only for video");
+                for pair in &n.nacks {
+                    for seq in *pair {
+                        let taken = self.sent.get(&(1, seq)).is_some_and(|e| e.2);
+                        assert!(!taken, "NACK for {seq}, which arrived");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,6 +727,25 @@ mod tests {
         nack[12..14].copy_from_slice(&newest.to_be_bytes());
         assert!(h.rtcp(&nack));
         assert!(!h.rtcp(&[0x80, 1, 2]));
+    }
+
+    #[test]
+    fn inbound_harness_checks_what_it_claims() {
+        let mut h = InboundPath::default();
+        for i in 0..3_000u32 {
+            h.publish((i % 3) as u8, (i % 5) as u8, i % 11 != 0, &[i as u8; 40]);
+            if i % 7 == 0 {
+                h.again(1, (i % 4) as u8);
+                h.hostile(1, &[i as u8, 0x10, 2]);
+                h.hostile(0, &[]);
+            }
+            if i % 40 == 0 {
+                h.advance(30);
+            }
+        }
+        let taken = h.sent.values().filter(|e| e.2).count();
+        assert!(taken > 2_500, "{taken} taken");
+        assert!(h.sent.values().any(|e| !e.2), "some were lost");
     }
 
     #[test]

@@ -86,6 +86,12 @@ const LAYER_IDLE: Duration = Duration::from_millis(1500);
 /// per subscribed video for retransmissions no receiver still wants
 /// (older losses get a keyframe request instead).
 const NACK_HISTORY: u16 = 256;
+/// The same for our own media path, which keeps the ciphertext as sent
+/// (`media_out::Resend`): 128 packets, ~0.5 s of a 2.5 Mbit/s layer and
+/// ~1 s of a 1.2 Mbit/s one, many round trips for a NACK to come back.
+/// Half of rtc's figure above, to keep a participant's memory under
+/// Janus's (each slot holds a whole packet, ~1.2 KB).
+const RESEND_SLOTS: u16 = 128;
 /// Decrypted packets waiting for `drain` (the worker drains after every
 /// read, so one is the norm; bounded against a caller that does not).
 const MEDIA_IN_MAX: usize = 64;
@@ -808,7 +814,7 @@ impl Peer {
             first_picture_pending: true,
             out: TrackOut::new(
                 codec.rtp_codec.clock_rate,
-                kind.is_video().then_some(NACK_HISTORY),
+                kind.is_video().then_some(RESEND_SLOTS),
             ),
         });
         Ok(())
