@@ -548,12 +548,15 @@ pub struct InboundPath {
     sender: rtc::srtp::context::Context,
     /// Ciphertext and payload sent per (stream, sequence number), and
     /// whether it was taken.
-    sent: std::collections::HashMap<(usize, u16), (Vec<u8>, Vec<u8>, bool)>,
+    sent: std::collections::HashMap<(usize, u16), Sent>,
     seq: [u16; 2],
     twcc: u16,
     now: Instant,
     rtcp: Vec<Box<dyn rtc::rtcp::Packet>>,
 }
+
+/// Ciphertext, payload, taken.
+type Sent = (Vec<u8>, Vec<u8>, bool);
 
 /// Audio (no NACKs) and one video stream.
 const IN_SSRC: [u32; 2] = [0x0a0d_1001, 0x0b1d_e002];
@@ -682,7 +685,6 @@ impl InboundPath {
     /// only packets never taken.
     pub fn advance(&mut self, ms: u16) {
         use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-        use rtc::shared::marshal::Marshal;
         self.now += Duration::from_millis(u64::from(ms));
         self.inbound
             .feedback
