@@ -536,7 +536,7 @@ mod tests {
             for k in (0..40u16).rev() {
                 let seq = first.wrapping_add(k).wrapping_sub(15);
                 let arrival = Duration::from_micros(round * 100_000 + k as u64 * 4_100);
-                acks.push(if (k + round as u16) % 6 == 0 {
+                acks.push(if (k + round as u16).is_multiple_of(6) {
                     Acknowledgement::lost(seq)
                 } else {
                     Acknowledgement::received(seq, Some(arrival), Ecn::NotEct)
