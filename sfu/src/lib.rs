@@ -38,7 +38,10 @@
 //! and `srtp.rs` (the own outbound media path: packets to a subscriber
 //! built, SRTP-encrypted in place and queued by us, NACKs answered from a
 //! ciphertext ring, transport-wide CC and sender reports; docs/DECISIONS.md
-//! §10), `rx.rs`/`tx.rs` (batched UDP reads and writes). Pure parts carry
+//! §10), `inbound.rs` and `media_in.rs` (the own inbound path: a
+//! publisher's SRTP decrypted in place once rtc has named the stream, and
+//! the transport-wide CC feedback, NACKs and receiver reports it gets
+//! back), `rx.rs`/`tx.rs` (batched UDP reads and writes). Pure parts carry
 //! their unit tests.
 //!
 //! Media quality, in one paragraph each:
@@ -61,7 +64,7 @@
 //! * **Congestion control.** We number what we send to each subscriber
 //!   (transport-wide CC, `media_out.rs`; rtc's TWCC sender on the `rtc`
 //!   media path) and feed the browser's transport-cc feedback to GCC
-//!   through rtc's send history. A loss ceiling of our own from
+//!   through our send ring (rtc's send history on the `rtc` path). A loss ceiling of our own from
 //!   the subscriber's receiver reports backs it up (GCC alone was once
 //!   still at 4 Mbit/s 35 s into a 350 kbit/s cap). Layer costs are the
 //!   measured rates of each layer (nominal 150 k / 500 k / 1.2 Mbit/s
@@ -124,9 +127,11 @@ pub struct SfuConfig {
 /// The forwarding path (docs/DECISIONS.md §10).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum MediaPath {
-    /// Our own: SRTP, retransmissions, transport-wide CC and sender
-    /// reports for forwarded media below rtc's RTP pipeline
-    /// (`media_out.rs`).
+    /// Our own, both directions, below rtc's RTP pipeline: SRTP,
+    /// retransmissions, transport-wide CC and sender reports towards
+    /// subscribers (`media_out.rs`); decryption, transport-wide CC
+    /// feedback, NACKs and receiver reports towards publishers
+    /// (`inbound.rs`, `media_in.rs`).
     #[default]
     Own,
     /// Everything through rtc's RTP pipeline and interceptors (the path

@@ -10,8 +10,10 @@
 //!   ring (never a second encryption of one index); the pacer's
 //!   retransmission bound still applies (`Peer::pace`).
 //! - **Transport-wide CC**: our sequence numbers in the negotiated header
-//!   extension; the subscriber's feedback goes through rtc's `History`
-//!   into the same GCC (`bwe::ReportingGcc`) as before.
+//!   extension; the subscriber's feedback is parsed by rtc's `convert_twcc`
+//!   and matched against our send ring (`SendHistory`, the same reports
+//!   rtc's `History` gave, without its three SipHash maps per packet) into
+//!   the same GCC (`bwe::ReportingGcc`) as before.
 //! - **Sender reports**: built from our counters once a second and sent
 //!   through rtc's SRTCP (`Peer::tick`); SRTCP stays rtc's alone.
 
