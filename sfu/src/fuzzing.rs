@@ -382,29 +382,29 @@ pub struct OwnPath {
 
 const OWN_SSRC: u32 = 0x5eed_0001;
 
+/// Our AES-GCM SRTP and rtc's, on the same master key and salt (`replay`:
+/// rtc's replay window, for a receiver).
+fn srtp_pair(
+    key: [u8; 16],
+    salt: [u8; 12],
+    replay: Option<usize>,
+) -> (crate::srtp::Srtp, rtc::srtp::context::Context) {
+    use rtc::srtp::protection_profile::ProtectionProfile;
+    let provider = rtc::crypto::default_provider().expect("crypto provider");
+    let profile = ProtectionProfile::AeadAes128Gcm;
+    let ours = crate::srtp::Srtp::new(profile, &key, &salt, provider.crypto()).expect("keys");
+    let replay = replay.map(rtc::srtp::option::srtp_replay_protection);
+    let theirs =
+        rtc::srtp::context::Context::new(&key, &salt, profile, replay, None, provider.crypto())
+            .expect("rtc's context");
+    (ours, theirs)
+}
+
 impl Default for OwnPath {
     fn default() -> Self {
-        use rtc::srtp::protection_profile::ProtectionProfile;
-        let provider = rtc::crypto::default_provider().expect("crypto provider");
-        let (key, salt) = ([7u8; 16], [9u8; 12]);
-        let srtp = crate::srtp::Srtp::new(
-            ProtectionProfile::AeadAes128Gcm,
-            &key,
-            &salt,
-            provider.crypto(),
-        )
-        .expect("keys");
+        let (srtp, receiver) = srtp_pair([7; 16], [9; 12], Some(256));
         let mut own = crate::media_out::OwnMedia::new(srtp, crate::bwe::ReportingGcc::new().0);
         own.set_twcc_ext(Some(3));
-        let receiver = rtc::srtp::context::Context::new(
-            &key,
-            &salt,
-            ProtectionProfile::AeadAes128Gcm,
-            Some(rtc::srtp::option::srtp_replay_protection(256)),
-            None,
-            provider.crypto(),
-        )
-        .expect("receiver");
         OwnPath {
             own,
             track: crate::media_out::TrackOut::new(90_000, Some(64)),
@@ -563,28 +563,10 @@ const IN_SSRC: [u32; 2] = [0x0a0d_1001, 0x0b1d_e002];
 
 impl Default for InboundPath {
     fn default() -> Self {
-        use rtc::srtp::protection_profile::ProtectionProfile;
-        let provider = rtc::crypto::default_provider().expect("crypto provider");
-        let (key, salt) = ([3u8; 16], [5u8; 12]);
-        let srtp = crate::srtp::Srtp::new(
-            ProtectionProfile::AeadAes128Gcm,
-            &key,
-            &salt,
-            provider.crypto(),
-        )
-        .expect("keys");
+        let (srtp, sender) = srtp_pair([3; 16], [5; 12], None);
         let mut inbound = crate::inbound::OwnInbound::new(srtp, Some(3));
         inbound.add(IN_SSRC[0], 48_000, false);
         inbound.add(IN_SSRC[1], 90_000, true);
-        let sender = rtc::srtp::context::Context::new(
-            &key,
-            &salt,
-            ProtectionProfile::AeadAes128Gcm,
-            None,
-            None,
-            provider.crypto(),
-        )
-        .expect("sender");
         InboundPath {
             inbound,
             sender,

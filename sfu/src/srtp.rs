@@ -371,14 +371,20 @@ mod tests {
         p
     }
 
+    /// Our SRTP and rtc's on one master key and salt (derived from `k`).
+    fn pair(profile: ProtectionProfile, salt_len: usize, k: u8) -> (Srtp, Context) {
+        let key: Vec<u8> = (0..16).map(|i| i * k + 1).collect();
+        let salt: Vec<u8> = (0..salt_len as u8).map(|i| i * 3 + k).collect();
+        let ours = Srtp::new(profile, &key, &salt, crypto()).expect("ours");
+        let theirs = Context::new(&key, &salt, profile, None, None, crypto()).expect("rtc's");
+        (ours, theirs)
+    }
+
     /// Our encryption, checked by rtc's own SRTP decryption (the same code
     /// a browser's libsrtp agrees with in every call today), over a run of
     /// packets that crosses a sequence number rollover.
     fn rtc_decrypts_ours(profile: ProtectionProfile, salt_len: usize) {
-        let key: Vec<u8> = (0..16).map(|i| i * 7 + 1).collect();
-        let salt: Vec<u8> = (0..salt_len as u8).map(|i| i * 3 + 5).collect();
-        let mut ours = Srtp::new(profile, &key, &salt, crypto()).expect("ours");
-        let mut theirs = Context::new(&key, &salt, profile, None, None, crypto()).expect("rtc's");
+        let (mut ours, mut theirs) = pair(profile, salt_len, 7);
         let mut roll = Rollover::default();
         for (n, seq) in (65_530u16..=65_535).chain(0..6).enumerate() {
             let payload: Vec<u8> = (0..(100 + n)).map(|i| (i * 13 + n) as u8).collect();
@@ -408,10 +414,7 @@ mod tests {
     /// across a rollover; every changed byte and a wrong rollover counter
     /// fail authentication, and the buffer is refused, not half-used.
     fn we_decrypt_rtcs(profile: ProtectionProfile, salt_len: usize) {
-        let key: Vec<u8> = (0..16).map(|i| i * 5 + 2).collect();
-        let salt: Vec<u8> = (0..salt_len as u8).map(|i| i * 11 + 1).collect();
-        let mut ours = Srtp::new(profile, &key, &salt, crypto()).expect("ours");
-        let mut theirs = Context::new(&key, &salt, profile, None, None, crypto()).expect("rtc's");
+        let (mut ours, mut theirs) = pair(profile, salt_len, 5);
         let mut roll = Rollover::default();
         for (n, seq) in (65_532u16..=65_535).chain(0..4).enumerate() {
             let payload: Vec<u8> = (0..(60 + n)).map(|i| (i * 7 + n) as u8).collect();
