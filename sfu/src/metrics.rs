@@ -43,6 +43,10 @@ pub struct MediaCounters {
     pub dropped_failed_check: AtomicU64,
     pub dropped_unknown_address: AtomicU64,
     pub dropped_not_webrtc: AtomicU64,
+    /// Publishers' media our own SRTP refused, by reason.
+    pub srtp_replayed: AtomicU64,
+    pub srtp_failed_auth: AtomicU64,
+    pub srtp_malformed: AtomicU64,
 }
 
 /// A point-in-time copy of [`MediaCounters`].
@@ -136,6 +140,9 @@ pub struct LimitStats {
     pub dropped_failed_check: u64,
     pub dropped_unknown_address: u64,
     pub dropped_not_webrtc: u64,
+    pub srtp_replayed: u64,
+    pub srtp_failed_auth: u64,
+    pub srtp_malformed: u64,
 }
 
 impl LimitStats {
@@ -146,6 +153,7 @@ impl LimitStats {
         let learned = "spreekkamer_media_addresses_refused_total";
         let evicted = "spreekkamer_media_addresses_evicted_total";
         let dropped = "spreekkamer_media_datagrams_dropped_total";
+        let srtp = "spreekkamer_media_srtp_refused_total";
         format!(
             "# HELP {pending} ICE-TCP connections that waited for their first STUN check, by how the wait ended\n\
              # TYPE {pending} counter\n\
@@ -168,7 +176,12 @@ impl LimitStats {
              # TYPE {dropped} counter\n\
              {dropped}{{reason=\"failed_check\"}} {}\n\
              {dropped}{{reason=\"unknown_address\"}} {}\n\
-             {dropped}{{reason=\"not_webrtc\"}} {}\n",
+             {dropped}{{reason=\"not_webrtc\"}} {}\n\
+             # HELP {srtp} Publishers' media packets the SFU's own SRTP check refused, by reason (replayed or too late, failed authentication, malformed)\n\
+             # TYPE {srtp} counter\n\
+             {srtp}{{reason=\"replayed\"}} {}\n\
+             {srtp}{{reason=\"failed_authentication\"}} {}\n\
+             {srtp}{{reason=\"malformed\"}} {}\n",
             self.ice_tcp_handed_over,
             self.ice_tcp_evicted_same_address,
             self.ice_tcp_evicted_full,
@@ -181,6 +194,9 @@ impl LimitStats {
             self.dropped_failed_check,
             self.dropped_unknown_address,
             self.dropped_not_webrtc,
+            self.srtp_replayed,
+            self.srtp_failed_auth,
+            self.srtp_malformed,
         )
     }
 }
@@ -200,6 +216,9 @@ impl MediaCounters {
             dropped_failed_check: self.dropped_failed_check.load(Relaxed),
             dropped_unknown_address: self.dropped_unknown_address.load(Relaxed),
             dropped_not_webrtc: self.dropped_not_webrtc.load(Relaxed),
+            srtp_replayed: self.srtp_replayed.load(Relaxed),
+            srtp_failed_auth: self.srtp_failed_auth.load(Relaxed),
+            srtp_malformed: self.srtp_malformed.load(Relaxed),
         }
     }
 
@@ -267,6 +286,12 @@ mod tests {
             "spreekkamer_media_datagrams_dropped_total{reason=\"failed_check\"} 16400\n"
         ));
         assert!(text.contains("spreekkamer_media_addresses 9\n"));
-        assert_eq!(text.matches("# TYPE").count(), 5);
+        c.srtp_failed_auth.fetch_add(3, Relaxed);
+        let text = c.limit_snapshot().prometheus_text();
+        assert!(text.contains(
+            "spreekkamer_media_srtp_refused_total{reason=\"failed_authentication\"} 3\n"
+        ));
+        assert!(text.contains("spreekkamer_media_srtp_refused_total{reason=\"replayed\"} 0\n"));
+        assert_eq!(text.matches("# TYPE").count(), 6);
     }
 }

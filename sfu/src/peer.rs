@@ -268,6 +268,9 @@ pub(crate) struct QualityEvents {
     pub nacks: u64,
     pub retransmitted: u64,
     pub retransmits_suppressed: u64,
+    /// Inbound media our SRTP refused: replayed, failed authentication,
+    /// malformed.
+    pub srtp_refused: [u64; 3],
 }
 
 struct Outgoing {
@@ -1491,7 +1494,11 @@ impl Peer {
                  NACK, {reports} report packets",
                 self.participant
             );
-            let [replayed, forged, malformed] = inbound.take_refused();
+            let refused = inbound.take_refused();
+            for (total, n) in self.quality.srtp_refused.iter_mut().zip(refused) {
+                *total += n;
+            }
+            let [replayed, forged, malformed] = refused;
             if replayed + forged + malformed > 0 {
                 // At most one line a second, never one per packet.
                 log::debug!(

@@ -893,6 +893,7 @@ impl Worker {
         let views = self.publisher_views(now);
         let (mut up, mut down, mut resumed, mut nacks, mut paused) = (0, 0, 0, 0, 0);
         let (mut retransmitted, mut suppressed) = (0, 0);
+        let mut srtp_refused = [0u64; 3];
         for p in self.peers.iter_mut().flatten() {
             p.allocate(&views, now);
             self.net.local.send_dropped += p.take_pacer_drops();
@@ -903,6 +904,9 @@ impl Worker {
             nacks += q.nacks;
             retransmitted += q.retransmitted;
             suppressed += q.retransmits_suppressed;
+            for (total, n) in srtp_refused.iter_mut().zip(q.srtp_refused) {
+                *total += n;
+            }
             paused += p.paused as u64;
         }
         self.views = views;
@@ -913,6 +917,9 @@ impl Worker {
         c.nacks_received.fetch_add(nacks, Relaxed);
         c.retransmitted.fetch_add(retransmitted, Relaxed);
         c.retransmits_suppressed.fetch_add(suppressed, Relaxed);
+        c.srtp_replayed.fetch_add(srtp_refused[0], Relaxed);
+        c.srtp_failed_auth.fetch_add(srtp_refused[1], Relaxed);
+        c.srtp_malformed.fetch_add(srtp_refused[2], Relaxed);
         c.paused_tracks.fetch_add(paused, Relaxed);
         c.paused_tracks.fetch_sub(
             std::mem::replace(&mut self.paused_reported, paused),

@@ -68,6 +68,7 @@ async fn metrics_expose_consults_participants_media_and_latency() {
         "spreekkamer_media_ice_tcp_pending_total{outcome=\"evicted_full\"} 0",
         "spreekkamer_media_addresses_refused_total{reason=\"peer_budget\"} 0",
         "spreekkamer_media_datagrams_dropped_total{reason=\"failed_check\"} ",
+        "spreekkamer_media_srtp_refused_total{reason=\"failed_authentication\"} 0",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
