@@ -179,9 +179,7 @@ impl Srtp {
         if packet.len() < len + tag_len {
             return Err(SrtpError::Packet);
         }
-        let head = header_len(&packet[..len]).ok_or(SrtpError::Packet)?;
-        let seq = [packet[2], packet[3]];
-        let ssrc = [packet[8], packet[9], packet[10], packet[11]];
+        let (head, seq, ssrc) = fields(&packet[..len])?;
         match &mut self.cipher {
             Cipher::Gcm { aead, salt } => {
                 let iv = gcm_iv(salt, ssrc, roc, seq);
@@ -209,9 +207,7 @@ impl Srtp {
     pub(crate) fn unprotect(&mut self, packet: &mut [u8], roc: u32) -> Result<usize, SrtpError> {
         let tag_len = self.overhead();
         let len = packet.len().checked_sub(tag_len).ok_or(SrtpError::Packet)?;
-        let head = header_len(&packet[..len]).ok_or(SrtpError::Packet)?;
-        let seq = [packet[2], packet[3]];
-        let ssrc = [packet[8], packet[9], packet[10], packet[11]];
+        let (head, seq, ssrc) = fields(&packet[..len])?;
         match &mut self.cipher {
             Cipher::Gcm { aead, salt } => {
                 let iv = gcm_iv(salt, ssrc, roc, seq);
@@ -240,6 +236,13 @@ impl Srtp {
         }
         Ok(len)
     }
+}
+
+/// An RTP packet's header length, sequence number and SSRC bytes (what
+/// the IV is built from).
+fn fields(rtp: &[u8]) -> Result<(usize, [u8; 2], [u8; 4]), SrtpError> {
+    let head = header_len(rtp).ok_or(SrtpError::Packet)?;
+    Ok((head, [rtp[2], rtp[3]], [rtp[8], rtp[9], rtp[10], rtp[11]]))
 }
 
 /// RFC 7714 §8.1: 00 00 | SSRC | ROC | SEQ, XOR the session salt.
