@@ -148,6 +148,11 @@ pub(crate) fn extension<'a>(packet: &'a [u8], head: &Head, id: u8) -> Option<&'a
     None
 }
 
+/// The transport-wide sequence number in that extension's value.
+fn twcc_seq(value: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes([*value.first()?, *value.get(1)?]))
+}
+
 /// Why an inbound packet was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -281,7 +286,7 @@ impl OwnInbound {
         let twcc = self
             .twcc_ext
             .and_then(|id| extension(buf, &head, id))
-            .and_then(|v| Some(u16::from_be_bytes([*v.first()?, *v.get(1)?])));
+            .and_then(twcc_seq);
         let level = level_ext
             .and_then(|id| extension(buf, &head, id))
             .and_then(|v| v.first().map(|b| b & 0x7f));
@@ -296,7 +301,7 @@ impl OwnInbound {
         let twcc = self
             .twcc_ext
             .and_then(|id| header.get_extension(id))
-            .and_then(|v| Some(u16::from_be_bytes([*v.first()?, *v.get(1)?])));
+            .and_then(|v| twcc_seq(&v));
         if twcc.is_some() {
             self.feedback.on_packet(
                 header.ssrc,

@@ -96,12 +96,17 @@ const RESEND_SLOTS: u16 = 128;
 /// read, so one is the norm; bounded against a caller that does not).
 const MEDIA_IN_MAX: usize = 64;
 
-/// RTP clock of our codecs: Opus 48 kHz, VP8 90 kHz.
-fn clock_rate(kind: Kind) -> u32 {
+/// The codec we offer for `kind`.
+fn codec_of(kind: Kind) -> RTCRtpCodecParameters {
     match kind {
-        Kind::Audio => 48_000,
-        Kind::Video | Kind::Screen => 90_000,
+        Kind::Audio => opus(),
+        Kind::Video | Kind::Screen => vp8(),
     }
+}
+
+/// RTP clock of the codec we offer for `kind`.
+fn clock_rate(kind: Kind) -> u32 {
+    codec_of(kind).rtp_codec.clock_rate
 }
 
 /// DTLS datagrams kept while rtc's ICE has no selected pair yet: a
@@ -757,10 +762,7 @@ impl Peer {
     ) -> Result<(), String> {
         self.tracks_created += 1;
         let ssrc = rand::random::<u32>();
-        let codec = match kind {
-            Kind::Audio => opus(),
-            Kind::Video | Kind::Screen => vp8(),
-        };
+        let codec = codec_of(kind);
         // Stream id = the publishing participant's id: the browser's
         // `ontrack` event.streams[0].id names the sender.
         let track_id = format!(
