@@ -47,6 +47,7 @@ function pageTimes() {
     load: nav ? Math.round(nav.loadEventEnd) : null,
     bench: window.__bench || null,
     timings: h ? { ...h.timings } : {},
+    e2eeLoadedAt: h ? h.e2eeLoadedAt : null,
   };
 }
 
@@ -103,8 +104,17 @@ async function oneRun(server, browsers, i) {
     joinToPicture: rel(t.firstPaint),
     steps: {
       connect: rel(t.join),
+      e2eeModuleLoaded: rel(p.e2eeLoadedAt),
+      wsOpen: rel(t.wsOpen),
+      welcomeArrived: rel(t.welcomeArrived),
       welcome: rel(t.welcome),
+      inCall: rel(t.inCall),
+      inCallShown: rel(t.inCallShown),
+      offerArrived: rel(t.offerArrived),
       offer: rel(t.offer),
+      offerApplied: rel(t.offerApplied),
+      sendersSet: rel(t.sendersSet),
+      answerCreated: rel(t.answerCreated),
       answered: rel(t.answered),
       iceConnected: rel(t.connected),
       dtlsConnected: rel(t.dtlsConnected),

@@ -33,6 +33,8 @@ const LINK_STORAGE_KEY = 'spreekkamer.link';
 const QUALITY_INTERVAL_MS = 2000;
 // Phones and narrow windows: the layout in style.css switches at the same width.
 const NARROW = '(max-width: 45rem)';
+// How long the in-call view may wait for our first answer (see `enterCall`).
+const IN_CALL_VIEW_WAIT_MS = 300;
 // Error codes of a link that will not work now (the link check and join): the page says why at once.
 // Only what will never work again forgets the link (as at join): a locked consult may open again.
 const LINK_REFUSALS = new Set(['consult_ended']);
@@ -118,6 +120,14 @@ window.__spreekkamer = hook;
 // Started at the end of this module, once every top-level constant exists.
 
 async function start() {
+  // The E2EE module loads first, beside the preview's camera and the link
+  // check: the server's messages wait for it (see `connect`), so a person
+  // who presses Join at once waited for it after the click
+  // (loadtest/first-picture.sh: the welcome was there ~50 ms after Join and
+  // handled ~100 ms after it when the load started later).
+  app.e2eeLoading = loadE2ee();
+  app.e2eeLoading.then(() => { app.e2eeLoaded = true; hook.e2eeLoadedAt = Math.round(performance.now()); });
+  app.e2eeLoading.then(renderPrivacyE2ee);
   app.prefs = new ReceivePreferences({
     send: (audioOnly, quality) => !!app.signaling && app.signaling.sendVideoPrefs(audioOnly, quality),
   });
@@ -149,12 +159,6 @@ async function start() {
   }
   if (app.claims && app.claims.role === 'clinician') $('#clinician-check').hidden = false;
 
-  // Load the E2EE module while the person looks at the preview. Joining does
-  // not wait for it, the server's messages do (see `connect`): the WebSocket
-  // and the token check overlap the load (loadtest/first-picture.sh).
-  app.e2eeLoading = loadE2ee();
-  app.e2eeLoading.then(() => { app.e2eeLoaded = true; });
-  app.e2eeLoading.then(renderPrivacyE2ee);
   // Joining does not wait for this: a person may press "join" while the
   // browser still asks for permission; the tracks reach the call later.
   const mediaReady = openMedia();
@@ -557,10 +561,14 @@ function connect() {
   // Until the E2EE module is loaded, messages queue behind it, in order (a
   // call must never start without it); after that they run at once.
   const on = (type, fn) => sig.addEventListener(type, (ev) => {
+    // When the server's first welcome and offer reached the page (the
+    // first-picture breakdown; handling may wait for the main thread).
+    if (type === 'welcome' || type === 'offer') mark(`${type}Arrived`);
     const run = () => { if (app.signaling === sig) fn(ev.detail); };
     if (app.e2eeLoaded) run();
     else app.e2eeLoading.then(run);
   });
+  sig.addEventListener('open', () => mark('wsOpen'));
   on('welcome', onWelcome);
   on('offer', onOffer);
   on('participant-joined', (m) => m.participant && addParticipant(m.participant, true));
@@ -684,12 +692,25 @@ function enterCall() {
   });
   sig.sendMute(app.micOn && !!localTrack('audio'), app.camOn && !!localTrack('video'));
   mark('inCall');
-  startCallClock();
-  startQualityWatch();
-  setState('in-call');
-  renderTiles();
-  // Admitted: from now on the server takes our preferences.
-  app.prefs.enable();
+  // The in-call view is drawn once our first answer is on its way (at the
+  // latest after IN_CALL_VIEW_WAIT_MS): the server's offer comes right
+  // behind the welcome, and drawing first kept it waiting for the page's
+  // one thread ~50-70 ms on a busy machine. The browser connects while the
+  // page draws (loadtest/first-picture.sh, docs/BENCHMARKS.md).
+  let shown = false;
+  const show = () => {
+    if (shown || app.call !== call) return;
+    shown = true;
+    startCallClock();
+    startQualityWatch();
+    setState('in-call');
+    renderTiles();
+    mark('inCallShown');
+    // Admitted: from now on the server takes our preferences.
+    app.prefs.enable();
+  };
+  call.addEventListener('milestone', (ev) => { if (ev.detail.name === 'answered') setTimeout(show, 0); });
+  setTimeout(show, IN_CALL_VIEW_WAIT_MS);
 }
 
 function onOffer(msg) {

@@ -185,6 +185,7 @@ export class Call extends EventTarget {
     // Before applying it: `track` events fire while the offer is applied.
     for (const mid of screenMids(sdp)) this.screenMids.add(mid);
     await this.pc.setRemoteDescription({ type: 'offer', sdp });
+    this.emit('milestone', { name: 'offerApplied' });
     const mids = ownMids(sdp);
     const ours = [];
     for (const kind of ['audio', 'video', 'screen']) {
@@ -209,7 +210,9 @@ export class Call extends EventTarget {
         this.emit('sender', { kind, sender: tr.sender });
       }
     }
+    this.emit('milestone', { name: 'sendersSet' });
     const answer = await this.pc.createAnswer();
+    this.emit('milestone', { name: 'answerCreated' });
     await this.pc.setLocalDescription(answer);
     this.signaling.sendAnswer(this.pc.localDescription.sdp);
     this.emit('milestone', { name: 'answered' });

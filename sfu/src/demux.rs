@@ -110,6 +110,84 @@ pub(crate) fn integrity_ok(packet: &[u8], mac: &mut dyn rtc::crypto::Mac) -> boo
     false
 }
 
+/// The browser's binding request `request` (already verified with our
+/// password), as the nominating check it will send later: the same
+/// USERNAME, PRIORITY and ICE-CONTROLLING, plus USE-CANDIDATE, a fresh
+/// transaction id, MESSAGE-INTEGRITY with our password `pwd` and
+/// FINGERPRINT. Returns it with its transaction id, or `None` when the
+/// request already nominates, is not from a controlling agent, or lacks
+/// what a check must carry.
+///
+/// Why (loadtest/first-picture.sh, server log): Chromium starts DTLS the
+/// moment its first check is answered and answers our triggered check at
+/// once, but sends its nominating check ~50-60 ms later; rtc's ICE-lite
+/// agent selects the pair only on that check and drops DTLS until then.
+/// DTLS from the address of a pair both sides have checked shows the
+/// browser chose it, so the peer hands rtc this copy then
+/// (`Peer::nominate_early`).
+pub(crate) fn nominating_copy(request: &[u8], pwd: &str) -> Option<(Vec<u8>, [u8; 12])> {
+    use rtc::stun::attributes::{
+        ATTR_ICE_CONTROLLING, ATTR_PRIORITY, ATTR_USE_CANDIDATE, ATTR_USERNAME, RawAttribute,
+    };
+    use rtc::stun::fingerprint::FINGERPRINT;
+    use rtc::stun::integrity::MessageIntegrity;
+    use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
+
+    if !is_binding_request(request) {
+        return None;
+    }
+    let declared = u16::from_be_bytes([request[2], request[3]]) as usize;
+    let mut rest = request.get(HEADER_LEN..HEADER_LEN + declared)?;
+    let (mut username, mut priority, mut controlling) = (None, None, None);
+    while rest.len() >= 4 {
+        let kind = u16::from_be_bytes([rest[0], rest[1]]);
+        let len = u16::from_be_bytes([rest[2], rest[3]]) as usize;
+        let value = rest.get(4..4 + len)?;
+        match kind {
+            k if k == ATTR_USE_CANDIDATE.0 => return None,
+            k if k == ATTR_USERNAME.0 && len <= MAX_USERNAME => username = Some(value),
+            k if k == ATTR_PRIORITY.0 && len == 4 => priority = Some(value),
+            k if k == ATTR_ICE_CONTROLLING.0 && len == 8 => controlling = Some(value),
+            k if k == ATTR_MESSAGE_INTEGRITY => break,
+            _ => {}
+        }
+        rest = rest.get((4 + len + 3) & !3..)?;
+    }
+    let raw = |typ, value: &[u8]| -> Box<dyn Setter> {
+        Box::new(RawAttribute {
+            typ,
+            length: value.len() as u16,
+            value: value.to_vec(),
+        })
+    };
+    let provider = rtc::crypto::default_provider().ok()?;
+    let tid = TransactionId::new();
+    let mut m = Message::new();
+    let setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(BINDING_REQUEST),
+        Box::new(tid),
+        raw(ATTR_USERNAME, username?),
+        raw(ATTR_PRIORITY, priority?),
+        raw(ATTR_ICE_CONTROLLING, controlling?),
+        raw(ATTR_USE_CANDIDATE, &[]),
+        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+            pwd.into(),
+            provider.crypto(),
+        )),
+        Box::new(FINGERPRINT),
+    ];
+    m.build(&setters).ok()?;
+    Some((m.raw, tid.0))
+}
+
+/// The transaction id of a STUN message.
+pub(crate) fn transaction_id(packet: &[u8]) -> Option<[u8; 12]> {
+    if !is_stun(packet) {
+        return None;
+    }
+    packet.get(8..HEADER_LEN)?.try_into().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +302,93 @@ mod tests {
             .crypto()
             .new_hmac(rtc::crypto::HmacAlgorithm::Sha1, pwd.as_bytes())
             .expect("hmac")
+    }
+
+    /// A browser's check: USERNAME, PRIORITY, ICE-CONTROLLING, perhaps
+    /// USE-CANDIDATE, signed with `pwd`.
+    fn browser_check(nominating: bool, pwd: &str) -> Vec<u8> {
+        use rtc::stun::attributes::{
+            ATTR_ICE_CONTROLLING, ATTR_PRIORITY, ATTR_USE_CANDIDATE, RawAttribute,
+        };
+        use rtc::stun::fingerprint::FINGERPRINT;
+        use rtc::stun::integrity::MessageIntegrity;
+        use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
+        use rtc::stun::textattrs::TextAttribute;
+        let provider = rtc::crypto::default_provider().expect("crypto provider");
+        let raw = |typ, value: &[u8]| -> Box<dyn Setter> {
+            Box::new(RawAttribute {
+                typ,
+                length: value.len() as u16,
+                value: value.to_vec(),
+            })
+        };
+        let mut setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(TextAttribute::new(
+                rtc::stun::attributes::ATTR_USERNAME,
+                "srv:brw".into(),
+            )),
+            raw(ATTR_PRIORITY, &[0x6e, 0, 0x1e, 0xff]),
+            raw(ATTR_ICE_CONTROLLING, &[1, 2, 3, 4, 5, 6, 7, 8]),
+        ];
+        if nominating {
+            setters.push(raw(ATTR_USE_CANDIDATE, &[]));
+        }
+        setters.push(Box::new(
+            MessageIntegrity::new_short_term_integrity_with_provider(pwd.into(), provider.crypto()),
+        ));
+        setters.push(Box::new(FINGERPRINT));
+        let mut m = Message::new();
+        m.build(&setters).expect("build");
+        m.raw
+    }
+
+    #[test]
+    fn the_nominating_copy_is_the_browsers_check_with_use_candidate_signed_by_us() {
+        use rtc::stun::attributes::{ATTR_ICE_CONTROLLING, ATTR_PRIORITY, ATTR_USE_CANDIDATE};
+        use rtc::stun::message::Message;
+        let pwd = "a-password-of-24-chars!!";
+        let check = browser_check(false, pwd);
+        let (copy, tid) = nominating_copy(&check, pwd).expect("a nominating copy");
+        assert_eq!(transaction_id(&copy), Some(tid));
+        assert_ne!(transaction_id(&check), Some(tid), "a fresh transaction");
+        assert!(
+            integrity_ok(&copy, mac(pwd).as_mut()),
+            "signed with our password"
+        );
+        assert!(!integrity_ok(
+            &copy,
+            mac("another-password-entirely").as_mut()
+        ));
+        let mut parsed = Message::new();
+        parsed.raw = copy.clone();
+        parsed.decode().expect("well-formed STUN");
+        assert!(parsed.contains(ATTR_USE_CANDIDATE));
+        assert_eq!(local_ufrag(&copy), Some("srv"));
+        let mut orig = Message::new();
+        orig.raw = check.clone();
+        orig.decode().expect("well-formed STUN");
+        for attr in [ATTR_PRIORITY, ATTR_ICE_CONTROLLING] {
+            assert_eq!(
+                parsed.get(attr).expect("copied"),
+                orig.get(attr).expect("present"),
+                "{attr}"
+            );
+        }
+        rtc::stun::fingerprint::FINGERPRINT
+            .check(&parsed)
+            .expect("a valid FINGERPRINT");
+        // Nothing to add to a check that nominates already, to one from a
+        // controlled agent (no ICE-CONTROLLING), or to a response.
+        assert!(nominating_copy(&browser_check(true, pwd), pwd).is_none());
+        assert!(nominating_copy(&signed_request("srv:brw", pwd), pwd).is_none());
+        let mut response = check.clone();
+        response[..2].copy_from_slice(&[0x01, 0x01]);
+        assert!(nominating_copy(&response, pwd).is_none());
+        for cut in 0..check.len() {
+            let _ = nominating_copy(&check[..cut], pwd);
+        }
     }
 
     #[test]

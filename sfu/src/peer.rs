@@ -109,6 +109,18 @@ fn clock_rate(kind: Kind) -> u32 {
     codec_of(kind).rtp_codec.clock_rate
 }
 
+/// Until rtc's ICE selects a pair: the browser's latest check (verified
+/// with our password by the worker before it got here), whether it
+/// answered a check of ours, and the nomination we handed rtc.
+#[derive(Default)]
+struct EarlyIce {
+    check: Option<(TransportContext, Vec<u8>)>,
+    answered: bool,
+    /// The transaction id of our nominating copy: rtc's answer to it is
+    /// not sent to the browser, which never asked.
+    nominated: Option<[u8; 12]>,
+}
+
 /// DTLS datagrams kept while rtc's ICE has no selected pair yet: a
 /// browser's first flight (ClientHello, perhaps fragmented) and a resend.
 const EARLY_DTLS_MAX: usize = 8;
@@ -408,7 +420,7 @@ pub(crate) struct Peer {
     /// what a binding request must be signed with before the worker
     /// learns its sender's address (rtc applies new credentials when it
     /// sets its offer, so older ufrags no longer pass rtc's check either).
-    ice: Option<(String, Box<dyn rtc::crypto::Mac>)>,
+    ice: Option<(String, Box<dyn rtc::crypto::Mac>, String)>,
     offer_pending: bool,
     renegotiate: bool,
     incoming: [Option<Incoming>; 3],
@@ -427,6 +439,9 @@ pub(crate) struct Peer {
     ice_connected: bool,
     /// DTLS that arrived before that (see [`EARLY_DTLS_MAX`]).
     early_dtls: Vec<TaggedBytesMut>,
+    /// Until ICE connects: what lets us nominate for the browser
+    /// ([`Peer::nominate_early`]).
+    early_ice: EarlyIce,
     failed: bool,
     first_forwarded: bool,
     last_rx: Instant,
@@ -700,6 +715,7 @@ impl Peer {
             connected: false,
             ice_connected: false,
             early_dtls: Vec::new(),
+            early_ice: EarlyIce::default(),
             failed: false,
             first_forwarded: false,
             last_rx: now,
@@ -892,9 +908,9 @@ impl Peer {
                     self.ufrags.push(ufrag.to_string());
                 }
                 if let (Some(ufrag), Some(pwd)) = (ufrag_of(&sdp), pwd_of(&sdp))
-                    && self.ice.as_ref().is_none_or(|(u, _)| u != ufrag)
+                    && self.ice.as_ref().is_none_or(|(u, ..)| u != ufrag)
                 {
-                    self.ice = ice_mac(pwd).map(|mac| (ufrag.to_string(), mac));
+                    self.ice = ice_mac(pwd).map(|mac| (ufrag.to_string(), mac, pwd.to_string()));
                 }
                 self.offer_pending = true;
                 for o in &mut self.outgoing {
@@ -995,7 +1011,7 @@ impl Peer {
     /// USERNAME names `ufrag`), signed with our password?
     pub(crate) fn check_stun(&mut self, ufrag: &str, packet: &[u8]) -> bool {
         match self.ice.as_mut() {
-            Some((current, mac)) if current == ufrag => {
+            Some((current, mac, _)) if current == ufrag => {
                 crate::demux::integrity_ok(packet, mac.as_mut())
             }
             _ => false,
@@ -1005,6 +1021,7 @@ impl Peer {
     /// Feed one datagram (or TCP frame) from the network.
     pub(crate) fn handle_read(&mut self, msg: TaggedBytesMut) {
         self.last_rx = msg.now;
+        let now = msg.now;
         if !self.ice_connected && matches!(msg.message.first(), Some(20..=63)) {
             // Chromium starts DTLS as soon as one of its checks is
             // answered; our ICE-lite agent selects a pair only when its
@@ -1016,7 +1033,18 @@ impl Peer {
             if self.early_dtls.len() < EARLY_DTLS_MAX {
                 self.early_dtls.push(msg);
             }
+            self.nominate_early(now);
             return;
+        }
+        let stun_before_ice = !self.ice_connected && crate::demux::is_stun(&msg.message);
+        if stun_before_ice {
+            if crate::demux::is_binding_request(&msg.message) {
+                self.early_ice.check = Some((msg.transport, msg.message.to_vec()));
+            } else if msg.message[..2] == [0x01, 0x01] {
+                // A binding success response: the browser answered one of
+                // our checks (rtc verifies it below).
+                self.early_ice.answered = true;
+            }
         }
         let media = matches!(msg.message[..], [128..=191, pt, ..] if !(192..=223).contains(&pt));
         if media
@@ -1039,6 +1067,48 @@ impl Peer {
         };
         if let Err(e) = pc.handle_read(msg) {
             log::debug!("peer handle_read: {e}");
+        }
+        if stun_before_ice {
+            self.nominate_early(now);
+        }
+    }
+
+    /// Nominate the browser's pair for it, once DTLS from that pair shows
+    /// the browser chose it and both sides' checks on it succeeded: rtc
+    /// gets a copy of the browser's check with USE-CANDIDATE, signed with
+    /// our password (`demux::nominating_copy`), and selects the pair as
+    /// it will when the browser's own nomination arrives, ~50-60 ms
+    /// later with Chromium (loadtest/first-picture.sh). Once per ICE
+    /// session; a pair rtc has not validated is not selected by it (rtc
+    /// checks it again instead), so nothing is chosen that the browser's
+    /// own nomination would not choose.
+    fn nominate_early(&mut self, now: Instant) {
+        let early = &mut self.early_ice;
+        if self.ice_connected || early.nominated.is_some() || !early.answered {
+            return;
+        }
+        let (Some((transport, check)), Some((_, _, pwd))) = (&early.check, &self.ice) else {
+            return;
+        };
+        if !self
+            .early_dtls
+            .iter()
+            .any(|d| d.transport.peer_addr == transport.peer_addr)
+        {
+            return;
+        }
+        let Some((nomination, tid)) = crate::demux::nominating_copy(check, pwd) else {
+            return;
+        };
+        early.nominated = Some(tid);
+        log::debug!("participant {}: nominated early", self.participant);
+        let msg = TaggedBytesMut {
+            now,
+            transport: *transport,
+            message: BytesMut::from(&nomination[..]),
+        };
+        if let Err(e) = self.pc.handle_read(msg) {
+            log::debug!("peer handle_read (early nomination): {e}");
         }
     }
 
@@ -1098,7 +1168,14 @@ impl Peer {
     }
 
     pub(crate) fn poll_write(&mut self) -> Option<TaggedBytesMut> {
-        let msg = self.pc.poll_write()?;
+        let mut msg = self.pc.poll_write()?;
+        if let Some(tid) = self.early_ice.nominated
+            && crate::demux::transaction_id(&msg.message) == Some(tid)
+        {
+            // rtc's answer to our own nominating copy: nobody asked.
+            self.early_ice.nominated = Some([0; 12]);
+            msg = self.pc.poll_write()?;
+        }
         // DTLS (20..=63) and SRTCP (128..=191) go on the selected pair.
         if matches!(msg.message.first(), Some(20..=63 | 128..=191)) {
             self.media_to = Some(msg.transport);
