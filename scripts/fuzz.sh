@@ -21,7 +21,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export RUSTC_BOOTSTRAP=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-ALL_TARGETS=(client_message token sdp_answer media_plane media_port media_out media_in)
+ALL_TARGETS=(client_message token sdp_answer media_plane media_port media_out media_in rtcp_in)
 SECONDS_EACH="${FUZZ_SECONDS:-30}"
 PROFILE=()
 [[ ${FUZZ_DEV:-0} == 1 ]] && PROFILE=(--dev)

@@ -20,6 +20,12 @@
 //!   browser would) decrypt to exactly what was sent, once; replays,
 //!   changed, truncated and random datagrams are refused; the feedback
 //!   built from it is valid RTCP and NACKs only what never arrived.
+//! * [`RtcpInPath`]: our own inbound SRTCP and RTCP (`srtp.rs`,
+//!   `rtcp_in.rs`): a peer's compound packets (encrypted by rtc's SRTCP,
+//!   as a browser would) decrypt to exactly what was sent, once, while in
+//!   the replay window and while the SSRC table has room; replays,
+//!   changed, cut and invented datagrams are refused and counted; the
+//!   parser never panics and a refusal visits nothing.
 
 use crate::consult::Kind;
 use crate::keyframe::is_keyframe_request;
@@ -689,6 +695,234 @@ impl InboundPath {
     }
 }
 
+/// Our own inbound SRTCP from one peer: a sender running rtc's SRTCP
+/// (the browser's side) and [`crate::rtcp_in::Srtcp`], AES-GCM or
+/// AES-CM.
+pub struct RtcpInPath {
+    srtcp: crate::rtcp_in::Srtcp,
+    sender: rtc::srtp::context::Context,
+    /// Per sending SSRC, what was sent under index `i + 1` (rtc numbers
+    /// from 1): ciphertext, plaintext, taken.
+    sent: Vec<Vec<Sent>>,
+    /// Per sending SSRC: the highest index taken.
+    highest: Vec<Option<usize>>,
+    /// Sending SSRCs that took a packet (hold a window), in order.
+    placed: Vec<usize>,
+    /// Refusals expected since the last check: replays, failed
+    /// authentication, malformed, too many SSRCs.
+    refused: [u64; 4],
+}
+
+/// More sending SSRCs than the table holds.
+const RTCP_SSRCS: usize = crate::rtcp_in::MAX_SSRCS + 4;
+
+fn rtcp_ssrc(s: usize) -> u32 {
+    0x5c7c_0000 + s as u32
+}
+
+impl RtcpInPath {
+    pub fn new(aes_cm: bool) -> RtcpInPath {
+        use rtc::srtp::protection_profile::ProtectionProfile;
+        let (profile, salt) = if aes_cm {
+            (ProtectionProfile::Aes128CmHmacSha1_80, &[6u8; 14][..])
+        } else {
+            (ProtectionProfile::AeadAes128Gcm, &[6u8; 12][..])
+        };
+        let provider = rtc::crypto::default_provider().expect("crypto provider");
+        let key = [4u8; 16];
+        let srtcp =
+            crate::rtcp_in::Srtcp::new(profile, &key, salt, provider.crypto()).expect("our SRTCP");
+        let sender =
+            rtc::srtp::context::Context::new(&key, salt, profile, None, None, provider.crypto())
+                .expect("rtc's context");
+        RtcpInPath {
+            srtcp,
+            sender,
+            sent: vec![Vec::new(); RTCP_SSRCS],
+            highest: vec![None; RTCP_SSRCS],
+            placed: Vec::new(),
+            refused: [0; 4],
+        }
+    }
+
+    /// The peer sends `body` as compound RTCP from SSRC `ssrc` (version
+    /// and SSRC forced, at least 8 bytes); `deliver`: it arrives (else it
+    /// is lost, for now).
+    pub fn send(&mut self, ssrc: u8, deliver: bool, body: &[u8]) {
+        let s = usize::from(ssrc) % RTCP_SSRCS;
+        let mut plain = body[..body.len().min(1200)].to_vec();
+        plain.resize(plain.len().max(8), 0);
+        plain[0] = 0x80 | (plain[0] & 0x3f);
+        plain[4..8].copy_from_slice(&rtcp_ssrc(s).to_be_bytes());
+        let Ok(cipher) = self.sender.encrypt_rtcp(&plain) else {
+            return;
+        };
+        self.sent[s].push((cipher.to_vec(), plain, false));
+        if deliver {
+            self.deliver(s, self.sent[s].len());
+        }
+    }
+
+    /// Deliver what was sent from SSRC `s` under `index` (a late arrival,
+    /// a replay): taken exactly when it should be, as it was sent.
+    fn deliver(&mut self, s: usize, index: usize) {
+        use crate::rtcp_in::SrtcpRefused;
+        let Some((cipher, plain, taken)) = index
+            .checked_sub(1)
+            .and_then(|i| self.sent[s].get(i))
+            .cloned()
+        else {
+            return;
+        };
+        let expected = if taken || self.highest[s].is_some_and(|h| h >= index + 128) {
+            Err(SrtcpRefused::Replay)
+        } else if !self.placed.contains(&s) && self.placed.len() == crate::rtcp_in::MAX_SSRCS {
+            Err(SrtcpRefused::TooManySsrcs)
+        } else {
+            Ok(())
+        };
+        let mut buf = cipher.clone();
+        let result = if index.is_multiple_of(2) {
+            // Decrypt, then read: the plaintext as sent.
+            self.srtcp.unprotect(&mut buf).map(|len| {
+                assert_eq!(&buf[..len], &plain[..], "decrypts to what was sent");
+                let _ = digest(&buf[..len]);
+            })
+        } else {
+            // Both at once, as the worker would: the same items as
+            // reading the plaintext; RTCP that does not parse is refused
+            // (as malformed) after it authenticated.
+            let mut items = Vec::new();
+            let r = self.srtcp.read(&mut buf, |r| items.push(item(r)));
+            match (r, digest(&plain)) {
+                (Err(SrtcpRefused::Malformed), None) if expected.is_ok() => {
+                    self.refused[2] += 1;
+                    Ok(())
+                }
+                (Ok(()), read) => {
+                    assert_eq!(Some(items), read, "read as the plaintext reads");
+                    Ok(())
+                }
+                (r, _) => r,
+            }
+        };
+        assert_eq!(result, expected, "packet {index} of SSRC {s}");
+        match expected {
+            Ok(()) => {
+                self.sent[s][index - 1].2 = true;
+                self.highest[s] = Some(self.highest[s].map_or(index, |h| h.max(index)));
+                if !self.placed.contains(&s) {
+                    self.placed.push(s);
+                }
+            }
+            Err(SrtcpRefused::Replay) => self.refused[0] += 1,
+            Err(_) => self.refused[3] += 1,
+        }
+        self.check_counts();
+    }
+
+    /// Deliver again what SSRC `ssrc` sent `back` packets ago.
+    pub fn again(&mut self, ssrc: u8, back: u8) {
+        let s = usize::from(ssrc) % RTCP_SSRCS;
+        if let Some(index) = self.sent[s].len().checked_sub(usize::from(back)) {
+            self.deliver(s, index);
+        }
+    }
+
+    /// A changed or cut copy of the last packet of `ssrc`, or bytes of our
+    /// own from that SSRC: always refused, counted once, nothing taken.
+    pub fn hostile(&mut self, ssrc: u8, body: &[u8]) {
+        let s = usize::from(ssrc) % RTCP_SSRCS;
+        let bytes = match (self.sent[s].last(), body) {
+            (Some((cipher, ..)), [at, flip, cut, ..]) => {
+                let mut b = cipher.clone();
+                let i = usize::from(*at) % b.len();
+                b[i] ^= flip | 1;
+                b.truncate(b.len() - usize::from(*cut) % 8);
+                b
+            }
+            _ => {
+                let mut b = body.to_vec();
+                if b.len() >= 8 {
+                    b[4..8].copy_from_slice(&rtcp_ssrc(s).to_be_bytes());
+                }
+                b
+            }
+        };
+        let mut buf = bytes;
+        let r = self.srtcp.unprotect(&mut buf);
+        assert!(r.is_err(), "a changed or invented packet was taken");
+        let [replay, auth, malformed] = self.srtcp.take_refused();
+        assert_eq!(replay + auth + malformed, 1, "counted once");
+        self.check_counts();
+    }
+
+    /// Plain RTCP of any shape: read without a panic; a refusal visits
+    /// nothing; what is read reads the same twice.
+    pub fn parse(&mut self, bytes: &[u8]) {
+        let _ = digest(bytes);
+    }
+
+    fn check_counts(&mut self) {
+        let [replay, auth, malformed, ssrcs] = std::mem::take(&mut self.refused);
+        assert_eq!(self.srtcp.take_refused(), [replay, auth, malformed]);
+        assert_eq!(self.srtcp.take_too_many_ssrcs(), ssrcs);
+    }
+}
+
+/// An item of our RTCP reading, owned: what it says, the numbers a NACK
+/// names, a feedback's acknowledgements.
+#[derive(Debug, PartialEq)]
+enum Item {
+    Plain(String),
+    Nack(u32, Vec<u16>),
+    Twcc(u32, Vec<(u16, bool, Option<Duration>)>),
+}
+
+fn item(r: crate::rtcp_in::Rtcp<'_>) -> Item {
+    use crate::rtcp_in::Rtcp;
+    match r {
+        Rtcp::Nack(n) => {
+            let seqs: Vec<u16> = n.seqs().collect();
+            assert!(seqs.len() >= n.pairs().count() && seqs.len() <= 17 * n.pairs().count());
+            Item::Nack(n.media_ssrc, seqs)
+        }
+        Rtcp::Twcc(fb) => {
+            let mut acks = Vec::new();
+            fb.for_each_ack(|seq, arrived, arrival| acks.push((seq, arrived, arrival)));
+            assert_eq!(acks, fb.acks().collect::<Vec<_>>());
+            if let Some(first) = acks.first() {
+                assert_eq!(first.0, fb.base_sequence_number);
+            }
+            assert!(acks.len() >= usize::from(fb.packet_status_count));
+            assert!(
+                acks.iter().all(|a| a.1 || a.2.is_none()),
+                "lost, with a time"
+            );
+            Item::Twcc(fb.media_ssrc, acks)
+        }
+        other => {
+            let _ = other.is_keyframe_request();
+            Item::Plain(format!("{other:?}"))
+        }
+    }
+}
+
+/// Read `rtcp` (twice: the same both times); `None` if refused, having
+/// visited nothing.
+fn digest(rtcp: &[u8]) -> Option<Vec<Item>> {
+    let mut items = Vec::new();
+    let r = crate::rtcp_in::parse(rtcp, |r| items.push(item(r)));
+    if r.is_err() {
+        assert!(items.is_empty(), "items visited before a refusal");
+        return None;
+    }
+    let mut again = Vec::new();
+    crate::rtcp_in::parse(rtcp, |r| again.push(item(r))).expect("reads again");
+    assert_eq!(items, again);
+    Some(items)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,6 +964,36 @@ mod tests {
         let taken = h.sent.values().filter(|e| e.2).count();
         assert!(taken > 2_500, "{taken} taken");
         assert!(h.sent.values().any(|e| !e.2), "some were lost");
+    }
+
+    #[test]
+    fn rtcp_in_harness_checks_what_it_claims() {
+        for aes_cm in [false, true] {
+            let mut h = RtcpInPath::new(aes_cm);
+            // A receiver report with one block, and a PLI.
+            let rr = [
+                0x81, 201, 0, 7, 0, 0, 0, 0, 0, 0, 0, 9, 0x20, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 5, 0,
+                0, 0, 0, 0, 0, 0, 0, 0x81, 206, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9,
+            ];
+            for i in 0..3_000u32 {
+                let ssrc = (i % 41) as u8;
+                let mut body = rr.to_vec();
+                body[12] = i as u8;
+                if i % 9 == 0 {
+                    body.truncate(20); // does not parse
+                }
+                h.send(ssrc, i % 7 != 0, &body);
+                if i % 5 == 0 {
+                    h.again(ssrc, (i % 4) as u8);
+                    h.hostile(ssrc, &[i as u8, 0x10, (i % 3) as u8]);
+                    h.hostile(ssrc, &[]);
+                    h.parse(&body);
+                }
+            }
+            let taken = h.sent.iter().flatten().filter(|e| e.2).count();
+            assert!(taken > 1_500, "{taken} taken");
+            assert_eq!(h.placed.len(), crate::rtcp_in::MAX_SSRCS);
+        }
     }
 
     #[test]

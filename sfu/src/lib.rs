@@ -321,6 +321,7 @@ mod media_out;
 mod pacer;
 mod peer;
 mod rewrite;
+mod rtcp_in;
 mod rx;
 mod simulcast;
 mod speaker;

@@ -10,14 +10,18 @@
 //!   ring (never a second encryption of one index); the pacer's
 //!   retransmission bound still applies (`Peer::pace`).
 //! - **Transport-wide CC**: our sequence numbers in the negotiated header
-//!   extension; the subscriber's feedback is parsed by rtc's `convert_twcc`
-//!   and matched against our send ring (`SendHistory`, the same reports
-//!   rtc's `History` gave, without its three SipHash maps per packet) into
-//!   the same GCC (`bwe::ReportingGcc`) as before.
+//!   extension; the subscriber's feedback, decrypted and parsed by us
+//!   (`rtcp_in.rs`, the same acknowledgements rtc's `convert_twcc` gives;
+//!   `feedback` keeps the rtc-parsed form for RTCP rtc still read), is
+//!   matched against our send ring (`SendHistory`, the same reports rtc's
+//!   `History` gave, without its three SipHash maps per packet) into the
+//!   same GCC (`bwe::ReportingGcc`) as before.
 //! - **Sender reports**: built from our counters once a second and sent
-//!   through rtc's SRTCP (`Peer::tick`); SRTCP stays rtc's alone.
+//!   through rtc's SRTCP (`Peer::tick`); the RTCP we *send* is still
+//!   encrypted by rtc, what we receive is decrypted by us.
 
 use crate::bwe::ReportingGcc;
+use crate::rtcp_in::TwccFeedback;
 use crate::srtp::{Rollover, Srtp};
 use crate::tx::BufferPool;
 use rtc::interceptor::{BandwidthEstimator, PacketReport, convert_twcc};
@@ -419,6 +423,21 @@ impl OwnMedia {
             self.history
                 .acknowledge(ack.sequence_number, ack.arrived, ack.arrival);
         }
+        self.report(now);
+    }
+
+    /// The same from our own reading of the subscriber's RTCP
+    /// (`rtcp_in.rs`): the same acknowledgements, without rtc's packet and
+    /// `convert_twcc`'s vector.
+    pub(crate) fn feedback_acks(&mut self, fb: &TwccFeedback<'_>, now: Instant) {
+        self.feedbacks += 1;
+        let history = &mut self.history;
+        fb.for_each_ack(|seq, arrived, arrival| history.acknowledge(seq, arrived, arrival));
+        self.report(now);
+    }
+
+    /// The send records acknowledged so far, as reports into GCC.
+    fn report(&mut self, now: Instant) {
         self.history.take_reports(&mut self.reports);
         self.gcc.on_reports(now, &self.reports);
     }
@@ -564,6 +583,86 @@ mod tests {
             reported += out.len();
         }
         assert!(reported > 500, "{reported} reports");
+    }
+
+    /// Feedback read by `rtcp_in` moves the send history and GCC exactly
+    /// as rtc's packet through `feedback` does: the same reports out.
+    #[test]
+    fn feedback_read_by_us_reports_what_rtcs_packet_reported() {
+        use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
+            PacketStatusChunk, RecvDelta, StatusChunkTypeTcc, StatusVectorChunk, SymbolSizeTypeTcc,
+            SymbolTypeTcc,
+        };
+        let t0 = Instant::now();
+        let (mut theirs, mut ours) = (own(&[1; 16], &[2; 12]), own(&[1; 16], &[2; 12]));
+        let key = |r: &PacketReport| (r.twcc_sequence_number, r.arrived, r.arrival);
+        let mut reported = 0;
+        for round in 0..30u16 {
+            let first = 65_500u16.wrapping_add(round * 14);
+            for i in 0..14u16 {
+                let at = t0 + Duration::from_millis(u64::from(round * 14 + i));
+                for own in [&mut theirs, &mut ours] {
+                    own.history.add(9, i, first.wrapping_add(i), 1000, at);
+                }
+            }
+            // A 2-bit vector per 7 packets: lost, small and large deltas.
+            let symbols = |k: u16| -> Vec<SymbolTypeTcc> {
+                (0..7)
+                    .map(|j| SymbolTypeTcc::from((j + k + round) % 3))
+                    .collect()
+            };
+            let chunks: Vec<_> = (0..2)
+                .map(|k| {
+                    PacketStatusChunk::StatusVectorChunk(StatusVectorChunk {
+                        type_tcc: StatusChunkTypeTcc::StatusVectorChunk,
+                        symbol_size: SymbolSizeTypeTcc::TwoBit,
+                        symbol_list: symbols(k),
+                    })
+                })
+                .collect();
+            let recv_deltas = (0..2)
+                .flat_map(symbols)
+                .filter(|s| *s != SymbolTypeTcc::PacketNotReceived)
+                .map(|s| RecvDelta {
+                    type_tcc_packet: s,
+                    delta: if s == SymbolTypeTcc::PacketReceivedSmallDelta {
+                        250
+                    } else {
+                        -500
+                    },
+                })
+                .collect();
+            let fb = TransportLayerCc {
+                media_ssrc: 9,
+                base_sequence_number: first,
+                packet_status_count: 14,
+                reference_time: u32::from(round),
+                packet_chunks: chunks,
+                recv_deltas,
+                ..Default::default()
+            };
+            let bytes = rtc::shared::marshal::Marshal::marshal(&fb).expect("marshal");
+            let parsed =
+                <TransportLayerCc as rtc::shared::marshal::Unmarshal>::unmarshal(&mut &bytes[..])
+                    .expect("rtc reads it");
+            theirs.feedback(&parsed, t0);
+            let mut read = None;
+            crate::rtcp_in::parse(&bytes, |r| {
+                if let crate::rtcp_in::Rtcp::Twcc(fb) = r {
+                    read = Some(fb);
+                }
+            })
+            .expect("we read it");
+            ours.feedback_acks(&read.expect("a feedback"), t0);
+            assert_eq!(
+                ours.reports.iter().map(key).collect::<Vec<_>>(),
+                theirs.reports.iter().map(key).collect::<Vec<_>>(),
+                "round {round}"
+            );
+            reported += ours.reports.len();
+        }
+        assert_eq!((ours.feedbacks, theirs.feedbacks), (30, 30));
+        assert!(reported > 300, "{reported}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::keyframe::{KeyframeLimiter, MarkKeyframeRequests, is_keyframe_request
 use crate::media_out::{Outbound, OwnMedia, TrackOut, twcc_ext_id};
 use crate::pacer::{Pacer, RetransmitLimit, pace_rate, rtp_ssrc};
 use crate::rewrite::{AUDIO_TS_STEP, StreamRewriter, VIDEO_TS_STEP, seq_newer};
+use crate::rtcp_in::{Rtcp, Srtcp};
 use crate::simulcast::{self, LAYERS, Layer, LayerForwarder, Switched, TOP, Verdict};
 use crate::srtp::Srtp;
 use crate::tx::BufferPool;
@@ -479,6 +480,11 @@ pub(crate) struct Peer {
     own: Option<OwnMedia>,
     /// Its inbound half: the publisher's streams we decrypt ourselves.
     inbound: Option<OwnInbound>,
+    /// Our own SRTCP (the peer's keys), from DTLS on: its RTCP never
+    /// enters rtc (`read_rtcp`).
+    srtcp: Option<Srtcp>,
+    /// Keyframe requests read there, for the next `drain` (reused).
+    rtcp_out: Vec<PeerOutput>,
     /// Media decrypted by `handle_read`, for the next `drain`.
     media_in: Vec<(Media, Option<u8>, Instant)>,
     /// RTCP for the publisher (`media_in.rs`), reused, and how many of
@@ -735,6 +741,8 @@ impl Peer {
             own_path,
             own: None,
             inbound: None,
+            srtcp: None,
+            rtcp_out: Vec::new(),
             media_in: Vec::new(),
             feedback_out: Vec::new(),
             feedback_sent: [0; 3],
@@ -1060,6 +1068,10 @@ impl Peer {
             }
             return;
         }
+        if !media && self.srtcp.is_some() && matches!(msg.message[..], [128..=191, 192..=223, ..]) {
+            self.read_rtcp(msg);
+            return;
+        }
         let pc = if media {
             self.pc.reading()
         } else {
@@ -1070,6 +1082,73 @@ impl Peer {
         }
         if stun_before_ice {
             self.nominate_early(now);
+        }
+    }
+
+    /// The peer's SRTCP, checked and decrypted in place by us
+    /// (`rtcp_in.rs`) and read without rtc: what it says about the media
+    /// we send it (transport-wide feedback, NACKs, reports, keyframe
+    /// requests) and about what it sends us (sender reports). Refusals
+    /// are counted with the media's (`take_quality`).
+    fn read_rtcp(&mut self, mut msg: TaggedBytesMut) {
+        let Some(mut srtcp) = self.srtcp.take() else {
+            return;
+        };
+        let now = msg.now;
+        let _ = srtcp.read(&mut msg.message, |item| self.on_rtcp(item, now));
+        self.srtcp = Some(srtcp);
+    }
+
+    fn on_rtcp(&mut self, item: Rtcp<'_>, now: Instant) {
+        let ours = |ssrc: u32| move |o: &&Outgoing| o.rewriter.ssrc() == ssrc;
+        match item {
+            Rtcp::SenderReport { ssrc, ntp_time } => {
+                if let Some(inbound) = self.inbound.as_mut() {
+                    inbound.feedback.on_sender_report(ssrc, ntp_time, now);
+                }
+            }
+            Rtcp::ReceptionReport {
+                ssrc,
+                fraction_lost,
+            } => {
+                // Only about streams we send to this subscriber.
+                if let Some(o) = self.outgoing.iter().find(ours(ssrc)) {
+                    self.worst_loss = self.worst_loss.max(fraction_lost);
+                    if o.kind == Kind::Audio {
+                        self.worst_audio_loss = self.worst_audio_loss.max(fraction_lost);
+                    }
+                }
+            }
+            Rtcp::Twcc(fb) => {
+                if let Some(own) = self.own.as_mut() {
+                    own.feedback_acks(&fb, now);
+                }
+            }
+            Rtcp::Nack(nack) => {
+                if let (Some(own), Some(o)) = (
+                    self.own.as_mut(),
+                    self.outgoing.iter().find(ours(nack.media_ssrc)),
+                ) {
+                    self.quality.nacks += 1;
+                    // Rare: fresh buffers, not the worker's pool.
+                    let pool = &mut BufferPool::default();
+                    for seq in nack.seqs() {
+                        own.resend(&o.out, seq, (self.media_to, pool), now);
+                    }
+                }
+            }
+            Rtcp::Pli { media_ssrc: ssrc } | Rtcp::Fir { ssrc } => {
+                if let Some(o) = self.outgoing.iter().find(ours(ssrc)) {
+                    // The decoder that lost a picture decodes the layer it
+                    // gets now (or is about to get).
+                    let layer = o.layers.current().or(o.layers.target()).unwrap_or(TOP);
+                    self.rtcp_out.push(PeerOutput::KeyframeRequest {
+                        source: o.source,
+                        kind: o.kind,
+                        layer,
+                    });
+                }
+            }
         }
     }
 
@@ -1206,14 +1285,27 @@ impl Peer {
                     Srtp::new(k.profile, key, salt, provider.crypto())
                         .map_err(|e| format!("{e:?} ({:?})", k.profile))
                 };
-                new(&k.local_master_key, &k.local_master_salt)
-                    .and_then(|out| Ok((out, new(&k.remote_master_key, &k.remote_master_salt)?)))
+                let rtcp = Srtcp::new(
+                    k.profile,
+                    &k.remote_master_key,
+                    &k.remote_master_salt,
+                    provider.crypto(),
+                )
+                .map_err(|e| format!("{e:?} ({:?})", k.profile));
+                new(&k.local_master_key, &k.local_master_salt).and_then(|out| {
+                    Ok((
+                        out,
+                        new(&k.remote_master_key, &k.remote_master_salt)?,
+                        rtcp?,
+                    ))
+                })
             }
             (None, _) => Err("no keys".to_string()),
             (_, Err(e)) => Err(e.to_string()),
         };
         match (srtp, self.own_gcc.take()) {
-            (Ok((out, inb)), Some(gcc)) => {
+            (Ok((out, inb, rtcp)), Some(gcc)) => {
+                self.srtcp = Some(rtcp);
                 let mut own = OwnMedia::new(out, gcc);
                 own.set_twcc_ext(self.twcc_ext);
                 self.own = Some(own);
@@ -1300,6 +1392,7 @@ impl Peer {
             self.file_media(media, level, now, out);
         }
         self.media_in = taken;
+        out.append(&mut self.rtcp_out);
         if !self.pc.reads {
             // Only our own media since the last sweep: rtc has nothing.
             return false;
@@ -1573,7 +1666,13 @@ impl Peer {
                  NACK, {reports} report packets",
                 self.participant
             );
-            let refused = inbound.take_refused();
+            let mut refused = inbound.take_refused();
+            if let Some(srtcp) = self.srtcp.as_mut() {
+                for (total, n) in refused.iter_mut().zip(srtcp.take_refused()) {
+                    *total += n;
+                }
+                refused[2] += srtcp.take_too_many_ssrcs();
+            }
             for (total, n) in self.quality.srtp_refused.iter_mut().zip(refused) {
                 *total += n;
             }
@@ -1581,7 +1680,7 @@ impl Peer {
             if replayed + forged + malformed > 0 {
                 // At most one line a second, never one per packet.
                 log::debug!(
-                    "participant {}: inbound media refused: {replayed} replayed or too late, \
+                    "participant {}: inbound media or RTCP refused: {replayed} replayed or too late, \
                      {forged} failed authentication, {malformed} malformed",
                     self.participant
                 );

@@ -24,13 +24,15 @@ use rtc::crypto::{
 };
 use rtc::srtp::protection_profile::ProtectionProfile;
 
-const LABEL_SRTP_ENCRYPTION: u8 = 0x00;
-const LABEL_SRTP_AUTH: u8 = 0x01;
-const LABEL_SRTP_SALT: u8 = 0x02;
-const GCM_TAG: usize = 16;
-const HMAC_TAG_80: usize = 10;
+/// RFC 3711 §4.3.1 key derivation labels (encryption key, authentication
+/// key, salt) of SRTP; SRTCP's (`rtcp_in.rs`) are the next three.
+pub(crate) const SRTP_LABELS: [u8; 3] = [0x00, 0x01, 0x02];
+pub(crate) const SRTCP_LABELS: [u8; 3] = [0x03, 0x04, 0x05];
+pub(crate) const GCM_TAG: usize = 16;
+pub(crate) const HMAC_TAG_80: usize = 10;
 
-enum Cipher {
+/// The session keys of one protocol (SRTP or SRTCP) and direction.
+pub(crate) enum Cipher {
     Gcm {
         aead: Box<dyn AeadCipher>,
         salt: [u8; 12],
@@ -104,28 +106,26 @@ pub(crate) fn header_len(packet: &[u8]) -> Option<usize> {
     (len <= packet.len()).then_some(len)
 }
 
-impl Srtp {
+impl Cipher {
+    /// Session keys derived with `labels` ([`SRTP_LABELS`] or
+    /// [`SRTCP_LABELS`]) from the master key and salt.
     pub(crate) fn new(
         profile: ProtectionProfile,
         master_key: &[u8],
         master_salt: &[u8],
         crypto: &dyn RTCCrypto,
-    ) -> Result<Srtp, SrtpError> {
+        labels: [u8; 3],
+    ) -> Result<Cipher, SrtpError> {
+        let [label_encryption, label_auth, label_salt] = labels;
         let mut key = [0u8; 16];
-        derive(
-            crypto,
-            LABEL_SRTP_ENCRYPTION,
-            master_key,
-            master_salt,
-            &mut key,
-        )?;
+        derive(crypto, label_encryption, master_key, master_salt, &mut key)?;
         let cipher = match profile {
             ProtectionProfile::AeadAes128Gcm => {
                 if master_salt.len() != 12 {
                     return Err(SrtpError::Key);
                 }
                 let mut salt = [0u8; 12];
-                derive(crypto, LABEL_SRTP_SALT, master_key, master_salt, &mut salt)?;
+                derive(crypto, label_salt, master_key, master_salt, &mut salt)?;
                 let aead = crypto
                     .new_aead(AeadAlgorithm::Aes128Gcm, &key)
                     .map_err(|_| SrtpError::Key)?;
@@ -139,9 +139,9 @@ impl Srtp {
                     return Err(SrtpError::Key);
                 }
                 let mut salt = [0u8; 14];
-                derive(crypto, LABEL_SRTP_SALT, master_key, master_salt, &mut salt)?;
+                derive(crypto, label_salt, master_key, master_salt, &mut salt)?;
                 let mut auth = [0u8; 20];
-                derive(crypto, LABEL_SRTP_AUTH, master_key, master_salt, &mut auth)?;
+                derive(crypto, label_auth, master_key, master_salt, &mut auth)?;
                 let ctr = crypto
                     .new_stream_cipher(StreamCipherAlgorithm::Aes128Ctr, &key)
                     .map_err(|_| SrtpError::Key)?;
@@ -154,6 +154,18 @@ impl Srtp {
             _ => return Err(SrtpError::Profile),
         };
         key.fill(0);
+        Ok(cipher)
+    }
+}
+
+impl Srtp {
+    pub(crate) fn new(
+        profile: ProtectionProfile,
+        master_key: &[u8],
+        master_salt: &[u8],
+        crypto: &dyn RTCCrypto,
+    ) -> Result<Srtp, SrtpError> {
+        let cipher = Cipher::new(profile, master_key, master_salt, crypto, SRTP_LABELS)?;
         Ok(Srtp { cipher })
     }
 
@@ -245,8 +257,10 @@ fn fields(rtp: &[u8]) -> Result<(usize, [u8; 2], [u8; 4]), SrtpError> {
     Ok((head, [rtp[2], rtp[3]], [rtp[8], rtp[9], rtp[10], rtp[11]]))
 }
 
-/// RFC 7714 §8.1: 00 00 | SSRC | ROC | SEQ, XOR the session salt.
-fn gcm_iv(salt: &[u8; 12], ssrc: [u8; 4], roc: u32, seq: [u8; 2]) -> [u8; 12] {
+/// RFC 7714 §8.1: 00 00 | SSRC | ROC | SEQ, XOR the session salt. For
+/// SRTCP (§9.1: 00 00 | SSRC | 00 00 | 0 | 31-bit index) the same with
+/// `roc` = index >> 16 and `seq` = its low 16 bits.
+pub(crate) fn gcm_iv(salt: &[u8; 12], ssrc: [u8; 4], roc: u32, seq: [u8; 2]) -> [u8; 12] {
     let mut iv = *salt;
     for (i, b) in ssrc.iter().enumerate() {
         iv[2 + i] ^= b;
@@ -259,8 +273,9 @@ fn gcm_iv(salt: &[u8; 12], ssrc: [u8; 4], roc: u32, seq: [u8; 2]) -> [u8; 12] {
     iv
 }
 
-/// RFC 3711 §4.1.1: salt·2^16 XOR SSRC·2^64 XOR index·2^16.
-fn cm_iv(salt: &[u8; 14], ssrc: [u8; 4], roc: u32, seq: [u8; 2]) -> [u8; 16] {
+/// RFC 3711 §4.1.1: salt·2^16 XOR SSRC·2^64 XOR index·2^16 (for SRTCP
+/// the 31-bit SRTCP index, split the same way as for [`gcm_iv`]).
+pub(crate) fn cm_iv(salt: &[u8; 14], ssrc: [u8; 4], roc: u32, seq: [u8; 2]) -> [u8; 16] {
     let mut iv = [0u8; 16];
     iv[..14].copy_from_slice(salt);
     for (i, b) in ssrc.iter().enumerate() {
@@ -318,11 +333,23 @@ impl Rollover {
             return None;
         }
         let index = index as u64;
+        self.is_new(index).then_some(index)
+    }
+
+    /// Whether `index` is unused: ahead of the highest marked, or less
+    /// than [`WINDOW`] behind it and not marked. For SRTCP, whose packets
+    /// carry their 31-bit index whole (nothing to guess), this is the
+    /// whole replay check; the index is then [`mark`](Self::mark)ed once
+    /// the packet has authenticated.
+    pub(crate) fn is_new(&self, index: u64) -> bool {
+        let Some(high) = self.highest else {
+            return true;
+        };
         if index > high {
-            return Some(index);
+            return true;
         }
         let back = high - index;
-        (back < WINDOW && self.used & 1 << back == 0).then_some(index)
+        back < WINDOW && self.used & 1 << back == 0
     }
 
     /// Record `index` (from [`index_of`](Self::index_of)) as used.
