@@ -645,6 +645,7 @@ function onWelcome(msg) {
   for (const p of Array.isArray(msg.participants) ? msg.participants : []) {
     if (!app.you || p.id !== app.you.id) addParticipant(p, false);
   }
+  mark('welcomeRendered');
   if (msg.state === 'waiting') {
     setState('waiting');
   } else {
@@ -673,7 +674,9 @@ function enterCall() {
   app.call = call;
   hook.pc = call.pc;
   hook.call = call;
+  mark('pcCreated');
   startE2ee();
+  mark('e2eeStarted');
   call.addEventListener('sender', (ev) => {
     if (!app.e2ee || app.e2eeSupport === 'none') return;
     try { app.e2ee.attachSender(ev.detail.sender, ev.detail.kind); } catch (err) { console.warn('spreekkamer: e2ee sender', err); }

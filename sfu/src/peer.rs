@@ -664,6 +664,15 @@ impl Peer {
                 SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
                 SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
             ]);
+        } else {
+            // rtc 0.21.1's SRTCP returns an AES-CM packet whose E flag is 0
+            // without checking its tag (rtcp_in.rs): anyone who can send
+            // to a participant's address could inject RTCP. On rtc's path
+            // only AES-GCM, which every current browser takes.
+            settings = settings.with_srtp_protection_profiles(vec![
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+            ]);
         }
         let settings = settings.build();
         let mut pc = RTCPeerConnectionBuilder::new()
