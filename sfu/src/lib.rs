@@ -322,6 +322,7 @@ mod pacer;
 mod peer;
 mod rewrite;
 mod rtcp_in;
+mod rtcp_out;
 mod rx;
 mod simulcast;
 mod speaker;

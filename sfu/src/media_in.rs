@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 /// Sender SSRC of our feedback. The publisher only needs it nonzero and
 /// distinct from its own SSRCs; browsers do not match it to anything.
-const FEEDBACK_SSRC: u32 = 0x5350_4B52;
+pub(crate) const FEEDBACK_SSRC: u32 = 0x5350_4B52;
 /// TWCC feedback cadence: what libwebrtc's receiver uses by default.
 const TWCC_INTERVAL: Duration = Duration::from_millis(100);
 /// Arrivals held between feedbacks (16 KB per peer): a publisher sends

@@ -416,6 +416,20 @@ impl OwnMedia {
         });
     }
 
+    /// An SRTCP packet of ours for this peer (`Peer::send_rtcp`), sent
+    /// at once like everything but video (the pacer lets it pass).
+    pub(crate) fn queue_rtcp(&mut self, bytes: &[u8], path: TransportContext, now: Instant) {
+        if self.queue.len() >= QUEUE_MAX {
+            self.dropped += 1;
+            return;
+        }
+        self.queue.push_back(TaggedBytesMut {
+            now,
+            transport: path,
+            message: bytes::BytesMut::from(bytes),
+        });
+    }
+
     /// The subscriber's transport-wide CC feedback, into GCC.
     pub(crate) fn feedback(&mut self, fb: &TransportLayerCc, now: Instant) {
         self.feedbacks += 1;

@@ -13,10 +13,12 @@ use crate::bwe::{Allocator, LOSS_HIGH, LossCap, NO_ESTIMATE, ReportingGcc, Want}
 use crate::consult::Kind;
 use crate::inbound::{Media, OwnInbound};
 use crate::keyframe::{KeyframeLimiter, MarkKeyframeRequests, is_keyframe_request};
+use crate::media_in::FEEDBACK_SSRC;
 use crate::media_out::{Outbound, OwnMedia, TrackOut, twcc_ext_id};
 use crate::pacer::{Pacer, RetransmitLimit, pace_rate, rtp_ssrc};
 use crate::rewrite::{AUDIO_TS_STEP, StreamRewriter, VIDEO_TS_STEP, seq_newer};
 use crate::rtcp_in::{Rtcp, Srtcp};
+use crate::rtcp_out::{SrtcpOut, marshal_into};
 use crate::simulcast::{self, LAYERS, Layer, LayerForwarder, Switched, TOP, Verdict};
 use crate::srtp::Srtp;
 use crate::tx::BufferPool;
@@ -485,6 +487,16 @@ pub(crate) struct Peer {
     srtcp: Option<Srtcp>,
     /// Keyframe requests read there, for the next `drain` (reused).
     rtcp_out: Vec<PeerOutput>,
+    /// Our SRTCP for what we send (local keys), from DTLS on: feedback
+    /// to the publisher and keyframe requests, all from `FEEDBACK_SSRC`
+    /// (`send_rtcp`). Sender reports, from each outgoing track's SSRC,
+    /// still go through rtc's SRTCP: the two never encrypt for the same
+    /// SSRC (`add_track` never picks `FEEDBACK_SSRC`), so no (key, SSRC,
+    /// index) is used twice, and rtc's writes keep `media_to` on its
+    /// selected pair (an ICE restart moves it).
+    srtcp_out: Option<SrtcpOut>,
+    /// The compound packet being encrypted (reused).
+    rtcp_buf: Vec<u8>,
     /// Media decrypted by `handle_read`, for the next `drain`.
     media_in: Vec<(Media, Option<u8>, Instant)>,
     /// RTCP for the publisher (`media_in.rs`), reused, and how many of
@@ -752,6 +764,8 @@ impl Peer {
             inbound: None,
             srtcp: None,
             rtcp_out: Vec::new(),
+            srtcp_out: None,
+            rtcp_buf: Vec::new(),
             media_in: Vec::new(),
             feedback_out: Vec::new(),
             feedback_sent: [0; 3],
@@ -794,7 +808,13 @@ impl Peer {
         kind: Kind,
     ) -> Result<(), String> {
         self.tracks_created += 1;
-        let ssrc = rand::random::<u32>();
+        // Never the SSRC our own SRTCP sends from (`srtcp_out`), nor 0.
+        let ssrc = loop {
+            let ssrc = rand::random::<u32>();
+            if ssrc != 0 && ssrc != FEEDBACK_SSRC {
+                break ssrc;
+            }
+        };
         let codec = codec_of(kind);
         // Stream id = the publishing participant's id: the browser's
         // `ontrack` event.streams[0].id names the sender.
@@ -1243,16 +1263,32 @@ impl Peer {
             };
             self.feedback_sent[i] += 1;
         }
-        // Through rtc's SRTCP (its only sender); any receiver of this
-        // connection will do, RTCP is bundled.
-        let receiver = self.incoming.iter().flatten().map(|i| i.receiver).next();
-        let packets = std::mem::take(&mut self.feedback_out);
-        if let Some(receiver) = receiver
-            && let Some(mut r) = self.pc.rtp_receiver(receiver)
-            && let Err(e) = r.write_rtcp(now, packets)
-        {
+        let mut packets = std::mem::take(&mut self.feedback_out);
+        if let Err(e) = self.send_rtcp(&packets, now) {
             log::debug!("feedback to publisher failed: {e}");
         }
+        packets.clear();
+        self.feedback_out = packets;
+    }
+
+    /// RTCP from `FEEDBACK_SSRC` to this peer through our own SRTCP,
+    /// queued like forwarded media: no sweep of rtc's write pipeline
+    /// (~7,800 instructions per RTCP packet, docs/BENCHMARKS.md).
+    fn send_rtcp(
+        &mut self,
+        packets: &[Box<dyn rtc::rtcp::Packet>],
+        now: Instant,
+    ) -> Result<(), String> {
+        let (Some(out), Some(own), Some(path)) =
+            (self.srtcp_out.as_mut(), self.own.as_mut(), self.media_to)
+        else {
+            return Err("no SRTCP of our own yet".into());
+        };
+        marshal_into(packets, &mut self.rtcp_buf).map_err(|e| e.to_string())?;
+        out.protect(&mut self.rtcp_buf)
+            .map_err(|e| format!("{e:?}"))?;
+        own.queue_rtcp(&self.rtcp_buf, path, now);
+        Ok(())
     }
 
     pub(crate) fn poll_write(&mut self) -> Option<TaggedBytesMut> {
@@ -1301,11 +1337,18 @@ impl Peer {
                     provider.crypto(),
                 )
                 .map_err(|e| format!("{e:?} ({:?})", k.profile));
+                let rtcp_out = SrtcpOut::new(
+                    k.profile,
+                    &k.local_master_key,
+                    &k.local_master_salt,
+                    provider.crypto(),
+                )
+                .map_err(|e| format!("{e:?} ({:?})", k.profile));
                 new(&k.local_master_key, &k.local_master_salt).and_then(|out| {
                     Ok((
                         out,
                         new(&k.remote_master_key, &k.remote_master_salt)?,
-                        rtcp?,
+                        (rtcp?, rtcp_out?),
                     ))
                 })
             }
@@ -1313,8 +1356,9 @@ impl Peer {
             (_, Err(e)) => Err(e.to_string()),
         };
         match (srtp, self.own_gcc.take()) {
-            (Ok((out, inb, rtcp)), Some(gcc)) => {
+            (Ok((out, inb, (rtcp, rtcp_out))), Some(gcc)) => {
                 self.srtcp = Some(rtcp);
+                self.srtcp_out = Some(rtcp_out);
                 let mut own = OwnMedia::new(out, gcc);
                 own.set_twcc_ext(self.twcc_ext);
                 self.own = Some(own);
@@ -2073,15 +2117,27 @@ impl Peer {
         } else if !l.limiter.allow(now) {
             return false;
         }
-        let pli = PictureLossIndication {
-            sender_ssrc: 0,
-            media_ssrc: ssrc,
-        };
-        if let Some(mut receiver) = self.pc.rtp_receiver(incoming.receiver)
-            && let Err(e) = receiver.write_rtcp(now, vec![Box::new(pli)])
-        {
-            log::debug!("keyframe request failed: {e}");
-            return false;
+        let receiver = incoming.receiver;
+        if self.srtcp_out.is_some() {
+            let pli: [Box<dyn rtc::rtcp::Packet>; 1] = [Box::new(PictureLossIndication {
+                sender_ssrc: FEEDBACK_SSRC,
+                media_ssrc: ssrc,
+            })];
+            if let Err(e) = self.send_rtcp(&pli, now) {
+                log::debug!("keyframe request failed: {e}");
+                return false;
+            }
+        } else {
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: ssrc,
+            };
+            if let Some(mut receiver) = self.pc.rtp_receiver(receiver)
+                && let Err(e) = receiver.write_rtcp(now, vec![Box::new(pli)])
+            {
+                log::debug!("keyframe request failed: {e}");
+                return false;
+            }
         }
         log::debug!(
             "participant {}: keyframe asked for on {kind:?} layer {layer}",

@@ -63,6 +63,12 @@ pub(crate) enum SrtpError {
     /// The tag does not match (forged, damaged, or a wrong rollover
     /// counter).
     Auth,
+    /// An SRTCP sending SSRC used its last index (2^31 - 1): encrypting
+    /// more would repeat an index (`rtcp_out.rs`).
+    Exhausted,
+    /// An SRTCP sending SSRC more than the table of indexes holds
+    /// (`rtcp_out.rs`).
+    TooManySsrcs,
 }
 
 /// RFC 3711 §4.3.3 AES-CM PRF with key derivation rate 0: `out.len()`
