@@ -30,7 +30,11 @@ pub(crate) struct Media {
     pub timestamp: u32,
     pub marker: bool,
     pub payload_type: u8,
-    pub payload: Bytes,
+    /// The payload alone (header and padding cut off in place): the
+    /// receive buffer itself, back to the worker's pool after the
+    /// fan-out (`BufferPool::give`), never frozen, since a frozen
+    /// buffer that is not full allocates a shared header.
+    pub payload: BytesMut,
 }
 
 impl Media {
@@ -44,7 +48,7 @@ impl Media {
             timestamp: h.timestamp,
             marker: h.marker,
             payload_type: h.payload_type,
-            payload: packet.payload,
+            payload: BytesMut::from(&packet.payload[..]),
         }
     }
 
@@ -60,7 +64,7 @@ impl Media {
                 ssrc: self.ssrc,
                 ..Default::default()
             },
-            payload: self.payload.clone(),
+            payload: Bytes::copy_from_slice(&self.payload),
         }
     }
 }
@@ -242,7 +246,11 @@ impl OwnInbound {
             _ => {}
         }
         let (head, level) = result?;
-        let payload = buf.freeze().slice(head.payload);
+        // Cut down in place: the worker gets the buffer back whole after
+        // the fan-out (`BufferPool::give` reclaims the front).
+        buf.truncate(head.payload.end);
+        bytes::Buf::advance(&mut buf, head.payload.start);
+        let payload = buf;
         Ok((
             Media {
                 ssrc: head.ssrc,

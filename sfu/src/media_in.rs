@@ -252,6 +252,9 @@ impl Stream {
 }
 
 /// One transport-wide CC feedback packet under construction.
+/// Packets one transport-wide feedback usually reports (`TwccBuild`).
+const TWCC_BUILD_CAPACITY: usize = 128;
+
 struct TwccBuild {
     base: u64,
     symbols: Vec<SymbolTypeTcc>,
@@ -267,8 +270,10 @@ impl TwccBuild {
         let reference = arrival_us / REFERENCE_US;
         TwccBuild {
             base,
-            symbols: Vec::new(),
-            deltas: Vec::new(),
+            // One feedback's worth (100 ms of a camera and microphone)
+            // without regrowing.
+            symbols: Vec::with_capacity(TWCC_BUILD_CAPACITY),
+            deltas: Vec::with_capacity(TWCC_BUILD_CAPACITY),
             reference,
             last_ticks: (reference * REFERENCE_US / TICK_US) as i64,
         }

@@ -23,7 +23,7 @@ use crate::simulcast::{self, LAYERS, Layer, LayerForwarder, Switched, TOP, Verdi
 use crate::srtp::Srtp;
 use crate::tx::BufferPool;
 use crate::{ConsultId, EventSink, MediaEnvelope, MediaEvent, ParticipantId, VideoQuality};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::interceptor::{
     CongestionControlBuilder, NackGeneratorBuilder, NackResponderBuilder, Registry, Slot,
@@ -2014,7 +2014,10 @@ impl Peer {
                 (rewrite.seq, rewrite.ts)
             }
         };
-        let payload = patched.as_ref().unwrap_or(&packet.payload);
+        let payload: &[u8] = match &patched {
+            Some(p) => p,
+            None => &packet.payload,
+        };
         let len = payload.len() + 12;
         if let Some(own) = self.own.as_mut() {
             let sent = own.send(
@@ -2040,7 +2043,7 @@ impl Peer {
                 return 0;
             };
             let mut p = packet.to_rtp();
-            p.payload = payload.clone();
+            p.payload = Bytes::copy_from_slice(payload);
             o.rewriter.rewrite_to(&mut p.header, seq, timestamp);
             if sender.write_rtp(now, p).is_err() {
                 return 0;

@@ -74,6 +74,16 @@ impl BufferPool {
         }
     }
 
+    /// A received packet's buffer back after the fan-out: `payload` was
+    /// cut down in place (`inbound.rs`), so the front it gave up is
+    /// reclaimed (no copy: it is empty) before the buffer is kept.
+    pub(crate) fn reclaim(&mut self, mut payload: BytesMut) {
+        payload.clear();
+        if payload.try_reclaim(BUFFER) {
+            self.give(payload);
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.spare.len()
@@ -403,6 +413,26 @@ mod imp {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A received datagram's buffer, cut down to its payload the way
+    /// `inbound.rs` hands it on, comes back whole after the fan-out, and
+    /// the next datagram is received into the same allocation.
+    #[test]
+    fn a_forwarded_packets_buffer_is_received_into_again() {
+        let mut pool = BufferPool::default();
+        let mut b = pool.take(1_200);
+        b.extend_from_slice(&[7u8; 1_200]);
+        let at = b.as_ptr();
+        // As `inbound.rs` cuts it: in place.
+        b.truncate(1_100);
+        bytes::Buf::advance(&mut b, 12);
+        assert_eq!(b.len(), 1_088);
+        pool.reclaim(b);
+        assert_eq!(pool.len(), 1, "the buffer is back");
+        let again = pool.take(1_300);
+        assert_eq!(again.as_ptr(), at, "the same allocation, from its start");
+        assert!(again.is_empty() && again.capacity() >= BUFFER);
+    }
 
     fn receiver() -> (std::net::UdpSocket, SocketAddr) {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
