@@ -581,7 +581,7 @@ fn be32(b: &[u8]) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bytes::Bytes;
     use rtc::interceptor::convert_twcc;
@@ -621,20 +621,20 @@ mod tests {
         (ours, theirs)
     }
 
-    /// xorshift64*: seeded, reproducible.
-    struct Rng(u64);
+    /// xorshift64*: seeded, reproducible (also `rtcp_out`'s tests).
+    pub(crate) struct Rng(pub(crate) u64);
 
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
             self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
         }
-        fn below(&mut self, n: u64) -> u64 {
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
             self.next() % n
         }
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
+        pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
             (0..n).map(|_| self.next() as u8).collect()
         }
     }

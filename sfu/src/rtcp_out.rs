@@ -296,23 +296,7 @@ mod tests {
         Srtcp::new(profile.0, &key, &salt, crypto()).expect("our receiver")
     }
 
-    /// xorshift64*: seeded, reproducible.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
+    use crate::rtcp_in::tests::Rng;
 
     /// What a receiver reads (`rtcp_in::parse`), owned.
     #[derive(Debug, PartialEq)]
