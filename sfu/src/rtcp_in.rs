@@ -36,7 +36,9 @@
 //!   (no deltas, an even number of chunks), which is valid. On everything
 //!   both take, the acknowledgements are the same.
 
-use crate::srtp::{Cipher, GCM_TAG, HMAC_TAG_80, Rollover, SRTCP_LABELS, SrtpError, cm_iv, gcm_iv};
+use crate::srtp::{
+    Cipher, GCM_TAG, HMAC_TAG_80, Rollover, SRTCP_LABELS, SrtpError, cm_iv, gcm_iv, hmac_80_matches,
+};
 use rtc::crypto::RTCCrypto;
 use rtc::srtp::protection_profile::ProtectionProfile;
 use std::time::Duration;
@@ -52,10 +54,11 @@ use std::time::Duration;
 /// ([`Srtcp::take_too_many_ssrcs`]).
 pub(crate) const MAX_SSRCS: usize = 32;
 
-/// The E flag and 31-bit SRTCP index (RFC 3711 §3.4) after the payload.
-const ESRTCP: usize = 4;
+/// The E flag and 31-bit SRTCP index (RFC 3711 §3.4) after the payload
+/// (also `rtcp_out.rs`).
+pub(crate) const ESRTCP: usize = 4;
 /// RTCP header and sender SSRC: authenticated, never encrypted.
-const HEAD: usize = 8;
+pub(crate) const HEAD: usize = 8;
 
 /// Why an SRTCP packet was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,10 +166,7 @@ impl Srtcp {
     fn unprotect_inner(&mut self, packet: &mut [u8]) -> Result<usize, SrtcpRefused> {
         // RFC 7714 §9 puts the GCM tag inside, before the E flag and
         // index; RFC 3711 §3.4 puts the HMAC tag after them.
-        let tag_len = match self.cipher {
-            Cipher::Gcm { .. } => GCM_TAG,
-            Cipher::CmSha1 { .. } => HMAC_TAG_80,
-        };
+        let tag_len = self.cipher.tag_len();
         if packet.len() < HEAD + ESRTCP + tag_len || packet[0] >> 6 != 2 {
             return Err(SrtcpRefused::Malformed);
         }
@@ -208,11 +208,7 @@ impl Srtcp {
                 let tag_at = word_at + ESRTCP;
                 mac.sign(&[&packet[..tag_at]], &mut tag)
                     .map_err(|_| SrtcpRefused::Auth)?;
-                let diff = tag[..HMAC_TAG_80]
-                    .iter()
-                    .zip(&packet[tag_at..])
-                    .fold(0u8, |d, (a, b)| d | (a ^ b));
-                if diff != 0 {
+                if !hmac_80_matches(&tag, &packet[tag_at..]) {
                     return Err(SrtcpRefused::Auth);
                 }
                 let iv = cm_iv(salt, ssrc, roc, seq);

@@ -33,6 +33,7 @@
 //!   would be lost), so the table bounds the sending SSRCs of a key's
 //!   whole life, not just those of the moment.
 
+use crate::rtcp_in::{ESRTCP, HEAD};
 use crate::srtp::{Cipher, GCM_TAG, HMAC_TAG_80, SRTCP_LABELS, SrtpError, cm_iv, gcm_iv};
 use rtc::crypto::RTCCrypto;
 use rtc::rtcp::packet::Packet;
@@ -46,10 +47,6 @@ use rtc::srtp::protection_profile::ProtectionProfile;
 /// Fixed, so that no packet allocates (256 bytes).
 pub(crate) const MAX_SENDING_SSRCS: usize = 32;
 
-/// The E flag and 31-bit SRTCP index (RFC 3711 §3.4) after the payload.
-const ESRTCP: usize = 4;
-/// RTCP header and sender SSRC: authenticated, never encrypted.
-const HEAD: usize = 8;
 /// The E flag: always set (encrypted).
 const E_FLAG: u32 = 1 << 31;
 /// The last SRTCP index there is (31 bits).
@@ -91,11 +88,7 @@ impl SrtcpOut {
     /// Bytes [`protect`](Self::protect) appends: tag and E flag + index
     /// (20 for AES-GCM, 14 for AES-CM; at most [`MAX_TRAILER`]).
     pub(crate) fn overhead(&self) -> usize {
-        ESRTCP
-            + match self.cipher {
-                Cipher::Gcm { .. } => GCM_TAG,
-                Cipher::CmSha1 { .. } => HMAC_TAG_80,
-            }
+        ESRTCP + self.cipher.tag_len()
     }
 
     /// Encrypt the compound RTCP packet `buf` holds (all of it) in place

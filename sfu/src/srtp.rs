@@ -112,7 +112,26 @@ pub(crate) fn header_len(packet: &[u8]) -> Option<usize> {
     (len <= packet.len()).then_some(len)
 }
 
+/// Constant time: do the 80 bits `sent` equal the first 80 of the
+/// HMAC-SHA1 we `computed` (AES_CM_128_HMAC_SHA1_80, SRTP and SRTCP)?
+pub(crate) fn hmac_80_matches(computed: &[u8; 20], sent: &[u8]) -> bool {
+    sent.len() == HMAC_TAG_80
+        && computed[..HMAC_TAG_80]
+            .iter()
+            .zip(sent)
+            .fold(0u8, |d, (a, b)| d | (a ^ b))
+            == 0
+}
+
 impl Cipher {
+    /// Bytes of its authentication tag (SRTP and SRTCP alike).
+    pub(crate) fn tag_len(&self) -> usize {
+        match self {
+            Cipher::Gcm { .. } => GCM_TAG,
+            Cipher::CmSha1 { .. } => HMAC_TAG_80,
+        }
+    }
+
     /// Session keys derived with `labels` ([`SRTP_LABELS`] or
     /// [`SRTCP_LABELS`]) from the master key and salt.
     pub(crate) fn new(
@@ -177,10 +196,7 @@ impl Srtp {
 
     /// Bytes the authentication tag adds to each packet.
     pub(crate) fn overhead(&self) -> usize {
-        match self.cipher {
-            Cipher::Gcm { .. } => GCM_TAG,
-            Cipher::CmSha1 { .. } => HMAC_TAG_80,
-        }
+        self.cipher.tag_len()
     }
 
     /// Encrypt the RTP packet in `packet[..len]` in place, with rollover
@@ -240,11 +256,7 @@ impl Srtp {
                 let mut tag = [0u8; 20];
                 mac.sign(&[&packet[..len], &roc.to_be_bytes()], &mut tag)
                     .map_err(|_| SrtpError::Key)?;
-                let diff = tag[..HMAC_TAG_80]
-                    .iter()
-                    .zip(&packet[len..])
-                    .fold(0u8, |d, (a, b)| d | (a ^ b));
-                if diff != 0 {
+                if !hmac_80_matches(&tag, &packet[len..]) {
                     return Err(SrtpError::Auth);
                 }
                 let iv = cm_iv(salt, ssrc, roc, seq);
