@@ -322,7 +322,14 @@ scenario('e2ee honest call: Chromium clinician ↔ Firefox patient (invited from
   assert.equal(await summaryTrust(a), 'link-bound');
   assert.equal(await summaryTrust(b), 'link-bound');
   for (const [who, p] of [['clinician', a], ['patient', b]]) {
-    const s = await workerStats(p);
+    // Awaited, not sampled: the first picture comes within a few frames of the call's start.
+    let s = null;
+    await p
+      .waitFor(async () => {
+        s = await workerStats(p);
+        return s.encrypted > 50 && s.decrypted > 50;
+      }, { what: `${who}: more than 50 frames encrypted and decrypted`, timeout: 30_000 })
+      .catch(() => {});
     assert.ok(s.encrypted > 50 && s.decrypted > 50, `${who}: ${JSON.stringify(s)}`);
     assert.equal(s.passedPlain, 0, `${who} passed frames in clear`);
   }

@@ -194,10 +194,19 @@ async function assertEncryptedBothWays({ a, b, idA, idB }) {
   assert.ok(ea && eb, 'both pages run an E2EE session');
   assert.notEqual(ea.support, 'none');
   assert.notEqual(eb.support, 'none');
-  for (const [who, e] of [['a', ea], ['b', eb]]) {
-    assert.ok(e.stats.encrypted > 50, `${who} encrypts: ${JSON.stringify(e.stats)}`);
-    assert.ok(e.stats.decrypted > 50, `${who} decrypts: ${JSON.stringify(e.stats)}`);
-    assert.equal(e.stats.passedPlain, 0, `${who} passed nothing in clear`);
+  // The first picture arrives within a few frames, so the counts are awaited (a page that does
+  // not encrypt or decrypt never reaches them), then asserted on the figures last read.
+  for (const [who, p] of [['a', a], ['b', b]]) {
+    let last = null;
+    await p
+      .waitFor(async () => {
+        last = (await e2eeOf(p)).stats;
+        return last.encrypted > 50 && last.decrypted > 50;
+      }, { what: `${who}: more than 50 frames encrypted and decrypted`, timeout: 30_000 })
+      .catch(() => {});
+    assert.ok(last.encrypted > 50, `${who} encrypts: ${JSON.stringify(last)}`);
+    assert.ok(last.decrypted > 50, `${who} decrypts: ${JSON.stringify(last)}`);
+    assert.equal(last.passedPlain, 0, `${who} passed nothing in clear`);
   }
   await a.waitFor(async () => (await badge(a, idB)) === 'on', { what: 'a: badge on for b' });
   await b.waitFor(async () => (await badge(b, idA)) === 'on', { what: 'b: badge on for a' });
