@@ -48,6 +48,7 @@ function pageTimes() {
     bench: window.__bench || null,
     timings: h ? { ...h.timings } : {},
     e2eeLoadedAt: h ? h.e2eeLoadedAt : null,
+    e2ee: h && h.e2ee && h.e2ee.timings ? { ...h.e2ee.timings } : {},
   };
 }
 
@@ -57,6 +58,8 @@ const median = (xs) => {
   const m = v.length >> 1;
   return v.length % 2 ? v[m] : Math.round((v[m - 1] + v[m]) / 2);
 };
+
+const HANDSHAKE = ['workerReady', 'keysMade', 'ready', 'peerJoined', 'commitSent', 'relayIn', 'commitIn', 'helloSent', 'helloIn', 'paired', 'keySent', 'keyIn'];
 
 async function oneRun(server, browsers, i) {
   const consult = `fp-${process.pid}-${i}`;
@@ -127,6 +130,10 @@ async function oneRun(server, browsers, i) {
       firstFrame: rel(t.firstFrame),
       firstPaint: rel(t.firstPaint),
       clinicianSeesPatient: rel(clinPaint),
+      // The E2EE handshake, step by step on both pages (web/e2ee/index.js `stamp`): the
+      // clinician's on the patient's clock.
+      ...Object.fromEntries(HANDSHAKE.map((k) => [`patient.${k}`, rel(p.e2ee[k])])),
+      ...Object.fromEntries(HANDSHAKE.map((k) => [`clinician.${k}`, rel(p.e2ee && c.e2ee[k] !== undefined ? c.origin + c.e2ee[k] - p.origin : undefined)])),
     },
   };
 }

@@ -1423,22 +1423,27 @@ function startE2ee() {
     forgetParticipant(id);
     if (p) showNotice(t('notice.removed', { name: p.name || '' }));
   });
-  app.e2eeReady = session.start().then(async () => {
-    if (app.e2ee !== session) return null;
-    sig.sendE2ee(session.state || (app.e2eeSupport === 'none' ? 'unsupported' : 'on'), app.verified);
-    for (const p of app.participants.values()) await session.participantJoined(p);
-    return session;
-  }).catch((err) => {
+  const failed = (err) => {
     console.warn('spreekkamer: e2ee start failed', err);
     if (app.e2ee === session) {
       app.e2ee = null;
       hook.e2ee = null;
+      session.stop();
       sig.sendE2ee('unsupported', []);
     }
     renderTiles();
     renderSecurity();
     return null;
-  });
+  };
+  // The handshake starts once the keys exist; the media worker may still be starting (its
+  // messages wait for it). A worker that never starts ends the session as unsupported.
+  app.e2eeReady = session.start().then(async () => {
+    if (app.e2ee !== session) return null;
+    sig.sendE2ee(session.state || (app.e2eeSupport === 'none' ? 'unsupported' : 'on'), app.verified);
+    for (const p of app.participants.values()) await session.participantJoined(p);
+    return session;
+  }).catch(failed);
+  session.media().catch(failed);
   renderSecurity();
 }
 

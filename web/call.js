@@ -131,7 +131,9 @@ export class Call extends EventTarget {
     // No STUN: the server is ICE-lite with public candidates in its offer.
     // TURN only when the server hands out credentials (`welcome.ice_servers`,
     // passed in `config` by app.js).
-    const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle', ...this.config });
+    // `iceCandidatePoolSize: 1`: the browser gathers its candidates now, while the offer is still
+    // on its way, instead of after it applied its answer (loadtest/first-picture.sh).
+    const pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: 'max-bundle', iceCandidatePoolSize: 1, ...this.config });
     this.pc = pc;
     this.mids = { audio: null, video: null, screen: null };
     // Mids of the server's m-sections that carry a shared screen (from its latest offer).

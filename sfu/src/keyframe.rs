@@ -23,6 +23,13 @@ use std::time::{Duration, Instant};
 /// (each asking after a loss) requests would otherwise multiply.
 pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(500);
 
+/// libwebrtc ignores a keyframe request that reaches a sender within
+/// 300 ms of the last one it acted on (`kMinKeyframeSendIntervalMs`, per
+/// encoder: one request keys every simulcast layer). A request that must
+/// not be lost waits until this long after the last one sent (300 ms and
+/// a margin for the path's jitter).
+pub(crate) const ENCODER_INTERVAL: Duration = Duration::from_millis(330);
+
 /// Does this RTCP compound ask for a keyframe?
 pub(crate) fn is_keyframe_request(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
     packets.iter().any(|p| {
@@ -115,9 +122,87 @@ impl KeyframeLimiter {
     }
 }
 
+/// One publisher track's encoder, as seen by the requests sent to it: a
+/// request that must be acted on (a new subscriber's first picture, see
+/// `Peer::first_picture`) is held back while the encoder would still
+/// ignore it, and sent when it would not.
+///
+/// Measured before (loadtest/first-picture.sh): the keyframe asked for when
+/// a subscriber connected came before its end-to-end key; the page's
+/// request for another came ~150 ms after the first, Chromium dropped it,
+/// and the first picture waited ~600 ms more for the decoder's own request.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct EncoderGate {
+    last_sent: Option<Instant>,
+    held: Option<(u8, Instant)>,
+}
+
+impl EncoderGate {
+    /// Records a request sent now.
+    pub(crate) fn sent(&mut self, now: Instant) {
+        self.last_sent = Some(now);
+    }
+
+    /// A request for `layer` that must be acted on: `true` if it may go out
+    /// now; otherwise it is held until the encoder takes requests again
+    /// (a later one replaces it).
+    pub(crate) fn must_send(&mut self, layer: u8, now: Instant) -> bool {
+        match self.last_sent {
+            Some(t) if now.saturating_duration_since(t) < ENCODER_INTERVAL => {
+                self.held = Some((layer, t + ENCODER_INTERVAL));
+                false
+            }
+            _ => {
+                self.held = None;
+                true
+            }
+        }
+    }
+
+    /// When a held request is due.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.held.map(|(_, at)| at)
+    }
+
+    /// The held request's layer once it is due (taken).
+    pub(crate) fn take_due(&mut self, now: Instant) -> Option<u8> {
+        match self.held {
+            Some((layer, at)) if at <= now => {
+                self.held = None;
+                Some(layer)
+            }
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_that_must_be_acted_on_waits_out_the_encoders_interval() {
+        let t0 = Instant::now();
+        let mut gate = EncoderGate::default();
+        // Nothing sent yet: out at once.
+        assert!(gate.must_send(2, t0));
+        gate.sent(t0);
+        assert_eq!(gate.deadline(), None);
+        // 150 ms later the encoder would ignore it: held until 330 ms.
+        let t1 = t0 + Duration::from_millis(150);
+        assert!(!gate.must_send(2, t1));
+        assert_eq!(gate.deadline(), Some(t0 + ENCODER_INTERVAL));
+        assert_eq!(gate.take_due(t0 + Duration::from_millis(329)), None);
+        // A later one for another layer replaces it.
+        assert!(!gate.must_send(0, t0 + Duration::from_millis(200)));
+        assert_eq!(gate.take_due(t0 + ENCODER_INTERVAL), Some(0));
+        assert_eq!(gate.take_due(t0 + ENCODER_INTERVAL), None, "taken once");
+        assert_eq!(gate.deadline(), None);
+        gate.sent(t0 + ENCODER_INTERVAL);
+        // Past the interval: out at once, nothing held.
+        assert!(gate.must_send(1, t0 + ENCODER_INTERVAL * 2 + Duration::from_millis(1)));
+        assert_eq!(gate.deadline(), None);
+    }
 
     #[test]
     fn requests_are_limited_to_one_per_interval() {

@@ -12,7 +12,7 @@
 use crate::bwe::{Allocator, LOSS_HIGH, LossCap, NO_ESTIMATE, ReportingGcc, Want};
 use crate::consult::Kind;
 use crate::inbound::{Media, OwnInbound};
-use crate::keyframe::{KeyframeLimiter, MarkKeyframeRequests, is_keyframe_request};
+use crate::keyframe::{EncoderGate, KeyframeLimiter, MarkKeyframeRequests, is_keyframe_request};
 use crate::media_in::FEEDBACK_SSRC;
 use crate::media_out::{Outbound, OwnMedia, TrackOut, twcc_ext_id};
 use crate::pacer::{Pacer, RetransmitLimit, pace_rate, rtp_ssrc};
@@ -242,6 +242,8 @@ struct LayerIn {
 struct Incoming {
     receiver: RTCRtpReceiverId,
     track_id: String,
+    /// The track's encoder: a first-picture request it would ignore waits.
+    gate: EncoderGate,
     /// Indexed by layer; a stream without rid is filed as the top layer.
     layers: [LayerIn; LAYERS],
 }
@@ -1230,10 +1232,25 @@ impl Peer {
             .inbound
             .as_ref()
             .and_then(|i| i.feedback.poll_timeout());
-        match (self.pc.poll_timeout(), ours) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let held = self
+            .incoming
+            .iter()
+            .flatten()
+            .filter_map(|i| i.gate.deadline())
+            .min();
+        [self.pc.poll_timeout(), ours, held]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// A first-picture keyframe request held for the encoder's interval
+    /// (see [`EncoderGate`]) that is due now: the worker sends it.
+    pub(crate) fn take_held_keyframe(&mut self, now: Instant) -> Option<(Kind, Layer)> {
+        self.incoming.iter_mut().enumerate().find_map(|(k, i)| {
+            let layer = i.as_mut()?.gate.take_due(now)?;
+            Some((*Kind::ALL.get(k)?, layer))
+        })
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
@@ -1520,6 +1537,7 @@ impl Peer {
                     let incoming = self.incoming[kind as usize].get_or_insert_with(|| Incoming {
                         receiver: init.receiver_id,
                         track_id: init.track_id.clone(),
+                        gate: EncoderGate::default(),
                         layers: Default::default(),
                     });
                     incoming.receiver = init.receiver_id;
@@ -2116,10 +2134,18 @@ impl Peer {
         let l = &mut incoming.layers[layer];
         let Some(ssrc) = l.ssrc else { return false };
         if force {
+            if !incoming.gate.must_send(layer as Layer, now) {
+                log::debug!(
+                    "participant {}: keyframe on {kind:?} layer {layer} held for the encoder's interval",
+                    self.participant
+                );
+                return false;
+            }
             l.limiter.force(now);
         } else if !l.limiter.allow(now) {
             return false;
         }
+        incoming.gate.sent(now);
         let receiver = incoming.receiver;
         if self.srtcp_out.is_some() {
             let pli: [Box<dyn rtc::rtcp::Packet>; 1] = [Box::new(PictureLossIndication {

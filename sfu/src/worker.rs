@@ -365,8 +365,12 @@ impl Worker {
                 .and_then(|p| p.poll_timeout())
                 .is_some_and(|t| t <= now);
             if due {
-                if let Some(p) = self.peers[key].as_mut() {
+                let held = self.peers[key].as_mut().and_then(|p| {
                     p.handle_timeout(now);
+                    p.take_held_keyframe(now)
+                });
+                if let Some((kind, layer)) = held {
+                    self.keyframe_from(key, kind, layer, true, now);
                 }
                 self.drive(key, now);
             }

@@ -227,3 +227,43 @@ test('stop wipes keys and ends the session', async () => {
   assert.equal(a.peers.size, 0);
   b.stop();
 });
+
+/** A media worker stand-in: records what the session posts to it. */
+function fakeWorker() {
+  const w = new EventTarget();
+  w.posted = [];
+  w.postMessage = (m) => w.posted.push(m);
+  w.terminate = () => {};
+  return w;
+}
+
+test('the handshake completes while the media worker is still starting; what the worker is sent waits for it', async () => {
+  const relay = makeRelay();
+  let started;
+  const worker = fakeWorker();
+  const a = relay.session(A, { worker, workerReady: new Promise((r) => (started = r)) });
+  const b = relay.session(B);
+  let mediaUp = false;
+  a.media().then(() => (mediaUp = true));
+  // Before the worker runs: keys, commitments, hellos and sender keys all go through.
+  await connect(a, b);
+  assert.deepEqual(a.safetyCode(B), b.safetyCode(A));
+  assert.equal(mediaUp, false, 'the worker has not started');
+  const ops = worker.posted.map((m) => m.op);
+  assert.ok(ops.includes('set-send-key'), `own sender key handed to the worker: ${ops}`);
+  assert.ok(worker.posted.some((m) => m.op === 'set-recv-key' && m.participantId === B), `B's key handed to the worker: ${ops}`);
+  // The hello said media is end-to-end encrypted (a worker exists), as before.
+  assert.equal(JSON.parse(relay.log.find((m) => m.from === A && JSON.parse(m.data).t === 'hello').data).m, 'e2ee');
+  started();
+  await waitFor(() => mediaUp);
+  a.stop();
+  b.stop();
+});
+
+test('a media worker that never starts fails the session\'s media, not silently', async () => {
+  const relay = makeRelay();
+  const a = relay.session(A, { worker: fakeWorker(), workerReady: new Promise(() => {}), workerStartMs: 50 });
+  await a.start();
+  await assert.rejects(a.media(), /e2ee_worker_failed/);
+  a.stop();
+});

@@ -101,6 +101,18 @@ if (e2eeSupport() !== 'none' && typeof Worker === 'function') {
   }
 }
 
+// This page's first call's key pairs, made while the page loads (Chromium's WebCrypto takes a few
+// thread hops per key on a busy machine). Taken by the first session; later ones make their own.
+// Ephemeral as before: non-extractable, in memory, used for one call only.
+let warmKeys = null;
+if (globalThis.crypto && globalThis.crypto.subtle) warmKeys = createKeyPairs().catch(() => null);
+
+async function takeKeyPairs() {
+  const warm = warmKeys;
+  warmKeys = null;
+  return (warm && (await warm)) || createKeyPairs();
+}
+
 /** Trust levels, weakest first (docs/CRYPTO.md §2.8). */
 export const TRUST_ORDER = Object.freeze(['failed', 'unencrypted', 'needs-decision', 'pending', 'encrypted', 'link-bound', 'verified']);
 const TRUST_RANK = new Map(TRUST_ORDER.map((t, i) => [t, i]));
@@ -143,8 +155,10 @@ export class E2eeSession extends EventTarget {
    * @param {{secret: string, label: string|null}|null} [o.link] the link secret from the fragment (`k`, `kl`)
    * @param {(to: string, kind: string, data: string) => void} o.send sends a `relay` message
    * @param {object} [o.worker] a media worker to use instead of spawning one (tests, embedding)
+   * @param {Promise<void>} [o.workerReady] when that worker runs (default: it runs already)
+   * @param {number} [o.workerStartMs] how long the worker may take to start (default 10 s)
    */
-  constructor({ consultId, selfId, role = null, link = null, linkSecret = null, send, worker = null }) {
+  constructor({ consultId, selfId, role = null, link = null, linkSecret = null, send, worker = null, workerReady = null, workerStartMs = 10_000 }) {
     super();
     this.consultId = String(consultId);
     this.selfId = String(selfId);
@@ -172,9 +186,15 @@ export class E2eeSession extends EventTarget {
     this.worker = null;
     this.workerReady = Promise.resolve();
     this.workerIsReady = false;
+    this.workerStartMs = workerStartMs;
     if (worker) {
       this.worker = worker;
-      this.workerIsReady = true;
+      this.workerIsReady = !workerReady;
+      if (workerReady) {
+        this.workerReady = Promise.resolve(workerReady).then(() => {
+          this.workerIsReady = true;
+        });
+      }
     } else if (this.support !== 'none') {
       const spawned = warmWorker || spawnWorker();
       warmWorker = null;
@@ -184,31 +204,57 @@ export class E2eeSession extends EventTarget {
       });
     }
     this.ready = null;
+    this.mediaReady = null;
+    // performance.now() of the handshake's first steps (loadtest/first-picture.sh prints them).
+    this.timings = {};
   }
 
-  /** Creates this call's key pairs and first sender key. Idempotent. */
+  stamp(name) {
+    if (this.timings[name] === undefined) this.timings[name] = Math.round(performance.now());
+  }
+
+  /**
+   * Creates this call's key pairs and first sender key: the handshake can run from then on.
+   * Idempotent. The media worker is awaited separately (`media()`): the handshake does not need
+   * it, and on a busy machine it started ~165 ms after the welcome (loadtest/first-picture.sh),
+   * which the first picture waited for.
+   */
   start() {
     if (!this.ready) this.ready = this.init();
     return this.ready;
   }
 
-  async init() {
-    if (this.worker) {
-      let timer;
-      const timeout = new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error('e2ee_worker_failed')), 10_000);
-      });
-      try {
-        await Promise.race([this.workerReady, timeout]);
-      } finally {
-        clearTimeout(timer);
-      }
+  /**
+   * Resolves once the media worker runs; rejects (`e2ee_worker_failed`) when it has not started
+   * within `workerStartMs` (10 s). Messages posted to it before then wait in its queue.
+   */
+  media() {
+    if (!this.mediaReady) {
+      this.mediaReady = (async () => {
+        if (!this.worker) return;
+        let timer;
+        const timeout = new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error('e2ee_worker_failed')), this.workerStartMs);
+        });
+        try {
+          await Promise.race([this.workerReady, timeout]);
+        } finally {
+          clearTimeout(timer);
+        }
+        this.stamp('workerReady');
+      })();
     }
-    this.pairs = await createKeyPairs();
+    return this.mediaReady;
+  }
+
+  async init() {
+    this.pairs = await takeKeyPairs();
+    this.stamp('keysMade');
     this.hello = makeHello(this.pairs, { link: this.linkClaim, media: this.worker ? 'e2ee' : 'none' });
     this.commit = await commitment(this.consultId, this.selfId, this.hello);
     this.latest = { epoch: 0, baseKey: randomBytes(BASE_KEY_BYTES) };
     this.activate(0);
+    this.stamp('ready');
   }
 
   /** The state this participant reports in the protocol's `e2ee` message. */
@@ -313,6 +359,7 @@ export class E2eeSession extends EventTarget {
    * or photos. Relays held for this id (they may overtake `participant-joined`) are handled now.
    */
   participantJoined(participant) {
+    this.stamp('peerJoined');
     return this.serial(async () => {
       const id = participant && String(participant.id);
       if (!id || id === this.selfId || !ID_PATTERN.test(id)) return;
@@ -380,6 +427,7 @@ export class E2eeSession extends EventTarget {
   }
 
   sendCommit(peer) {
+    this.stamp('commitSent');
     this.rawSend(peer.id, 'key', JSON.stringify({ t: 'commit', v: PROTOCOL_VERSION, c: toBase64(this.commit) }));
     clearTimeout(peer.timer);
     // Relays to someone whose page is not ready yet can be lost; repeat until the pair exists.
@@ -393,6 +441,7 @@ export class E2eeSession extends EventTarget {
 
   sendHello(peer) {
     peer.helloSent = true;
+    this.stamp('helloSent');
     this.rawSend(peer.id, 'key', JSON.stringify(encodeHello(this.hello)));
   }
 
@@ -448,6 +497,7 @@ export class E2eeSession extends EventTarget {
 
   /** Entry point for every `relay` message. Every byte is treated as hostile. */
   onRelay(fromId, kind, data) {
+    this.stamp('relayIn');
     return this.serial(async () => {
       try {
         const from = String(fromId);
@@ -527,6 +577,7 @@ export class E2eeSession extends EventTarget {
         return;
       }
       peer.theirCommit = c;
+      this.stamp('commitIn');
       // Reveal our hello only now that they are bound to theirs.
       this.sendHello(peer);
       return;
@@ -534,6 +585,7 @@ export class E2eeSession extends EventTarget {
     if (msg.t === 'hello') {
       const hello = decodeHello(msg);
       if (!peer.theirCommit) throw new Error('hello_before_commit');
+      this.stamp('helloIn');
       const expected = await commitment(this.consultId, peer.id, hello);
       if (!equalBytes(expected, peer.theirCommit)) return this.fail(peer, 'commit_mismatch');
       if (peer.theirHello) return; // repeat of the same hello
@@ -551,6 +603,7 @@ export class E2eeSession extends EventTarget {
         pairSecret,
       });
       if (pairSecret) pairSecret.fill(0);
+      this.stamp('paired');
       clearTimeout(peer.timer);
       if (hello.m === 'none') {
         peer.state = 'off';
@@ -580,6 +633,7 @@ export class E2eeSession extends EventTarget {
       if (msg.t === 'vouch') return this.handleVouch(peer, body);
       if (msg.t === 'gone') return this.handleGone(peer, body);
       const { epoch, baseKey } = decodeSenderKey(body);
+      this.stamp('keyIn');
       if (this.worker) this.worker.postMessage({ op: 'set-recv-key', participantId: peer.id, epoch, baseKey: baseKey.buffer }, [baseKey.buffer]);
       if (!peer.keyed) {
         peer.keyed = true;
@@ -765,7 +819,8 @@ export class E2eeSession extends EventTarget {
   sendSenderKey(peer) {
     const { epoch, baseKey } = this.latest;
     peer.keySent = true;
-    this.sealAndSend(peer, 'key', BOX_KIND.key, encodeSenderKey(epoch, baseKey), (b) => JSON.stringify({ t: 'box', b }));
+    this.sealAndSend(peer, 'key', BOX_KIND.key, encodeSenderKey(epoch, baseKey), (b) => JSON.stringify({ t: 'box', b }))
+      .then(() => this.stamp('keySent'), () => {});
   }
 
   /** Seals and sends in order per peer: the sequence number is the nonce and must arrive in order. */

@@ -62,6 +62,10 @@ window.runLoopback = async ({ decrypt = true } = {}) => {
   const a = make(A);
   const b = make(B);
   await Promise.all([a.start(), b.start()]);
+  // The handshake no longer waits for the media workers; this page attaches transforms before it
+  // negotiates, and Chromium's script transform must be in place before media flows (it is not
+  // the API the product uses in Chromium: web/e2ee/index.js `e2eeSupport`).
+  await Promise.all([a.media(), b.media()]);
   const config = peerConnectionConfig();
   const pa = new RTCPeerConnection(config);
   const pb = new RTCPeerConnection(decrypt ? config : {});
