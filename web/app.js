@@ -1116,9 +1116,12 @@ function roleLabel(role) {
 /** How far this page trusts the encryption with `id` (web/trust.js has the order). */
 function trustFor(id) {
   if (!app.e2ee || app.e2eeSupport === 'none') return 'unencrypted';
+  // Their page says it does not (or no longer) encrypt(s) — e.g. its media worker failed after
+  // the keys were exchanged: that wins over our keys for them (the safe direction).
+  if (app.peerUnsupported.has(id)) return 'unencrypted';
   const detail = app.peerTrust.get(id);
   if (detail && typeof detail.trust === 'string') return detail.trust;
-  return app.peerUnsupported.has(id) ? 'unencrypted' : 'pending';
+  return 'pending';
 }
 
 function renderTile(id) {

@@ -237,12 +237,19 @@ function fakeWorker() {
   return w;
 }
 
-test('the handshake completes while the media worker is still starting; what the worker is sent waits for it', async () => {
+test('the handshake completes while the media worker is still starting; what the worker is sent waits for it; the peer shows as encrypted only once it runs', async () => {
   const relay = makeRelay();
+  const secret = 'c2hhcmVkLXNlY3JldC0xMjMtc2hhcmVkLXNlY3JldA';
   let started;
   const worker = fakeWorker();
-  const a = relay.session(A, { worker, workerReady: new Promise((r) => (started = r)) });
-  const b = relay.session(B);
+  const a = relay.session(A, { role: 'clinician', link: { secret, label: null }, worker, workerReady: new Promise((r) => (started = r)) });
+  const b = relay.session(B, {
+    role: 'patient',
+    link: { secret: await deriveLinkSecret(secret, CONSULT, 'patient'), label: 'patient' },
+    worker: fakeWorker(),
+  });
+  const seen = [];
+  a.addEventListener('status', (e) => seen.push(e.detail));
   let mediaUp = false;
   a.media().then(() => (mediaUp = true));
   // Before the worker runs: keys, commitments, hellos and sender keys all go through.
@@ -254,10 +261,60 @@ test('the handshake completes while the media worker is still starting; what the
   assert.ok(worker.posted.some((m) => m.op === 'set-recv-key' && m.participantId === B), `B's key handed to the worker: ${ops}`);
   // The hello said media is end-to-end encrypted (a worker exists), as before.
   assert.equal(JSON.parse(relay.log.find((m) => m.from === A && JSON.parse(m.data).t === 'hello').data).m, 'e2ee');
+  // Keyed, but not claimed as encrypted while nothing of ours can encrypt yet.
+  assert.equal(a.peerStatus(B).trust, 'pending', JSON.stringify(a.peerStatus(B)));
+  assert.equal(a.summary(), 'pending');
+  assert.ok(seen.length > 0 && seen.every((d) => d.trust === 'pending' || d.trust === 'needs-decision'), JSON.stringify(seen.map((d) => d.trust)));
   started();
   await waitFor(() => mediaUp);
+  // The worker runs: the status is told again, now link-bound.
+  await waitFor(() => seen.at(-1).trust === 'link-bound');
+  assert.equal(a.peerStatus(B).trust, 'link-bound');
   a.stop();
   b.stop();
+});
+
+test('the first to join gets a ratcheted key: what was sent while alone stays closed to them', async () => {
+  const relay = makeRelay();
+  const a = relay.session(A);
+  const bWorker = fakeWorker();
+  const b = relay.session(B, { worker: bWorker });
+  await a.start();
+  const alone = { epoch: a.latest.epoch, key: a.latest.baseKey.slice() };
+  await connect(a, b);
+  assert.equal(a.latest.epoch, alone.epoch + 1, 'the join moved to the next epoch');
+  assert.deepEqual(a.latest.baseKey, await ratchetBaseKey(alone.key), 'by one ratchet step');
+  const got = bWorker.posted.filter((m) => m.op === 'set-recv-key' && m.participantId === A);
+  assert.ok(got.length > 0, 'B got a key from A');
+  for (const m of got) {
+    assert.ok(m.epoch > alone.epoch, `B was given epoch ${m.epoch}, used while A was alone`);
+    assert.notDeepEqual(new Uint8Array(m.baseKey), alone.key, 'the key A used alone');
+  }
+  a.stop();
+  b.stop();
+});
+
+test('stopped while a join ratchet is under way: no key survives the stop, no peer is added', async () => {
+  // B holds our key (keySent), so a newcomer ratchets it; the stop lands at every point of the
+  // join in turn (0–11 event-loop turns after it began), among them while the ratchet is awaited.
+  let during = 0;
+  for (let turns = 0; turns < 12; turns++) {
+    const relay = makeRelay();
+    const a = relay.session(A);
+    const b = relay.session(B);
+    await connect(a, b);
+    const epoch = a.latest.epoch;
+    const joining = a.participantJoined({ id: C, name: 'c', role: 'patient' });
+    for (let i = 0; i < turns; i++) await new Promise((r) => setImmediate(r));
+    if (a.latest.epoch === epoch && a.peers.size === 1) during++;
+    a.stop();
+    await joining;
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(a.latest, null, `no sender key after a stop ${turns} turns into the join`);
+    assert.equal(a.peers.size, 0, `no peer added after a stop ${turns} turns into the join`);
+    b.stop();
+  }
+  assert.ok(during > 0, 'some stop landed before the join finished');
 });
 
 test('a media worker that never starts fails the session\'s media, not silently', async () => {

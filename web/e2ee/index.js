@@ -191,22 +191,25 @@ export class E2eeSession extends EventTarget {
       this.worker = worker;
       this.workerIsReady = !workerReady;
       if (workerReady) {
-        this.workerReady = Promise.resolve(workerReady).then(() => {
-          this.workerIsReady = true;
-        });
+        this.workerReady = Promise.resolve(workerReady).then(() => this.workerStarted());
       }
     } else if (this.support !== 'none') {
       const spawned = warmWorker || spawnWorker();
       warmWorker = null;
       this.worker = spawned.worker;
-      this.workerReady = spawned.ready.then(() => {
-        this.workerIsReady = true;
-      });
+      this.workerReady = spawned.ready.then(() => this.workerStarted());
     }
     this.ready = null;
     this.mediaReady = null;
     // performance.now() of the handshake's first steps (loadtest/first-picture.sh prints them).
     this.timings = {};
+  }
+
+  /** The media worker runs: peers keyed before it are encrypted from now on (`trustOf`). */
+  workerStarted() {
+    this.workerIsReady = true;
+    if (this.stopped) return;
+    for (const peer of this.peers.values()) this.emitStatus(peer);
   }
 
   stamp(name) {
@@ -375,6 +378,7 @@ export class E2eeSession extends EventTarget {
         return;
       }
       const peer = await this.addPeer(id, participant);
+      if (!peer) return;
       const held = this.held.get(id);
       if (!held) return;
       clearTimeout(held.timer);
@@ -394,8 +398,18 @@ export class E2eeSession extends EventTarget {
     if (this.peers.size >= LIMITS.maxPeers) throw new Error('too_many_peers');
     // Someone new: ratchet our sender key before they can get it, so frames sent before they
     // joined stay unreadable to them. Others derive the next key themselves from the key id.
-    if ([...this.peers.values()].some((p) => p.keySent)) {
-      this.latest = { epoch: this.latest.epoch + 1, baseKey: await ratchetBaseKey(this.latest.baseKey) };
+    // Also when nobody else holds it yet: frames sent while alone went to the server too, and
+    // the first to join must not be able to open those (a server that recorded them could hand
+    // them over).
+    if (this.latest) {
+      const { epoch, baseKey } = this.latest;
+      const next = await ratchetBaseKey(baseKey);
+      // Stopped meanwhile (the media worker failed, the call ended): nothing to keep.
+      if (this.stopped) {
+        next.fill(0);
+        return null;
+      }
+      this.latest = { epoch: epoch + 1, baseKey: next };
       this.activate(this.latest.epoch);
     }
     const peer = {
@@ -686,7 +700,10 @@ export class E2eeSession extends EventTarget {
     if (!peer.pair) return 'pending';
     if (!this.releaseAllowed(peer)) return 'needs-decision';
     if (peer.theirHello.m === 'none' || !this.worker) return 'unencrypted';
-    if (!peer.keyed) return 'pending';
+    // Keys exchanged, but our media worker is not running yet: with a script transform (Firefox)
+    // nothing is installed on our senders and receivers until it is, so "encrypted" would be
+    // claimed too early. The handshake no longer waits for the worker (see `media()`).
+    if (!peer.keyed || !this.workerIsReady) return 'pending';
     if (peer.verified) return 'verified';
     if (this.isBound(peer) || peer.vouchedBy) return 'link-bound';
     return 'encrypted';
