@@ -56,6 +56,7 @@ const app = {
   call: null,
   e2ee: null,
   e2eeReady: null,
+  e2eeFailed: null, // (session, err): that session's E2EE failed (startE2ee)
   e2eeLoaded: false, // the import of e2ee/index.js settled (loaded or failed)
   you: null,
   consult: null,
@@ -678,8 +679,17 @@ function enterCall() {
   startE2ee();
   mark('e2eeStarted');
   call.addEventListener('sender', (ev) => {
-    if (!app.e2ee || app.e2eeSupport === 'none') return;
-    try { app.e2ee.attachSender(ev.detail.sender, ev.detail.kind); } catch (err) { console.warn('spreekkamer: e2ee sender', err); }
+    const session = app.e2ee;
+    if (!session || app.e2eeSupport === 'none') return;
+    let installed;
+    try {
+      installed = session.attachSender(ev.detail.sender, ev.detail.kind);
+    } catch (err) {
+      installed = Promise.reject(err);
+    }
+    // Our media leaves only once it is protected, or once the others have been told this page's
+    // E2EE failed (then it is plain, as from a browser without E2EE, and they decide).
+    if (installed) ev.detail.holdUntil(installed.catch((err) => app.e2eeFailed && app.e2eeFailed(session, err)));
   });
   call.addEventListener('milestone', (ev) => mark(ev.detail.name));
   call.addEventListener('track', (ev) => onRemoteTrack(ev.detail));
@@ -860,6 +870,7 @@ function teardownSession() {
   }
   app.e2ee = null;
   app.e2eeReady = null;
+  app.e2eeFailed = null;
   hook.e2ee = null;
   // A share belongs to this session: after a reconnect the server knows nothing of it.
   app.screen.end();
@@ -1427,7 +1438,7 @@ function startE2ee() {
     if (p) showNotice(t('notice.removed', { name: p.name || '' }));
   });
   const failed = (err) => {
-    console.warn('spreekkamer: e2ee start failed', err);
+    console.warn('spreekkamer: e2ee start failed', err && err.message);
     if (app.e2ee === session) {
       app.e2ee = null;
       hook.e2ee = null;
@@ -1447,6 +1458,7 @@ function startE2ee() {
     return session;
   }).catch(failed);
   session.media().catch(failed);
+  app.e2eeFailed = (which, err) => (which === session ? failed(err) : null);
   renderSecurity();
 }
 

@@ -13,7 +13,9 @@
 //   'track'       {participantId, kind, track, receiver}  a remote track arrived
 //                                                         (kind: 'audio', 'video' or 'screen')
 //   'track-ended' {participantId, kind, track}            it went away
-//   'sender'      {kind, sender}                          our sender for kind is known (E2EE attaches here)
+//   'sender'      {kind, sender, holdUntil(promise)}      our sender for kind is known, before any
+//                                                         track is on it (E2EE attaches here; the
+//                                                         track waits for promises given to holdUntil)
 //   'connection'  {state}                                 the ICE connection state changed
 //   'reset'       {pc}                                    a fresh peer connection replaced the old one
 //
@@ -139,6 +141,8 @@ export class Call extends EventTarget {
     // Mids of the server's m-sections that carry a shared screen (from its latest offer).
     this.screenMids = new Set();
     this.announcedSenders = new Set();
+    // Senders whose track waits for a 'sender' listener (`hold`).
+    this.held = new Set();
     this.chain = Promise.resolve();
     // Whether our camera is sent as three simulcast layers (for tests and diagnostics).
     this.simulcast = false;
@@ -200,17 +204,21 @@ export class Call extends EventTarget {
       tr.direction = 'sendonly';
       ours.push([kind, tr]);
     }
+    // Announced before a track is on the sender, so an encoded transform sees the first frame;
+    // a listener that is not ready (E2EE's worker still starting) holds the track off it.
+    for (const [kind, tr] of ours) {
+      if (this.announcedSenders.has(tr.sender)) continue;
+      this.announcedSenders.add(tr.sender);
+      const holds = [];
+      this.emit('sender', { kind, sender: tr.sender, holdUntil: (p) => holds.push(p) });
+      if (holds.length) this.hold(kind, tr.sender, Promise.all(holds));
+    }
     // All at once: each waits for the browser's media thread (~40 ms each
     // on a busy machine, loadtest/first-picture.sh).
-    await Promise.all(ours.map(([kind, tr]) => (tr.sender.track !== this.localTracks[kind] ? tr.sender.replaceTrack(this.localTracks[kind]) : null)));
+    await Promise.all(ours.map(([kind, tr]) => this.putTrack(kind, tr.sender)));
     for (const [kind, tr] of ours) {
       if (kind === 'video') await this.configureSimulcast(tr.sender);
       if (kind === 'screen' && this.localTracks.screen) await this.configureScreen(tr.sender);
-      if (!this.announcedSenders.has(tr.sender)) {
-        this.announcedSenders.add(tr.sender);
-        // Before createAnswer, so an encoded transform sees the first frame.
-        this.emit('sender', { kind, sender: tr.sender });
-      }
     }
     this.emit('milestone', { name: 'sendersSet' });
     const answer = await this.pc.createAnswer();
@@ -221,6 +229,34 @@ export class Call extends EventTarget {
     // Some browsers only settle the layers once the answer is applied.
     const video = this.mids.video !== null ? this.transceiverByMid(this.mids.video) : null;
     if (video) await this.configureSimulcast(video.sender);
+  }
+
+  /**
+   * Puts the local track of `kind` on the sender — or none while the sender is held (`hold`).
+   * Every track change goes through here.
+   */
+  putTrack(kind, sender) {
+    const want = this.held.has(sender) ? null : this.localTracks[kind];
+    return sender.track !== want ? sender.replaceTrack(want) : null;
+  }
+
+  /**
+   * Keep the sender without a track until `until` resolves (a 'sender' listener's `holdUntil`).
+   * Rejected: it stays without one — nothing is sent rather than something unprotected.
+   */
+  hold(kind, sender, until) {
+    const pc = this.pc;
+    this.held.add(sender);
+    until.then(
+      async () => {
+        if (this.closed || this.pc !== pc) return;
+        this.held.delete(sender);
+        await this.putTrack(kind, sender);
+        if (kind === 'screen' && this.localTracks.screen) await this.configureScreen(sender);
+        this.emit('milestone', { name: `${kind}Released` });
+      },
+      (err) => console.warn('spreekkamer: sender stays without a track', kind, err && err.message),
+    ).catch((err) => console.warn('spreekkamer: could not release sender', kind, err && err.message));
   }
 
   /**
@@ -294,8 +330,8 @@ export class Call extends EventTarget {
     const mid = this.mids[kind];
     const tr = mid !== null ? this.transceiverByMid(mid) : null;
     if (!tr) return;
-    await tr.sender.replaceTrack(track || null);
-    if (kind === 'screen' && track) await this.configureScreen(tr.sender);
+    await this.putTrack(kind, tr.sender);
+    if (kind === 'screen' && track && !this.held.has(tr.sender)) await this.configureScreen(tr.sender);
   }
 
   /** A screen keeps its size and stays under 1.5 Mbit/s (also on a fresh peer connection). */

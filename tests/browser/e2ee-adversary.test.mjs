@@ -345,3 +345,106 @@ scenario('e2ee honest call: Chromium clinician ↔ Firefox patient (invited from
     assert.equal(await summaryTrust(p), 'verified');
   }
 });
+
+// ---- the server serves the media worker late (a script transform is installed only once it runs) ----
+
+/** RTP packets the page's peer connection has sent, by kind (outbound-rtp stats). */
+const sentPackets = (p) =>
+  p.evaluate(async () => {
+    const out = { audio: 0, video: 0 };
+    const pc = window.__spreekkamer.pc;
+    if (!pc) return out;
+    for (const s of (await pc.getStats()).values()) {
+      const kind = s.kind || s.mediaType;
+      if (s.type === 'outbound-rtp' && (kind === 'audio' || kind === 'video')) out[kind] += s.packetsSent || 0;
+    }
+    return out;
+  });
+
+/** Holds every Firefox request for the E2EE media worker's script until `release()`. */
+function holdFirefoxWorker(tamper, sc) {
+  let release;
+  const released = new Promise((resolve) => {
+    release = resolve;
+  });
+  const hold = { held: 0, release: () => release() };
+  tamper.httpHooks.push((req) => {
+    if (!/\/e2ee\/worker\.js(\?|$)/.test(req.url) || !/Firefox\//.test(req.headers['user-agent'] || '')) return undefined;
+    hold.held += 1;
+    return released;
+  });
+  sc.defer(() => release());
+  return hold;
+}
+
+/** The patient (Firefox, worker held) is in the call, its media connected and keyed. */
+async function heldPatientInCall(sc) {
+  const { tamper, link } = await setup(sc);
+  const hold = holdFirefoxWorker(tamper, sc);
+  const a = await sc.participant('chromium', 'clinician');
+  const b = await sc.participant('firefox', 'patient-firefox');
+  const idA = await enter(a, await link('clinician', 'Dr. Jansen'));
+  const idB = await enter(b, await link('patient', 'Mevr. de Vries'), { admitter: a });
+  await b.waitFor(() => b.evaluate(() => !!window.__spreekkamer.pc && window.__spreekkamer.pc.connectionState === 'connected'), { what: 'patient media connected' });
+  await b.waitFor(() => b.evaluate((pid) => !!window.__spreekkamer.e2ee && !!window.__spreekkamer.e2ee.safetyCode(pid), idA), { what: 'patient keyed with the clinician (the handshake does not wait for the worker)' });
+  assert.ok(hold.held >= 1, 'the patient asked for the worker script');
+  assert.equal(await b.evaluate(() => window.__spreekkamer.e2ee.workerIsReady), false, "the patient's worker runs although its script was held");
+  return { a, b, idA, idB, hold };
+}
+
+scenario('adversary: the server serves the media worker late (Firefox): the patient sends no media until its encrypting transform runs, then encrypted media', { timeout: 180_000 }, async (sc) => {
+  const { a, b, idB, hold } = await heldPatientInCall(sc);
+  // Connected, keyed, camera and microphone on: with the worker held nothing may leave, because a
+  // script transform is installed only once the worker runs and a sender without one sends
+  // frames as they are (readable by the SFU). Before this was fixed: hundreds of packets here.
+  await sleep(1500);
+  const whileHeld = await sentPackets(b);
+  assert.deepEqual(whileHeld, { audio: 0, video: 0 }, `the patient sent media before its transform was installed: ${JSON.stringify(whileHeld)}`);
+
+  hold.release();
+  await a.waitForMediaFrom([idB], { timeout: 60_000 });
+  let s = null;
+  await b
+    .waitFor(async () => {
+      s = await workerStats(b);
+      return s && s.encrypted > 50;
+    }, { what: 'patient: more than 50 frames encrypted', timeout: 30_000 })
+    .catch(() => {});
+  assert.ok(s && s.encrypted > 50 && s.dropped.noSendKey === 0, `patient worker: ${JSON.stringify(s)}`);
+  let sa = null;
+  await a
+    .waitFor(async () => {
+      sa = await workerStats(a);
+      return sa && sa.decrypted > 50;
+    }, { what: 'clinician: more than 50 frames decrypted', timeout: 30_000 })
+    .catch(() => {});
+  assert.ok(sa && sa.decrypted > 50 && sa.passedPlain === 0, `clinician worker: ${JSON.stringify(sa)}`);
+  await waitTrust(a, idB, 'link-bound');
+  let after = null;
+  await b
+    .waitFor(async () => {
+      after = await sentPackets(b);
+      return after.video > 100 && after.audio > 50;
+    }, { what: "the patient's audio and video flow", timeout: 30_000 })
+    .catch(() => {});
+  assert.ok(after.video > 100 && after.audio > 50, `the patient's media flows once encrypted: ${JSON.stringify(after)}`);
+});
+
+scenario('adversary: the media worker never arrives (Firefox): nothing is sent until the patient\'s page says it is not encrypted, and the clinician sees that', { timeout: 180_000 }, async (sc) => {
+  const { a, b, idB } = await heldPatientInCall(sc);
+  await sleep(1500);
+  const whileHeld = await sentPackets(b);
+  assert.deepEqual(whileHeld, { audio: 0, video: 0 }, `the patient sent media before its transform was installed: ${JSON.stringify(whileHeld)}`);
+  // After 10 s without its worker the page gives up on E2EE and tells the others; only then does
+  // its media go out, plain, like a browser without E2EE — the clinician decides (docs/CRYPTO.md).
+  await b.waitFor(() => b.evaluate(() => window.__spreekkamer.e2ee === null), { what: 'patient page ended its E2EE session', timeout: 30_000 });
+  await waitTrust(a, idB, 'unencrypted', { timeout: 30_000 });
+  assert.equal(await summaryTrust(b), 'unencrypted', "the patient's own page says it is not end-to-end encrypted");
+  await b.waitFor(async () => (await sentPackets(b)).video > 50, { what: 'patient media flows (plain) after the announcement', timeout: 30_000 });
+  // The clinician's worker does not show it without the clinician's decision.
+  const before = await workerStats(a);
+  await sleep(1500);
+  const later = await workerStats(a);
+  assert.equal(later.passedPlain, 0, `clinician passed plain frames without deciding: ${JSON.stringify(later)}`);
+  assert.ok(later.dropped.noKey + later.dropped.malformed + later.dropped.auth > before.dropped.noKey + before.dropped.malformed + before.dropped.auth, `the clinician's worker refuses the plain frames: ${JSON.stringify(later.dropped)}`);
+});

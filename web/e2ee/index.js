@@ -267,8 +267,17 @@ export class E2eeSession extends EventTarget {
 
   // ---- media ---------------------------------------------------------------------------------
 
+  /**
+   * Puts our encrypting transform on a sender. Returns null when it is in place (or frames cannot
+   * leave without it), else a promise that settles once it is: the caller keeps the track off the
+   * sender until then (web/call.js `holdUntil`). With a script transform (Firefox) a sender with a
+   * track and no transform sends its frames as they are — to the SFU, readable — so the track must
+   * wait while the worker starts (a reconnect's cold worker, or a server slowing worker.js). It
+   * rejects when the worker never starts (`e2ee_worker_failed`) or the session stopped first.
+   * With createEncodedStreams (Chromium) frames go nowhere until the worker pipes them.
+   */
   attachSender(sender, kind) {
-    this.attach(sender, { side: 'send', kind });
+    return this.attach(sender, { side: 'send', kind });
   }
 
   attachReceiver(receiver, participantId, kind) {
@@ -276,23 +285,29 @@ export class E2eeSession extends EventTarget {
   }
 
   attach(senderOrReceiver, options) {
-    if (!this.worker || !senderOrReceiver) return;
+    if (!this.worker || !senderOrReceiver) return null;
     // Once per sender/receiver: createEncodedStreams can be called only once, and replacing a
     // script transform on every renegotiation would only churn streams in the worker.
-    if (this.attached.has(senderOrReceiver)) return;
+    if (this.attached.has(senderOrReceiver)) return null;
     this.attached.add(senderOrReceiver);
     if (this.support === 'script') {
       const install = () => {
-        if (!this.stopped) senderOrReceiver.transform = new RTCRtpScriptTransform(this.worker, options);
+        if (this.stopped) throw new Error('e2ee_stopped');
+        senderOrReceiver.transform = new RTCRtpScriptTransform(this.worker, options);
       };
       // See warmWorker: a transform created before the worker is ready never gets frames in
       // Firefox. Normally the worker is ready long before; otherwise install it once it is.
-      if (this.workerIsReady) install();
-      else this.workerReady.then(install);
-      return;
+      if (this.workerIsReady) {
+        install();
+        return null;
+      }
+      const installed = this.media().then(install);
+      installed.catch(() => {}); // a receiver's is not awaited; the sender's caller sees it
+      return installed;
     }
     const { readable, writable } = senderOrReceiver.createEncodedStreams();
     this.worker.postMessage({ op: 'legacy', ...options, readable, writable }, [readable, writable]);
+    return null;
   }
 
   /** Switches the worker to `epoch` if that is newer than what it uses (switches only move forward). */

@@ -62,6 +62,9 @@ export class TamperProxy {
     this.relays = [];
     this.clientHooks = []; // (conn, msg) => msg | null (drop) | undefined (unchanged)
     this.serverHooks = [];
+    // (req) => Promise | undefined: an HTTP request waits for the promise before it is forwarded
+    // (a server that serves a script late, e.g. the E2EE media worker).
+    this.httpHooks = [];
     this.handshakeModule = null;
   }
 
@@ -76,6 +79,19 @@ export class TamperProxy {
   }
 
   forwardHttp(req, res) {
+    const waits = this.httpHooks.map((hook) => hook(req)).filter(Boolean);
+    if (waits.length) {
+      req.pause();
+      Promise.all(waits).then(() => this.forwardNow(req, res), () => {
+        res.writeHead(502);
+        res.end();
+      });
+      return;
+    }
+    this.forwardNow(req, res);
+  }
+
+  forwardNow(req, res) {
     const upstream = http.request(
       {
         host: this.target.hostname,
