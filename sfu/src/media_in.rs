@@ -54,7 +54,14 @@ const NACK_DELAY_MS: u32 = 20;
 /// Between NACKs of one sequence number: about one RTT of a typical
 /// consult, so a resend has a chance to arrive before we ask again.
 const NACK_RETRY_MS: u32 = 100;
-const NACK_TRIES: u8 = 3;
+/// NACKs per missing packet. Five, 100 ms apart: at 5 % loss each way a
+/// try fails ~10 % of the time, so three left ~1 packet in 1,000 for good —
+/// a couple a minute at 720p, each a stall until a keyframe (the degraded
+/// browser test's freezes of 1–2 s); five leave ~1 in 100,000.
+const NACK_TRIES: u8 = 5;
+/// `Window::tries` of a slot never (again) to be asked for: before the
+/// start, skipped in a jump, arrived, or given up.
+const DONE: u8 = u8::MAX;
 /// A packet missing for longer is useless to the decoder.
 const NACK_GIVE_UP_MS: u32 = 1000;
 const RR_INTERVAL: Duration = Duration::from_secs(1);
@@ -65,8 +72,7 @@ const MAX_DROPOUT: u64 = 3000;
 /// of those that did not. Indexed by extended sequence number mod `WINDOW`.
 struct Window {
     got: [u64; (WINDOW / 64) as usize],
-    /// NACKs sent; `NACK_TRIES` also means "never ask" (before the start,
-    /// skipped in a jump, given up).
+    /// NACKs sent; [`DONE`]: never (again) ask.
     tries: [u8; WINDOW as usize],
     /// When the hole was noticed, in ms since the epoch.
     missing_at: [u32; WINDOW as usize],
@@ -76,7 +82,7 @@ impl Default for Window {
     fn default() -> Window {
         Window {
             got: [0; (WINDOW / 64) as usize],
-            tries: [NACK_TRIES; WINDOW as usize],
+            tries: [DONE; WINDOW as usize],
             missing_at: [0; WINDOW as usize],
         }
     }
@@ -128,6 +134,8 @@ struct Stream {
     /// Middle 32 bits of the last SR's NTP time, and when it came.
     last_sr: Option<(u32, Instant)>,
     window: Box<Window>,
+    /// Packets given up on since `take_unrepaired` last looked.
+    unrepaired: u32,
 }
 
 impl Stream {
@@ -142,7 +150,7 @@ impl Stream {
             self.highest = Some(seq as u64);
             self.base = seq as u64;
             self.received = 1;
-            self.window.mark(seq as u64, true, NACK_TRIES, now_ms);
+            self.window.mark(seq as u64, true, DONE, now_ms);
             self.update_jitter(ts, arrival_us);
             return false;
         };
@@ -153,7 +161,7 @@ impl Stream {
             if ext < 0 || behind >= WINDOW || self.window.has(ext as u64) {
                 return false; // too old to place, or a duplicate
             }
-            self.window.mark(ext as u64, true, NACK_TRIES, now_ms);
+            self.window.mark(ext as u64, true, DONE, now_ms);
             self.received += 1;
             return false;
         }
@@ -171,7 +179,7 @@ impl Stream {
                 self.window.mark(s, false, 0, now_ms);
             }
         }
-        self.window.mark(n, true, NACK_TRIES, now_ms);
+        self.window.mark(n, true, DONE, now_ms);
         self.highest = Some(n);
         self.received += 1;
         self.update_jitter(ts, arrival_us);
@@ -195,7 +203,10 @@ impl Stream {
     }
 
     /// Missing sequence numbers due a NACK at `now_ms` (ascending), and
-    /// when the next one of this stream falls due.
+    /// when the next one of this stream falls due. A packet still missing
+    /// one retry interval after its last NACK, or [`NACK_GIVE_UP_MS`] after
+    /// it was missed, is given up: counted in `unrepaired` (every
+    /// subscriber of this stream now waits for a keyframe).
     fn take_nacks(&mut self, now_ms: u32, lost: &mut Vec<u16>) -> Option<u32> {
         let h = self.highest?;
         let mut next: Option<u32> = None;
@@ -203,21 +214,21 @@ impl Stream {
             let ext = h - back;
             let i = (ext % WINDOW) as usize;
             let w = &mut self.window;
-            if w.has(ext) || w.tries[i] >= NACK_TRIES {
+            if w.tries[i] == DONE || w.has(ext) {
                 continue;
             }
-            if now_ms.saturating_sub(w.missing_at[i]) > NACK_GIVE_UP_MS {
-                w.tries[i] = NACK_TRIES;
+            let expired = now_ms.saturating_sub(w.missing_at[i]) > NACK_GIVE_UP_MS;
+            if expired || (w.tries[i] >= NACK_TRIES && now_ms >= w.due(i)) {
+                w.tries[i] = DONE;
+                self.unrepaired += 1;
                 continue;
             }
             if now_ms >= w.due(i) {
                 lost.push(ext as u16);
                 w.tries[i] += 1;
             }
-            if w.tries[i] < NACK_TRIES {
-                let due = w.due(i);
-                next = Some(next.map_or(due, |n| n.min(due)));
-            }
+            let due = w.due(i);
+            next = Some(next.map_or(due, |n| n.min(due)));
         }
         next
     }
@@ -401,6 +412,13 @@ impl InboundFeedback {
 
     pub(crate) fn remove_stream(&mut self, ssrc: u32) {
         self.streams.retain(|s| s.ssrc != ssrc);
+    }
+
+    /// A stream with packets given up on since the last call (NACKs
+    /// unanswered), and how many; each is reported once.
+    pub(crate) fn take_unrepaired(&mut self) -> Option<(u32, u32)> {
+        let s = self.streams.iter_mut().find(|s| s.unrepaired > 0)?;
+        Some((s.ssrc, std::mem::take(&mut s.unrepaired)))
     }
 
     /// One authenticated RTP packet arrived at `now`. Packets of SSRCs not
@@ -732,23 +750,67 @@ mod tests {
     }
 
     #[test]
-    fn lost_packet_is_nacked_at_the_next_deadline_at_most_three_times() {
+    fn lost_packet_is_nacked_at_the_next_deadline_at_most_five_times_then_given_up_once() {
         let mut fb = InboundFeedback::new(None);
         fb.add_stream(VIDEO, 90_000, true);
         let mut c = Caller::new(fb);
         for seq in (0..=4).chain(6..=200) {
             c.packet(VIDEO, seq);
+            if seq == 40 {
+                assert_eq!(c.fb.take_unrepaired(), None, "still being asked for");
+            }
         }
         let times = c.nacks_of(5);
-        assert_eq!(times.len(), 3, "{times:?}");
+        assert_eq!(times.len(), usize::from(NACK_TRIES), "{times:?}");
         assert!(times[0] <= 80 * MS, "hole seen at 50 ms: {times:?}");
         assert!(times.windows(2).all(|w| w[1] - w[0] >= 20 * MS));
-        assert_eq!(c.nacks.len(), 3, "nothing else is missing");
+        assert_eq!(c.nacks.len(), times.len(), "nothing else is missing");
+        // Given up one retry interval after the last NACK: reported once.
+        assert_eq!(c.fb.take_unrepaired(), Some((VIDEO, 1)));
+        assert_eq!(c.fb.take_unrepaired(), None);
         c.advance(Duration::from_secs(2));
+        assert_eq!(c.fb.take_unrepaired(), None);
         assert_eq!(
             c.fb.poll_timeout(),
             c.fb.rr_due,
             "no NACK cadence when idle"
+        );
+    }
+
+    #[test]
+    fn a_packet_resent_after_the_last_nack_is_not_given_up() {
+        let mut fb = InboundFeedback::new(None);
+        fb.add_stream(VIDEO, 90_000, true);
+        let mut c = Caller::new(fb);
+        for seq in (0..=4).chain(6..=200) {
+            c.packet(VIDEO, seq);
+            if c.nacks_of(5).len() == usize::from(NACK_TRIES) && !c.fb.streams[0].window.has(5) {
+                // The answer to the last NACK, within the retry interval.
+                c.fb.on_packet(VIDEO, 5, 5 * 900, None, c.now);
+            }
+        }
+        assert_eq!(c.nacks_of(5).len(), usize::from(NACK_TRIES));
+        c.advance(Duration::from_secs(2));
+        assert_eq!(c.fb.take_unrepaired(), None);
+    }
+
+    #[test]
+    fn a_stalled_stream_gives_up_holes_after_a_second_and_audio_never_counts() {
+        let mut fb = InboundFeedback::new(None);
+        fb.add_stream(VIDEO, 90_000, true);
+        fb.add_stream(AUDIO, 48_000, false);
+        let mut c = Caller::new(fb);
+        for seq in [0, 1, 3, 4, 7] {
+            c.packet(VIDEO, seq);
+            c.packet(AUDIO, seq);
+        }
+        // Nothing more arrives: 2, 5 and 6 are asked for, then given up.
+        c.advance(Duration::from_secs(3));
+        assert_eq!(c.fb.take_unrepaired(), Some((VIDEO, 3)));
+        assert_eq!(
+            c.fb.take_unrepaired(),
+            None,
+            "audio holes are not NACKed nor counted"
         );
     }
 
@@ -803,7 +865,7 @@ mod tests {
         }
         c.advance(Duration::from_secs(2));
         assert!(c.nacks.iter().all(|n| n.0 == 1_050), "{:?}", c.nacks);
-        assert_eq!(c.nacks.len(), 3);
+        assert_eq!(c.nacks.len(), usize::from(NACK_TRIES));
     }
 
     #[test]

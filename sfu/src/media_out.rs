@@ -158,6 +158,9 @@ struct Sent {
     rtp_seq: u16,
     size: u16,
     arrived: bool,
+    /// A feedback spoke of it (arrived or not). One that did not was
+    /// covered by a feedback that got lost: unknown, not lost.
+    covered: bool,
 }
 
 /// What we sent under each transport-wide sequence number, for the
@@ -173,6 +176,8 @@ struct SendHistory {
     next: u64,
     highest_acked: Option<u64>,
     next_to_report: u64,
+    /// Packets feedback spoke of, once reported: [arrived, lost] (`take_acked`).
+    acked: [u64; 2],
 }
 
 impl SendHistory {
@@ -198,27 +203,43 @@ impl SendHistory {
             rtp_seq,
             size: size.min(u16::MAX as usize) as u16,
             arrived: false,
+            covered: false,
         };
     }
 
     /// The record `seq` names: the most recent packet sent with that
-    /// number, if still held and not yet reported.
-    fn slot(&mut self, seq: u16) -> Option<&mut Sent> {
+    /// number, if still held, and whether it was reported already.
+    fn slot(&mut self, seq: u16) -> Option<(&mut Sent, bool)> {
         let newest = self.next.checked_sub(1)?;
         let back = (newest as u16).wrapping_sub(seq) as u64;
         let id = newest.checked_sub(back)?;
-        if back as usize >= HISTORY_SLOTS || id < self.next_to_report {
+        if back as usize >= HISTORY_SLOTS {
             return None;
         }
+        let reported = id < self.next_to_report;
         let r = &mut self.slots[id as usize % HISTORY_SLOTS];
-        (r.id == id).then_some(r)
+        (r.id == id).then_some((r, reported))
     }
 
     /// The subscriber's word on `seq`.
     fn acknowledge(&mut self, seq: u16, arrived: bool, arrival: Option<Duration>) {
-        let Some(r) = self.slot(seq) else { return };
+        let Some((r, reported)) = self.slot(seq) else {
+            return;
+        };
+        if reported {
+            // A packet reported lost that arrived after all (sent after
+            // later ones; the receiver reports it again): GCC heard its
+            // verdict, as from rtc's History, but it is not loss.
+            if arrived && r.covered && !r.arrived {
+                r.arrived = true;
+                self.acked[1] = self.acked[1].saturating_sub(1);
+                self.acked[0] += 1;
+            }
+            return;
+        }
         r.arrived = arrived;
         r.arrival = arrival;
+        r.covered = true;
         if arrived {
             let id = r.id;
             self.highest_acked = Some(self.highest_acked.map_or(id, |h| h.max(id)));
@@ -238,7 +259,11 @@ impl SendHistory {
             if slot.id != id {
                 continue;
             }
-            let r = std::mem::take(slot);
+            // Kept (not cleared) for a late word on it (`acknowledge`).
+            let r = *slot;
+            if r.covered {
+                self.acked[usize::from(!r.arrived)] += 1;
+            }
             if let Some(departure) = r.departure {
                 out.push(PacketReport {
                     ssrc: r.ssrc,
@@ -288,6 +313,9 @@ pub(crate) struct OwnMedia {
     reports: Vec<PacketReport>,
     gcc: ReportingGcc,
     queue: VecDeque<TaggedBytesMut>,
+    /// Retransmissions, kept apart so the pacer knows them from a late
+    /// packet forwarded for the first time (`poll_marked`).
+    resends: VecDeque<TaggedBytesMut>,
     /// Packets refused (no path yet, SRTP index exhausted): counted.
     pub dropped: u64,
     /// Retransmissions queued from the ring, and NACKed packets no longer
@@ -308,11 +336,22 @@ impl OwnMedia {
             reports: Vec::new(),
             gcc,
             queue: VecDeque::new(),
+            resends: VecDeque::new(),
             dropped: 0,
             resent: 0,
             not_held: 0,
             feedbacks: 0,
         }
+    }
+
+    /// (arrived, lost) by transport-wide feedback since the last call: the
+    /// loss on the subscriber's own downlink (a hole in a publisher's stream
+    /// is never sent, so it does not count here, unlike in the subscriber's
+    /// receiver reports). Only packets a feedback spoke of count, and one
+    /// reported lost that arrives after all counts as arrived.
+    pub(crate) fn take_acked(&mut self) -> (u64, u64) {
+        let [arrived, lost] = std::mem::take(&mut self.history.acked);
+        (arrived, lost)
     }
 
     /// The transport-wide CC extension id the subscriber's answer agreed
@@ -402,14 +441,14 @@ impl OwnMedia {
             self.not_held += 1;
             return;
         };
-        if self.queue.len() >= QUEUE_MAX {
+        if self.queue.len() + self.resends.len() >= QUEUE_MAX {
             self.dropped += 1;
             return;
         }
         self.resent += 1;
         let mut message = pool.take(bytes.len());
         message.extend_from_slice(bytes);
-        self.queue.push_back(TaggedBytesMut {
+        self.resends.push_back(TaggedBytesMut {
             now,
             transport: path,
             message,
@@ -465,7 +504,16 @@ impl OwnMedia {
 
     /// The next packet to send.
     pub(crate) fn poll(&mut self) -> Option<TaggedBytesMut> {
-        self.queue.pop_front()
+        self.poll_marked().map(|(msg, _)| msg)
+    }
+
+    /// The next packet to send, and whether it is a retransmission (what
+    /// the pacer's retransmission budget applies to). First sends go first.
+    pub(crate) fn poll_marked(&mut self) -> Option<(TaggedBytesMut, bool)> {
+        match self.queue.pop_front() {
+            Some(msg) => Some((msg, false)),
+            None => self.resends.pop_front().map(|msg| (msg, true)),
+        }
     }
 }
 
@@ -597,6 +645,45 @@ mod tests {
             reported += out.len();
         }
         assert!(reported > 500, "{reported} reports");
+    }
+
+    /// The downlink loss we count is what feedback said was lost, not what a
+    /// lost feedback left unsaid (GCC's reports still get both, as rtc's).
+    #[test]
+    fn loss_counts_only_packets_a_feedback_spoke_of() {
+        let t0 = Instant::now();
+        let mut h = SendHistory::default();
+        for i in 0..30u16 {
+            h.add(
+                7,
+                i,
+                100 + i,
+                1000,
+                t0 + Duration::from_millis(u64::from(i)),
+            );
+        }
+        // Feedback A (0-9: 3 lost) arrives; feedback B (10-19) is lost on the
+        // way; feedback C (20-29: 1 lost) arrives.
+        for i in (0..10u16).chain(20..30) {
+            let lost = [2, 5, 7, 24].contains(&i);
+            h.acknowledge(
+                100 + i,
+                !lost,
+                (!lost).then(|| Duration::from_millis(u64::from(i) + 20)),
+            );
+        }
+        let mut out = Vec::new();
+        h.take_reports(&mut out);
+        assert_eq!(h.acked, [16, 4], "arrived, lost");
+        assert_eq!(out.len(), 30, "GCC hears of all, as from rtc's History");
+        assert_eq!(out.iter().filter(|r| !r.arrived).count(), 14);
+        // 24 arrives after all (held behind later ones): reported again.
+        h.acknowledge(124, true, Some(Duration::from_millis(60)));
+        h.acknowledge(124, true, Some(Duration::from_millis(60)));
+        h.acknowledge(125, true, Some(Duration::from_millis(45)));
+        h.take_reports(&mut out);
+        assert!(out.is_empty(), "nothing reported twice to GCC");
+        assert_eq!(h.acked, [17, 3], "arrived, lost");
     }
 
     /// Feedback read by `rtcp_in` moves the send history and GCC exactly

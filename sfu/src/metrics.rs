@@ -29,6 +29,8 @@ pub struct MediaCounters {
     /// resent (asked again too soon, or over the retransmission budget).
     pub retransmitted: AtomicU64,
     pub retransmits_suppressed: AtomicU64,
+    /// Publishers' video packets never resent though NACKed (given up).
+    pub unrepaired: AtomicU64,
     /// Bounds on unauthenticated traffic (see [`LimitStats`]).
     pub ice_tcp_handed_over: AtomicU64,
     pub ice_tcp_evicted_same_address: AtomicU64,
@@ -76,6 +78,7 @@ pub struct QualityStats {
     pub send_dropped: u64,
     pub retransmitted: u64,
     pub retransmits_suppressed: u64,
+    pub unrepaired: u64,
 }
 
 impl QualityStats {
@@ -87,6 +90,7 @@ impl QualityStats {
         let paused = "spreekkamer_media_video_paused_for_bandwidth";
         let dropped = "spreekkamer_media_send_dropped_total";
         let resent = "spreekkamer_media_retransmissions_total";
+        let unrepaired = "spreekkamer_media_unrepaired_packets_total";
         format!(
             "# HELP {switches} Simulcast layer switches made for subscribers, by direction\n\
              # TYPE {switches} counter\n\
@@ -108,7 +112,10 @@ impl QualityStats {
              # HELP {resent} Video retransmissions for subscribers' NACKs, sent or suppressed (asked again too soon, or over the budget; only while pacing)\n\
              # TYPE {resent} counter\n\
              {resent}{{outcome=\"sent\"}} {}\n\
-             {resent}{{outcome=\"suppressed\"}} {}\n",
+             {resent}{{outcome=\"suppressed\"}} {}\n\
+             # HELP {unrepaired} Publishers' video packets lost on the way in and not resent though NACKed (each asks the publisher for a keyframe, rate-limited)\n\
+             # TYPE {unrepaired} counter\n\
+             {unrepaired} {}\n",
             self.layer_switches_up,
             self.layer_switches_down,
             self.video_resumes,
@@ -118,6 +125,7 @@ impl QualityStats {
             self.send_dropped,
             self.retransmitted,
             self.retransmits_suppressed,
+            self.unrepaired,
         )
     }
 }
@@ -233,6 +241,7 @@ impl MediaCounters {
             send_dropped: self.send_dropped.load(Relaxed),
             retransmitted: self.retransmitted.load(Relaxed),
             retransmits_suppressed: self.retransmits_suppressed.load(Relaxed),
+            unrepaired: self.unrepaired.load(Relaxed),
         }
     }
 
@@ -269,7 +278,10 @@ mod tests {
         assert!(
             text.contains("spreekkamer_media_retransmissions_total{outcome=\"suppressed\"} 4\n")
         );
-        assert_eq!(text.matches("# TYPE").count(), 6);
+        c.unrepaired.fetch_add(2, Relaxed);
+        let text = c.quality_snapshot().prometheus_text();
+        assert!(text.contains("spreekkamer_media_unrepaired_packets_total 2\n"));
+        assert_eq!(text.matches("# TYPE").count(), 7);
     }
 
     #[test]
@@ -292,6 +304,9 @@ mod tests {
             "spreekkamer_media_srtp_refused_total{reason=\"failed_authentication\"} 3\n"
         ));
         assert!(text.contains("spreekkamer_media_srtp_refused_total{reason=\"replayed\"} 0\n"));
-        assert_eq!(text.matches("# TYPE").count(), 6);
+        c.unrepaired.fetch_add(2, Relaxed);
+        let text = c.quality_snapshot().prometheus_text();
+        assert!(text.contains("spreekkamer_media_unrepaired_packets_total 2\n"));
+        assert_eq!(text.matches("# TYPE").count(), 7);
     }
 }

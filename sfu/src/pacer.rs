@@ -214,6 +214,12 @@ impl RetransmitLimit {
     }
 
     /// May this retransmission of `seq` on `ssrc` (`len` bytes) go now?
+    /// A late packet sent for the first time: not budgeted, but a NACK for
+    /// it that crossed it on the way is not answered within the interval.
+    pub(crate) fn note_first_send(&mut self, ssrc: u32, seq: u16, now: Instant) {
+        self.recent[usize::from(seq) % RECENT_SLOTS] = (ssrc, seq, Some(now));
+    }
+
     pub(crate) fn allow(&mut self, ssrc: u32, seq: u16, len: usize, now: Instant) -> bool {
         let cap = self.rate * RETRANSMIT_BURST.as_secs_f64();
         match self.last {
@@ -446,5 +452,27 @@ mod tests {
         let mut r = RetransmitLimit::default();
         r.set_media_rate(0);
         assert!(r.allow(7, 1, 1200, t0));
+    }
+
+    #[test]
+    fn a_late_first_send_costs_no_budget_but_a_crossing_nack_waits() {
+        let mut r = RetransmitLimit::default();
+        r.set_media_rate(400_000);
+        let t0 = Instant::now();
+        // The budget spent on resends...
+        let mut i = 0u16;
+        while r.allow(7, 1000 + i, 1200, t0) {
+            i += 1;
+        }
+        // ...does not touch first sends, which are only noted.
+        for seq in 0..50u16 {
+            r.note_first_send(7, seq, t0);
+        }
+        assert_eq!((r.sent, r.suppressed), (u64::from(i), 1));
+        // A NACK that crossed the late packet is not answered at once.
+        let later = t0 + Duration::from_secs(2); // budget refilled
+        r.note_first_send(7, 3000, later);
+        assert!(!r.allow(7, 3000, 1200, later + 10 * MS));
+        assert!(r.allow(7, 3000, 1200, later + 60 * MS));
     }
 }

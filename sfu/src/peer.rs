@@ -9,7 +9,7 @@
 //! A `Peer` never touches a socket: the worker feeds it datagrams and drains
 //! what it wants to send, the same sans-I/O shape as `rtc` itself.
 
-use crate::bwe::{Allocator, LOSS_HIGH, LossCap, NO_ESTIMATE, ReportingGcc, Want};
+use crate::bwe::{Allocator, LOSS_HIGH, LOSS_LOW, LossCap, NO_ESTIMATE, ReportingGcc, Want};
 use crate::consult::Kind;
 use crate::inbound::{Media, OwnInbound};
 use crate::keyframe::{EncoderGate, KeyframeLimiter, MarkKeyframeRequests, is_keyframe_request};
@@ -281,6 +281,10 @@ impl PublisherView {
     }
 }
 
+/// Transport-wide feedback on at least this many packets in a second
+/// decides the subscriber's loss (else its receiver reports do).
+const MIN_ACKED_FOR_LOSS: u64 = 20;
+
 /// Quality counters a peer accumulated, taken by the worker.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct QualityEvents {
@@ -290,6 +294,8 @@ pub(crate) struct QualityEvents {
     pub nacks: u64,
     pub retransmitted: u64,
     pub retransmits_suppressed: u64,
+    /// Publisher video packets given up on (NACKs unanswered).
+    pub unrepaired: u64,
     /// Inbound media our SRTP refused: replayed, failed authentication,
     /// malformed.
     pub srtp_refused: [u64; 3],
@@ -1266,6 +1272,7 @@ impl Peer {
             return;
         }
         inbound.feedback.handle_timeout(now, &mut self.feedback_out);
+        self.key_unrepaired(now);
         if self.feedback_out.is_empty() {
             return;
         }
@@ -1286,6 +1293,33 @@ impl Peer {
         }
         packets.clear();
         self.feedback_out = packets;
+    }
+
+    /// Video packets this publisher never resent though we asked: every
+    /// subscriber of that layer waits for a keyframe now, so ask for one
+    /// (rate-limited per layer) rather than let each decoder find out.
+    fn key_unrepaired(&mut self, now: Instant) {
+        while let Some((ssrc, n)) = self
+            .inbound
+            .as_mut()
+            .and_then(|i| i.feedback.take_unrepaired())
+        {
+            let found = self.incoming.iter().enumerate().find_map(|(k, i)| {
+                let layer = i
+                    .as_ref()?
+                    .layers
+                    .iter()
+                    .position(|l| l.ssrc == Some(ssrc))?;
+                Some((*Kind::ALL.get(k)?, layer as Layer))
+            });
+            let Some((kind, layer)) = found else { continue };
+            self.quality.unrepaired += u64::from(n);
+            log::debug!(
+                "participant {}: {n} packet(s) of {kind:?} layer {layer} lost for good (NACKs unanswered)",
+                self.participant
+            );
+            self.request_keyframe(kind, layer, false, now);
+        }
     }
 
     /// RTCP from `FEEDBACK_SSRC` to this peer through our own SRTCP,
@@ -1331,8 +1365,8 @@ impl Peer {
 
     /// The next packet of our own media path (forwarded or resent media):
     /// taken without a sweep of rtc's pipeline.
-    pub(crate) fn poll_own(&mut self) -> Option<TaggedBytesMut> {
-        self.own.as_mut()?.poll()
+    pub(crate) fn poll_own(&mut self) -> Option<(TaggedBytesMut, bool)> {
+        self.own.as_mut()?.poll_marked()
     }
 
     /// Start our own media path once DTLS is done: SRTP from the exported
@@ -1407,9 +1441,21 @@ impl Peer {
         }
     }
 
-    /// What rtc wrote, through the pacer: `Some` to send now. Video RTP
-    /// may wait (see `release_paced`); everything else goes at once.
-    pub(crate) fn pace(&mut self, msg: TaggedBytesMut) -> Option<TaggedBytesMut> {
+    /// What rtc or our own path wrote, through the pacer: `Some` to send
+    /// now. Video RTP may wait (see `release_paced`); everything else goes
+    /// at once. `resend`: whether it is a retransmission (our own path
+    /// knows; for rtc's, an old sequence number says so). Only
+    /// retransmissions count against the retransmission budget: a late
+    /// packet forwarded for the first time (a publisher's repair of its
+    /// uplink loss) suppressed by it was never sent at all — the
+    /// subscriber NACKed it, its resends ate the budget, and the next late
+    /// packets were suppressed in turn (degraded browser test: ~1,400
+    /// resends a second refused to a subscriber on a clean link).
+    pub(crate) fn pace(
+        &mut self,
+        msg: TaggedBytesMut,
+        resend: Option<bool>,
+    ) -> Option<TaggedBytesMut> {
         let len = msg.message.len();
         self.wire.0 += 1;
         self.wire.1 += len as u64;
@@ -1428,13 +1474,16 @@ impl Peer {
         };
         self.wire.2 += 1;
         let seq = u16::from_be_bytes([msg.message[2], msg.message[3]]);
-        match o.wire_high {
-            Some(high) if !seq_newer(seq, high) => {
-                if !self.retransmit.allow(o.rewriter.ssrc(), seq, len, now) {
-                    return None;
-                }
+        let newest = o.wire_high.is_none_or(|high| seq_newer(seq, high));
+        if resend.unwrap_or(!newest) {
+            if !self.retransmit.allow(o.rewriter.ssrc(), seq, len, now) {
+                return None;
             }
-            _ => o.wire_high = Some(seq),
+        } else if !newest {
+            self.retransmit.note_first_send(o.rewriter.ssrc(), seq, now);
+        }
+        if newest {
+            o.wire_high = Some(seq);
         }
         self.pacer.admit(msg, len, now)
     }
@@ -1717,11 +1766,31 @@ impl Peer {
             self.sent_rate / 1000,
             self.pacer.queued(),
         );
-        if std::mem::take(&mut self.worst_audio_loss) > LOSS_HIGH {
+        // The subscriber's receiver reports count what never reached us from
+        // the publisher (a lossy uplink on the other side) as lost too; its
+        // transport-wide feedback counts only what we sent. Downgrading this
+        // subscriber for the publisher's uplink cost it a keyframe wait per
+        // step (degraded browser test: 720p -> 180p over a clean downlink).
+        let (arrived, lost) = self.own.as_mut().map_or((0, 0), |own| own.take_acked());
+        let total = arrived + lost;
+        let twcc_loss = (total >= MIN_ACKED_FOR_LOSS).then(|| (lost * 256 / total).min(255) as u8);
+        let (worst_loss, worst_audio_loss) = (
+            std::mem::take(&mut self.worst_loss),
+            std::mem::take(&mut self.worst_audio_loss),
+        );
+        if worst_loss.max(twcc_loss.unwrap_or(0)) >= LOSS_LOW {
+            log::debug!(
+                "participant {}: loss in the last second: {lost} of {total} packets by \
+                 transport-wide feedback, {worst_loss}/256 by receiver reports (audio \
+                 {worst_audio_loss}/256)",
+                self.participant
+            );
+        }
+        if twcc_loss.unwrap_or(worst_audio_loss) > LOSS_HIGH {
             self.lossy_at = Some(now);
         }
         self.loss_cap.update(
-            std::mem::take(&mut self.worst_loss),
+            twcc_loss.unwrap_or(worst_loss),
             self.sent_rate,
             self.estimate.load(Relaxed),
         );

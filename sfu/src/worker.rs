@@ -158,7 +158,7 @@ impl Net {
 
     fn flush_peer(&mut self, peer: &mut Peer) {
         while let Some(msg) = peer.poll_write() {
-            if let Some(msg) = peer.pace(msg) {
+            if let Some(msg) = peer.pace(msg, None) {
                 self.send(msg);
             }
         }
@@ -168,8 +168,8 @@ impl Net {
     /// Only what our own media path queued (forwarded media, resends):
     /// no sweep of rtc's pipeline.
     fn flush_own(&mut self, peer: &mut Peer) {
-        while let Some(msg) = peer.poll_own() {
-            if let Some(msg) = peer.pace(msg) {
+        while let Some((msg, resend)) = peer.poll_own() {
+            if let Some(msg) = peer.pace(msg, Some(resend)) {
                 self.send(msg);
             }
         }
@@ -908,7 +908,7 @@ impl Worker {
     fn allocate_layers(&mut self, now: Instant) {
         let views = self.publisher_views(now);
         let (mut up, mut down, mut resumed, mut nacks, mut paused) = (0, 0, 0, 0, 0);
-        let (mut retransmitted, mut suppressed) = (0, 0);
+        let (mut retransmitted, mut suppressed, mut unrepaired) = (0, 0, 0);
         let mut srtp_refused = [0u64; 3];
         for p in self.peers.iter_mut().flatten() {
             p.allocate(&views, now);
@@ -920,6 +920,7 @@ impl Worker {
             nacks += q.nacks;
             retransmitted += q.retransmitted;
             suppressed += q.retransmits_suppressed;
+            unrepaired += q.unrepaired;
             for (total, n) in srtp_refused.iter_mut().zip(q.srtp_refused) {
                 *total += n;
             }
@@ -933,6 +934,7 @@ impl Worker {
         c.nacks_received.fetch_add(nacks, Relaxed);
         c.retransmitted.fetch_add(retransmitted, Relaxed);
         c.retransmits_suppressed.fetch_add(suppressed, Relaxed);
+        c.unrepaired.fetch_add(unrepaired, Relaxed);
         c.srtp_replayed.fetch_add(srtp_refused[0], Relaxed);
         c.srtp_failed_auth.fetch_add(srtp_refused[1], Relaxed);
         c.srtp_malformed.fetch_add(srtp_refused[2], Relaxed);
