@@ -234,18 +234,17 @@ scenario('5 % loss and 40 ms more RTT on one side of a 1:1 call: both keep decod
   sc.log(`uplink repair: the SFU's NACKs received by the patient ${upNacks}, resent ${upResent}; clinician lost ${upLost} of ${upGot + upLost} (${(upResidual * 100).toFixed(2)} %, link dropped ${(upRate * 100).toFixed(1)} %)`);
   assert.ok(upNacks > 0, `patient: its browser received no NACKs from the SFU for its lossy uplink${ctx}`);
   assert.ok(upResent > 0, `patient: ${upNacks} NACKs from the SFU but no packet resent${ctx}`);
-  // Not every lost packet can be repaired: Chromium resends VP8's base
-  // temporal layer, not always the higher ones (the SFU's NACKs for those go
-  // unanswered). Measured with this SFU's NACKs: residual / drop rate
-  // 0.28-0.72 over the runs of 2026-12-05, 0.29-0.82 over nine runs of
-  // 2026-12-06 (both builds of that day; rtc's NACK generator before: 1.6 %
-  // of 4.8 %), so a bound of 0.8 failed one full-suite run. The NACKs
-  // received and answered above are what proves the repair loop; this only
-  // checks that what is left is below what the link dropped.
+  // What is left must be far below what the link dropped. This bound was
+  // "below the drop rate" while residual / drop rate read 0.28-0.82: put
+  // down to Chromium not resending VP8's higher temporal layers, it was the
+  // SFU's own retransmission budget refusing the late repairs it forwarded
+  // for the first time (docs/DECISIONS.md §6). Since then: 0 of ~1,200-1,800
+  // packets lost in 6 runs. A quarter of the drop rate leaves room for a
+  // packet the publisher does not resend.
   assert.ok(
-    upResidual < upRate,
+    upResidual < upRate / 4,
     `clinician: ${upLost} of ${upGot + upLost} of the patient's video packets still lost (${(upResidual * 100).toFixed(2)} %, ` +
-      `uplink dropped ${(upRate * 100).toFixed(1)} %): the SFU's NACKs are not repairing the uplink${ctx}`,
+      `uplink dropped ${(upRate * 100).toFixed(1)} %): the SFU's NACKs are not repairing the uplink, or its repairs are not forwarded${ctx}`,
   );
   const nackMetric = metricSum(await server.metrics(), 'spreekkamer_media_nacks_received_total');
   sc.log(`server: spreekkamer_media_nacks_received_total = ${nackMetric}`);
