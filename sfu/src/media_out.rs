@@ -125,7 +125,7 @@ impl TrackOut {
 }
 
 /// NTP timestamp (RFC 3550 §4) of a wall-clock time.
-fn ntp(wall: SystemTime) -> u64 {
+pub(crate) fn ntp(wall: SystemTime) -> u64 {
     const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
     let d = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() + NTP_UNIX_OFFSET;

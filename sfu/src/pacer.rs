@@ -170,6 +170,9 @@ pub(crate) const MIN_RETRANSMIT_BPS: f64 = 40_000.0;
 /// The same packet is not resent again within this time (a NACK repeated
 /// before the first repair could have arrived).
 pub(crate) const RESEND_INTERVAL: Duration = Duration::from_millis(40);
+/// The longest wait between two resends of one packet, whatever the
+/// round-trip time reads.
+pub(crate) const MAX_RESEND_INTERVAL: Duration = Duration::from_millis(300);
 /// Budget saved up while idle, in time at the retransmission rate.
 const RETRANSMIT_BURST: Duration = Duration::from_millis(250);
 const RECENT_SLOTS: usize = 128;
@@ -181,11 +184,15 @@ const RECENT_SLOTS: usize = 128;
 /// 350 kbit/s cap, ~1 400 retransmitted video packets a second (over
 /// 400 kbit/s, more than the link) for ~140 kbit/s of media; the storm
 /// caused the loss it was repairing and video stalled. Here a packet is
-/// resent at most once per [`RESEND_INTERVAL`], and all retransmissions
+/// resent at most once per interval — [`RESEND_INTERVAL`], or the
+/// subscriber's round-trip time when longer (up to [`MAX_RESEND_INTERVAL`]):
+/// a browser asks again every round trip, before a resend could arrive, and
+/// answering each spent the budget on copies — and all retransmissions
 /// together stay within [`RETRANSMIT_SHARE`] of the media rate.
 #[derive(Debug)]
 pub(crate) struct RetransmitLimit {
     rate: f64,
+    interval: Duration,
     tokens: f64,
     last: Option<Instant>,
     /// (ssrc, seq, when) of recent retransmissions, hashed by seq.
@@ -198,6 +205,7 @@ impl Default for RetransmitLimit {
     fn default() -> Self {
         RetransmitLimit {
             rate: MIN_RETRANSMIT_BPS / 8.0,
+            interval: RESEND_INTERVAL,
             tokens: 0.0,
             last: None,
             recent: [(0, 0, None); RECENT_SLOTS],
@@ -213,13 +221,23 @@ impl RetransmitLimit {
         self.rate = (media as f64 * RETRANSMIT_SHARE).max(MIN_RETRANSMIT_BPS) / 8.0;
     }
 
-    /// May this retransmission of `seq` on `ssrc` (`len` bytes) go now?
+    /// How long a packet waits before it may be resent again.
+    pub(crate) fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The subscriber's round-trip time, from its receiver reports.
+    pub(crate) fn set_rtt(&mut self, rtt: Duration) {
+        self.interval = rtt.clamp(RESEND_INTERVAL, MAX_RESEND_INTERVAL);
+    }
+
     /// A late packet sent for the first time: not budgeted, but a NACK for
     /// it that crossed it on the way is not answered within the interval.
     pub(crate) fn note_first_send(&mut self, ssrc: u32, seq: u16, now: Instant) {
         self.recent[usize::from(seq) % RECENT_SLOTS] = (ssrc, seq, Some(now));
     }
 
+    /// May this retransmission of `seq` on `ssrc` (`len` bytes) go now?
     pub(crate) fn allow(&mut self, ssrc: u32, seq: u16, len: usize, now: Instant) -> bool {
         let cap = self.rate * RETRANSMIT_BURST.as_secs_f64();
         match self.last {
@@ -235,7 +253,7 @@ impl RetransmitLimit {
             && slot.1 == seq
             && slot
                 .2
-                .is_some_and(|t| now.saturating_duration_since(t) < RESEND_INTERVAL);
+                .is_some_and(|t| now.saturating_duration_since(t) < self.interval);
         if again || self.tokens < len as f64 {
             self.suppressed += 1;
             return false;
@@ -452,6 +470,25 @@ mod tests {
         let mut r = RetransmitLimit::default();
         r.set_media_rate(0);
         assert!(r.allow(7, 1, 1200, t0));
+    }
+
+    #[test]
+    fn a_packet_is_resent_at_most_once_per_round_trip_within_bounds() {
+        let t0 = Instant::now();
+        for (rtt, interval) in [(10, 40), (120, 120), (2_000, 300)] {
+            let mut r = RetransmitLimit::default();
+            r.set_media_rate(4_000_000);
+            r.set_rtt(Duration::from_millis(rtt));
+            assert!(r.allow(7, 1, 1200, t0));
+            assert!(
+                !r.allow(7, 1, 1200, t0 + Duration::from_millis(interval - 5)),
+                "rtt {rtt} ms"
+            );
+            assert!(
+                r.allow(7, 1, 1200, t0 + Duration::from_millis(interval + 1)),
+                "rtt {rtt} ms"
+            );
+        }
     }
 
     #[test]

@@ -63,7 +63,7 @@ use std::net::IpAddr;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How long a subscriber's audio counts as suffering after it last
 /// reported heavy audio loss (video may pause only meanwhile).
@@ -279,6 +279,16 @@ impl PublisherView {
             _ => self.camera,
         }
     }
+}
+
+/// The round trip a report block states about our sender report: now
+/// less the report's time less the receiver's delay (RFC 3550 §6.4.1,
+/// middle 32 bits of NTP time). `None` when it reads over 10 s (a report
+/// about a sender report from before a clock step, or garbage).
+fn round_trip(last_sr: u32, delay: u32, now: SystemTime) -> Option<Duration> {
+    let now = (crate::media_out::ntp(now) >> 16) as u32;
+    let rtt = now.wrapping_sub(last_sr).wrapping_sub(delay);
+    (rtt < 10 << 16).then(|| Duration::from_micros((u64::from(rtt) * 1_000_000) >> 16))
 }
 
 /// Transport-wide feedback on at least this many packets in a second
@@ -1147,12 +1157,20 @@ impl Peer {
             Rtcp::ReceptionReport {
                 ssrc,
                 fraction_lost,
+                last_sr,
+                delay,
             } => {
                 // Only about streams we send to this subscriber.
                 if let Some(o) = self.outgoing.iter().find(ours(ssrc)) {
                     self.worst_loss = self.worst_loss.max(fraction_lost);
                     if o.kind == Kind::Audio {
                         self.worst_audio_loss = self.worst_audio_loss.max(fraction_lost);
+                    }
+                    // About our sender report (sent on this path only).
+                    if last_sr != 0
+                        && let Some(rtt) = round_trip(last_sr, delay, SystemTime::now())
+                    {
+                        self.retransmit.set_rtt(rtt);
                     }
                 }
             }
@@ -1758,11 +1776,13 @@ impl Peer {
         let (packets, bytes, video) = std::mem::take(&mut self.wire);
         log::trace!(
             "participant {}: {packets} datagrams written ({} kbit/s, {video} video \
-             while pacing, resent {} suppressed {}), media forwarded {} kbit/s, pacer holds {} B",
+             while pacing, resent {} suppressed {} at most every {} ms), media forwarded {} \
+             kbit/s, pacer holds {} B",
             self.participant,
             bytes * 8 / ms,
             self.retransmit.sent,
             self.retransmit.suppressed,
+            self.retransmit.interval().as_millis(),
             self.sent_rate / 1000,
             self.pacer.queued(),
         );
@@ -2288,6 +2308,32 @@ pub(crate) fn reception_reports(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_trip_from_a_report_block() {
+        use std::time::UNIX_EPOCH;
+        let sent = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let lsr = (crate::media_out::ntp(sent) >> 16) as u32;
+        // Answered 30 ms after it arrived, 130 ms after it was sent: 100 ms.
+        let delay = (30u32 << 16) / 1000;
+        let rtt = round_trip(lsr, delay, sent + Duration::from_millis(130)).unwrap();
+        assert!(
+            rtt.abs_diff(Duration::from_millis(100)) < Duration::from_millis(1),
+            "{rtt:?}"
+        );
+        // Across the 32-bit wrap of the middle bits, the same.
+        // (NTP seconds of 1_800_044_927 end in 0xFFFF: the middle bits wrap 1 s later.)
+        let sent = UNIX_EPOCH + Duration::from_secs(1_800_044_927) + Duration::from_millis(990);
+        let lsr = (crate::media_out::ntp(sent) >> 16) as u32;
+        assert!(lsr > 0xFFFF_0000);
+        let rtt = round_trip(lsr, 0, sent + Duration::from_millis(50)).unwrap();
+        assert!(
+            rtt.abs_diff(Duration::from_millis(50)) < Duration::from_millis(1),
+            "{rtt:?}"
+        );
+        // A delay longer than the time since: garbage, not a huge round trip.
+        assert_eq!(round_trip(lsr, 10 << 16, sent), None);
+    }
 
     #[test]
     fn our_interceptors_are_rtcs_defaults_and_none_on_our_own_path() {

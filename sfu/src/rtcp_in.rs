@@ -247,8 +247,15 @@ pub(crate) enum Rtcp<'a> {
     /// [`Rtcp::ReceptionReport`]s.
     SenderReport { ssrc: u32, ntp_time: u64 },
     /// One report block of a sender or receiver report: the source it is
-    /// about and the fraction of its packets lost (of 256).
-    ReceptionReport { ssrc: u32, fraction_lost: u8 },
+    /// about, the fraction of its packets lost (of 256), and the middle 32
+    /// bits of the NTP time of the last sender report received from it
+    /// with the delay since (1/65536 s; RFC 3550 §6.4.1): a round trip.
+    ReceptionReport {
+        ssrc: u32,
+        fraction_lost: u8,
+        last_sr: u32,
+        delay: u32,
+    },
     /// A generic NACK (RFC 4585 §6.2.1): one per packet, so NACK packets
     /// can be counted; at least one FCI.
     Nack(Nack<'a>),
@@ -567,6 +574,8 @@ fn reception_reports<'a>(blocks: &'a [u8], visit: &mut impl FnMut(Rtcp<'a>)) {
         visit(Rtcp::ReceptionReport {
             ssrc: be32(b),
             fraction_lost: b[4],
+            last_sr: be32(&b[16..]),
+            delay: be32(&b[20..]),
         });
     }
 }
@@ -639,7 +648,7 @@ pub(crate) mod tests {
     #[derive(Debug, PartialEq)]
     enum Ev {
         Sr(u32, u64),
-        Block(u32, u8),
+        Block(u32, u8, u32, u32),
         Nack(u32, Vec<(u16, u16)>, Vec<u16>),
         Pli(u32),
         Fir(u32),
@@ -654,7 +663,9 @@ pub(crate) mod tests {
                 Rtcp::ReceptionReport {
                     ssrc,
                     fraction_lost,
-                } => Ev::Block(ssrc, fraction_lost),
+                    last_sr,
+                    delay,
+                } => Ev::Block(ssrc, fraction_lost, last_sr, delay),
                 Rtcp::Nack(n) => Ev::Nack(n.media_ssrc, n.pairs().collect(), n.seqs().collect()),
                 Rtcp::Pli { media_ssrc } => Ev::Pli(media_ssrc),
                 Rtcp::Fir { ssrc } => Ev::Fir(ssrc),
@@ -678,13 +689,13 @@ pub(crate) mod tests {
                 out.extend(
                     sr.reports
                         .iter()
-                        .map(|r| Ev::Block(r.ssrc, r.fraction_lost)),
+                        .map(|r| Ev::Block(r.ssrc, r.fraction_lost, r.last_sender_report, r.delay)),
                 );
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                 out.extend(
                     rr.reports
                         .iter()
-                        .map(|r| Ev::Block(r.ssrc, r.fraction_lost)),
+                        .map(|r| Ev::Block(r.ssrc, r.fraction_lost, r.last_sender_report, r.delay)),
                 );
             } else if let Some(n) = any.downcast_ref::<TransportLayerNack>() {
                 let pairs = n

@@ -307,6 +307,7 @@ mod tests {
             Rtcp::ReceptionReport {
                 ssrc,
                 fraction_lost,
+                ..
             } => Ev::Block(ssrc, fraction_lost),
             Rtcp::Nack(n) => Ev::Nack(n.media_ssrc, n.pairs().collect()),
             Rtcp::Pli { media_ssrc } => Ev::Pli(media_ssrc),

@@ -24,8 +24,8 @@ async function setup(sc, { proxy = true, waitingRoom = false } = {}) {
 }
 
 /** Opens the link and joins; admits the person from the clinician's waiting room if needed. */
-async function enter(p, url, { admitter = null } = {}) {
-  await p.open(url);
+async function enter(p, url, { admitter = null, waitUntil = 'load' } = {}) {
+  await p.open(url, { waitUntil });
   await p.join({ waitFor: null });
   await p.waitFor(async () => ['in-call', 'waiting'].includes(await p.state()), { what: `${p.name} in call or waiting` });
   if ((await p.state()) === 'waiting') await admit(admitter, p);
@@ -384,7 +384,9 @@ async function heldPatientInCall(sc) {
   const a = await sc.participant('chromium', 'clinician');
   const b = await sc.participant('firefox', 'patient-firefox');
   const idA = await enter(a, await link('clinician', 'Dr. Jansen'));
-  const idB = await enter(b, await link('patient', 'Mevr. de Vries'), { admitter: a });
+  // Firefox holds the page's load event while a worker's script is fetched (sometimes: it depends
+  // on when the module that starts the worker ran), so wait for the document, then for the app.
+  const idB = await enter(b, await link('patient', 'Mevr. de Vries'), { admitter: a, waitUntil: 'domcontentloaded' });
   await b.waitFor(() => b.evaluate(() => !!window.__spreekkamer.pc && window.__spreekkamer.pc.connectionState === 'connected'), { what: 'patient media connected' });
   await b.waitFor(() => b.evaluate((pid) => !!window.__spreekkamer.e2ee && !!window.__spreekkamer.e2ee.safetyCode(pid), idA), { what: 'patient keyed with the clinician (the handshake does not wait for the worker)' });
   assert.ok(hold.held >= 1, 'the patient asked for the worker script');

@@ -187,8 +187,8 @@ export class Participant {
    * set by app.js once Join works) or the page shows an error. The page's own
    * `body[data-state]` is in the HTML, so it says nothing about the scripts.
    */
-  async open(link) {
-    await this.page.goto(link, { waitUntil: 'load', timeout: 60_000 });
+  async open(link, { waitUntil = 'load' } = {}) {
+    await this.page.goto(link, { waitUntil, timeout: 60_000 });
     let last;
     await this.waitFor(
       async () => {
