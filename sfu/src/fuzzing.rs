@@ -559,6 +559,11 @@ pub struct InboundPath {
     twcc: u16,
     now: Instant,
     rtcp: Vec<Box<dyn rtc::rtcp::Packet>>,
+    /// Video sequence numbers stepped over so far, and those taken: what
+    /// was given up on can never exceed the difference.
+    video_spanned: u64,
+    video_taken: u64,
+    given_up: u64,
 }
 
 /// Ciphertext, payload, taken.
@@ -581,6 +586,9 @@ impl Default for InboundPath {
             twcc: 65_500,
             now: Instant::now(),
             rtcp: Vec::new(),
+            video_spanned: 0,
+            video_taken: 0,
+            given_up: 0,
         }
     }
 }
@@ -592,6 +600,9 @@ impl InboundPath {
     pub fn publish(&mut self, stream: u8, step: u8, deliver: bool, payload: &[u8]) {
         let s = usize::from(stream % 2);
         self.seq[s] = self.seq[s].wrapping_add(u16::from(step % 64) + 1);
+        if s == 1 {
+            self.video_spanned += u64::from(step % 64) + 1;
+        }
         self.twcc = self.twcc.wrapping_add(1);
         let seq = self.seq[s];
         let mut plain = vec![0x90, 111];
@@ -628,6 +639,7 @@ impl InboundPath {
                 if let Some(e) = self.sent.get_mut(&(s, seq)) {
                     e.2 = true;
                 }
+                self.video_taken += u64::from(s == 1);
             }
             // Taken before, or too far behind the newest to tell.
             Err(crate::inbound::Refused::Replay) => {}
@@ -669,14 +681,27 @@ impl InboundPath {
         assert!(r.is_err(), "a changed or invented packet was taken");
     }
 
-    /// Time passing (ms): the feedback due is valid RTCP, and NACKs name
-    /// only packets never taken.
+    /// Time passing (ms): the feedback due is valid RTCP, NACKs name only
+    /// packets never taken, and packets given up on are video only and
+    /// never more than the video numbers not taken.
     pub fn advance(&mut self, ms: u16) {
         use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
         self.now += Duration::from_millis(u64::from(ms));
         self.inbound
             .feedback
             .handle_timeout(self.now, &mut self.rtcp);
+        while let Some((ssrc, n)) = self.inbound.feedback.take_unrepaired() {
+            assert_eq!(ssrc, IN_SSRC[1], "given up on a stream without NACKs");
+            assert!(n > 0);
+            self.given_up += u64::from(n);
+        }
+        assert!(
+            self.given_up <= self.video_spanned.saturating_sub(self.video_taken),
+            "{} given up of {} numbers, {} taken",
+            self.given_up,
+            self.video_spanned,
+            self.video_taken
+        );
         for p in self.rtcp.drain(..) {
             let bytes = p.marshal().expect("our feedback marshals");
             let back = rtc::rtcp::packet::unmarshal(&mut &bytes[..]).expect("and parses");
