@@ -300,6 +300,9 @@ impl OwnInbound {
             .and_then(|v| v.first().map(|b| b & 0x7f));
         self.feedback
             .on_packet(head.ssrc, head.seq, head.timestamp, twcc, now);
+        if head.payload.is_empty() {
+            self.feedback.mark_padding(head.ssrc, head.seq);
+        }
         Ok((head, level))
     }
 

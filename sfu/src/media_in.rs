@@ -72,6 +72,8 @@ const MAX_DROPOUT: u64 = 3000;
 /// of those that did not. Indexed by extended sequence number mod `WINDOW`.
 struct Window {
     got: [u64; (WINDOW / 64) as usize],
+    /// Of those that arrived: padding only (no payload).
+    pad: [u64; (WINDOW / 64) as usize],
     /// NACKs sent; [`DONE`]: never (again) ask.
     tries: [u8; WINDOW as usize],
     /// When the hole was noticed, in ms since the epoch.
@@ -82,6 +84,7 @@ impl Default for Window {
     fn default() -> Window {
         Window {
             got: [0; (WINDOW / 64) as usize],
+            pad: [0; (WINDOW / 64) as usize],
             tries: [DONE; WINDOW as usize],
             missing_at: [0; WINDOW as usize],
         }
@@ -100,8 +103,28 @@ impl Window {
         self.got[i / 64] & 1 << (i % 64) != 0
     }
 
+    fn is_padding(&self, ext: u64) -> bool {
+        let i = (ext % WINDOW) as usize;
+        self.has(ext) && self.pad[i / 64] & 1 << (i % 64) != 0
+    }
+
+    /// A hole between padding-only packets (the nearest that arrived on
+    /// either side, within 8) was padding too, most likely: a publisher
+    /// pads between frames, in runs, and does not resend padding.
+    fn padding_around(&self, ext: u64, lowest: u64, highest: u64) -> bool {
+        let before = (1..=8u64)
+            .map_while(|d| ext.checked_sub(d).filter(|e| *e >= lowest))
+            .find(|e| self.has(*e));
+        let after = (1..=8u64)
+            .map(|d| ext + d)
+            .take_while(|e| *e <= highest)
+            .find(|e| self.has(*e));
+        matches!((before, after), (Some(b), Some(a)) if self.is_padding(b) && self.is_padding(a))
+    }
+
     fn mark(&mut self, ext: u64, got: bool, tries: u8, now_ms: u32) {
         let i = (ext % WINDOW) as usize;
+        self.pad[i / 64] &= !(1 << (i % 64));
         if got {
             self.got[i / 64] |= 1 << (i % 64);
         } else {
@@ -220,7 +243,10 @@ impl Stream {
             let expired = now_ms.saturating_sub(w.missing_at[i]) > NACK_GIVE_UP_MS;
             if expired || (w.tries[i] >= NACK_TRIES && now_ms >= w.due(i)) {
                 w.tries[i] = DONE;
-                self.unrepaired += 1;
+                let lowest = h.saturating_sub(WINDOW - 1).max(self.base);
+                if !w.padding_around(ext, lowest, h) {
+                    self.unrepaired += 1;
+                }
                 continue;
             }
             if now_ms >= w.due(i) {
@@ -414,8 +440,23 @@ impl InboundFeedback {
         self.streams.retain(|s| s.ssrc != ssrc);
     }
 
+    /// The packet of `ssrc` just taken (`on_packet`) was padding only.
+    pub(crate) fn mark_padding(&mut self, ssrc: u32, seq: u16) {
+        let Some(stream) = self.streams.iter_mut().find(|s| s.ssrc == ssrc) else {
+            return;
+        };
+        let Some(h) = stream.highest else { return };
+        let ext = h as i64 + seq.wrapping_sub(h as u16) as i16 as i64;
+        if ext < 0 || !stream.window.has(ext as u64) {
+            return;
+        }
+        let i = (ext as u64 % WINDOW) as usize;
+        stream.window.pad[i / 64] |= 1 << (i % 64);
+    }
+
     /// A stream with packets given up on since the last call (NACKs
-    /// unanswered), and how many; each is reported once.
+    /// unanswered; holes amid padding not counted), and how many; each is
+    /// reported once.
     pub(crate) fn take_unrepaired(&mut self) -> Option<(u32, u32)> {
         let s = self.streams.iter_mut().find(|s| s.unrepaired > 0)?;
         Some((s.ssrc, std::mem::take(&mut s.unrepaired)))
@@ -791,6 +832,37 @@ mod tests {
         }
         assert_eq!(c.nacks_of(5).len(), usize::from(NACK_TRIES));
         c.advance(Duration::from_secs(2));
+        assert_eq!(c.fb.take_unrepaired(), None);
+    }
+
+    #[test]
+    fn a_hole_amid_padding_is_given_up_without_counting_but_one_beside_media_counts() {
+        let mut fb = InboundFeedback::new(None);
+        fb.add_stream(VIDEO, 90_000, true);
+        let mut c = Caller::new(fb);
+        // Padding 10..=20 with 15 lost; 33 and 34 lost between media 32
+        // and padding 35.
+        for seq in 0..=50u16 {
+            if [15, 33, 34].contains(&seq) {
+                continue;
+            }
+            c.fb.on_packet(VIDEO, seq, u32::from(seq) * 900, None, c.now);
+            if (10..=20).contains(&seq) || [35, 36].contains(&seq) {
+                c.fb.mark_padding(VIDEO, seq);
+            }
+            c.advance(10 * MS);
+        }
+        c.advance(Duration::from_secs(2));
+        assert_eq!(
+            c.nacks_of(15).len(),
+            usize::from(NACK_TRIES),
+            "padding holes are still asked for"
+        );
+        assert_eq!(
+            c.fb.take_unrepaired(),
+            Some((VIDEO, 2)),
+            "33 and 34 (beside media 32), not 15"
+        );
         assert_eq!(c.fb.take_unrepaired(), None);
     }
 
