@@ -135,6 +135,13 @@ impl Window {
     }
 }
 
+/// `lost` of `total` as RTCP's fraction lost (of 256, at most 255; 0 of 0).
+pub(crate) fn fraction_lost(lost: u64, total: u64) -> u8 {
+    lost.saturating_mul(256)
+        .checked_div(total)
+        .map_or(0, |f| f.min(255) as u8)
+}
+
 /// One publisher stream we decrypt: reception statistics (RFC 3550 A.3,
 /// A.8) and its NACK window.
 #[derive(Default)]
@@ -267,9 +274,7 @@ impl Stream {
         self.expected_prior = expected;
         self.received_prior = self.received;
         let interval_lost = interval_expected.saturating_sub(interval_received);
-        let fraction_lost = (interval_lost.saturating_mul(256))
-            .checked_div(interval_expected)
-            .map_or(0, |f| f.min(255) as u8);
+        let fraction_lost = fraction_lost(interval_lost, interval_expected);
         // Cumulative lost is 24-bit signed (duplicates can make it negative).
         let lost = (expected as i64 - self.received as i64).clamp(-0x80_0000, 0x7F_FFFF);
         let (last_sender_report, delay) = self.last_sr.map_or((0, 0), |(lsr, at)| {

@@ -1322,13 +1322,8 @@ impl Peer {
             .as_mut()
             .and_then(|i| i.feedback.take_unrepaired())
         {
-            let found = self.incoming.iter().enumerate().find_map(|(k, i)| {
-                let layer = i
-                    .as_ref()?
-                    .layers
-                    .iter()
-                    .position(|l| l.ssrc == Some(ssrc))?;
-                Some((*Kind::ALL.get(k)?, layer as Layer))
+            let found = Kind::ALL.into_iter().find_map(|kind| {
+                Some((kind, self.incoming[kind as usize].as_ref()?.layer_of(ssrc)?))
             });
             let Some((kind, layer)) = found else { continue };
             self.quality.unrepaired += u64::from(n);
@@ -1793,7 +1788,8 @@ impl Peer {
         // step (degraded browser test: 720p -> 180p over a clean downlink).
         let (arrived, lost) = self.own.as_mut().map_or((0, 0), |own| own.take_acked());
         let total = arrived + lost;
-        let twcc_loss = (total >= MIN_ACKED_FOR_LOSS).then(|| (lost * 256 / total).min(255) as u8);
+        let twcc_loss =
+            (total >= MIN_ACKED_FOR_LOSS).then(|| crate::media_in::fraction_lost(lost, total));
         let (worst_loss, worst_audio_loss) = (
             std::mem::take(&mut self.worst_loss),
             std::mem::take(&mut self.worst_audio_loss),
