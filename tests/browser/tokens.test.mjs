@@ -78,7 +78,7 @@ async function expectAccepted(server, label, token, sub) {
 // The matrix sends ~30 bad tokens from one address and needs each one's own error code and audit
 // line; in production the failed-join limit and the audit log's per-source rate would (rightly)
 // throttle that, so this server raises both. The throttling itself is tested in
-// signaling/tests/edge_bounds.rs and tests/attack/6-secrets-in-logs.test.mjs.
+// signaling/tests/it/edge_bounds.rs and tests/attack/6-secrets-in-logs.test.mjs.
 const MATRIX_LIMITS = ['--join-failure-burst', '1000', '--audit-failures-per-second', '1000'];
 
 scenario('asymmetric EHR tokens: valid RS256/EdDSA/ES256 accepted; the attack matrix refused with codes and audit lines', { timeout: 180_000 }, async (sc) => {

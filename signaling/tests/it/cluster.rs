@@ -8,10 +8,10 @@
 //! and comes back when Redis does. (Media itself through a failover is
 //! checked in real browsers: tests/browser/cluster.test.mjs.)
 
-mod common;
+use crate::common;
 
-use common::redis::RedisServer;
-use common::{Client, Frame, config, start_with, token};
+use crate::common::redis::RedisServer;
+use crate::common::{Client, Frame, config, start_with, token};
 use serde_json::{Value, json};
 use signaling::context::ClusterEdge;
 use signaling::link::LinkSecret;

@@ -6,9 +6,8 @@
 use signaling::registry::{
     DEFAULT_PREFIX, MemoryRegistry, NodeInfo, RedisRegistry, Registry, RegistryError, run_heartbeat,
 };
-mod common;
 
-use common::redis::{OP_TIMEOUT, RedisServer, WAIT};
+use crate::common::redis::{OP_TIMEOUT, RedisServer, WAIT};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

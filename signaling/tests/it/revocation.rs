@@ -3,9 +3,7 @@
 //! invite, and the per-clinician limit holds across reconnects and the
 //! HTTP API.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use signaling::audit::AccessPoint;
 use signaling::directory::Host;

@@ -5,9 +5,7 @@
 //! 127.0.0.0/8 (neither is the range's own address, so an exact-address
 //! match would not do).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use signaling::protocol::Role;
 use std::net::SocketAddr;

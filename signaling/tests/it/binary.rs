@@ -4,9 +4,7 @@
 //! writes nothing but the audit log, and stops cleanly on SIGTERM; secrets
 //! come from a file or the environment, a flag is warned about.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use signaling::protocol::Role;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

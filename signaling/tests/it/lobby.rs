@@ -1,8 +1,6 @@
 //! The waiting room and the clinician's host actions, enforced by the server.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use signaling::protocol::Role;
 

@@ -2,9 +2,7 @@
 //! answered with one `link-check` saying what a `join` would say now, and
 //! the server closes; nobody joins, nobody is told.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use signaling::protocol::Role;

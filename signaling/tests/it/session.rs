@@ -1,8 +1,8 @@
 //! The WebSocket protocol end to end against an in-process server.
 
-mod common;
+use crate::common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use signaling::protocol::Role;
 use std::time::Duration;

@@ -1,9 +1,7 @@
 //! What a participant asks of the media plane (`video-prefs`) and what it
 //! tells the call (`speaker`), end to end against an in-process server.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use sfu::MediaEvent;
 use signaling::protocol::Role;

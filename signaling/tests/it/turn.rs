@@ -3,10 +3,8 @@
 //! configured; they expire with the token at the latest; the secret is in no
 //! message, log or audit line.
 
-mod common;
-
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use serde_json::{Value, json};
 use signaling::protocol::Role;
 use signaling::token::{MintRequest, mint_hs256, unix_now};

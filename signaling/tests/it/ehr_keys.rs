@@ -1,17 +1,15 @@
 //! Join tokens signed by an EHR's own keys: accepted with the pinned
 //! algorithm, every attack refused with its code and an audit line.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use signaling::token::{key_from_pem, unix_now};
 
-const RSA_PRIVATE: &[u8] = include_bytes!("fixtures/keys/rsa-private.pem");
-const RSA_PUBLIC: &[u8] = include_bytes!("fixtures/keys/rsa-public.pem");
-const ED_PRIVATE: &[u8] = include_bytes!("fixtures/keys/ed-private.pem");
-const ED_PUBLIC: &[u8] = include_bytes!("fixtures/keys/ed-public.pem");
+const RSA_PRIVATE: &[u8] = include_bytes!("../fixtures/keys/rsa-private.pem");
+const RSA_PUBLIC: &[u8] = include_bytes!("../fixtures/keys/rsa-public.pem");
+const ED_PRIVATE: &[u8] = include_bytes!("../fixtures/keys/ed-private.pem");
+const ED_PUBLIC: &[u8] = include_bytes!("../fixtures/keys/ed-public.pem");
 
 async fn ehr_server() -> TestServer {
     let mut cfg = config();

@@ -3,9 +3,7 @@
 //! in a query string, writes no token, link secret, display name or relayed
 //! payload to stdout (the audit log) or stderr (the operational log).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use signaling::protocol::Role;
 

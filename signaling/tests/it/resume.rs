@@ -4,9 +4,7 @@
 //! admission. Every ticket that is not theirs, or no longer valid, leaves
 //! them in the waiting room; a removed person stays out.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use signaling::protocol::Role;
 use signaling::resume::ResumeKeys;

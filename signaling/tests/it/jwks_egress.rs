@@ -4,9 +4,7 @@
 //! `main` does after reading `HTTPS_PROXY` / `NO_PROXY` once), so no test
 //! touches the process environment.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use signaling::egress::ProxySettings;
@@ -21,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 
-const RSA_PRIVATE: &[u8] = include_bytes!("fixtures/keys/rsa-private.pem");
+const RSA_PRIVATE: &[u8] = include_bytes!("../fixtures/keys/rsa-private.pem");
 const KID: &str = "ehr-behind-proxy";
 const PROXY_PASSWORD: &str = "pr0xy-pa55word";
 

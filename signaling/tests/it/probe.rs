@@ -2,9 +2,7 @@
 //! connection and joins nothing. Without a token (the test page `/test`)
 //! it is anonymous: its own bounds, counted, never audited.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use signaling::protocol::Role;

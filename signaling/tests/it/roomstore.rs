@@ -5,11 +5,9 @@
 //! unreadable store refuses joins instead of letting them in unchecked; and
 //! the `spreekkamer signaling` binary reads the store on its `--redis`.
 
-mod common;
-
+use crate::common::redis::{OP_TIMEOUT, RedisServer};
+use crate::common::*;
 use ::redis::AsyncCommands;
-use common::redis::{OP_TIMEOUT, RedisServer};
-use common::*;
 use serde_json::json;
 use signaling::protocol::Role;
 use signaling::resume::ResumeKeys;

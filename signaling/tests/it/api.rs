@@ -1,9 +1,7 @@
 //! The invite HTTP API: `POST /api/v1/invites` and
 //! `DELETE /api/v1/invites/{jti}`, authenticated by a clinician's token.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use signaling::protocol::Role;
 

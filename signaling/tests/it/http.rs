@@ -1,8 +1,8 @@
 //! Health, readiness, metrics, static assets and shutdown over real HTTP.
 
-mod common;
+use crate::common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use signaling::protocol::Role;
 use std::time::{Duration, Instant};

@@ -4,9 +4,7 @@
 //! audit lines they cause. Real sockets on loopback; clients bind to other
 //! 127.0.0.0/8 addresses to be distinct sources.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use signaling::gate::ConnectionLimits;
