@@ -382,6 +382,9 @@ pub struct OwnPath {
     sent: std::collections::HashMap<u16, Vec<u8>>,
     packets: u32,
     pool: crate::tx::BufferPool,
+    /// The retransmission limit NACKs are answered within (a budget far
+    /// above what the harness resends, so only repeats are held back).
+    limit: crate::pacer::RetransmitLimit,
     seq: u16,
     now: Instant,
 }
@@ -418,6 +421,11 @@ impl Default for OwnPath {
             sent: Default::default(),
             packets: 0,
             pool: Default::default(),
+            limit: {
+                let mut limit = crate::pacer::RetransmitLimit::default();
+                limit.set_media_rate(1 << 40);
+                limit
+            },
             seq: 40_000,
             now: Instant::now(),
         }
@@ -500,7 +508,9 @@ impl OwnPath {
     /// Queue a resend of `seq`, as a NACK for it would.
     fn resend(&mut self, seq: u16) {
         let path = (Some(own_path_to()), &mut self.pool);
-        self.own.resend(&self.track, seq, path, self.now);
+        let limit = &mut self.limit;
+        self.own
+            .resend((&self.track, 1, seq), path, limit, self.now);
     }
 
     /// Raw RTCP from the subscriber (after SRTCP): transport-wide
@@ -559,10 +569,13 @@ pub struct InboundPath {
     twcc: u16,
     now: Instant,
     rtcp: Vec<Box<dyn rtc::rtcp::Packet>>,
-    /// Video sequence numbers stepped over so far, and those taken: what
-    /// was given up on can never exceed the difference.
+    /// Video sequence numbers stepped over so far, those taken, and those
+    /// taken late (after a newer one was sent): what was given up on never
+    /// exceeds the numbers not taken plus those that came late (a hole is
+    /// given up after a second and its packet may still arrive after).
     video_spanned: u64,
     video_taken: u64,
+    video_late: u64,
     given_up: u64,
 }
 
@@ -588,6 +601,7 @@ impl Default for InboundPath {
             rtcp: Vec::new(),
             video_spanned: 0,
             video_taken: 0,
+            video_late: 0,
             given_up: 0,
         }
     }
@@ -618,13 +632,13 @@ impl InboundPath {
         self.sent
             .insert((s, seq), (cipher.to_vec(), payload.to_vec(), false));
         if deliver {
-            self.deliver(s, seq);
+            self.deliver(s, seq, false);
         }
     }
 
     /// Deliver what was sent as (`stream`, `seq`) (a late arrival, a
     /// resend or a replay): taken once, refused after.
-    fn deliver(&mut self, s: usize, seq: u16) {
+    fn deliver(&mut self, s: usize, seq: u16, late: bool) {
         let Some((cipher, payload, taken)) = self.sent.get(&(s, seq)).cloned() else {
             return;
         };
@@ -640,6 +654,7 @@ impl InboundPath {
                     e.2 = true;
                 }
                 self.video_taken += u64::from(s == 1);
+                self.video_late += u64::from(s == 1 && late);
             }
             // Taken before, or too far behind the newest to tell.
             Err(crate::inbound::Refused::Replay) => {}
@@ -652,7 +667,7 @@ impl InboundPath {
     pub fn again(&mut self, stream: u8, back: u8) {
         let s = usize::from(stream % 2);
         let seq = self.seq[s].wrapping_sub(u16::from(back));
-        self.deliver(s, seq);
+        self.deliver(s, seq, back > 0);
     }
 
     /// A changed or cut copy of the last packet of `stream`, or bytes of
@@ -692,15 +707,15 @@ impl InboundPath {
             .handle_timeout(self.now, &mut self.rtcp);
         while let Some((ssrc, n)) = self.inbound.feedback.take_unrepaired() {
             assert_eq!(ssrc, IN_SSRC[1], "given up on a stream without NACKs");
-            assert!(n > 0);
             self.given_up += u64::from(n);
         }
         assert!(
-            self.given_up <= self.video_spanned.saturating_sub(self.video_taken),
-            "{} given up of {} numbers, {} taken",
+            self.given_up <= self.video_spanned.saturating_sub(self.video_taken) + self.video_late,
+            "{} given up of {} numbers, {} taken ({} late)",
             self.given_up,
             self.video_spanned,
-            self.video_taken
+            self.video_taken,
+            self.video_late
         );
         for p in self.rtcp.drain(..) {
             let bytes = p.marshal().expect("our feedback marshals");
@@ -989,6 +1004,26 @@ mod tests {
         let taken = h.sent.values().filter(|e| e.2).count();
         assert!(taken > 2_500, "{taken} taken");
         assert!(h.sent.values().any(|e| !e.2), "some were lost");
+    }
+
+    #[test]
+    fn a_packet_given_up_on_may_still_arrive_late() {
+        // Video 1 and 3 arrive, 2 is lost; a second later 2 is given up
+        // on (a keyframe is asked for), then it arrives after all: taken,
+        // and the harness must not call that a bookkeeping error.
+        let mut h = InboundPath::default();
+        h.publish(1, 0, true, &[0xaa]);
+        h.publish(1, 0, false, &[0xaa]);
+        h.publish(1, 0, true, &[0xaa]);
+        h.advance(1_020);
+        assert_eq!(h.given_up, 1, "the hole was given up on");
+        h.again(1, 1);
+        assert_eq!(
+            (h.video_taken, h.video_late),
+            (3, 1),
+            "the late packet was taken"
+        );
+        h.advance(0);
     }
 
     #[test]

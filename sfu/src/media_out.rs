@@ -21,6 +21,7 @@
 //!   encrypted by rtc, what we receive is decrypted by us.
 
 use crate::bwe::ReportingGcc;
+use crate::pacer::RetransmitLimit;
 use crate::rtcp_in::TwccFeedback;
 use crate::srtp::{Rollover, Srtp};
 use crate::tx::BufferPool;
@@ -428,12 +429,17 @@ impl OwnMedia {
         total
     }
 
-    /// A NACK for `seq` of a track: its ciphertext again, as sent.
+    /// A NACK for `seq` of the track `ssrc`: its ciphertext again, as
+    /// sent — if `limit` lets it go (the retransmission budget and the
+    /// interval between two resends of one packet), checked before
+    /// anything is copied and whether or not the subscriber is paced: a
+    /// NACK naming the same packets over and over is answered once per
+    /// interval, within the budget.
     pub(crate) fn resend(
         &mut self,
-        track: &TrackOut,
-        seq: u16,
+        (track, ssrc, seq): (&TrackOut, u32, u16),
         (path, pool): (Option<TransportContext>, &mut BufferPool),
+        limit: &mut RetransmitLimit,
         now: Instant,
     ) {
         let (Some(path), Some(bytes)) = (path, track.resend.as_ref().and_then(|r| r.get(seq)))
@@ -443,6 +449,9 @@ impl OwnMedia {
         };
         if self.queue.len() + self.resends.len() >= QUEUE_MAX {
             self.dropped += 1;
+            return;
+        }
+        if !limit.allow(ssrc, seq, bytes.len(), now) {
             return;
         }
         self.resent += 1;
@@ -836,9 +845,12 @@ mod tests {
         let sent: Vec<_> = std::iter::from_fn(|| own.poll())
             .map(|m| m.message)
             .collect();
-        own.resend(&track, 15, (Some(path()), &mut pool), now);
-        own.resend(&track, 12, (Some(path()), &mut pool), now);
-        own.resend(&track, 11, (Some(path()), &mut pool), now); // overwritten (4 slots)
+        let mut limit = RetransmitLimit::default();
+        limit.set_media_rate(10_000_000);
+        own.resend((&track, 7, 15), (Some(path()), &mut pool), &mut limit, now);
+        own.resend((&track, 7, 12), (Some(path()), &mut pool), &mut limit, now);
+        // overwritten (4 slots)
+        own.resend((&track, 7, 11), (Some(path()), &mut pool), &mut limit, now);
         assert_eq!((own.resent, own.not_held), (2, 1));
         assert_eq!(own.poll().unwrap().message, sent[5]);
         let again = own.poll().unwrap().message;
@@ -880,8 +892,78 @@ mod tests {
         assert_eq!(own.queue.len(), QUEUE_MAX);
         assert_eq!(own.dropped, 11);
         // Audio keeps no ring: a NACK for it is not held.
-        own.resend(&track, 3, (Some(path()), &mut pool), now);
+        let mut limit = RetransmitLimit::default();
+        own.resend((&track, 1, 3), (Some(path()), &mut pool), &mut limit, now);
         assert_eq!(own.not_held, 1);
+    }
+
+    /// Sends packets 0..n (`len` payload bytes) of a video track with a
+    /// resend ring, and empties the queue.
+    fn sent_video(own: &mut OwnMedia, n: u16, len: usize, now: Instant) -> TrackOut {
+        let mut track = TrackOut::new(90_000, Some(16));
+        let mut pool = BufferPool::default();
+        let payload = vec![9u8; len];
+        for seq in 0..n {
+            let p = Outbound {
+                ssrc: 7,
+                seq,
+                timestamp: 1,
+                marker: false,
+                payload_type: 96,
+                payload: &payload,
+            };
+            own.send(&mut track, &p, (Some(path()), &mut pool), now);
+        }
+        while own.poll().is_some() {}
+        track
+    }
+
+    #[test]
+    fn a_nack_naming_one_packet_again_and_again_resends_it_once_per_interval() {
+        // A hostile subscriber (or one without transport-wide feedback, so
+        // never paced) names the same held packet 1,000 times: one resend,
+        // nothing copied for the rest, and again only after the interval.
+        let mut own = own(&[1; 16], &[2; 12]);
+        let now = Instant::now();
+        let track = sent_video(&mut own, 8, 1_000, now);
+        let mut limit = RetransmitLimit::default();
+        limit.set_media_rate(100_000_000);
+        let mut pool = BufferPool::default();
+        for _ in 0..1_000 {
+            own.resend((&track, 7, 5), (Some(path()), &mut pool), &mut limit, now);
+        }
+        assert_eq!((own.resent, limit.sent, limit.suppressed), (1, 1, 999));
+        assert!(
+            own.poll().is_some() && own.poll().is_none(),
+            "one copy queued"
+        );
+        let later = now + limit.interval();
+        own.resend((&track, 7, 5), (Some(path()), &mut pool), &mut limit, later);
+        assert_eq!(own.resent, 2, "resent again once the interval passed");
+    }
+
+    #[test]
+    fn nack_answers_stay_within_the_retransmission_budget() {
+        // The floor budget (40 kbit/s, a quarter second of burst: 1,250
+        // bytes): of eight different 1,000-byte packets NACKed at once,
+        // one goes now, the next when the budget has refilled.
+        let mut own = own(&[1; 16], &[2; 12]);
+        let now = Instant::now();
+        let track = sent_video(&mut own, 8, 1_000, now);
+        let mut limit = RetransmitLimit::default();
+        let mut pool = BufferPool::default();
+        for seq in 0..8 {
+            own.resend((&track, 7, seq), (Some(path()), &mut pool), &mut limit, now);
+        }
+        assert_eq!((own.resent, limit.suppressed), (1, 7));
+        let refilled = now + Duration::from_millis(250);
+        own.resend(
+            (&track, 7, 3),
+            (Some(path()), &mut pool),
+            &mut limit,
+            refilled,
+        );
+        assert_eq!(own.resent, 2);
     }
 
     #[test]

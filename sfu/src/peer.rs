@@ -95,6 +95,10 @@ const NACK_HISTORY: u16 = 256;
 /// Half of rtc's figure above, to keep a participant's memory under
 /// Janus's (each slot holds a whole packet, ~1.2 KB).
 const RESEND_SLOTS: u16 = 128;
+/// Sequence numbers of one NACK looked at, at most: four times what the
+/// resend ring holds (a NACK packet of 1,200 bytes can name ~5,000, most
+/// of them necessarily not held or named twice).
+const NACKED_PER_PACKET: usize = 4 * RESEND_SLOTS as usize;
 /// Decrypted packets waiting for `drain` (the worker drains after every
 /// read, so one is the norm; bounded against a caller that does not).
 const MEDIA_IN_MAX: usize = 64;
@@ -1187,8 +1191,10 @@ impl Peer {
                     self.quality.nacks += 1;
                     // Rare: fresh buffers, not the worker's pool.
                     let pool = &mut BufferPool::default();
-                    for seq in nack.seqs() {
-                        own.resend(&o.out, seq, (self.media_to, pool), now);
+                    for seq in nack.seqs().take(NACKED_PER_PACKET) {
+                        let track = (&o.out, nack.media_ssrc, seq);
+                        let limit = &mut self.retransmit;
+                        own.resend(track, (self.media_to, pool), limit, now);
                     }
                 }
             }
@@ -1488,12 +1494,15 @@ impl Peer {
         self.wire.2 += 1;
         let seq = u16::from_be_bytes([msg.message[2], msg.message[3]]);
         let newest = o.wire_high.is_none_or(|high| seq_newer(seq, high));
-        if resend.unwrap_or(!newest) {
-            if !self.retransmit.allow(o.rewriter.ssrc(), seq, len, now) {
+        match resend {
+            // Budgeted when the NACK was answered (`OwnMedia::resend`).
+            Some(true) => {}
+            None if !newest && !self.retransmit.allow(o.rewriter.ssrc(), seq, len, now) => {
                 return None;
             }
-        } else if !newest {
-            self.retransmit.note_first_send(o.rewriter.ssrc(), seq, now);
+            None if !newest => {}
+            _ if !newest => self.retransmit.note_first_send(o.rewriter.ssrc(), seq, now),
+            _ => {}
         }
         if newest {
             o.wire_high = Some(seq);
@@ -1663,10 +1672,11 @@ impl Peer {
                             {
                                 // Rare: fresh buffers, not the worker's pool.
                                 let pool = &mut BufferPool::default();
-                                for pair in &nack.nacks {
-                                    for seq in *pair {
-                                        own.resend(&o.out, seq, (self.media_to, pool), now);
-                                    }
+                                let seqs = nack.nacks.iter().flat_map(|pair| pair.into_iter());
+                                for seq in seqs.take(NACKED_PER_PACKET) {
+                                    let track = (&o.out, nack.media_ssrc, seq);
+                                    let limit = &mut self.retransmit;
+                                    own.resend(track, (self.media_to, pool), limit, now);
                                 }
                             }
                         }

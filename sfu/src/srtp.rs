@@ -317,13 +317,50 @@ pub(crate) fn cm_iv(salt: &[u8; 14], ssrc: [u8; 4], roc: u32, seq: [u8; 2]) -> [
 pub(crate) struct Rollover {
     highest: Option<u64>,
     /// Bit `i`: index `highest - i` was used.
-    used: u128,
+    used: Bits,
 }
 
-/// How far behind the newest index a packet may still be sent (a
-/// publisher's retransmission forwarded late): 128 packets, ~0.5 s of a
-/// 2.5 Mbit/s screen share.
-const WINDOW: u64 = 128;
+/// How far behind the newest index a packet may still be taken: 512
+/// packets, ~2 s of a 2.5 Mbit/s layer. Behind a publisher: the NACK
+/// generator asks for a hole for up to 512 packets (`media_in`), and an
+/// answer to its last try must not be refused as too old — a 128-packet
+/// window did that once padding raised the packet rate. Towards a
+/// subscriber: a publisher's retransmission forwarded late.
+const WINDOW: u64 = 512;
+
+/// [`WINDOW`] bits, bit 0 the newest.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Bits([u64; (WINDOW / 64) as usize]);
+
+impl Bits {
+    const ONE: Bits = {
+        let mut b = [0; (WINDOW / 64) as usize];
+        b[0] = 1;
+        Bits(b)
+    };
+
+    fn get(&self, i: u64) -> bool {
+        self.0[(i / 64) as usize] & 1 << (i % 64) != 0
+    }
+
+    fn set(&mut self, i: u64) {
+        self.0[(i / 64) as usize] |= 1 << (i % 64);
+    }
+
+    /// Every bit `n` places older (`n` < [`WINDOW`]).
+    fn shift(&mut self, n: u64) {
+        let (words, bits) = ((n / 64) as usize, (n % 64) as u32);
+        let w = &mut self.0;
+        for i in (0..w.len()).rev() {
+            let hi = i.checked_sub(words).map_or(0, |j| w[j] << bits);
+            let lo = match i.checked_sub(words + 1) {
+                Some(j) if bits > 0 => w[j] >> (64 - bits),
+                _ => 0,
+            };
+            w[i] = hi | lo;
+        }
+    }
+}
 
 impl Rollover {
     /// The 48-bit index for `seq`, taken as the one closest to the
@@ -367,7 +404,7 @@ impl Rollover {
             return true;
         }
         let back = high - index;
-        back < WINDOW && self.used & 1 << back == 0
+        back < WINDOW && !self.used.get(back)
     }
 
     /// Record `index` (from [`index_of`](Self::index_of)) as used.
@@ -376,21 +413,22 @@ impl Rollover {
             Some(high) if index <= high => {
                 let back = high - index;
                 if back < WINDOW {
-                    self.used |= 1 << back;
+                    self.used.set(back);
                 }
             }
             Some(high) => {
                 let shift = index - high;
-                self.used = if shift >= WINDOW {
-                    0
+                if shift >= WINDOW {
+                    self.used = Bits::ONE;
                 } else {
-                    self.used << shift
-                } | 1;
+                    self.used.shift(shift);
+                    self.used.set(0);
+                }
                 self.highest = Some(index);
             }
             None => {
                 self.highest = Some(index);
-                self.used = 1;
+                self.used = Bits::ONE;
             }
         }
     }
@@ -513,8 +551,10 @@ mod tests {
         assert_eq!(r.index_of(10), None);
         r.mark(12);
         assert_eq!(r.index_of(11), Some(11), "a late packet within the window");
-        r.mark(500);
-        assert_eq!(r.index_of(11), None, "too far behind");
+        r.mark(600);
+        assert_eq!(r.index_of(89), Some(89), "511 behind: still within");
+        r.mark(523);
+        assert_eq!(r.index_of(11), None, "512 behind: too far");
     }
 
     #[test]
@@ -616,6 +656,32 @@ mod tests {
     }
 
     #[test]
+    fn the_window_bitmap_shifts_like_one_512_bit_number() {
+        // Against a reference: a 512-entry bool array shifted by hand.
+        let mut bits = Bits::default();
+        let mut reference = [false; WINDOW as usize];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..5_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x.is_multiple_of(3) {
+                let n = (x >> 8) % WINDOW;
+                bits.shift(n);
+                reference.rotate_right(n as usize);
+                reference[..n as usize].fill(false);
+            } else {
+                let i = (x >> 8) % WINDOW;
+                bits.set(i);
+                reference[i as usize] = true;
+            }
+            for (i, want) in reference.iter().enumerate() {
+                assert_eq!(bits.get(i as u64), *want, "bit {i}");
+            }
+        }
+    }
+
+    #[test]
     fn the_rollover_counter_follows_wraps_and_late_packets_and_never_gives_an_index_twice() {
         let mut r = Rollover::default();
         assert_eq!(r.claim(65_534), Some(65_534));
@@ -629,15 +695,17 @@ mod tests {
         assert_eq!(r.claim(1), None, "used");
         assert_eq!(r.claim(0), Some(65_536), "the gap is still free");
         assert_eq!(r.claim(2), Some(65_538));
-        assert_eq!(r.claim(300), Some(65_836));
-        assert_eq!(r.claim(100), None, "200 behind: too old to know");
-        assert_eq!(r.claim(299), Some(65_835));
+        assert_eq!(r.claim(700), Some(66_236));
+        assert_eq!(r.claim(100), None, "600 behind: too old to know");
+        assert_eq!(r.claim(699), Some(66_235));
         assert_eq!(
-            r.claim(173),
-            Some(65_709),
-            "127 behind: still known, unused"
+            r.claim(189),
+            Some(65_725),
+            "511 behind: still known, unused"
         );
-        assert_eq!(r.claim(173), None, "and now used");
+        assert_eq!(r.claim(189), None, "and now used");
+        assert_eq!(r.claim(188), None, "512 behind: too old");
+        assert_eq!(r.claim(2), None, "still marked after the shifts");
         let mut fresh = Rollover::default();
         assert_eq!(fresh.claim(10), Some(10));
         assert_eq!(fresh.claim(65_000), None, "before index 0");
