@@ -144,6 +144,40 @@ pub(crate) struct Outbound<'a> {
     pub payload: &'a [u8],
 }
 
+/// RTP clock rate of every video codec (RFC 7741 for VP8); audio's differs.
+const VIDEO_CLOCK: u32 = 90_000;
+
+/// The transport-wide sequence number in a packet we built (`send`: the
+/// extension `id` as the header's only element, RFC 8285 one-byte form).
+/// The header is not encrypted, so a stored ciphertext tells it too.
+fn twcc_seq_of(packet: &[u8], id: u8) -> Option<u16> {
+    match packet {
+        [
+            b0,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            _,
+            0xbe,
+            0xde,
+            0,
+            1,
+            el,
+            hi,
+            lo,
+            ..,
+        ] if b0 & 0x1f == 0x10 && *el == id << 4 | 1 => Some(u16::from_be_bytes([*hi, *lo])),
+        _ => None,
+    }
+}
+
 /// Send records kept for transport-wide feedback: 1,024 packets, ~0.7 s
 /// of a subscriber receiving 1,500 packets/s (feedback comes every
 /// 50-100 ms), ~40 KB.
@@ -162,6 +196,12 @@ struct Sent {
     /// A feedback spoke of it (arrived or not). One that did not was
     /// covered by a feedback that got lost: unknown, not lost.
     covered: bool,
+    /// An audio packet (its loss is what pauses video, `Peer::tick`).
+    audio: bool,
+    /// Resent on a NACK: the copy carries the same transport-wide number,
+    /// so its arrival after a "lost" verdict is the repair, not the
+    /// original arriving late — the link lost it.
+    resent: bool,
 }
 
 /// What we sent under each transport-wide sequence number, for the
@@ -177,14 +217,21 @@ struct SendHistory {
     next: u64,
     highest_acked: Option<u64>,
     next_to_report: u64,
-    /// Packets feedback spoke of, once reported: [arrived, lost] (`take_acked`).
-    acked: [u64; 2],
+    /// Packets feedback spoke of, once reported: [arrived, lost], all and
+    /// audio only (`take_acked`).
+    acked: [[u64; 2]; 2],
 }
 
 impl SendHistory {
     /// Record a packet sent with transport-wide number `twcc` (numbers go
     /// up by one per packet; the first one sets the start).
-    fn add(&mut self, ssrc: u32, rtp_seq: u16, twcc: u16, size: usize, departure: Instant) {
+    fn add(
+        &mut self,
+        (ssrc, rtp_seq, audio): (u32, u16, bool),
+        twcc: u16,
+        size: usize,
+        departure: Instant,
+    ) {
         if self.slots.is_empty() {
             self.slots.resize(HISTORY_SLOTS, Sent::default());
         }
@@ -205,6 +252,8 @@ impl SendHistory {
             size: size.min(u16::MAX as usize) as u16,
             arrived: false,
             covered: false,
+            audio,
+            resent: false,
         };
     }
 
@@ -230,11 +279,15 @@ impl SendHistory {
         if reported {
             // A packet reported lost that arrived after all (sent after
             // later ones; the receiver reports it again): GCC heard its
-            // verdict, as from rtc's History, but it is not loss.
-            if arrived && r.covered && !r.arrived {
+            // verdict, as from rtc's History, but it is not loss — unless
+            // what arrived is our resend of it.
+            if arrived && r.covered && !r.arrived && !r.resent {
                 r.arrived = true;
-                self.acked[1] = self.acked[1].saturating_sub(1);
-                self.acked[0] += 1;
+                let audio = r.audio;
+                for acked in &mut self.acked[..1 + usize::from(audio)] {
+                    acked[1] = acked[1].saturating_sub(1);
+                    acked[0] += 1;
+                }
             }
             return;
         }
@@ -263,7 +316,9 @@ impl SendHistory {
             // Kept (not cleared) for a late word on it (`acknowledge`).
             let r = *slot;
             if r.covered {
-                self.acked[usize::from(!r.arrived)] += 1;
+                for acked in &mut self.acked[..1 + usize::from(r.audio)] {
+                    acked[usize::from(!r.arrived)] += 1;
+                }
             }
             if let Some(departure) = r.departure {
                 out.push(PacketReport {
@@ -281,6 +336,13 @@ impl SendHistory {
             }
         }
         self.next_to_report = self.next_to_report.max(highest + 1);
+    }
+
+    /// `seq` was resent (see [`Sent::resent`]).
+    fn mark_resent(&mut self, seq: u16) {
+        if let Some((r, _)) = self.slot(seq) {
+            r.resent = true;
+        }
     }
 
     /// Drop records sent before `cutoff` (feedback for them will not come).
@@ -345,14 +407,14 @@ impl OwnMedia {
         }
     }
 
-    /// (arrived, lost) by transport-wide feedback since the last call: the
-    /// loss on the subscriber's own downlink (a hole in a publisher's stream
-    /// is never sent, so it does not count here, unlike in the subscriber's
-    /// receiver reports). Only packets a feedback spoke of count, and one
-    /// reported lost that arrives after all counts as arrived.
-    pub(crate) fn take_acked(&mut self) -> (u64, u64) {
-        let [arrived, lost] = std::mem::take(&mut self.history.acked);
-        (arrived, lost)
+    /// [arrived, lost] by transport-wide feedback since the last call, of
+    /// all packets and of audio only: the loss on the subscriber's own
+    /// downlink (a hole in a publisher's stream is never sent, so it does
+    /// not count here, unlike in the subscriber's receiver reports). Only
+    /// packets a feedback spoke of count, and one reported lost that
+    /// arrives after all counts as arrived — unless we resent it.
+    pub(crate) fn take_acked(&mut self) -> [[u64; 2]; 2] {
+        std::mem::take(&mut self.history.acked)
     }
 
     /// The transport-wide CC extension id the subscriber's answer agreed
@@ -408,7 +470,8 @@ impl OwnMedia {
         buf.truncate(total);
         if ext.is_some() {
             self.twcc_seq = twcc.wrapping_add(1);
-            self.history.add(p.ssrc, p.seq, twcc, total, now);
+            let audio = track.clock_rate != VIDEO_CLOCK;
+            self.history.add((p.ssrc, p.seq, audio), twcc, total, now);
         }
         track.packets = track.packets.wrapping_add(1);
         track.octets = track.octets.wrapping_add(p.payload.len() as u32);
@@ -453,6 +516,9 @@ impl OwnMedia {
         }
         if !limit.allow(ssrc, seq, bytes.len(), now) {
             return;
+        }
+        if let Some(twcc) = self.twcc_ext.and_then(|id| twcc_seq_of(bytes, id)) {
+            self.history.mark_resent(twcc);
         }
         self.resent += 1;
         let mut message = pool.take(bytes.len());
@@ -618,7 +684,7 @@ mod tests {
                     (round * 25 + i) as u16,
                     900 + i as usize,
                 );
-                ours.add(ssrc, seq, twcc, size, at);
+                ours.add((ssrc, seq, false), twcc, size, at);
                 theirs.add_outgoing(ssrc, seq, true, twcc, size, at);
                 twcc = twcc.wrapping_add(1);
             }
@@ -663,12 +729,13 @@ mod tests {
         let t0 = Instant::now();
         let mut h = SendHistory::default();
         for i in 0..30u16 {
+            // Every third packet audio.
+            let at = t0 + Duration::from_millis(u64::from(i));
             h.add(
-                7,
-                i,
+                (7 + u32::from(i % 3 == 0), i, i % 3 == 0),
                 100 + i,
                 1000,
-                t0 + Duration::from_millis(u64::from(i)),
+                at,
             );
         }
         // Feedback A (0-9: 3 lost) arrives; feedback B (10-19) is lost on the
@@ -683,7 +750,11 @@ mod tests {
         }
         let mut out = Vec::new();
         h.take_reports(&mut out);
-        assert_eq!(h.acked, [16, 4], "arrived, lost");
+        assert_eq!(
+            h.acked,
+            [[16, 4], [6, 1]],
+            "arrived, lost; audio (0, 3, …, 27)"
+        );
         assert_eq!(out.len(), 30, "GCC hears of all, as from rtc's History");
         assert_eq!(out.iter().filter(|r| !r.arrived).count(), 14);
         // 24 arrives after all (held behind later ones): reported again.
@@ -692,7 +763,47 @@ mod tests {
         h.acknowledge(125, true, Some(Duration::from_millis(45)));
         h.take_reports(&mut out);
         assert!(out.is_empty(), "nothing reported twice to GCC");
-        assert_eq!(h.acked, [17, 3], "arrived, lost");
+        assert_eq!(h.acked, [[17, 3], [7, 0]], "arrived, lost (24 is audio)");
+        // 5 was resent on a NACK: its copy arriving is the repair, the link
+        // lost the original — still lost. 2 arrives late by itself.
+        h.mark_resent(105);
+        h.acknowledge(105, true, Some(Duration::from_millis(90)));
+        h.acknowledge(102, true, Some(Duration::from_millis(91)));
+        assert_eq!(h.acked, [[18, 2], [7, 0]], "only 2 turned into arrived");
+    }
+
+    #[test]
+    fn the_transport_wide_number_is_read_back_from_a_packet_we_built() {
+        let mut own = own(&[1; 16], &[2; 12]);
+        own.set_twcc_ext(Some(5));
+        let mut track = TrackOut::new(90_000, Some(4));
+        let mut pool = BufferPool::default();
+        let now = Instant::now();
+        for seq in 0..3u16 {
+            let p = Outbound {
+                ssrc: 7,
+                seq,
+                timestamp: 1,
+                marker: false,
+                payload_type: 96,
+                payload: &[1; 50],
+            };
+            own.send(&mut track, &p, (Some(path()), &mut pool), now);
+        }
+        let first = own.poll().unwrap().message;
+        let second = own.poll().unwrap().message;
+        let a = twcc_seq_of(&first, 5).expect("ours");
+        assert_eq!(twcc_seq_of(&second, 5), Some(a.wrapping_add(1)));
+        assert_eq!(twcc_seq_of(&first, 4), None, "another id");
+        assert_eq!(twcc_seq_of(&first[..18], 5), None, "cut");
+        // A resend marks the record, so a late "arrived" for it stays loss.
+        let mut limit = RetransmitLimit::default();
+        limit.set_media_rate(10_000_000);
+        own.resend((&track, 7, 1), (Some(path()), &mut pool), &mut limit, now);
+        let (r, _) = own.history.slot(a.wrapping_add(1)).expect("held");
+        assert!(r.resent);
+        let (r, _) = own.history.slot(a).expect("held");
+        assert!(!r.resent);
     }
 
     /// Feedback read by `rtcp_in` moves the send history and GCC exactly
@@ -712,7 +823,8 @@ mod tests {
             for i in 0..14u16 {
                 let at = t0 + Duration::from_millis(u64::from(round * 14 + i));
                 for own in [&mut theirs, &mut ours] {
-                    own.history.add(9, i, first.wrapping_add(i), 1000, at);
+                    own.history
+                        .add((9, i, false), first.wrapping_add(i), 1000, at);
                 }
             }
             // A 2-bit vector per 7 packets: lost, small and large deltas.

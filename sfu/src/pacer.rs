@@ -184,15 +184,20 @@ const RECENT_SLOTS: usize = 128;
 /// 350 kbit/s cap, ~1 400 retransmitted video packets a second (over
 /// 400 kbit/s, more than the link) for ~140 kbit/s of media; the storm
 /// caused the loss it was repairing and video stalled. Here a packet is
-/// resent at most once per interval — [`RESEND_INTERVAL`], or the
-/// subscriber's round-trip time when longer (up to [`MAX_RESEND_INTERVAL`]):
-/// a browser asks again every round trip, before a resend could arrive, and
-/// answering each spent the budget on copies — and all retransmissions
-/// together stay within [`RETRANSMIT_SHARE`] of the media rate.
+/// resent at most once per interval — [`RESEND_INTERVAL`], or three
+/// quarters of the subscriber's smoothed round-trip time when longer (up to
+/// [`MAX_RESEND_INTERVAL`]): a NACK repeated before our resend could have
+/// arrived is a copy, and answering each spent the budget on copies; a
+/// browser's own retry comes a round trip after its last NACK (libwebrtc),
+/// i.e. about a round trip after our resend, past the interval with a
+/// margin, so a lost resend is replaced — and all retransmissions together
+/// stay within [`RETRANSMIT_SHARE`] of the media rate.
 #[derive(Debug)]
 pub(crate) struct RetransmitLimit {
     rate: f64,
     interval: Duration,
+    /// Smoothed round-trip time (RFC 6298's gain of 1/8), once measured.
+    srtt: Option<Duration>,
     tokens: f64,
     last: Option<Instant>,
     /// (ssrc, seq, when) of recent retransmissions, hashed by seq.
@@ -206,6 +211,7 @@ impl Default for RetransmitLimit {
         RetransmitLimit {
             rate: MIN_RETRANSMIT_BPS / 8.0,
             interval: RESEND_INTERVAL,
+            srtt: None,
             tokens: 0.0,
             last: None,
             recent: [(0, 0, None); RECENT_SLOTS],
@@ -226,9 +232,34 @@ impl RetransmitLimit {
         self.interval
     }
 
-    /// The subscriber's round-trip time, from its receiver reports.
+    /// A round-trip time measured to the subscriber (its receiver reports).
     pub(crate) fn set_rtt(&mut self, rtt: Duration) {
-        self.interval = rtt.clamp(RESEND_INTERVAL, MAX_RESEND_INTERVAL);
+        let srtt = self.srtt.map_or(rtt, |s| (s * 7 + rtt) / 8);
+        self.srtt = Some(srtt);
+        self.interval = (srtt * 3 / 4).clamp(RESEND_INTERVAL, MAX_RESEND_INTERVAL);
+    }
+
+    /// May the video packet `seq` of `ssrc` (`len` bytes) the pacer was
+    /// handed go, by what it is. `resend`: `Some(true)`, a resend our
+    /// media path budgeted when it answered the NACK (`OwnMedia::resend`);
+    /// `Some(false)`, sent for the first time — late unless `newest` (a
+    /// publisher's repair of its uplink loss): noted, never refused;
+    /// `None` (rtc's media path, which does not say): a resend unless
+    /// `newest`, budgeted here.
+    pub(crate) fn admit(
+        &mut self,
+        (resend, newest): (Option<bool>, bool),
+        (ssrc, seq, len): (u32, u16, usize),
+        now: Instant,
+    ) -> bool {
+        match resend {
+            None if !newest => self.allow(ssrc, seq, len, now),
+            Some(false) if !newest => {
+                self.note_first_send(ssrc, seq, now);
+                true
+            }
+            _ => true,
+        }
     }
 
     /// A late packet sent for the first time: not budgeted, but a NACK for
@@ -475,7 +506,7 @@ mod tests {
     #[test]
     fn a_packet_is_resent_at_most_once_per_round_trip_within_bounds() {
         let t0 = Instant::now();
-        for (rtt, interval) in [(10, 40), (120, 120), (2_000, 300)] {
+        for (rtt, interval) in [(10, 40), (120, 90), (2_000, 300)] {
             let mut r = RetransmitLimit::default();
             r.set_media_rate(4_000_000);
             r.set_rtt(Duration::from_millis(rtt));
@@ -489,6 +520,24 @@ mod tests {
                 "rtt {rtt} ms"
             );
         }
+    }
+
+    #[test]
+    fn the_interval_follows_a_smoothed_round_trip_not_one_sample() {
+        let mut r = RetransmitLimit::default();
+        r.set_rtt(Duration::from_millis(100));
+        assert_eq!(r.interval(), Duration::from_millis(75));
+        // One report delayed by a second moves it by an eighth.
+        r.set_rtt(Duration::from_millis(1_100));
+        assert_eq!(r.interval(), Duration::from_micros(168_750));
+        for _ in 0..40 {
+            r.set_rtt(Duration::from_millis(100));
+        }
+        assert!(
+            r.interval() <= Duration::from_millis(76),
+            "{:?}",
+            r.interval()
+        );
     }
 
     #[test]
@@ -511,5 +560,41 @@ mod tests {
         r.note_first_send(7, 3000, later);
         assert!(!r.allow(7, 3000, 1200, later + 10 * MS));
         assert!(r.allow(7, 3000, 1200, later + 60 * MS));
+    }
+
+    #[test]
+    fn what_the_pacer_admits_by_what_a_packet_is() {
+        let mut r = RetransmitLimit::default();
+        let t0 = Instant::now();
+        // Spend the budget.
+        let mut i = 0u16;
+        while r.allow(7, 1000 + i, 1200, t0) {
+            i += 1;
+        }
+        let (sent, suppressed) = (r.sent, r.suppressed);
+        // Late first sends and resends budgeted already: all go, none
+        // counted against the (empty) budget.
+        for seq in 0..20u16 {
+            assert!(
+                r.admit((Some(false), false), (7, seq, 1200), t0),
+                "late first send"
+            );
+            assert!(
+                r.admit((Some(true), false), (7, 500 + seq, 1200), t0),
+                "budgeted resend"
+            );
+            assert!(
+                r.admit((None, true), (7, 600 + seq, 1200), t0),
+                "rtc's newest"
+            );
+        }
+        assert_eq!((r.sent, r.suppressed), (sent, suppressed));
+        // rtc's resends are budgeted here: refused while it is empty.
+        assert!(!r.admit((None, false), (7, 700, 1200), t0));
+        assert_eq!(r.suppressed, suppressed + 1);
+        // And a NACK crossing a late first send waits out the interval.
+        let later = t0 + Duration::from_secs(2);
+        assert!(r.admit((Some(false), false), (7, 800, 1200), later));
+        assert!(!r.allow(7, 800, 1200, later + 10 * MS));
     }
 }

@@ -1494,15 +1494,9 @@ impl Peer {
         self.wire.2 += 1;
         let seq = u16::from_be_bytes([msg.message[2], msg.message[3]]);
         let newest = o.wire_high.is_none_or(|high| seq_newer(seq, high));
-        match resend {
-            // Budgeted when the NACK was answered (`OwnMedia::resend`).
-            Some(true) => {}
-            None if !newest && !self.retransmit.allow(o.rewriter.ssrc(), seq, len, now) => {
-                return None;
-            }
-            None if !newest => {}
-            _ if !newest => self.retransmit.note_first_send(o.rewriter.ssrc(), seq, now),
-            _ => {}
+        let what = (o.rewriter.ssrc(), seq, len);
+        if !self.retransmit.admit((resend, newest), what, now) {
+            return None;
         }
         if newest {
             o.wire_high = Some(seq);
@@ -1796,10 +1790,19 @@ impl Peer {
         // transport-wide feedback counts only what we sent. Downgrading this
         // subscriber for the publisher's uplink cost it a keyframe wait per
         // step (degraded browser test: 720p -> 180p over a clean downlink).
-        let (arrived, lost) = self.own.as_mut().map_or((0, 0), |own| own.take_acked());
+        let [[arrived, lost], [audio_arrived, audio_lost]] = self
+            .own
+            .as_mut()
+            .map_or([[0; 2]; 2], |own| own.take_acked());
+        let loss_of = |arrived: u64, lost: u64| {
+            let total = arrived + lost;
+            (total >= MIN_ACKED_FOR_LOSS).then(|| crate::media_in::fraction_lost(lost, total))
+        };
         let total = arrived + lost;
-        let twcc_loss =
-            (total >= MIN_ACKED_FOR_LOSS).then(|| crate::media_in::fraction_lost(lost, total));
+        let twcc_loss = loss_of(arrived, lost);
+        // Audio's own: heavy loss of video (a keyframe burst) is not audio
+        // suffering, and pausing video for it is what `allocate` avoids.
+        let twcc_audio_loss = loss_of(audio_arrived, audio_lost);
         let (worst_loss, worst_audio_loss) = (
             std::mem::take(&mut self.worst_loss),
             std::mem::take(&mut self.worst_audio_loss),
@@ -1812,7 +1815,7 @@ impl Peer {
                 self.participant
             );
         }
-        if twcc_loss.unwrap_or(worst_audio_loss) > LOSS_HIGH {
+        if twcc_audio_loss.unwrap_or(worst_audio_loss) > LOSS_HIGH {
             self.lossy_at = Some(now);
         }
         self.loss_cap.update(
