@@ -338,6 +338,11 @@ impl SendHistory {
         self.next_to_report = self.next_to_report.max(highest + 1);
     }
 
+    /// Did a feedback report `seq` as arrived?
+    fn arrived(&mut self, seq: u16) -> bool {
+        self.slot(seq).is_some_and(|(r, _)| r.covered && r.arrived)
+    }
+
     /// `seq` was resent (see [`Sent::resent`]).
     fn mark_resent(&mut self, seq: u16) {
         if let Some((r, _)) = self.slot(seq) {
@@ -385,6 +390,10 @@ pub(crate) struct OwnMedia {
     /// (or never) in it.
     pub resent: u64,
     pub not_held: u64,
+    /// NACKed packets the subscriber's transport-wide feedback had already
+    /// reported as arrived (reordered on the way, NACKed before they came):
+    /// not resent.
+    pub arrived_already: u64,
     /// Transport-wide CC feedback packets taken in.
     pub feedbacks: u64,
 }
@@ -403,6 +412,7 @@ impl OwnMedia {
             dropped: 0,
             resent: 0,
             not_held: 0,
+            arrived_already: 0,
             feedbacks: 0,
         }
     }
@@ -514,10 +524,18 @@ impl OwnMedia {
             self.dropped += 1;
             return;
         }
+        let twcc = self.twcc_ext.and_then(|id| twcc_seq_of(bytes, id));
+        // A browser NACKs a packet that comes out of order before it
+        // comes; if its feedback has said since that it arrived, a resend
+        // is a copy (5 % loss with ±5 ms jitter: about half the NACKs).
+        if twcc.is_some_and(|t| self.history.arrived(t)) {
+            self.arrived_already += 1;
+            return;
+        }
         if !limit.allow(ssrc, seq, bytes.len(), now) {
             return;
         }
-        if let Some(twcc) = self.twcc_ext.and_then(|id| twcc_seq_of(bytes, id)) {
+        if let Some(twcc) = twcc {
             self.history.mark_resent(twcc);
         }
         self.resent += 1;
@@ -804,6 +822,12 @@ mod tests {
         assert!(r.resent);
         let (r, _) = own.history.slot(a).expect("held");
         assert!(!r.resent);
+        // A NACK for a packet the feedback has reported as arrived (it came
+        // out of order, after the NACK left): no copy.
+        own.history
+            .acknowledge(a.wrapping_add(2), true, Some(Duration::from_millis(5)));
+        own.resend((&track, 7, 2), (Some(path()), &mut pool), &mut limit, now);
+        assert_eq!((own.resent, own.arrived_already), (1, 1));
     }
 
     /// Feedback read by `rtcp_in` moves the send history and GCC exactly

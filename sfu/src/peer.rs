@@ -1775,12 +1775,13 @@ impl Peer {
         let (packets, bytes, video) = std::mem::take(&mut self.wire);
         log::trace!(
             "participant {}: {packets} datagrams written ({} kbit/s, {video} video \
-             while pacing, resent {} suppressed {} at most every {} ms), media forwarded {} \
-             kbit/s, pacer holds {} B",
+             while pacing, resent {} suppressed {} ({} over budget) at most every {} ms), media \
+             forwarded {} kbit/s, pacer holds {} B",
             self.participant,
             bytes * 8 / ms,
             self.retransmit.sent,
             self.retransmit.suppressed,
+            std::mem::take(&mut self.retransmit.over_budget),
             self.retransmit.interval().as_millis(),
             self.sent_rate / 1000,
             self.pacer.queued(),
@@ -1859,11 +1860,12 @@ impl Peer {
             own.tick(now);
             log::trace!(
                 "participant {}: own media path: {} feedback packets, {} resent, {} NACKed \
-                 but not held, {} refused",
+                 but not held, {} NACKed after arriving, {} refused",
                 self.participant,
                 own.feedbacks,
                 own.resent,
                 own.not_held,
+                own.arrived_already,
                 own.dropped
             );
             // Sender reports for what we sent (rtc's are off on this
