@@ -797,17 +797,7 @@ mod tests {
         let mut track = TrackOut::new(90_000, Some(4));
         let mut pool = BufferPool::default();
         let now = Instant::now();
-        for seq in 0..3u16 {
-            let p = Outbound {
-                ssrc: 7,
-                seq,
-                timestamp: 1,
-                marker: false,
-                payload_type: 96,
-                payload: &[1; 50],
-            };
-            own.send(&mut track, &p, (Some(path()), &mut pool), now);
-        }
+        send_video(&mut own, &mut track, 0..3, &[1; 50], now);
         let first = own.poll().unwrap().message;
         let second = own.poll().unwrap().message;
         let a = twcc_seq_of(&first, 5).expect("ours");
@@ -1033,23 +1023,33 @@ mod tests {
         assert_eq!(own.not_held, 1);
     }
 
-    /// Sends packets 0..n (`len` payload bytes) of a video track with a
-    /// resend ring, and empties the queue.
-    fn sent_video(own: &mut OwnMedia, n: u16, len: usize, now: Instant) -> TrackOut {
-        let mut track = TrackOut::new(90_000, Some(16));
+    /// Sends packets `seqs` of the video track SSRC 7 with `payload`.
+    fn send_video(
+        own: &mut OwnMedia,
+        track: &mut TrackOut,
+        seqs: std::ops::Range<u16>,
+        payload: &[u8],
+        now: Instant,
+    ) {
         let mut pool = BufferPool::default();
-        let payload = vec![9u8; len];
-        for seq in 0..n {
+        for seq in seqs {
             let p = Outbound {
                 ssrc: 7,
                 seq,
                 timestamp: 1,
                 marker: false,
                 payload_type: 96,
-                payload: &payload,
+                payload,
             };
-            own.send(&mut track, &p, (Some(path()), &mut pool), now);
+            own.send(track, &p, (Some(path()), &mut pool), now);
         }
+    }
+
+    /// Sends packets 0..n (`len` payload bytes) of a video track with a
+    /// resend ring, and empties the queue.
+    fn sent_video(own: &mut OwnMedia, n: u16, len: usize, now: Instant) -> TrackOut {
+        let mut track = TrackOut::new(90_000, Some(16));
+        send_video(own, &mut track, 0..n, &vec![9u8; len], now);
         while own.poll().is_some() {}
         track
     }
