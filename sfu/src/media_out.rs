@@ -144,6 +144,24 @@ pub(crate) struct Outbound<'a> {
     pub payload: &'a [u8],
 }
 
+/// A NACK for a packet sent less than this long ago that no feedback has
+/// spoken of yet waits for the browser to ask again (`OwnMedia::resend`):
+/// about a round trip on a LAN or a DSL line, where the feedback lags the
+/// NACK; on longer paths the packet is older than this when its NACK
+/// comes, and is answered at once.
+const NACK_PATIENCE: Duration = Duration::from_millis(100);
+
+/// What a subscriber's feedback said of a packet we sent.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// It arrived.
+    Arrived,
+    /// Nothing yet, and it left less than [`NACK_PATIENCE`] ago.
+    Pending,
+    /// Lost, or no word and older, or no record.
+    Unknown,
+}
+
 /// RTP clock rate of every video codec (RFC 7741 for VP8); audio's differs.
 const VIDEO_CLOCK: u32 = 90_000;
 
@@ -338,9 +356,19 @@ impl SendHistory {
         self.next_to_report = self.next_to_report.max(highest + 1);
     }
 
-    /// Did a feedback report `seq` as arrived?
-    fn arrived(&mut self, seq: u16) -> bool {
-        self.slot(seq).is_some_and(|(r, _)| r.covered && r.arrived)
+    /// What the feedback said of `seq` so far, at `now`.
+    fn verdict(&mut self, seq: u16, now: Instant) -> Verdict {
+        match self.slot(seq) {
+            Some((r, _)) if r.covered && r.arrived => Verdict::Arrived,
+            Some((r, _))
+                if !r.covered
+                    && r.departure
+                        .is_some_and(|d| now.saturating_duration_since(d) < NACK_PATIENCE) =>
+            {
+                Verdict::Pending
+            }
+            _ => Verdict::Unknown,
+        }
     }
 
     /// `seq` was resent (see [`Sent::resent`]).
@@ -394,6 +422,9 @@ pub(crate) struct OwnMedia {
     /// reported as arrived (reordered on the way, NACKed before they came):
     /// not resent.
     pub arrived_already: u64,
+    /// NACKed packets no feedback had spoken of yet, sent less than
+    /// [`NACK_PATIENCE`] ago: not answered yet (see `resend`).
+    pub too_early: u64,
     /// Transport-wide CC feedback packets taken in.
     pub feedbacks: u64,
 }
@@ -413,6 +444,7 @@ impl OwnMedia {
             resent: 0,
             not_held: 0,
             arrived_already: 0,
+            too_early: 0,
             feedbacks: 0,
         }
     }
@@ -526,11 +558,24 @@ impl OwnMedia {
         }
         let twcc = self.twcc_ext.and_then(|id| twcc_seq_of(bytes, id));
         // A browser NACKs a packet that comes out of order before it
-        // comes; if its feedback has said since that it arrived, a resend
-        // is a copy (5 % loss with ±5 ms jitter: about half the NACKs).
-        if twcc.is_some_and(|t| self.history.arrived(t)) {
-            self.arrived_already += 1;
-            return;
+        // comes. If its transport-wide feedback has said since that the
+        // packet arrived, a resend is a copy; if no feedback has spoken of
+        // it yet and it left less than NACK_PATIENCE ago, it may be on its
+        // way: the browser asks again a round trip later if not, and by
+        // then the feedback tells. In the 5 % browser scenario (±5 ms of
+        // jitter reorders the downlink) most NACKs were for packets the
+        // feedback later reported as arrived, and their copies spent the
+        // budget that real repairs then lacked.
+        match twcc.map(|t| self.history.verdict(t, now)) {
+            Some(Verdict::Arrived) => {
+                self.arrived_already += 1;
+                return;
+            }
+            Some(Verdict::Pending) => {
+                self.too_early += 1;
+                return;
+            }
+            _ => {}
         }
         if !limit.allow(ssrc, seq, bytes.len(), now) {
             return;
@@ -807,6 +852,7 @@ mod tests {
         // A resend marks the record, so a late "arrived" for it stays loss.
         let mut limit = RetransmitLimit::default();
         limit.set_media_rate(10_000_000);
+        own.history.acknowledge(a.wrapping_add(1), false, None);
         own.resend((&track, 7, 1), (Some(path()), &mut pool), &mut limit, now);
         let (r, _) = own.history.slot(a.wrapping_add(1)).expect("held");
         assert!(r.resent);
@@ -818,6 +864,36 @@ mod tests {
             .acknowledge(a.wrapping_add(2), true, Some(Duration::from_millis(5)));
         own.resend((&track, 7, 2), (Some(path()), &mut pool), &mut limit, now);
         assert_eq!((own.resent, own.arrived_already), (1, 1));
+    }
+
+    #[test]
+    fn a_nack_for_a_fresh_packet_no_feedback_spoke_of_waits_for_the_next_ask() {
+        let mut own = own(&[1; 16], &[2; 12]);
+        own.set_twcc_ext(Some(5));
+        let mut track = TrackOut::new(90_000, Some(8));
+        let t0 = Instant::now();
+        send_video(&mut own, &mut track, 0..4, &[1; 50], t0);
+        let first = own.poll().unwrap().message;
+        let a = twcc_seq_of(&first, 5).expect("ours");
+        while own.poll().is_some() {}
+        let mut limit = RetransmitLimit::default();
+        limit.set_media_rate(10_000_000);
+        let mut pool = BufferPool::default();
+        let mut nack = |own: &mut OwnMedia, seq, at| {
+            own.resend((&track, 7, seq), (Some(path()), &mut pool), &mut limit, at)
+        };
+        // 40 ms after it left, no feedback yet: maybe reordered, not answered.
+        nack(&mut own, 1, t0 + Duration::from_millis(40));
+        assert_eq!((own.resent, own.too_early), (0, 1));
+        // The feedback says 1 was lost: the next ask is answered.
+        own.history.acknowledge(a.wrapping_add(1), false, None);
+        nack(&mut own, 1, t0 + Duration::from_millis(80));
+        assert_eq!(own.resent, 1, "lost by the feedback's word");
+        // No feedback about 3 at all (lost too): answered once older.
+        nack(&mut own, 3, t0 + Duration::from_millis(99));
+        assert_eq!((own.resent, own.too_early), (1, 2));
+        nack(&mut own, 3, t0 + Duration::from_millis(100));
+        assert_eq!(own.resent, 2, "old enough: answered without a word");
     }
 
     /// Feedback read by `rtcp_in` moves the send history and GCC exactly

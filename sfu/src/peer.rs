@@ -1860,12 +1860,13 @@ impl Peer {
             own.tick(now);
             log::trace!(
                 "participant {}: own media path: {} feedback packets, {} resent, {} NACKed \
-                 but not held, {} NACKed after arriving, {} refused",
+                 but not held, {} NACKed after arriving, {} NACKed before any feedback, {} refused",
                 self.participant,
                 own.feedbacks,
                 own.resent,
                 own.not_held,
                 own.arrived_already,
+                own.too_early,
                 own.dropped
             );
             // Sender reports for what we sent (rtc's are off on this
