@@ -510,7 +510,7 @@ impl OwnPath {
         let path = (Some(own_path_to()), &mut self.pool);
         let limit = &mut self.limit;
         self.own
-            .resend((&self.track, 1, seq), path, limit, self.now);
+            .resend((&self.track, OWN_SSRC, seq), path, limit, self.now);
     }
 
     /// Raw RTCP from the subscriber (after SRTCP): transport-wide

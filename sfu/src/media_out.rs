@@ -144,6 +144,11 @@ pub(crate) struct Outbound<'a> {
     pub payload: &'a [u8],
 }
 
+/// Sequence numbers of one NACK looked at, at most: four times the resend
+/// ring a peer keeps (`peer::RESEND_SLOTS`); a NACK packet of 1,200 bytes
+/// can name ~5,000, most of them necessarily not held or named twice.
+const NACKED_PER_PACKET: usize = 4 * crate::peer::RESEND_SLOTS as usize;
+
 /// A NACK for a packet sent less than this long ago that no feedback has
 /// spoken of yet waits for the browser to ask again (`OwnMedia::resend`):
 /// about a round trip on a LAN or a DSL line, where the feedback lags the
@@ -532,6 +537,24 @@ impl OwnMedia {
             message: buf,
         });
         total
+    }
+
+    /// A NACK from the subscriber naming `seqs` of the track `ssrc`: each
+    /// answered as [`resend`](Self::resend) decides, the first
+    /// [`NACKED_PER_PACKET`] only.
+    pub(crate) fn answer_nack(
+        &mut self,
+        (track, ssrc): (&TrackOut, u32),
+        seqs: impl Iterator<Item = u16>,
+        path: Option<TransportContext>,
+        limit: &mut RetransmitLimit,
+        now: Instant,
+    ) {
+        // Rare: fresh buffers, not the worker's pool.
+        let pool = &mut BufferPool::default();
+        for seq in seqs.take(NACKED_PER_PACKET) {
+            self.resend((track, ssrc, seq), (path, pool), limit, now);
+        }
     }
 
     /// A NACK for `seq` of the track `ssrc`: its ciphertext again, as

@@ -94,11 +94,7 @@ const NACK_HISTORY: u16 = 256;
 /// ~1 s of a 1.2 Mbit/s one, many round trips for a NACK to come back.
 /// Half of rtc's figure above, to keep a participant's memory under
 /// Janus's (each slot holds a whole packet, ~1.2 KB).
-const RESEND_SLOTS: u16 = 128;
-/// Sequence numbers of one NACK looked at, at most: four times what the
-/// resend ring holds (a NACK packet of 1,200 bytes can name ~5,000, most
-/// of them necessarily not held or named twice).
-const NACKED_PER_PACKET: usize = 4 * RESEND_SLOTS as usize;
+pub(crate) const RESEND_SLOTS: u16 = 128;
 /// Decrypted packets waiting for `drain` (the worker drains after every
 /// read, so one is the norm; bounded against a caller that does not).
 const MEDIA_IN_MAX: usize = 64;
@@ -1189,13 +1185,8 @@ impl Peer {
                     self.outgoing.iter().find(ours(nack.media_ssrc)),
                 ) {
                     self.quality.nacks += 1;
-                    // Rare: fresh buffers, not the worker's pool.
-                    let pool = &mut BufferPool::default();
-                    for seq in nack.seqs().take(NACKED_PER_PACKET) {
-                        let track = (&o.out, nack.media_ssrc, seq);
-                        let limit = &mut self.retransmit;
-                        own.resend(track, (self.media_to, pool), limit, now);
-                    }
+                    let track = (&o.out, nack.media_ssrc);
+                    own.answer_nack(track, nack.seqs(), self.media_to, &mut self.retransmit, now);
                 }
             }
             Rtcp::Pli { media_ssrc: ssrc } | Rtcp::Fir { ssrc } => {
@@ -1664,14 +1655,10 @@ impl Peer {
                                     .iter()
                                     .find(|o| o.rewriter.ssrc() == nack.media_ssrc)
                             {
-                                // Rare: fresh buffers, not the worker's pool.
-                                let pool = &mut BufferPool::default();
                                 let seqs = nack.nacks.iter().flat_map(|pair| pair.into_iter());
-                                for seq in seqs.take(NACKED_PER_PACKET) {
-                                    let track = (&o.out, nack.media_ssrc, seq);
-                                    let limit = &mut self.retransmit;
-                                    own.resend(track, (self.media_to, pool), limit, now);
-                                }
+                                let track = (&o.out, nack.media_ssrc);
+                                let limit = &mut self.retransmit;
+                                own.answer_nack(track, seqs, self.media_to, limit, now);
                             }
                         }
                     }
