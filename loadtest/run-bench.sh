@@ -60,7 +60,8 @@
 # Janus too), KEEP_CG=1 (keep the callgrind files for callgrind_annotate),
 # NO_CALLGRIND=1 (skip the callgrind step in --compare),
 # NO_BUILD=1 (use the binaries already in target/release), NO_JANUS=1 (skip
-# Janus in --smoke).
+# Janus in --smoke), GEN_EXTRA (more generator flags: --rtc-media for the
+# generator's media through rtc's pipeline, as before it had its own path).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -106,6 +107,10 @@ else
 fi
 GEN_ARGS=(--threads "${GEN_THREADS:-1}" --probe-packets "${PROBE_PACKETS:-20}"
     --probe-every "$PROBE_EVERY" --rx-drop "$RX_DROP")
+# GEN_EXTRA: more generator flags, e.g. --rtc-media (the generator's media
+# through rtc's pipeline, as before it had its own path).
+read -r -a EXTRA <<< "${GEN_EXTRA:-}"
+GEN_ARGS+=("${EXTRA[@]}")
 
 # Pinning: the server under test on one core, the generator on another.
 SERVER_CPU=${SERVER_CPU:-0}

@@ -150,6 +150,11 @@ struct Common {
     /// feedback from the server to publishers), no padding, no drops.
     #[arg(long)]
     legacy_peers: bool,
+    /// Media through rtc's RTP pipeline and interceptors, as the generator
+    /// did before it had its own path (`sfu::endpoint`): for A/B runs of
+    /// the generator's own cost. Implied by --legacy-peers.
+    #[arg(long)]
+    rtc_media: bool,
     /// Exit 3 unless the peers sent TWCC feedback, received TWCC feedback
     /// and sent padding in the window (CI: the browser-like behaviour
     /// really happened).
@@ -506,6 +511,7 @@ fn scenario(c: Common, s: Scenario) -> ExitCode {
                 probe_packets: 0,
                 rx_drop: 0.0,
                 twcc_send: false,
+                own_media: false,
                 ..Behaviour::default()
             }
         } else {
@@ -514,6 +520,7 @@ fn scenario(c: Common, s: Scenario) -> ExitCode {
                 probe_packets: c.probe_packets.min(1000),
                 rx_drop: c.rx_drop.clamp(0.0, 0.5),
                 twcc_send: true,
+                own_media: !c.rtc_media,
             }
         },
         callgrind: c.callgrind,

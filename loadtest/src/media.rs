@@ -53,6 +53,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use sfu::endpoint::{Endpoint, Read, RtpOut};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::ErrorKind;
@@ -64,6 +65,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 const WAKE: Token = Token(usize::MAX);
+/// Capacity of the datagram buffers of our own media path.
+const RX_BUFFER: usize = 2048;
 const HOUSEKEEPING: Duration = Duration::from_millis(10);
 const FLUSH: Duration = Duration::from_millis(200);
 const OPUS_INTERVAL: Duration = Duration::from_millis(20);
@@ -95,6 +98,11 @@ pub struct Behaviour {
     /// publishers no TWCC feedback). False only for A/B runs against the
     /// generator as it was before (`--legacy-peers`).
     pub twcc_send: bool,
+    /// Media on our own path once DTLS is done (`sfu::endpoint`: our SRTP
+    /// and SRTCP, feedback, NACKs and reports) instead of rtc's RTP
+    /// pipeline and interceptors, which cost the generator ~4x what the
+    /// server spends per packet and saturated its core first.
+    pub own_media: bool,
 }
 
 impl Default for Behaviour {
@@ -104,6 +112,7 @@ impl Default for Behaviour {
             probe_packets: 20,
             rx_drop: 0.0,
             twcc_send: true,
+            own_media: true,
         }
     }
 }
@@ -323,6 +332,15 @@ pub struct Acc {
 }
 
 impl Acc {
+    /// What an own-path peer counted on the wire (`sfu::endpoint`; rtc
+    /// peers' is counted by the [`WireTap`]).
+    fn add_wire(&mut self, c: sfu::endpoint::Counters) {
+        self.twcc_sent += c.twcc_sent;
+        self.twcc_received += c.twcc_received;
+        self.nacks_sent += c.nacks_sent;
+        self.padding_sent += c.padding_sent;
+    }
+
     pub fn merge(&mut self, o: &Acc) {
         self.latency.merge(&o.latency);
         self.join.merge(&o.join);
@@ -375,6 +393,8 @@ impl MediaThread {
             schedule: BinaryHeap::new(),
             acc: Acc::default(),
             buf: vec![0; 2048],
+            rx: BytesMut::with_capacity(RX_BUFFER),
+            tx: BytesMut::with_capacity(RX_BUFFER),
             fill: (0..1500u32)
                 .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
                 .collect(),
@@ -496,6 +516,13 @@ struct Peer {
     /// Payload types of the video we receive (from the remote SDP), for
     /// `Behaviour::rx_drop`.
     rx_video_pts: Vec<u8>,
+    /// The other side's last offer or answer (its transport-wide CC
+    /// extension id, for our own media path).
+    remote_sdp: String,
+    /// Where the server's datagrams come from (our media goes there).
+    remote: Option<SocketAddr>,
+    /// Our own media path, from DTLS completion on (`Behaviour::own_media`).
+    endpoint: Option<Box<Endpoint>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -519,6 +546,10 @@ struct Worker {
     schedule: BinaryHeap<Reverse<(Instant, usize, u64, Kind)>>,
     acc: Acc,
     buf: Vec<u8>,
+    /// A received datagram for our own media path (reclaimed after use),
+    /// and the buffer we build an outgoing one in.
+    rx: BytesMut,
+    tx: BytesMut,
     fill: Vec<u8>,
     seed: u64,
 }
@@ -541,12 +572,16 @@ fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str, pt: u8) -> RTCR
 /// VP8, rtc's default interceptors (NACK generator and responder, RTCP
 /// reports, TWCC feedback for what we receive) plus, as browsers do,
 /// transport-wide sequence numbers on what we send (rtc's default is
-/// receiver-only TWCC), and the counting [`WireTap`].
+/// receiver-only TWCC), and the counting [`WireTap`]. With our own media
+/// path (`Behaviour::own_media`) the same SDP, but no interceptor at all:
+/// rtc then sends no RTP or RTCP (the `Endpoint` does), as the safety rule
+/// of `sfu::endpoint` asks.
 fn new_pc(
     now: Instant,
     wire: &Arc<WireCounters>,
-    twcc_send: bool,
+    b: Behaviour,
 ) -> Result<RTCPeerConnection, String> {
+    let twcc_send = b.twcc_send;
     let mut media = MediaEngine::default();
     media
         .register_codec(
@@ -576,11 +611,17 @@ fn new_pc(
         configure_twcc_receiver_only(registry, &mut media)
     }
     .map_err(|e| e.to_string())?;
-    let registry =
-        configure_rtcp_reports(registry).with(Slot::from(500), WireTap::new(wire.clone()));
-    let settings = SettingEngineBuilder::new()
-        .with_answering_dtls_role(RTCDtlsRole::Client)
-        .build();
+    let registry = if b.own_media {
+        Registry::new()
+    } else {
+        configure_rtcp_reports(registry).with(Slot::from(500), WireTap::new(wire.clone()))
+    };
+    let mut settings = SettingEngineBuilder::new().with_answering_dtls_role(RTCDtlsRole::Client);
+    if b.own_media {
+        // Only what our SRTP implements (Janus would pick AES-256-GCM).
+        settings = settings.with_srtp_protection_profiles(sfu::endpoint::SRTP_PROFILES.to_vec());
+    }
+    let settings = settings.build();
     RTCPeerConnectionBuilder::new()
         .with_setting_engine(settings)
         .with_media_engine(media)
@@ -670,8 +711,8 @@ impl Worker {
                 } => self.add(id, socket, mode, publish, started),
                 Command::Offer { id, sdp } => self.offer(id, sdp),
                 Command::CreateOffer { id } => {
-                    let (wire, twcc) = (self.wire.clone(), self.behaviour.twcc_send);
-                    self.negotiate(id, move |p, now| p.create_offer(now, &wire, twcc));
+                    let (wire, b) = (self.wire.clone(), self.behaviour);
+                    self.negotiate(id, move |p, now| p.create_offer(now, &wire, b));
                 }
                 Command::Answer { id, sdp } => {
                     self.negotiate(id, move |p, now| p.apply_answer(sdp, now));
@@ -750,6 +791,9 @@ impl Worker {
             streams: Vec::new(),
             probe_left: 0,
             rx_video_pts: Vec::new(),
+            remote_sdp: String::new(),
+            remote: None,
+            endpoint: None,
         });
         self.by_id.insert(id, slot);
         if publish {
@@ -773,8 +817,8 @@ impl Worker {
     }
 
     fn offer(&mut self, id: u64, sdp: String) {
-        let (wire, twcc) = (self.wire.clone(), self.behaviour.twcc_send);
-        self.negotiate(id, move |p, now| p.answer(sdp, now, &wire, twcc));
+        let (wire, b) = (self.wire.clone(), self.behaviour);
+        self.negotiate(id, move |p, now| p.answer(sdp, now, &wire, b));
     }
 
     /// One SDP step on a peer; a failure fails the peer.
@@ -805,6 +849,9 @@ impl Worker {
             // Count this peer's last partial window.
             for (_, s) in &mut p.streams {
                 self.acc.rx.add(s.take_window());
+            }
+            if let Some(ep) = p.endpoint.as_mut() {
+                self.acc.add_wire(ep.take_counters());
             }
             if let Transport::Rtc { pc: Some(pc), .. } = &mut p.transport {
                 let _ = pc.close();
@@ -846,6 +893,38 @@ impl Worker {
                             continue;
                         }
                     }
+                    p.remote = Some(from);
+                    let mut message = std::mem::take(&mut self.rx);
+                    message.clear();
+                    message.extend_from_slice(&self.buf[..n]);
+                    if let Some(ep) = p.endpoint.as_mut() {
+                        let socket = &p.socket;
+                        let read = ep.read(message, now, |d| {
+                            let _ = socket.send_to(d, from);
+                        });
+                        message = match read {
+                            Read::NotMedia(m) => m,
+                            Read::Media { ssrc, payload } => {
+                                if let Some(stamp) = Stamp::read(&payload) {
+                                    record_parts(
+                                        &mut p.streams,
+                                        &mut p.first_media,
+                                        p.id,
+                                        p.started,
+                                        &mut self.acc,
+                                        &self.status,
+                                        ssrc,
+                                        stamp,
+                                        12 + payload.len(),
+                                        now,
+                                    );
+                                }
+                                self.rx = reclaim(payload);
+                                continue;
+                            }
+                            Read::Rtcp | Read::Refused => continue,
+                        };
+                    }
                     let msg = TaggedBytesMut {
                         now,
                         transport: TransportContext {
@@ -854,7 +933,7 @@ impl Worker {
                             ecn: None,
                             transport_protocol: TransportProtocol::UDP,
                         },
-                        message: BytesMut::from(&self.buf[..n]),
+                        message,
                     };
                     if let Err(e) = pc.handle_read(msg) {
                         log::debug!("handle_read: {e}");
@@ -882,6 +961,7 @@ impl Worker {
 
     /// Let a WebRTC peer say and deliver everything it has.
     fn drive(&mut self, slot: usize, now: Instant) {
+        let own = self.behaviour.own_media;
         let Some(p) = self.peers.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
@@ -897,6 +977,7 @@ impl Worker {
             let mut busy = false;
             while let Some(m) = pc.poll_write() {
                 busy = true;
+                p.remote = Some(m.transport.peer_addr);
                 // A full socket buffer drops, like a congested link.
                 let _ = p.socket.send_to(&m.message, m.transport.peer_addr);
             }
@@ -904,7 +985,37 @@ impl Worker {
                 busy = true;
                 if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = ev {
                     match state {
-                        RTCPeerConnectionState::Connected => *connected = true,
+                        RTCPeerConnectionState::Connected => {
+                            *connected = true;
+                            if own && p.endpoint.is_none() && !p.failed {
+                                let sending = match p.publish {
+                                    true => (Some(p.audio.ssrc), Some(p.video.ssrc)),
+                                    false => (None, None),
+                                };
+                                let started = pc
+                                    .srtp_session_keys()
+                                    .ok_or_else(|| "no SRTP keys after DTLS".to_string())
+                                    .and_then(|keys| {
+                                        Endpoint::new(
+                                            keys,
+                                            sending,
+                                            &p.remote_sdp,
+                                            &p.rx_video_pts,
+                                            now,
+                                        )
+                                    });
+                                match started {
+                                    Ok(ep) => p.endpoint = Some(Box::new(ep)),
+                                    Err(reason) => {
+                                        p.failed = true;
+                                        let _ = self.status.send(Status::Failed {
+                                            id: p.id,
+                                            reason: format!("own media path: {reason}"),
+                                        });
+                                    }
+                                }
+                            }
+                        }
                         RTCPeerConnectionState::Failed if !p.failed => {
                             p.failed = true;
                             let _ = self.status.send(Status::Failed {
@@ -953,6 +1064,14 @@ impl Worker {
             };
             match &mut p.transport {
                 Transport::Rtc { pc: Some(pc), .. } => {
+                    if let (Some(ep), Some(to)) = (p.endpoint.as_mut(), p.remote)
+                        && ep.poll_timeout() <= now
+                    {
+                        let socket = &p.socket;
+                        ep.handle_timeout(now, |d| {
+                            let _ = socket.send_to(d, to);
+                        });
+                    }
                     if pc.poll_timeout().is_some_and(|t| t <= now) {
                         if let Err(e) = pc.handle_timeout(now) {
                             log::debug!("handle_timeout: {e}");
@@ -1029,6 +1148,25 @@ impl Worker {
         out.seq = out.seq.wrapping_add(1);
         let sender = out.sender;
         let sent = match &mut p.transport {
+            Transport::Rtc { .. } if p.endpoint.is_some() => {
+                let out = RtpOut {
+                    ssrc,
+                    seq,
+                    timestamp: ts,
+                    marker: false,
+                    payload_type: pt,
+                    payload: &[],
+                    padding: true,
+                };
+                // Counted by the endpoint as it is built.
+                if let Some(ep) = p.endpoint.as_mut()
+                    && ep.protect(&out, &mut self.tx, now)
+                    && let Some(to) = p.remote
+                {
+                    let _ = p.socket.send_to(&self.tx, to);
+                }
+                false
+            }
             Transport::Rtc { pc: Some(pc), .. } => {
                 let Some(mut s) = sender.and_then(|id| pc.rtp_sender(id)) else {
                     return next;
@@ -1137,6 +1275,23 @@ impl Worker {
         match &mut p.transport {
             Transport::Rtc { pc: Some(pc), .. } => {
                 stamp.write(&mut payload);
+                if let Some(ep) = p.endpoint.as_mut() {
+                    let out = RtpOut {
+                        ssrc: header.ssrc,
+                        seq: header.sequence_number,
+                        timestamp: header.timestamp,
+                        marker,
+                        payload_type: header.payload_type,
+                        payload: &payload,
+                        padding: false,
+                    };
+                    if ep.protect(&out, &mut self.tx, now)
+                        && let Some(to) = p.remote
+                    {
+                        let _ = p.socket.send_to(&self.tx, to);
+                    }
+                    return;
+                }
                 let Some(sender) = sender else { return };
                 let Some(mut s) = pc.rtp_sender(sender) else {
                     return;
@@ -1177,6 +1332,9 @@ impl Worker {
         acc.nacks_sent += w.nacks_sent.swap(0, Relaxed);
         acc.padding_sent += w.padding_sent.swap(0, Relaxed);
         for p in self.peers.iter_mut().flatten() {
+            if let Some(ep) = p.endpoint.as_mut() {
+                acc.add_wire(ep.take_counters());
+            }
             for (_, s) in &mut p.streams {
                 acc.rx.add(s.take_window());
                 acc.jitter_sum_us += s.jitter_us();
@@ -1209,7 +1367,7 @@ impl Peer {
         sdp: String,
         now: Instant,
         wire: &Arc<WireCounters>,
-        twcc_send: bool,
+        b: Behaviour,
     ) -> Result<(), String> {
         let local = self.local;
         let id = self.id;
@@ -1219,12 +1377,13 @@ impl Peer {
         };
         let first = pc.is_none();
         if first {
-            *pc = Some(Box::new(new_pc(now, wire, twcc_send)?));
+            *pc = Some(Box::new(new_pc(now, wire, b)?));
         }
         let Some(pc) = pc.as_mut() else {
             return Ok(());
         };
         self.rx_video_pts = video_payload_types(&sdp);
+        self.remote_sdp.clone_from(&sdp);
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| format!("bad offer: {e}"))?;
         pc.set_remote_description(now, offer)
             .map_err(|e| format!("set_remote_description: {e}"))?;
@@ -1246,7 +1405,7 @@ impl Peer {
         &mut self,
         now: Instant,
         wire: &Arc<WireCounters>,
-        twcc_send: bool,
+        b: Behaviour,
     ) -> Result<(), String> {
         let local = self.local;
         let id = self.id;
@@ -1256,7 +1415,7 @@ impl Peer {
         if pc.is_some() {
             return Err("offer requested twice".into());
         }
-        let pc = pc.insert(Box::new(new_pc(now, wire, twcc_send)?));
+        let pc = pc.insert(Box::new(new_pc(now, wire, b)?));
         prepare_local(pc, &mut self.audio, &mut self.video, id, local, true)?;
         let offer = pc
             .create_offer(None)
@@ -1270,6 +1429,7 @@ impl Peer {
             return Err("answer without an offer".into());
         };
         self.rx_video_pts = video_payload_types(&sdp);
+        self.remote_sdp.clone_from(&sdp);
         let answer = RTCSessionDescription::answer(sdp).map_err(|e| format!("bad answer: {e}"))?;
         pc.set_remote_description(now, answer)
             .map_err(|e| format!("set_remote_description: {e}"))?;
@@ -1364,6 +1524,18 @@ fn read_back_payload_types(pc: &mut RTCPeerConnection, audio: &mut Outgoing, vid
         }) {
             out.pt = pt;
         }
+    }
+}
+
+/// A received datagram's buffer back for the next one: its front, which
+/// the payload gave up in place, reclaimed (no copy: it is emptied); a
+/// fresh buffer if that is not possible.
+fn reclaim(mut payload: BytesMut) -> BytesMut {
+    payload.clear();
+    if payload.try_reclaim(RX_BUFFER) {
+        payload
+    } else {
+        BytesMut::with_capacity(RX_BUFFER)
     }
 }
 

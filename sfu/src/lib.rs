@@ -309,6 +309,8 @@ mod addresses;
 mod bwe;
 mod consult;
 mod demux;
+#[doc(hidden)]
+pub mod endpoint;
 /// Entry points for the fuzz targets in `fuzz/`; not an API.
 #[doc(hidden)]
 pub mod fuzzing;

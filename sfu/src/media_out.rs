@@ -25,6 +25,7 @@ use crate::pacer::RetransmitLimit;
 use crate::rtcp_in::TwccFeedback;
 use crate::srtp::{Rollover, Srtp};
 use crate::tx::BufferPool;
+use bytes::BytesMut;
 use rtc::interceptor::{BandwidthEstimator, PacketReport, convert_twcc};
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
@@ -104,6 +105,36 @@ impl TrackOut {
         }
     }
 
+    /// The packet index of `seq`, claimed for one encryption (`None`: used
+    /// already or out of the window: see `Rollover::claim`).
+    pub(crate) fn claim(&mut self, seq: u16) -> Option<u64> {
+        self.rollover.claim(seq)
+    }
+
+    /// `packet` (SRTP, `payload_len` bytes of payload, RTP timestamp
+    /// `timestamp`) was sent as `seq`: counted for sender reports and kept
+    /// for NACKs if this track keeps any.
+    pub(crate) fn sent(
+        &mut self,
+        (seq, timestamp, payload_len): (u16, u32, usize),
+        packet: &[u8],
+        now: Instant,
+    ) {
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(payload_len as u32);
+        if self.last.is_none_or(|(ts, _)| seq_ts_newer(timestamp, ts)) {
+            self.last = Some((timestamp, now));
+        }
+        if let Some(ring) = self.resend.as_mut() {
+            ring.store(seq, packet);
+        }
+    }
+
+    /// The ciphertext sent as `seq`, if still held.
+    pub(crate) fn held(&self, seq: u16) -> Option<&[u8]> {
+        self.resend.as_ref().and_then(|r| r.get(seq))
+    }
+
     /// A sender report for `ssrc` as of `now`, if anything was sent.
     pub(crate) fn sender_report(
         &self,
@@ -142,6 +173,27 @@ pub(crate) struct Outbound<'a> {
     pub marker: bool,
     pub payload_type: u8,
     pub payload: &'a [u8],
+}
+
+impl Outbound<'_> {
+    /// Append the RTP packet (header, the transport-wide sequence number
+    /// `twcc` = (extension id, number) in the RFC 8285 one-byte form if
+    /// any, payload) to `buf`.
+    pub(crate) fn write_into(&self, buf: &mut BytesMut, twcc: Option<(u8, u16)>) {
+        buf.extend_from_slice(&[
+            0x80 | if twcc.is_some() { 0x10 } else { 0 },
+            (self.marker as u8) << 7 | (self.payload_type & 0x7f),
+        ]);
+        buf.extend_from_slice(&self.seq.to_be_bytes());
+        buf.extend_from_slice(&self.timestamp.to_be_bytes());
+        buf.extend_from_slice(&self.ssrc.to_be_bytes());
+        if let Some((id, seq)) = twcc {
+            // One element of two bytes, padded to a word.
+            let [hi, lo] = seq.to_be_bytes();
+            buf.extend_from_slice(&[0xbe, 0xde, 0, 1, id << 4 | 1, hi, lo, 0]);
+        }
+        buf.extend_from_slice(self.payload);
+    }
 }
 
 /// Sequence numbers of one NACK looked at, at most: four times the resend
@@ -487,7 +539,7 @@ impl OwnMedia {
             self.dropped += 1;
             return 0;
         }
-        let Some(index) = track.rollover.claim(p.seq) else {
+        let Some(index) = track.claim(p.seq) else {
             self.dropped += 1;
             return 0;
         };
@@ -495,20 +547,8 @@ impl OwnMedia {
         let head = 12 + if ext.is_some() { 8 } else { 0 };
         let len = head + p.payload.len();
         let mut buf = pool.take(len + self.srtp.overhead());
-        buf.extend_from_slice(&[
-            0x80 | if ext.is_some() { 0x10 } else { 0 },
-            (p.marker as u8) << 7 | (p.payload_type & 0x7f),
-        ]);
-        buf.extend_from_slice(&p.seq.to_be_bytes());
-        buf.extend_from_slice(&p.timestamp.to_be_bytes());
-        buf.extend_from_slice(&p.ssrc.to_be_bytes());
         let twcc = self.twcc_seq;
-        if let Some(id) = ext {
-            // RFC 8285 one-byte form: one element of two bytes, padded.
-            let [hi, lo] = twcc.to_be_bytes();
-            buf.extend_from_slice(&[0xbe, 0xde, 0, 1, id << 4 | 1, hi, lo, 0]);
-        }
-        buf.extend_from_slice(p.payload);
+        p.write_into(&mut buf, ext.map(|id| (id, twcc)));
         buf.resize(len + self.srtp.overhead(), 0);
         let Ok(total) = self.srtp.protect(&mut buf, len, (index >> 16) as u32) else {
             self.dropped += 1;
@@ -520,17 +560,7 @@ impl OwnMedia {
             let audio = track.clock_rate != VIDEO_CLOCK;
             self.history.add((p.ssrc, p.seq, audio), twcc, total, now);
         }
-        track.packets = track.packets.wrapping_add(1);
-        track.octets = track.octets.wrapping_add(p.payload.len() as u32);
-        if track
-            .last
-            .is_none_or(|(ts, _)| seq_ts_newer(p.timestamp, ts))
-        {
-            track.last = Some((p.timestamp, now));
-        }
-        if let Some(ring) = track.resend.as_mut() {
-            ring.store(p.seq, &buf);
-        }
+        track.sent((p.seq, p.timestamp, p.payload.len()), &buf, now);
         self.queue.push_back(TaggedBytesMut {
             now,
             transport: path,
@@ -570,8 +600,7 @@ impl OwnMedia {
         limit: &mut RetransmitLimit,
         now: Instant,
     ) {
-        let (Some(path), Some(bytes)) = (path, track.resend.as_ref().and_then(|r| r.get(seq)))
-        else {
+        let (Some(path), Some(bytes)) = (path, track.held(seq)) else {
             self.not_held += 1;
             return;
         };

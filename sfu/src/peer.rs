@@ -20,7 +20,7 @@ use crate::rewrite::{AUDIO_TS_STEP, StreamRewriter, VIDEO_TS_STEP, seq_newer};
 use crate::rtcp_in::{Rtcp, Srtcp};
 use crate::rtcp_out::{SrtcpOut, marshal_into};
 use crate::simulcast::{self, LAYERS, Layer, LayerForwarder, Switched, TOP, Verdict};
-use crate::srtp::Srtp;
+use crate::srtp::{OWN_PROFILES, Srtp};
 use crate::tx::BufferPool;
 use crate::{ConsultId, EventSink, MediaEnvelope, MediaEvent, ParticipantId, VideoQuality};
 use bytes::{Bytes, BytesMut};
@@ -688,12 +688,7 @@ impl Peer {
             .with_lite(true)
             .with_answering_dtls_role(RTCDtlsRole::Server);
         if own_path {
-            // The two profiles `srtp.rs` implements (GCM first: every
-            // current browser takes it).
-            settings = settings.with_srtp_protection_profiles(vec![
-                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-            ]);
+            settings = settings.with_srtp_protection_profiles(OWN_PROFILES.to_vec());
         } else {
             // rtc 0.21.1's SRTCP returns an AES-CM packet whose E flag is 0
             // without checking its tag (rtcp_in.rs): anyone who can send

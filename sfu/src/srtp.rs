@@ -22,6 +22,7 @@ use rtc::crypto::{
     AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, HmacAlgorithm, Mac, RTCCrypto, StreamCipher,
     StreamCipherAlgorithm,
 };
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 /// RFC 3711 §4.3.1 key derivation labels (encryption key, authentication
@@ -47,6 +48,14 @@ pub(crate) enum Cipher {
 /// One direction's SRTP keys: encryption towards a subscriber
 /// ([`protect`](Srtp::protect)) or decryption of a publisher's media
 /// ([`unprotect`](Srtp::unprotect)).
+/// The DTLS-SRTP profiles this file implements, to offer in the DTLS
+/// handshake when our own path will do the SRTP (AES-GCM first: every
+/// current browser takes it).
+pub const OWN_PROFILES: [SrtpProtectionProfile; 2] = [
+    SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+];
+
 pub(crate) struct Srtp {
     cipher: Cipher,
 }
