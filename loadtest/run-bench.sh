@@ -110,7 +110,7 @@ GEN_ARGS=(--threads "${GEN_THREADS:-1}" --probe-packets "${PROBE_PACKETS:-20}"
 # GEN_EXTRA: more generator flags, e.g. --rtc-media (the generator's media
 # through rtc's pipeline, as before it had its own path).
 read -r -a EXTRA <<< "${GEN_EXTRA:-}"
-GEN_ARGS+=("${EXTRA[@]}")
+GEN_ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})
 
 # Pinning: the server under test on one core, the generator on another.
 SERVER_CPU=${SERVER_CPU:-0}

@@ -893,7 +893,6 @@ impl Worker {
                             continue;
                         }
                     }
-                    p.remote = Some(from);
                     let mut message = std::mem::take(&mut self.rx);
                     message.clear();
                     message.extend_from_slice(&self.buf[..n]);
@@ -903,8 +902,13 @@ impl Worker {
                             let _ = socket.send_to(d, from);
                         });
                         message = match read {
-                            Read::NotMedia(m) => m,
+                            Read::NotMedia(m) => {
+                                self.rx = BytesMut::with_capacity(RX_BUFFER);
+                                m
+                            }
                             Read::Media { ssrc, payload } => {
+                                // Authenticated: the server's media address.
+                                p.remote = Some(from);
                                 if let Some(stamp) = Stamp::read(&payload) {
                                     record_parts(
                                         &mut p.streams,
@@ -922,7 +926,15 @@ impl Worker {
                                 self.rx = reclaim(payload);
                                 continue;
                             }
-                            Read::Rtcp | Read::Refused => continue,
+                            Read::Rtcp => {
+                                p.remote = Some(from);
+                                self.rx = BytesMut::with_capacity(RX_BUFFER);
+                                continue;
+                            }
+                            Read::Refused => {
+                                self.rx = BytesMut::with_capacity(RX_BUFFER);
+                                continue;
+                            }
                         };
                     }
                     let msg = TaggedBytesMut {
@@ -1384,6 +1396,9 @@ impl Peer {
         };
         self.rx_video_pts = video_payload_types(&sdp);
         self.remote_sdp.clone_from(&sdp);
+        if let Some(ep) = self.endpoint.as_mut() {
+            ep.update(&self.remote_sdp, &self.rx_video_pts);
+        }
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| format!("bad offer: {e}"))?;
         pc.set_remote_description(now, offer)
             .map_err(|e| format!("set_remote_description: {e}"))?;
@@ -1430,6 +1445,9 @@ impl Peer {
         };
         self.rx_video_pts = video_payload_types(&sdp);
         self.remote_sdp.clone_from(&sdp);
+        if let Some(ep) = self.endpoint.as_mut() {
+            ep.update(&self.remote_sdp, &self.rx_video_pts);
+        }
         let answer = RTCSessionDescription::answer(sdp).map_err(|e| format!("bad answer: {e}"))?;
         pc.set_remote_description(now, answer)
             .map_err(|e| format!("set_remote_description: {e}"))?;

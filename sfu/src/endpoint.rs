@@ -164,6 +164,16 @@ impl Endpoint {
         self.twcc_ext
     }
 
+    /// A renegotiation: the other side's new offer or answer and the
+    /// payload types of the video we receive now. Streams taken already
+    /// keep their kind.
+    pub fn update(&mut self, remote_sdp: &str, video_pts: &[u8]) {
+        self.twcc_ext = twcc_ext_id(remote_sdp).filter(|id| (1..=14).contains(id));
+        self.inbound.set_twcc_ext(self.twcc_ext);
+        self.video_pts.clear();
+        self.video_pts.extend_from_slice(video_pts);
+    }
+
     /// Counters since the last call.
     pub fn take_counters(&mut self) -> Counters {
         std::mem::take(&mut self.counters)
@@ -232,10 +242,13 @@ impl Endpoint {
                 return Read::Refused;
             }
         };
-        if !self.inbound.knows(ssrc) {
+        // A new SSRC is taken on trial: kept only if its first packet
+        // authenticates, so forged datagrams can neither fill the table
+        // (`inbound.rs`'s MAX_STREAMS) nor fix a real stream's kind.
+        let trial = !self.inbound.knows(ssrc);
+        if trial {
             let video = self.video_pts.contains(&(datagram[1] & 0x7f));
             let clock = if video { VIDEO_CLOCK } else { AUDIO_CLOCK };
-            // At most MAX_STREAMS (`inbound.rs`): the rest are refused.
             if !self.inbound.add(ssrc, clock, video) {
                 self.counters.refused += 1;
                 return Read::Refused;
@@ -247,6 +260,9 @@ impl Endpoint {
                 payload: media.payload,
             },
             Err(_) => {
+                if trial {
+                    self.inbound.remove(ssrc);
+                }
                 self.counters.refused += 1;
                 Read::Refused
             }
@@ -327,6 +343,12 @@ impl Endpoint {
         if self.rtcp.is_empty() {
             return;
         }
+        if marshal_into(&self.rtcp, &mut self.rtcp_buf).is_err()
+            || self.srtcp_out.protect(&mut self.rtcp_buf).is_err()
+        {
+            self.counters.refused += 1;
+            return;
+        }
         for p in &self.rtcp {
             let any = p.as_any();
             if any.is::<TransportLayerCc>() {
@@ -334,12 +356,6 @@ impl Endpoint {
             } else if any.is::<TransportLayerNack>() {
                 self.counters.nacks_sent += 1;
             }
-        }
-        if marshal_into(&self.rtcp, &mut self.rtcp_buf).is_err()
-            || self.srtcp_out.protect(&mut self.rtcp_buf).is_err()
-        {
-            self.counters.refused += 1;
-            return;
         }
         send(&self.rtcp_buf);
     }
@@ -442,6 +458,31 @@ mod tests {
             let stun = BytesMut::from(&[0u8, 1, 0, 0][..]);
             assert!(matches!(b.read(stun, now, no_send), Read::NotMedia(_)));
         }
+    }
+
+    #[test]
+    fn forged_packets_of_new_ssrcs_take_no_stream_slot() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(ProtectionProfile::AeadAes128Gcm, now);
+        // More forgeries than there are stream slots, one with the real
+        // video SSRC but an audio payload type (as if to fix its kind).
+        for ssrc in (100u32..140).chain([2]) {
+            let mut forged = sent(&mut a, &video(ssrc as u16, b"xx"), now);
+            forged[1] = 111;
+            forged[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            assert!(matches!(b.read(forged, now, |_| ()), Read::Refused));
+        }
+        assert_eq!(b.take_counters().refused, 41);
+        let got = media(b.read(sent(&mut a, &video(200, b"real"), now), now, |_| ()));
+        assert_eq!(got, (2, b"real".to_vec()));
+        // Taken as video: a hole in it is NACKed.
+        b.read(sent(&mut a, &video(202, b"next"), now), now, |_| ());
+        let mut later = now;
+        while later < now + Duration::from_millis(150) {
+            later = b.poll_timeout().max(later + Duration::from_millis(1));
+            b.handle_timeout(later, |_| ());
+        }
+        assert!(b.take_counters().nacks_sent >= 1);
     }
 
     #[test]

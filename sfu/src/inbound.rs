@@ -223,6 +223,12 @@ impl OwnInbound {
         true
     }
 
+    /// Give `ssrc` up (its state and its feedback).
+    pub(crate) fn remove(&mut self, ssrc: u32) {
+        self.streams.retain(|s| s.ssrc != ssrc);
+        self.feedback.remove_stream(ssrc);
+    }
+
     /// Packets refused since the last call: replays, failed
     /// authentication, malformed.
     pub(crate) fn take_refused(&mut self) -> [u64; 3] {

@@ -41,8 +41,9 @@
 //! §10), `inbound.rs` and `media_in.rs` (the own inbound path: a
 //! publisher's SRTP decrypted in place once rtc has named the stream, and
 //! the transport-wide CC feedback, NACKs and receiver reports it gets
-//! back), `rx.rs`/`tx.rs` (batched UDP reads and writes). Pure parts carry
-//! their unit tests.
+//! back), `rx.rs`/`tx.rs` (batched UDP reads and writes), `endpoint.rs`
+//! (those parts composed for one WebRTC endpoint: the load generator's
+//! peers; not used by the SFU). Pure parts carry their unit tests.
 //!
 //! Media quality, in one paragraph each:
 //!

@@ -45,9 +45,6 @@ pub(crate) enum Cipher {
     },
 }
 
-/// One direction's SRTP keys: encryption towards a subscriber
-/// ([`protect`](Srtp::protect)) or decryption of a publisher's media
-/// ([`unprotect`](Srtp::unprotect)).
 /// The DTLS-SRTP profiles this file implements, to offer in the DTLS
 /// handshake when our own path will do the SRTP (AES-GCM first: every
 /// current browser takes it).
@@ -56,6 +53,9 @@ pub const OWN_PROFILES: [SrtpProtectionProfile; 2] = [
     SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
 ];
 
+/// One direction's SRTP keys: encryption towards a subscriber
+/// ([`protect`](Srtp::protect)) or decryption of a publisher's media
+/// ([`unprotect`](Srtp::unprotect)).
 pub(crate) struct Srtp {
     cipher: Cipher,
 }
