@@ -60,7 +60,8 @@
 # Janus too), KEEP_CG=1 (keep the callgrind files for callgrind_annotate),
 # NO_CALLGRIND=1 (skip the callgrind step in --compare),
 # NO_BUILD=1 (use the binaries already in target/release), NO_JANUS=1 (skip
-# Janus in --smoke), GEN_EXTRA (more generator flags: --rtc-media for the
+# Janus in --smoke), KEEP_LOGS=1 (keep the servers' logs; the last run's
+# each), SERVER_LOG_LEVEL [error] (Spreekkamer's --log-level), GEN_EXTRA (more generator flags: --rtc-media for the
 # generator's media through rtc's pipeline, as before it had its own path).
 set -euo pipefail
 
@@ -146,7 +147,11 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     ip netns del "$NS" 2>/dev/null || true
-    rm -rf "$LOGDIR"
+    if [[ -n "${KEEP_LOGS:-}" ]]; then
+        echo "server, Janus and relay logs kept in $LOGDIR" >&2
+    else
+        rm -rf "$LOGDIR"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -245,7 +250,7 @@ start_server() {
     shift || true
     ip netns exec "$NS" "${PIN_SERVER[@]}" "${WITH_FDS[@]}" "${VALGRIND[@]}" \
         "$bin" serve --listen "127.0.0.1:$PORT" --jwt-secret "$SECRET" \
-        --announce-ip 127.0.0.1 --audit-log /dev/null --log-level error --demo-links false \
+        --announce-ip 127.0.0.1 --audit-log /dev/null --log-level "${SERVER_LOG_LEVEL:-error}" --demo-links false \
         --consult-grace 1s --waiting-room=false --workers 1 \
         --max-connections-per-ip 4096 "$@" >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
