@@ -67,6 +67,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 const WAKE: Token = Token(usize::MAX);
 /// Capacity of the datagram buffers of our own media path.
 const RX_BUFFER: usize = 2048;
+/// Peers without media a media thread describes when they leave.
+const SILENT_NOTES: u32 = 10;
 const HOUSEKEEPING: Duration = Duration::from_millis(10);
 const FLUSH: Duration = Duration::from_millis(200);
 const OPUS_INTERVAL: Duration = Duration::from_millis(20);
@@ -395,6 +397,7 @@ impl MediaThread {
             buf: vec![0; 2048],
             rx: BytesMut::with_capacity(RX_BUFFER),
             tx: BytesMut::with_capacity(RX_BUFFER),
+            silent_noted: 0,
             fill: (0..1500u32)
                 .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
                 .collect(),
@@ -523,6 +526,11 @@ struct Peer {
     remote: Option<SocketAddr>,
     /// Our own media path, from DTLS completion on (`Behaviour::own_media`).
     endpoint: Option<Box<Endpoint>>,
+    /// Datagrams received, and whether we made the offer (a Janus
+    /// publisher, which receives no media): for the note on a peer that
+    /// never got media (`Worker::remove`).
+    received: u64,
+    offered: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -552,6 +560,8 @@ struct Worker {
     tx: BytesMut,
     fill: Vec<u8>,
     seed: u64,
+    /// Peers without media noted on removal so far (at most SILENT_NOTES).
+    silent_noted: u32,
 }
 
 fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str, pt: u8) -> RTCRtpCodecParameters {
@@ -794,6 +804,8 @@ impl Worker {
             remote_sdp: String::new(),
             remote: None,
             endpoint: None,
+            received: 0,
+            offered: false,
         });
         self.by_id.insert(id, slot);
         if publish {
@@ -846,6 +858,23 @@ impl Worker {
             return;
         };
         if let Some(mut p) = self.peers[slot].take() {
+            if let Transport::Rtc { pc, connected, .. } = &p.transport
+                && !p.first_media
+                && !p.offered
+                && self.silent_noted < SILENT_NOTES
+            {
+                // Which side lost a join that never got media (the run
+                // counts these as failed joins).
+                self.silent_noted += 1;
+                eprintln!(
+                    "peer {id}: no media received in {:.1} s: negotiated {}, ICE+DTLS connected {connected}, \
+                     own media path {}, {} datagrams received",
+                    p.started.elapsed().as_secs_f64(),
+                    pc.is_some(),
+                    p.endpoint.is_some(),
+                    p.received,
+                );
+            }
             // Count this peer's last partial window.
             for (_, s) in &mut p.streams {
                 self.acc.rx.add(s.take_window());
@@ -869,7 +898,10 @@ impl Worker {
                 return;
             };
             let (n, from) = match p.socket.recv_from(&mut self.buf) {
-                Ok(r) => r,
+                Ok(r) => {
+                    p.received += 1;
+                    r
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => continue,
@@ -1430,6 +1462,7 @@ impl Peer {
         if pc.is_some() {
             return Err("offer requested twice".into());
         }
+        self.offered = true;
         let pc = pc.insert(Box::new(new_pc(now, wire, b)?));
         prepare_local(pc, &mut self.audio, &mut self.video, id, local, true)?;
         let offer = pc
