@@ -211,11 +211,15 @@ impl Outbound<'_> {
 const NACKED_PER_PACKET: usize = 4 * crate::peer::RESEND_SLOTS as usize;
 
 /// A NACK for a packet sent less than this long ago that no feedback has
-/// spoken of yet waits for the browser to ask again (`OwnMedia::resend`):
-/// about a round trip on a LAN or a DSL line, where the feedback lags the
-/// NACK; on longer paths the packet is older than this when its NACK
-/// comes, and is answered at once.
+/// spoken of yet is held until the next feedback says whether the packet
+/// arrived (`OwnMedia::resend`, `OwnMedia::answer_held`): about a round
+/// trip on a LAN or a DSL line, where the feedback lags the NACK; on
+/// longer paths the packet is older than this when its NACK comes, and is
+/// answered at once.
 const NACK_PATIENCE: Duration = Duration::from_millis(100);
+/// NACKed packets held for the next feedback at most; beyond, a NACK is
+/// answered at once (as if patience had run out).
+const HELD_MAX: usize = 64;
 
 /// What a subscriber's feedback said of a packet we sent.
 #[derive(Debug, PartialEq, Eq)]
@@ -489,8 +493,13 @@ pub(crate) struct OwnMedia {
     /// not resent.
     pub arrived_already: u64,
     /// NACKed packets no feedback had spoken of yet, sent less than
-    /// [`NACK_PATIENCE`] ago: not answered yet (see `resend`).
+    /// [`NACK_PATIENCE`] ago: held for the next feedback (see `resend`).
     pub too_early: u64,
+    /// Transport-wide numbers of those held packets (at most
+    /// [`HELD_MAX`]), and the (SSRC, sequence number) of those a feedback
+    /// has since reported lost: to resend now (`take_due`).
+    held: Vec<u16>,
+    due: Vec<(u32, u16)>,
     /// Transport-wide CC feedback packets taken in.
     pub feedbacks: u64,
 }
@@ -511,6 +520,8 @@ impl OwnMedia {
             not_held: 0,
             arrived_already: 0,
             too_early: 0,
+            held: Vec::new(),
+            due: Vec::new(),
             feedbacks: 0,
         }
     }
@@ -632,8 +643,14 @@ impl OwnMedia {
                 self.arrived_already += 1;
                 return;
             }
-            Some(Verdict::Pending) => {
+            Some(Verdict::Pending) if self.held.len() < HELD_MAX => {
+                // Held, not dropped: the feedback that covers it decides
+                // (`answer_held`), so a loss is repaired then, not a
+                // round trip later at the browser's next ask.
                 self.too_early += 1;
+                if let Some(twcc) = twcc.filter(|t| !self.held.contains(t)) {
+                    self.held.push(twcc);
+                }
                 return;
             }
             _ => {}
@@ -676,6 +693,7 @@ impl OwnMedia {
                 .acknowledge(ack.sequence_number, ack.arrived, ack.arrival);
         }
         self.report(now);
+        self.answer_held(now);
     }
 
     /// The same from our own reading of the subscriber's RTCP
@@ -686,6 +704,39 @@ impl OwnMedia {
         let history = &mut self.history;
         fb.for_each_ack(|seq, arrived, arrival| history.acknowledge(seq, arrived, arrival));
         self.report(now);
+        self.answer_held(now);
+    }
+
+    /// After a feedback: held NACKs it decided. Reported arrived: no
+    /// copy. Reported lost: due for a resend (`take_due`). Not covered
+    /// yet: still held while younger than [`HISTORY_HORIZON`]; resent in
+    /// the meantime (a later NACK, answered): dropped.
+    fn answer_held(&mut self, now: Instant) {
+        let (history, due) = (&mut self.history, &mut self.due);
+        let mut arrived = 0;
+        self.held.retain(|&twcc| match history.slot(twcc) {
+            Some((r, _)) if r.resent => false,
+            Some((r, _)) if r.covered => {
+                if r.arrived {
+                    arrived += 1;
+                } else if due.len() < HELD_MAX {
+                    due.push((r.ssrc, r.rtp_seq));
+                }
+                false
+            }
+            Some((r, _)) => r
+                .departure
+                .is_some_and(|d| now.saturating_duration_since(d) < HISTORY_HORIZON),
+            None => false,
+        });
+        self.arrived_already += arrived;
+    }
+
+    /// Held NACKs a feedback has reported lost since the last call, as
+    /// (SSRC, sequence number): the peer resends each (`resend`).
+    pub(crate) fn take_due(&mut self, out: &mut Vec<(u32, u16)>) {
+        out.clear();
+        out.append(&mut self.due);
     }
 
     /// The send records acknowledged so far, as reports into GCC.
@@ -945,12 +996,12 @@ mod tests {
     }
 
     #[test]
-    fn a_nack_for_a_fresh_packet_no_feedback_spoke_of_waits_for_the_next_ask() {
+    fn a_nack_for_a_fresh_packet_no_feedback_spoke_of_is_held_for_the_next_feedback() {
         let mut own = own(&[1; 16], &[2; 12]);
         own.set_twcc_ext(Some(5));
         let mut track = TrackOut::new(90_000, Some(8));
         let t0 = Instant::now();
-        send_video(&mut own, &mut track, 0..4, &[1; 50], t0);
+        send_video(&mut own, &mut track, 0..5, &[1; 50], t0);
         let first = own.poll().unwrap().message;
         let a = twcc_seq_of(&first, 5).expect("ours");
         while own.poll().is_some() {}
@@ -960,18 +1011,40 @@ mod tests {
         let mut nack = |own: &mut OwnMedia, seq, at| {
             own.resend((&track, 7, seq), (Some(path()), &mut pool), &mut limit, at)
         };
-        // 40 ms after it left, no feedback yet: maybe reordered, not answered.
-        nack(&mut own, 1, t0 + Duration::from_millis(40));
-        assert_eq!((own.resent, own.too_early), (0, 1));
-        // The feedback says 1 was lost: the next ask is answered.
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut due = Vec::new();
+        // 40 ms after they left, no feedback yet: maybe reordered. Held.
+        nack(&mut own, 1, ms(40));
+        nack(&mut own, 2, ms(40));
+        nack(&mut own, 1, ms(45));
+        assert_eq!((own.resent, own.too_early), (0, 3));
+        assert_eq!(own.held.len(), 2, "each packet held once");
+        // The next feedback: 1 lost, 2 arrived. 1 is due now, without
+        // waiting for the browser to ask again; 2 needs no copy.
         own.history.acknowledge(a.wrapping_add(1), false, None);
-        nack(&mut own, 1, t0 + Duration::from_millis(80));
+        own.history
+            .acknowledge(a.wrapping_add(2), true, Some(Duration::from_millis(3)));
+        own.answer_held(ms(60));
+        own.take_due(&mut due);
+        assert_eq!(due, vec![(7, 1)]);
+        assert_eq!(own.arrived_already, 1);
+        assert!(own.held.is_empty());
+        nack(&mut own, 1, ms(60)); // what the peer does with it
         assert_eq!(own.resent, 1, "lost by the feedback's word");
-        // No feedback about 3 at all (lost too): answered once older.
-        nack(&mut own, 3, t0 + Duration::from_millis(99));
-        assert_eq!((own.resent, own.too_early), (1, 2));
-        nack(&mut own, 3, t0 + Duration::from_millis(100));
+        // No feedback about 3 at all: held, and answered once older.
+        nack(&mut own, 3, ms(99));
+        assert_eq!((own.resent, own.too_early), (1, 4));
+        nack(&mut own, 3, ms(100));
         assert_eq!(own.resent, 2, "old enough: answered without a word");
+        // A feedback reporting 3 lost after that: resent already, not due.
+        own.history.acknowledge(a.wrapping_add(3), false, None);
+        own.answer_held(ms(110));
+        own.take_due(&mut due);
+        assert!(due.is_empty() && own.held.is_empty());
+        // With HELD_MAX held already, a fresh NACK is answered at once.
+        own.held = (1000..1000 + HELD_MAX as u16).collect();
+        nack(&mut own, 4, ms(20));
+        assert_eq!(own.resent, 3);
     }
 
     /// Feedback read by `rtcp_in` moves the send history and GCC exactly

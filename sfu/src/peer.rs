@@ -520,6 +520,8 @@ pub(crate) struct Peer {
     /// RTCP for the publisher (`media_in.rs`), reused, and how many of
     /// each kind went since the last tick: TWCC feedback, NACK, reports.
     feedback_out: Vec<Box<dyn rtc::rtcp::Packet>>,
+    /// Held NACKs a feedback reported lost, to resend (`resend_due`).
+    due: Vec<(u32, u16)>,
     feedback_sent: [u64; 3],
     /// The estimator it will feed (moved into `own` when it starts).
     own_gcc: Option<ReportingGcc>,
@@ -781,6 +783,7 @@ impl Peer {
             rtcp_buf: Vec::new(),
             media_in: Vec::new(),
             feedback_out: Vec::new(),
+            due: Vec::new(),
             feedback_sent: [0; 3],
             own_gcc,
             media_to: None,
@@ -1172,6 +1175,7 @@ impl Peer {
             Rtcp::Twcc(fb) => {
                 if let Some(own) = self.own.as_mut() {
                     own.feedback_acks(&fb, now);
+                    self.resend_due(now);
                 }
             }
             Rtcp::Nack(nack) => {
@@ -1361,6 +1365,27 @@ impl Peer {
             self.media_to = Some(msg.transport);
         }
         Some(msg)
+    }
+
+    /// Resend what a feedback just reported lost among the packets whose
+    /// NACKs were held for it (`OwnMedia::answer_held`).
+    fn resend_due(&mut self, now: Instant) {
+        let Some(own) = self.own.as_mut() else {
+            return;
+        };
+        own.take_due(&mut self.due);
+        for &(ssrc, seq) in &self.due {
+            if let Some(o) = self.outgoing.iter().find(|o| o.rewriter.ssrc() == ssrc) {
+                let track = (&o.out, ssrc);
+                own.answer_nack(
+                    track,
+                    [seq].into_iter(),
+                    self.media_to,
+                    &mut self.retransmit,
+                    now,
+                );
+            }
+        }
     }
 
     /// Forwarded media goes through our own path (`poll_own`).
@@ -1656,6 +1681,7 @@ impl Peer {
                                 own.answer_nack(track, seqs, self.media_to, limit, now);
                             }
                         }
+                        self.resend_due(now);
                     }
                     for p in &packets {
                         for r in reception_reports(p.as_ref()) {
