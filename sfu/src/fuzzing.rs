@@ -526,18 +526,27 @@ impl OwnPath {
         for p in &packets {
             if let Some(fb) = p.as_any().downcast_ref::<TransportLayerCc>() {
                 self.own.feedback(fb, self.now);
+                // NACKs held for this feedback that it reported lost: the
+                // peer resends them (`Peer::resend_due`).
+                let mut due = Vec::new();
+                self.own.take_due(&mut due);
+                assert!(due.len() <= 64, "held NACKs are bounded");
+                for (ssrc, seq) in due {
+                    assert_eq!(ssrc, OWN_SSRC, "due only for what we sent");
+                    self.resend(seq);
+                }
             } else if let Some(n) = p.as_any().downcast_ref::<TransportLayerNack>() {
                 for pair in &n.nacks {
                     for seq in *pair {
                         self.resend(seq);
                     }
                 }
-                while let Some(out) = self.own.poll() {
-                    assert!(
-                        self.sent.values().any(|c| c[..] == out.message[..]),
-                        "a NACK resent something never sent"
-                    );
-                }
+            }
+            while let Some(out) = self.own.poll() {
+                assert!(
+                    self.sent.values().any(|c| c[..] == out.message[..]),
+                    "a NACK resent something never sent"
+                );
             }
         }
         true
