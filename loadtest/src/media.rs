@@ -511,9 +511,9 @@ struct Peer {
     frame: u64,
     picture_id: u16,
     started: Instant,
-    first_media: bool,
     failed: bool,
-    streams: Vec<(u32, StreamRx)>,
+    /// What this peer received (its streams, its first media).
+    rx: Reception,
     /// Padding packets left in the current probe cluster.
     probe_left: u32,
     /// Payload types of the video we receive (from the remote SDP), for
@@ -796,9 +796,12 @@ impl Worker {
             frame: 0,
             picture_id: rand::random::<u16>() & 0x7fff,
             started,
-            first_media: false,
             failed: false,
-            streams: Vec::new(),
+            rx: Reception {
+                streams: Vec::new(),
+                first_media: false,
+                started,
+            },
             probe_left: 0,
             rx_video_pts: Vec::new(),
             remote_sdp: String::new(),
@@ -859,7 +862,7 @@ impl Worker {
         };
         if let Some(mut p) = self.peers[slot].take() {
             if let Transport::Rtc { pc, connected, .. } = &p.transport
-                && !p.first_media
+                && !p.rx.first_media
                 && !p.offered
                 && self.silent_noted < SILENT_NOTES
             {
@@ -876,7 +879,7 @@ impl Worker {
                 );
             }
             // Count this peer's last partial window.
-            for (_, s) in &mut p.streams {
+            for (_, s) in &mut p.rx.streams {
                 self.acc.rx.add(s.take_window());
             }
             if let Some(ep) = p.endpoint.as_mut() {
@@ -942,18 +945,9 @@ impl Worker {
                                 // Authenticated: the server's media address.
                                 p.remote = Some(from);
                                 if let Some(stamp) = Stamp::read(&payload) {
-                                    record_parts(
-                                        &mut p.streams,
-                                        &mut p.first_media,
-                                        p.id,
-                                        p.started,
-                                        &mut self.acc,
-                                        &self.status,
-                                        ssrc,
-                                        stamp,
-                                        12 + payload.len(),
-                                        now,
-                                    );
+                                    let len = 12 + payload.len();
+                                    let (acc, status) = (&mut self.acc, &self.status);
+                                    p.rx.record(acc, status, (ssrc, stamp, len), now);
                                 }
                                 self.rx = reclaim(payload);
                                 continue;
@@ -995,7 +989,8 @@ impl Worker {
                             self.buf[11],
                         ]);
                         if let Some(stamp) = Stamp::read(&self.buf[..n]) {
-                            record(p, &mut self.acc, &self.status, ssrc, stamp, n, now);
+                            let (acc, status) = (&mut self.acc, &self.status);
+                            p.rx.record(acc, status, (ssrc, stamp, n), now);
                         }
                     }
                 }
@@ -1078,21 +1073,8 @@ impl Worker {
                 {
                     let len = 12 + packet.payload.len();
                     let ssrc = packet.header.ssrc;
-                    // Borrow split: record needs the stream list, not the pc.
-                    let streams = &mut p.streams;
-                    let first = &mut p.first_media;
-                    record_parts(
-                        streams,
-                        first,
-                        p.id,
-                        p.started,
-                        &mut self.acc,
-                        &self.status,
-                        ssrc,
-                        stamp,
-                        len,
-                        now,
-                    );
+                    let (acc, status) = (&mut self.acc, &self.status);
+                    p.rx.record(acc, status, (ssrc, stamp, len), now);
                 }
             }
             if !busy {
@@ -1200,11 +1182,10 @@ impl Worker {
                     marker: false,
                     payload_type: pt,
                     payload: &[],
-                    padding: true,
                 };
                 // Counted by the endpoint as it is built.
                 if let Some(ep) = p.endpoint.as_mut()
-                    && ep.protect(&out, &mut self.tx, now)
+                    && ep.protect(&out, true, &mut self.tx, now)
                     && let Some(to) = p.remote
                 {
                     let _ = p.socket.send_to(&self.tx, to);
@@ -1327,9 +1308,8 @@ impl Worker {
                         marker,
                         payload_type: header.payload_type,
                         payload: &payload,
-                        padding: false,
                     };
-                    if ep.protect(&out, &mut self.tx, now)
+                    if ep.protect(&out, false, &mut self.tx, now)
                         && let Some(to) = p.remote
                     {
                         let _ = p.socket.send_to(&self.tx, to);
@@ -1379,7 +1359,7 @@ impl Worker {
             if let Some(ep) = p.endpoint.as_mut() {
                 acc.add_wire(ep.take_counters());
             }
-            for (_, s) in &mut p.streams {
+            for (_, s) in &mut p.rx.streams {
                 acc.rx.add(s.take_window());
                 acc.jitter_sum_us += s.jitter_us();
                 acc.jitter_samples += 1;
@@ -1590,65 +1570,48 @@ fn reclaim(mut payload: BytesMut) -> BytesMut {
     }
 }
 
-fn record(
-    p: &mut Peer,
-    acc: &mut Acc,
-    status: &UnboundedSender<Status>,
-    ssrc: u32,
-    stamp: Stamp,
-    len: usize,
-    now: Instant,
-) {
-    record_parts(
-        &mut p.streams,
-        &mut p.first_media,
-        p.id,
-        p.started,
-        acc,
-        status,
-        ssrc,
-        stamp,
-        len,
-        now,
-    );
+/// What a peer received: per-stream statistics and whether its first
+/// media came (the join time).
+struct Reception {
+    streams: Vec<(u32, StreamRx)>,
+    first_media: bool,
+    started: Instant,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn record_parts(
-    streams: &mut Vec<(u32, StreamRx)>,
-    first_media: &mut bool,
-    _id: u64,
-    started: Instant,
-    acc: &mut Acc,
-    status: &UnboundedSender<Status>,
-    ssrc: u32,
-    stamp: Stamp,
-    len: usize,
-    now: Instant,
-) {
-    let recv_ns = now_ns(now);
-    let i = match streams.iter().position(|(s, _)| *s == ssrc) {
-        Some(i) => i,
-        None => {
-            // Bounded: a participant receives at most 2 tracks from each
-            // of 5 others; more means SSRC churn, so recycle the oldest.
-            if streams.len() >= 32 {
-                streams.remove(0);
+impl Reception {
+    /// One media packet (`len` bytes on the wire) of `ssrc` with its stamp.
+    fn record(
+        &mut self,
+        acc: &mut Acc,
+        status: &UnboundedSender<Status>,
+        (ssrc, stamp, len): (u32, Stamp, usize),
+        now: Instant,
+    ) {
+        let recv_ns = now_ns(now);
+        let streams = &mut self.streams;
+        let i = match streams.iter().position(|(s, _)| *s == ssrc) {
+            Some(i) => i,
+            None => {
+                // Bounded: a participant receives at most 2 tracks from each
+                // of 5 others; more means SSRC churn, so recycle the oldest.
+                if streams.len() >= 32 {
+                    streams.remove(0);
+                }
+                streams.push((ssrc, StreamRx::default()));
+                streams.len() - 1
             }
-            streams.push((ssrc, StreamRx::default()));
-            streams.len() - 1
+        };
+        streams[i].1.record(stamp.counter, stamp.sent_ns, recv_ns);
+        acc.latency
+            .record(recv_ns.saturating_sub(stamp.sent_ns) / 1000);
+        acc.packets += 1;
+        acc.bytes += len as u64;
+        if !self.first_media {
+            self.first_media = true;
+            acc.join
+                .record(now.saturating_duration_since(self.started).as_micros() as u64);
+            let _ = status.send(Status::FirstMedia);
         }
-    };
-    streams[i].1.record(stamp.counter, stamp.sent_ns, recv_ns);
-    acc.latency
-        .record(recv_ns.saturating_sub(stamp.sent_ns) / 1000);
-    acc.packets += 1;
-    acc.bytes += len as u64;
-    if !*first_media {
-        *first_media = true;
-        acc.join
-            .record(now.saturating_duration_since(started).as_micros() as u64);
-        let _ = status.send(Status::FirstMedia);
     }
 }
 

@@ -22,7 +22,9 @@
 //! RTP through rtc).
 
 use crate::inbound::OwnInbound;
-use crate::media_out::{Outbound, TrackOut, twcc_ext_id};
+/// One RTP packet to send ([`Endpoint::protect`]).
+pub use crate::media_out::Outbound as RtpOut;
+use crate::media_out::{TrackOut, twcc_ext_id};
 use crate::rtcp_in::{Rtcp, Srtcp};
 use crate::rtcp_out::{SrtcpOut, marshal_into};
 pub use crate::srtp::OWN_PROFILES as SRTP_PROFILES;
@@ -58,21 +60,6 @@ pub struct Counters {
     /// SRTP and SRTCP datagrams refused (replay, authentication,
     /// malformed) and packets we failed to build.
     pub refused: u64,
-}
-
-/// One RTP packet to send.
-#[derive(Debug, Clone, Copy)]
-pub struct RtpOut<'a> {
-    pub ssrc: u32,
-    pub seq: u16,
-    pub timestamp: u32,
-    pub marker: bool,
-    pub payload_type: u8,
-    /// The payload; empty and `padding` for a padding-only packet.
-    pub payload: &'a [u8],
-    /// A padding-only packet (libwebrtc's bandwidth probes): 4 bytes of
-    /// padding, the P bit set.
-    pub padding: bool,
 }
 
 /// What [`Endpoint::read`] made of a datagram.
@@ -179,10 +166,18 @@ impl Endpoint {
         std::mem::take(&mut self.counters)
     }
 
-    /// Build `p` into `buf` (emptied first) as an SRTP datagram to send.
+    /// Build `p` into `buf` (emptied first) as an SRTP datagram to send;
+    /// with `padding`, a padding-only packet instead of `p`'s payload
+    /// (libwebrtc's bandwidth probes: 4 bytes of padding, the P bit set).
     /// `false` (counted as refused) for an SSRC we do not send on or a
     /// sequence number used already.
-    pub fn protect(&mut self, p: &RtpOut<'_>, buf: &mut BytesMut, now: Instant) -> bool {
+    pub fn protect(
+        &mut self,
+        p: &RtpOut<'_>,
+        padding: bool,
+        buf: &mut BytesMut,
+        now: Instant,
+    ) -> bool {
         let Some((_, track)) = self.tracks.iter_mut().find(|(s, _)| *s == p.ssrc) else {
             self.counters.refused += 1;
             return false;
@@ -192,18 +187,14 @@ impl Endpoint {
             return false;
         };
         const PADDING: [u8; 4] = [0, 0, 0, 4];
-        let out = Outbound {
-            ssrc: p.ssrc,
-            seq: p.seq,
-            timestamp: p.timestamp,
-            marker: p.marker,
-            payload_type: p.payload_type,
-            payload: if p.padding { &PADDING } else { p.payload },
+        let out = RtpOut {
+            payload: if padding { &PADDING } else { p.payload },
+            ..*p
         };
         buf.clear();
         let twcc = self.twcc_ext.map(|id| (id, self.twcc_seq));
         out.write_into(buf, twcc);
-        if p.padding {
+        if padding {
             buf[0] |= 0x20;
         }
         let len = buf.len();
@@ -217,7 +208,7 @@ impl Endpoint {
         if twcc.is_some() {
             self.twcc_seq = self.twcc_seq.wrapping_add(1);
         }
-        if p.padding {
+        if padding {
             self.counters.padding_sent += 1;
         } else {
             track.sent((p.seq, p.timestamp, p.payload.len()), buf, now);
@@ -396,13 +387,12 @@ mod tests {
             marker: false,
             payload_type: VIDEO_PT,
             payload,
-            padding: false,
         }
     }
 
     fn sent(a: &mut Endpoint, p: &RtpOut<'_>, now: Instant) -> BytesMut {
         let mut buf = BytesMut::new();
-        assert!(a.protect(p, &mut buf, now));
+        assert!(a.protect(p, false, &mut buf, now));
         buf
     }
 
@@ -438,19 +428,17 @@ mod tests {
             changed[last] ^= 1;
             assert!(matches!(b.read(changed, now, no_send), Read::Refused));
             // Padding decrypts to an empty payload.
-            let pad = RtpOut {
-                padding: true,
-                ..video(9, b"")
-            };
-            let got = media(b.read(sent(&mut a, &pad, now), now, no_send));
+            let mut pad = BytesMut::new();
+            assert!(a.protect(&video(9, b"ignored"), true, &mut pad, now));
+            let got = media(b.read(pad, now, no_send));
             assert_eq!(got, (2, vec![]));
             // A sequence number is encrypted once only, and only on our SSRCs.
-            assert!(!a.protect(&video(9, b"again"), &mut BytesMut::new(), now));
+            assert!(!a.protect(&video(9, b"again"), false, &mut BytesMut::new(), now));
             let stranger = RtpOut {
                 ssrc: 3,
                 ..video(10, b"x")
             };
-            assert!(!a.protect(&stranger, &mut BytesMut::new(), now));
+            assert!(!a.protect(&stranger, false, &mut BytesMut::new(), now));
             assert_eq!(b.take_counters().refused, 2);
             let c = a.take_counters();
             assert_eq!((c.refused, c.padding_sent), (2, 1));

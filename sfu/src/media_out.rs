@@ -174,8 +174,10 @@ pub(crate) fn ntp(wall: SystemTime) -> u64 {
     (secs << 32) | frac
 }
 
-/// What `OwnMedia::send` needs of the rewritten packet.
-pub(crate) struct Outbound<'a> {
+/// What `OwnMedia::send` needs of the rewritten packet (and what the load
+/// generator's endpoint sends: `endpoint::RtpOut`).
+#[derive(Debug, Clone, Copy)]
+pub struct Outbound<'a> {
     pub ssrc: u32,
     pub seq: u16,
     pub timestamp: u32,
