@@ -258,12 +258,25 @@ export class PeerNamespace {
     live.add(ns.name);
     registerExitHook();
     try {
+      // No IPv6 on the pair: its link-local address would finish duplicate address detection
+      // ~1 s after the link came up, and Chromium, started in the namespace by then, takes that
+      // for a network change and aborts the page's loads (net::ERR_NETWORK_CHANGED: a guest page
+      // never started in CI). Best effort: a kernel without IPv6 has nothing to disable.
+      const noIpv6 = 'for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/default/disable_ipv6; do [ -e $f ] && echo 1 > $f; done; true';
+      await run('ip', ['netns', 'exec', ns.name, 'sh', '-c', noIpv6]);
       await run('ip', ['-n', ns.name, 'link', 'set', 'lo', 'up']);
       await run('ip', ['link', 'add', ns.hostIf, 'type', 'veth', 'peer', 'name', ns.peerIf, 'netns', ns.name]);
+      await run('sh', ['-c', `f=/proc/sys/net/ipv6/conf/${ns.hostIf}/disable_ipv6; [ -e $f ] && echo 1 > $f; true`]);
       await run('ip', ['addr', 'add', `${ns.hostIp}/30`, 'dev', ns.hostIf]);
       await run('ip', ['-n', ns.name, 'addr', 'add', `${ns.peerIp}/30`, 'dev', ns.peerIf]);
       await run('ip', ['link', 'set', ns.hostIf, 'up']);
       await run('ip', ['-n', ns.name, 'link', 'set', ns.peerIf, 'up']);
+      // Settled before any browser starts: no address still tentative on either side.
+      for (let i = 0; i < 50; i += 1) {
+        const addrs = (await run('ip', ['-n', ns.name, '-o', 'addr', 'show'])) + (await run('ip', ['-o', 'addr', 'show', 'dev', ns.hostIf]));
+        if (!addrs.includes('tentative')) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
     } catch (e) {
       await ns.destroy().catch(() => {});
       throw e;
