@@ -162,6 +162,9 @@ test('join ratchets the sender key; leave replaces it with a fresh random key fo
 
   const sentAfter = relay.log.length;
   await a.participantLeft(C);
+  // The fresh key is sealed and sent on B's send chain, after participantLeft resolves (CI once
+  // looked before it was sent): wait for that chain, not for time.
+  await a.peers.get(B).sendChain;
   assert.equal(a.latest.epoch, joined.epoch + 1);
   assert.notDeepEqual(a.latest.baseKey, await ratchetBaseKey(joined.key), 'not derivable from what C held');
   const keyMsgs = relay.log.slice(sentAfter).filter((m) => m.from === A && m.kind === 'key');
