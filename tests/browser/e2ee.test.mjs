@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { assert, scenario, waitUntil } from './lib/index.mjs';
+import { assert, scenario, waitUntil, tilePixels } from './lib/index.mjs';
 import { ReceiveKeyring } from '../../web/e2ee/sframe.js';
 import { containsExif, exifGpsSegment } from '../crypto/jpeg-fixture.mjs';
 import { jpegHasMetadata } from '../../web/e2ee/photo.js';
@@ -361,18 +361,7 @@ scenario('e2ee eavesdropper: a valid participant without E2EE receives media but
  * Mean colours of a 4×3 grid over the decoded frame in participant `id`'s tile on `p`'s page,
  * flattened (36 numbers: r, g, b per cell); null without a decoded frame.
  */
-function tileGrid(p, id) {
-  return p.evaluate((pid) => {
-    const v = document.querySelector(`.tile[data-participant-id="${pid}"] video`);
-    if (!v || !v.videoWidth) return null;
-    const c = document.createElement('canvas');
-    c.width = 4;
-    c.height = 3;
-    const g = c.getContext('2d');
-    g.drawImage(v, 0, 0, 4, 3);
-    return Array.from(g.getImageData(0, 0, 4, 3).data).filter((_, i) => i % 4 !== 3);
-  }, id);
-}
+const tileGrid = (p, id) => tilePixels(p, id, 4, 3);
 
 /** Tries to decrypt a protected VP8 frame with one (epoch, key); true if it authenticates. */
 async function decrypts(frame, epoch, key) {

@@ -116,24 +116,34 @@ export function metric(metrics, name, labels) {
 }
 
 /**
+ * The decoded frame in the video tile of participant `id` on `p`'s page, drawn
+ * through a `w`×`h` canvas: [r, g, b] per pixel, flattened, row by row (null:
+ * no tile or no frame yet).
+ */
+export function tilePixels(p, id, w, h) {
+  return p.evaluate(({ pid, w, h }) => {
+    const v = document.querySelector(`.tile[data-participant-id="${pid}"] video`);
+    if (!v || !v.videoWidth) return null;
+    const c = document.createElement('canvas');
+    c.width = w;
+    c.height = h;
+    const g = c.getContext('2d');
+    g.drawImage(v, 0, 0, w, h);
+    return Array.from(g.getImageData(0, 0, w, h).data).filter((_, i) => i % 4 !== 3);
+  }, { pid: id, w, h });
+}
+
+/**
  * Mean colour [r, g, b] of the decoded frame in the video tile of participant
  * `id` on `p`'s page, drawn through a canvas (null: no tile or no frame yet).
  * Chromium's fake camera is bright; a black or empty tile sums to ~0.
  */
-export function tileColour(p, id) {
-  return p.evaluate((pid) => {
-    const v = document.querySelector(`.tile[data-participant-id="${pid}"] video`);
-    if (!v || !v.videoWidth) return null;
-    const c = document.createElement('canvas');
-    c.width = 32;
-    c.height = 24;
-    const g = c.getContext('2d');
-    g.drawImage(v, 0, 0, 32, 24);
-    const d = g.getImageData(0, 0, 32, 24).data;
-    const sum = [0, 0, 0];
-    for (let i = 0; i < d.length; i += 4) for (let k = 0; k < 3; k++) sum[k] += d[i + k];
-    return sum.map((x) => Math.round(x / (d.length / 4)));
-  }, id);
+export async function tileColour(p, id) {
+  const px = await tilePixels(p, id, 32, 24);
+  if (!px) return null;
+  const sum = [0, 0, 0];
+  for (let i = 0; i < px.length; i += 3) for (let k = 0; k < 3; k++) sum[k] += px[i + k];
+  return sum.map((x) => Math.round(x / (px.length / 3)));
 }
 
 /** A colour from `tileColour` that is a picture, not a black or empty tile. */
