@@ -89,14 +89,15 @@ mod imp {
     }
 
     // SAFETY: the raw pointers in `iovs`/`hdrs` point only into this
-    // batch's own heap buffers and are rewritten before every call; nothing
-    // is shared with another thread.
+    // batch's own heap buffers (allocated once in `new`, never resized, so
+    // they do not move when the batch does); nothing is shared with another
+    // thread.
     unsafe impl Send for Batch {}
 
     impl Batch {
         pub(crate) fn new(n: usize) -> Self {
             let n = n.max(1);
-            Self {
+            let mut b = Self {
                 bufs: vec![[0; SLOT]; n],
                 // SAFETY: all-zero is a valid sockaddr_storage / iovec / mmsghdr.
                 addrs: vec![unsafe { zeroed() }; n],
@@ -104,7 +105,32 @@ mod imp {
                 controls: vec![[0; 8]; n],
                 hdrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
                 got: Vec::with_capacity(n),
+            };
+            for i in 0..n {
+                b.iovs[i] = libc::iovec {
+                    iov_base: b.bufs[i].as_mut_ptr().cast(),
+                    iov_len: SLOT,
+                };
+                let h = &mut b.hdrs[i].msg_hdr;
+                h.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
+                h.msg_iov = &mut b.iovs[i];
+                h.msg_iovlen = 1;
+                h.msg_control = b.controls[i].as_mut_ptr().cast();
+                b.reset(i);
             }
+            b
+        }
+
+        /// The fields of header `i` the kernel writes back, as they must
+        /// be before a call: the pointers never change, so only these are
+        /// set again, and only for the headers the last call filled (a
+        /// header it did not reach is as it was; most calls read one).
+        fn reset(&mut self, i: usize) {
+            let h = &mut self.hdrs[i];
+            h.msg_len = 0;
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_controllen = size_of::<Control>() as _;
+            h.msg_hdr.msg_flags = 0;
         }
 
         pub(crate) fn capacity(&self) -> usize {
@@ -117,21 +143,6 @@ mod imp {
         pub(crate) fn recv(&mut self, sock: &impl AsRawFd) -> io::Result<usize> {
             self.got.clear();
             let n = self.bufs.len();
-            for i in 0..n {
-                self.iovs[i] = libc::iovec {
-                    iov_base: self.bufs[i].as_mut_ptr().cast(),
-                    iov_len: SLOT,
-                };
-                let h = &mut self.hdrs[i];
-                h.msg_len = 0;
-                h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-                h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                h.msg_hdr.msg_iov = &mut self.iovs[i];
-                h.msg_hdr.msg_iovlen = 1;
-                h.msg_hdr.msg_control = self.controls[i].as_mut_ptr().cast();
-                h.msg_hdr.msg_controllen = size_of::<Control>() as _;
-                h.msg_hdr.msg_flags = 0;
-            }
             // SAFETY: every header points at live buffers of the sizes it
             // states, all owned by `self` for the duration of the call.
             let r = unsafe {
@@ -144,7 +155,11 @@ mod imp {
                 )
             };
             if r < 0 {
-                return Err(io::Error::last_os_error());
+                // The kernel writes a header back only for a datagram it
+                // read; set the first one again all the same (cheap).
+                let e = io::Error::last_os_error();
+                self.reset(0);
+                return Err(e);
             }
             let now = Instant::now();
             let wall = SystemTime::now();
@@ -165,6 +180,9 @@ mod imp {
                     }
                 };
                 self.got.push(got);
+            }
+            for i in 0..r as usize {
+                self.reset(i);
             }
             Ok(r as usize)
         }
