@@ -44,6 +44,10 @@ const HISTORY_HORIZON: Duration = Duration::from_secs(2);
 /// every forward; bounded against a peer that is never flushed).
 const QUEUE_MAX: usize = 1024;
 
+/// The largest datagram a browser's RTP packet makes on the wire: 1,200
+/// bytes of RTP (libwebrtc's limit) and the 16-byte SRTP tag.
+const FULL_DATAGRAM: usize = 1_216;
+
 /// A video track's ring of sent ciphertext, for NACKs: `slots` entries
 /// indexed by sequence number, buffers reused (no allocation once warm).
 pub(crate) struct Resend {
@@ -73,13 +77,13 @@ impl Resend {
         slot.0 = seq;
         slot.1.clear();
         if slot.1.capacity() < packet.len() {
-            // Sized to the datagram (rounded up to 64 bytes), never grown
-            // by doubling: a slot that held 1,150 bytes and then 1,200
-            // would otherwise keep 2,300. Once a slot has held a full-size
-            // packet (a lap or two) it no longer allocates. RSS per peer at
-            // 75 consults: 794 KB with doubling, 702 KB with 1,500-byte
-            // slots, less with these.
-            slot.1 = Vec::with_capacity(packet.len().next_multiple_of(64));
+            // Sized once for a full-size datagram (a larger one rounded up
+            // to 64 bytes), never grown by doubling: a slot that held 1,150
+            // bytes and then 1,200 would otherwise keep 2,300, and a slot
+            // sized to its first (often smaller) packet was reallocated
+            // two or three times over the first minute. RSS per peer at 75
+            // consults: 794 KB with doubling, ~700 KB with these.
+            slot.1 = Vec::with_capacity(packet.len().max(FULL_DATAGRAM).next_multiple_of(64));
         }
         slot.1.extend_from_slice(packet);
     }
@@ -793,9 +797,17 @@ mod tests {
     fn a_resend_slot_holds_one_datagram_not_a_doubled_buffer() {
         let mut ring = Resend::new(4);
         // Every slot sees a packet, then a slightly larger one a lap later.
+        let mut first_lap = Vec::new();
         for (seq, len) in (0..4).map(|s| (s, 1_100)).chain((4..8).map(|s| (s, 1_200))) {
             ring.store(seq, &vec![seq as u8; len]);
+            if seq == 3 {
+                first_lap = ring.slots.iter().map(|(_, b)| b.as_ptr()).collect();
+            }
         }
+        // Settled from the first lap on: the larger packets of the second
+        // lap reuse the slots' buffers.
+        let second_lap: Vec<_> = ring.slots.iter().map(|(_, b)| b.as_ptr()).collect();
+        assert_eq!(first_lap, second_lap, "a slot was reallocated");
         for seq in 4..8u16 {
             assert_eq!(ring.get(seq).map(<[u8]>::len), Some(1_200));
         }
