@@ -11,10 +11,10 @@
 #                                      then 1 consult for 3 s against Janus
 #                                      (skipped, saying why, when Janus cannot
 #                                      be installed)
-#   loadtest/run-bench.sh --compare    consults and group of 6 against
-#                                      Spreekkamer and Janus VideoRoom, then the
-#                                      same ramp against both and the plain UDP
-#                                      relay, each RUNS times (interleaved) and
+#   loadtest/run-bench.sh --compare    consults, group of 6 and a ramp against
+#                                      Spreekkamer, Janus VideoRoom and the
+#                                      plain UDP relay (the kernel's floor),
+#                                      each RUNS times (interleaved) and
 #                                      reduced to the median with its range;
 #                                      then the callgrind step; prints the
 #                                      ratios (compare-ratios.txt);
@@ -507,8 +507,11 @@ if [[ $MODE == compare ]]; then
     ensure_janus || exit 1
     RAMP=(ramp --start "$RAMP_START" --step "$RAMP_STEP" --max-consults "$RAMP_MAX"
         --duration "$DURATION" --max-loss "$MAX_LOSS" --max-p99-ms "$MAX_P99_MS" --quiet)
-    series compare-consults "spreekkamer janus" consults -n "$CONSULTS" --duration "$DURATION" --quiet
-    series compare-group "spreekkamer janus" group --size 6 --duration "$DURATION" --quiet
+    # The relay in every scenario: its cost per packet is the kernel's
+    # share of forwarding (loopback UDP send and receive, both ends), the
+    # floor under any server's figure on this machine.
+    series compare-consults "spreekkamer janus relay" consults -n "$CONSULTS" --duration "$DURATION" --quiet
+    series compare-group "spreekkamer janus relay" group --size 6 --duration "$DURATION" --quiet
     series compare-ramp "spreekkamer janus relay" "${RAMP[@]}"
     plots=()
     for kind in spreekkamer janus relay; do
@@ -529,8 +532,12 @@ if [[ $MODE == compare ]]; then
         echo "$(pinning_note); medians of $RUNS runs; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
         echo "$CONSULTS consults:"
         pair "$OUT/compare-consults-spreekkamer.json" "$OUT/compare-consults-janus.json"
+        pair "$OUT/compare-consults-spreekkamer.json" "$OUT/compare-consults-relay.json"
+        pair "$OUT/compare-consults-relay.json" "$OUT/compare-consults-janus.json"
         echo "group of 6:"
         pair "$OUT/compare-group-spreekkamer.json" "$OUT/compare-group-janus.json"
+        pair "$OUT/compare-group-spreekkamer.json" "$OUT/compare-group-relay.json"
+        pair "$OUT/compare-group-relay.json" "$OUT/compare-group-janus.json"
         echo "ramp (1:1 consults):"
         pair "$OUT/compare-ramp-spreekkamer.json" "$OUT/compare-ramp-janus.json"
         pair "$OUT/compare-ramp-spreekkamer.json" "$OUT/compare-ramp-relay.json"

@@ -282,8 +282,12 @@ pub enum Status {
 pub enum PeerMode {
     /// A WebRTC peer; its answers go to the signaling task.
     Rtc { events: UnboundedSender<PeerEvent> },
-    /// Plain UDP through the relay at `relay`, to the partner `to`.
-    Plain { relay: SocketAddr, to: SocketAddr },
+    /// Plain UDP through the relay at `relay`, to the partners `to` (one
+    /// in a consult, the others of a group).
+    Plain {
+        relay: SocketAddr,
+        to: Vec<SocketAddr>,
+    },
 }
 
 pub enum Command {
@@ -495,7 +499,7 @@ enum Transport {
     },
     Plain {
         relay: SocketAddr,
-        to: SocketAddr,
+        to: Vec<SocketAddr>,
         next_hello: Instant,
     },
 }
@@ -1113,9 +1117,9 @@ impl Worker {
                 } if p.publish && now >= *next_hello => {
                     // Tell the relay where our packets go (repeated: UDP).
                     *next_hello = now + Duration::from_secs(1);
-                    let mut hello = b"HELO".to_vec();
-                    hello.extend_from_slice(to.to_string().as_bytes());
-                    let _ = p.socket.send_to(&hello, *relay);
+                    let list: Vec<String> = to.iter().map(SocketAddr::to_string).collect();
+                    let hello = format!("HELO{}", list.join(","));
+                    let _ = p.socket.send_to(hello.as_bytes(), *relay);
                 }
                 _ => {}
             }

@@ -1,8 +1,9 @@
 //! The physical-limit baseline: a plain UDP relay (recv → table lookup →
 //! send), one thread and one socket per worker like the SFU. A sender
-//! first says `HELO<dest addr>`; afterwards every datagram from it goes to
-//! that destination unchanged, except padding-only RTP packets (the
-//! generator's bandwidth probes), which are dropped as the SFU drops them.
+//! first says `HELO<dest addr>[,<dest addr>...]`; afterwards every datagram
+//! from it goes to those destinations unchanged (one `send_to` each: a
+//! group's fan-out), except padding-only RTP packets (the generator's
+//! bandwidth probes), which are dropped as the SFU drops them.
 //! Run as its own process so its CPU time can be read from /proc like the
 //! SFU's.
 
@@ -13,10 +14,19 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 /// Remembered senders per thread (bounds a spoofer's effect).
 const MAX_ROUTES: usize = 64 * 1024;
 
-/// Parse a `HELO` datagram into its destination.
-pub fn parse_hello(d: &[u8]) -> Option<SocketAddr> {
-    let rest = d.strip_prefix(b"HELO")?;
-    std::str::from_utf8(rest).ok()?.parse().ok()
+/// Destinations one sender may name (a group of 16).
+pub const MAX_FANOUT: usize = 15;
+
+/// Parse a `HELO` datagram into its destinations (1 to [`MAX_FANOUT`],
+/// comma-separated); `None` for anything else.
+pub fn parse_hello(d: &[u8]) -> Option<Vec<SocketAddr>> {
+    let rest = std::str::from_utf8(d.strip_prefix(b"HELO")?).ok()?;
+    let to = rest
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<SocketAddr>, _>>()
+        .ok()?;
+    (1..=MAX_FANOUT).contains(&to.len()).then_some(to)
 }
 
 /// Is this RTP datagram (with a `tag`-byte SRTP tag at its end) padding
@@ -59,7 +69,7 @@ pub fn serve(bind: IpAddr, port: u16, threads: usize) -> std::io::Result<()> {
 }
 
 fn relay(socket: UdpSocket) {
-    let mut routes: HashMap<SocketAddr, SocketAddr> = HashMap::new();
+    let mut routes: HashMap<SocketAddr, Vec<SocketAddr>> = HashMap::new();
     let mut buf = vec![0u8; 2048];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf) else {
@@ -69,7 +79,9 @@ fn relay(socket: UdpSocket) {
             continue;
         }
         if let Some(to) = routes.get(&from) {
-            let _ = socket.send_to(&buf[..n], to);
+            for to in to {
+                let _ = socket.send_to(&buf[..n], to);
+            }
         } else if let Some(to) = parse_hello(&buf[..n])
             && routes.len() < MAX_ROUTES
         {
@@ -84,12 +96,24 @@ mod tests {
 
     #[test]
     fn hello_names_the_destination() {
+        let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:4001".parse().unwrap();
+        assert_eq!(parse_hello(b"HELO127.0.0.1:4000"), Some(vec![a]));
         assert_eq!(
-            parse_hello(b"HELO127.0.0.1:4000"),
-            Some("127.0.0.1:4000".parse().unwrap())
+            parse_hello(b"HELO127.0.0.1:4000,127.0.0.2:4001"),
+            Some(vec![a, b])
         );
         assert_eq!(parse_hello(b"HELO"), None);
+        assert_eq!(parse_hello(b"HELO127.0.0.1:4000,"), None);
+        assert_eq!(parse_hello(b"HELO127.0.0.1:4000,x"), None);
         assert_eq!(parse_hello(b"\x80\x60HELO127.0.0.1:1"), None);
+        let most = vec!["127.0.0.1:1"; MAX_FANOUT].join(",");
+        assert_eq!(
+            parse_hello(format!("HELO{most}").as_bytes()).map(|v| v.len()),
+            Some(MAX_FANOUT)
+        );
+        let too_many = vec!["127.0.0.1:1"; MAX_FANOUT + 1].join(",");
+        assert_eq!(parse_hello(format!("HELO{too_many}").as_bytes()), None);
     }
 
     #[test]
@@ -124,26 +148,45 @@ mod tests {
     }
 
     #[test]
-    fn relays_after_hello() {
+    fn relays_after_hello_to_every_destination_named() {
         let relay_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         let relay_addr = relay_sock.local_addr().unwrap();
         std::thread::spawn(move || relay(relay_sock));
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
-        b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        let hello = format!("HELO{}", b.local_addr().unwrap());
+        let (b, c) = (
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+        );
+        for s in [&b, &c] {
+            s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+                .unwrap();
+        }
+        let hello = format!(
+            "HELO{},{}",
+            b.local_addr().unwrap(),
+            c.local_addr().unwrap()
+        );
         a.send_to(hello.as_bytes(), relay_addr).unwrap();
         // The hello itself is not forwarded; wait until the route exists.
         let mut buf = [0u8; 64];
+        let mut got_b = false;
         for _ in 0..50 {
             a.send_to(b"media", relay_addr).unwrap();
             if let Ok((n, from)) = b.recv_from(&mut buf) {
                 assert_eq!(&buf[..n], b"media");
                 assert_eq!(from, relay_addr);
-                return;
+                got_b = true;
+                break;
             }
         }
-        panic!("nothing relayed");
+        assert!(got_b, "nothing relayed to the first destination");
+        // Every datagram b got, c got too (the route is in place for both
+        // at once), and nothing else.
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let (n, from) = c
+            .recv_from(&mut buf)
+            .expect("relayed to the second destination");
+        assert_eq!((&buf[..n], from), (&b"media"[..], relay_addr));
     }
 }

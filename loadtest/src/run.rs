@@ -235,13 +235,17 @@ impl Runner {
                         std::net::UdpSocket::bind((ip, 0))
                             .map_err(|e| Fatal(format!("bind UDP on {ip}: {e}")))
                     };
-                    let a = bind(self.opts.local_ip)?;
-                    let b = bind(self.opts.local_ip)?;
-                    let (aa, ba) = (
-                        a.local_addr().map_err(|e| Fatal(e.to_string()))?,
-                        b.local_addr().map_err(|e| Fatal(e.to_string()))?,
-                    );
-                    for (sock, to) in [(a, ba), (b, aa)] {
+                    // One socket per member; each sends to all the others
+                    // (a consult: the partner; a group: the fan-out).
+                    let mut members = Vec::new();
+                    for _ in 0..size.max(2) {
+                        let sock = bind(self.opts.local_ip)?;
+                        let addr = sock.local_addr().map_err(|e| Fatal(e.to_string()))?;
+                        members.push((sock, addr));
+                    }
+                    let addrs: Vec<SocketAddr> = members.iter().map(|(_, a)| *a).collect();
+                    for (sock, me) in members {
+                        let to = addrs.iter().copied().filter(|a| *a != me).collect();
                         let id = self.next_id;
                         self.next_id += 1;
                         self.media[(id as usize) % self.media.len()].send(Command::Add {
@@ -253,7 +257,7 @@ impl Runner {
                         });
                         self.participants += 1;
                     }
-                    tokio::time::sleep(gap * 2).await;
+                    tokio::time::sleep(gap * size.max(2)).await;
                 }
             }
         }
