@@ -45,7 +45,8 @@ const HISTORY_HORIZON: Duration = Duration::from_secs(2);
 const QUEUE_MAX: usize = 1024;
 
 /// The largest datagram a browser's RTP packet makes on the wire: 1,200
-/// bytes of RTP (libwebrtc's limit) and the 16-byte SRTP tag.
+/// bytes of RTP (libwebrtc's limit) and the 16-byte SRTP tag; what a
+/// resend slot that must grow grows to.
 const FULL_DATAGRAM: usize = 1_216;
 
 /// A video track's ring of sent ciphertext, for NACKs: `slots` entries
@@ -77,13 +78,18 @@ impl Resend {
         slot.0 = seq;
         slot.1.clear();
         if slot.1.capacity() < packet.len() {
-            // Sized once for a full-size datagram (a larger one rounded up
-            // to 64 bytes), never grown by doubling: a slot that held 1,150
-            // bytes and then 1,200 would otherwise keep 2,300, and a slot
-            // sized to its first (often smaller) packet was reallocated
-            // two or three times over the first minute. RSS per peer at 75
-            // consults: 794 KB with doubling, ~700 KB with these.
-            slot.1 = Vec::with_capacity(packet.len().max(FULL_DATAGRAM).next_multiple_of(64));
+            // Sized to the datagram (rounded up to 64 bytes), never grown
+            // by doubling (a slot that held 1,150 bytes and then 1,200
+            // would keep 2,300: RSS per peer at 75 consults 794 KB with
+            // doubling, ~700 KB without). A slot that must grow goes
+            // straight to a full-size datagram, so it grows at most once
+            // (it used to, two or three times over the first minute), and
+            // a layer of small packets keeps small slots.
+            let len = match slot.1.capacity() {
+                0 => packet.len(),
+                _ => packet.len().max(FULL_DATAGRAM),
+            };
+            slot.1 = Vec::with_capacity(len.next_multiple_of(64));
         }
         slot.1.extend_from_slice(packet);
     }
@@ -796,26 +802,38 @@ mod tests {
     #[test]
     fn a_resend_slot_holds_one_datagram_not_a_doubled_buffer() {
         let mut ring = Resend::new(4);
-        // Every slot sees a packet, then a slightly larger one a lap later.
-        let mut first_lap = Vec::new();
-        for (seq, len) in (0..4).map(|s| (s, 1_100)).chain((4..8).map(|s| (s, 1_200))) {
-            ring.store(seq, &vec![seq as u8; len]);
-            if seq == 3 {
-                first_lap = ring.slots.iter().map(|(_, b)| b.as_ptr()).collect();
-            }
+        let buffers =
+            |ring: &Resend| -> Vec<_> { ring.slots.iter().map(|(_, b)| b.as_ptr()).collect() };
+        // Every slot sees a small packet, then a larger one a lap later
+        // (one reallocation, to a full-size datagram), then packets of
+        // any size up to that (none).
+        for seq in 0..4u16 {
+            ring.store(seq, &vec![seq as u8; 500]);
         }
-        // Settled from the first lap on: the larger packets of the second
-        // lap reuse the slots' buffers.
-        let second_lap: Vec<_> = ring.slots.iter().map(|(_, b)| b.as_ptr()).collect();
-        assert_eq!(first_lap, second_lap, "a slot was reallocated");
         for seq in 4..8u16 {
-            assert_eq!(ring.get(seq).map(<[u8]>::len), Some(1_200));
+            ring.store(seq, &vec![seq as u8; 900]);
         }
+        let grown = buffers(&ring);
+        for (seq, len) in (8..16u16).zip([1_216, 1_150, 1_201, 700, 1_216, 90, 1_000, 1_210]) {
+            ring.store(seq, &vec![seq as u8; len]);
+        }
+        assert_eq!(buffers(&ring), grown, "a slot grew twice");
+        assert_eq!(ring.get(15).map(<[u8]>::len), Some(1_210));
         let held: usize = ring.slots.iter().map(|(_, b)| b.capacity()).sum();
         assert!(held <= 4 * 1_216, "{held} bytes held for 4 slots");
+        // A layer of small packets keeps small slots.
+        let mut small = Resend::new(4);
+        for seq in 0..12u16 {
+            small.store(seq, &vec![0; 600 + usize::from(seq % 3)]);
+        }
+        let held: usize = small.slots.iter().map(|(_, b)| b.capacity()).sum();
+        assert!(
+            held <= 4 * 640,
+            "{held} bytes held for 4 slots of ~600-byte packets"
+        );
         // A datagram larger than a buffer still fits.
-        ring.store(8, &[1; 2_000]);
-        assert_eq!(ring.get(8).map(<[u8]>::len), Some(2_000));
+        ring.store(16, &[1; 2_000]);
+        assert_eq!(ring.get(16).map(<[u8]>::len), Some(2_000));
     }
     use rtc::srtp::context::Context;
     use rtc::srtp::protection_profile::ProtectionProfile;
