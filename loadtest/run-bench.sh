@@ -11,10 +11,12 @@
 #                                      then 1 consult for 3 s against Janus
 #                                      (skipped, saying why, when Janus cannot
 #                                      be installed)
-#   loadtest/run-bench.sh --compare    consults, group of 6 and a ramp against
+#   loadtest/run-bench.sh --compare    consults and group of 6 against
 #                                      Spreekkamer, Janus VideoRoom and the
-#                                      plain UDP relay (the kernel's floor),
-#                                      each RUNS times (interleaved) and
+#                                      UDP relay (plain, and batched: the
+#                                      kernel's floor), a ramp against the
+#                                      first three, each RUNS times
+#                                      (interleaved) and
 #                                      reduced to the median with its range;
 #                                      then the callgrind step; prints the
 #                                      ratios (compare-ratios.txt);
@@ -58,7 +60,10 @@
 # (received video dropped before SRTP so the peers NACK: 0.002, 0.01 for
 # --smoke), CG_CONSULTS [1], CG_DURATION [20], CG_JANUS [1] (callgrind
 # Janus too), KEEP_CG=1 (keep the callgrind files for callgrind_annotate),
-# NO_CALLGRIND=1 (skip the callgrind step in --compare),
+# NO_CALLGRIND=1 (skip the callgrind step in --compare), COMPARE_KINDS
+# (targets of --compare's fixed scenarios: "spreekkamer janus relay
+# relay-batch"), NO_RAMP=1 (skip --compare's ramp), RAMP_KINDS (its
+# targets: "spreekkamer janus relay"),
 # NO_BUILD=1 (use the binaries already in target/release), NO_JANUS=1 (skip
 # Janus in --smoke), KEEP_LOGS=1 (keep the servers' logs; the last run's
 # each), SERVER_LOG_LEVEL [error] (Spreekkamer's --log-level), GEN_EXTRA (more generator flags: --rtc-media for the
@@ -297,9 +302,11 @@ stop_janus() {
 
 # The plain UDP relay, one thread, started here (not by the generator) so
 # that it is pinned (and under callgrind) like the servers.
+# start_relay [--batch]: --batch reads and sends with recvmmsg/sendmmsg in
+# batches of 32, as the SFU does (the kernel's floor).
 start_relay() {
     ip netns exec "$NS" "${PIN_SERVER[@]}" "${VALGRIND[@]}" "$BIN/loadtest" relay-server \
-        --bind 127.0.0.1 --port "$RELAY_PORT" --threads 1 >"$RELAY_LOG" 2>&1 &
+        --bind 127.0.0.1 --port "$RELAY_PORT" --threads 1 "$@" >"$RELAY_LOG" 2>&1 &
     RELAY_PID=$!
     local i
     for i in $(seq 1 $((${#VALGRIND[@]} ? 600 : 100))); do
@@ -354,8 +361,8 @@ run_one() {
             lt "$@" --janus "$JANUS_URL" --local-ip "$JANUS_IP" --json "$json" || rc=$?
             stop_janus
             ;;
-        relay)
-            start_relay
+        relay|relay-batch)
+            if [[ $kind == relay-batch ]]; then start_relay --batch; else start_relay; fi
             lt "$@" --relay --relay-running --relay-port "$RELAY_PORT" --relay-threads 1 \
                 --json "$json" || rc=$?
             stop_relay
@@ -507,12 +514,19 @@ if [[ $MODE == compare ]]; then
     ensure_janus || exit 1
     RAMP=(ramp --start "$RAMP_START" --step "$RAMP_STEP" --max-consults "$RAMP_MAX"
         --duration "$DURATION" --max-loss "$MAX_LOSS" --max-p99-ms "$MAX_P99_MS" --quiet)
-    # The relay in every scenario: its cost per packet is the kernel's
-    # share of forwarding (loopback UDP send and receive, both ends), the
-    # floor under any server's figure on this machine.
-    series compare-consults "spreekkamer janus relay" consults -n "$CONSULTS" --duration "$DURATION" --quiet
-    series compare-group "spreekkamer janus relay" group --size 6 --duration "$DURATION" --quiet
-    series compare-ramp "spreekkamer janus relay" "${RAMP[@]}"
+    # The relay in every scenario, plain (one system call per datagram and
+    # destination: the baseline issue 13's ratio names) and batched
+    # (recvmmsg/sendmmsg as our worker does: what the kernel alone costs per
+    # forwarded packet, the floor under any server's figure on this machine).
+    # COMPARE_KINDS narrows the fixed scenarios, NO_RAMP=1 skips the ramp
+    # (e.g. COMPARE_KINDS=relay-batch NO_RAMP=1 NO_CALLGRIND=1: add the floor
+    # to an earlier OUT).
+    kinds=${COMPARE_KINDS:-spreekkamer janus relay relay-batch}
+    series compare-consults "$kinds" consults -n "$CONSULTS" --duration "$DURATION" --quiet
+    series compare-group "$kinds" group --size 6 --duration "$DURATION" --quiet
+    if [[ -z "${NO_RAMP:-}" ]]; then
+        series compare-ramp "${RAMP_KINDS:-spreekkamer janus relay}" "${RAMP[@]}"
+    fi
     plots=()
     for kind in spreekkamer janus relay; do
         [[ -e "$OUT/compare-ramp-$kind.json" ]] && plots+=("$OUT/compare-ramp-$kind.json")
@@ -531,13 +545,14 @@ if [[ $MODE == compare ]]; then
     {
         echo "$(pinning_note); medians of $RUNS runs; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
         echo "$CONSULTS consults:"
-        pair "$OUT/compare-consults-spreekkamer.json" "$OUT/compare-consults-janus.json"
-        pair "$OUT/compare-consults-spreekkamer.json" "$OUT/compare-consults-relay.json"
-        pair "$OUT/compare-consults-relay.json" "$OUT/compare-consults-janus.json"
-        echo "group of 6:"
-        pair "$OUT/compare-group-spreekkamer.json" "$OUT/compare-group-janus.json"
-        pair "$OUT/compare-group-spreekkamer.json" "$OUT/compare-group-relay.json"
-        pair "$OUT/compare-group-relay.json" "$OUT/compare-group-janus.json"
+        for scenario in consults group; do
+            [[ $scenario == group ]] && echo "group of 6:"
+            pair "$OUT/compare-$scenario-spreekkamer.json" "$OUT/compare-$scenario-janus.json"
+            pair "$OUT/compare-$scenario-spreekkamer.json" "$OUT/compare-$scenario-relay.json"
+            pair "$OUT/compare-$scenario-janus.json" "$OUT/compare-$scenario-relay.json"
+            pair "$OUT/compare-$scenario-spreekkamer.json" "$OUT/compare-$scenario-relay-batch.json"
+            pair "$OUT/compare-$scenario-janus.json" "$OUT/compare-$scenario-relay-batch.json"
+        done
         echo "ramp (1:1 consults):"
         pair "$OUT/compare-ramp-spreekkamer.json" "$OUT/compare-ramp-janus.json"
         pair "$OUT/compare-ramp-spreekkamer.json" "$OUT/compare-ramp-relay.json"

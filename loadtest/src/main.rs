@@ -78,6 +78,10 @@ enum Cmd {
         port: u16,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// recvmmsg/sendmmsg in batches of 32, as the SFU's worker reads
+        /// and sends (the kernel's floor), instead of one call per datagram.
+        #[arg(long)]
+        batch: bool,
     },
     /// CPU (and callgrind instructions) per forwarded packet of run A as a
     /// multiple of run B's.
@@ -205,7 +209,8 @@ fn main() -> ExitCode {
             bind,
             port,
             threads,
-        } => match relay::serve(bind, port, threads) {
+            batch,
+        } => match relay::serve(bind, port, threads, batch) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: relay: {e}");

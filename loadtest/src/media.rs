@@ -535,6 +535,23 @@ struct Peer {
     /// never got media (`Worker::remove`).
     received: u64,
     offered: bool,
+    /// For the same note: datagrams received and sent by kind (STUN, DTLS,
+    /// RTP/RTCP, other: `datagram_kind`) and the last ICE and
+    /// peer-connection states rtc reported.
+    rx_kinds: [u32; 4],
+    tx_kinds: [u32; 4],
+    states: (String, String),
+}
+
+/// RFC 7983's demultiplexing by first byte: 0 STUN, 1 DTLS, 2 RTP/RTCP,
+/// 3 anything else.
+fn datagram_kind(d: &[u8]) -> usize {
+    match d.first() {
+        Some(0..=3) => 0,
+        Some(20..=63) => 1,
+        Some(128..=191) => 2,
+        _ => 3,
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -812,6 +829,9 @@ impl Worker {
             remote: None,
             endpoint: None,
             received: 0,
+            rx_kinds: [0; 4],
+            tx_kinds: [0; 4],
+            states: ("new".into(), "new".into()),
             offered: false,
         });
         self.by_id.insert(id, slot);
@@ -874,12 +894,17 @@ impl Worker {
                 // counts these as failed joins).
                 self.silent_noted += 1;
                 eprintln!(
-                    "peer {id}: no media received in {:.1} s: negotiated {}, ICE+DTLS connected {connected}, \
-                     own media path {}, {} datagrams received",
+                    "peer {id}: no media received in {:.1} s: negotiated {}, ICE+DTLS connected {connected} \
+                     (last ICE state {}, connection state {}), own media path {}, {} datagrams received \
+                     (STUN/DTLS/RTP+RTCP/other {:?}), sent {:?}",
                     p.started.elapsed().as_secs_f64(),
                     pc.is_some(),
+                    p.states.0,
+                    p.states.1,
                     p.endpoint.is_some(),
                     p.received,
+                    p.rx_kinds,
+                    p.tx_kinds,
                 );
             }
             // Count this peer's last partial window.
@@ -907,6 +932,7 @@ impl Worker {
             let (n, from) = match p.socket.recv_from(&mut self.buf) {
                 Ok(r) => {
                     p.received += 1;
+                    p.rx_kinds[datagram_kind(&self.buf[..r.0])] += 1;
                     r
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -1021,12 +1047,17 @@ impl Worker {
             while let Some(m) = pc.poll_write() {
                 busy = true;
                 p.remote = Some(m.transport.peer_addr);
+                p.tx_kinds[datagram_kind(&m.message)] += 1;
                 // A full socket buffer drops, like a congested link.
                 let _ = p.socket.send_to(&m.message, m.transport.peer_addr);
             }
             while let Some(ev) = pc.poll_event() {
                 busy = true;
+                if let RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state) = &ev {
+                    p.states.0 = state.to_string();
+                }
                 if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = ev {
+                    p.states.1 = state.to_string();
                     match state {
                         RTCPeerConnectionState::Connected => {
                             *connected = true;
