@@ -695,6 +695,16 @@ function enterCall() {
   call.addEventListener('track', (ev) => onRemoteTrack(ev.detail));
   call.addEventListener('track-ended', (ev) => onRemoteTrackEnded(ev.detail));
   call.addEventListener('negotiation-failed', () => call.restartIce());
+  // Media that never connected (a stalled DTLS handshake keeps ICE up, so no ICE restart comes):
+  // start over as after a lost connection — a fresh join with the resume ticket, so a new peer
+  // connection on both sides, no second admission, the notice telling the person what happens.
+  call.addEventListener('media-stalled', () => {
+    if (app.call !== call || !app.signaling) return;
+    mark('mediaStalled');
+    hook.mediaStalls = (hook.mediaStalls || 0) + 1;
+    app.reconnectAfterClose = true;
+    app.signaling.close();
+  });
   call.addEventListener('reset', () => { hook.pc = call.pc; });
   call.addEventListener('connection', (ev) => {
     if (ev.detail.state === 'failed' || ev.detail.state === 'disconnected') showNotice(t('notice.mediaReconnecting'));

@@ -18,6 +18,10 @@
 //                                                         track waits for promises given to holdUntil)
 //   'connection'  {state}                                 the ICE connection state changed
 //   'reset'       {pc}                                    a fresh peer connection replaced the old one
+//   'media-stalled' {state}                               media did not connect within
+//                                                         MEDIA_CONNECT_TIMEOUT_MS of our first answer,
+//                                                         or DTLS failed while ICE was up: the page
+//                                                         starts the media session over (app.js)
 //
 // `media-reset` (docs/PROTOCOL.md): the server moved this participant's media
 // session (another media node); `reset()` closes the peer connection and
@@ -54,6 +58,15 @@ export function simulcastEncodings(encodings) {
 
 const RESTART_AFTER_DISCONNECT_MS = 4000;
 const MIN_RESTART_INTERVAL_MS = 5000;
+// A peer connection that has not connected this long after our first answer is stuck: ICE
+// failures end in 'failed' and an ICE restart, but a DTLS handshake that never completes leaves
+// ICE up and the browser retransmitting for minutes (a patient would look at "connecting"
+// forever). ICE and DTLS take well under a second on a working path, a few over TURN/TCP.
+const MEDIA_CONNECT_TIMEOUT_MS = 15_000;
+
+/** ICE and DTLS are up (a browser without `connectionState` is judged by ICE alone). */
+const mediaUp = (pc) =>
+  pc.connectionState === undefined ? ['connected', 'completed'].includes(pc.iceConnectionState) : pc.connectionState === 'connected';
 
 /**
  * The mids of the m-sections the server marked `a=recvonly`: the first audio
@@ -156,8 +169,24 @@ export class Call extends EventTarget {
     pc.addEventListener('iceconnectionstatechange', mine(() => this.onIceState()));
     // Milestones for the first-picture breakdown (app.js `mark`).
     pc.addEventListener('connectionstatechange', mine(() => {
-      if (pc.connectionState === 'connected') this.emit('milestone', { name: 'dtlsConnected' });
+      if (pc.connectionState === 'connected') {
+        clearTimeout(this.connectTimer);
+        this.emit('milestone', { name: 'dtlsConnected' });
+      } else if (pc.connectionState === 'failed' && ['connected', 'completed'].includes(pc.iceConnectionState)) {
+        // DTLS failed on a working ICE path: an ICE restart would keep the failed DTLS session.
+        this.stalled(pc);
+      }
     }));
+    clearTimeout(this.connectTimer);
+    this.connectTimer = null;
+  }
+
+  /** `pc` cannot carry media: tell the page once (it starts the media session over). */
+  stalled(pc) {
+    if (this.closed || this.pc !== pc || this.stalledPc === pc) return;
+    this.stalledPc = pc;
+    clearTimeout(this.connectTimer);
+    this.emit('media-stalled', { state: pc.connectionState });
   }
 
   /**
@@ -226,6 +255,12 @@ export class Call extends EventTarget {
     await this.pc.setLocalDescription(answer);
     this.signaling.sendAnswer(this.pc.localDescription.sdp);
     this.emit('milestone', { name: 'answered' });
+    const pc = this.pc;
+    if (!this.connectTimer && !mediaUp(pc)) {
+      this.connectTimer = setTimeout(() => {
+        if (!mediaUp(pc)) this.stalled(pc);
+      }, MEDIA_CONNECT_TIMEOUT_MS);
+    }
     // Some browsers only settle the layers once the answer is applied.
     const video = this.mids.video !== null ? this.transceiverByMid(this.mids.video) : null;
     if (video) await this.configureSimulcast(video.sender);
@@ -361,6 +396,7 @@ export class Call extends EventTarget {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.disconnectTimer);
+    clearTimeout(this.connectTimer);
     try { this.pc.close(); } catch { /* already closed */ }
   }
 }

@@ -359,3 +359,70 @@ scenario('a subscriber with a 350 kbit/s downlink gets the lowest simulcast laye
   const offered = last.cap.sentPackets + last.cap.dropped;
   assert.ok(last.cap.dropped < 0.25 * offered, `the capped link dropped ${last.cap.dropped} of ${offered} packets: the SFU sends it far more than it carries\n${fmt(last)}`);
 });
+
+scenario('a DTLS handshake that never completes (ICE up): the patient page starts over by itself and gets the picture', { timeout: 150_000 }, async (sc) => {
+  const caps = await needImpairment(sc, 'DTLS block');
+  if (!caps) return;
+  assert.ok(caps.nftLoss, `no nf_tables on this machine: ${fmt(caps.missing)} (scripts/test.sh deps installs nftables)`);
+  const ns = await peerNamespace(sc, { tag: 'skdtls' });
+  const server = await serverFor(sc, ns);
+  const consult = newConsult();
+  const clinLink = await server.link({ consult, role: 'clinician', name: 'Dr. Jansen' });
+  const patLink = await server.link({ consult, role: 'patient', name: 'Mevr. de Vries' });
+  const clin = await sc.chromium('clinician');
+  const pat = await sc.chromium('patient', { netns: ns.name, lang: 'nl-NL' });
+  await Promise.all([clin.open(clinLink), pat.open(patLink)]);
+  await clin.join();
+  const clinId = await clin.youId();
+
+  // Every DTLS record to and from the patient's browser is dropped from before it joins.
+  await ns.blockDtls();
+  await pat.join();
+  const patId = await pat.youId();
+  const state = () =>
+    pat.evaluate(() => {
+      const hook = window.__spreekkamer;
+      const notice = document.getElementById('notice');
+      return {
+        stalls: hook.mediaStalls || 0,
+        ice: hook.pc ? hook.pc.iceConnectionState : null,
+        connection: hook.pc ? hook.pc.connectionState : null,
+        notice: notice && !notice.hidden ? notice.textContent.trim() : null,
+      };
+    });
+  // ICE comes up, DTLS does not: what the page's own ICE-failure handling never sees.
+  let before = null;
+  await waitUntil(
+    async () => {
+      before = await state();
+      return ['connected', 'completed'].includes(before.ice);
+    },
+    { timeout: 20_000 * slowdown, interval: 200, what: 'the patient\'s ICE to connect with DTLS blocked', describe: () => fmt(before) },
+  );
+  assert.equal(before.stalls, 0, `stalled before the watchdog could have fired: ${fmt(before)}`);
+  assert.notEqual(before.connection, 'connected', `DTLS completed although blocked: ${fmt(before)}`);
+
+  // The page notices (15 s after its answer), tells the patient in Dutch and starts over.
+  let stalled = null;
+  await waitUntil(
+    async () => {
+      stalled = await state();
+      return stalled.stalls >= 1 && stalled.notice;
+    },
+    { timeout: 40_000 * slowdown, interval: 250, what: 'the patient page to notice the stalled media and say so', describe: () => fmt(stalled) },
+  );
+  assert.match(stalled.notice, /Verbinding wordt hersteld/, `the notice a Dutch patient sees: ${fmt(stalled)}`);
+  const dropped = await ns.dtlsDropped();
+  assert.ok((dropped.down || 0) + (dropped.up || 0) > 0, `no DTLS was dropped, so nothing was stalled by the test: ${fmt(dropped)}`);
+  sc.log(`stalled: ${fmt(stalled)}; DTLS dropped ${fmt(dropped)}`);
+
+  // The network recovers: the restarted session connects and both see each other, without a click.
+  await ns.unblockDtls();
+  await pat.waitForMediaFrom([clinId], { timeout: 60_000 });
+  const patAgain = await pat.youId();
+  await clin.waitForMediaFrom([patAgain], { timeout: 60_000 });
+  const after = await state();
+  assert.equal(after.connection, 'connected', `patient's media after the restart: ${fmt(after)}`);
+  assert.equal(await pat.state(), 'in-call', 'the patient is back in the call, with no error shown');
+  sc.log(`patient id before/after the restart: ${patId}/${patAgain}`);
+});

@@ -327,6 +327,30 @@ export class PeerNamespace {
   }
 
   /**
+   * Drop every DTLS record (a UDP datagram whose first byte is 20–63, RFC 7983)
+   * entering or leaving the namespace; STUN and media pass. ICE connects, the
+   * DTLS handshake never completes. Counted; `unblockDtls()` lifts it.
+   */
+  async blockDtls() {
+    const chain = (name, hook) =>
+      ` chain ${name} {\n  type filter hook ${hook} priority -300; policy accept;\n` +
+      `  meta l4proto udp @th,64,8 20-63 counter drop\n }\n`;
+    await this.exec('nft', ['-f', '-'], { input: `table inet sk_dtls {\n${chain('down', 'prerouting')}${chain('up', 'output')}}\n` });
+  }
+  /** DTLS datagrams `blockDtls` dropped so far, per direction ({ down, up }). */
+  async dtlsDropped() {
+    const out = await this.exec('nft', ['-j', 'list', 'table', 'inet', 'sk_dtls']);
+    const res = {};
+    for (const item of JSON.parse(out).nftables || []) {
+      const counter = item.rule && item.rule.expr.find((e) => e.counter)?.counter;
+      if (counter) res[item.rule.chain] = counter.packets;
+    }
+    return res;
+  }
+  async unblockDtls() {
+    await this.exec('nft', ['delete', 'table', 'inet', 'sk_dtls']);
+  }
+  /**
    * Delay every UDP packet entering and leaving the namespace by `ms` ±
    * `jitterMs` (uniform), each way: the round trip of its browsers' media
    * grows by about 2 × `ms`.
