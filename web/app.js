@@ -13,7 +13,7 @@ import { Call } from './call.js';
 import * as media from './media.js';
 import { ReceivePreferences } from './prefs.js';
 import { badgeState, summaryKey, tileTrustKey, weakestTrust } from './trust.js';
-import { Reconnector, signalingUrls } from './reconnect.js';
+import { Reconnector, giveUpOnMedia, mediaConnectTimeout, signalingUrls } from './reconnect.js';
 import { initials, fitFor, qualityFrom, formatDuration, durationMinutes } from './present.js';
 import * as cues from './cues.js';
 import { ScreenShare } from './screen.js';
@@ -77,6 +77,7 @@ const app = {
   resumeTicket: null, // the latest `resume` ticket: back into the call without a second admission
   reconnectTimer: null,
   reconnectAfterClose: false,
+  mediaStalls: 0, // sessions in a row whose media never came up (reconnect.js, 'media-stalled')
   welcomeTimer: null,
   errorCode: null,
   endedByMe: false,
@@ -369,6 +370,8 @@ let noticeTimer = null;
 function showNotice(text, { sticky = false } = {}) {
   const n = $('#notice');
   n.textContent = text;
+  // The last few, for tests: a notice can be gone again before anyone looks.
+  hook.notices = [...(hook.notices || []).slice(-9), text];
   n.hidden = false;
   clearTimeout(noticeTimer);
   if (!sticky) noticeTimer = setTimeout(() => { n.hidden = true; }, 6000);
@@ -671,6 +674,7 @@ function enterCall() {
     signaling: sig,
     config,
     localTracks: { audio: localTrack('audio'), video: localTrack('video'), screen: app.screen.mine },
+    connectTimeoutMs: mediaConnectTimeout(app.mediaStalls),
   });
   app.call = call;
   hook.pc = call.pc;
@@ -698,13 +702,20 @@ function enterCall() {
   // Media that never connected (a stalled DTLS handshake keeps ICE up, so no ICE restart comes):
   // start over as after a lost connection — a fresh join with the resume ticket, so a new peer
   // connection on both sides, no second admission, the notice telling the person what happens.
+  // Each try in a row waits longer; after a few the page says what to do (reconnect.js).
   call.addEventListener('media-stalled', () => {
-    if (app.call !== call || !app.signaling) return;
+    if (app.call !== call) return;
     mark('mediaStalled');
-    hook.mediaStalls = (hook.mediaStalls || 0) + 1;
-    app.reconnectAfterClose = true;
-    app.signaling.close();
+    app.mediaStalls += 1;
+    hook.mediaStalls = app.mediaStalls;
+    if (giveUpOnMedia(app.mediaStalls)) {
+      app.mediaStalls = 0;
+      showFatal('media_unreachable', { retry: true });
+      return;
+    }
+    scheduleReconnect();
   });
+  call.addEventListener('milestone', (ev) => { if (ev.detail.name === 'dtlsConnected') app.mediaStalls = 0; });
   call.addEventListener('reset', () => { hook.pc = call.pc; });
   call.addEventListener('connection', (ev) => {
     if (ev.detail.state === 'failed' || ev.detail.state === 'disconnected') showNotice(t('notice.mediaReconnecting'));

@@ -19,7 +19,7 @@
 //   'connection'  {state}                                 the ICE connection state changed
 //   'reset'       {pc}                                    a fresh peer connection replaced the old one
 //   'media-stalled' {state}                               media did not connect within
-//                                                         MEDIA_CONNECT_TIMEOUT_MS of our first answer,
+//                                                         connectTimeoutMs of our first answer,
 //                                                         or DTLS failed while ICE was up: the page
 //                                                         starts the media session over (app.js)
 //
@@ -33,6 +33,8 @@
 // three layers of our camera, each gets a size and a bitrate cap. `h` is the
 // camera's own size; a subscriber with a small tile or a slow line gets `m`
 // or `l` from the server instead.
+import { MEDIA_CONNECT_TIMEOUT_MS } from './reconnect.js';
+
 export const SIMULCAST_LAYERS = Object.freeze({
   h: Object.freeze({ scaleResolutionDownBy: 1, maxBitrate: 1_200_000 }),
   m: Object.freeze({ scaleResolutionDownBy: 2, maxBitrate: 500_000 }),
@@ -58,11 +60,11 @@ export function simulcastEncodings(encodings) {
 
 const RESTART_AFTER_DISCONNECT_MS = 4000;
 const MIN_RESTART_INTERVAL_MS = 5000;
-// A peer connection that has not connected this long after our first answer is stuck: ICE
-// failures end in 'failed' and an ICE restart, but a DTLS handshake that never completes leaves
-// ICE up and the browser retransmitting for minutes (a patient would look at "connecting"
-// forever). ICE and DTLS take well under a second on a working path, a few over TURN/TCP.
-const MEDIA_CONNECT_TIMEOUT_MS = 15_000;
+// A peer connection that has not connected `connectTimeoutMs` after our first answer is stuck
+// (MEDIA_CONNECT_TIMEOUT_MS at first; app.js lengthens it after each stall, reconnect.js): a DTLS
+// handshake that never completes leaves ICE up and the browser retransmitting for minutes (a
+// patient would look at "connecting" for good). ICE and DTLS take well under a second on a
+// working path, a few over TURN/TCP.
 
 /** ICE and DTLS are up (a browser without `connectionState` is judged by ICE alone). */
 const mediaUp = (pc) =>
@@ -111,9 +113,11 @@ export class Call extends EventTarget {
    *          config?: RTCConfiguration,
    *          localTracks: {audio: MediaStreamTrack|null, video: MediaStreamTrack|null}}} opts
    */
-  constructor({ signaling, config = {}, localTracks }) {
+  constructor({ signaling, config = {}, localTracks, connectTimeoutMs = MEDIA_CONNECT_TIMEOUT_MS }) {
     super();
     this.signaling = signaling;
+    // How long a peer connection may take to connect after our first answer (see 'media-stalled').
+    this.connectTimeoutMs = connectTimeoutMs;
     this.localTracks = {
       audio: localTracks.audio || null,
       video: localTracks.video || null,
@@ -259,7 +263,7 @@ export class Call extends EventTarget {
     if (!this.connectTimer && !mediaUp(pc)) {
       this.connectTimer = setTimeout(() => {
         if (!mediaUp(pc)) this.stalled(pc);
-      }, MEDIA_CONNECT_TIMEOUT_MS);
+      }, this.connectTimeoutMs);
     }
     // Some browsers only settle the layers once the answer is applied.
     const video = this.mids.video !== null ? this.transceiverByMid(this.mids.video) : null;

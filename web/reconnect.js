@@ -76,3 +76,25 @@ export class Reconnector {
     return { delayMs: Math.round(base * jitter), url: this.url() };
   }
 }
+
+// Media that never came up on a peer connection (no 'connected' within the
+// watchdog, or DTLS failed with ICE up: call.js 'media-stalled') starts the
+// session over like a lost connection. A `welcome` does not end that story,
+// so these stalls are counted apart from the Reconnector's attempts, until
+// media is up again: each try waits longer (a slow TURN/TCP line gets the
+// time it needs), and after MAX_MEDIA_STALLS in a row the page stops and
+// tells the person what to do instead of rejoining for ever.
+export const MEDIA_CONNECT_TIMEOUT_MS = 15_000;
+export const MAX_MEDIA_CONNECT_TIMEOUT_MS = 60_000;
+export const MAX_MEDIA_STALLS = 4;
+
+/** How long the media of a session may take to connect after `stalls` stalls in a row. Pure. */
+export function mediaConnectTimeout(stalls) {
+  const exp = Math.min(Math.max(0, stalls), 10);
+  return Math.min(MAX_MEDIA_CONNECT_TIMEOUT_MS, MEDIA_CONNECT_TIMEOUT_MS * 2 ** exp);
+}
+
+/** Whether `stalls` stalls in a row are enough to stop trying. Pure. */
+export function giveUpOnMedia(stalls) {
+  return stalls >= MAX_MEDIA_STALLS;
+}

@@ -6,7 +6,19 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 const WEB = process.env.WEB_DIR || new URL('../../web/', import.meta.url).pathname;
-const { Reconnector, reconnectDelay, signalingUrls, FIRST_DELAY_MS, MAX_DELAY_MS, GIVE_UP_AFTER_MS } = await import(WEB + 'reconnect.js');
+const {
+  Reconnector,
+  reconnectDelay,
+  signalingUrls,
+  mediaConnectTimeout,
+  giveUpOnMedia,
+  FIRST_DELAY_MS,
+  MAX_DELAY_MS,
+  GIVE_UP_AFTER_MS,
+  MEDIA_CONNECT_TIMEOUT_MS,
+  MAX_MEDIA_CONNECT_TIMEOUT_MS,
+  MAX_MEDIA_STALLS,
+} = await import(WEB + 'reconnect.js');
 
 // ---- fakes --------------------------------------------------------------------------------------
 
@@ -90,6 +102,17 @@ test('the reconnector keeps trying for five minutes, going round the edges, then
   r.connected();
   now += 1;
   assert.deepEqual(r.next(), { delayMs: 500, url: working });
+});
+
+test('media that never comes up: each try waits longer (15 s, 30 s, then 60 s), and the page stops after four in a row', () => {
+  assert.equal(MEDIA_CONNECT_TIMEOUT_MS, 15_000);
+  assert.deepEqual([0, 1, 2, 3, 4, 50].map(mediaConnectTimeout), [15_000, 30_000, 60_000, 60_000, 60_000, MAX_MEDIA_CONNECT_TIMEOUT_MS]);
+  assert.equal(mediaConnectTimeout(-1), 15_000);
+  assert.equal(MAX_MEDIA_STALLS, 4);
+  assert.deepEqual([0, 1, 2, 3, 4, 5].map(giveUpOnMedia), [false, false, false, false, true, true]);
+  // What a person waits before the page says what to do: under four minutes.
+  const total = [0, 1, 2, 3].map(mediaConnectTimeout).reduce((a, b) => a + b, 0);
+  assert.ok(total <= 4 * 60_000, `${total} ms`);
 });
 
 test('jitter stays within ±20 %', () => {
