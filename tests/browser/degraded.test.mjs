@@ -360,11 +360,15 @@ scenario('a subscriber with a 350 kbit/s downlink gets the lowest simulcast laye
   assert.ok(last.cap.dropped < 0.25 * offered, `the capped link dropped ${last.cap.dropped} of ${offered} packets: the SFU sends it far more than it carries\n${fmt(last)}`);
 });
 
-scenario('a DTLS handshake that never completes (ICE up): the patient page starts over by itself and gets the picture', { timeout: 150_000 }, async (sc) => {
+/**
+ * A clinician in the call and a Dutch patient in a namespace of its own whose
+ * DTLS is dropped (`blockDtls`), about to join: `{ ns, clin, pat, clinId }`.
+ */
+async function callWithDtlsBlocked(sc, tag) {
   const caps = await needImpairment(sc, 'DTLS block');
-  if (!caps) return;
+  if (!caps) return null;
   assert.ok(caps.nftLoss, `no nf_tables on this machine: ${fmt(caps.missing)} (scripts/test.sh deps installs nftables)`);
-  const ns = await peerNamespace(sc, { tag: 'skdtls' });
+  const ns = await peerNamespace(sc, { tag });
   const server = await serverFor(sc, ns);
   const consult = newConsult();
   const clinLink = await server.link({ consult, role: 'clinician', name: 'Dr. Jansen' });
@@ -374,9 +378,15 @@ scenario('a DTLS handshake that never completes (ICE up): the patient page start
   await Promise.all([clin.open(clinLink), pat.open(patLink)]);
   await clin.join();
   const clinId = await clin.youId();
-
   // Every DTLS record to and from the patient's browser is dropped from before it joins.
   await ns.blockDtls();
+  return { ns, clin, pat, clinId };
+}
+
+scenario('a DTLS handshake that never completes (ICE up): the patient page starts over by itself and gets the picture', { timeout: 150_000 }, async (sc) => {
+  const setup = await callWithDtlsBlocked(sc, 'skdtls');
+  if (!setup) return;
+  const { ns, clin, pat, clinId } = setup;
   await pat.join();
   const patId = await pat.youId();
   const state = () =>
@@ -432,19 +442,9 @@ scenario('a DTLS handshake that never completes (ICE up): the patient page start
 });
 
 scenario('DTLS never gets through: the page tries four times, longer each time, then tells the patient what to do', { timeout: 330_000 }, async (sc) => {
-  const caps = await needImpairment(sc, 'DTLS block');
-  if (!caps) return;
-  assert.ok(caps.nftLoss, `no nf_tables on this machine: ${fmt(caps.missing)} (scripts/test.sh deps installs nftables)`);
-  const ns = await peerNamespace(sc, { tag: 'skdtlsx' });
-  const server = await serverFor(sc, ns);
-  const consult = newConsult();
-  const clinLink = await server.link({ consult, role: 'clinician', name: 'Dr. Jansen' });
-  const patLink = await server.link({ consult, role: 'patient', name: 'Mevr. de Vries' });
-  const clin = await sc.chromium('clinician');
-  const pat = await sc.chromium('patient', { netns: ns.name, lang: 'nl-NL' });
-  await Promise.all([clin.open(clinLink), pat.open(patLink)]);
-  await clin.join();
-  await ns.blockDtls();
+  const setup = await callWithDtlsBlocked(sc, 'skdtlsx');
+  if (!setup) return;
+  const { pat } = setup;
   const t0 = Date.now();
   await pat.join();
   // 15 + 30 + 60 + 60 s of tries (reconnect.js), then the error: a clear end, not a loop.
