@@ -66,9 +66,11 @@ const MIN_RESTART_INTERVAL_MS = 5000;
 // patient would look at "connecting" for good). ICE and DTLS take well under a second on a
 // working path, a few over TURN/TCP.
 
+/** ICE has a working path. */
+const iceUp = (pc) => ['connected', 'completed'].includes(pc.iceConnectionState);
+
 /** ICE and DTLS are up (a browser without `connectionState` is judged by ICE alone). */
-const mediaUp = (pc) =>
-  pc.connectionState === undefined ? ['connected', 'completed'].includes(pc.iceConnectionState) : pc.connectionState === 'connected';
+const mediaUp = (pc) => (pc.connectionState === undefined ? iceUp(pc) : pc.connectionState === 'connected');
 
 /**
  * The mids of the m-sections the server marked `a=recvonly`: the first audio
@@ -176,7 +178,7 @@ export class Call extends EventTarget {
       if (pc.connectionState === 'connected') {
         clearTimeout(this.connectTimer);
         this.emit('milestone', { name: 'dtlsConnected' });
-      } else if (pc.connectionState === 'failed' && ['connected', 'completed'].includes(pc.iceConnectionState)) {
+      } else if (pc.connectionState === 'failed' && iceUp(pc)) {
         // DTLS failed on a working ICE path: an ICE restart would keep the failed DTLS session.
         this.stalled(pc);
       }
